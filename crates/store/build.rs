@@ -1,0 +1,21 @@
+//! Generates the store's protobuf and gRPC code from `proto/` with a vendored
+//! protoc, so a build needs nothing installed.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let protos = [
+        root.join("rookery/store/v1/state.proto"),
+        root.join("rookery/store/v1/service.proto"),
+    ];
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    tonic_prost_build::configure()
+        // Payloads stay `Bytes`, sliced from the request without a copy.
+        .bytes(".")
+        // Openraft stores and ships commands through serde.
+        .type_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)]")
+        .compile_with_config(config, &protos, &[root])?;
+    Ok(())
+}

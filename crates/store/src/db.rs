@@ -1,0 +1,279 @@
+//! The store's RocksDB database: the Raft log and the state machine in column
+//! families of one database, so that one write-ahead log orders them and a
+//! crash leaves a prefix of the writes (the state machine never runs ahead of
+//! the log it was applied from).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch,
+};
+
+use crate::StoreError;
+use crate::keys::{cf, prefix_end};
+
+#[derive(Debug)]
+pub struct Db {
+    inner: DB,
+}
+
+/// A key and value read from a column family.
+pub type Record = (Vec<u8>, Vec<u8>);
+
+impl Db {
+    /// Opens (or creates) the database at `path` with every column family.
+    pub fn open(path: &Path) -> Result<Arc<Db>, StoreError> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // One background job per core of a small node; RocksDB's default of 2
+        // already matches, set here so it is a decision, not an accident.
+        options.set_max_background_jobs(2);
+        let families = cf::STATE
+            .iter()
+            .chain([cf::LOG, cf::RAFT_META].iter())
+            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let inner = DB::open_cf_descriptors(&options, path, families)?;
+        Ok(Arc::new(Db { inner }))
+    }
+
+    pub fn raw(&self) -> &DB {
+        &self.inner
+    }
+
+    pub fn cf(&self, name: &'static str) -> Result<&ColumnFamily, StoreError> {
+        self.inner
+            .cf_handle(name)
+            .ok_or(StoreError::MissingColumnFamily(name))
+    }
+
+    pub fn get(&self, family: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.inner.get_cf(self.cf(family)?, key)?)
+    }
+
+    /// Records with `start <= key < end` (no end: to the last key), at most
+    /// `limit` of them.
+    pub fn scan_range(
+        &self,
+        family: &'static str,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let iter = self.inner.iterator_cf(
+            self.cf(family)?,
+            IteratorMode::From(start, Direction::Forward),
+        );
+        let mut records = Vec::new();
+        for item in iter {
+            let (key, value) = item?;
+            if end.is_some_and(|end| key.as_ref() >= end) || records.len() >= limit {
+                break;
+            }
+            records.push((key.into_vec(), value.into_vec()));
+        }
+        Ok(records)
+    }
+}
+
+/// Reads shared by the database and a transaction over it, so that the
+/// state machine's queries run the same inside and outside of `apply`.
+pub trait Reader {
+    fn get(&self, family: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    fn scan_range(
+        &self,
+        family: &'static str,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError>;
+
+    fn get_message<M: prost::Message + Default>(
+        &self,
+        family: &'static str,
+        key: &[u8],
+    ) -> Result<Option<M>, StoreError> {
+        self.get(family, key)?
+            .map(|bytes| decode(family, &bytes))
+            .transpose()
+    }
+
+    fn scan_prefix(&self, family: &'static str, prefix: &[u8]) -> Result<Vec<Record>, StoreError> {
+        self.scan_range(family, prefix, prefix_end(prefix).as_deref(), usize::MAX)
+    }
+}
+
+impl Reader for Db {
+    fn get(&self, family: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Db::get(self, family, key)
+    }
+
+    fn scan_range(
+        &self,
+        family: &'static str,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        Db::scan_range(self, family, start, end, limit)
+    }
+}
+
+impl Reader for Txn<'_> {
+    fn get(&self, family: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Txn::get(self, family, key)
+    }
+
+    fn scan_range(
+        &self,
+        family: &'static str,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        Txn::scan_range(self, family, start, end, limit)
+    }
+}
+
+pub fn decode<M: prost::Message + Default>(
+    family: &'static str,
+    bytes: &[u8],
+) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|source| StoreError::CorruptRecord { family, source })
+}
+
+/// The writes of one log entry, applied to the database atomically by
+/// [`Txn::into_batch`]. Reads see the transaction's own writes first, so a
+/// command sees what earlier commands of the same entry did.
+#[derive(Debug)]
+pub struct Txn<'a> {
+    db: &'a Db,
+    writes: BTreeMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
+}
+
+impl<'a> Txn<'a> {
+    pub fn new(db: &'a Db) -> Self {
+        Txn {
+            db,
+            writes: BTreeMap::new(),
+        }
+    }
+
+    pub fn get(&self, family: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.writes.get(&(family, key.to_vec())) {
+            Some(write) => Ok(write.clone()),
+            None => self.db.get(family, key),
+        }
+    }
+
+    pub fn put(&mut self, family: &'static str, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.insert((family, key), Some(value));
+    }
+
+    pub fn put_message<M: prost::Message>(
+        &mut self,
+        family: &'static str,
+        key: Vec<u8>,
+        value: &M,
+    ) {
+        self.put(family, key, value.encode_to_vec());
+    }
+
+    pub fn delete(&mut self, family: &'static str, key: Vec<u8>) {
+        self.writes.insert((family, key), None);
+    }
+
+    /// Records with `start <= key < end` as this transaction sees them, at
+    /// most `limit`.
+    pub fn scan_range(
+        &self,
+        family: &'static str,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        // Read enough from the database to fill `limit` even if this
+        // transaction deleted some of them.
+        let deleted = self
+            .pending(family, start, end)
+            .filter(|(_, value)| value.is_none())
+            .count();
+        let stored = self
+            .db
+            .scan_range(family, start, end, limit.saturating_add(deleted))?;
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = stored.into_iter().collect();
+        for (key, value) in self.pending(family, start, end) {
+            match value {
+                Some(value) => merged.insert(key.clone(), value.clone()),
+                None => merged.remove(key),
+            };
+        }
+        Ok(merged.into_iter().take(limit).collect())
+    }
+
+    fn pending<'s>(
+        &'s self,
+        family: &'static str,
+        start: &[u8],
+        end: Option<&'s [u8]>,
+    ) -> impl Iterator<Item = (&'s Vec<u8>, &'s Option<Vec<u8>>)> + 's {
+        self.writes
+            .range((family, start.to_vec())..)
+            .take_while(move |((name, key), _)| {
+                *name == family && end.is_none_or(|end| key.as_slice() < end)
+            })
+            .map(|((_, key), value)| (key, value))
+    }
+
+    /// The transaction as one RocksDB write batch.
+    pub fn into_batch(self) -> Result<WriteBatch, StoreError> {
+        let mut batch = WriteBatch::default();
+        for ((family, key), value) in self.writes {
+            let handle = self.db.cf(family)?;
+            match value {
+                Some(value) => batch.put_cf(handle, key, value),
+                None => batch.delete_cf(handle, key),
+            }
+        }
+        Ok(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transaction_reads_its_own_writes_over_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let mut seed = Txn::new(&db);
+        seed.put(cf::SESSIONS, b"a".to_vec(), b"1".to_vec());
+        seed.put(cf::SESSIONS, b"b".to_vec(), b"2".to_vec());
+        seed.put(cf::SESSIONS, b"c".to_vec(), b"3".to_vec());
+        db.raw().write(seed.into_batch().unwrap()).unwrap();
+
+        let mut txn = Txn::new(&db);
+        txn.delete(cf::SESSIONS, b"b".to_vec());
+        txn.put(cf::SESSIONS, b"bb".to_vec(), b"4".to_vec());
+        txn.put(cf::SUBSCRIPTIONS, b"b".to_vec(), b"other family".to_vec());
+        assert_eq!(txn.get(cf::SESSIONS, b"b").unwrap(), None);
+        assert_eq!(txn.get(cf::SESSIONS, b"a").unwrap(), Some(b"1".to_vec()));
+        let keys: Vec<Vec<u8>> = txn
+            .scan_range(cf::SESSIONS, b"", None, 3)
+            .unwrap()
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        assert_eq!(keys, vec![b"a".to_vec(), b"bb".to_vec(), b"c".to_vec()]);
+        // Nothing reaches the database before the batch is written.
+        assert_eq!(db.get(cf::SESSIONS, b"bb").unwrap(), None);
+        db.raw().write(txn.into_batch().unwrap()).unwrap();
+        assert_eq!(db.get(cf::SESSIONS, b"b").unwrap(), None);
+        assert_eq!(db.get(cf::SESSIONS, b"bb").unwrap(), Some(b"4".to_vec()));
+    }
+}

@@ -1,0 +1,48 @@
+//! Rookery's replicated session store.
+//!
+//! A Raft group (openraft) whose log and state machine live in one RocksDB
+//! database, served over gRPC (tonic): Raft between store nodes, a session API
+//! for edges, and membership administration. The same code runs embedded as a
+//! single voter in `rookery serve` and as a 3- or 5-voter group.
+//!
+//! Layers, bottom up: [`keys`] (the key layout), [`db`] (column families and
+//! per-entry transactions), [`machine`] (the deterministic commands),
+//! [`log_store`] and [`state_machine`] (openraft's storage traits),
+//! [`network`] (Raft RPC client), [`writer`] (group commit), [`service`]
+//! (gRPC servers) and [`node`] (wiring one store node together).
+
+pub mod db;
+pub mod error;
+pub mod keys;
+pub mod log_store;
+pub mod machine;
+pub mod network;
+pub mod node;
+pub mod service;
+pub mod state_machine;
+pub mod writer;
+
+use std::io::Cursor;
+
+pub use error::StoreError;
+pub use node::{StoreConfig, StoreNode};
+
+/// Generated protobuf and gRPC code for `proto/rookery/store/v1`.
+#[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("rookery.store.v1");
+}
+
+/// Node ids are small integers chosen by the operator, as in etcd or Consul.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// Openraft's type configuration for the store: log entries carry a batch
+    /// of commands and yield one result per command.
+    pub TypeConfig:
+        D = proto::CommandBatch,
+        R = Vec<proto::CommandResult>,
+);
+
+/// A Raft handle of the store's type configuration.
+pub type Raft = openraft::Raft<TypeConfig>;

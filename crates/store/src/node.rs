@@ -1,0 +1,267 @@
+//! One store node: its RocksDB directory, its Raft instance, its gRPC server,
+//! its group-commit writer, and the ticker that advances the state machine's
+//! time while it leads.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use openraft::{BasicNode, Config, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, oneshot};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::db::Db;
+use crate::log_store::LogStore;
+use crate::network::{Channels, Network};
+use crate::proto::{
+    self, admin_server::AdminServer, raft_server::RaftServer, store_server::StoreServer,
+};
+use crate::service::{AdminService, RaftService, Shared, StoreService};
+use crate::state_machine::StateMachine;
+use crate::writer::{GroupCommit, WriteError, WriteOutcome, Writer};
+use crate::{NodeId, Raft, StoreError};
+
+/// Applied entries a watcher may fall behind by before its stream is cut.
+const APPLIED_EVENTS_BUFFER: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub node_id: NodeId,
+    /// The RocksDB directory and the snapshot files live here.
+    pub data_dir: PathBuf,
+    /// Where the gRPC server listens; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// The address other nodes use to reach this one; the bound listen
+    /// address when `None`.
+    pub advertise: Option<String>,
+    pub heartbeat_interval: Duration,
+    pub election_timeout: (Duration, Duration),
+    /// A snapshot is built after this many entries since the last one; the
+    /// log before it is then purged.
+    pub snapshot_after_entries: u64,
+    pub group_commit: GroupCommit,
+    /// How often the leader applies a Tick (lease, session, will and retained
+    /// expiry); `None` disables the ticker (tests drive time themselves).
+    pub tick_interval: Option<Duration>,
+}
+
+impl StoreConfig {
+    pub fn new(node_id: NodeId, data_dir: PathBuf, listen: SocketAddr) -> Self {
+        StoreConfig {
+            node_id,
+            data_dir,
+            listen,
+            advertise: None,
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(400), Duration::from_millis(800)),
+            snapshot_after_entries: 10_000,
+            group_commit: GroupCommit::default(),
+            tick_interval: Some(Duration::from_millis(500)),
+        }
+    }
+}
+
+pub struct StoreNode {
+    node_id: NodeId,
+    address: String,
+    raft: Raft,
+    shared_db: Arc<Db>,
+    writer: Writer,
+    applied: broadcast::Sender<Arc<crate::state_machine::Applied>>,
+    stop_server: Option<oneshot::Sender<()>>,
+    server: JoinHandle<()>,
+    ticker: Option<JoinHandle<()>>,
+    snapshots_installed: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for StoreNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreNode")
+            .field("node_id", &self.node_id)
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoreNode {
+    /// Opens the data directory (creating it on first start), starts Raft from
+    /// what is on disk, and serves gRPC. A new node is not part of any group
+    /// until it is initialized or added by a leader.
+    pub async fn start(config: StoreConfig) -> Result<StoreNode, StoreError> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let db = Db::open(&config.data_dir.join("rocksdb"))?;
+        let log_store = LogStore::new(db.clone())?;
+        let (applied, _) = broadcast::channel(APPLIED_EVENTS_BUFFER);
+        let state_machine = StateMachine::new(
+            db.clone(),
+            config.data_dir.join("snapshots"),
+            applied.clone(),
+        )?;
+        let snapshots_installed = state_machine.snapshots_installed();
+        let channels = Channels::default();
+
+        let raft_config = Config {
+            cluster_name: "rookery-store".into(),
+            heartbeat_interval: millis(config.heartbeat_interval),
+            election_timeout_min: millis(config.election_timeout.0),
+            election_timeout_max: millis(config.election_timeout.1),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_after_entries),
+            max_in_snapshot_log_to_keep: config.snapshot_after_entries / 10,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            Network::new(channels.clone()),
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+
+        let listener = TcpListener::bind(config.listen).await?;
+        let bound = listener.local_addr()?;
+        let address = config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| bound.to_string());
+        let writer = Writer::spawn(raft.clone(), config.group_commit);
+        let shared = Shared {
+            raft: raft.clone(),
+            db: db.clone(),
+            writer: writer.clone(),
+            channels,
+            applied: applied.clone(),
+        };
+        let (stop_server, stopped) = oneshot::channel::<()>();
+        let router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(RaftServer::new(RaftService::new(raft.clone())))
+            .add_service(StoreServer::new(StoreService::new(shared.clone())))
+            .add_service(AdminServer::new(AdminService::new(
+                shared,
+                config.node_id,
+                address.clone(),
+            )));
+        let incoming = TcpListenerStream::new(listener);
+        let server = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            if let Err(error) = router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+            {
+                tracing::error!(%error, "store gRPC server failed");
+            }
+        });
+        let ticker = config.tick_interval.map(|interval| {
+            tokio::spawn(tick_while_leading(raft.clone(), writer.clone(), interval))
+        });
+        tracing::info!(node_id = config.node_id, %address, "store node started");
+        Ok(StoreNode {
+            node_id: config.node_id,
+            address,
+            raft,
+            shared_db: db,
+            writer,
+            applied,
+            stop_server: Some(stop_server),
+            server,
+            ticker,
+            snapshots_installed,
+        })
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The address other nodes and edges reach this node's gRPC server at.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// Makes this node the single voter of a new group (the embedded
+    /// default). Refused if the node already belongs to a group.
+    pub async fn initialize_single(&self) -> Result<(), StoreError> {
+        let members = BTreeMap::from([(self.node_id, BasicNode::new(&self.address))]);
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))
+    }
+
+    /// Writes commands through this node's group-commit writer (in process,
+    /// without gRPC). Fails with `ForwardToLeader` on a follower.
+    pub async fn write(&self, commands: Vec<proto::Command>) -> Result<WriteOutcome, WriteError> {
+        self.writer.write(commands).await
+    }
+
+    /// Reads from this node's applied state without a leadership check.
+    pub fn local_db(&self) -> &Db {
+        &self.shared_db
+    }
+
+    /// Snapshots received from a leader and installed since this start.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.snapshots_installed.load(Ordering::Relaxed)
+    }
+
+    pub fn subscribe_applied(&self) -> broadcast::Receiver<Arc<crate::state_machine::Applied>> {
+        self.applied.subscribe()
+    }
+
+    /// Stops serving, then stops Raft.
+    pub async fn shutdown(mut self) {
+        if let Some(ticker) = self.ticker.take() {
+            ticker.abort();
+        }
+        if let Some(stop) = self.stop_server.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.server).await;
+        if let Err(error) = self.raft.shutdown().await {
+            tracing::warn!(%error, "raft shutdown");
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Advances the state machine's clock while this node leads: lease, session,
+/// will and retained-message expiry all happen in the Tick command.
+async fn tick_while_leading(raft: Raft, writer: Writer, interval: Duration) {
+    let mut timer = tokio::time::interval(interval);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        timer.tick().await;
+        let leading = {
+            let metrics = raft.metrics().borrow().clone();
+            metrics.current_leader == Some(metrics.id)
+        };
+        if !leading {
+            continue;
+        }
+        let tick = proto::Command {
+            kind: Some(proto::command::Kind::Tick(proto::Tick {})),
+        };
+        if let Err(error) = writer.write(vec![tick]).await {
+            tracing::debug!(%error, "tick not committed");
+        }
+    }
+}

@@ -1,0 +1,483 @@
+//! The store's gRPC services: Raft between store nodes, the session API for
+//! edges, and membership administration.
+//!
+//! A follower answers edges as the leader would: it forwards writes and
+//! linearizable reads to the leader it knows and relays the answer. A request
+//! that was already forwarded once is not forwarded again, so a stale leader
+//! hint cannot make requests circle; the caller gets `UNAVAILABLE` and retries.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use openraft::BasicNode;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::db::Db;
+use crate::machine::{self, Event};
+use crate::network::Channels;
+use crate::proto::{
+    self, EdgeEvent, RaftPayload, RouteEvent, admin_client::AdminClient, store_client::StoreClient,
+};
+use crate::state_machine::{Applied, applied_index};
+use crate::writer::{WriteError, Writer, now_ms};
+use crate::{NodeId, Raft, StoreError};
+
+/// Marks a request a follower forwarded, so the receiver never forwards it on.
+const FORWARDED: &str = "x-rookery-forwarded";
+
+/// Events a watch stream may queue for a slow reader before it is cut off.
+const WATCH_BUFFER: usize = 1024;
+
+pub struct RaftService {
+    raft: Raft,
+}
+
+impl std::fmt::Debug for RaftService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftService").finish_non_exhaustive()
+    }
+}
+
+impl RaftService {
+    pub fn new(raft: Raft) -> Self {
+        RaftService { raft }
+    }
+}
+
+fn decode_payload<T: serde::de::DeserializeOwned>(
+    request: Request<RaftPayload>,
+) -> Result<T, Status> {
+    postcard::from_bytes(&request.into_inner().data)
+        .map_err(|e| Status::invalid_argument(format!("undecodable raft payload: {e}")))
+}
+
+fn encode_payload<T: serde::Serialize>(reply: &T) -> Result<Response<RaftPayload>, Status> {
+    let data = postcard::to_allocvec(reply).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(RaftPayload { data: data.into() }))
+}
+
+#[tonic::async_trait]
+impl proto::raft_server::Raft for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let reply = self.raft.append_entries(decode_payload(request)?).await;
+        encode_payload(&reply)
+    }
+
+    async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let reply = self.raft.vote(decode_payload(request)?).await;
+        encode_payload(&reply)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let reply = self.raft.install_snapshot(decode_payload(request)?).await;
+        encode_payload(&reply)
+    }
+}
+
+/// What the session API and the admin API share.
+#[derive(Clone)]
+pub struct Shared {
+    pub raft: Raft,
+    pub db: Arc<Db>,
+    pub writer: Writer,
+    pub channels: Channels,
+    pub applied: broadcast::Sender<Arc<Applied>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// The leader to forward to, or why there is none.
+    fn forward_target<T>(
+        &self,
+        request: &Request<T>,
+        leader: Option<(NodeId, BasicNode)>,
+    ) -> Result<Channel, Status> {
+        if request.metadata().contains_key(FORWARDED) {
+            return Err(Status::unavailable(
+                "not the leader (request already forwarded once)",
+            ));
+        }
+        let Some((leader_id, node)) = leader else {
+            return Err(Status::unavailable("no leader is known; retry"));
+        };
+        metrics::counter!("rookery_store_forwarded_requests_total").increment(1);
+        tracing::debug!(leader_id, address = %node.addr, "forwarding a request to the leader");
+        self.channels
+            .get(&node.addr)
+            .map_err(|e| Status::unavailable(format!("leader address {}: {e}", node.addr)))
+    }
+
+    /// Waits until this node may serve a linearizable read, or names the
+    /// leader that can.
+    async fn read_barrier(&self) -> Result<Option<(NodeId, BasicNode)>, Status> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(None),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                match forward.leader_id.zip(forward.leader_node) {
+                    Some(leader) => Ok(Some(leader)),
+                    None => Err(Status::unavailable("no leader is known; retry")),
+                }
+            }
+            Err(other) => Err(Status::unavailable(other.to_string())),
+        }
+    }
+}
+
+fn forwarded<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    request
+}
+
+fn internal(error: StoreError) -> Status {
+    tracing::error!(%error, "store read failed");
+    Status::internal(error.to_string())
+}
+
+#[derive(Debug)]
+pub struct StoreService {
+    shared: Shared,
+}
+
+impl StoreService {
+    pub fn new(shared: Shared) -> Self {
+        StoreService { shared }
+    }
+}
+
+type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl proto::store_server::Store for StoreService {
+    async fn write(
+        &self,
+        request: Request<proto::WriteRequest>,
+    ) -> Result<Response<proto::WriteResponse>, Status> {
+        let commands = request.get_ref().commands.clone();
+        match self.shared.writer.write(commands).await {
+            Ok(outcome) => Ok(Response::new(proto::WriteResponse {
+                results: outcome.results,
+                log_index: outcome.log_index,
+            })),
+            Err(WriteError::ForwardToLeader { leader }) => {
+                let channel = self.shared.forward_target(&request, leader)?;
+                StoreClient::new(channel)
+                    .write(forwarded(request.into_inner()))
+                    .await
+            }
+            Err(WriteError::TooLarge) => {
+                Err(Status::invalid_argument(WriteError::TooLarge.to_string()))
+            }
+            Err(WriteError::Raft(reason)) => Err(Status::unavailable(reason)),
+        }
+    }
+
+    async fn get_session(
+        &self,
+        request: Request<proto::GetSessionRequest>,
+    ) -> Result<Response<proto::GetSessionResponse>, Status> {
+        if let Some(leader) = self.shared.read_barrier().await? {
+            let channel = self.shared.forward_target(&request, Some(leader))?;
+            return StoreClient::new(channel)
+                .get_session(forwarded(request.into_inner()))
+                .await;
+        }
+        machine::read_session(&*self.shared.db, &request.get_ref().client_id)
+            .map(Response::new)
+            .map_err(internal)
+    }
+
+    async fn list_routes(
+        &self,
+        request: Request<proto::ListRoutesRequest>,
+    ) -> Result<Response<proto::ListRoutesResponse>, Status> {
+        if let Some(leader) = self.shared.read_barrier().await? {
+            let channel = self.shared.forward_target(&request, Some(leader))?;
+            return StoreClient::new(channel)
+                .list_routes(forwarded(request.into_inner()))
+                .await;
+        }
+        let applied_index = applied_index(&self.shared.db).map_err(internal)?;
+        let routes = machine::read_routes(&*self.shared.db).map_err(internal)?;
+        Ok(Response::new(proto::ListRoutesResponse {
+            routes,
+            applied_index,
+        }))
+    }
+
+    async fn get_retained(
+        &self,
+        request: Request<proto::GetRetainedRequest>,
+    ) -> Result<Response<proto::GetRetainedResponse>, Status> {
+        if let Some(leader) = self.shared.read_barrier().await? {
+            let channel = self.shared.forward_target(&request, Some(leader))?;
+            return StoreClient::new(channel)
+                .get_retained(forwarded(request.into_inner()))
+                .await;
+        }
+        let messages =
+            machine::read_retained(&*self.shared.db, &request.get_ref().filter, now_ms())
+                .map_err(internal)?;
+        Ok(Response::new(proto::GetRetainedResponse { messages }))
+    }
+
+    type WatchRoutesStream = EventStream<RouteEvent>;
+
+    /// The table as of an applied index, then every change after it. Changes
+    /// between that index and the table read may arrive again; they are
+    /// idempotent (add and remove by key), so a cache that applies them in
+    /// order ends where the store is. A watcher that falls behind, or a node
+    /// that installs a snapshot, ends the stream: the caller watches again.
+    async fn watch_routes(
+        &self,
+        _request: Request<proto::WatchRoutesRequest>,
+    ) -> Result<Response<Self::WatchRoutesStream>, Status> {
+        let mut applied = self.shared.applied.subscribe();
+        let start_index = applied_index(&self.shared.db).map_err(internal)?;
+        let routes = machine::read_routes(&*self.shared.db).map_err(internal)?;
+        let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
+        let _ = sender.try_send(Ok(RouteEvent {
+            snapshot: true,
+            added: routes,
+            removed: Vec::new(),
+            applied_index: start_index,
+        }));
+        tokio::spawn(async move {
+            loop {
+                let next = match applied.recv().await {
+                    Ok(next) => next,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let _ = sender
+                            .send(Err(Status::aborted("the watcher fell behind; watch again")))
+                            .await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if next.reset {
+                    let _ = sender
+                        .send(Err(Status::aborted(
+                            "the store installed a snapshot; watch again",
+                        )))
+                        .await;
+                    return;
+                }
+                if next.log_index <= start_index {
+                    continue;
+                }
+                let mut event = RouteEvent {
+                    snapshot: false,
+                    added: Vec::new(),
+                    removed: Vec::new(),
+                    applied_index: next.log_index,
+                };
+                for change in &next.events {
+                    match change {
+                        Event::RouteAdded(route) => event.added.push(route.clone()),
+                        Event::RouteRemoved(route) => event.removed.push(route.clone()),
+                        Event::Edge { .. } => {}
+                    }
+                }
+                if event.added.is_empty() && event.removed.is_empty() {
+                    continue;
+                }
+                if sender.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    type WatchEdgeStream = EventStream<EdgeEvent>;
+
+    async fn watch_edge(
+        &self,
+        request: Request<proto::WatchEdgeRequest>,
+    ) -> Result<Response<Self::WatchEdgeStream>, Status> {
+        let edge_id = request.into_inner().edge_id;
+        let mut applied = self.shared.applied.subscribe();
+        let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(async move {
+            loop {
+                let next = match applied.recv().await {
+                    Ok(next) => next,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let _ = sender
+                            .send(Err(Status::aborted("the watcher fell behind; watch again")))
+                            .await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                for change in &next.events {
+                    if let Event::Edge { edge_id: to, event } = change
+                        && *to == edge_id
+                    {
+                        let event = EdgeEvent {
+                            kind: Some(event.clone()),
+                        };
+                        if sender.send(Ok(event)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+#[derive(Debug)]
+pub struct AdminService {
+    shared: Shared,
+    node_id: NodeId,
+    address: String,
+}
+
+impl AdminService {
+    pub fn new(shared: Shared, node_id: NodeId, address: String) -> Self {
+        AdminService {
+            shared,
+            node_id,
+            address,
+        }
+    }
+}
+
+fn write_error_leader(
+    error: &RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+) -> Option<Option<(NodeId, BasicNode)>> {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+            Some(forward.leader_id.zip(forward.leader_node.clone()))
+        }
+        _ => None,
+    }
+}
+
+#[tonic::async_trait]
+impl proto::admin_server::Admin for AdminService {
+    async fn initialize(
+        &self,
+        _request: Request<proto::InitializeRequest>,
+    ) -> Result<Response<proto::AdminResponse>, Status> {
+        let members = BTreeMap::from([(self.node_id, BasicNode::new(&self.address))]);
+        self.shared
+            .raft
+            .initialize(members)
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        Ok(Response::new(proto::AdminResponse { log_index: 0 }))
+    }
+
+    async fn add_learner(
+        &self,
+        request: Request<proto::AddLearnerRequest>,
+    ) -> Result<Response<proto::AdminResponse>, Status> {
+        let member = request
+            .get_ref()
+            .member
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("member is required"))?;
+        match self
+            .shared
+            .raft
+            .add_learner(member.node_id, BasicNode::new(&member.address), true)
+            .await
+        {
+            Ok(response) => Ok(Response::new(proto::AdminResponse {
+                log_index: response.log_id.index,
+            })),
+            Err(error) => match write_error_leader(&error) {
+                Some(leader) => {
+                    let channel = self.shared.forward_target(&request, leader)?;
+                    AdminClient::new(channel)
+                        .add_learner(forwarded(request.into_inner()))
+                        .await
+                }
+                None => Err(Status::failed_precondition(error.to_string())),
+            },
+        }
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<proto::ChangeMembershipRequest>,
+    ) -> Result<Response<proto::AdminResponse>, Status> {
+        let voters: BTreeSet<NodeId> = request.get_ref().voters.iter().copied().collect();
+        let retain = !request.get_ref().remove_others;
+        match self.shared.raft.change_membership(voters, retain).await {
+            Ok(response) => Ok(Response::new(proto::AdminResponse {
+                log_index: response.log_id.index,
+            })),
+            Err(error) => match write_error_leader(&error) {
+                Some(leader) => {
+                    let channel = self.shared.forward_target(&request, leader)?;
+                    AdminClient::new(channel)
+                        .change_membership(forwarded(request.into_inner()))
+                        .await
+                }
+                None => Err(Status::failed_precondition(error.to_string())),
+            },
+        }
+    }
+
+    async fn status(
+        &self,
+        _request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusResponse>, Status> {
+        let metrics = self.shared.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let member = |id: &NodeId, node: &BasicNode| proto::Member {
+            node_id: *id,
+            address: node.addr.clone(),
+        };
+        let voters: Vec<proto::Member> = membership
+            .nodes()
+            .filter(|(id, _)| membership.voter_ids().any(|voter| voter == **id))
+            .map(|(id, node)| member(id, node))
+            .collect();
+        let learners: Vec<proto::Member> = membership
+            .nodes()
+            .filter(|(id, _)| !membership.voter_ids().any(|voter| voter == **id))
+            .map(|(id, node)| member(id, node))
+            .collect();
+        let leader_id = metrics.current_leader.unwrap_or(0);
+        let leader_address = metrics
+            .current_leader
+            .and_then(|leader| membership.get_node(&leader))
+            .map(|node| node.addr.clone())
+            .unwrap_or_default();
+        Ok(Response::new(proto::StatusResponse {
+            node_id: metrics.id,
+            leader_id,
+            leader_address,
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            applied_index: metrics.last_applied.map_or(0, |log_id| log_id.index),
+            voters,
+            learners,
+            state: format!("{:?}", metrics.state).to_lowercase(),
+        }))
+    }
+}

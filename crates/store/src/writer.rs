@@ -1,0 +1,168 @@
+//! Group commit: concurrent writes to a node are coalesced into one Raft entry.
+//!
+//! While a few entries are being replicated, new writes queue up; the next
+//! entry takes everything queued. Under load one entry (one replication round,
+//! one apply) carries many writers' commands, and each writer gets back the
+//! results of its own commands.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use openraft::BasicNode;
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::machine::MAX_COMMANDS_PER_BATCH;
+use crate::proto::{Command, CommandBatch, CommandResult};
+use crate::{NodeId, Raft};
+
+/// How a node turns writes into Raft entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupCommit {
+    /// Coalesce queued writes into one entry, with at most `in_flight` entries
+    /// being committed at once.
+    On { in_flight: usize },
+    /// One entry per write (for comparison in benchmarks).
+    Off,
+}
+
+impl Default for GroupCommit {
+    fn default() -> Self {
+        GroupCommit::On { in_flight: 2 }
+    }
+}
+
+/// Commands of one entry at most; a larger single write still goes alone.
+const MAX_COMMANDS_PER_ENTRY: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteOutcome {
+    pub results: Vec<CommandResult>,
+    pub log_index: u64,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    #[error("this node is not the leader")]
+    ForwardToLeader { leader: Option<(NodeId, BasicNode)> },
+    #[error("a write carries at most {MAX_COMMANDS_PER_BATCH} commands")]
+    TooLarge,
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+struct PendingWrite {
+    commands: Vec<Command>,
+    reply: oneshot::Sender<Result<WriteOutcome, WriteError>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Writer {
+    queue: mpsc::UnboundedSender<PendingWrite>,
+}
+
+impl Writer {
+    pub fn spawn(raft: Raft, mode: GroupCommit) -> Writer {
+        let (queue, pending) = mpsc::unbounded_channel();
+        tokio::spawn(run(raft, mode, pending));
+        Writer { queue }
+    }
+
+    /// Commits the commands as one unit and returns their results once they
+    /// are applied on this node.
+    pub async fn write(&self, commands: Vec<Command>) -> Result<WriteOutcome, WriteError> {
+        if commands.len() > MAX_COMMANDS_PER_BATCH {
+            return Err(WriteError::TooLarge);
+        }
+        let (reply, outcome) = oneshot::channel();
+        self.queue
+            .send(PendingWrite { commands, reply })
+            .map_err(|_| WriteError::Raft("the store is shutting down".into()))?;
+        outcome
+            .await
+            .map_err(|_| WriteError::Raft("the store is shutting down".into()))?
+    }
+}
+
+async fn run(raft: Raft, mode: GroupCommit, mut pending: mpsc::UnboundedReceiver<PendingWrite>) {
+    let in_flight = match mode {
+        GroupCommit::On { in_flight } => in_flight.max(1),
+        // Without coalescing, concurrency is only bounded by the writers.
+        GroupCommit::Off => Semaphore::MAX_PERMITS,
+    };
+    let slots = Arc::new(Semaphore::new(in_flight));
+    while let Some(first) = pending.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut writes = vec![first];
+        if mode != GroupCommit::Off {
+            let mut commands = writes[0].commands.len();
+            while commands < MAX_COMMANDS_PER_ENTRY {
+                match pending.try_recv() {
+                    Ok(write) => {
+                        commands += write.commands.len();
+                        writes.push(write);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            commit(&raft, writes).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn commit(raft: &Raft, writes: Vec<PendingWrite>) {
+    metrics::histogram!("rookery_store_writes_per_entry").record(writes.len() as f64);
+    let mut lengths = Vec::with_capacity(writes.len());
+    let mut commands = Vec::new();
+    let mut replies = Vec::with_capacity(writes.len());
+    for write in writes {
+        lengths.push(write.commands.len());
+        commands.extend(write.commands);
+        replies.push(write.reply);
+    }
+    let batch = CommandBatch {
+        now_ms: now_ms(),
+        commands,
+    };
+    match raft.client_write(batch).await {
+        Ok(response) => {
+            let log_index = response.log_id.index;
+            let mut results = response.data.into_iter();
+            for (reply, length) in replies.into_iter().zip(lengths) {
+                let own: Vec<CommandResult> = results.by_ref().take(length).collect();
+                let _ = reply.send(Ok(WriteOutcome {
+                    results: own,
+                    log_index,
+                }));
+            }
+        }
+        Err(error) => {
+            let error = match error {
+                RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+                    WriteError::ForwardToLeader {
+                        leader: forward.leader_id.zip(forward.leader_node),
+                    }
+                }
+                other => WriteError::Raft(other.to_string()),
+            };
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch on the proposing node's clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
+}

@@ -1,0 +1,417 @@
+//! Store nodes talking real gRPC on loopback: a 3-voter group losing its
+//! leader, restarts from disk, snapshot catch-up of a new node, forwarding
+//! from followers, and group membership changes.
+//!
+//! Each node runs on its own Tokio runtime so that killing it means dropping
+//! the runtime: every task of the node stops at once, with no shutdown.
+
+// Test helpers outside #[test] functions: a failed step fails the test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rookery_store::proto::{
+    self, Command, SetRetained, admin_client::AdminClient, command::Kind, store_client::StoreClient,
+};
+use rookery_store::{StoreConfig, StoreNode};
+use tokio::runtime::Runtime;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct TestNode {
+    id: u64,
+    address: String,
+    dir: PathBuf,
+    runtime: Option<Runtime>,
+    node: Option<StoreNode>,
+}
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn config(id: u64, dir: &Path, listen: SocketAddr) -> StoreConfig {
+    let mut config = StoreConfig::new(id, dir.to_path_buf(), listen);
+    config.snapshot_after_entries = 50;
+    config.tick_interval = None;
+    config
+}
+
+impl TestNode {
+    fn start(id: u64, dir: &Path, listen: SocketAddr) -> TestNode {
+        let runtime = runtime();
+        // A killed node's RocksDB lock is released once its log writer thread
+        // notices; retry the open briefly.
+        let deadline = Instant::now() + WAIT;
+        let node = loop {
+            match runtime.block_on(StoreNode::start(config(id, dir, listen))) {
+                Ok(node) => break node,
+                Err(error) if Instant::now() < deadline => {
+                    eprintln!("node {id} not started yet: {error}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(error) => panic!("node {id} did not start: {error}"),
+            }
+        };
+        TestNode {
+            id,
+            address: node.address().to_owned(),
+            dir: dir.to_path_buf(),
+            runtime: Some(runtime),
+            node: Some(node),
+        }
+    }
+
+    /// Drops the node without any shutdown, as `kill -9` would.
+    fn kill(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+        drop(self.node.take());
+    }
+
+    fn restart(&mut self) {
+        let listen: SocketAddr = self.address.parse().unwrap();
+        *self = TestNode::start(self.id, &self.dir.clone(), listen);
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+struct Client {
+    runtime: Runtime,
+}
+
+impl Client {
+    fn new() -> Self {
+        Client { runtime: runtime() }
+    }
+
+    fn store(&self, address: &str) -> StoreClient<tonic::transport::Channel> {
+        let endpoint = format!("http://{address}");
+        self.runtime
+            .block_on(StoreClient::connect(endpoint))
+            .unwrap()
+    }
+
+    fn admin(&self, address: &str) -> AdminClient<tonic::transport::Channel> {
+        let endpoint = format!("http://{address}");
+        self.runtime
+            .block_on(AdminClient::connect(endpoint))
+            .unwrap()
+    }
+
+    fn status(&self, address: &str) -> Option<proto::StatusResponse> {
+        let endpoint = format!("http://{address}");
+        self.runtime.block_on(async {
+            let mut admin = AdminClient::connect(endpoint).await.ok()?;
+            Some(
+                admin
+                    .status(proto::StatusRequest {})
+                    .await
+                    .ok()?
+                    .into_inner(),
+            )
+        })
+    }
+
+    /// Waits until some node of `nodes` is leader and every live one agrees.
+    fn leader(&self, nodes: &[&TestNode]) -> u64 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let leaders: BTreeSet<u64> = nodes
+                .iter()
+                .filter_map(|node| self.status(&node.address))
+                .map(|status| status.leader_id)
+                .collect();
+            if leaders.len() == 1 && !leaders.contains(&0) {
+                return leaders.into_iter().next().unwrap();
+            }
+            assert!(Instant::now() < deadline, "no agreed leader: {leaders:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Writes a retained message `topic` through `address`; true once it is
+    /// acknowledged (committed on a quorum and applied).
+    fn write_retained(&self, address: &str, topic: &str) -> bool {
+        let endpoint = format!("http://{address}");
+        self.runtime.block_on(async {
+            let Ok(mut store) = StoreClient::connect(endpoint).await else {
+                return false;
+            };
+            let request = proto::WriteRequest {
+                commands: vec![retained(topic)],
+            };
+            let call = tokio::time::timeout(Duration::from_secs(3), store.write(request));
+            matches!(call.await, Ok(Ok(_)))
+        })
+    }
+
+    fn retained_topics(&self, address: &str) -> BTreeSet<String> {
+        let mut store = self.store(address);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let request = proto::GetRetainedRequest { filter: "#".into() };
+            match self.runtime.block_on(store.get_retained(request)) {
+                Ok(response) => {
+                    return response
+                        .into_inner()
+                        .messages
+                        .into_iter()
+                        .map(|message| message.topic)
+                        .collect();
+                }
+                Err(status) => {
+                    assert!(Instant::now() < deadline, "reads keep failing: {status}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+}
+
+fn retained(topic: &str) -> Command {
+    Command {
+        kind: Some(Kind::SetRetained(SetRetained {
+            message: Some(proto::Message {
+                topic: topic.into(),
+                payload: bytes::Bytes::from_static(b"payload"),
+                qos: 1,
+                retain: true,
+                ..proto::Message::default()
+            }),
+        })),
+    }
+}
+
+/// Starts three nodes and makes them one 3-voter group.
+fn three_voters(root: &Path) -> (Client, Vec<TestNode>) {
+    let client = Client::new();
+    let nodes: Vec<TestNode> = (1..=3)
+        .map(|id| TestNode::start(id, &root.join(format!("node-{id}")), loopback()))
+        .collect();
+    let mut admin = client.admin(&nodes[0].address);
+    client
+        .runtime
+        .block_on(admin.initialize(proto::InitializeRequest {}))
+        .unwrap();
+    client.leader(&[&nodes[0]]);
+    for node in &nodes[1..] {
+        let member = proto::Member {
+            node_id: node.id,
+            address: node.address.clone(),
+        };
+        client
+            .runtime
+            .block_on(admin.add_learner(proto::AddLearnerRequest {
+                member: Some(member),
+            }))
+            .unwrap();
+    }
+    client
+        .runtime
+        .block_on(admin.change_membership(proto::ChangeMembershipRequest {
+            voters: vec![1, 2, 3],
+            remove_others: false,
+        }))
+        .unwrap();
+    (client, nodes)
+}
+
+#[test]
+fn killing_the_leader_of_three_voters_loses_no_acknowledged_write() {
+    let root = tempfile::tempdir().unwrap();
+    let (client, mut nodes) = three_voters(root.path());
+    let mut acknowledged = BTreeSet::new();
+    for n in 0..40 {
+        let topic = format!("before/{n}");
+        let via = &nodes[n % 3].address;
+        if client.write_retained(via, &topic) {
+            acknowledged.insert(topic);
+        }
+    }
+    assert_eq!(
+        acknowledged.len(),
+        40,
+        "a healthy group acknowledges every write"
+    );
+
+    let leader = client.leader(&nodes.iter().collect::<Vec<_>>());
+    let leader_index = nodes.iter().position(|node| node.id == leader).unwrap();
+    nodes[leader_index].kill();
+    let survivors: Vec<&TestNode> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| *index != leader_index)
+        .map(|(_, node)| node)
+        .collect();
+
+    // Keep writing through the survivors while they elect a new leader: a
+    // write may fail, but one that was acknowledged must survive.
+    let deadline = Instant::now() + WAIT;
+    let mut after = 0;
+    while after < 20 {
+        let topic = format!("after/{after}");
+        if client.write_retained(&survivors[after % 2].address, &topic) {
+            acknowledged.insert(topic);
+            after += 1;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the survivors never accepted writes again"
+        );
+    }
+    let new_leader = client.leader(&survivors);
+    assert_ne!(new_leader, leader);
+    for survivor in &survivors {
+        let stored = client.retained_topics(&survivor.address);
+        let missing: Vec<&String> = acknowledged.difference(&stored).collect();
+        assert!(
+            missing.is_empty(),
+            "node {} lost acknowledged writes: {missing:?}",
+            survivor.id
+        );
+    }
+
+    // The old leader comes back from its directory and catches up.
+    nodes[leader_index].restart();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let stored = client.retained_topics(&nodes[leader_index].address);
+        if acknowledged.is_subset(&stored) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted node never caught up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_single_voter_restarts_from_its_directory_with_its_state() {
+    let root = tempfile::tempdir().unwrap();
+    let client = Client::new();
+    let mut node = TestNode::start(1, &root.path().join("node-1"), loopback());
+    client
+        .runtime
+        .block_on(
+            client
+                .admin(&node.address)
+                .initialize(proto::InitializeRequest {}),
+        )
+        .unwrap();
+    client.leader(&[&node]);
+    // More writes than the snapshot threshold, so the restart also reads a
+    // snapshot and a purged log.
+    for n in 0..120 {
+        assert!(client.write_retained(&node.address, &format!("t/{n}")));
+    }
+    node.kill();
+    node.restart();
+    client.leader(&[&node]);
+    let stored = client.retained_topics(&node.address);
+    assert_eq!(stored.len(), 120);
+    assert!(client.write_retained(&node.address, "t/after-restart"));
+}
+
+#[test]
+fn a_new_node_catches_up_by_snapshot_and_follower_writes_are_forwarded() {
+    let root = tempfile::tempdir().unwrap();
+    let (client, nodes) = three_voters(root.path());
+    for n in 0..150 {
+        assert!(client.write_retained(&nodes[n % 3].address, &format!("old/{n}")));
+    }
+    let leader = client.leader(&nodes.iter().collect::<Vec<_>>());
+    let follower = nodes.iter().find(|node| node.id != leader).unwrap();
+    // A write sent to a follower is committed through the leader.
+    assert!(client.write_retained(&follower.address, "via/follower"));
+
+    // Node 4 joins after the log was purged behind a snapshot: it can only
+    // catch up by installing the snapshot.
+    let newcomer = TestNode::start(4, &root.path().join("node-4"), loopback());
+    let mut admin = client.admin(&follower.address);
+    client
+        .runtime
+        .block_on(admin.add_learner(proto::AddLearnerRequest {
+            member: Some(proto::Member {
+                node_id: 4,
+                address: newcomer.address.clone(),
+            }),
+        }))
+        .unwrap();
+    client
+        .runtime
+        .block_on(admin.change_membership(proto::ChangeMembershipRequest {
+            voters: vec![1, 2, 3, 4],
+            remove_others: false,
+        }))
+        .unwrap();
+    let stored = client.retained_topics(&newcomer.address);
+    assert_eq!(stored.len(), 151);
+    let installed = newcomer
+        .node
+        .as_ref()
+        .map_or(0, StoreNode::snapshots_installed);
+    assert!(installed >= 1, "node 4 caught up without a snapshot");
+    wait_for_voters(&client, &newcomer.address, &BTreeSet::from([1, 2, 3, 4]));
+
+    // Removing a voter: the group goes on with the other three.
+    client
+        .runtime
+        .block_on(
+            admin.change_membership(proto::ChangeMembershipRequest {
+                voters: nodes
+                    .iter()
+                    .map(|node| node.id)
+                    .filter(|id| *id != follower.id)
+                    .chain([4])
+                    .collect(),
+                remove_others: true,
+            }),
+        )
+        .unwrap();
+    let remaining: BTreeSet<u64> = [1, 2, 3, 4]
+        .into_iter()
+        .filter(|id| *id != follower.id)
+        .collect();
+    wait_for_voters(&client, &newcomer.address, &remaining);
+    assert!(client.write_retained(&newcomer.address, "after/removal"));
+}
+
+/// Waits until the node at `address` has applied a membership with exactly
+/// these voters.
+fn wait_for_voters(client: &Client, address: &str, expected: &BTreeSet<u64>) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let voters: BTreeSet<u64> = client
+            .status(address)
+            .map(|status| status.voters.iter().map(|member| member.node_id).collect())
+            .unwrap_or_default();
+        if voters == *expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "voters {voters:?}, expected {expected:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
