@@ -11,6 +11,8 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rookery_store::proto::{
@@ -238,45 +240,51 @@ fn three_voters(root: &Path) -> (Client, Vec<TestNode>) {
 fn killing_the_leader_of_three_voters_loses_no_acknowledged_write() {
     let root = tempfile::tempdir().unwrap();
     let (client, mut nodes) = three_voters(root.path());
-    let mut acknowledged = BTreeSet::new();
-    for n in 0..40 {
-        let topic = format!("before/{n}");
-        let via = &nodes[n % 3].address;
-        if client.write_retained(via, &topic) {
-            acknowledged.insert(topic);
-        }
-    }
-    assert_eq!(
-        acknowledged.len(),
-        40,
-        "a healthy group acknowledges every write"
-    );
+    let addresses: Vec<String> = nodes.iter().map(|node| node.address.clone()).collect();
+
+    // A stream of writes round-robin over every node (followers forward),
+    // running across the kill. A write may fail; one acknowledged must stay.
+    let acknowledged = Arc::new(Mutex::new(BTreeSet::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let acknowledged = acknowledged.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let client = Client::new();
+            let mut attempts = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let topic = format!("stream/{attempts}");
+                if client.write_retained(&addresses[attempts % addresses.len()], &topic) {
+                    acknowledged.lock().unwrap().insert(topic);
+                }
+                attempts += 1;
+            }
+            attempts
+        })
+    };
+    let acknowledged_count = || acknowledged.lock().unwrap().len();
+    wait_until("40 writes acknowledged before the kill", || {
+        acknowledged_count() >= 40
+    });
 
     let leader = client.leader(&nodes.iter().collect::<Vec<_>>());
     let leader_index = nodes.iter().position(|node| node.id == leader).unwrap();
     nodes[leader_index].kill();
+    let before_kill = acknowledged_count();
+    wait_until("the survivors acknowledge 40 more writes", || {
+        acknowledged_count() >= before_kill + 40
+    });
+    stop.store(true, Ordering::Relaxed);
+    let attempts = writer.join().unwrap();
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    eprintln!("{} of {attempts} writes acknowledged", acknowledged.len());
+
     let survivors: Vec<&TestNode> = nodes
         .iter()
         .enumerate()
         .filter(|(index, _)| *index != leader_index)
         .map(|(_, node)| node)
         .collect();
-
-    // Keep writing through the survivors while they elect a new leader: a
-    // write may fail, but one that was acknowledged must survive.
-    let deadline = Instant::now() + WAIT;
-    let mut after = 0;
-    while after < 20 {
-        let topic = format!("after/{after}");
-        if client.write_retained(&survivors[after % 2].address, &topic) {
-            acknowledged.insert(topic);
-            after += 1;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the survivors never accepted writes again"
-        );
-    }
     let new_leader = client.leader(&survivors);
     assert_ne!(new_leader, leader);
     for survivor in &survivors {
@@ -394,6 +402,14 @@ fn a_new_node_catches_up_by_snapshot_and_follower_writes_are_forwarded() {
         .collect();
     wait_for_voters(&client, &newcomer.address, &remaining);
     assert!(client.write_retained(&newcomer.address, "after/removal"));
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Waits until the node at `address` has applied a membership with exactly
