@@ -26,6 +26,9 @@ use crate::state_machine::StateMachine;
 use crate::writer::{GroupCommit, WriteError, WriteOutcome, Writer};
 use crate::{NodeId, Raft, StoreError};
 
+/// How long a stopping node lets in-flight gRPC calls finish.
+const SERVER_STOP_GRACE: Duration = Duration::from_secs(1);
+
 /// Applied entries a watcher may fall behind by before its stream is cut.
 const APPLIED_EVENTS_BUFFER: usize = 4096;
 
@@ -232,7 +235,13 @@ impl StoreNode {
         if let Some(stop) = self.stop_server.take() {
             let _ = stop.send(());
         }
-        let _ = (&mut self.server).await;
+        // Open streams (watches) would hold a graceful stop forever.
+        if tokio::time::timeout(SERVER_STOP_GRACE, &mut self.server)
+            .await
+            .is_err()
+        {
+            self.server.abort();
+        }
         if let Err(error) = self.raft.shutdown().await {
             tracing::warn!(%error, "raft shutdown");
         }

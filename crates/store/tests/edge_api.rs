@@ -1,0 +1,251 @@
+//! The session API as an edge sees it over gRPC: sessions, fencing, queued
+//! messages, and the watch streams (route table and per-edge notifications).
+
+// Test helpers outside #[test] functions: a failed step fails the test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use rookery_store::proto::{
+    self, Command, CommandResult, admin_client::AdminClient, command::Kind,
+    command_result::Kind as ResultKind, edge_event, store_client::StoreClient,
+};
+use rookery_store::{StoreConfig, StoreNode};
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn single_voter(dir: &std::path::Path) -> (StoreNode, StoreClient<Channel>) {
+    let mut config = StoreConfig::new(1, dir.to_path_buf(), "127.0.0.1:0".parse().unwrap());
+    config.tick_interval = None;
+    let node = StoreNode::start(config).await.unwrap();
+    let endpoint = format!("http://{}", node.address());
+    AdminClient::connect(endpoint.clone())
+        .await
+        .unwrap()
+        .initialize(proto::InitializeRequest {})
+        .await
+        .unwrap();
+    let mut store = StoreClient::connect(endpoint).await.unwrap();
+    // The first write waits out the election of the single voter.
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let request = proto::WriteRequest {
+                commands: vec![register_edge("e1")],
+            };
+            if store.write(request).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap();
+    (node, store)
+}
+
+fn command(kind: Kind) -> Command {
+    Command { kind: Some(kind) }
+}
+
+fn register_edge(edge_id: &str) -> Command {
+    command(Kind::RegisterEdge(proto::RegisterEdge {
+        edge_id: edge_id.into(),
+        address: "127.0.0.1:1".into(),
+        lease_ms: 60_000,
+    }))
+}
+
+fn connect(client_id: &str, edge_id: &str, expiry_interval_s: u32) -> Command {
+    command(Kind::Connect(proto::Connect {
+        client_id: client_id.into(),
+        edge_id: edge_id.into(),
+        expiry_interval_s,
+        protocol_version: 5,
+        ..proto::Connect::default()
+    }))
+}
+
+fn subscribe(client_id: &str, epoch: u64, filter: &str) -> Command {
+    command(Kind::Subscribe(proto::Subscribe {
+        client_id: client_id.into(),
+        epoch,
+        subscriptions: vec![proto::Subscription {
+            filter: filter.into(),
+            options: Some(proto::SubscriptionOptions {
+                qos: 1,
+                ..proto::SubscriptionOptions::default()
+            }),
+        }],
+    }))
+}
+
+async fn write(store: &mut StoreClient<Channel>, commands: Vec<Command>) -> Vec<ResultKind> {
+    store
+        .write(proto::WriteRequest { commands })
+        .await
+        .unwrap()
+        .into_inner()
+        .results
+        .into_iter()
+        .map(|result: CommandResult| result.kind.unwrap())
+        .collect()
+}
+
+fn epoch_of(result: &ResultKind) -> u64 {
+    match result {
+        ResultKind::Connected(connected) => connected.epoch,
+        other => panic!("not connected: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_watch_starts_with_the_table_then_streams_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, mut store) = single_voter(dir.path()).await;
+    let results = write(&mut store, vec![connect("c1", "e1", 3600)]).await;
+    let epoch = epoch_of(&results[0]);
+    write(&mut store, vec![subscribe("c1", epoch, "a/+")]).await;
+
+    let mut watch = store
+        .watch_routes(proto::WatchRoutesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(WAIT, watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(first.snapshot);
+    // Online and persistent: a route to its edge and one to its store queue.
+    let mut targets: Vec<(String, String)> = first
+        .added
+        .iter()
+        .map(|route| (route.filter.clone(), route.edge_id.clone()))
+        .collect();
+    targets.sort();
+    assert_eq!(
+        targets,
+        vec![("a/+".into(), String::new()), ("a/+".into(), "e1".into())]
+    );
+
+    write(&mut store, vec![subscribe("c1", epoch, "b/#")]).await;
+    let change = tokio::time::timeout(WAIT, watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(!change.snapshot);
+    assert!(change.applied_index > first.applied_index);
+    assert_eq!(change.added.len(), 2);
+    assert!(change.added.iter().all(|route| route.filter == "b/#"));
+
+    // A normal disconnect keeps the persistent session's routes and drops the
+    // edge's.
+    write(
+        &mut store,
+        vec![command(Kind::Disconnect(proto::Disconnect {
+            client_id: "c1".into(),
+            epoch,
+            expiry_interval_s: 3600,
+            publish_will: false,
+        }))],
+    )
+    .await;
+    let change = tokio::time::timeout(WAIT, watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(change.added.is_empty());
+    assert_eq!(change.removed.len(), 2);
+    assert!(change.removed.iter().all(|route| route.edge_id == "e1"));
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_notifies_the_old_edge_and_fences_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, mut store) = single_voter(dir.path()).await;
+    write(&mut store, vec![register_edge("e2")]).await;
+    let mut e1_events = store
+        .watch_edge(proto::WatchEdgeRequest {
+            edge_id: "e1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let old_epoch = epoch_of(&write(&mut store, vec![connect("c1", "e1", 3600)]).await[0]);
+    write(&mut store, vec![subscribe("c1", old_epoch, "t")]).await;
+
+    // A persistent session's queued message is announced to its edge.
+    let enqueue = command(Kind::Enqueue(proto::Enqueue {
+        message: Some(proto::Message {
+            topic: "t".into(),
+            payload: bytes::Bytes::from_static(b"m1"),
+            qos: 1,
+            ..proto::Message::default()
+        }),
+        targets: vec![proto::EnqueueTarget {
+            client_id: "c1".into(),
+            qos: 1,
+            ..proto::EnqueueTarget::default()
+        }],
+        incoming: None,
+    }));
+    write(&mut store, vec![enqueue]).await;
+    let event = tokio::time::timeout(WAIT, e1_events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        event.kind,
+        Some(edge_event::Kind::MessagesQueued(ref queued)) if queued.client_id == "c1"
+    ));
+
+    // MQTT-3.1.4-3: the client connects again through e2.
+    let results = write(&mut store, vec![connect("c1", "e2", 3600)]).await;
+    let ResultKind::Connected(connected) = &results[0] else {
+        panic!("{results:?}")
+    };
+    assert!(connected.session_present);
+    assert_eq!(connected.previous_edge_id, "e1");
+    assert_eq!(connected.subscriptions.len(), 1);
+    assert_eq!(
+        connected.queue.len(),
+        1,
+        "the unacknowledged message is resent"
+    );
+    let event = tokio::time::timeout(WAIT, e1_events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        event.kind,
+        Some(edge_event::Kind::SessionTakenOver(
+            proto::SessionTakenOver {
+                client_id: "c1".into(),
+                epoch: old_epoch,
+            }
+        ))
+    );
+
+    // Whatever e1 still sends for the old connection changes nothing.
+    let stale = write(&mut store, vec![subscribe("c1", old_epoch, "stale/#")]).await;
+    assert!(matches!(stale[0], ResultKind::Fenced(_)));
+    let session = store
+        .get_session(proto::GetSessionRequest {
+            client_id: "c1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(session.subscriptions.len(), 1);
+    assert_eq!(session.session.unwrap().edge_id, "e2");
+    node.shutdown().await;
+}
