@@ -15,7 +15,8 @@ use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::db::Db;
+use crate::db::{Db, decode};
+use crate::keys::{self, cf};
 use crate::log_store::LogStore;
 use crate::network::{Channels, Network};
 use crate::proto::{
@@ -23,7 +24,7 @@ use crate::proto::{
 };
 use crate::service::{AdminService, RaftService, Shared, StoreService};
 use crate::state_machine::StateMachine;
-use crate::writer::{GroupCommit, WriteError, WriteOutcome, Writer};
+use crate::writer::{GroupCommit, WriteError, WriteOutcome, Writer, now_ms};
 use crate::{NodeId, Raft, StoreError};
 
 /// How long a stopping node lets in-flight gRPC calls finish.
@@ -167,7 +168,12 @@ impl StoreNode {
             }
         });
         let ticker = config.tick_interval.map(|interval| {
-            tokio::spawn(tick_while_leading(raft.clone(), writer.clone(), interval))
+            tokio::spawn(tick_while_leading(
+                raft.clone(),
+                db.clone(),
+                writer.clone(),
+                interval,
+            ))
         });
         tracing::info!(node_id = config.node_id, %address, "store node started");
         Ok(StoreNode {
@@ -254,7 +260,7 @@ fn millis(duration: Duration) -> u64 {
 
 /// Advances the state machine's clock while this node leads: lease, session,
 /// will and retained-message expiry all happen in the Tick command.
-async fn tick_while_leading(raft: Raft, writer: Writer, interval: Duration) {
+async fn tick_while_leading(raft: Raft, db: Arc<Db>, writer: Writer, interval: Duration) {
     let mut timer = tokio::time::interval(interval);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -266,6 +272,13 @@ async fn tick_while_leading(raft: Raft, writer: Writer, interval: Duration) {
         if !leading {
             continue;
         }
+        // An idle store should not write (and fsync) a Tick twice a second
+        // forever: propose one only when the leader's state has something due.
+        match tick_due(&db, now_ms()) {
+            Ok(false) => continue,
+            Ok(true) => {}
+            Err(error) => tracing::warn!(%error, "reading what a tick would do"),
+        }
         let tick = proto::Command {
             kind: Some(proto::command::Kind::Tick(proto::Tick {})),
         };
@@ -273,4 +286,30 @@ async fn tick_while_leading(raft: Raft, writer: Writer, interval: Duration) {
             tracing::debug!(%error, "tick not committed");
         }
     }
+}
+
+/// Whether a Tick at `now_ms` would change anything: a timer is due, an edge
+/// lease has lapsed, or a due will waits for an edge.
+fn tick_due(db: &Db, now_ms: u64) -> Result<bool, StoreError> {
+    let first_timer = db.scan_range(cf::TIMERS, b"", None, 1)?;
+    if first_timer
+        .first()
+        .and_then(|(key, _)| keys::parse_timer(key))
+        .is_some_and(|(at, _, _)| at <= now_ms)
+    {
+        return Ok(true);
+    }
+    for (_, value) in db.scan_range(cf::EDGES, b"", None, usize::MAX)? {
+        let edge: proto::Edge = decode(cf::EDGES, &value)?;
+        if edge.lease_expires_at_ms <= now_ms {
+            return Ok(true);
+        }
+    }
+    for (_, value) in db.scan_range(cf::WILLS, b"", None, usize::MAX)? {
+        let will: proto::PendingWill = decode(cf::WILLS, &value)?;
+        if will.assigned_edge_id.is_empty() && will.fire_at_ms <= now_ms {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }

@@ -16,9 +16,12 @@ use tonic::transport::Channel;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-async fn single_voter(dir: &std::path::Path) -> (StoreNode, StoreClient<Channel>) {
+async fn single_voter(
+    dir: &std::path::Path,
+    tick_interval: Option<Duration>,
+) -> (StoreNode, StoreClient<Channel>) {
     let mut config = StoreConfig::new(1, dir.to_path_buf(), "127.0.0.1:0".parse().unwrap());
-    config.tick_interval = None;
+    config.tick_interval = tick_interval;
     let node = StoreNode::start(config).await.unwrap();
     let endpoint = format!("http://{}", node.address());
     AdminClient::connect(endpoint.clone())
@@ -103,7 +106,7 @@ fn epoch_of(result: &ResultKind) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_watch_starts_with_the_table_then_streams_changes() {
     let dir = tempfile::tempdir().unwrap();
-    let (node, mut store) = single_voter(dir.path()).await;
+    let (node, mut store) = single_voter(dir.path(), None).await;
     let results = write(&mut store, vec![connect("c1", "e1", 3600)]).await;
     let epoch = epoch_of(&results[0]);
     write(&mut store, vec![subscribe("c1", epoch, "a/+")]).await;
@@ -168,7 +171,7 @@ async fn route_watch_starts_with_the_table_then_streams_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_takeover_notifies_the_old_edge_and_fences_its_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let (node, mut store) = single_voter(dir.path()).await;
+    let (node, mut store) = single_voter(dir.path(), None).await;
     write(&mut store, vec![register_edge("e2")]).await;
     let mut e1_events = store
         .watch_edge(proto::WatchEdgeRequest {
@@ -247,5 +250,71 @@ async fn a_takeover_notifies_the_old_edge_and_fences_its_connection() {
         .into_inner();
     assert_eq!(session.subscriptions.len(), 1);
     assert_eq!(session.session.unwrap().edge_id, "e2");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_edges_clients_have_their_wills_published_by_a_live_edge() {
+    let dir = tempfile::tempdir().unwrap();
+    // The leader's own ticker drives time here, as in production.
+    let (node, mut store) = single_voter(dir.path(), Some(Duration::from_millis(50))).await;
+    let mut e1_events = store
+        .watch_edge(proto::WatchEdgeRequest {
+            edge_id: "e1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let short_lease = command(Kind::RegisterEdge(proto::RegisterEdge {
+        edge_id: "e-dying".into(),
+        address: "127.0.0.1:2".into(),
+        lease_ms: 300,
+    }));
+    let mut with_will = proto::Connect {
+        client_id: "sensor".into(),
+        edge_id: "e-dying".into(),
+        expiry_interval_s: 3600,
+        protocol_version: 5,
+        ..proto::Connect::default()
+    };
+    with_will.will = Some(proto::Will {
+        message: Some(proto::Message {
+            topic: "sensors/offline".into(),
+            payload: bytes::Bytes::from_static(b"sensor"),
+            qos: 1,
+            ..proto::Message::default()
+        }),
+        delay_s: 0,
+    });
+    write(
+        &mut store,
+        vec![short_lease, command(Kind::Connect(with_will))],
+    )
+    .await;
+
+    // e-dying never renews; e1 (60 s lease) is asked to publish the will.
+    let event = tokio::time::timeout(WAIT, e1_events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let Some(edge_event::Kind::WillDue(due)) = event.kind else {
+        panic!("{event:?}")
+    };
+    assert_eq!(due.client_id, "sensor");
+    assert_eq!(due.message.unwrap().topic, "sensors/offline");
+
+    // The session went offline and its expiry started.
+    let session = store
+        .get_session(proto::GetSessionRequest {
+            client_id: "sensor".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    assert!(session.edge_id.is_empty());
+    assert!(session.expires_at_ms > 0);
     node.shutdown().await;
 }
