@@ -186,6 +186,9 @@ impl Machine<'_, '_> {
     fn connect(&mut self, connect: &proto::Connect) -> Result<ResultKind, StoreError> {
         let mut previous = self.session(&connect.client_id)?;
         let mut previous_edge_id = String::new();
+        // A session with expiry 0 ends with its connection, which a takeover
+        // closes: the new connection cannot resume it.
+        let mut ended_by_takeover = false;
 
         if let Some(old) = previous.as_mut()
             && !old.edge_id.is_empty()
@@ -200,21 +203,20 @@ impl Machine<'_, '_> {
                     epoch: old.epoch,
                 }),
             );
-            let ending = connect.clean_start || old.expiry_interval_s == 0;
-            let expiry = old.expiry_interval_s;
+            ended_by_takeover = old.expiry_interval_s == 0;
+            let ending = connect.clean_start || ended_by_takeover;
             if let Some(will) = old.will.take()
                 && (will.delay_s == 0 || ending)
             {
                 self.fire_will_now(&old.client_id, will, Some(&connect.edge_id))?;
             }
             self.take_offline_routes(old)?;
-            old.expiry_interval_s = expiry;
         }
 
         let resumable = previous.filter(|old| !self.expired(old));
         let session_present;
         let mut session = match resumable {
-            Some(old) if !connect.clean_start => {
+            Some(old) if !connect.clean_start && !ended_by_takeover => {
                 // MQTT-3.1.3-9: reconnecting within the will delay cancels it.
                 self.cancel_delayed_wills(&old.client_id)?;
                 session_present = true;
@@ -238,15 +240,17 @@ impl Machine<'_, '_> {
 
         let subscriptions = self.subscriptions(&session.client_id)?;
         let routes_before = self.routes_of(&session, &subscriptions);
+        // The expiry timer of the offline session, before its expiry is
+        // cleared below.
+        if let Some(timer) = self.session_timer(&session) {
+            self.txn.delete(cf::TIMERS, timer);
+        }
         session.edge_id = connect.edge_id.clone();
         session.epoch = self.id;
         session.expiry_interval_s = connect.expiry_interval_s;
         session.expires_at_ms = 0;
         session.will = connect.will.clone();
         session.protocol_version = connect.protocol_version;
-        if let Some(timer) = self.session_timer(&session) {
-            self.txn.delete(cf::TIMERS, timer);
-        }
         let routes_after = self.routes_of(&session, &subscriptions);
         self.replace_routes(routes_before, routes_after);
         self.txn.put(
@@ -291,6 +295,12 @@ impl Machine<'_, '_> {
             );
         }
         session.edge_id.clear();
+        // A session already offline (its edge's lease lapsed before its
+        // DISCONNECT arrived) has an expiry that the new interval replaces.
+        if let Some(timer) = self.session_timer(session) {
+            self.txn.delete(cf::TIMERS, timer);
+        }
+        session.expires_at_ms = 0;
         session.expiry_interval_s = expiry_interval_s;
         if let Some(will) = session.will.take()
             && publish_will
@@ -400,10 +410,13 @@ impl Machine<'_, '_> {
         Ok(())
     }
 
+    /// Cancels the wills still waiting for their delay (MQTT-3.1.3-9). A will
+    /// whose delay has passed is due (MQTT-3.1.2-8) even if no Tick has
+    /// handed it to an edge yet, and stays.
     fn cancel_delayed_wills(&mut self, client_id: &str) -> Result<(), StoreError> {
         for (key, value) in self.txn.scan_prefix(cf::WILLS, &keys::client(client_id))? {
             let pending: PendingWill = decode(cf::WILLS, &value)?;
-            if pending.assigned_edge_id.is_empty() {
+            if pending.assigned_edge_id.is_empty() && pending.fire_at_ms > self.now_ms {
                 self.txn.delete(cf::WILLS, key);
                 self.txn.delete(
                     cf::TIMERS,
@@ -592,7 +605,13 @@ impl Machine<'_, '_> {
                 .unwrap_or_default();
             let options = subscription.options.unwrap_or_default();
             self.txn.put_message(cf::SUBSCRIPTIONS, key, &options);
-            let after = self.routes_of(&session, std::slice::from_ref(subscription));
+            // Routed with the options as stored, so that later route diffs,
+            // computed from the stored subscriptions, agree with these.
+            let stored = Subscription {
+                filter: subscription.filter.clone(),
+                options: Some(options),
+            };
+            let after = self.routes_of(&session, std::slice::from_ref(&stored));
             self.replace_routes(before, after);
         }
         Ok(ResultKind::Subscribed(proto::Subscribed { existed }))
@@ -637,6 +656,7 @@ impl Machine<'_, '_> {
                 return Ok(ResultKind::Enqueued(proto::Enqueued {
                     accepted: false,
                     queued: 0,
+                    dropped: 0,
                 }));
             }
             self.txn.put(cf::INCOMING, key, Vec::new());
@@ -645,21 +665,30 @@ impl Machine<'_, '_> {
             return Ok(ResultKind::Enqueued(proto::Enqueued {
                 accepted: true,
                 queued: 0,
+                dropped: 0,
             }));
         };
         if message.expires_at_ms != 0 && message.expires_at_ms <= self.now_ms {
             return Ok(ResultKind::Enqueued(proto::Enqueued {
                 accepted: true,
                 queued: 0,
+                dropped: 0,
             }));
         }
         let message_id = self.id;
         let mut queued = 0u32;
+        let mut dropped = 0u32;
         let mut notified = BTreeSet::new();
         for target in &enqueue.targets {
             let Some(mut session) = self.session(&target.client_id)? else {
                 continue;
             };
+            if enqueue.max_queued != 0 && session.queue_len >= enqueue.max_queued {
+                dropped += 1;
+                if !(enqueue.drop_oldest && self.drop_oldest_queued(&mut session)?) {
+                    continue;
+                }
+            }
             let entry = QueuedMessage {
                 seq: session.next_seq,
                 message_id,
@@ -676,6 +705,7 @@ impl Machine<'_, '_> {
                 &entry,
             );
             session.next_seq += 1;
+            session.queue_len += 1;
             self.save_session(&session);
             queued += 1;
             if !session.edge_id.is_empty()
@@ -701,7 +731,36 @@ impl Machine<'_, '_> {
         Ok(ResultKind::Enqueued(proto::Enqueued {
             accepted: true,
             queued,
+            dropped,
         }))
+    }
+
+    /// Drops the oldest message of a full queue that has not been sent yet;
+    /// false if every entry is in flight.
+    fn drop_oldest_queued(&mut self, session: &mut Session) -> Result<bool, StoreError> {
+        let client_id = session.client_id.clone();
+        for (key, value) in self
+            .txn
+            .scan_prefix(cf::QUEUES, &keys::client(&client_id))?
+        {
+            let entry: QueuedMessage = decode(cf::QUEUES, &value)?;
+            if entry.stage == DeliveryStage::Queued as i32 {
+                self.txn.delete(cf::QUEUES, key);
+                self.unreference(entry.message_id)?;
+                session.queue_len = session.queue_len.saturating_sub(1);
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// One entry left a session's queue.
+    fn queue_shrunk(&mut self, client_id: &str) -> Result<(), StoreError> {
+        if let Some(mut session) = self.session(client_id)? {
+            session.queue_len = session.queue_len.saturating_sub(1);
+            self.save_session(&session);
+        }
+        Ok(())
     }
 
     fn acknowledge(&mut self, ack: &proto::Acknowledge) -> Result<ResultKind, StoreError> {
@@ -733,6 +792,7 @@ impl Machine<'_, '_> {
                 self.txn.delete(cf::QUEUES, queue_key);
                 self.txn.delete(cf::INFLIGHT, inflight_key);
                 self.unreference(entry.message_id)?;
+                self.queue_shrunk(&ack.client_id)?;
             }
         }
         Ok(ResultKind::Acknowledged(proto::Acknowledged {
@@ -794,6 +854,7 @@ impl Machine<'_, '_> {
                 self.txn
                     .delete(cf::QUEUES, keys::queue_entry(client_id, entry.seq));
                 self.unreference(entry.message_id)?;
+                self.queue_shrunk(client_id)?;
             } else {
                 queue.push(entry);
             }
@@ -931,9 +992,14 @@ pub fn read_retained(
     filter: &str,
     now_ms: u64,
 ) -> Result<Vec<Message>, StoreError> {
-    let literal = filter
+    let mut literal = filter
         .find(['+', '#'])
         .map_or(filter, |wildcard| &filter[..wildcard]);
+    // `a/#` also matches its parent level `a` (MQTT 5 §4.7.1.2), which does
+    // not start with `a/`.
+    if filter.ends_with('#') {
+        literal = literal.strip_suffix('/').unwrap_or(literal);
+    }
     let mut messages = Vec::new();
     for (key, value) in reader.scan_prefix(cf::RETAINED, literal.as_bytes())? {
         let Ok(topic) = std::str::from_utf8(&key) else {

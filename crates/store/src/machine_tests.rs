@@ -1,8 +1,20 @@
 //! Unit tests of the state machine's commands, time driven by the batches.
+//!
+//! Every test drives a fresh database through [`Harness`], which applies each
+//! batch as the next log entry exactly as the Raft state machine does (one
+//! transaction per entry, written as one RocksDB batch), and reads the state
+//! back through the same functions the read API uses.
+
+use std::sync::Arc;
+
+use prost::bytes::Bytes;
 
 use super::*;
-use crate::db::Db;
-use crate::proto::Command;
+use crate::db::{Db, Record};
+use crate::proto::{Command, GetSessionResponse};
+
+/// An arbitrary wall-clock start, ms since the Unix epoch.
+const T0: u64 = 1_700_000_000_000;
 
 fn batch(now_ms: u64, kinds: Vec<CommandKind>) -> CommandBatch {
     CommandBatch {
@@ -14,40 +26,1907 @@ fn batch(now_ms: u64, kinds: Vec<CommandKind>) -> CommandBatch {
     }
 }
 
-#[test]
-fn a_connect_creates_a_session_and_a_second_takes_it_over() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(dir.path()).unwrap();
-    let connect = |edge: &str| {
-        CommandKind::Connect(proto::Connect {
-            client_id: "c1".into(),
-            edge_id: edge.into(),
-            expiry_interval_s: 60,
-            ..proto::Connect::default()
-        })
-    };
-    let mut events = Vec::new();
-    let mut txn = Txn::new(&db);
-    let first = apply_batch(&mut txn, 1, &batch(1_000, vec![connect("e1")]), &mut events).unwrap();
-    db.raw().write(txn.into_batch().unwrap()).unwrap();
-    let Some(ResultKind::Connected(first)) = &first[0].kind else {
-        panic!("{first:?}")
-    };
-    assert!(!first.session_present);
+// ---------------------------------------------------------------------------
+// Harness
 
-    let mut txn = Txn::new(&db);
-    let second = apply_batch(&mut txn, 2, &batch(2_000, vec![connect("e2")]), &mut events).unwrap();
-    let Some(ResultKind::Connected(second)) = &second[0].kind else {
-        panic!("{second:?}")
-    };
+/// A fresh database and the log entries applied to it so far.
+struct Harness {
+    _dir: tempfile::TempDir,
+    db: Arc<Db>,
+    next_index: u64,
+    /// Everything the applied entries emitted, until taken.
+    events: Vec<Event>,
+    /// The entries applied, by log index, with their results, for replaying
+    /// elsewhere.
+    log: Vec<(u64, CommandBatch, Vec<ResultKind>)>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        Harness {
+            _dir: dir,
+            db,
+            next_index: 1,
+            events: Vec::new(),
+            log: Vec::new(),
+        }
+    }
+
+    /// Applies one batch as the next log entry and writes it to the database.
+    fn apply(&mut self, now_ms: u64, kinds: Vec<CommandKind>) -> Vec<ResultKind> {
+        let index = self.next_index;
+        self.next_index += 1;
+        self.apply_entry(index, batch(now_ms, kinds))
+    }
+
+    fn apply_entry(&mut self, log_index: u64, batch: CommandBatch) -> Vec<ResultKind> {
+        let mut txn = Txn::new(&self.db);
+        let results = apply_batch(&mut txn, log_index, &batch, &mut self.events).unwrap();
+        self.db.raw().write(txn.into_batch().unwrap()).unwrap();
+        assert_eq!(
+            results.len(),
+            batch.commands.len(),
+            "one result per command"
+        );
+        let results: Vec<ResultKind> = results
+            .into_iter()
+            .map(|result| result.kind.unwrap())
+            .collect();
+        self.log.push((log_index, batch, results.clone()));
+        results
+    }
+
+    fn apply_one(&mut self, now_ms: u64, kind: CommandKind) -> ResultKind {
+        self.apply(now_ms, vec![kind]).remove(0)
+    }
+
+    fn connect(&mut self, now_ms: u64, connect: proto::Connect) -> proto::Connected {
+        match self.apply_one(now_ms, CommandKind::Connect(connect)) {
+            ResultKind::Connected(connected) => connected,
+            other => panic!("expected Connected, got {other:?}"),
+        }
+    }
+
+    fn tick(&mut self, now_ms: u64) {
+        assert_eq!(self.apply_one(now_ms, tick()), applied());
+    }
+
+    fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    fn session(&self, client_id: &str) -> GetSessionResponse {
+        read_session(&*self.db, client_id).unwrap()
+    }
+
+    /// The stored session record, which must exist.
+    fn session_record(&self, client_id: &str) -> Session {
+        self.session(client_id)
+            .session
+            .unwrap_or_else(|| panic!("no session {client_id}"))
+    }
+
+    fn routes(&self) -> Vec<Route> {
+        sorted(read_routes(&*self.db).unwrap())
+    }
+
+    fn family(&self, family: &'static str) -> Vec<Record> {
+        self.db.scan_range(family, b"", None, usize::MAX).unwrap()
+    }
+
+    /// Every state column family with its records.
+    fn state(&self) -> Vec<(&'static str, Vec<Record>)> {
+        cf::STATE
+            .iter()
+            .map(|family| (*family, self.family(family)))
+            .collect()
+    }
+
+    fn messages(&self) -> Vec<(u64, StoredMessage)> {
+        self.family(cf::MESSAGES)
+            .into_iter()
+            .map(|(key, value)| {
+                let id = u64::from_be_bytes(key.as_slice().try_into().unwrap());
+                (id, decode(cf::MESSAGES, &value).unwrap())
+            })
+            .collect()
+    }
+
+    fn wills(&self) -> Vec<PendingWill> {
+        self.family(cf::WILLS)
+            .into_iter()
+            .map(|(_, value)| decode(cf::WILLS, &value).unwrap())
+            .collect()
+    }
+
+    fn timers(&self) -> Vec<(u64, TimerKind, String)> {
+        self.family(cf::TIMERS)
+            .into_iter()
+            .map(|(key, _)| keys::parse_timer(&key).unwrap())
+            .collect()
+    }
+
+    fn edges(&self) -> Vec<String> {
+        self.family(cf::EDGES)
+            .into_iter()
+            .map(|(_, value)| decode::<Edge>(cf::EDGES, &value).unwrap().edge_id)
+            .collect()
+    }
+
+    fn retained(&self, filter: &str, now_ms: u64) -> Vec<String> {
+        read_retained(&*self.db, filter, now_ms)
+            .unwrap()
+            .into_iter()
+            .map(|message| message.topic)
+            .collect()
+    }
+
+    /// Asserts that the given families hold no records.
+    fn assert_empty(&self, families: &[&'static str]) {
+        for family in families {
+            assert!(
+                self.family(family).is_empty(),
+                "{family} is not empty: {:?}",
+                self.family(family)
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Commands
+
+fn connect(client_id: &str, edge_id: &str, expiry_interval_s: u32) -> proto::Connect {
+    proto::Connect {
+        client_id: client_id.into(),
+        edge_id: edge_id.into(),
+        clean_start: false,
+        expiry_interval_s,
+        will: None,
+        protocol_version: 5,
+    }
+}
+
+fn with_will(connect: proto::Connect, topic: &str, delay_s: u32) -> proto::Connect {
+    proto::Connect {
+        will: Some(will(topic, delay_s)),
+        ..connect
+    }
+}
+
+fn clean(connect: proto::Connect) -> proto::Connect {
+    proto::Connect {
+        clean_start: true,
+        ..connect
+    }
+}
+
+fn will(topic: &str, delay_s: u32) -> Will {
+    Will {
+        message: Some(message(topic, "gone")),
+        delay_s,
+    }
+}
+
+fn message(topic: &str, payload: &str) -> Message {
+    Message {
+        topic: topic.into(),
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+        qos: 1,
+        ..Message::default()
+    }
+}
+
+fn expiring(message: Message, expires_at_ms: u64) -> Message {
+    Message {
+        expires_at_ms,
+        ..message
+    }
+}
+
+fn register_edge(edge_id: &str, lease_ms: u64) -> CommandKind {
+    CommandKind::RegisterEdge(proto::RegisterEdge {
+        edge_id: edge_id.into(),
+        address: format!("http://{edge_id}:7000"),
+        lease_ms,
+    })
+}
+
+fn tick() -> CommandKind {
+    CommandKind::Tick(proto::Tick {})
+}
+
+fn disconnect(client_id: &str, epoch: u64, expiry_s: u32, publish_will: bool) -> CommandKind {
+    CommandKind::Disconnect(proto::Disconnect {
+        client_id: client_id.into(),
+        epoch,
+        expiry_interval_s: expiry_s,
+        publish_will,
+    })
+}
+
+fn options(qos: u32) -> SubscriptionOptions {
+    SubscriptionOptions {
+        qos,
+        ..SubscriptionOptions::default()
+    }
+}
+
+fn subscription(filter: &str, qos: u32) -> Subscription {
+    Subscription {
+        filter: filter.into(),
+        options: Some(options(qos)),
+    }
+}
+
+fn subscribe(client_id: &str, epoch: u64, filters: &[(&str, u32)]) -> CommandKind {
+    CommandKind::Subscribe(proto::Subscribe {
+        client_id: client_id.into(),
+        epoch,
+        subscriptions: filters
+            .iter()
+            .map(|(filter, qos)| subscription(filter, *qos))
+            .collect(),
+    })
+}
+
+fn unsubscribe(client_id: &str, epoch: u64, filters: &[&str]) -> CommandKind {
+    CommandKind::Unsubscribe(proto::Unsubscribe {
+        client_id: client_id.into(),
+        epoch,
+        filters: filters.iter().map(|filter| (*filter).into()).collect(),
+    })
+}
+
+fn target(client_id: &str, qos: u32) -> proto::EnqueueTarget {
+    proto::EnqueueTarget {
+        client_id: client_id.into(),
+        qos,
+        ..proto::EnqueueTarget::default()
+    }
+}
+
+fn enqueue(message: Message, targets: Vec<proto::EnqueueTarget>) -> CommandKind {
+    CommandKind::Enqueue(proto::Enqueue {
+        message: Some(message),
+        targets,
+        incoming: None,
+        ..proto::Enqueue::default()
+    })
+}
+
+/// An Enqueue of a QoS 2 PUBLISH that `publisher` sent with `packet_id`.
+fn enqueue_incoming(
+    message: Message,
+    targets: Vec<proto::EnqueueTarget>,
+    publisher: &str,
+    epoch: u64,
+    packet_id: u32,
+) -> CommandKind {
+    CommandKind::Enqueue(proto::Enqueue {
+        message: Some(message),
+        targets,
+        incoming: Some(proto::IncomingQos2 {
+            client_id: publisher.into(),
+            epoch,
+            packet_id,
+        }),
+        ..proto::Enqueue::default()
+    })
+}
+
+fn mark_published(client_id: &str, epoch: u64, seq: u64, packet_id: u32) -> CommandKind {
+    CommandKind::MarkPublished(proto::MarkPublished {
+        client_id: client_id.into(),
+        epoch,
+        seq,
+        packet_id,
+    })
+}
+
+fn acknowledge(client_id: &str, epoch: u64, packet_id: u32, kind: AckKind) -> CommandKind {
+    CommandKind::Acknowledge(proto::Acknowledge {
+        client_id: client_id.into(),
+        epoch,
+        packet_id,
+        kind: kind as i32,
+    })
+}
+
+fn release_incoming(client_id: &str, epoch: u64, packet_id: u32) -> CommandKind {
+    CommandKind::ReleaseIncoming(proto::ReleaseIncoming {
+        client_id: client_id.into(),
+        epoch,
+        packet_id,
+    })
+}
+
+fn set_retained(message: Message) -> CommandKind {
+    CommandKind::SetRetained(proto::SetRetained {
+        message: Some(message),
+    })
+}
+
+fn will_published(client_id: &str, will_id: u64) -> CommandKind {
+    CommandKind::WillPublished(proto::WillPublished {
+        client_id: client_id.into(),
+        will_id,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Results, routes and events
+
+fn subscribed(existed: &[bool]) -> ResultKind {
+    ResultKind::Subscribed(proto::Subscribed {
+        existed: existed.to_vec(),
+    })
+}
+
+fn unsubscribed(existed: &[bool]) -> ResultKind {
+    ResultKind::Unsubscribed(proto::Unsubscribed {
+        existed: existed.to_vec(),
+    })
+}
+
+fn enqueued(accepted: bool, queued: u32) -> ResultKind {
+    ResultKind::Enqueued(proto::Enqueued {
+        accepted,
+        queued,
+        dropped: 0,
+    })
+}
+
+fn acknowledged(matched: bool) -> ResultKind {
+    ResultKind::Acknowledged(proto::Acknowledged { matched })
+}
+
+fn fenced(current_epoch: u64) -> ResultKind {
+    ResultKind::Fenced(proto::Fenced { current_epoch })
+}
+
+fn no_session() -> ResultKind {
+    ResultKind::NoSession(proto::NoSession {})
+}
+
+fn edge_route(filter: &str, edge_id: &str, client_id: &str, qos: u32) -> Route {
+    Route {
+        filter: filter.into(),
+        edge_id: edge_id.into(),
+        client_id: client_id.into(),
+        options: Some(options(qos)),
+    }
+}
+
+fn session_route(filter: &str, client_id: &str, qos: u32) -> Route {
+    edge_route(filter, "", client_id, qos)
+}
+
+fn sorted(mut routes: Vec<Route>) -> Vec<Route> {
+    routes.sort_by_key(|route| {
+        (
+            route.filter.clone(),
+            route.edge_id.clone(),
+            route.client_id.clone(),
+        )
+    });
+    routes
+}
+
+/// The routes added and removed by a run of events.
+fn route_changes(events: &[Event]) -> (Vec<Route>, Vec<Route>) {
+    let mut added = Vec::new();
+    let mut removed = Vec::new();
+    for event in events {
+        match event {
+            Event::RouteAdded(route) => added.push(route.clone()),
+            Event::RouteRemoved(route) => removed.push(route.clone()),
+            Event::Edge { .. } => {}
+        }
+    }
+    (sorted(added), sorted(removed))
+}
+
+fn edge_events(events: &[Event]) -> Vec<(String, edge_event::Kind)> {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            Event::Edge { edge_id, event } => Some((edge_id.clone(), event.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The WillDue events, with the edge each went to.
+fn wills_due(events: &[Event]) -> Vec<(String, proto::WillDue)> {
+    edge_events(events)
+        .into_iter()
+        .filter_map(|(edge_id, event)| match event {
+            edge_event::Kind::WillDue(due) => Some((edge_id, due)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn seqs(queue: &[QueuedMessage]) -> Vec<u64> {
+    queue.iter().map(|entry| entry.seq).collect()
+}
+
+// ---------------------------------------------------------------------------
+// Connect
+
+/// MQTT-3.2.2-3: no session state, so Session Present is 0.
+#[test]
+fn connect_creates_a_new_session_without_session_present() {
+    let mut h = Harness::new();
+    let connected = h.connect(T0, with_will(connect("c1", "e1", 60), "status/c1", 5));
+    assert!(!connected.session_present);
+    assert_eq!(connected.previous_edge_id, "");
+    assert!(connected.subscriptions.is_empty());
+    assert!(connected.queue.is_empty());
+
+    assert_eq!(
+        h.session_record("c1"),
+        Session {
+            client_id: "c1".into(),
+            edge_id: "e1".into(),
+            epoch: connected.epoch,
+            expiry_interval_s: 60,
+            expires_at_ms: 0,
+            will: Some(will("status/c1", 5)),
+            protocol_version: 5,
+            next_seq: 1,
+            queue_len: 0,
+        }
+    );
+    assert_eq!(
+        h.family(cf::EDGE_SESSIONS),
+        vec![(keys::edge_session("e1", "c1"), Vec::new())]
+    );
+    assert!(
+        h.timers().is_empty(),
+        "an online session has no expiry timer"
+    );
+    assert!(
+        h.take_events().is_empty(),
+        "nothing to route, nobody to tell"
+    );
+}
+
+/// MQTT-3.2.2-3: Clean Start 0 with session state resumes it, Session Present
+/// 1, and the new connection gets a larger epoch.
+#[test]
+fn reconnecting_resumes_the_session_with_a_larger_epoch() {
+    let mut h = Harness::new();
+    let first = h.connect(T0, connect("c1", "e1", 60));
+    h.apply_one(T0 + 1, subscribe("c1", first.epoch, &[("a/b", 1)]));
+    h.apply_one(T0 + 2, disconnect("c1", first.epoch, 60, true));
+    assert_eq!(
+        h.apply_one(
+            T0 + 3,
+            enqueue(message("a/b", "hello"), vec![target("c1", 1)])
+        ),
+        enqueued(true, 1)
+    );
+
+    let second = h.connect(T0 + 4, connect("c1", "e2", 60));
+    assert!(second.session_present);
+    assert!(second.epoch > first.epoch);
+    assert_eq!(second.previous_edge_id, "", "the client was offline");
+    assert_eq!(second.subscriptions, vec![subscription("a/b", 1)]);
+    assert_eq!(seqs(&second.queue), vec![1]);
+    assert_eq!(second.queue[0].stage, DeliveryStage::Queued as i32);
+    assert_eq!(second.queue[0].message, Some(message("a/b", "hello")));
+
+    let session = h.session_record("c1");
+    assert_eq!(session.edge_id, "e2");
+    assert_eq!(session.epoch, second.epoch);
+    assert_eq!(session.expires_at_ms, 0);
+    assert_eq!(session.next_seq, 2);
+    assert_eq!(
+        h.routes(),
+        vec![
+            session_route("a/b", "c1", 1),
+            edge_route("a/b", "e2", "c1", 1)
+        ]
+    );
+    assert!(h.timers().is_empty());
+}
+
+/// MQTT-3.1.2-4 / MQTT-3.2.2-2: Clean Start 1 discards the session state and
+/// reports Session Present 0.
+#[test]
+fn clean_start_discards_subscriptions_and_queue() {
+    let mut h = Harness::new();
+    let first = h.connect(T0, connect("c1", "e1", 60));
+    h.apply_one(T0, subscribe("c1", first.epoch, &[("a/b", 1)]));
+    h.apply_one(T0, enqueue(message("a/b", "m1"), vec![target("c1", 1)]));
+    h.apply_one(T0, mark_published("c1", first.epoch, 1, 7));
+    h.apply_one(T0, disconnect("c1", first.epoch, 60, true));
+    h.apply_one(T0, enqueue(message("a/b", "m2"), vec![target("c1", 1)]));
+
+    let second = h.connect(T0 + 1, clean(connect("c1", "e1", 60)));
+    assert!(!second.session_present);
+    assert!(second.epoch > first.epoch);
+    assert!(second.subscriptions.is_empty());
+    assert!(second.queue.is_empty());
+    assert_eq!(h.session_record("c1").next_seq, 1);
+    h.assert_empty(&[
+        cf::SUBSCRIPTIONS,
+        cf::QUEUES,
+        cf::INFLIGHT,
+        cf::MESSAGES,
+        cf::ROUTES,
+        cf::TIMERS,
+    ]);
+}
+
+/// MQTT-3.1.4-3: a second connection takes the session over; the old edge is
+/// told to close its connection and the routes move to the new edge.
+#[test]
+fn a_takeover_tells_the_old_edge_and_reports_it() {
+    let mut h = Harness::new();
+    let first = h.connect(T0, connect("c1", "e1", 60));
+    h.apply_one(T0, subscribe("c1", first.epoch, &[("t", 1)]));
+    h.take_events();
+
+    let second = h.connect(T0 + 1_000, connect("c1", "e2", 60));
     assert!(second.session_present);
     assert!(second.epoch > first.epoch);
     assert_eq!(second.previous_edge_id, "e1");
-    assert!(events.contains(&Event::Edge {
-        edge_id: "e1".into(),
-        event: edge_event::Kind::SessionTakenOver(proto::SessionTakenOver {
+    assert_eq!(second.subscriptions, vec![subscription("t", 1)]);
+
+    let events = h.take_events();
+    assert_eq!(
+        edge_events(&events),
+        vec![(
+            "e1".to_string(),
+            edge_event::Kind::SessionTakenOver(proto::SessionTakenOver {
+                client_id: "c1".into(),
+                epoch: first.epoch,
+            })
+        )]
+    );
+    let (added, removed) = route_changes(&events);
+    assert_eq!(added, vec![edge_route("t", "e2", "c1", 1)]);
+    assert_eq!(removed, vec![edge_route("t", "e1", "c1", 1)]);
+    assert_eq!(
+        h.routes(),
+        vec![session_route("t", "c1", 1), edge_route("t", "e2", "c1", 1)]
+    );
+    assert_eq!(
+        h.family(cf::EDGE_SESSIONS),
+        vec![(keys::edge_session("e2", "c1"), Vec::new())]
+    );
+    // The old connection is fenced from now on.
+    assert_eq!(
+        h.apply_one(T0 + 1_001, disconnect("c1", first.epoch, 0, true)),
+        fenced(second.epoch)
+    );
+}
+
+/// A session with expiry 0 ends when its connection closes (MQTT 5
+/// §3.1.2.11.2), and a takeover closes it (MQTT-3.1.4-3): the new connection
+/// starts a new session even with Clean Start 0.
+#[test]
+fn a_takeover_of_a_session_with_expiry_zero_starts_a_new_session() {
+    let mut h = Harness::new();
+    let first = h.connect(T0, connect("c1", "e1", 0));
+    h.apply_one(T0, subscribe("c1", first.epoch, &[("t", 1)]));
+    h.apply_one(T0, enqueue(message("t", "m"), vec![target("c1", 1)]));
+    h.apply_one(T0, mark_published("c1", first.epoch, 1, 3));
+    h.take_events();
+
+    let second = h.connect(T0 + 1, connect("c1", "e2", 0));
+    assert!(!second.session_present);
+    assert_eq!(second.previous_edge_id, "e1");
+    assert!(second.subscriptions.is_empty());
+    assert!(second.queue.is_empty());
+    h.assert_empty(&[cf::QUEUES, cf::INFLIGHT, cf::MESSAGES]);
+    assert!(h.session("c1").subscriptions.is_empty());
+    assert!(h.routes().is_empty());
+    let events = h.take_events();
+    assert_eq!(
+        route_changes(&events),
+        (vec![], vec![edge_route("t", "e1", "c1", 1)])
+    );
+    assert_eq!(edge_events(&events).len(), 1, "SessionTakenOver to e1");
+}
+
+#[test]
+fn commands_in_one_batch_see_the_earlier_commands_writes() {
+    let mut h = Harness::new();
+    // The epoch of a Connect is derived from its log index and position.
+    let epoch = unique_id(h.next_index, 0);
+    let results = h.apply(
+        T0,
+        vec![
+            CommandKind::Connect(connect("c1", "e1", 60)),
+            subscribe("c1", epoch, &[("a", 0)]),
+            CommandKind::Connect(connect("c2", "e1", 60)),
+        ],
+    );
+    let ResultKind::Connected(first) = &results[0] else {
+        panic!("{results:?}")
+    };
+    let ResultKind::Connected(second) = &results[2] else {
+        panic!("{results:?}")
+    };
+    assert_eq!(first.epoch, epoch);
+    assert_eq!(results[1], subscribed(&[false]));
+    assert!(second.epoch > first.epoch, "every command gets its own id");
+}
+
+// ---------------------------------------------------------------------------
+// Fencing
+
+/// MQTT-3.1.4-3: once a connection is taken over, nothing it sends changes
+/// the session.
+#[test]
+fn commands_with_a_stale_epoch_are_fenced_and_change_nothing() {
+    let mut h = Harness::new();
+    let old = h.connect(T0, connect("c1", "e1", 60));
+    h.apply_one(T0, subscribe("c1", old.epoch, &[("a", 2)]));
+    h.apply_one(T0, enqueue(message("a", "m"), vec![target("c1", 2)]));
+    h.apply_one(T0, mark_published("c1", old.epoch, 1, 7));
+    h.apply_one(
+        T0,
+        enqueue_incoming(message("x", "in"), vec![], "c1", old.epoch, 9),
+    );
+    let new = h.connect(T0 + 1, connect("c1", "e2", 60));
+    h.take_events();
+    let before = h.state();
+
+    let results = h.apply(
+        T0 + 2,
+        vec![
+            disconnect("c1", old.epoch, 0, true),
+            subscribe("c1", old.epoch, &[("b", 1)]),
+            unsubscribe("c1", old.epoch, &["a"]),
+            acknowledge("c1", old.epoch, 7, AckKind::Puback),
+            mark_published("c1", old.epoch, 1, 8),
+            release_incoming("c1", old.epoch, 9),
+            enqueue_incoming(
+                message("x", "again"),
+                vec![target("c1", 1)],
+                "c1",
+                old.epoch,
+                10,
+            ),
+        ],
+    );
+    assert_eq!(results, vec![fenced(new.epoch); 7]);
+    assert_eq!(h.state(), before);
+    assert!(h.take_events().is_empty());
+
+    // The current epoch still works, on the state the old one left.
+    assert_eq!(
+        h.apply_one(T0 + 3, acknowledge("c1", new.epoch, 7, AckKind::Puback)),
+        acknowledged(true)
+    );
+}
+
+#[test]
+fn commands_for_an_unknown_client_return_no_session() {
+    let mut h = Harness::new();
+    let results = h.apply(
+        T0,
+        vec![
+            disconnect("ghost", 1, 0, true),
+            subscribe("ghost", 1, &[("a", 1)]),
+            unsubscribe("ghost", 1, &["a"]),
+            acknowledge("ghost", 1, 1, AckKind::Puback),
+            mark_published("ghost", 1, 1, 1),
+            release_incoming("ghost", 1, 1),
+            enqueue_incoming(message("a", "m"), vec![], "ghost", 1, 1),
+        ],
+    );
+    assert_eq!(results, vec![no_session(); 7]);
+    for (family, records) in h.state() {
+        assert!(records.is_empty(), "{family}: {records:?}");
+    }
+    assert!(h.take_events().is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// Subscribe, unsubscribe and routes
+
+/// MQTT-3.8.4-3: a subscription with the filter of an existing one replaces
+/// it; `existed` lets the edge apply Retain Handling 1 (MQTT-3.3.1-10).
+#[test]
+fn subscribe_reports_existing_filters_and_routes_to_the_edge_and_the_session() {
+    let mut h = Harness::new();
+    let c = h.connect(T0, connect("c1", "e1", 60));
+    h.take_events();
+
+    let result = h.apply_one(T0, subscribe("c1", c.epoch, &[("a/b", 1), ("c/#", 0)]));
+    assert_eq!(result, subscribed(&[false, false]));
+    let expected = vec![
+        session_route("a/b", "c1", 1),
+        edge_route("a/b", "e1", "c1", 1),
+        session_route("c/#", "c1", 0),
+        edge_route("c/#", "e1", "c1", 0),
+    ];
+    assert_eq!(h.routes(), expected);
+    assert_eq!(route_changes(&h.take_events()), (expected, vec![]));
+
+    let result = h.apply_one(T0, subscribe("c1", c.epoch, &[("a/b", 2), ("d", 1)]));
+    assert_eq!(result, subscribed(&[true, false]));
+    let expected = vec![
+        session_route("a/b", "c1", 2),
+        edge_route("a/b", "e1", "c1", 2),
+        session_route("c/#", "c1", 0),
+        edge_route("c/#", "e1", "c1", 0),
+        session_route("d", "c1", 1),
+        edge_route("d", "e1", "c1", 1),
+    ];
+    assert_eq!(h.routes(), expected);
+    let (added, removed) = route_changes(&h.take_events());
+    assert_eq!(
+        added,
+        vec![
+            session_route("a/b", "c1", 2),
+            edge_route("a/b", "e1", "c1", 2),
+            session_route("d", "c1", 1),
+            edge_route("d", "e1", "c1", 1),
+        ]
+    );
+    assert!(removed.is_empty());
+    assert_eq!(
+        h.session("c1").subscriptions,
+        vec![
+            subscription("a/b", 2),
+            subscription("c/#", 0),
+            subscription("d", 1)
+        ]
+    );
+
+    // The same subscription again changes no route.
+    let result = h.apply_one(T0, subscribe("c1", c.epoch, &[("d", 1)]));
+    assert_eq!(result, subscribed(&[true]));
+    assert!(h.take_events().is_empty());
+}
+
+#[test]
+fn a_session_with_expiry_zero_gets_only_edge_routes() {
+    let mut h = Harness::new();
+    let c = h.connect(T0, connect("c1", "e1", 0));
+    h.apply_one(T0, subscribe("c1", c.epoch, &[("a", 1)]));
+    assert_eq!(h.routes(), vec![edge_route("a", "e1", "c1", 1)]);
+}
+
+/// A SUBSCRIBE without options stores the default options, and its routes
+/// carry what was stored, so that later route diffs agree with them.
+#[test]
+fn routes_carry_the_stored_subscription_options() {
+    let mut h = Harness::new();
+    let c = h.connect(T0, connect("c1", "e1", 60));
+    h.apply_one(
+        T0,
+        CommandKind::Subscribe(proto::Subscribe {
             client_id: "c1".into(),
-            epoch: first.epoch,
+            epoch: c.epoch,
+            subscriptions: vec![Subscription {
+                filter: "a".into(),
+                options: None,
+            }],
         }),
-    }));
+    );
+    assert_eq!(h.session("c1").subscriptions, vec![subscription("a", 0)]);
+    let expected = vec![session_route("a", "c1", 0), edge_route("a", "e1", "c1", 0)];
+    assert_eq!(h.routes(), expected);
+    assert_eq!(route_changes(&h.take_events()), (expected, vec![]));
+}
+
+/// UNSUBACK reports 0x11 for a filter with no subscription (MQTT 5
+/// §3.11.2.1); the routes of a removed one go (MQTT-3.10.4-1).
+#[test]
+fn unsubscribe_removes_both_routes_and_reports_which_existed() {
+    let mut h = Harness::new();
+    let c = h.connect(T0, connect("c1", "e1", 60));
+    h.apply_one(T0, subscribe("c1", c.epoch, &[("a", 1), ("b", 2)]));
+    h.take_events();
+
+    let result = h.apply_one(T0, unsubscribe("c1", c.epoch, &["a", "zzz"]));
+    assert_eq!(result, unsubscribed(&[true, false]));
+    assert_eq!(
+        h.routes(),
+        vec![session_route("b", "c1", 2), edge_route("b", "e1", "c1", 2)]
+    );
+    assert_eq!(
+        route_changes(&h.take_events()),
+        (
+            vec![],
+            vec![session_route("a", "c1", 1), edge_route("a", "e1", "c1", 1)]
+        )
+    );
+    assert_eq!(h.session("c1").subscriptions, vec![subscription("b", 2)]);
+}
+
+#[test]
+fn disconnect_removes_the_edge_route_but_keeps_the_session_route() {
+    let mut h = Harness::new();
+    let c = h.connect(T0, connect("c1", "e1", 60));
+    h.apply_one(T0, subscribe("c1", c.epoch, &[("a", 1)]));
+    h.take_events();
+
+    assert_eq!(
+        h.apply_one(T0 + 500, disconnect("c1", c.epoch, 60, true)),
+        applied()
+    );
+    assert_eq!(h.routes(), vec![session_route("a", "c1", 1)]);
+    assert_eq!(
+        route_changes(&h.take_events()),
+        (vec![], vec![edge_route("a", "e1", "c1", 1)])
+    );
+    let session = h.session("c1");
+    assert_eq!(session.subscriptions, vec![subscription("a", 1)]);
+    let session = session.session.unwrap();
+    assert_eq!(session.edge_id, "");
+    assert_eq!(session.expires_at_ms, T0 + 500 + 60_000);
+    h.assert_empty(&[cf::EDGE_SESSIONS]);
+    assert_eq!(
+        h.timers(),
+        vec![(T0 + 60_500, TimerKind::SessionExpiry, "c1".to_string())]
+    );
+}
+
+/// MQTT-3.1.2-23 only keeps session state when the expiry is above 0; a
+/// DISCONNECT setting 0 ends the session with everything it owns.
+#[test]
+fn disconnect_with_expiry_zero_deletes_the_session_and_its_routes() {
+    let mut h = Harness::new();
+    let c = h.connect(T0, connect("c1", "e1", 60));
+    h.apply_one(T0, subscribe("c1", c.epoch, &[("a", 2)]));
+    h.apply_one(T0, enqueue(message("a", "m1"), vec![target("c1", 2)]));
+    h.apply_one(T0, enqueue(message("a", "m2"), vec![target("c1", 2)]));
+    h.apply_one(T0, mark_published("c1", c.epoch, 1, 1));
+    h.apply_one(
+        T0,
+        enqueue_incoming(message("a", "in"), vec![target("c1", 2)], "c1", c.epoch, 5),
+    );
+    assert_eq!(h.family(cf::INCOMING).len(), 1);
+    assert_eq!(h.messages().len(), 3);
+    h.take_events();
+
+    assert_eq!(
+        h.apply_one(T0 + 1, disconnect("c1", c.epoch, 0, false)),
+        applied()
+    );
+    assert_eq!(h.session("c1"), GetSessionResponse::default());
+    h.assert_empty(&[
+        cf::SESSIONS,
+        cf::SUBSCRIPTIONS,
+        cf::QUEUES,
+        cf::INFLIGHT,
+        cf::INCOMING,
+        cf::MESSAGES,
+        cf::ROUTES,
+        cf::EDGE_SESSIONS,
+        cf::WILLS,
+        cf::TIMERS,
+    ]);
+    assert_eq!(
+        route_changes(&h.take_events()),
+        (
+            vec![],
+            vec![session_route("a", "c1", 2), edge_route("a", "e1", "c1", 2)]
+        )
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Enqueue and acknowledgements
+
+#[test]
+fn an_enqueued_message_is_stored_once_and_referenced_by_each_target() {
+    let mut h = Harness::new();
+    let a = h.connect(T0, connect("a", "e1", 60));
+    let b = h.connect(T0, connect("b", "e2", 60));
+    h.apply_one(T0, disconnect("b", b.epoch, 60, false));
+    h.take_events();
+
+    let msg = message("t", "payload");
+    let result = h.apply_one(
+        T0 + 1,
+        enqueue(
+            msg.clone(),
+            vec![
+                proto::EnqueueTarget {
+                    subscription_ids: vec![3, 4],
+                    retain: true,
+                    ..target("a", 1)
+                },
+                target("b", 0),
+                target("ghost", 1),
+            ],
+        ),
+    );
+    assert_eq!(result, enqueued(true, 2), "the unknown target is skipped");
+
+    let messages = h.messages();
+    assert_eq!(messages.len(), 1);
+    let (message_id, stored) = &messages[0];
+    assert_eq!(
+        stored,
+        &StoredMessage {
+            message: Some(msg.clone()),
+            references: 2,
+        }
+    );
+    assert_eq!(
+        h.session("a").queue,
+        vec![QueuedMessage {
+            seq: 1,
+            message_id: *message_id,
+            qos: 1,
+            retain: true,
+            subscription_ids: vec![3, 4],
+            stage: DeliveryStage::Queued as i32,
+            packet_id: 0,
+            message: Some(msg.clone()),
+        }]
+    );
+    let b_queue = h.session("b").queue;
+    assert_eq!(seqs(&b_queue), vec![1]);
+    assert_eq!(b_queue[0].message_id, *message_id);
+    assert_eq!(b_queue[0].qos, 0);
+    assert_eq!(h.session_record("a").next_seq, 2);
+    assert_eq!(h.session_record("b").next_seq, 2);
+    assert_eq!(h.session("ghost"), GetSessionResponse::default());
+
+    // Only the online target's edge hears about it.
+    assert_eq!(
+        edge_events(&h.take_events()),
+        vec![(
+            "e1".to_string(),
+            edge_event::Kind::MessagesQueued(proto::MessagesQueued {
+                client_id: "a".into(),
+                epoch: a.epoch,
+            })
+        )]
+    );
+
+    // The next message takes the next sequence number.
+    h.apply_one(T0 + 2, enqueue(message("t", "2"), vec![target("a", 1)]));
+    assert_eq!(seqs(&h.session("a").queue), vec![1, 2]);
+}
+
+/// MQTT-4.3.2: PUBACK completes a QoS 1 delivery; the shared message goes
+/// once no queue references it.
+#[test]
+fn acknowledging_every_target_deletes_the_message() {
+    let mut h = Harness::new();
+    let a = h.connect(T0, connect("a", "e1", 60));
+    let b = h.connect(T0, connect("b", "e1", 60));
+    h.apply_one(
+        T0,
+        enqueue(message("t", "m"), vec![target("a", 1), target("b", 1)]),
+    );
+    h.apply(
+        T0,
+        vec![
+            mark_published("a", a.epoch, 1, 10),
+            mark_published("b", b.epoch, 1, 20),
+        ],
+    );
+    assert_eq!(h.family(cf::INFLIGHT).len(), 2);
+
+    assert_eq!(
+        h.apply_one(T0 + 1, acknowledge("a", a.epoch, 10, AckKind::Puback)),
+        acknowledged(true)
+    );
+    let messages = h.messages();
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].1.references, 1);
+    assert!(h.session("a").queue.is_empty());
+    assert_eq!(h.family(cf::INFLIGHT).len(), 1);
+    // A second PUBACK for the same packet id matches nothing.
+    assert_eq!(
+        h.apply_one(T0 + 1, acknowledge("a", a.epoch, 10, AckKind::Puback)),
+        acknowledged(false)
+    );
+    assert_eq!(h.messages()[0].1.references, 1);
+
+    assert_eq!(
+        h.apply_one(T0 + 2, acknowledge("b", b.epoch, 20, AckKind::Puback)),
+        acknowledged(true)
+    );
+    h.assert_empty(&[cf::MESSAGES, cf::QUEUES, cf::INFLIGHT]);
+}
+
+/// MQTT-3.3.2-5: a message whose expiry has passed is not delivered, so it is
+/// not queued either.
+#[test]
+fn an_expired_message_is_not_queued() {
+    let mut h = Harness::new();
+    h.connect(T0, connect("a", "e1", 60));
+    h.take_events();
+
+    let result = h.apply_one(
+        T0 + 100,
+        enqueue(
+            expiring(message("t", "late"), T0 + 100),
+            vec![target("a", 1)],
+        ),
+    );
+    assert_eq!(result, enqueued(true, 0));
+    h.assert_empty(&[cf::MESSAGES, cf::QUEUES]);
+    assert!(h.take_events().is_empty());
+
+    let result = h.apply_one(
+        T0 + 100,
+        enqueue(
+            expiring(message("t", "in time"), T0 + 101),
+            vec![target("a", 1)],
+        ),
+    );
+    assert_eq!(result, enqueued(true, 1));
+}
+
+/// MQTT-3.3.2-5: a queued message that expired before it was sent is dropped
+/// when the client reconnects; one already in flight is completed.
+#[test]
+fn a_message_that_expired_while_queued_is_dropped_on_connect_unless_in_flight() {
+    let mut h = Harness::new();
+    let c = h.connect(T0, connect("c1", "e1", 60));
+    for payload in ["sent", "unsent"] {
+        h.apply_one(
+            T0,
+            enqueue(
+                expiring(message("t", payload), T0 + 1_000),
+                vec![target("c1", 1)],
+            ),
+        );
+    }
+    h.apply_one(T0, enqueue(message("t", "forever"), vec![target("c1", 1)]));
+    h.apply_one(T0, mark_published("c1", c.epoch, 1, 1));
+    h.apply_one(T0 + 10, disconnect("c1", c.epoch, 60, false));
+    assert_eq!(h.messages().len(), 3);
+
+    let again = h.connect(T0 + 1_000, connect("c1", "e1", 60));
+    assert!(again.session_present);
+    assert_eq!(seqs(&again.queue), vec![1, 3]);
+    assert_eq!(again.queue[0].stage, DeliveryStage::Published as i32);
+    assert_eq!(again.queue[0].packet_id, 1);
+    assert_eq!(
+        again.queue[0].message.as_ref().unwrap().payload,
+        Bytes::from_static(b"sent")
+    );
+    assert_eq!(seqs(&h.session("c1").queue), vec![1, 3]);
+    let payloads: Vec<Bytes> = h
+        .messages()
+        .into_iter()
+        .map(|(_, stored)| stored.message.unwrap().payload)
+        .collect();
+    assert_eq!(
+        payloads,
+        vec![Bytes::from_static(b"sent"), Bytes::from_static(b"forever")]
+    );
+}
+
+/// MQTT-4.4.0-1: on reconnect an unacknowledged PUBLISH is sent again with
+/// its original packet identifier.
+#[test]
+fn an_unacknowledged_publish_is_resent_with_its_packet_id() {
+    let mut h = Harness::new();
+    let c = h.connect(T0, connect("c1", "e1", 60));
+    h.apply_one(T0, enqueue(message("t", "m"), vec![target("c1", 1)]));
+    assert_eq!(
+        h.apply_one(T0, mark_published("c1", c.epoch, 1, 42)),
+        acknowledged(true)
+    );
+    let again = h.connect(T0 + 1, connect("c1", "e2", 60));
+    assert_eq!(again.queue.len(), 1);
+    assert_eq!(again.queue[0].stage, DeliveryStage::Published as i32);
+    assert_eq!(again.queue[0].packet_id, 42);
+    assert_eq!(
+        h.apply_one(T0 + 2, acknowledge("c1", again.epoch, 42, AckKind::Puback)),
+        acknowledged(true)
+    );
+    h.assert_empty(&[cf::QUEUES, cf::INFLIGHT, cf::MESSAGES]);
+}
+
+// ---------------------------------------------------------------------------
+// QoS 2
+
+/// MQTT-4.3.3: PUBREC moves the message to RELEASED (PUBREL sent), which
+/// survives a reconnect (MQTT-4.4.0-1: the PUBREL is resent), and PUBCOMP
+/// completes it.
+#[test]
+fn qos2_outgoing_pubrec_releases_and_pubcomp_completes() {
+    let mut h = Harness::new();
+    let c = h.connect(T0, connect("c1", "e1", 60));
+    h.apply_one(
+        T0,
+        enqueue(message("t", "exactly once"), vec![target("c1", 2)]),
+    );
+    assert_eq!(
+        h.apply_one(T0, mark_published("c1", c.epoch, 1, 7)),
+        acknowledged(true)
+    );
+    assert_eq!(
+        h.apply_one(T0, mark_published("c1", c.epoch, 99, 8)),
+        acknowledged(false),
+        "no queue entry with that sequence number"
+    );
+    assert_eq!(
+        h.apply_one(T0, acknowledge("c1", c.epoch, 8, AckKind::Pubrec)),
+        acknowledged(false)
+    );
+    assert_eq!(
+        h.apply_one(T0 + 1, acknowledge("c1", c.epoch, 7, AckKind::Pubrec)),
+        acknowledged(true)
+    );
+    let queue = h.session("c1").queue;
+    assert_eq!(queue.len(), 1);
+    assert_eq!(queue[0].stage, DeliveryStage::Released as i32);
+    assert_eq!(queue[0].packet_id, 7);
+
+    h.apply_one(T0 + 2, disconnect("c1", c.epoch, 60, true));
+    let again = h.connect(T0 + 3, connect("c1", "e1", 60));
+    assert_eq!(again.queue.len(), 1);
+    assert_eq!(again.queue[0].seq, 1);
+    assert_eq!(again.queue[0].qos, 2);
+    assert_eq!(again.queue[0].stage, DeliveryStage::Released as i32);
+    assert_eq!(again.queue[0].packet_id, 7);
+    assert_eq!(again.queue[0].message, Some(message("t", "exactly once")));
+
+    assert_eq!(
+        h.apply_one(T0 + 4, acknowledge("c1", again.epoch, 7, AckKind::Pubcomp)),
+        acknowledged(true)
+    );
+    h.assert_empty(&[cf::QUEUES, cf::INFLIGHT, cf::MESSAGES]);
+    assert_eq!(
+        h.apply_one(T0 + 5, acknowledge("c1", again.epoch, 7, AckKind::Pubcomp)),
+        acknowledged(false)
+    );
+}
+
+/// MQTT-4.3.3-9: until PUBREL, a PUBLISH with the same packet identifier is
+/// acknowledged again but not delivered twice; after PUBREL the packet
+/// identifier is free for a new message.
+#[test]
+fn a_retried_incoming_qos2_publish_is_accepted_once() {
+    let mut h = Harness::new();
+    let p = h.connect(T0, connect("pub", "e1", 0));
+    let s = h.connect(T0, connect("sub", "e2", 60));
+    h.apply_one(T0, disconnect("sub", s.epoch, 60, false));
+    let publish = |packet_id| {
+        enqueue_incoming(
+            message("t", "q2"),
+            vec![target("sub", 2)],
+            "pub",
+            p.epoch,
+            packet_id,
+        )
+    };
+
+    assert_eq!(h.apply_one(T0 + 1, publish(5)), enqueued(true, 1));
+    assert_eq!(h.apply_one(T0 + 2, publish(5)), enqueued(false, 0));
+    assert_eq!(h.session("sub").queue.len(), 1);
+    assert_eq!(h.messages().len(), 1);
+    // Another packet identifier is another message.
+    assert_eq!(h.apply_one(T0 + 3, publish(6)), enqueued(true, 1));
+
+    assert_eq!(
+        h.apply_one(T0 + 4, release_incoming("pub", p.epoch, 5)),
+        acknowledged(true)
+    );
+    assert_eq!(
+        h.apply_one(T0 + 5, release_incoming("pub", p.epoch, 5)),
+        acknowledged(false)
+    );
+    assert_eq!(h.apply_one(T0 + 6, publish(5)), enqueued(true, 1));
+    assert_eq!(seqs(&h.session("sub").queue), vec![1, 2, 3]);
+    assert_eq!(
+        h.family(cf::INCOMING)
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect::<Vec<_>>(),
+        vec![keys::packet("pub", 5), keys::packet("pub", 6)]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Session expiry
+
+/// MQTT-3.1.2-23: the session state is kept for the Session Expiry Interval
+/// after the connection closes, and not longer.
+#[test]
+fn a_session_expires_exactly_at_its_expiry_interval() {
+    let mut h = Harness::new();
+    let c = h.connect(T0, connect("c1", "e1", 10));
+    h.apply_one(T0, subscribe("c1", c.epoch, &[("a", 1)]));
+    h.apply_one(T0, disconnect("c1", c.epoch, 10, false));
+    h.apply_one(T0 + 1, enqueue(message("a", "m"), vec![target("c1", 1)]));
+    h.take_events();
+
+    h.tick(T0 + 9_999);
+    assert!(h.session("c1").session.is_some());
+    assert_eq!(h.session("c1").queue.len(), 1);
+    assert!(h.take_events().is_empty());
+
+    h.tick(T0 + 10_000);
+    assert_eq!(h.session("c1"), GetSessionResponse::default());
+    h.assert_empty(&[
+        cf::SESSIONS,
+        cf::SUBSCRIPTIONS,
+        cf::QUEUES,
+        cf::MESSAGES,
+        cf::ROUTES,
+        cf::TIMERS,
+    ]);
+    assert_eq!(
+        route_changes(&h.take_events()),
+        (vec![], vec![session_route("a", "c1", 1)])
+    );
+}
+
+#[test]
+fn reconnecting_cancels_the_session_expiry() {
+    let mut h = Harness::new();
+    let c = h.connect(T0, connect("c1", "e1", 10));
+    h.apply_one(T0, disconnect("c1", c.epoch, 10, false));
+    assert_eq!(h.timers().len(), 1);
+
+    let again = h.connect(T0 + 5_000, connect("c1", "e1", 10));
+    assert!(again.session_present);
+    assert!(
+        h.timers().is_empty(),
+        "the expiry timer goes with the expiry"
+    );
+    h.tick(T0 + 10_000);
+    h.tick(T0 + 60_000);
+    let session = h.session_record("c1");
+    assert_eq!(session.edge_id, "e1");
+    assert_eq!(session.expires_at_ms, 0);
+}
+
+/// MQTT-3.1.2-11 / §3.1.2.11.2: 0xFFFFFFFF means the session does not expire.
+#[test]
+fn a_session_that_never_expires_has_no_timer() {
+    let mut h = Harness::new();
+    let c = h.connect(T0, connect("c1", "e1", NEVER_EXPIRES));
+    h.apply_one(T0, disconnect("c1", c.epoch, NEVER_EXPIRES, false));
+    assert_eq!(h.session_record("c1").expires_at_ms, 0);
+    assert!(h.timers().is_empty());
+    h.tick(T0 + 10 * 365 * 24 * 3_600_000);
+    assert!(h.session("c1").session.is_some());
+}
+
+/// A DISCONNECT may change the Session Expiry Interval (MQTT-3.14.2-2), also
+/// one arriving late from an edge whose lease lapsed and whose clients were
+/// already taken offline: the new interval replaces the old expiry.
+#[test]
+fn a_late_disconnect_of_an_offline_session_replaces_its_expiry() {
+    let mut h = Harness::new();
+    h.apply_one(T0, register_edge("e1", 1_000));
+    let c = h.connect(T0, connect("c1", "e1", 10));
+    h.tick(T0 + 1_000);
+    assert_eq!(h.session_record("c1").expires_at_ms, T0 + 11_000);
+
+    h.apply_one(T0 + 2_000, disconnect("c1", c.epoch, NEVER_EXPIRES, false));
+    let session = h.session_record("c1");
+    assert_eq!(session.expiry_interval_s, NEVER_EXPIRES);
+    assert_eq!(session.expires_at_ms, 0);
+    assert!(h.timers().is_empty(), "{:?}", h.timers());
+    h.tick(T0 + 11_000);
+    assert!(h.session("c1").session.is_some());
+
+    h.apply_one(T0 + 12_000, disconnect("c1", c.epoch, 5, false));
+    assert_eq!(
+        h.timers(),
+        vec![(T0 + 17_000, TimerKind::SessionExpiry, "c1".to_string())]
+    );
+    h.tick(T0 + 17_000);
+    assert!(h.session("c1").session.is_none());
+}
+
+/// An expired session is gone even before a Tick sweeps it: a connect finds
+/// no session (MQTT-3.2.2-3, Session Present 0).
+#[test]
+fn an_expired_session_not_yet_swept_is_not_resumed() {
+    let mut h = Harness::new();
+    let c = h.connect(T0, connect("c1", "e1", 10));
+    h.apply_one(T0, subscribe("c1", c.epoch, &[("a", 1)]));
+    h.apply_one(T0, disconnect("c1", c.epoch, 10, false));
+    h.apply_one(T0, enqueue(message("a", "m"), vec![target("c1", 1)]));
+
+    let again = h.connect(T0 + 10_000, connect("c1", "e1", 10));
+    assert!(!again.session_present);
+    assert!(again.subscriptions.is_empty());
+    assert!(again.queue.is_empty());
+    h.assert_empty(&[cf::SUBSCRIPTIONS, cf::QUEUES, cf::MESSAGES, cf::ROUTES]);
+}
+
+// ---------------------------------------------------------------------------
+// Wills
+
+/// MQTT-3.1.2-8: a will with no delay is published as soon as the connection
+/// closes without a normal DISCONNECT; a live edge is asked to publish it.
+#[test]
+fn a_will_without_delay_is_due_at_once() {
+    let mut h = Harness::new();
+    h.apply_one(T0, register_edge("e1", 60_000));
+    let c = h.connect(T0, with_will(connect("c1", "e1", 60), "status/c1", 0));
+    h.take_events();
+
+    h.apply_one(T0 + 1, disconnect("c1", c.epoch, 60, true));
+    let due = wills_due(&h.take_events());
+    assert_eq!(due.len(), 1);
+    let (edge_id, due) = &due[0];
+    assert_eq!(edge_id, "e1");
+    assert_eq!(due.client_id, "c1");
+    assert_eq!(due.message, will("status/c1", 0).message);
+    assert_eq!(
+        h.wills(),
+        vec![PendingWill {
+            client_id: "c1".into(),
+            will: Some(will("status/c1", 0)),
+            fire_at_ms: T0 + 1,
+            assigned_edge_id: "e1".into(),
+            will_id: due.will_id,
+        }]
+    );
+    assert_eq!(h.session_record("c1").will, None);
+}
+
+/// MQTT-3.1.3-9: the will waits for its Will Delay Interval.
+#[test]
+fn a_delayed_will_is_due_after_its_delay() {
+    let mut h = Harness::new();
+    h.apply_one(T0, register_edge("e1", 1_000_000));
+    let c = h.connect(T0, with_will(connect("c1", "e1", 3_600), "status/c1", 30));
+    h.apply_one(T0, disconnect("c1", c.epoch, 3_600, true));
+    assert!(wills_due(&h.take_events()).is_empty());
+    assert_eq!(h.wills().len(), 1);
+    assert_eq!(h.wills()[0].fire_at_ms, T0 + 30_000);
+    assert!(
+        h.timers()
+            .contains(&(T0 + 30_000, TimerKind::Will, "c1".to_string()))
+    );
+
+    h.tick(T0 + 29_999);
+    assert!(wills_due(&h.take_events()).is_empty());
+    h.tick(T0 + 30_000);
+    let due = wills_due(&h.take_events());
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].0, "e1");
+    assert_eq!(due[0].1.client_id, "c1");
+    assert_eq!(
+        h.timers(),
+        vec![(T0 + 3_600_000, TimerKind::SessionExpiry, "c1".to_string())]
+    );
+    // Handed out once: later ticks leave it with its edge.
+    h.tick(T0 + 31_000);
+    assert!(wills_due(&h.take_events()).is_empty());
+}
+
+/// MQTT-3.1.3-9: a new connection before the Will Delay Interval passes
+/// means the will is not sent.
+#[test]
+fn reconnecting_within_the_will_delay_cancels_the_will() {
+    let mut h = Harness::new();
+    h.apply_one(T0, register_edge("e1", 1_000_000));
+    let c = h.connect(T0, with_will(connect("c1", "e1", 3_600), "status/c1", 30));
+    h.apply_one(T0, disconnect("c1", c.epoch, 3_600, true));
+
+    let again = h.connect(T0 + 10_000, connect("c1", "e1", 3_600));
+    assert!(again.session_present);
+    assert!(h.wills().is_empty());
+    assert!(
+        h.timers()
+            .iter()
+            .all(|(_, kind, _)| *kind != TimerKind::Will),
+        "{:?}",
+        h.timers()
+    );
+    h.tick(T0 + 30_000);
+    h.tick(T0 + 60_000);
+    assert!(wills_due(&h.take_events()).is_empty());
+}
+
+/// MQTT-3.1.2-8: a will whose delay has passed is published even if the
+/// client reconnects before a Tick got to hand it out.
+#[test]
+fn a_will_due_before_the_reconnect_is_still_published() {
+    let mut h = Harness::new();
+    h.apply_one(T0, register_edge("e1", 1_000_000));
+    let c = h.connect(T0, with_will(connect("c1", "e1", 3_600), "status/c1", 30));
+    h.apply_one(T0, disconnect("c1", c.epoch, 3_600, true));
+
+    let again = h.connect(T0 + 31_000, connect("c1", "e1", 3_600));
+    assert!(again.session_present);
+    h.tick(T0 + 31_000);
+    let due = wills_due(&h.take_events());
+    assert_eq!(due.len(), 1, "{due:?}");
+    assert_eq!(due[0].1.client_id, "c1");
+}
+
+/// A due will that found no live edge waits for one, and a reconnect of its
+/// client does not withdraw it: its delay had already passed.
+#[test]
+fn a_due_will_waits_for_a_live_edge_even_across_a_reconnect() {
+    let mut h = Harness::new();
+    let c = h.connect(T0, with_will(connect("c1", "e1", 3_600), "status/c1", 0));
+    h.apply_one(T0, disconnect("c1", c.epoch, 3_600, true));
+    assert!(wills_due(&h.take_events()).is_empty(), "no edge is alive");
+    let wills = h.wills();
+    assert_eq!(wills.len(), 1);
+    assert_eq!(wills[0].assigned_edge_id, "");
+    assert_eq!(wills[0].fire_at_ms, T0);
+
+    h.connect(T0 + 1, connect("c1", "e1", 3_600));
+    h.apply_one(T0 + 2, register_edge("e1", 60_000));
+    h.tick(T0 + 2);
+    let due = wills_due(&h.take_events());
+    assert_eq!(due.len(), 1, "{due:?}");
+    assert_eq!(due[0].0, "e1");
+    assert_eq!(h.wills()[0].assigned_edge_id, "e1");
+}
+
+/// MQTT-3.1.3-9: the will is sent when the session ends if that comes before
+/// the Will Delay Interval.
+#[test]
+fn a_will_delay_longer_than_the_session_expiry_fires_at_session_end() {
+    let mut h = Harness::new();
+    h.apply_one(T0, register_edge("e1", 1_000_000));
+    let c = h.connect(T0, with_will(connect("c1", "e1", 10), "status/c1", 100));
+    h.apply_one(T0, disconnect("c1", c.epoch, 10, true));
+    assert_eq!(h.wills()[0].fire_at_ms, T0 + 10_000);
+
+    h.tick(T0 + 9_999);
+    assert!(wills_due(&h.take_events()).is_empty());
+    assert!(h.session("c1").session.is_some());
+
+    h.tick(T0 + 10_000);
+    let due = wills_due(&h.take_events());
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].1.client_id, "c1");
+    assert!(h.session("c1").session.is_none());
+    h.assert_empty(&[cf::TIMERS]);
+}
+
+/// MQTT-3.1.2-10: a DISCONNECT with reason 0x00 deletes the will.
+#[test]
+fn a_normal_disconnect_sends_no_will() {
+    let mut h = Harness::new();
+    h.apply_one(T0, register_edge("e1", 1_000_000));
+    let a = h.connect(T0, with_will(connect("a", "e1", 60), "status/a", 0));
+    let b = h.connect(T0, with_will(connect("b", "e1", 60), "status/b", 30));
+    h.apply(
+        T0 + 1,
+        vec![
+            disconnect("a", a.epoch, 60, false),
+            disconnect("b", b.epoch, 60, false),
+        ],
+    );
+    h.tick(T0 + 60_000);
+    assert!(wills_due(&h.take_events()).is_empty());
+    assert!(h.wills().is_empty());
+}
+
+#[test]
+fn will_published_removes_the_pending_will() {
+    let mut h = Harness::new();
+    h.apply_one(T0, register_edge("e1", 10_000));
+    h.apply_one(T0, register_edge("e2", 1_000_000));
+    let c = h.connect(T0, with_will(connect("c1", "e1", 60), "status/c1", 0));
+    h.apply_one(T0, disconnect("c1", c.epoch, 60, true));
+    let due = wills_due(&h.take_events());
+    assert_eq!(due.len(), 1);
+
+    assert_eq!(
+        h.apply_one(T0 + 1, will_published("c1", due[0].1.will_id)),
+        applied()
+    );
+    assert!(h.wills().is_empty());
+    // Its edge dying later sends it nowhere again.
+    h.tick(T0 + 10_000);
+    assert!(wills_due(&h.take_events()).is_empty());
+}
+
+/// MQTT-3.1.4-3 with MQTT-3.1.2-8: a taken-over connection's will goes out
+/// unless its delay is cut short by the new connection resuming the session.
+#[test]
+fn a_takeover_publishes_the_old_connections_will_unless_delayed() {
+    let mut h = Harness::new();
+    h.apply_one(T0, register_edge("e1", 1_000_000));
+    h.apply_one(T0, register_edge("e2", 1_000_000));
+
+    // No delay: out at once, to the edge of the new connection.
+    h.connect(T0, with_will(connect("a", "e1", 60), "status/a", 0));
+    h.connect(T0 + 1, connect("a", "e2", 60));
+    let due = wills_due(&h.take_events());
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].0, "e2");
+    assert_eq!(due[0].1.client_id, "a");
+
+    // A delay and a resumed session: cancelled.
+    h.connect(T0 + 2, with_will(connect("b", "e1", 60), "status/b", 30));
+    h.connect(T0 + 3, connect("b", "e2", 60));
+    h.tick(T0 + 60_000);
+    assert!(wills_due(&h.take_events()).is_empty());
+
+    // A delay, but Clean Start ends the session: out at once.
+    h.connect(
+        T0 + 60_001,
+        with_will(connect("c", "e1", 60), "status/c", 30),
+    );
+    h.connect(T0 + 60_002, clean(connect("c", "e2", 60)));
+    let due = wills_due(&h.take_events());
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].1.client_id, "c");
+}
+
+// ---------------------------------------------------------------------------
+// Edge leases
+
+/// An edge that stops renewing its lease has lost its connections: they are
+/// closed without DISCONNECT, so wills go out (MQTT-3.1.2-8) and session
+/// expiry starts.
+#[test]
+fn an_expired_edge_lease_takes_its_clients_offline() {
+    let mut h = Harness::new();
+    h.apply(
+        T0,
+        vec![register_edge("e1", 10_000), register_edge("e2", 1_000_000)],
+    );
+    let c1 = h.connect(T0, with_will(connect("c1", "e1", 60), "status/c1", 0));
+    h.apply_one(T0, subscribe("c1", c1.epoch, &[("a", 1)]));
+    let c2 = h.connect(T0, connect("c2", "e1", 0));
+    h.apply_one(T0, subscribe("c2", c2.epoch, &[("b", 1)]));
+    h.connect(T0, connect("c3", "e2", 60));
+    h.take_events();
+
+    h.tick(T0 + 9_999);
+    assert!(h.take_events().is_empty());
+    assert_eq!(h.edges(), vec!["e1", "e2"]);
+
+    h.tick(T0 + 10_000);
+    assert_eq!(h.edges(), vec!["e2"]);
+    let session = h.session_record("c1");
+    assert_eq!(session.edge_id, "");
+    assert_eq!(session.expires_at_ms, T0 + 70_000);
+    assert_eq!(
+        h.timers(),
+        vec![(T0 + 70_000, TimerKind::SessionExpiry, "c1".to_string())]
+    );
+    assert!(h.session("c2").session.is_none(), "expiry 0 ends with it");
+    assert_eq!(h.session_record("c3").edge_id, "e2");
+    assert_eq!(h.routes(), vec![session_route("a", "c1", 1)]);
+    assert_eq!(
+        h.family(cf::EDGE_SESSIONS),
+        vec![(keys::edge_session("e2", "c3"), Vec::new())]
+    );
+
+    let events = h.take_events();
+    assert_eq!(
+        route_changes(&events),
+        (
+            vec![],
+            vec![
+                edge_route("a", "e1", "c1", 1),
+                edge_route("b", "e1", "c2", 1)
+            ]
+        )
+    );
+    let due = wills_due(&events);
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].0, "e2", "the dead edge cannot publish it");
+    assert_eq!(due[0].1.client_id, "c1");
+
+    // The session still expires on schedule.
+    h.tick(T0 + 70_000);
+    assert!(h.session("c1").session.is_none());
+}
+
+#[test]
+fn a_will_assigned_to_a_dead_edge_is_reassigned() {
+    let mut h = Harness::new();
+    h.apply(
+        T0,
+        vec![register_edge("e1", 10_000), register_edge("e2", 1_000_000)],
+    );
+    let c = h.connect(T0, with_will(connect("c1", "e1", 60), "status/c1", 0));
+    h.apply_one(T0 + 1, disconnect("c1", c.epoch, 60, true));
+    let first = wills_due(&h.take_events());
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].0, "e1");
+
+    // e1 dies before confirming it.
+    h.tick(T0 + 10_000);
+    let second = wills_due(&h.take_events());
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].0, "e2");
+    assert_eq!(second[0].1, first[0].1, "the same will, same id");
+    assert_eq!(h.wills()[0].assigned_edge_id, "e2");
+
+    h.tick(T0 + 20_000);
+    assert!(wills_due(&h.take_events()).is_empty());
+}
+
+#[test]
+fn renewing_a_lease_keeps_the_edge_alive() {
+    let mut h = Harness::new();
+    h.apply_one(T0, register_edge("e1", 10_000));
+    h.connect(T0, connect("c1", "e1", 60));
+    h.apply_one(T0 + 9_000, register_edge("e1", 10_000));
+    h.tick(T0 + 10_000);
+    assert_eq!(h.session_record("c1").edge_id, "e1");
+    h.tick(T0 + 19_000);
+    assert_eq!(h.session_record("c1").edge_id, "");
+    assert!(h.edges().is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// Retained messages
+
+/// MQTT-3.3.1-5: a retained message replaces the topic's previous one;
+/// MQTT-3.3.1-6: an empty payload clears it.
+#[test]
+fn a_retained_message_is_set_replaced_and_cleared_by_an_empty_payload() {
+    let mut h = Harness::new();
+    h.apply_one(T0, set_retained(message("a/b", "one")));
+    assert_eq!(
+        read_retained(&*h.db, "a/b", T0).unwrap(),
+        vec![message("a/b", "one")]
+    );
+    h.apply_one(T0, set_retained(message("a/b", "two")));
+    assert_eq!(
+        read_retained(&*h.db, "a/b", T0).unwrap(),
+        vec![message("a/b", "two")]
+    );
+    h.apply_one(T0, set_retained(message("a/b", "")));
+    assert!(read_retained(&*h.db, "a/b", T0).unwrap().is_empty());
+    h.assert_empty(&[cf::RETAINED]);
+}
+
+/// MQTT-3.3.2-5: an expired retained message is not sent, and a Tick deletes
+/// it; a replacement outlives the timer of the message it replaced.
+#[test]
+fn a_retained_message_expires() {
+    let mut h = Harness::new();
+    h.apply(
+        T0,
+        vec![
+            set_retained(expiring(message("a", "short"), T0 + 5_000)),
+            set_retained(message("b", "forever")),
+            set_retained(expiring(message("c", "replaced"), T0 + 5_000)),
+            set_retained(message("c", "replacement")),
+        ],
+    );
+    assert_eq!(h.retained("#", T0 + 4_999), vec!["a", "b", "c"]);
+    assert_eq!(h.retained("#", T0 + 5_000), vec!["b", "c"]);
+    assert_eq!(h.family(cf::RETAINED).len(), 3);
+
+    h.tick(T0 + 4_999);
+    assert_eq!(h.family(cf::RETAINED).len(), 3);
+    h.tick(T0 + 5_000);
+    assert_eq!(h.retained("#", T0), vec!["b", "c"]);
+    assert_eq!(
+        read_retained(&*h.db, "c", T0).unwrap(),
+        vec![message("c", "replacement")]
+    );
+    h.assert_empty(&[cf::TIMERS]);
+}
+
+/// MQTT 5 §4.7.1: `+` matches one level, `#` its parent and every level
+/// below; MQTT-4.7.2-1: wildcards at the start do not match `$` topics.
+#[test]
+fn read_retained_matches_wildcard_filters() {
+    let mut h = Harness::new();
+    let topics = [
+        "sport",
+        "sport/tennis",
+        "sport/tennis/player1",
+        "sport/golf",
+        "sports",
+        "$SYS/uptime",
+    ];
+    h.apply(
+        T0,
+        topics
+            .iter()
+            .map(|topic| set_retained(message(topic, "x")))
+            .collect(),
+    );
+
+    assert_eq!(
+        h.retained("sport/+", T0),
+        vec!["sport/golf", "sport/tennis"]
+    );
+    assert_eq!(
+        h.retained("sport/#", T0),
+        vec![
+            "sport",
+            "sport/golf",
+            "sport/tennis",
+            "sport/tennis/player1"
+        ]
+    );
+    assert_eq!(
+        h.retained("sport/tennis/#", T0),
+        vec!["sport/tennis", "sport/tennis/player1"]
+    );
+    assert_eq!(
+        h.retained("+/tennis/#", T0),
+        vec!["sport/tennis", "sport/tennis/player1"]
+    );
+    assert_eq!(h.retained("+", T0), vec!["sport", "sports"]);
+    assert_eq!(
+        h.retained("#", T0),
+        vec![
+            "sport",
+            "sport/golf",
+            "sport/tennis",
+            "sport/tennis/player1",
+            "sports"
+        ]
+    );
+    assert_eq!(h.retained("$SYS/#", T0), vec!["$SYS/uptime"]);
+    assert_eq!(
+        h.retained("sport/tennis/player1", T0),
+        vec!["sport/tennis/player1"]
+    );
+    assert!(h.retained("sport/tennis/player2", T0).is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// Determinism
+
+/// A run touching every command and every column family.
+fn busy_scenario(h: &mut Harness) {
+    h.apply(
+        T0,
+        vec![register_edge("e1", 20_000), register_edge("e2", 1_000_000)],
+    );
+    let a = h.connect(T0, with_will(connect("a", "e1", 60), "status/a", 0));
+    let b = h.connect(T0, with_will(connect("b", "e2", 30), "status/b", 10));
+    let c = h.connect(T0, connect("c", "e1", 0));
+    h.apply(
+        T0 + 1,
+        vec![
+            subscribe("a", a.epoch, &[("t/#", 2), ("x", 1)]),
+            subscribe("b", b.epoch, &[("t/+", 1)]),
+            subscribe("c", c.epoch, &[("t/1", 0)]),
+        ],
+    );
+    h.apply(
+        T0 + 2,
+        vec![
+            enqueue(message("t/1", "one"), vec![target("a", 2), target("b", 1)]),
+            enqueue_incoming(
+                expiring(message("t/2", "two"), T0 + 50_000),
+                vec![target("a", 2), target("b", 1)],
+                "b",
+                b.epoch,
+                3,
+            ),
+            set_retained(expiring(message("t/1", "kept"), T0 + 100_000)),
+            set_retained(message("t/2", "kept too")),
+        ],
+    );
+    h.apply(
+        T0 + 3,
+        vec![
+            mark_published("a", a.epoch, 1, 1),
+            mark_published("a", a.epoch, 2, 2),
+            mark_published("b", b.epoch, 1, 1),
+            acknowledge("a", a.epoch, 1, AckKind::Pubrec),
+            acknowledge("b", b.epoch, 1, AckKind::Puback),
+            unsubscribe("a", a.epoch, &["x"]),
+        ],
+    );
+    h.apply_one(T0 + 4, disconnect("b", b.epoch, 30, true));
+    h.apply_one(
+        T0 + 5,
+        enqueue(message("t/3", "three"), vec![target("b", 1)]),
+    );
+    h.tick(T0 + 11_000);
+    h.apply_one(T0 + 20_000, register_edge("e3", 1_000_000));
+    // e1's lease ends: a's will and c's session go.
+    h.tick(T0 + 20_000);
+    let a2 = h.connect(T0 + 21_000, connect("a", "e3", 60));
+    h.apply_one(T0 + 21_001, acknowledge("a", a2.epoch, 1, AckKind::Pubcomp));
+}
+
+#[test]
+fn the_same_batches_give_the_same_state_on_two_replicas() {
+    let mut first = Harness::new();
+    busy_scenario(&mut first);
+    // The second replica applies the first one's log entries verbatim.
+    let mut second = Harness::new();
+    for (index, batch, results) in first.log.clone() {
+        assert_eq!(second.apply_entry(index, batch), results, "entry {index}");
+    }
+    assert_eq!(first.events, second.events);
+
+    let state = first.state();
+    assert_eq!(state, second.state());
+    // The scenario reached every family the machine writes.
+    for (family, records) in &state {
+        if *family != cf::SM_META {
+            assert!(!records.is_empty(), "{family} stayed empty");
+        }
+    }
+}
+
+fn enqueue_limited(
+    message: Message,
+    client_id: &str,
+    max_queued: u32,
+    drop_oldest: bool,
+) -> CommandKind {
+    CommandKind::Enqueue(proto::Enqueue {
+        message: Some(message),
+        targets: vec![target(client_id, 1)],
+        max_queued,
+        drop_oldest,
+        ..proto::Enqueue::default()
+    })
+}
+
+fn payloads(queue: &[QueuedMessage]) -> Vec<String> {
+    queue
+        .iter()
+        .map(|entry| {
+            let payload = entry
+                .message
+                .as_ref()
+                .map(|m| m.payload.clone())
+                .unwrap_or_default();
+            String::from_utf8_lossy(&payload).into_owned()
+        })
+        .collect()
+}
+
+/// A full queue drops the new message by default (Mosquitto's behaviour)
+/// and reports the drop; acknowledgements make room again.
+#[test]
+fn a_full_queue_drops_the_newest_message() {
+    let mut h = Harness::new();
+    let first = h.connect(T0, connect("c1", "e1", 60));
+    for (n, payload) in ["m1", "m2", "m3"].iter().enumerate() {
+        let result = h.apply_one(
+            T0 + 1 + n as u64,
+            enqueue_limited(message("t", payload), "c1", 2, false),
+        );
+        let expected = if n < 2 { (1, 0) } else { (0, 1) };
+        assert_eq!(
+            result,
+            ResultKind::Enqueued(proto::Enqueued {
+                accepted: true,
+                queued: expected.0,
+                dropped: expected.1,
+            })
+        );
+    }
+    assert_eq!(payloads(&h.session("c1").queue), vec!["m1", "m2"]);
+    assert_eq!(h.session_record("c1").queue_len, 2);
+
+    h.apply_one(T0 + 10, mark_published("c1", first.epoch, 1, 7));
+    h.apply_one(T0 + 11, acknowledge("c1", first.epoch, 7, AckKind::Puback));
+    assert_eq!(h.session_record("c1").queue_len, 1);
+    h.apply_one(T0 + 12, enqueue_limited(message("t", "m4"), "c1", 2, false));
+    assert_eq!(payloads(&h.session("c1").queue), vec!["m2", "m4"]);
+}
+
+/// With drop-oldest, the oldest message not yet sent makes room; one in
+/// flight is never dropped.
+#[test]
+fn a_full_queue_can_drop_its_oldest_unsent_message() {
+    let mut h = Harness::new();
+    let first = h.connect(T0, connect("c1", "e1", 60));
+    h.apply_one(T0 + 1, enqueue_limited(message("t", "m1"), "c1", 2, true));
+    h.apply_one(T0 + 2, enqueue_limited(message("t", "m2"), "c1", 2, true));
+    h.apply_one(T0 + 3, mark_published("c1", first.epoch, 1, 9));
+    h.apply_one(T0 + 4, enqueue_limited(message("t", "m3"), "c1", 2, true));
+    assert_eq!(payloads(&h.session("c1").queue), vec!["m1", "m3"]);
+    assert_eq!(h.session_record("c1").queue_len, 2);
+    // Only the unreferenced message record is gone.
+    assert_eq!(h.messages().len(), 2);
 }

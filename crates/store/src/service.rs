@@ -362,6 +362,21 @@ impl AdminService {
             address,
         }
     }
+
+    /// The leader, when this node knows it is another node. Membership
+    /// changes go there before openraft sees them: a follower answers "a
+    /// configuration change is in progress" ahead of "not the leader" while
+    /// the leader's previous change is still being replicated to it.
+    fn other_leader(&self) -> Option<(NodeId, BasicNode)> {
+        let metrics = self.shared.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader.filter(|id| *id != self.node_id)?;
+        let node = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)?
+            .clone();
+        Some((leader, node))
+    }
 }
 
 fn write_error_leader(
@@ -399,6 +414,12 @@ impl proto::admin_server::Admin for AdminService {
             .member
             .clone()
             .ok_or_else(|| Status::invalid_argument("member is required"))?;
+        if let Some(leader) = self.other_leader() {
+            let channel = self.shared.forward_target(&request, Some(leader))?;
+            return AdminClient::new(channel)
+                .add_learner(forwarded(request.into_inner()))
+                .await;
+        }
         match self
             .shared
             .raft
@@ -426,6 +447,12 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Result<Response<proto::AdminResponse>, Status> {
         let voters: BTreeSet<NodeId> = request.get_ref().voters.iter().copied().collect();
         let retain = !request.get_ref().remove_others;
+        if let Some(leader) = self.other_leader() {
+            let channel = self.shared.forward_target(&request, Some(leader))?;
+            return AdminClient::new(channel)
+                .change_membership(forwarded(request.into_inner()))
+                .await;
+        }
         match self.shared.raft.change_membership(voters, retain).await {
             Ok(response) => Ok(Response::new(proto::AdminResponse {
                 log_index: response.log_id.index,

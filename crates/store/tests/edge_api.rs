@@ -198,6 +198,7 @@ async fn a_takeover_notifies_the_old_edge_and_fences_its_connection() {
             ..proto::EnqueueTarget::default()
         }],
         incoming: None,
+        ..proto::Enqueue::default()
     }));
     write(&mut store, vec![enqueue]).await;
     let event = tokio::time::timeout(WAIT, e1_events.next())
