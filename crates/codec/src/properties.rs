@@ -11,7 +11,8 @@ use rookery_topic::validate_topic_name;
 use crate::error::{DecodeError, EncodeError};
 use crate::types::{PacketType, PayloadFormat, QoS};
 use crate::wire::{
-    Encode, MAX_VARIABLE_INTEGER, Reader, Sink, put_binary, put_string, put_variable_integer,
+    Encode, MAX_VARIABLE_INTEGER, Reader, Sink, put_binary, put_length_prefixed, put_string,
+    put_variable_integer,
 };
 
 /// A User Property: a name and value pair, which may repeat (section 3.1.2.11.8).
@@ -294,6 +295,45 @@ impl MessageProperties {
             self.correlation_data.as_ref(),
         )?;
         put_user_properties(sink, &self.user_properties)
+    }
+}
+
+/// [`MessageProperties`] as an [`Encode`] value, for a length-prefixed list.
+struct MessagePropertyList<'a>(&'a MessageProperties);
+
+impl Encode for MessagePropertyList<'_> {
+    fn encode<S: Sink>(&self, sink: &mut S) -> Result<(), EncodeError> {
+        self.0.encode(sink)
+    }
+}
+
+impl MessageProperties {
+    /// The properties as a length-prefixed 5.0 property list: how a message's
+    /// properties are kept outside a packet (in Rookery's store), unchanged
+    /// from publisher to subscriber.
+    pub fn to_bytes(&self) -> Result<Bytes, EncodeError> {
+        let mut buf = bytes::BytesMut::new();
+        put_length_prefixed(&mut buf, &MessagePropertyList(self))?;
+        Ok(buf.freeze())
+    }
+
+    /// Reads what [`MessageProperties::to_bytes`] wrote; empty bytes are no
+    /// properties.
+    pub fn from_bytes(bytes: Bytes) -> Result<Self, DecodeError> {
+        let mut props = Self::default();
+        if bytes.is_empty() {
+            return Ok(props);
+        }
+        let mut reader = Reader::new(bytes);
+        decode_list(&mut reader, |id, reader| {
+            if props.decode_one(id, reader)? {
+                Ok(())
+            } else {
+                Err(not_allowed(id, PacketType::Publish))
+            }
+        })?;
+        reader.finish()?;
+        Ok(props)
     }
 }
 
@@ -867,5 +907,39 @@ impl Encode for AuthProperties {
         self.authentication.encode(sink)?;
         put_string_property(sink, PropertyId::ReasonString, self.reason_string.as_ref())?;
         put_user_properties(sink, &self.user_properties)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn message_properties_survive_bytes_and_back() {
+        let props = MessageProperties {
+            payload_format_indicator: Some(PayloadFormat::Utf8),
+            message_expiry_interval: Some(30),
+            content_type: Some("text/plain".into()),
+            response_topic: Some("reply/to".into()),
+            correlation_data: Some(Bytes::from_static(b"\x00\x01")),
+            user_properties: vec![("a".into(), "1".into()), ("a".into(), "2".into())],
+        };
+        let bytes = props.to_bytes().unwrap();
+        assert_eq!(MessageProperties::from_bytes(bytes).unwrap(), props);
+        let empty = MessageProperties::default();
+        assert_eq!(
+            MessageProperties::from_bytes(empty.to_bytes().unwrap()).unwrap(),
+            empty
+        );
+        assert_eq!(MessageProperties::from_bytes(Bytes::new()).unwrap(), empty);
+    }
+
+    #[test]
+    fn message_properties_refuse_a_topic_alias() {
+        // Topic Alias (0x23) = 1: a connection's property, not the message's.
+        let bytes = Bytes::from_static(&[3, 0x23, 0, 1]);
+        assert!(MessageProperties::from_bytes(bytes).is_err());
     }
 }
