@@ -234,7 +234,7 @@ impl Group {
         let first = &self.nodes[0];
         let mut admin = AdminClient::connect(format!("http://{}", first.address)).await?;
         admin.initialize(proto::InitializeRequest {}).await?;
-        self.wait_for_leader().await?;
+        self.wait_for_leader(1).await?;
         if self.nodes.len() > 1 {
             for (index, node) in self.nodes.iter().enumerate().skip(1) {
                 let member = proto::Member {
@@ -254,17 +254,18 @@ impl Group {
                     remove_others: false,
                 })
                 .await?;
-            self.wait_for_leader().await?;
+            self.wait_for_leader(self.nodes.len()).await?;
         }
         Ok(())
     }
 
-    /// Waits until every node knows node 1 as leader.
-    async fn wait_for_leader(&self) -> Result<()> {
+    /// Waits until the first `members` nodes know node 1 as leader.
+    async fn wait_for_leader(&self, members: usize) -> Result<()> {
         let deadline = Instant::now() + FORM_TIMEOUT;
-        while !self.nodes.iter().all(|node| node.leader() == Some(1)) {
+        while !self.nodes[..members].iter().all(|node| node.leader() == Some(1)) {
             if Instant::now() > deadline {
-                return Err("node 1 did not become everyone's leader".into());
+                let leaders: Vec<_> = self.nodes.iter().map(Node::leader).collect();
+                return Err(format!("node 1 did not become everyone's leader: {leaders:?}").into());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
