@@ -1,0 +1,297 @@
+//! The running edge: its listeners, the task that follows the store's
+//! notifications, the lease that tells the store this edge is alive, and
+//! `$SYS`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rookery_codec::{ByteString, MessageProperties, QoS, ReasonCode};
+use rookery_store::StoreNode;
+use rookery_store::proto::{self, command::Kind, edge_event};
+use rookery_store::writer::now_ms;
+use tokio::task::JoinHandle;
+
+use crate::config::BrokerConfig;
+use crate::hub::Hub;
+use crate::message::Message;
+use crate::store::{Store, StoreEvent, StoreEvents, StoreUnavailable};
+use crate::transport::{Listener, TransportError};
+
+/// How long the store keeps this edge's clients after its last renewal.
+const LEASE: Duration = Duration::from_secs(10);
+/// How long shutdown waits for connections to close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("listener: {0}")]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Store(#[from] StoreUnavailable),
+}
+
+/// A running edge. Dropping it without [`Broker::shutdown`] stops nothing
+/// cleanly: the tasks end with the runtime.
+#[derive(Debug)]
+pub struct Broker {
+    hub: Arc<Hub>,
+    addrs: Vec<(String, SocketAddr)>,
+    accept_tasks: Vec<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Broker {
+    /// Loads the session state from the store, registers this edge and opens
+    /// the listeners.
+    pub async fn start(config: BrokerConfig, store: Arc<StoreNode>) -> Result<Broker, BrokerError> {
+        // Each start is a new incarnation: the previous one's clients are
+        // disconnected by the store when its lease lapses (wills fire,
+        // expiry starts), as after a crash.
+        let edge_id = format!("{}.{}", config.edge_id, now_ms());
+        let config = Arc::new(config);
+        let store = Store::new(store);
+        store.write_one(register_edge(&edge_id)).await?;
+        let hub = Arc::new(Hub::new(config.clone(), edge_id.clone(), store.clone()));
+        let events = store.events(edge_id.clone());
+        hub.load(now_ms())?;
+
+        // Bind every listener before starting anything that holds the store,
+        // so a taken port fails the start cleanly.
+        let handshake_timeout = Duration::from_secs(config.limits.connect_timeout_s.max(1));
+        let mut listeners = Vec::new();
+        for listener_config in &config.listeners {
+            listeners.push(Listener::bind(listener_config, handshake_timeout).await?);
+        }
+
+        let mut background = Vec::new();
+        background.push(tokio::spawn(follow_store(hub.clone(), events)));
+        background.push(tokio::spawn(renew_lease(hub.clone())));
+        if config.sys_interval_s > 0 {
+            background.push(tokio::spawn(publish_sys(hub.clone())));
+        }
+
+        let mut addrs = Vec::new();
+        let mut accept_tasks = Vec::new();
+        for mut listener in listeners {
+            let name = listener.name().to_owned();
+            let address = listener.local_addr();
+            addrs.push((name.clone(), address));
+            let hub = hub.clone();
+            accept_tasks.push(tokio::spawn(async move {
+                while let Some(accepted) = listener.accept().await {
+                    tokio::spawn(crate::connection::serve(hub.clone(), accepted));
+                }
+            }));
+            tracing::debug!(listener = %name, %address, "listening");
+        }
+        tracing::info!(edge_id, "broker started");
+        Ok(Broker {
+            hub,
+            addrs,
+            accept_tasks,
+            background,
+        })
+    }
+
+    /// Bound addresses, one per listener, in configuration order.
+    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.addrs.clone()
+    }
+
+    /// Stops accepting, tells every client the server is shutting down
+    /// (DISCONNECT 0x8B to 5.0 clients) and waits, bounded, for them to go.
+    pub async fn shutdown(self) {
+        for task in &self.accept_tasks {
+            task.abort();
+        }
+        let mailboxes = self.hub.mailboxes();
+        tracing::info!(clients = mailboxes.len(), "broker shutting down");
+        for mailbox in mailboxes {
+            mailbox.close(ReasonCode::ServerShuttingDown);
+        }
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        while self.hub.stats.clients_connected.load(Ordering::Relaxed) > 0
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for task in &self.background {
+            task.abort();
+        }
+    }
+}
+
+fn register_edge(edge_id: &str) -> proto::Command {
+    proto::Command {
+        kind: Some(Kind::RegisterEdge(proto::RegisterEdge {
+            edge_id: edge_id.to_owned(),
+            address: String::new(),
+            lease_ms: u64::try_from(LEASE.as_millis()).unwrap_or(u64::MAX),
+        })),
+    }
+}
+
+async fn renew_lease(hub: Arc<Hub>) {
+    let mut interval = tokio::time::interval(LEASE / 4);
+    interval.tick().await;
+    loop {
+        interval.tick().await;
+        if let Err(error) = hub.store.write_one(register_edge(&hub.edge_id)).await {
+            tracing::warn!(%error, "renewing the edge lease failed");
+        }
+    }
+}
+
+/// Acts on what the store tells this edge, in commit order.
+async fn follow_store(hub: Arc<Hub>, mut events: StoreEvents) {
+    while let Some(event) = events.next().await {
+        on_store_event(&hub, event).await;
+    }
+    tracing::debug!("the store stopped sending notifications");
+}
+
+/// Publishes a message that does not come from a connection (a will, `$SYS`):
+/// routed like any other, stored where it must be.
+pub(crate) async fn publish_internal(hub: &Hub, message: Arc<Message>, store_retained: bool) {
+    hub.stats.publish_received();
+    let routes = hub.route(&message);
+    if message.retain {
+        hub.retain(&message);
+    }
+    let mut commands = Vec::new();
+    if message.retain && store_retained {
+        commands.push(proto::Command {
+            kind: Some(Kind::SetRetained(proto::SetRetained {
+                message: Some(message.to_proto()),
+            })),
+        });
+    }
+    if !routes.durable.is_empty() {
+        commands.push(hub.enqueue_command(Some(message.to_proto()), routes.durable, None));
+    }
+    if !commands.is_empty() {
+        match hub.store.write(commands).await {
+            Ok(results) => hub.count_store_drops(&results),
+            Err(error) => {
+                tracing::warn!(%error, topic = %message.topic, "storing a message failed")
+            }
+        }
+    }
+    hub.deliver_local(routes.local);
+}
+
+async fn publish_sys(hub: Arc<Hub>) {
+    let started = Instant::now();
+    let version = format!("rookery version {}", env!("CARGO_PKG_VERSION"));
+    let mut interval = tokio::time::interval(Duration::from_secs(hub.config.sys_interval_s));
+    loop {
+        interval.tick().await;
+        let stats = &hub.stats;
+        let value =
+            |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed).to_string();
+        let topics = [
+            ("$SYS/broker/version", version.clone()),
+            (
+                "$SYS/broker/uptime",
+                format!("{} seconds", started.elapsed().as_secs()),
+            ),
+            (
+                "$SYS/broker/clients/connected",
+                value(&stats.clients_connected),
+            ),
+            (
+                "$SYS/broker/messages/received",
+                value(&stats.messages_received),
+            ),
+            ("$SYS/broker/messages/sent", value(&stats.messages_sent)),
+            ("$SYS/broker/bytes/received", value(&stats.bytes_received)),
+            ("$SYS/broker/bytes/sent", value(&stats.bytes_sent)),
+            (
+                "$SYS/broker/publish/messages/dropped",
+                value(&stats.publish_dropped),
+            ),
+            (
+                "$SYS/broker/retained messages/count",
+                value(&stats.retained_messages),
+            ),
+            (
+                "$SYS/broker/subscriptions/count",
+                hub.subscription_count().to_string(),
+            ),
+        ];
+        for (topic, payload) in topics {
+            let message = Arc::new(Message {
+                topic: ByteString::from(topic),
+                payload: Bytes::from(payload),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: MessageProperties::default(),
+                expires_at_ms: 0,
+                origin: Arc::from(""),
+            });
+            // $SYS values are the broker's current ones: kept in memory, not
+            // in the store.
+            publish_internal(&hub, message, false).await;
+        }
+    }
+}
+
+/// What to do with one store event.
+pub(crate) async fn on_store_event(hub: &Hub, event: StoreEvent) {
+    match event {
+        StoreEvent::Edge(edge_event::Kind::SessionTakenOver(taken)) => {
+            if let Some(session) = hub.session(&taken.client_id)
+                && session.epoch < taken.epoch
+                && let Some(mailbox) = session.mailbox
+            {
+                mailbox.close(ReasonCode::SessionTakenOver);
+            }
+        }
+        StoreEvent::Edge(edge_event::Kind::MessagesQueued(queued)) => {
+            if let Some(mailbox) = hub.session(&queued.client_id).and_then(|s| s.mailbox) {
+                mailbox.notify_queued();
+            }
+        }
+        StoreEvent::Edge(edge_event::Kind::WillDue(will)) => {
+            if let Some(message) = will.message.as_ref().and_then(Message::from_proto) {
+                metrics::counter!("rookery_wills_published_total").increment(1);
+                publish_internal(hub, Arc::new(message), true).await;
+            }
+            let done = proto::Command {
+                kind: Some(Kind::WillPublished(proto::WillPublished {
+                    client_id: will.client_id,
+                    will_id: will.will_id,
+                })),
+            };
+            if let Err(error) = hub.store.write_one(done).await {
+                tracing::warn!(%error, "confirming a published will failed");
+            }
+        }
+        StoreEvent::RouteRemoved(route) => {
+            // A persistent session's queue route goes when the session ends
+            // (expiry) or unsubscribes; an offline one's subscriptions go with it.
+            if route.edge_id.is_empty()
+                && let Some(session) = hub.session(&route.client_id)
+                && session.mailbox.is_none()
+            {
+                let client: crate::hub::ClientId = Arc::from(route.client_id.as_str());
+                hub.unsubscribe(&client, &route.filter);
+                if !hub.has_subscriptions(&client) {
+                    hub.forget_if_offline(&route.client_id);
+                }
+            }
+        }
+        StoreEvent::Lagged => {
+            metrics::counter!("rookery_store_events_lagged_total").increment(1);
+            tracing::warn!(
+                "store notifications were missed; persistent sessions re-read their queues"
+            );
+            for mailbox in hub.mailboxes() {
+                mailbox.notify_queued();
+            }
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The broker's settings. Every field has a default that is safe without a
+//! configuration file (listen on loopback only, like Mosquitto 2); the binary
+//! fills them from flags, a TOML file and `ROOKERY_*` environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything the edge needs to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// This edge's name in the store (owner of its clients' sessions).
+    pub edge_id: String,
+    /// Where clients connect.
+    pub listeners: Vec<ListenerConfig>,
+    /// What clients are told in CONNACK and held to.
+    pub limits: Limits,
+    /// Seconds between `$SYS` updates; 0 turns `$SYS` off.
+    pub sys_interval_s: u64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            edge_id: "rookery-1".into(),
+            listeners: vec![ListenerConfig::default()],
+            limits: Limits::default(),
+            sys_interval_s: 10,
+        }
+    }
+}
+
+/// How a listener carries MQTT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// MQTT over plain TCP.
+    Tcp,
+    /// MQTT over TLS.
+    Tls,
+    /// MQTT over WebSocket (subprotocol `mqtt`).
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// A name for logs and metrics (`tcp`, `tls`, ...); defaults to the kind.
+    pub name: String,
+    pub kind: ListenerKind,
+    pub address: SocketAddr,
+    /// Expect a PROXY protocol v1 or v2 header first (TCP and TLS listeners
+    /// behind a load balancer); the client address it names is the peer's.
+    pub proxy_protocol: bool,
+    /// The HTTP path a WebSocket client must request.
+    pub ws_path: String,
+    /// Certificate and key of `tls` and `wss` listeners.
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            name: String::new(),
+            kind: ListenerKind::Tcp,
+            address: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            proxy_protocol: false,
+            ws_path: "/mqtt".into(),
+            tls: None,
+        }
+    }
+}
+
+impl ListenerConfig {
+    /// The name given, or the kind's.
+    pub fn display_name(&self) -> String {
+        if !self.name.is_empty() {
+            return self.name.clone();
+        }
+        match self.kind {
+            ListenerKind::Tcp => "tcp",
+            ListenerKind::Tls => "tls",
+            ListenerKind::Ws => "ws",
+            ListenerKind::Wss => "wss",
+        }
+        .into()
+    }
+}
+
+/// TLS material of a listener, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate chain.
+    pub cert_file: PathBuf,
+    /// The server's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// CA certificates that client certificates are verified against; when
+    /// set, clients may present a certificate.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// Refuse clients without a valid certificate (needs `client_ca_file`).
+    #[serde(default)]
+    pub require_client_cert: bool,
+}
+
+/// What happens when a session's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueOverflow {
+    /// Drop the message that does not fit (Mosquitto's behaviour).
+    #[default]
+    DropNewest,
+    /// Drop the oldest queued message to make room.
+    DropOldest,
+}
+
+/// Protocol limits: announced in CONNACK where MQTT 5 has a property for
+/// them, enforced for every protocol version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// QoS 1 and 2 publishes a client may have unacknowledged towards the
+    /// server (CONNACK Receive Maximum).
+    pub receive_maximum: u16,
+    /// QoS 1 and 2 messages in flight from the server to one session; the
+    /// client's own Receive Maximum lowers it.
+    pub max_inflight: u16,
+    /// Messages queued for one session beyond the in-flight window.
+    pub max_queued_messages: usize,
+    /// What to drop when the queue is full.
+    pub queue_overflow: QueueOverflow,
+    /// The largest packet accepted, in bytes (CONNACK Maximum Packet Size).
+    pub max_packet_size: u32,
+    /// The highest topic alias a client may use (CONNACK Topic Alias
+    /// Maximum); 0 turns client aliases off.
+    pub topic_alias_maximum: u16,
+    /// The longest keep alive allowed, in seconds; a client asking for more
+    /// (or for 0) is told this one as Server Keep Alive (5.0).
+    pub max_keep_alive: u16,
+    /// A keep alive imposed on every client (CONNACK Server Keep Alive).
+    pub server_keep_alive: Option<u16>,
+    /// The highest QoS accepted and granted (CONNACK Maximum QoS).
+    pub maximum_qos: u8,
+    /// Whether retained messages are kept (CONNACK Retain Available).
+    pub retain_available: bool,
+    /// Whether filters with `+` or `#` are accepted.
+    pub wildcard_subscriptions: bool,
+    /// Whether `$share/...` filters are accepted.
+    pub shared_subscriptions: bool,
+    /// Whether subscription identifiers are accepted.
+    pub subscription_identifiers: bool,
+    /// The longest topic name or filter, in bytes.
+    pub max_topic_length: usize,
+    /// The most levels a topic name or filter may have.
+    pub max_topic_levels: usize,
+    /// The longest session expiry interval granted, in seconds.
+    pub max_session_expiry_s: u32,
+    /// Seconds a new connection has to send its CONNECT.
+    pub connect_timeout_s: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            receive_maximum: 1024,
+            max_inflight: 32,
+            max_queued_messages: 1000,
+            queue_overflow: QueueOverflow::DropNewest,
+            max_packet_size: 1024 * 1024,
+            topic_alias_maximum: 64,
+            max_keep_alive: 65535,
+            server_keep_alive: None,
+            maximum_qos: 2,
+            retain_available: true,
+            wildcard_subscriptions: true,
+            shared_subscriptions: true,
+            subscription_identifiers: true,
+            max_topic_length: 65535,
+            max_topic_levels: 128,
+            max_session_expiry_s: u32::MAX,
+            connect_timeout_s: 10,
+        }
+    }
+}

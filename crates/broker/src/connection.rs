@@ -1,0 +1,1344 @@
+//! One client connection: CONNECT, then the loop that reads packets, takes
+//! deliveries from the session's mailbox and writes what both produce, in
+//! batches, to the socket.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::num::{NonZeroU16, NonZeroU32};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use rookery_codec::{
+    Ack, AckProperties, ByteString, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect,
+    EncodeError, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode, RetainHandling,
+    SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+use rookery_store::proto::{self, command::Kind, command_result::Kind as ResultKind};
+use rookery_store::writer::now_ms;
+use rookery_topic::{SharedFilter, validate_topic_filter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{Instant, sleep_until};
+
+use crate::hub::{ClientId, Hub, Mailbox, MailboxReceiver, SessionEntry, SubEntry, ToConnection};
+use crate::message::{Delivery, Message, expiry_at, qos_from};
+use crate::outgoing::{Outgoing, Pending, Resend, Sent};
+use crate::store::StoreUnavailable;
+use crate::transport::{Accepted, BoxedStream};
+
+/// Session Expiry Interval that never expires (MQTT-3.1.2-11 semantics for
+/// 3.1.1's persistent sessions).
+const NEVER_EXPIRES: u32 = u32::MAX;
+/// How long a connection may wait for the socket to take a write.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+const READ_CHUNK: usize = 8 * 1024;
+/// How long a closing connection keeps reading, see `Connection::linger`.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum End {
+    /// The client sent DISCONNECT; `will` when its reason was 0x04.
+    Normal { will: bool, expiry_s: Option<u32> },
+    /// The connection failed or broke a rule: the will is published.
+    Abnormal,
+    /// The client closed the connection without DISCONNECT (or it broke):
+    /// the will is published.
+    Closed,
+    /// Another connection took the session over; the store knows already.
+    TakenOver,
+    /// The broker is stopping; the session stays with this edge's lease.
+    Shutdown,
+}
+
+type Completion = Pin<Box<dyn Future<Output = Completed> + Send>>;
+
+/// A publish whose store write finished.
+#[derive(Debug)]
+struct Completed {
+    packet_id: Option<PacketId>,
+    qos: QoS,
+    local: Vec<(Mailbox, Delivery)>,
+    result: Result<(), ReasonCode>,
+}
+
+/// Serves one accepted connection until it ends.
+pub async fn serve(hub: Arc<Hub>, accepted: Accepted) {
+    let Accepted {
+        stream,
+        peer,
+        listener,
+        ..
+    } = accepted;
+    let mut connection = Connection {
+        hub,
+        stream,
+        peer,
+        read_buf: BytesMut::with_capacity(READ_CHUNK),
+        write_buf: BytesMut::with_capacity(READ_CHUNK),
+        version: ProtocolVersion::V3_1_1,
+    };
+    let connect = match connection.read_connect().await {
+        Ok(Some(connect)) => connect,
+        Ok(None) => return,
+        Err(reason) => {
+            tracing::debug!(%peer, %listener, %reason, "connection closed before CONNECT completed");
+            return;
+        }
+    };
+    let Some(session) = connection.accept(connect).await else {
+        let _ = connection.flush().await;
+        return;
+    };
+    connection.hub.stats.connected();
+    let client_id = session.client_id.clone();
+    tracing::debug!(%peer, %listener, client_id = %client_id, "client connected");
+    let mut session = session;
+    let end = session.run(&mut connection).await;
+    let _ = connection.flush().await;
+    let client_closed = matches!(end, End::Normal { .. } | End::Closed);
+    session.finish(&connection.hub, end).await;
+    connection.hub.stats.disconnected();
+    if client_closed {
+        let _ = connection.stream.shutdown().await;
+    } else {
+        connection.linger().await;
+    }
+    tracing::debug!(%peer, client_id = %client_id, "client disconnected");
+}
+
+struct Connection {
+    hub: Arc<Hub>,
+    stream: BoxedStream,
+    peer: SocketAddr,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    version: ProtocolVersion,
+}
+
+impl Connection {
+    /// Waits for the first packet, which must be CONNECT (MQTT-3.1.0-1).
+    async fn read_connect(&mut self) -> Result<Option<Box<Connect>>, String> {
+        let deadline =
+            Instant::now() + Duration::from_secs(self.hub.config.limits.connect_timeout_s);
+        loop {
+            match rookery_codec::decode(
+                &mut self.read_buf,
+                ProtocolVersion::V3_1_1,
+                self.hub.config.limits.max_packet_size,
+            ) {
+                Ok(Some(Packet::Connect(connect))) => return Ok(Some(connect)),
+                Ok(Some(other)) => {
+                    protocol_error("first_packet_not_connect");
+                    return Err(format!("first packet was {:?}", other.packet_type()));
+                }
+                Ok(None) => {}
+                Err(DecodeError::UnsupportedProtocolVersion(level)) => {
+                    // MQTT-3.1.2-2: CONNACK 0x01 in the 3.1.1 form, then close.
+                    protocol_error("unsupported_protocol_version");
+                    let connack = ConnAck {
+                        session_present: false,
+                        reason_code: ReasonCode::UnsupportedProtocolVersion,
+                        properties: ConnAckProperties::default(),
+                    };
+                    self.send(&Packet::ConnAck(Box::new(connack)));
+                    let _ = self.flush().await;
+                    return Err(format!("unsupported protocol level {level}"));
+                }
+                Err(error) => {
+                    protocol_error(decode_error_label(&error));
+                    return Err(error.to_string());
+                }
+            }
+            let read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.read_buf))
+                .await
+                .map_err(|_| {
+                    metrics::counter!("rookery_connect_timeouts_total").increment(1);
+                    "no CONNECT within the connect timeout".to_owned()
+                })?;
+            match read {
+                Ok(0) => return Ok(None),
+                Ok(n) => self.hub.stats.received(n),
+                Err(error) => return Err(error.to_string()),
+            }
+        }
+    }
+
+    /// Handles CONNECT: validates it, takes the session over in the store and
+    /// answers CONNACK. `None` when the connection is refused.
+    async fn accept(&mut self, connect: Box<Connect>) -> Option<Session> {
+        let hub = self.hub.clone();
+        let limits = &hub.config.limits;
+        self.version = connect.protocol;
+        let v5 = connect.protocol.is_v5();
+        let mut connack = ConnAckProperties::default();
+
+        let mut client_id = connect.client_id.to_string();
+        if client_id.is_empty() {
+            // MQTT-3.1.3-8: 3.1.1 refuses an empty id with a persistent
+            // session; 3.1 requires an id.
+            if connect.protocol == ProtocolVersion::V3_1 || (!v5 && !connect.clean_start) {
+                return self.refuse(ReasonCode::ClientIdentifierNotValid);
+            }
+            client_id = format!("rookery-{:016x}", rand_id());
+            if v5 {
+                // MQTT-3.2.2-16.
+                connack.assigned_client_identifier = Some(ByteString::from(client_id.as_str()));
+            }
+        }
+        if let Some(will) = &connect.will {
+            if will.qos as u8 > limits.maximum_qos {
+                return self.refuse(ReasonCode::QoSNotSupported);
+            }
+            if will.retain && !limits.retain_available {
+                return self.refuse(ReasonCode::RetainNotSupported);
+            }
+            if !topic_within_limits(
+                &will.topic,
+                limits.max_topic_length,
+                limits.max_topic_levels,
+            ) {
+                return self.refuse(ReasonCode::TopicNameInvalid);
+            }
+        }
+        if connect.properties.authentication.method.is_some() {
+            // No enhanced authentication method is offered (MQTT-4.12.0-1).
+            return self.refuse(ReasonCode::BadAuthenticationMethod);
+        }
+
+        let requested_expiry = if v5 {
+            connect.properties.session_expiry_interval.unwrap_or(0)
+        } else if connect.clean_start {
+            0
+        } else {
+            NEVER_EXPIRES
+        };
+        let expiry_s = requested_expiry.min(limits.max_session_expiry_s);
+        if v5 && expiry_s != requested_expiry {
+            connack.session_expiry_interval = Some(expiry_s);
+        }
+
+        let mut keep_alive = limits.server_keep_alive.unwrap_or(connect.keep_alive);
+        if v5
+            && limits.max_keep_alive < u16::MAX
+            && (keep_alive == 0 || keep_alive > limits.max_keep_alive)
+        {
+            keep_alive = limits.max_keep_alive;
+        }
+        if v5 && keep_alive != connect.keep_alive {
+            connack.server_keep_alive = Some(keep_alive);
+        }
+
+        let now = now_ms();
+        let will = connect.will.as_ref().map(|will| {
+            let mut properties = will.properties.message.clone();
+            let expires_at_ms = expiry_at(properties.message_expiry_interval.take(), now);
+            let message = Message {
+                topic: will.topic.clone(),
+                payload: will.payload.clone(),
+                qos: will.qos,
+                retain: will.retain,
+                properties,
+                expires_at_ms,
+                origin: Arc::from(client_id.as_str()),
+            };
+            proto::Will {
+                message: Some(message.to_proto()),
+                delay_s: will.properties.will_delay_interval.unwrap_or(0),
+            }
+        });
+
+        let command = proto::Command {
+            kind: Some(Kind::Connect(proto::Connect {
+                client_id: client_id.clone(),
+                edge_id: hub.edge_id.clone(),
+                clean_start: connect.clean_start,
+                expiry_interval_s: expiry_s,
+                will,
+                protocol_version: u32::from(connect.protocol.level()),
+            })),
+        };
+        let connected = match hub.store.write_one(command).await {
+            Ok(proto::CommandResult {
+                kind: Some(ResultKind::Connected(connected)),
+            }) => connected,
+            Ok(other) => {
+                tracing::error!(?other, "unexpected store answer to Connect");
+                return self.refuse(ReasonCode::UnspecifiedError);
+            }
+            Err(error) => {
+                tracing::warn!(%error, client_id, "refusing a client: the store is unavailable");
+                return self.refuse(ReasonCode::ServerUnavailable);
+            }
+        };
+
+        let client: ClientId = Arc::from(client_id.as_str());
+        let connection_id = hub.next_connection_id();
+        let (mailbox, receiver) = Mailbox::new(connection_id);
+        let persistent = expiry_s > 0;
+        {
+            let _guard = hub.client_lock.lock();
+            if let Some(current) = hub.session(&client_id)
+                && current.epoch > connected.epoch
+            {
+                // A newer connection of the same client won the race.
+                drop(_guard);
+                return self.refuse(ReasonCode::SessionTakenOver);
+            }
+            let previous = hub.register(
+                client.clone(),
+                SessionEntry {
+                    epoch: connected.epoch,
+                    persistent,
+                    mailbox: Some(mailbox.clone()),
+                },
+            );
+            if let Some(old) = previous.and_then(|previous| previous.mailbox) {
+                // MQTT-3.1.4-3: the existing connection is closed, 0x8E.
+                old.close(ReasonCode::SessionTakenOver);
+            }
+        }
+        // The index holds exactly the session's subscriptions as stored.
+        hub.clear_subscriptions(&client);
+        for subscription in &connected.subscriptions {
+            let entry = crate::hub::sub_entry_from_proto(subscription.options.as_ref());
+            hub.subscribe(&client, &subscription.filter, entry);
+        }
+
+        if v5 {
+            connack.receive_maximum = NonZeroU16::new(limits.receive_maximum);
+            if limits.maximum_qos < 2 {
+                connack.maximum_qos = qos_from(u32::from(limits.maximum_qos));
+            }
+            connack.retain_available = Some(limits.retain_available);
+            connack.maximum_packet_size = NonZeroU32::new(limits.max_packet_size);
+            connack.topic_alias_maximum = Some(limits.topic_alias_maximum);
+            connack.wildcard_subscription_available = Some(limits.wildcard_subscriptions);
+            connack.subscription_identifiers_available = Some(limits.subscription_identifiers);
+            connack.shared_subscription_available = Some(limits.shared_subscriptions);
+        }
+        self.send(&Packet::ConnAck(Box::new(ConnAck {
+            // MQTT-3.2.2-2/3.
+            session_present: connected.session_present,
+            reason_code: ReasonCode::Success,
+            properties: connack,
+        })));
+
+        let client_receive_maximum = connect
+            .properties
+            .receive_maximum
+            .map_or(u16::MAX, NonZeroU16::get);
+        let window = client_receive_maximum.min(limits.max_inflight.max(1));
+        let mut outgoing = Outgoing::new(
+            usize::from(window),
+            limits.max_queued_messages,
+            limits.queue_overflow,
+            connect.properties.topic_alias_maximum.unwrap_or(0),
+            connect
+                .properties
+                .maximum_packet_size
+                .map_or(rookery_codec::MAX_PACKET_SIZE, NonZeroU32::get),
+        );
+        if persistent || connected.session_present {
+            outgoing.resume(connected.queue);
+        }
+        Some(Session {
+            client_id: client,
+            epoch: connected.epoch,
+            persistent,
+            expiry_s,
+            requested_expiry_zero: requested_expiry == 0,
+            keep_alive,
+            connection_id,
+            mailbox: receiver,
+            outgoing,
+            incoming_qos2: HashSet::new(),
+            inbound_aliases: HashMap::new(),
+            pending: FuturesOrdered::new(),
+            discarded: Vec::new(),
+        })
+    }
+
+    /// Answers CONNECT with a refusal (MQTT-3.2.2-6: no session).
+    fn refuse(&mut self, reason: ReasonCode) -> Option<Session> {
+        metrics::counter!("rookery_connections_refused_total", "reason" => format!("{reason:?}"))
+            .increment(1);
+        self.send(&Packet::ConnAck(Box::new(ConnAck {
+            session_present: false,
+            reason_code: reason,
+            properties: ConnAckProperties::default(),
+        })));
+        None
+    }
+
+    /// Queues a packet for the next flush.
+    fn send(&mut self, packet: &Packet) {
+        if let Err(error) = packet.encode(self.version, &mut self.write_buf) {
+            tracing::error!(%error, "could not encode a packet");
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.write_buf.is_empty() {
+            return Ok(());
+        }
+        let len = self.write_buf.len();
+        let write = async {
+            self.stream.write_all(&self.write_buf).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client took no data for the write timeout",
+                ));
+            }
+        }
+        self.hub.stats.sent(len);
+        self.write_buf.clear();
+        Ok(())
+    }
+
+    /// Closes a connection the server ended: sends FIN, then reads and
+    /// discards what the client still sends for a moment, so that the
+    /// client reads the DISCONNECT before the socket is gone rather than
+    /// a reset caused by its own unread packets.
+    async fn linger(&mut self) {
+        let _ = self.stream.shutdown().await;
+        let deadline = Instant::now() + LINGER;
+        let mut discard = [0u8; 4096];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout_at(deadline, self.stream.read(&mut discard)).await
+        {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+
+    /// Tells a 5.0 client why the server closes the connection.
+    fn disconnect(&mut self, reason: ReasonCode) {
+        if self.version.is_v5() {
+            self.send(&Packet::Disconnect(Disconnect::new(reason)));
+        }
+    }
+}
+
+/// The state of a connected session.
+struct Session {
+    client_id: ClientId,
+    epoch: u64,
+    persistent: bool,
+    expiry_s: u32,
+    /// MQTT-3.14.2-2: a DISCONNECT may not raise an expiry that was 0.
+    requested_expiry_zero: bool,
+    keep_alive: u16,
+    connection_id: u64,
+    mailbox: MailboxReceiver,
+    outgoing: Outgoing,
+    /// QoS 2 packet ids received and not yet released (MQTT-4.3.3-9).
+    incoming_qos2: HashSet<u16>,
+    inbound_aliases: HashMap<u16, ByteString>,
+    /// Publishes waiting on the store, answered in order.
+    pending: FuturesOrdered<Completion>,
+    /// Stored messages dropped as too large for the client, to acknowledge
+    /// in the store.
+    discarded: Vec<(PacketId, QoS)>,
+}
+
+enum Input {
+    Read(std::io::Result<usize>),
+    Mail(Option<ToConnection>),
+    Completed(Completed),
+    KeepAliveExpired,
+}
+
+impl Session {
+    async fn run(&mut self, conn: &mut Connection) -> End {
+        // Read the queue once more: messages queued between the store's
+        // Connect and this session's registration were notified to nobody.
+        if let Err(end) = self.send_stored(conn, true).await {
+            return end;
+        }
+        if conn.flush().await.is_err() {
+            return End::Closed;
+        }
+        // MQTT-3.1.2-22: 1.5 times the keep alive without a packet.
+        let keep_alive =
+            (self.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.keep_alive) * 1500));
+        let far = Duration::from_secs(86_400 * 365);
+        let mut deadline = Instant::now() + keep_alive.unwrap_or(far);
+        loop {
+            let input = tokio::select! {
+                read = conn.stream.read_buf(&mut conn.read_buf) => Input::Read(read),
+                mail = self.mailbox.recv() => Input::Mail(mail),
+                Some(done) = self.pending.next(), if !self.pending.is_empty() => Input::Completed(done),
+                () = sleep_until(deadline) => Input::KeepAliveExpired,
+            };
+            let outcome = match input {
+                Input::Read(Ok(0)) => Err(End::Closed),
+                Input::Read(Ok(n)) => {
+                    conn.hub.stats.received(n);
+                    if let Some(keep_alive) = keep_alive {
+                        deadline = Instant::now() + keep_alive;
+                    }
+                    self.handle_packets(conn).await
+                }
+                Input::Read(Err(_)) => Err(End::Closed),
+                Input::Mail(Some(mail)) => self.handle_mail(conn, mail).await,
+                Input::Mail(None) => Err(End::Shutdown),
+                Input::Completed(done) => {
+                    self.complete(conn, done);
+                    Ok(())
+                }
+                Input::KeepAliveExpired => {
+                    metrics::counter!("rookery_keep_alive_timeouts_total").increment(1);
+                    conn.disconnect(ReasonCode::KeepAliveTimeout);
+                    Err(End::Abnormal)
+                }
+            };
+            // Take whatever else is already waiting before writing, so that a
+            // burst goes out in one write.
+            let outcome = match outcome {
+                Ok(()) => self.drain_mailbox(conn).await,
+                Err(end) => Err(end),
+            };
+            let flushed = conn.flush().await;
+            match outcome {
+                Err(end) => return end,
+                Ok(()) if flushed.is_err() => return End::Closed,
+                Ok(()) => {}
+            }
+        }
+    }
+
+    async fn drain_mailbox(&mut self, conn: &mut Connection) -> Result<(), End> {
+        for _ in 0..1024 {
+            match self.mailbox.try_recv() {
+                Some(mail) => self.handle_mail(conn, mail).await?,
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_mail(&mut self, conn: &mut Connection, mail: ToConnection) -> Result<(), End> {
+        match mail {
+            ToConnection::Deliver(delivery) => {
+                if !self.outgoing.push(Pending::Memory(delivery)) {
+                    conn.hub.stats.dropped("queue_full");
+                }
+                self.send_ready(conn);
+                Ok(())
+            }
+            ToConnection::Queued => self.send_stored(conn, true).await,
+            ToConnection::Close(reason) => {
+                conn.disconnect(reason);
+                Err(match reason {
+                    ReasonCode::SessionTakenOver => End::TakenOver,
+                    ReasonCode::ServerShuttingDown => End::Shutdown,
+                    _ => End::Abnormal,
+                })
+            }
+        }
+    }
+
+    /// Sends what the window allows from the in-memory queue.
+    fn send_ready(&mut self, conn: &mut Connection) {
+        let now = now_ms();
+        while let Some(sent) = self.outgoing.next_memory(now) {
+            self.write_publish(conn, sent);
+        }
+    }
+
+    /// Reads the store queue of a persistent session and sends new entries
+    /// once their packet identifiers are recorded (so that a resend after
+    /// any failure reuses them, MQTT-4.4.0-1).
+    async fn send_stored(&mut self, conn: &mut Connection, read_queue: bool) -> Result<(), End> {
+        if !self.persistent && !self.outgoing.has_stored() {
+            return Ok(());
+        }
+        if self.persistent && read_queue {
+            match conn.hub.store.queue(&self.client_id) {
+                Ok(queue) => self.outgoing.merge_stored(queue),
+                Err(error) => {
+                    tracing::warn!(%error, client_id = %self.client_id, "reading the session queue failed");
+                    return Ok(());
+                }
+            }
+        }
+        let batch = self.outgoing.next_stored(now_ms());
+        let mut commands = Vec::new();
+        for sent in &batch.fresh {
+            if let Some(packet_id) = sent.packet_id {
+                commands.push(self.mark_published(sent.seq, packet_id));
+            }
+        }
+        for (seq, packet_id, qos) in &batch.expired {
+            // Expired before it could be sent (MQTT-3.3.2-5): recorded as
+            // sent and acknowledged, so the store drops it.
+            commands.push(self.mark_published(*seq, *packet_id));
+            commands.extend(self.ack_commands(*packet_id, *qos));
+        }
+        if !commands.is_empty() {
+            self.write_fenced(&conn.hub.clone(), commands).await?;
+        }
+        for resend in batch.resend {
+            match resend {
+                Resend::Publish(sent) => self.write_publish(conn, *sent),
+                Resend::Release(packet_id) => conn.send(&Packet::PubRel(Ack::new(packet_id))),
+            }
+        }
+        for sent in batch.fresh {
+            self.write_publish(conn, sent);
+        }
+        // Stored messages too large for the client are acknowledged away.
+        let discarded = std::mem::take(&mut self.discarded);
+        if !discarded.is_empty() {
+            let commands = discarded
+                .iter()
+                .flat_map(|(packet_id, qos)| self.ack_commands(*packet_id, *qos))
+                .collect();
+            self.write_fenced(&conn.hub.clone(), commands).await?;
+        }
+        Ok(())
+    }
+
+    fn mark_published(&self, seq: u64, packet_id: PacketId) -> proto::Command {
+        command(Kind::MarkPublished(proto::MarkPublished {
+            client_id: self.client_id.to_string(),
+            epoch: self.epoch,
+            seq,
+            packet_id: u32::from(packet_id.get()),
+        }))
+    }
+
+    fn ack_commands(&self, packet_id: PacketId, qos: QoS) -> Vec<proto::Command> {
+        let kinds: &[proto::AckKind] = match qos {
+            QoS::ExactlyOnce => &[proto::AckKind::Pubrec, proto::AckKind::Pubcomp],
+            _ => &[proto::AckKind::Puback],
+        };
+        kinds
+            .iter()
+            .map(|kind| {
+                command(Kind::Acknowledge(proto::Acknowledge {
+                    client_id: self.client_id.to_string(),
+                    epoch: self.epoch,
+                    packet_id: u32::from(packet_id.get()),
+                    kind: *kind as i32,
+                }))
+            })
+            .collect()
+    }
+
+    /// A store write on behalf of this session; a fenced write means another
+    /// connection owns the session now.
+    async fn write_fenced(&mut self, hub: &Hub, commands: Vec<proto::Command>) -> Result<(), End> {
+        match hub.store.write(commands).await {
+            Ok(results) => {
+                if results
+                    .iter()
+                    .any(|result| matches!(result.kind, Some(ResultKind::Fenced(_))))
+                {
+                    return Err(End::TakenOver);
+                }
+                Ok(())
+            }
+            Err(error) => {
+                tracing::warn!(%error, client_id = %self.client_id, "session write failed");
+                Err(End::Abnormal)
+            }
+        }
+    }
+
+    fn write_publish(&mut self, conn: &mut Connection, sent: Sent) {
+        let Sent {
+            mut publish,
+            packet_id,
+            ..
+        } = sent;
+        publish.packet_id = packet_id;
+        let qos = publish.qos;
+        let topic = publish.topic.clone();
+        if conn.version.is_v5() {
+            self.outgoing.apply_alias(&mut publish);
+        }
+        let packet = Packet::Publish(publish);
+        match packet.encode_within(
+            conn.version,
+            self.outgoing.max_packet_size(),
+            &mut conn.write_buf,
+        ) {
+            Ok(_) => conn.hub.stats.publish_sent(),
+            Err(EncodeError::PacketTooLarge { .. }) => {
+                // MQTT-3.1.2-25: a packet larger than the client's maximum is
+                // discarded as if it had been sent.
+                conn.hub.stats.dropped("packet_too_large");
+                tracing::debug!(client_id = %self.client_id, %topic, "message larger than the client's maximum packet size dropped");
+                if let Some(packet_id) = packet_id
+                    && self.outgoing.forget(packet_id) == Some(true)
+                {
+                    self.discarded.push((packet_id, qos));
+                }
+            }
+            Err(error) => tracing::error!(%error, "could not encode a PUBLISH"),
+        }
+    }
+
+    async fn handle_packets(&mut self, conn: &mut Connection) -> Result<(), End> {
+        loop {
+            let limits = &conn.hub.config.limits;
+            let packet = match rookery_codec::decode(
+                &mut conn.read_buf,
+                conn.version,
+                limits.max_packet_size,
+            ) {
+                Ok(Some(packet)) => packet,
+                Ok(None) => break,
+                Err(error) => {
+                    protocol_error(decode_error_label(&error));
+                    tracing::debug!(client_id = %self.client_id, peer = %conn.peer, %error, "malformed packet");
+                    conn.disconnect(error.reason_code());
+                    return Err(End::Abnormal);
+                }
+            };
+            self.handle_packet(conn, packet).await?;
+        }
+        if conn.read_buf.capacity() - conn.read_buf.len() < 512 {
+            conn.read_buf.reserve(READ_CHUNK);
+        }
+        Ok(())
+    }
+
+    async fn handle_packet(&mut self, conn: &mut Connection, packet: Packet) -> Result<(), End> {
+        match packet {
+            Packet::Publish(publish) => self.on_publish(conn, publish).await,
+            Packet::PubAck(ack) => {
+                if let Some(stored) = self.outgoing.acknowledged(ack.packet_id, QoS::AtLeastOnce) {
+                    if stored {
+                        let commands = self.acknowledge(ack.packet_id, proto::AckKind::Puback);
+                        self.write_fenced(&conn.hub.clone(), commands).await?;
+                    }
+                    self.refill(conn).await?;
+                }
+                Ok(())
+            }
+            Packet::PubRec(ack) => {
+                match self
+                    .outgoing
+                    .received(ack.packet_id, ack.reason_code.is_error())
+                {
+                    Some((stored, release)) => {
+                        if stored {
+                            // Recorded before PUBREL goes out: after a failure
+                            // the store resends PUBREL, never the PUBLISH. A
+                            // refusing PUBREC ends the flow.
+                            let mut commands =
+                                self.acknowledge(ack.packet_id, proto::AckKind::Pubrec);
+                            if !release {
+                                commands.extend(
+                                    self.acknowledge(ack.packet_id, proto::AckKind::Pubcomp),
+                                );
+                            }
+                            self.write_fenced(&conn.hub.clone(), commands).await?;
+                        }
+                        if release {
+                            conn.send(&Packet::PubRel(Ack::new(ack.packet_id)));
+                        } else {
+                            self.refill(conn).await?;
+                        }
+                    }
+                    None if conn.version.is_v5() => {
+                        conn.send(&Packet::PubRel(Ack {
+                            packet_id: ack.packet_id,
+                            reason_code: ReasonCode::PacketIdentifierNotFound,
+                            properties: AckProperties::default(),
+                        }));
+                    }
+                    None => conn.send(&Packet::PubRel(Ack::new(ack.packet_id))),
+                }
+                Ok(())
+            }
+            Packet::PubComp(ack) => {
+                if let Some(stored) = self.outgoing.acknowledged(ack.packet_id, QoS::ExactlyOnce) {
+                    if stored {
+                        let commands = self.acknowledge(ack.packet_id, proto::AckKind::Pubcomp);
+                        self.write_fenced(&conn.hub.clone(), commands).await?;
+                    }
+                    self.refill(conn).await?;
+                }
+                Ok(())
+            }
+            Packet::PubRel(ack) => self.on_pubrel(conn, ack).await,
+            Packet::Subscribe(subscribe) => self.on_subscribe(conn, subscribe).await,
+            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(conn, unsubscribe).await,
+            Packet::PingReq => {
+                conn.send(&Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(disconnect) => {
+                let expiry_s = disconnect.properties.session_expiry_interval;
+                if self.requested_expiry_zero && expiry_s.is_some_and(|s| s > 0) {
+                    // MQTT-3.14.2-2.
+                    protocol_error("disconnect_expiry_raised");
+                    conn.disconnect(ReasonCode::ProtocolError);
+                    return Err(End::Abnormal);
+                }
+                Err(End::Normal {
+                    will: disconnect.reason_code == ReasonCode::DisconnectWithWillMessage,
+                    expiry_s,
+                })
+            }
+            Packet::Connect(_) => {
+                // MQTT-3.1.0-2: a second CONNECT is a protocol violation.
+                protocol_error("second_connect");
+                conn.disconnect(ReasonCode::ProtocolError);
+                Err(End::Abnormal)
+            }
+            Packet::Auth(_) => {
+                // Without an authentication method in CONNECT, AUTH is a
+                // protocol error (MQTT-4.12.0-1).
+                protocol_error("auth_without_method");
+                conn.disconnect(ReasonCode::ProtocolError);
+                Err(End::Abnormal)
+            }
+            other => {
+                protocol_error("server_packet_from_client");
+                tracing::debug!(client_id = %self.client_id, packet = ?other.packet_type(), "client sent a server-only packet");
+                conn.disconnect(ReasonCode::ProtocolError);
+                Err(End::Abnormal)
+            }
+        }
+    }
+
+    fn acknowledge(&self, packet_id: PacketId, kind: proto::AckKind) -> Vec<proto::Command> {
+        vec![command(Kind::Acknowledge(proto::Acknowledge {
+            client_id: self.client_id.to_string(),
+            epoch: self.epoch,
+            packet_id: u32::from(packet_id.get()),
+            kind: kind as i32,
+        }))]
+    }
+
+    /// After an acknowledgement freed a slot: send more.
+    async fn refill(&mut self, conn: &mut Connection) -> Result<(), End> {
+        self.send_ready(conn);
+        if self.outgoing.has_stored_waiting() {
+            self.send_stored(conn, false).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_publish(&mut self, conn: &mut Connection, publish: Publish) -> Result<(), End> {
+        let hub = conn.hub.clone();
+        let limits = &hub.config.limits;
+        hub.stats.publish_received();
+        if publish.qos as u8 > limits.maximum_qos {
+            // MQTT-3.2.2-11.
+            protocol_error("qos_not_supported");
+            conn.disconnect(ReasonCode::QoSNotSupported);
+            return Err(End::Abnormal);
+        }
+        if publish.retain && !limits.retain_available {
+            // MQTT-3.2.2-14.
+            protocol_error("retain_not_supported");
+            conn.disconnect(ReasonCode::RetainNotSupported);
+            return Err(End::Abnormal);
+        }
+        let topic = match publish.properties.topic_alias.map(NonZeroU16::get) {
+            Some(alias) if alias > limits.topic_alias_maximum => {
+                // MQTT-3.3.2-9.
+                protocol_error("topic_alias_invalid");
+                conn.disconnect(ReasonCode::TopicAliasInvalid);
+                return Err(End::Abnormal);
+            }
+            Some(alias) if publish.topic.is_empty() => match self.inbound_aliases.get(&alias) {
+                Some(topic) => topic.clone(),
+                None => {
+                    // MQTT-3.3.4-? an alias never set is a protocol error.
+                    protocol_error("topic_alias_unknown");
+                    conn.disconnect(ReasonCode::ProtocolError);
+                    return Err(End::Abnormal);
+                }
+            },
+            Some(alias) => {
+                self.inbound_aliases.insert(alias, publish.topic.clone());
+                publish.topic.clone()
+            }
+            None => publish.topic.clone(),
+        };
+        if publish.qos != QoS::AtMostOnce {
+            let waiting = self.pending.len() + self.incoming_qos2.len();
+            if waiting >= usize::from(limits.receive_maximum) {
+                // MQTT-3.3.4-9.
+                protocol_error("receive_maximum_exceeded");
+                conn.disconnect(ReasonCode::ReceiveMaximumExceeded);
+                return Err(End::Abnormal);
+            }
+        }
+        let packet_id = publish.packet_id;
+        if publish.qos == QoS::ExactlyOnce
+            && let Some(id) = packet_id
+            && self.incoming_qos2.contains(&id.get())
+        {
+            // MQTT-4.3.3-9: a retry of a QoS 2 PUBLISH not yet released is
+            // acknowledged again and not delivered twice.
+            conn.send(&Packet::PubRec(Ack::new(id)));
+            return Ok(());
+        }
+        let refused =
+            if !topic_within_limits(&topic, limits.max_topic_length, limits.max_topic_levels) {
+                Some(ReasonCode::TopicNameInvalid)
+            } else if topic.starts_with("$SYS/") || &*topic == "$SYS" {
+                // $SYS belongs to the broker.
+                Some(ReasonCode::NotAuthorized)
+            } else {
+                None
+            };
+        if let Some(reason) = refused {
+            hub.stats.dropped("refused");
+            self.answer_publish(conn, packet_id, publish.qos, Err(reason));
+            return Ok(());
+        }
+
+        let now = now_ms();
+        let message = Arc::new(Message::from_publish(
+            &publish,
+            topic,
+            self.client_id.clone(),
+            now,
+        ));
+        let routes = hub.route(&message);
+        let retain = message.retain;
+        if retain {
+            hub.retain(&message);
+        }
+        // A QoS 2 publish of a persistent session is recorded in the store
+        // so that a retry after a failure is not accepted twice.
+        let incoming = (publish.qos == QoS::ExactlyOnce && self.persistent)
+            .then_some(packet_id)
+            .flatten()
+            .map(|id| proto::IncomingQos2 {
+                client_id: self.client_id.to_string(),
+                epoch: self.epoch,
+                packet_id: u32::from(id.get()),
+            });
+        let needs_store = !routes.durable.is_empty() || incoming.is_some() || retain;
+        if publish.qos == QoS::ExactlyOnce
+            && let Some(id) = packet_id
+        {
+            self.incoming_qos2.insert(id.get());
+        }
+        if !needs_store {
+            if routes_empty_reason(&routes) {
+                metrics::counter!("rookery_messages_unrouted_total").increment(1);
+            }
+            hub.deliver_local(routes.local);
+            self.answer_publish(conn, packet_id, publish.qos, Ok(()));
+            return Ok(());
+        }
+        let mut commands = Vec::new();
+        if retain {
+            commands.push(command(Kind::SetRetained(proto::SetRetained {
+                message: Some(message.to_proto()),
+            })));
+        }
+        if !routes.durable.is_empty() || incoming.is_some() {
+            commands.push(hub.enqueue_command(
+                (!routes.durable.is_empty()).then(|| message.to_proto()),
+                routes.durable,
+                incoming,
+            ));
+        }
+        let store = hub.store.clone();
+        let qos = publish.qos;
+        if qos == QoS::AtMostOnce {
+            // The QoS 0 path never waits on the store: the retained copy is
+            // written behind it.
+            hub.deliver_local(routes.local);
+            tokio::spawn(async move {
+                if let Err(error) = store.write(commands).await {
+                    tracing::warn!(%error, "storing a retained message failed");
+                }
+            });
+            return Ok(());
+        }
+        let local = routes.local;
+        let hub = hub.clone();
+        self.pending.push_back(Box::pin(async move {
+            let result = match store.write(commands).await {
+                Ok(results) => {
+                    hub.count_store_drops(&results);
+                    let refused = results.iter().any(|result| {
+                        matches!(
+                            result.kind,
+                            Some(ResultKind::Fenced(_)) | Some(ResultKind::NoSession(_))
+                        )
+                    });
+                    if refused {
+                        Err(ReasonCode::UnspecifiedError)
+                    } else {
+                        Ok(())
+                    }
+                }
+                Err(StoreUnavailable::Write(_) | StoreUnavailable::Read(_)) => {
+                    Err(ReasonCode::ImplementationSpecificError)
+                }
+            };
+            Completed {
+                packet_id,
+                qos,
+                local,
+                result,
+            }
+        }));
+        Ok(())
+    }
+
+    /// Sends the acknowledgement of a publish once it is routed (and stored
+    /// where it had to be).
+    fn complete(&mut self, conn: &mut Connection, done: Completed) {
+        if done.result.is_ok() {
+            conn.hub.deliver_local(done.local);
+        } else if done.qos == QoS::ExactlyOnce
+            && let Some(id) = done.packet_id
+        {
+            // Not accepted: the client may send it again as new.
+            self.incoming_qos2.remove(&id.get());
+        }
+        self.answer_publish(conn, done.packet_id, done.qos, done.result);
+    }
+
+    fn answer_publish(
+        &mut self,
+        conn: &mut Connection,
+        packet_id: Option<PacketId>,
+        qos: QoS,
+        result: Result<(), ReasonCode>,
+    ) {
+        let Some(packet_id) = packet_id else {
+            return;
+        };
+        let reason_code = match result {
+            Ok(()) => ReasonCode::Success,
+            Err(reason) => reason,
+        };
+        if reason_code.is_error() && qos == QoS::ExactlyOnce {
+            self.incoming_qos2.remove(&packet_id.get());
+        }
+        let ack = Ack {
+            packet_id,
+            // 3.x has no reason codes: a refused message is acknowledged and
+            // dropped, as Mosquitto does.
+            reason_code: if conn.version.is_v5() {
+                reason_code
+            } else {
+                ReasonCode::Success
+            },
+            properties: AckProperties::default(),
+        };
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => conn.send(&Packet::PubAck(ack)),
+            QoS::ExactlyOnce => conn.send(&Packet::PubRec(ack)),
+        }
+    }
+
+    async fn on_pubrel(&mut self, conn: &mut Connection, ack: Ack) -> Result<(), End> {
+        let known = self.incoming_qos2.remove(&ack.packet_id.get());
+        if self.persistent {
+            // Released in the store before PUBCOMP: the id may then be
+            // reused for a new message.
+            let commands = vec![command(Kind::ReleaseIncoming(proto::ReleaseIncoming {
+                client_id: self.client_id.to_string(),
+                epoch: self.epoch,
+                packet_id: u32::from(ack.packet_id.get()),
+            }))];
+            self.write_fenced(&conn.hub.clone(), commands).await?;
+        }
+        let reason_code = if known || self.persistent || !conn.version.is_v5() {
+            ReasonCode::Success
+        } else {
+            ReasonCode::PacketIdentifierNotFound
+        };
+        conn.send(&Packet::PubComp(Ack {
+            packet_id: ack.packet_id,
+            reason_code,
+            properties: AckProperties::default(),
+        }));
+        Ok(())
+    }
+
+    async fn on_subscribe(
+        &mut self,
+        conn: &mut Connection,
+        subscribe: Subscribe,
+    ) -> Result<(), End> {
+        let hub = conn.hub.clone();
+        let limits = &hub.config.limits;
+        let v5 = conn.version.is_v5();
+        let subscription_id = subscribe
+            .properties
+            .subscription_identifier
+            .map_or(0, NonZeroU32::get);
+        if subscription_id != 0 && !limits.subscription_identifiers {
+            protocol_error("subscription_identifiers_not_supported");
+            conn.disconnect(ReasonCode::SubscriptionIdentifiersNotSupported);
+            return Err(End::Abnormal);
+        }
+        let mut reason_codes = Vec::with_capacity(subscribe.subscriptions.len());
+        let mut accepted = Vec::new();
+        for subscription in &subscribe.subscriptions {
+            let filter = subscription.filter.as_ref();
+            let shared = SharedFilter::parse(filter);
+            let topic_filter = shared.as_ref().map_or(filter, |shared| shared.filter);
+            let refusal = if validate_topic_filter(filter).is_err()
+                || !topic_within_limits(filter, limits.max_topic_length, limits.max_topic_levels)
+            {
+                Some(ReasonCode::TopicFilterInvalid)
+            } else if shared.is_some() && subscription.options.no_local {
+                // MQTT-3.8.3-4.
+                protocol_error("no_local_on_shared_subscription");
+                conn.disconnect(ReasonCode::ProtocolError);
+                return Err(End::Abnormal);
+            } else if shared.is_some() && !limits.shared_subscriptions {
+                Some(ReasonCode::SharedSubscriptionsNotSupported)
+            } else if !limits.wildcard_subscriptions && topic_filter.contains(['+', '#']) {
+                Some(ReasonCode::WildcardSubscriptionsNotSupported)
+            } else {
+                None
+            };
+            match refusal {
+                Some(reason) => reason_codes.push(if v5 {
+                    reason
+                } else {
+                    ReasonCode::UnspecifiedError
+                }),
+                None => {
+                    let mut options = subscription.options;
+                    // MQTT-3.8.4-? the granted QoS is at most the server's.
+                    options.qos = options
+                        .qos
+                        .min(qos_from(u32::from(limits.maximum_qos)).unwrap_or(QoS::ExactlyOnce));
+                    reason_codes.push(ReasonCode::granted(options.qos));
+                    accepted.push((
+                        subscription.filter.clone(),
+                        SubEntry {
+                            options,
+                            subscription_id,
+                        },
+                    ));
+                }
+            }
+        }
+        let mut existed = vec![false; accepted.len()];
+        if !accepted.is_empty() {
+            // In effect at once: a message published by another client while
+            // the store commits this SUBSCRIBE is delivered (clients expect
+            // what Mosquitto does). Undone if the store refuses.
+            let replaced: Vec<Option<SubEntry>> = accepted
+                .iter()
+                .map(|(filter, entry)| hub.subscribe(&self.client_id, filter, *entry))
+                .collect();
+            let command = command(Kind::Subscribe(proto::Subscribe {
+                client_id: self.client_id.to_string(),
+                epoch: self.epoch,
+                subscriptions: accepted
+                    .iter()
+                    .map(|(filter, entry)| proto::Subscription {
+                        filter: filter.to_string(),
+                        options: Some(crate::hub::sub_entry_to_proto(entry)),
+                    })
+                    .collect(),
+            }));
+            match hub.store.write(vec![command]).await {
+                Ok(results) => match results.into_iter().next().and_then(|r| r.kind) {
+                    Some(ResultKind::Subscribed(subscribed)) => existed = subscribed.existed,
+                    Some(ResultKind::Fenced(_)) => return Err(End::TakenOver),
+                    other => {
+                        tracing::warn!(?other, "unexpected store answer to Subscribe");
+                        return Err(End::Abnormal);
+                    }
+                },
+                Err(error) => {
+                    tracing::warn!(%error, client_id = %self.client_id, "subscribe failed");
+                    for code in &mut reason_codes {
+                        if !code.is_error() {
+                            *code = ReasonCode::UnspecifiedError;
+                        }
+                    }
+                    for ((filter, _), previous) in accepted.iter().zip(replaced) {
+                        match previous {
+                            Some(previous) => hub.subscribe(&self.client_id, filter, previous),
+                            None => hub.unsubscribe(&self.client_id, filter),
+                        };
+                    }
+                    accepted.clear();
+                }
+            }
+        }
+        metrics::gauge!("rookery_subscriptions").set(hub.subscription_count() as f64);
+        conn.send(&Packet::SubAck(SubAck {
+            packet_id: subscribe.packet_id,
+            reason_codes,
+            properties: AckProperties::default(),
+        }));
+        // Retained messages follow the SUBACK (MQTT-3.8.4-4's order),
+        // never for shared subscriptions.
+        let now = now_ms();
+        for ((filter, entry), existed) in accepted
+            .iter()
+            .zip(existed.iter().copied().chain(std::iter::repeat(false)))
+        {
+            let send = match entry.options.retain_handling {
+                RetainHandling::SendAtSubscribe => true,
+                RetainHandling::SendIfNew => !existed,
+                RetainHandling::DoNotSend => false,
+            };
+            if !send || SharedFilter::parse(filter).is_some() {
+                continue;
+            }
+            for message in hub.retained_for(filter, now) {
+                let delivery = Delivery {
+                    qos: message.qos.min(entry.options.qos),
+                    // MQTT-3.3.1-9: sent because retained, so RETAIN is 1.
+                    retain: true,
+                    subscription_ids: if entry.subscription_id != 0 {
+                        vec![entry.subscription_id]
+                    } else {
+                        Vec::new()
+                    },
+                    message,
+                };
+                if !self.outgoing.push(Pending::Memory(delivery)) {
+                    hub.stats.dropped("queue_full");
+                }
+            }
+        }
+        self.send_ready(conn);
+        Ok(())
+    }
+
+    async fn on_unsubscribe(
+        &mut self,
+        conn: &mut Connection,
+        unsubscribe: Unsubscribe,
+    ) -> Result<(), End> {
+        let hub = conn.hub.clone();
+        let command = command(Kind::Unsubscribe(proto::Unsubscribe {
+            client_id: self.client_id.to_string(),
+            epoch: self.epoch,
+            filters: unsubscribe
+                .filters
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        }));
+        let existed = match hub.store.write(vec![command]).await {
+            Ok(results) => match results.into_iter().next().and_then(|r| r.kind) {
+                Some(ResultKind::Unsubscribed(unsubscribed)) => unsubscribed.existed,
+                Some(ResultKind::Fenced(_)) => return Err(End::TakenOver),
+                other => {
+                    tracing::warn!(?other, "unexpected store answer to Unsubscribe");
+                    return Err(End::Abnormal);
+                }
+            },
+            Err(error) => {
+                tracing::warn!(%error, client_id = %self.client_id, "unsubscribe failed");
+                return Err(End::Abnormal);
+            }
+        };
+        let mut reason_codes = Vec::with_capacity(unsubscribe.filters.len());
+        for (index, filter) in unsubscribe.filters.iter().enumerate() {
+            let removed = hub.unsubscribe(&self.client_id, filter).is_some();
+            let existed = existed.get(index).copied().unwrap_or(removed) || removed;
+            reason_codes.push(if existed {
+                ReasonCode::Success
+            } else {
+                ReasonCode::NoSubscriptionExisted
+            });
+        }
+        metrics::gauge!("rookery_subscriptions").set(hub.subscription_count() as f64);
+        conn.send(&Packet::UnsubAck(UnsubAck {
+            packet_id: unsubscribe.packet_id,
+            reason_codes,
+            properties: AckProperties::default(),
+        }));
+        Ok(())
+    }
+
+    /// Records how the connection ended: in the store (will, expiry) and in
+    /// the hub's registry.
+    async fn finish(&mut self, hub: &Arc<Hub>, end: End) {
+        let (publish_will, expiry_s) = match end {
+            End::TakenOver | End::Shutdown => {
+                let persistent = self.persistent;
+                hub.unregister(&self.client_id, self.connection_id, persistent);
+                return;
+            }
+            End::Normal { will, expiry_s } => (will, expiry_s.unwrap_or(self.expiry_s)),
+            End::Abnormal | End::Closed => (true, self.expiry_s),
+        };
+        let expiry_s = expiry_s.min(hub.config.limits.max_session_expiry_s);
+        let persistent = expiry_s > 0;
+        {
+            let _guard = hub.client_lock.lock();
+            if hub.unregister(&self.client_id, self.connection_id, persistent) && !persistent {
+                hub.clear_subscriptions(&self.client_id);
+            }
+        }
+        let command = command(Kind::Disconnect(proto::Disconnect {
+            client_id: self.client_id.to_string(),
+            epoch: self.epoch,
+            expiry_interval_s: expiry_s,
+            publish_will,
+        }));
+        if let Err(error) = hub.store.write(vec![command]).await {
+            tracing::warn!(%error, client_id = %self.client_id, "recording a disconnect failed");
+        }
+    }
+}
+
+fn routes_empty_reason(routes: &crate::hub::Routes) -> bool {
+    routes.local.is_empty() && routes.durable.is_empty()
+}
+
+fn command(kind: Kind) -> proto::Command {
+    proto::Command { kind: Some(kind) }
+}
+
+/// Counts a protocol violation by kind.
+fn protocol_error(reason: &'static str) {
+    metrics::counter!("rookery_protocol_errors_total", "reason" => reason).increment(1);
+}
+
+fn decode_error_label(error: &DecodeError) -> &'static str {
+    match error {
+        DecodeError::PacketTooLarge { .. } => "packet_too_large",
+        DecodeError::UnsupportedProtocolVersion(_) => "unsupported_protocol_version",
+        _ => "malformed_packet",
+    }
+}
+
+/// Whether a topic name or filter is within the configured length and depth.
+fn topic_within_limits(topic: &str, max_length: usize, max_levels: usize) -> bool {
+    topic.len() <= max_length && topic.split('/').count() <= max_levels
+}
+
+/// A random 64-bit value for assigned client identifiers.
+fn rand_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish()
+}

@@ -1,0 +1,504 @@
+//! What every connection of this edge shares: the sessions it holds, the
+//! subscription index that routes publishes to them, and the retained
+//! messages. A publish is matched here once and handed to each matching
+//! session's mailbox; QoS 1/2 messages for persistent sessions go to the
+//! store first.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+use rookery_codec::{QoS, ReasonCode, RetainHandling, SubscriptionOptions};
+use rookery_store::proto;
+use rookery_topic::{Match, RetainedIndex, SubscriptionIndex};
+use tokio::sync::mpsc;
+
+use crate::config::BrokerConfig;
+use crate::message::{Delivery, Message};
+use crate::stats::Stats;
+use crate::store::{Store, StoreUnavailable};
+
+pub type ClientId = Arc<str>;
+
+/// A subscription as the index keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubEntry {
+    pub options: SubscriptionOptions,
+    /// 0 when the SUBSCRIBE carried none.
+    pub subscription_id: u32,
+}
+
+/// What a connection task is told by the rest of the broker.
+#[derive(Debug)]
+pub enum ToConnection {
+    /// Send this message.
+    Deliver(Delivery),
+    /// The store queued messages for this (persistent) session: read them.
+    Queued,
+    /// Close the connection, telling a 5.0 client why.
+    Close(ReasonCode),
+}
+
+/// The way into one connection's task.
+#[derive(Debug, Clone)]
+pub struct Mailbox {
+    sender: mpsc::UnboundedSender<ToConnection>,
+    /// Deliveries sent but not yet taken by the connection: bounded by the
+    /// session's queue limit.
+    pending: Arc<AtomicUsize>,
+    pub connection_id: u64,
+}
+
+impl Mailbox {
+    pub fn new(connection_id: u64) -> (Mailbox, MailboxReceiver) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let pending = Arc::new(AtomicUsize::new(0));
+        (
+            Mailbox {
+                sender,
+                pending: pending.clone(),
+                connection_id,
+            },
+            MailboxReceiver { receiver, pending },
+        )
+    }
+
+    pub fn close(&self, reason: ReasonCode) {
+        let _ = self.sender.send(ToConnection::Close(reason));
+    }
+
+    pub fn notify_queued(&self) {
+        let _ = self.sender.send(ToConnection::Queued);
+    }
+
+    /// Hands a delivery over unless the session's queue is full.
+    fn deliver(&self, delivery: Delivery, limit: usize) -> bool {
+        if self.pending.load(Ordering::Relaxed) >= limit {
+            return false;
+        }
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        self.sender.send(ToConnection::Deliver(delivery)).is_ok()
+    }
+}
+
+#[derive(Debug)]
+pub struct MailboxReceiver {
+    receiver: mpsc::UnboundedReceiver<ToConnection>,
+    pending: Arc<AtomicUsize>,
+}
+
+impl MailboxReceiver {
+    pub async fn recv(&mut self) -> Option<ToConnection> {
+        let message = self.receiver.recv().await;
+        if let Some(ToConnection::Deliver(_)) = message {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+        }
+        message
+    }
+
+    pub fn try_recv(&mut self) -> Option<ToConnection> {
+        let message = self.receiver.try_recv().ok();
+        if let Some(ToConnection::Deliver(_)) = message {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+        }
+        message
+    }
+}
+
+/// A session this edge knows: online here, or persistent and offline.
+#[derive(Debug, Clone)]
+pub struct SessionEntry {
+    pub epoch: u64,
+    /// Session expiry above 0: its QoS 1/2 messages are queued in the store.
+    pub persistent: bool,
+    pub mailbox: Option<Mailbox>,
+}
+
+/// Where one publish goes.
+#[derive(Debug, Default)]
+pub struct Routes {
+    /// Online sessions served from memory (clean sessions, and QoS 0 to any).
+    pub local: Vec<(Mailbox, Delivery)>,
+    /// Persistent sessions whose copy is committed to the store first.
+    pub durable: Vec<proto::EnqueueTarget>,
+    /// The owning mailboxes of durable targets that are online here.
+    pub durable_online: Vec<Mailbox>,
+}
+
+#[derive(Debug)]
+pub struct Hub {
+    pub config: Arc<BrokerConfig>,
+    pub edge_id: String,
+    pub store: Store,
+    pub stats: Stats,
+    index: RwLock<SubscriptionIndex<ClientId, SubEntry>>,
+    /// Each session's filters, to clear them when the session ends.
+    filters: Mutex<HashMap<ClientId, HashSet<String>>>,
+    sessions: RwLock<HashMap<ClientId, SessionEntry>>,
+    retained: RwLock<RetainedIndex<Arc<Message>>>,
+    /// Serializes the read-modify-write of a client id's registry entry
+    /// around its store commands (connect, disconnect, takeover).
+    pub client_lock: Mutex<()>,
+    /// Round-robin position of each shared group, by its `$share/...` filter.
+    shared_cursors: Mutex<HashMap<Box<str>, usize>>,
+    next_connection: AtomicU64,
+}
+
+impl Hub {
+    pub fn new(config: Arc<BrokerConfig>, edge_id: String, store: Store) -> Self {
+        Hub {
+            config,
+            edge_id,
+            store,
+            stats: Stats::default(),
+            index: RwLock::new(SubscriptionIndex::new()),
+            filters: Mutex::new(HashMap::new()),
+            sessions: RwLock::new(HashMap::new()),
+            retained: RwLock::new(RetainedIndex::new()),
+            client_lock: Mutex::new(()),
+            shared_cursors: Mutex::new(HashMap::new()),
+            next_connection: AtomicU64::new(1),
+        }
+    }
+
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Loads what the store holds: persistent sessions' subscriptions and
+    /// the retained messages.
+    pub fn load(&self, now_ms: u64) -> Result<(), StoreUnavailable> {
+        for route in self.store.routes()? {
+            if !route.edge_id.is_empty() {
+                continue;
+            }
+            let client: ClientId = Arc::from(route.client_id.as_str());
+            let entry = sub_entry_from_proto(route.options.as_ref());
+            self.subscribe(&client, &route.filter, entry);
+            self.sessions.write().entry(client).or_insert(SessionEntry {
+                epoch: 0,
+                persistent: true,
+                mailbox: None,
+            });
+        }
+        let mut retained = self.retained.write();
+        for message in self.store.retained("#", now_ms)? {
+            if let Some(message) = Message::from_proto(&message) {
+                retained.insert(&message.topic.clone(), Arc::new(message));
+            }
+        }
+        self.stats.set_retained(retained.len());
+        Ok(())
+    }
+
+    pub fn session(&self, client_id: &str) -> Option<SessionEntry> {
+        self.sessions.read().get(client_id).cloned()
+    }
+
+    /// Registers an online session, returning the entry it replaced.
+    pub fn register(&self, client_id: ClientId, entry: SessionEntry) -> Option<SessionEntry> {
+        self.sessions.write().insert(client_id, entry)
+    }
+
+    /// Marks the session offline (kept while persistent), if `connection_id`
+    /// still holds it.
+    pub fn unregister(&self, client_id: &str, connection_id: u64, persistent: bool) -> bool {
+        let mut sessions = self.sessions.write();
+        let Some(entry) = sessions.get_mut(client_id) else {
+            return false;
+        };
+        if entry.mailbox.as_ref().map(|m| m.connection_id) != Some(connection_id) {
+            return false;
+        }
+        if persistent {
+            entry.mailbox = None;
+            entry.persistent = true;
+        } else {
+            sessions.remove(client_id);
+        }
+        true
+    }
+
+    /// Forgets a session that ended while offline (expired in the store).
+    pub fn forget_if_offline(&self, client_id: &str) -> bool {
+        let client = {
+            let mut sessions = self.sessions.write();
+            match sessions.get_key_value(client_id) {
+                Some((client, entry)) if entry.mailbox.is_none() => {
+                    let client = client.clone();
+                    sessions.remove(client_id);
+                    client
+                }
+                _ => return false,
+            }
+        };
+        self.clear_subscriptions(&client);
+        true
+    }
+
+    pub fn subscribe(&self, client: &ClientId, filter: &str, entry: SubEntry) -> Option<SubEntry> {
+        self.filters
+            .lock()
+            .entry(client.clone())
+            .or_default()
+            .insert(filter.to_owned());
+        self.index.write().insert(filter, client.clone(), entry)
+    }
+
+    pub fn unsubscribe(&self, client: &ClientId, filter: &str) -> Option<SubEntry> {
+        if let Some(filters) = self.filters.lock().get_mut(client) {
+            filters.remove(filter);
+        }
+        self.index.write().remove(filter, client)
+    }
+
+    pub fn has_subscriptions(&self, client: &ClientId) -> bool {
+        self.filters
+            .lock()
+            .get(client)
+            .is_some_and(|filters| !filters.is_empty())
+    }
+
+    /// Removes every subscription of a session from the index.
+    pub fn clear_subscriptions(&self, client: &ClientId) {
+        let Some(filters) = self.filters.lock().remove(client) else {
+            return;
+        };
+        let mut index = self.index.write();
+        for filter in filters {
+            index.remove(&filter, client);
+        }
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.index.read().len()
+    }
+
+    /// Where a message goes: each matching session once, with the highest
+    /// QoS and every subscription identifier of its matching subscriptions
+    /// (MQTT-3.3.4-2, MQTT-3.3.4-3), and one member of each shared group.
+    pub fn route(&self, message: &Arc<Message>) -> Routes {
+        let mut targets: Vec<(ClientId, Target)> = Vec::new();
+        {
+            let index = self.index.read();
+            let sessions = self.sessions.read();
+            index.for_each_match(&message.topic, |matched| match matched {
+                Match::Plain {
+                    subscriber, value, ..
+                } => {
+                    // MQTT-3.8.3-3: No Local.
+                    if value.options.no_local && **subscriber == *message.origin {
+                        return;
+                    }
+                    merge_target(&mut targets, subscriber, value);
+                }
+                Match::Shared(group) => {
+                    let members = group.members();
+                    let count = members.len();
+                    let start = self.next_in_group(group.filter());
+                    // Round robin, skipping members that can take nothing
+                    // (offline clean sessions cannot exist; offline
+                    // persistent ones queue only QoS 1/2).
+                    let pick = (0..count)
+                        .filter_map(|step| members.clone().nth((start + step) % count))
+                        .find(|(client, _)| {
+                            sessions.get(*client).is_some_and(|session| {
+                                session.mailbox.is_some() || message.qos != QoS::AtMostOnce
+                            })
+                        });
+                    if let Some((client, value)) = pick {
+                        merge_target(&mut targets, client, value);
+                    }
+                }
+            });
+        }
+        if targets.is_empty() {
+            return Routes::default();
+        }
+        let sessions = self.sessions.read();
+        let mut routes = Routes::default();
+        for (client, target) in targets {
+            let Some(session) = sessions.get(&client) else {
+                continue;
+            };
+            let qos = message.qos.min(target.qos);
+            // MQTT-3.3.1-12/13: the RETAIN flag is cleared unless the
+            // subscription asked for it as published.
+            let retain = message.retain && target.retain_as_published;
+            if session.persistent && qos != QoS::AtMostOnce {
+                routes.durable.push(proto::EnqueueTarget {
+                    client_id: client.to_string(),
+                    qos: u32::from(qos as u8),
+                    retain,
+                    subscription_ids: target.subscription_ids,
+                });
+                if let Some(mailbox) = &session.mailbox {
+                    routes.durable_online.push(mailbox.clone());
+                }
+            } else if let Some(mailbox) = &session.mailbox {
+                routes.local.push((
+                    mailbox.clone(),
+                    Delivery {
+                        message: message.clone(),
+                        qos,
+                        retain,
+                        subscription_ids: target.subscription_ids,
+                    },
+                ));
+            }
+        }
+        routes
+    }
+
+    /// The next round-robin position of a shared group. Each group keeps its
+    /// own, so groups matched by the same messages do not skew each other.
+    fn next_in_group(&self, filter: &str) -> usize {
+        let mut cursors = self.shared_cursors.lock();
+        if let Some(cursor) = cursors.get_mut(filter) {
+            *cursor = cursor.wrapping_add(1);
+            return *cursor;
+        }
+        cursors.insert(filter.into(), 0);
+        0
+    }
+
+    /// Hands in-memory deliveries to their sessions. A connection moves them
+    /// into its own queue at once (where the overflow policy applies); this
+    /// bound only catches a connection task that has stopped taking them.
+    pub fn deliver_local(&self, local: Vec<(Mailbox, Delivery)>) {
+        let limits = &self.config.limits;
+        let limit =
+            (limits.max_queued_messages + usize::from(limits.max_inflight)).saturating_mul(2);
+        for (mailbox, delivery) in local {
+            if !mailbox.deliver(delivery, limit) {
+                self.stats.dropped("queue_full");
+            }
+        }
+    }
+
+    /// Sets or clears the retained message of its topic in memory
+    /// (MQTT-3.3.1-5, MQTT-3.3.1-6).
+    pub fn retain(&self, message: &Arc<Message>) {
+        let mut retained = self.retained.write();
+        if message.payload.is_empty() {
+            retained.remove(&message.topic);
+        } else {
+            retained.insert(&message.topic, message.clone());
+        }
+        self.stats.set_retained(retained.len());
+    }
+
+    /// The retained messages a new subscription receives (MQTT-3.3.1-9..11).
+    pub fn retained_for(&self, filter: &str, now_ms: u64) -> Vec<Arc<Message>> {
+        let mut found = Vec::new();
+        self.retained.read().for_each_match(filter, |_, message| {
+            if !message.expired(now_ms) {
+                found.push(message.clone());
+            }
+        });
+        found
+    }
+
+    /// The store command that queues a message for persistent sessions, with
+    /// this broker's queue limit and overflow policy.
+    pub fn enqueue_command(
+        &self,
+        message: Option<proto::Message>,
+        targets: Vec<proto::EnqueueTarget>,
+        incoming: Option<proto::IncomingQos2>,
+    ) -> proto::Command {
+        let limits = &self.config.limits;
+        proto::Command {
+            kind: Some(proto::command::Kind::Enqueue(proto::Enqueue {
+                message,
+                targets,
+                incoming,
+                // The queue holds the in-flight window too.
+                max_queued: u32::try_from(
+                    limits.max_queued_messages + usize::from(limits.max_inflight),
+                )
+                .unwrap_or(u32::MAX),
+                drop_oldest: limits.queue_overflow == crate::config::QueueOverflow::DropOldest,
+            })),
+        }
+    }
+
+    /// Counts what a store write's results report as dropped.
+    pub fn count_store_drops(&self, results: &[proto::CommandResult]) {
+        for result in results {
+            if let Some(proto::command_result::Kind::Enqueued(enqueued)) = &result.kind {
+                for _ in 0..enqueued.dropped {
+                    self.stats.dropped("queue_full");
+                }
+            }
+        }
+    }
+
+    /// Every mailbox, for shutdown.
+    pub fn mailboxes(&self) -> Vec<Mailbox> {
+        self.sessions
+            .read()
+            .values()
+            .filter_map(|session| session.mailbox.clone())
+            .collect()
+    }
+}
+
+#[derive(Debug)]
+struct Target {
+    qos: QoS,
+    retain_as_published: bool,
+    subscription_ids: Vec<u32>,
+}
+
+fn merge_target(targets: &mut Vec<(ClientId, Target)>, client: &ClientId, value: &SubEntry) {
+    let options = &value.options;
+    if let Some((_, target)) = targets.iter_mut().find(|(c, _)| c == client) {
+        target.qos = target.qos.max(options.qos);
+        target.retain_as_published |= options.retain_as_published;
+        if value.subscription_id != 0 {
+            target.subscription_ids.push(value.subscription_id);
+        }
+        return;
+    }
+    targets.push((
+        client.clone(),
+        Target {
+            qos: options.qos,
+            retain_as_published: options.retain_as_published,
+            subscription_ids: if value.subscription_id != 0 {
+                vec![value.subscription_id]
+            } else {
+                Vec::new()
+            },
+        },
+    ));
+}
+
+pub fn sub_entry_from_proto(options: Option<&proto::SubscriptionOptions>) -> SubEntry {
+    let options = options.cloned().unwrap_or_default();
+    SubEntry {
+        options: SubscriptionOptions {
+            qos: crate::message::qos_from(options.qos).unwrap_or(QoS::AtMostOnce),
+            no_local: options.no_local,
+            retain_as_published: options.retain_as_published,
+            retain_handling: match options.retain_handling {
+                1 => RetainHandling::SendIfNew,
+                2 => RetainHandling::DoNotSend,
+                _ => RetainHandling::SendAtSubscribe,
+            },
+        },
+        subscription_id: options.subscription_id,
+    }
+}
+
+pub fn sub_entry_to_proto(entry: &SubEntry) -> proto::SubscriptionOptions {
+    proto::SubscriptionOptions {
+        qos: u32::from(entry.options.qos as u8),
+        no_local: entry.options.no_local,
+        retain_as_published: entry.options.retain_as_published,
+        retain_handling: entry.options.retain_handling as u32,
+        subscription_id: entry.subscription_id,
+    }
+}

@@ -1,0 +1,461 @@
+//! The server-to-client flow of one session: the queue, the in-flight window
+//! bounded by the client's Receive Maximum (MQTT-4.9.0-2), packet
+//! identifiers, and outgoing topic aliases.
+
+use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU16;
+
+use rookery_codec::{ByteString, PacketId, Publish, QoS};
+use rookery_store::proto::{self, DeliveryStage};
+
+use crate::config::QueueOverflow;
+use crate::message::{Delivery, Message, qos_from};
+
+/// A message waiting to be sent.
+#[derive(Debug)]
+pub enum Pending {
+    /// Held in memory only (clean sessions, QoS 0).
+    Memory(Delivery),
+}
+
+/// A PUBLISH ready to write.
+#[derive(Debug)]
+pub struct Sent {
+    pub publish: Publish,
+    pub packet_id: Option<PacketId>,
+    /// The store queue position, for stored messages.
+    pub seq: u64,
+}
+
+/// What to send again after a reconnect (MQTT-4.4.0-1).
+#[derive(Debug)]
+pub enum Resend {
+    Publish(Box<Sent>),
+    Release(PacketId),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Inflight {
+    qos: QoS,
+    stored: bool,
+    /// QoS 2: PUBREC received, PUBREL sent.
+    released: bool,
+}
+
+#[derive(Debug)]
+pub struct Outgoing {
+    window: usize,
+    max_queued: usize,
+    overflow: QueueOverflow,
+    memory: VecDeque<Delivery>,
+    stored_waiting: VecDeque<proto::QueuedMessage>,
+    resend: Vec<Resend>,
+    /// The highest store queue position seen.
+    known_seq: Option<u64>,
+    inflight: HashMap<u16, Inflight>,
+    next_packet_id: u16,
+    alias_maximum: u16,
+    aliases: HashMap<ByteString, NonZeroU16>,
+    max_packet_size: u32,
+}
+
+impl Outgoing {
+    pub fn new(
+        window: usize,
+        max_queued: usize,
+        overflow: QueueOverflow,
+        alias_maximum: u16,
+        max_packet_size: u32,
+    ) -> Self {
+        Outgoing {
+            window: window.max(1),
+            max_queued,
+            overflow,
+            memory: VecDeque::new(),
+            stored_waiting: VecDeque::new(),
+            resend: Vec::new(),
+            known_seq: None,
+            inflight: HashMap::new(),
+            next_packet_id: 1,
+            alias_maximum,
+            aliases: HashMap::new(),
+            max_packet_size,
+        }
+    }
+
+    pub fn max_packet_size(&self) -> u32 {
+        self.max_packet_size
+    }
+
+    /// Queues a message; false when the queue was full and a message (this
+    /// one or the oldest, by policy) was dropped.
+    pub fn push(&mut self, pending: Pending) -> bool {
+        let Pending::Memory(delivery) = pending;
+        if self.memory.len() < self.max_queued {
+            self.memory.push_back(delivery);
+            return true;
+        }
+        match self.overflow {
+            QueueOverflow::DropNewest => {}
+            QueueOverflow::DropOldest => {
+                self.memory.pop_front();
+                self.memory.push_back(delivery);
+            }
+        }
+        false
+    }
+
+    fn allocate_packet_id(&mut self) -> Option<PacketId> {
+        for _ in 0..=u16::MAX {
+            let candidate = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if !self.inflight.contains_key(&candidate) {
+                return PacketId::new(candidate);
+            }
+        }
+        None
+    }
+
+    fn window_open(&self) -> bool {
+        self.inflight.len() < self.window
+    }
+
+    /// The next in-memory message the window allows; expired ones are
+    /// dropped on the way (MQTT-3.3.2-5).
+    pub fn next_memory(&mut self, now_ms: u64) -> Option<Sent> {
+        loop {
+            let front = self.memory.front()?;
+            if front.message.expired(now_ms) {
+                self.memory.pop_front();
+                metrics::counter!("rookery_messages_dropped_total", "reason" => "expired")
+                    .increment(1);
+                continue;
+            }
+            if front.qos != QoS::AtMostOnce && !self.window_open() {
+                return None;
+            }
+            let delivery = self.memory.pop_front()?;
+            let packet_id = if delivery.qos == QoS::AtMostOnce {
+                None
+            } else {
+                let id = self.allocate_packet_id()?;
+                self.inflight.insert(
+                    id.get(),
+                    Inflight {
+                        qos: delivery.qos,
+                        stored: false,
+                        released: false,
+                    },
+                );
+                Some(id)
+            };
+            let publish = delivery.message.to_publish(
+                delivery.qos,
+                delivery.retain,
+                &delivery.subscription_ids,
+                now_ms,
+            );
+            return Some(Sent {
+                publish,
+                packet_id,
+                seq: 0,
+            });
+        }
+    }
+
+    /// Takes a resumed session's store queue: what was in flight is sent
+    /// again (PUBLISH with DUP, or PUBREL), the rest waits its turn.
+    pub fn resume(&mut self, queue: Vec<proto::QueuedMessage>) {
+        for entry in queue {
+            self.known_seq = Some(self.known_seq.map_or(entry.seq, |seq| seq.max(entry.seq)));
+            let stage = DeliveryStage::try_from(entry.stage).unwrap_or(DeliveryStage::Queued);
+            let packet_id = u16::try_from(entry.packet_id).ok().and_then(PacketId::new);
+            let qos = qos_from(entry.qos).unwrap_or(QoS::AtLeastOnce);
+            match (stage, packet_id) {
+                (DeliveryStage::Published, Some(id)) => {
+                    let Some(message) = entry.message.as_ref().and_then(Message::from_proto) else {
+                        continue;
+                    };
+                    self.inflight.insert(
+                        id.get(),
+                        Inflight {
+                            qos,
+                            stored: true,
+                            released: false,
+                        },
+                    );
+                    let mut publish = message.to_publish(
+                        qos,
+                        entry.retain,
+                        &entry.subscription_ids,
+                        rookery_store::writer::now_ms(),
+                    );
+                    publish.dup = true;
+                    self.resend.push(Resend::Publish(Box::new(Sent {
+                        publish,
+                        packet_id: Some(id),
+                        seq: entry.seq,
+                    })));
+                }
+                (DeliveryStage::Released, Some(id)) => {
+                    self.inflight.insert(
+                        id.get(),
+                        Inflight {
+                            qos: QoS::ExactlyOnce,
+                            stored: true,
+                            released: true,
+                        },
+                    );
+                    self.resend.push(Resend::Release(id));
+                }
+                _ => self.stored_waiting.push_back(entry),
+            }
+        }
+    }
+
+    /// Adds the store queue's entries not seen yet.
+    pub fn merge_stored(&mut self, queue: Vec<proto::QueuedMessage>) {
+        for entry in queue {
+            if self.known_seq.is_some_and(|known| entry.seq <= known) {
+                continue;
+            }
+            self.known_seq = Some(entry.seq);
+            if entry.stage == DeliveryStage::Queued as i32 {
+                self.stored_waiting.push_back(entry);
+            }
+        }
+    }
+
+    pub fn has_stored(&self) -> bool {
+        !self.stored_waiting.is_empty()
+            || !self.resend.is_empty()
+            || self.inflight.values().any(|inflight| inflight.stored)
+    }
+
+    pub fn has_stored_waiting(&self) -> bool {
+        !self.stored_waiting.is_empty()
+    }
+
+    /// What to send from the store queue now: resends after a resume, fresh
+    /// messages the window allows (their packet ids to be recorded first),
+    /// and messages that expired while queued (to be acknowledged away).
+    pub fn next_stored(&mut self, now_ms: u64) -> StoredBatch {
+        let mut batch = StoredBatch {
+            resend: std::mem::take(&mut self.resend),
+            ..StoredBatch::default()
+        };
+        while self.window_open() {
+            let Some(entry) = self.stored_waiting.pop_front() else {
+                break;
+            };
+            let Some(packet_id) = self.allocate_packet_id() else {
+                self.stored_waiting.push_front(entry);
+                break;
+            };
+            let qos = qos_from(entry.qos).unwrap_or(QoS::AtLeastOnce);
+            let message = entry.message.as_ref().and_then(Message::from_proto);
+            match message {
+                Some(message) if !message.expired(now_ms) => {
+                    self.inflight.insert(
+                        packet_id.get(),
+                        Inflight {
+                            qos,
+                            stored: true,
+                            released: false,
+                        },
+                    );
+                    let publish =
+                        message.to_publish(qos, entry.retain, &entry.subscription_ids, now_ms);
+                    batch.fresh.push(Sent {
+                        publish,
+                        packet_id: Some(packet_id),
+                        seq: entry.seq,
+                    });
+                }
+                _ => {
+                    metrics::counter!("rookery_messages_dropped_total", "reason" => "expired")
+                        .increment(1);
+                    batch.expired.push((entry.seq, packet_id, qos));
+                }
+            }
+        }
+        batch
+    }
+
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2): the message is done. Returns
+    /// whether it was a stored one, or `None` if nothing matched.
+    pub fn acknowledged(&mut self, packet_id: PacketId, kind: QoS) -> Option<bool> {
+        let inflight = self.inflight.get(&packet_id.get())?;
+        let matches = match kind {
+            QoS::AtLeastOnce => inflight.qos == QoS::AtLeastOnce,
+            _ => inflight.qos == QoS::ExactlyOnce && inflight.released,
+        };
+        if !matches {
+            return None;
+        }
+        self.inflight
+            .remove(&packet_id.get())
+            .map(|inflight| inflight.stored)
+    }
+
+    /// PUBREC: returns (stored and newly received, whether to send PUBREL).
+    /// A PUBREC with an error reason ends the flow (MQTT-4.3.3).
+    pub fn received(&mut self, packet_id: PacketId, is_error: bool) -> Option<(bool, bool)> {
+        let inflight = self.inflight.get_mut(&packet_id.get())?;
+        if inflight.qos != QoS::ExactlyOnce {
+            return None;
+        }
+        if inflight.released {
+            return Some((false, true));
+        }
+        let stored = inflight.stored;
+        if is_error {
+            self.inflight.remove(&packet_id.get());
+            return Some((stored, false));
+        }
+        inflight.released = true;
+        Some((stored, true))
+    }
+
+    /// Forgets a message that will never be sent.
+    pub fn forget(&mut self, packet_id: PacketId) -> Option<bool> {
+        self.inflight
+            .remove(&packet_id.get())
+            .map(|inflight| inflight.stored)
+    }
+
+    /// Replaces the topic by an alias the client allows (MQTT-3.3.2-17):
+    /// the first message on a topic sets the alias, later ones use it alone.
+    pub fn apply_alias(&mut self, publish: &mut Publish) {
+        if self.alias_maximum == 0 {
+            return;
+        }
+        if let Some(alias) = self.aliases.get(&publish.topic) {
+            publish.properties.topic_alias = Some(*alias);
+            publish.topic = ByteString::new();
+            return;
+        }
+        let next = u16::try_from(self.aliases.len() + 1).ok();
+        if let Some(alias) = next
+            .filter(|n| *n <= self.alias_maximum)
+            .and_then(NonZeroU16::new)
+        {
+            self.aliases.insert(publish.topic.clone(), alias);
+            publish.properties.topic_alias = Some(alias);
+        }
+    }
+}
+
+/// See [`Outgoing::next_stored`].
+#[derive(Debug, Default)]
+pub struct StoredBatch {
+    pub resend: Vec<Resend>,
+    pub fresh: Vec<Sent>,
+    pub expired: Vec<(u64, PacketId, QoS)>,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use rookery_codec::MessageProperties;
+
+    use super::*;
+
+    fn delivery(qos: QoS) -> Delivery {
+        Delivery {
+            message: Arc::new(Message {
+                topic: "t".into(),
+                payload: Bytes::from_static(b"p"),
+                qos,
+                retain: false,
+                properties: MessageProperties::default(),
+                expires_at_ms: 0,
+                origin: Arc::from("o"),
+            }),
+            qos,
+            retain: false,
+            subscription_ids: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn mqtt_4_9_0_2_no_more_in_flight_than_the_window() {
+        let mut outgoing = Outgoing::new(2, 100, QueueOverflow::DropNewest, 0, u32::MAX);
+        for _ in 0..3 {
+            assert!(outgoing.push(Pending::Memory(delivery(QoS::AtLeastOnce))));
+        }
+        let first = outgoing.next_memory(0).unwrap();
+        let _second = outgoing.next_memory(0).unwrap();
+        assert!(outgoing.next_memory(0).is_none());
+        assert_eq!(
+            outgoing.acknowledged(first.packet_id.unwrap(), QoS::AtLeastOnce),
+            Some(false)
+        );
+        assert!(outgoing.next_memory(0).is_some());
+    }
+
+    #[test]
+    fn qos_0_is_not_held_by_the_window_but_keeps_order() {
+        let mut outgoing = Outgoing::new(1, 100, QueueOverflow::DropNewest, 0, u32::MAX);
+        outgoing.push(Pending::Memory(delivery(QoS::AtMostOnce)));
+        outgoing.push(Pending::Memory(delivery(QoS::AtLeastOnce)));
+        outgoing.push(Pending::Memory(delivery(QoS::AtLeastOnce)));
+        outgoing.push(Pending::Memory(delivery(QoS::AtMostOnce)));
+        assert!(outgoing.next_memory(0).unwrap().packet_id.is_none());
+        assert!(outgoing.next_memory(0).unwrap().packet_id.is_some());
+        assert!(outgoing.next_memory(0).is_none());
+    }
+
+    #[test]
+    fn overflow_policies() {
+        let mut newest = Outgoing::new(1, 2, QueueOverflow::DropNewest, 0, u32::MAX);
+        let mut oldest = Outgoing::new(1, 2, QueueOverflow::DropOldest, 0, u32::MAX);
+        for outgoing in [&mut newest, &mut oldest] {
+            assert!(outgoing.push(Pending::Memory(delivery(QoS::AtMostOnce))));
+            assert!(outgoing.push(Pending::Memory(delivery(QoS::AtLeastOnce))));
+            assert!(!outgoing.push(Pending::Memory(delivery(QoS::ExactlyOnce))));
+        }
+        assert_eq!(newest.memory.back().unwrap().qos, QoS::AtLeastOnce);
+        assert_eq!(oldest.memory.front().unwrap().qos, QoS::AtLeastOnce);
+        assert_eq!(oldest.memory.back().unwrap().qos, QoS::ExactlyOnce);
+    }
+
+    #[test]
+    fn qos_2_completes_only_after_pubrec_then_pubcomp() {
+        let mut outgoing = Outgoing::new(4, 100, QueueOverflow::DropNewest, 0, u32::MAX);
+        outgoing.push(Pending::Memory(delivery(QoS::ExactlyOnce)));
+        let id = outgoing.next_memory(0).unwrap().packet_id.unwrap();
+        assert_eq!(outgoing.acknowledged(id, QoS::ExactlyOnce), None);
+        assert_eq!(outgoing.received(id, false), Some((false, true)));
+        assert_eq!(outgoing.received(id, false), Some((false, true)));
+        assert_eq!(outgoing.acknowledged(id, QoS::ExactlyOnce), Some(false));
+        assert_eq!(outgoing.acknowledged(id, QoS::ExactlyOnce), None);
+    }
+
+    #[test]
+    fn mqtt_3_3_2_17_aliases_set_once_then_used_alone() {
+        let mut outgoing = Outgoing::new(4, 100, QueueOverflow::DropNewest, 1, u32::MAX);
+        let mut first =
+            delivery(QoS::AtMostOnce)
+                .message
+                .to_publish(QoS::AtMostOnce, false, &[], 0);
+        outgoing.apply_alias(&mut first);
+        assert_eq!(first.topic, "t");
+        assert_eq!(first.properties.topic_alias.map(NonZeroU16::get), Some(1));
+        let mut second = first.clone();
+        second.topic = "t".into();
+        second.properties.topic_alias = None;
+        outgoing.apply_alias(&mut second);
+        assert!(second.topic.is_empty());
+        let mut other = first.clone();
+        other.topic = "u".into();
+        other.properties.topic_alias = None;
+        outgoing.apply_alias(&mut other);
+        assert_eq!(other.topic, "u");
+        assert_eq!(other.properties.topic_alias, None);
+    }
+}

@@ -1,0 +1,139 @@
+//! The edge's view of the session store. Today the store is embedded (the
+//! single-voter node in this process); the cluster layer will put a remote
+//! client behind the same methods.
+
+use std::sync::Arc;
+
+use rookery_store::machine::{self, Event};
+use rookery_store::proto::{self, Command, CommandResult, edge_event};
+use rookery_store::{StoreError, StoreNode};
+use tokio::sync::broadcast;
+
+/// Why the store did not take a write.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreUnavailable {
+    #[error("session store: {0}")]
+    Write(String),
+    #[error("session store read: {0}")]
+    Read(String),
+}
+
+impl From<StoreError> for StoreUnavailable {
+    fn from(error: StoreError) -> Self {
+        StoreUnavailable::Read(error.to_string())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    node: Arc<StoreNode>,
+}
+
+/// What the store tells this edge.
+#[derive(Debug)]
+pub enum StoreEvent {
+    /// A notification addressed to this edge.
+    Edge(edge_event::Kind),
+    /// A route went away (a session ended, or unsubscribed).
+    RouteRemoved(proto::Route),
+    /// Events were missed: the edge must read its state again.
+    Lagged,
+}
+
+impl Store {
+    pub fn new(node: Arc<StoreNode>) -> Self {
+        Store { node }
+    }
+
+    /// Commits the commands (one Raft entry with other concurrent writes) and
+    /// returns one result per command.
+    pub async fn write(
+        &self,
+        commands: Vec<Command>,
+    ) -> Result<Vec<CommandResult>, StoreUnavailable> {
+        metrics::counter!("rookery_store_writes_total").increment(1);
+        match self.node.write(commands).await {
+            Ok(outcome) => Ok(outcome.results),
+            Err(error) => {
+                metrics::counter!("rookery_store_write_failures_total").increment(1);
+                Err(StoreUnavailable::Write(error.to_string()))
+            }
+        }
+    }
+
+    /// One command's result.
+    pub async fn write_one(&self, command: Command) -> Result<CommandResult, StoreUnavailable> {
+        self.write(vec![command])
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreUnavailable::Write("no result".into()))
+    }
+
+    pub fn queue(&self, client_id: &str) -> Result<Vec<proto::QueuedMessage>, StoreUnavailable> {
+        Ok(machine::read_queue(self.node.local_db(), client_id)?)
+    }
+
+    pub fn routes(&self) -> Result<Vec<proto::Route>, StoreUnavailable> {
+        Ok(machine::read_routes(self.node.local_db())?)
+    }
+
+    pub fn retained(
+        &self,
+        filter: &str,
+        now_ms: u64,
+    ) -> Result<Vec<proto::Message>, StoreUnavailable> {
+        Ok(machine::read_retained(
+            self.node.local_db(),
+            filter,
+            now_ms,
+        )?)
+    }
+
+    /// Events for `edge_id`, in commit order.
+    pub fn events(&self, edge_id: String) -> StoreEvents {
+        StoreEvents {
+            applied: self.node.subscribe_applied(),
+            edge_id,
+            pending: std::collections::VecDeque::new(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct StoreEvents {
+    applied: broadcast::Receiver<Arc<rookery_store::state_machine::Applied>>,
+    edge_id: String,
+    pending: std::collections::VecDeque<StoreEvent>,
+}
+
+impl StoreEvents {
+    /// The next event; `None` when the store has stopped.
+    pub async fn next(&mut self) -> Option<StoreEvent> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Some(event);
+            }
+            let applied = match self.applied.recv().await {
+                Ok(applied) => applied,
+                Err(broadcast::error::RecvError::Lagged(_)) => return Some(StoreEvent::Lagged),
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            if applied.reset {
+                self.pending.push_back(StoreEvent::Lagged);
+            }
+            for event in &applied.events {
+                match event {
+                    Event::Edge { edge_id, event } if *edge_id == self.edge_id => {
+                        self.pending.push_back(StoreEvent::Edge(event.clone()));
+                    }
+                    Event::RouteRemoved(route) => {
+                        self.pending
+                            .push_back(StoreEvent::RouteRemoved(route.clone()));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,684 @@
+//! The node's configuration: one TOML document, layered with figment.
+//!
+//! Layers, lowest first: the defaults below, the TOML file (`--config`), the
+//! environment (`RUST_LOG` for `log.level`, then `ROOKERY_<SECTION>__<KEY>`),
+//! then the command-line flags (each flag's own variable such as
+//! `ROOKERY_DATA_DIR` counts as the flag). The result is validated as a whole;
+//! every problem is reported with the key that causes it.
+//!
+//! The `[broker]` section is [`rookery_broker::BrokerConfig`] itself, so the
+//! file and the edge can never disagree about a field.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use rookery_broker::{BrokerConfig, ListenerConfig, ListenerKind};
+use rookery_store::StoreConfig;
+use rookery_store::writer::GroupCommit;
+use serde::{Deserialize, Serialize};
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::ServeArgs;
+
+/// The prefix of every environment variable Rookery reads.
+pub const ENV_PREFIX: &str = "ROOKERY_";
+
+/// Environment variables that belong to a command-line flag (read by clap,
+/// without the prefix). The section variables (`ROOKERY_LOG__LEVEL`) never
+/// collide with them: sections are separated by a double underscore.
+pub const FLAG_VARIABLES: &[&str] = &[
+    "CONFIG",
+    "LISTEN",
+    "DATA_DIR",
+    "NODE_ID",
+    "LOG_LEVEL",
+    "LOG_FORMAT",
+    "METRICS_LISTEN",
+    "STORE_LISTEN",
+];
+
+/// The sections an environment variable may set (`ROOKERY_BROKER__...`).
+/// Other `ROOKERY_*` variables are ignored, not rejected: Kubernetes gives
+/// every pod `ROOKERY_SERVICE_HOST`, `ROOKERY_PORT`, ... for a service named
+/// `rookery`.
+const ENV_SECTIONS: &[&str] = &["log", "metrics", "store", "broker"];
+
+/// The largest MQTT packet: a 5-byte fixed header and the largest remaining
+/// length, 268,435,455 (MQTT 5.0, 1.5.5).
+const MQTT_MAX_PACKET_SIZE: u32 = 268_435_455 + 5;
+
+/// Everything `rookery serve` runs on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This node's id in the store's Raft group.
+    pub node_id: u64,
+    /// The store's RocksDB database and snapshots live here.
+    pub data_dir: PathBuf,
+    pub log: LogConfig,
+    pub metrics: MetricsConfig,
+    pub store: StoreSection,
+    /// The edge: listeners, limits, `$SYS`.
+    pub broker: BrokerConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let node_id = 1;
+        Config {
+            node_id,
+            data_dir: PathBuf::from("./rookery-data"),
+            log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
+            store: StoreSection::default(),
+            broker: BrokerConfig {
+                edge_id: default_edge_id(node_id),
+                ..BrokerConfig::default()
+            },
+        }
+    }
+}
+
+/// The edge id used when `broker.edge_id` is not set.
+fn default_edge_id(node_id: u64) -> String {
+    format!("rookery-{node_id}")
+}
+
+/// `info`, except openraft's, whose info lines narrate every election and
+/// shutdown step.
+pub const DEFAULT_LOG_LEVEL: &str = "info,openraft=warn";
+
+/// Where logs go (always stderr) and how much.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing `EnvFilter`: `info`, `debug`, `info,rookery_store=debug`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: DEFAULT_LOG_LEVEL.into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event (`... INFO rookery: listener ready listener=tcp ...`).
+    Text,
+    /// One JSON object per line, fields at the top level.
+    Json,
+}
+
+/// The Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where `/metrics` is served, or `off`.
+    pub listen: OptionalAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: OptionalAddr(Some(SocketAddr::from(([127, 0, 0, 1], 9883)))),
+        }
+    }
+}
+
+/// A socket address that can be turned off: written as `127.0.0.1:9883` or
+/// `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct OptionalAddr(pub Option<SocketAddr>);
+
+impl FromStr for OptionalAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.is_empty() || s.eq_ignore_ascii_case("off") {
+            return Ok(OptionalAddr(None));
+        }
+        s.parse::<SocketAddr>().map(|addr| OptionalAddr(Some(addr))).map_err(|_| {
+            format!("`{s}` is neither a socket address (like 127.0.0.1:9883 or [::1]:9883) nor `off`")
+        })
+    }
+}
+
+impl TryFrom<String> for OptionalAddr {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<OptionalAddr> for String {
+    fn from(addr: OptionalAddr) -> String {
+        addr.to_string()
+    }
+}
+
+impl fmt::Display for OptionalAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("off"),
+        }
+    }
+}
+
+/// The embedded store: its gRPC server, Raft timing and group commit. The
+/// defaults are [`StoreConfig::new`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSection {
+    /// Where the store's gRPC server (Raft, session API, admin) listens.
+    pub listen: SocketAddr,
+    /// The address other nodes reach this one at; the bound `listen`
+    /// address when unset.
+    pub advertise: Option<String>,
+    /// Coalesce concurrent writes into one Raft entry.
+    pub group_commit: bool,
+    /// With group commit, how many entries may be committing at once.
+    pub group_commit_in_flight: usize,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// A snapshot is taken after this many log entries; the log before it
+    /// is then purged.
+    pub snapshot_after_entries: u64,
+    /// How often the leader checks for expired leases, sessions, wills and
+    /// retained messages.
+    pub tick_interval_ms: u64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        let listen = SocketAddr::from(([127, 0, 0, 1], 7883));
+        let store = StoreConfig::new(1, PathBuf::new(), listen);
+        let (group_commit, group_commit_in_flight) = match store.group_commit {
+            GroupCommit::On { in_flight } => (true, in_flight),
+            GroupCommit::Off => (false, 2),
+        };
+        StoreSection {
+            listen,
+            advertise: store.advertise,
+            group_commit,
+            group_commit_in_flight,
+            heartbeat_interval_ms: millis(store.heartbeat_interval),
+            election_timeout_min_ms: millis(store.election_timeout.0),
+            election_timeout_max_ms: millis(store.election_timeout.1),
+            snapshot_after_entries: store.snapshot_after_entries,
+            tick_interval_ms: store.tick_interval.map_or(500, millis),
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Config {
+    /// The store node's settings.
+    pub fn store_config(&self) -> StoreConfig {
+        let s = &self.store;
+        let mut store = StoreConfig::new(self.node_id, self.data_dir.clone(), s.listen);
+        store.advertise = s.advertise.clone();
+        store.heartbeat_interval = Duration::from_millis(s.heartbeat_interval_ms);
+        store.election_timeout = (
+            Duration::from_millis(s.election_timeout_min_ms),
+            Duration::from_millis(s.election_timeout_max_ms),
+        );
+        store.snapshot_after_entries = s.snapshot_after_entries;
+        store.group_commit = if s.group_commit {
+            GroupCommit::On {
+                in_flight: s.group_commit_in_flight,
+            }
+        } else {
+            GroupCommit::Off
+        };
+        store.tick_interval = Some(Duration::from_millis(s.tick_interval_ms));
+        store
+    }
+}
+
+/// A configuration that loaded and validated, with what is worth telling the
+/// operator once logging is up.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A value has the wrong type or an unknown key, in the file, the
+    /// environment or a flag.
+    #[error("{}", describe_figment(.0))]
+    Load(Box<figment::Error>),
+    /// The values parse but do not make a working broker.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+/// One invalid setting: its key and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Renders every error figment collected as `key: what (where)`, one a line.
+fn describe_figment(error: &figment::Error) -> String {
+    error
+        .clone()
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let origin = e.metadata.as_ref().map(|md| match &md.source {
+                Some(source) => format!("{} {source}", md.name),
+                None => md.name.to_string(),
+            });
+            let mut line = String::new();
+            if !key.is_empty() {
+                line.push_str(&key);
+                line.push_str(": ");
+            }
+            line.push_str(&e.kind.to_string());
+            if let Some(origin) = origin {
+                line.push_str(&format!(" (in {origin})"));
+            }
+            line
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Loads the layers named in `args` and the environment, and validates the
+/// result.
+pub fn load(args: &ServeArgs) -> Result<Loaded, ConfigError> {
+    let figment = figment(args)?;
+    let mut config: Config = figment
+        .extract()
+        .map_err(|e| ConfigError::Load(Box::new(e)))?;
+    // The edge id follows the node id unless it is set explicitly.
+    if figment.find_value("broker.edge_id").is_err() {
+        config.broker.edge_id = default_edge_id(config.node_id);
+    }
+    config.validate()?;
+    Ok(Loaded {
+        config,
+        warnings: ignored_variables(),
+    })
+}
+
+/// The layers, lowest first.
+fn figment(args: &ServeArgs) -> Result<Figment, ConfigError> {
+    let mut figment = Figment::new();
+    if let Some(path) = &args.config {
+        // `Toml::file` would search parent directories and skip a missing
+        // file silently; a file named on the command line must exist.
+        std::fs::metadata(path).map_err(|source| ConfigError::File {
+            path: path.clone(),
+            source,
+        })?;
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment = figment
+        .merge(Env::raw().only(&["RUST_LOG"]).map(|_| "log.level".into()))
+        .merge(
+            Env::prefixed(ENV_PREFIX)
+                .filter(|key| section_variable(key.as_str()))
+                .split("__"),
+        );
+    Ok(merge_flags(figment, args))
+}
+
+/// Whether `key` (a variable's name without the prefix) sets a key of a
+/// section: `BROKER__LIMITS__MAX_INFLIGHT`.
+fn section_variable(key: &str) -> bool {
+    match key.split_once("__") {
+        Some((section, _)) => ENV_SECTIONS
+            .iter()
+            .any(|known| section.eq_ignore_ascii_case(known)),
+        None => false,
+    }
+}
+
+/// `ROOKERY_*` variables that look like a mistyped section variable
+/// (`ROOKERY_BROKER_EDGE_ID` for `ROOKERY_BROKER__EDGE_ID`): they are
+/// ignored, and the operator is told so.
+fn ignored_variables() -> Vec<String> {
+    let mut warnings: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter_map(|name| {
+            let key = name.strip_prefix(ENV_PREFIX)?;
+            if section_variable(key) || FLAG_VARIABLES.contains(&key) {
+                return None;
+            }
+            let section = ENV_SECTIONS
+                .iter()
+                .find(|s| key.to_ascii_lowercase().starts_with(&format!("{s}_")))?;
+            let rest = &key[section.len() + 1..];
+            Some(format!(
+                "environment variable {name} is ignored; sections and keys are separated by \
+                 two underscores: {ENV_PREFIX}{}__{rest}",
+                section.to_ascii_uppercase()
+            ))
+        })
+        .collect();
+    warnings.sort();
+    warnings
+}
+
+/// The flags given on the command line (or their own variables), on top.
+fn merge_flags(mut figment: Figment, args: &ServeArgs) -> Figment {
+    if let Some(node_id) = args.node_id {
+        figment = figment.merge(Serialized::default("node_id", node_id));
+    }
+    if let Some(data_dir) = &args.data_dir {
+        figment = figment.merge(Serialized::default("data_dir", data_dir));
+    }
+    if let Some(level) = &args.log_level {
+        figment = figment.merge(Serialized::default("log.level", level));
+    }
+    if let Some(format) = args.log_format {
+        figment = figment.merge(Serialized::default("log.format", format));
+    }
+    if let Some(listen) = args.metrics_listen {
+        figment = figment.merge(Serialized::default("metrics.listen", listen));
+    }
+    if let Some(listen) = args.store_listen {
+        figment = figment.merge(Serialized::default("store.listen", listen));
+    }
+    if !args.listen.is_empty() {
+        figment = figment.merge(Serialized::default(
+            "broker.listeners",
+            flag_listeners(&args.listen),
+        ));
+    }
+    figment
+}
+
+/// Plain TCP listeners named `tcp`, `tcp-2`, `tcp-3`, ...
+fn flag_listeners(addresses: &[SocketAddr]) -> Vec<ListenerConfig> {
+    addresses
+        .iter()
+        .enumerate()
+        .map(|(i, address)| ListenerConfig {
+            name: if i == 0 {
+                "tcp".into()
+            } else {
+                format!("tcp-{}", i + 1)
+            },
+            kind: ListenerKind::Tcp,
+            address: *address,
+            ..ListenerConfig::default()
+        })
+        .collect()
+}
+
+impl Config {
+    /// Every problem of the whole configuration, or none.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut problem = |key: &str, message: String| {
+            problems.push(Problem {
+                key: key.into(),
+                message,
+            })
+        };
+
+        if self.data_dir.as_os_str().is_empty() {
+            problem("data_dir", "must not be empty".into());
+        } else if self.data_dir.is_file() {
+            problem(
+                "data_dir",
+                format!("{} is a file, not a directory", self.data_dir.display()),
+            );
+        }
+        if let Err(error) = EnvFilter::try_new(&self.log.level) {
+            problem(
+                "log.level",
+                format!("`{}` is not a log filter: {error}", self.log.level),
+            );
+        }
+        self.validate_store(&mut problem);
+        self.validate_broker(&mut problem);
+        self.validate_addresses(&mut problem);
+
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    fn validate_store(&self, problem: &mut impl FnMut(&str, String)) {
+        let s = &self.store;
+        if s.group_commit_in_flight == 0 {
+            problem("store.group_commit_in_flight", "must be at least 1".into());
+        }
+        if s.heartbeat_interval_ms == 0 {
+            problem("store.heartbeat_interval_ms", "must be at least 1".into());
+        }
+        if s.election_timeout_min_ms <= s.heartbeat_interval_ms {
+            problem(
+                "store.election_timeout_min_ms",
+                format!(
+                    "must be longer than store.heartbeat_interval_ms ({})",
+                    s.heartbeat_interval_ms
+                ),
+            );
+        }
+        if s.election_timeout_max_ms <= s.election_timeout_min_ms {
+            problem(
+                "store.election_timeout_max_ms",
+                format!(
+                    "must be longer than store.election_timeout_min_ms ({})",
+                    s.election_timeout_min_ms
+                ),
+            );
+        }
+        if s.snapshot_after_entries == 0 {
+            problem("store.snapshot_after_entries", "must be at least 1".into());
+        }
+        if s.tick_interval_ms == 0 {
+            problem("store.tick_interval_ms", "must be at least 1".into());
+        }
+        if s.advertise.as_deref().is_some_and(|a| a.trim().is_empty()) {
+            problem(
+                "store.advertise",
+                "must not be empty (leave it out to advertise the bound address)".into(),
+            );
+        }
+    }
+
+    fn validate_broker(&self, problem: &mut impl FnMut(&str, String)) {
+        let b = &self.broker;
+        if b.edge_id.trim().is_empty() {
+            problem("broker.edge_id", "must not be empty".into());
+        }
+        if b.listeners.is_empty() {
+            problem(
+                "broker.listeners",
+                "at least one listener is needed (or --listen ADDR)".into(),
+            );
+        }
+        let mut names = HashSet::new();
+        for (i, listener) in b.listeners.iter().enumerate() {
+            let key = format!("broker.listeners[{i}]");
+            let name = listener.display_name();
+            if !names.insert(name.clone()) {
+                problem(
+                    &format!("{key}.name"),
+                    format!("`{name}` names two listeners; give each a distinct name"),
+                );
+            }
+            validate_listener(&key, listener, problem);
+        }
+
+        let l = &b.limits;
+        if l.receive_maximum == 0 {
+            problem(
+                "broker.limits.receive_maximum",
+                "must be at least 1 (MQTT 5.0, 3.2.2.3.3)".into(),
+            );
+        }
+        if l.max_inflight == 0 {
+            problem("broker.limits.max_inflight", "must be at least 1".into());
+        }
+        if l.maximum_qos > 2 {
+            problem(
+                "broker.limits.maximum_qos",
+                format!("is {}; a QoS is 0, 1 or 2", l.maximum_qos),
+            );
+        }
+        if l.max_packet_size < 2 {
+            problem(
+                "broker.limits.max_packet_size",
+                format!(
+                    "is {}; the smallest MQTT packet is 2 bytes",
+                    l.max_packet_size
+                ),
+            );
+        } else if l.max_packet_size > MQTT_MAX_PACKET_SIZE {
+            problem(
+                "broker.limits.max_packet_size",
+                format!(
+                    "is {}; no MQTT packet is larger than {MQTT_MAX_PACKET_SIZE} bytes",
+                    l.max_packet_size
+                ),
+            );
+        }
+        if l.max_topic_length == 0 || l.max_topic_length > 65535 {
+            problem(
+                "broker.limits.max_topic_length",
+                format!(
+                    "is {}; it must be between 1 and 65535 (an MQTT string's limit)",
+                    l.max_topic_length
+                ),
+            );
+        }
+        if l.max_topic_levels == 0 {
+            problem(
+                "broker.limits.max_topic_levels",
+                "must be at least 1".into(),
+            );
+        }
+        if l.connect_timeout_s == 0 {
+            problem(
+                "broker.limits.connect_timeout_s",
+                "must be at least 1".into(),
+            );
+        }
+    }
+
+    /// Two sockets on one address (other than port 0) cannot both bind.
+    fn validate_addresses(&self, problem: &mut impl FnMut(&str, String)) {
+        let mut sockets: Vec<(String, SocketAddr)> = Vec::new();
+        if let Some(metrics) = self.metrics.listen.0 {
+            sockets.push(("metrics.listen".into(), metrics));
+        }
+        sockets.push(("store.listen".into(), self.store.listen));
+        for (i, listener) in self.broker.listeners.iter().enumerate() {
+            sockets.push((format!("broker.listeners[{i}].address"), listener.address));
+        }
+        for (i, (key, address)) in sockets.iter().enumerate() {
+            if address.port() == 0 {
+                continue;
+            }
+            if let Some((first, _)) = sockets[..i].iter().find(|(_, other)| other == address) {
+                problem(key, format!("{address} is already taken by {first}"));
+            }
+        }
+    }
+}
+
+fn validate_listener(key: &str, listener: &ListenerConfig, problem: &mut impl FnMut(&str, String)) {
+    let encrypted = matches!(listener.kind, ListenerKind::Tls | ListenerKind::Wss);
+    let kind = kind_name(listener.kind);
+    match (&listener.tls, encrypted) {
+        (None, true) => problem(
+            &format!("{key}.tls"),
+            format!(
+                "a `{kind}` listener needs a [broker.listeners.tls] section with cert_file and \
+                 key_file"
+            ),
+        ),
+        (Some(_), false) => problem(
+            &format!("{key}.tls"),
+            format!("a `{kind}` listener does not use TLS; use kind `tls` or `wss`, or remove it"),
+        ),
+        (Some(tls), true) => {
+            check_file(&format!("{key}.tls.cert_file"), &tls.cert_file, problem);
+            check_file(&format!("{key}.tls.key_file"), &tls.key_file, problem);
+            match &tls.client_ca_file {
+                Some(ca) => check_file(&format!("{key}.tls.client_ca_file"), ca, problem),
+                None if tls.require_client_cert => problem(
+                    &format!("{key}.tls.require_client_cert"),
+                    "needs client_ca_file: the CA that client certificates are verified against"
+                        .into(),
+                ),
+                None => {}
+            }
+        }
+        (None, false) => {}
+    }
+    if matches!(listener.kind, ListenerKind::Ws | ListenerKind::Wss)
+        && !listener.ws_path.starts_with('/')
+    {
+        problem(
+            &format!("{key}.ws_path"),
+            format!("`{}` must start with `/`", listener.ws_path),
+        );
+    }
+}
+
+fn kind_name(kind: ListenerKind) -> &'static str {
+    match kind {
+        ListenerKind::Tcp => "tcp",
+        ListenerKind::Tls => "tls",
+        ListenerKind::Ws => "ws",
+        ListenerKind::Wss => "wss",
+    }
+}
+
+/// A TLS file must be there at start, not at the first handshake.
+fn check_file(key: &str, path: &Path, problem: &mut impl FnMut(&str, String)) {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => problem(key, format!("{} is not a file", path.display())),
+        Err(error) => problem(key, format!("{}: {error}", path.display())),
+    }
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

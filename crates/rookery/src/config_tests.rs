@@ -1,0 +1,570 @@
+//! The configuration's layering and validation. Every test runs in a
+//! `figment::Jail`: a cleared environment and a temporary working directory,
+//! restored afterwards, so no test depends on the process's environment.
+
+use std::net::SocketAddr;
+
+use clap::{CommandFactory, Parser};
+use figment::Jail;
+use rookery_broker::ListenerKind;
+use rookery_store::writer::GroupCommit;
+
+use super::*;
+use crate::cli::{Cli, Command};
+
+/// `rookery serve ARGS...`, parsed as the binary does (flags' variables
+/// included).
+fn serve_args(args: &[&str]) -> ServeArgs {
+    let argv = ["rookery", "serve"].iter().chain(args);
+    match Cli::try_parse_from(argv) {
+        Ok(Cli {
+            command: Command::Serve(args),
+        }) => args,
+        Err(error) => panic!("{error}"),
+    }
+}
+
+/// Loads with the flags `args`; the configuration error as a string.
+fn load_with(args: &[&str]) -> Result<Config, String> {
+    load(&serve_args(args))
+        .map(|loaded| loaded.config)
+        .map_err(|error| error.to_string())
+}
+
+/// Runs `test` with an empty environment in a temporary directory.
+#[allow(clippy::result_large_err)] // figment's own signature
+fn jail(test: impl FnOnce(&mut Jail)) {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        test(jail);
+        Ok(())
+    });
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn with_no_layer_the_defaults_are_a_loopback_broker() {
+    jail(|_| {
+        let config = load_with(&[]).unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.node_id, 1);
+        assert_eq!(config.data_dir, PathBuf::from("./rookery-data"));
+        assert_eq!(config.broker.edge_id, "rookery-1");
+        assert_eq!(config.broker.listeners.len(), 1);
+        assert_eq!(config.broker.listeners[0].kind, ListenerKind::Tcp);
+        assert_eq!(config.broker.listeners[0].address, addr("127.0.0.1:1883"));
+        assert_eq!(config.metrics.listen.0, Some(addr("127.0.0.1:9883")));
+        assert_eq!(config.store.listen, addr("127.0.0.1:7883"));
+        assert_eq!(config.log.level, "info,openraft=warn");
+        assert_eq!(config.log.format, LogFormat::Text);
+    });
+}
+
+#[test]
+fn the_store_defaults_are_the_store_crates() {
+    let store = Config::default().store_config();
+    let reference = StoreConfig::new(1, PathBuf::from("./rookery-data"), addr("127.0.0.1:7883"));
+    assert_eq!(store.heartbeat_interval, reference.heartbeat_interval);
+    assert_eq!(store.election_timeout, reference.election_timeout);
+    assert_eq!(
+        store.snapshot_after_entries,
+        reference.snapshot_after_entries
+    );
+    assert_eq!(store.group_commit, reference.group_commit);
+    assert_eq!(store.tick_interval, reference.tick_interval);
+    assert_eq!(store.data_dir, reference.data_dir);
+}
+
+#[test]
+fn file_is_overridden_by_environment_and_environment_by_flags() {
+    jail(|jail| {
+        jail.create_file(
+            "rookery.toml",
+            r#"
+                data_dir = "/var/lib/from-file"
+                node_id = 3
+
+                [log]
+                level = "warn"
+
+                [store]
+                listen = "127.0.0.1:17883"
+
+                [broker.limits]
+                max_inflight = 10
+                receive_maximum = 100
+            "#,
+        )
+        .unwrap();
+        jail.set_env("ROOKERY_BROKER__LIMITS__MAX_INFLIGHT", 64);
+        jail.set_env("ROOKERY_LOG__LEVEL", "debug");
+        jail.set_env("ROOKERY_STORE__LISTEN", "127.0.0.1:27883");
+        let config = load_with(&[
+            "--config",
+            "rookery.toml",
+            "--log-level",
+            "trace",
+            "--node-id",
+            "5",
+        ])
+        .unwrap();
+        // File only.
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/from-file"));
+        assert_eq!(config.broker.limits.receive_maximum, 100);
+        // Environment over file.
+        assert_eq!(config.broker.limits.max_inflight, 64);
+        assert_eq!(config.store.listen, addr("127.0.0.1:27883"));
+        // Flags over environment and file.
+        assert_eq!(config.log.level, "trace");
+        assert_eq!(config.node_id, 5);
+        // Untouched defaults stay.
+        assert_eq!(config.broker.limits.maximum_qos, 2);
+    });
+}
+
+#[test]
+fn a_flags_own_variable_counts_as_the_flag() {
+    jail(|jail| {
+        jail.create_file("rookery.toml", "data_dir = \"from-file\"\nnode_id = 3\n")
+            .unwrap();
+        jail.set_env("ROOKERY_CONFIG", "rookery.toml");
+        jail.set_env("ROOKERY_DATA_DIR", "from-variable");
+        jail.set_env("ROOKERY_LISTEN", "127.0.0.1:0,127.0.0.1:11883");
+        jail.set_env("ROOKERY_METRICS_LISTEN", "off");
+        let config = load_with(&[]).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("from-variable"));
+        assert_eq!(config.node_id, 3);
+        assert_eq!(config.metrics.listen.0, None);
+        let listeners: Vec<_> = config
+            .broker
+            .listeners
+            .iter()
+            .map(|l| (l.display_name(), l.address))
+            .collect();
+        assert_eq!(
+            listeners,
+            [
+                ("tcp".to_string(), addr("127.0.0.1:0")),
+                ("tcp-2".to_string(), addr("127.0.0.1:11883"))
+            ]
+        );
+        // The flag itself beats its variable.
+        let config = load_with(&["--data-dir", "from-flag"]).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("from-flag"));
+    });
+}
+
+#[test]
+fn rust_log_sets_the_level_below_rookery_variables_and_flags() {
+    jail(|jail| {
+        jail.set_env("RUST_LOG", "debug");
+        assert_eq!(load_with(&[]).unwrap().log.level, "debug");
+        jail.set_env("ROOKERY_LOG__LEVEL", "warn");
+        assert_eq!(load_with(&[]).unwrap().log.level, "warn");
+        assert_eq!(
+            load_with(&["--log-level", "error"]).unwrap().log.level,
+            "error"
+        );
+    });
+}
+
+#[test]
+fn listen_flags_replace_every_configured_listener() {
+    jail(|jail| {
+        jail.create_file(
+            "rookery.toml",
+            r#"
+                [[broker.listeners]]
+                name = "ws"
+                kind = "ws"
+                address = "127.0.0.1:8080"
+
+                [[broker.listeners]]
+                name = "plain"
+                address = "127.0.0.1:1884"
+            "#,
+        )
+        .unwrap();
+        let config = load_with(&["-c", "rookery.toml"]).unwrap();
+        assert_eq!(config.broker.listeners.len(), 2);
+        assert_eq!(config.broker.listeners[0].kind, ListenerKind::Ws);
+        assert_eq!(config.broker.listeners[0].ws_path, "/mqtt");
+
+        let config = load_with(&["-c", "rookery.toml", "--listen", "0.0.0.0:1883"]).unwrap();
+        assert_eq!(config.broker.listeners.len(), 1);
+        let listener = &config.broker.listeners[0];
+        assert_eq!(listener.name, "tcp");
+        assert_eq!(listener.kind, ListenerKind::Tcp);
+        assert_eq!(listener.address, addr("0.0.0.0:1883"));
+        assert_eq!(listener.tls, None);
+        assert!(!listener.proxy_protocol);
+    });
+}
+
+#[test]
+fn an_unknown_key_in_the_file_is_rejected_with_its_name() {
+    jail(|jail| {
+        jail.create_file(
+            "rookery.toml",
+            "[broker.limits]\nmax_inflight = 8\nmax_in_flight_messages = 8\n",
+        )
+        .unwrap();
+        let error = load_with(&["-c", "rookery.toml"]).unwrap_err();
+        assert!(error.contains("max_in_flight_messages"), "{error}");
+        assert!(error.contains("broker.limits"), "{error}");
+        assert!(error.contains("rookery.toml"), "{error}");
+
+        jail.create_file("top.toml", "nodeid = 2\n").unwrap();
+        let error = load_with(&["-c", "top.toml"]).unwrap_err();
+        assert!(error.contains("nodeid"), "{error}");
+    });
+}
+
+#[test]
+fn an_unknown_key_in_a_section_variable_is_rejected_with_its_name() {
+    jail(|jail| {
+        jail.set_env("ROOKERY_STORE__GROUP_COMIT", "false");
+        let error = load_with(&[]).unwrap_err();
+        assert!(error.contains("group_comit"), "{error}");
+    });
+}
+
+#[test]
+fn a_value_of_the_wrong_type_is_rejected_with_its_key() {
+    jail(|jail| {
+        jail.create_file("rookery.toml", "[broker.limits]\nmax_inflight = \"many\"\n")
+            .unwrap();
+        let error = load_with(&["-c", "rookery.toml"]).unwrap_err();
+        assert!(error.contains("broker.limits.max_inflight"), "{error}");
+
+        jail.create_file("kind.toml", "[[broker.listeners]]\nkind = \"quic\"\n")
+            .unwrap();
+        let error = load_with(&["-c", "kind.toml"]).unwrap_err();
+        assert!(error.contains("quic"), "{error}");
+    });
+}
+
+#[test]
+fn other_rookery_variables_are_ignored_and_near_misses_are_warned_about() {
+    jail(|jail| {
+        // What Kubernetes sets for a service named `rookery`.
+        jail.set_env("ROOKERY_SERVICE_HOST", "10.0.0.7");
+        jail.set_env("ROOKERY_PORT", "tcp://10.0.0.7:1883");
+        jail.set_env("ROOKERY_PORT_1883_TCP_PORT", "1883");
+        jail.set_env("ROOKERY_BROKER_EDGE_ID", "typo");
+        let loaded = load(&serve_args(&[])).map_err(|e| e.to_string()).unwrap();
+        assert_eq!(loaded.config.broker.edge_id, "rookery-1");
+        assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+        assert!(
+            loaded.warnings[0].contains("ROOKERY_BROKER__EDGE_ID"),
+            "{:?}",
+            loaded.warnings
+        );
+    });
+}
+
+#[test]
+fn the_edge_id_follows_the_node_id_unless_set() {
+    jail(|jail| {
+        assert_eq!(
+            load_with(&["--node-id", "4"]).unwrap().broker.edge_id,
+            "rookery-4"
+        );
+        jail.set_env("ROOKERY_BROKER__EDGE_ID", "\"edge-a\"");
+        assert_eq!(
+            load_with(&["--node-id", "4"]).unwrap().broker.edge_id,
+            "edge-a"
+        );
+    });
+}
+
+#[test]
+fn metrics_can_be_turned_off_in_the_file_or_by_flag() {
+    jail(|jail| {
+        jail.create_file("off.toml", "[metrics]\nlisten = \"off\"\n")
+            .unwrap();
+        assert_eq!(
+            load_with(&["-c", "off.toml"]).unwrap().metrics.listen.0,
+            None
+        );
+        assert_eq!(
+            load_with(&["--metrics-listen", "off"])
+                .unwrap()
+                .metrics
+                .listen
+                .0,
+            None
+        );
+        assert_eq!(
+            load_with(&["-c", "off.toml", "--metrics-listen", "127.0.0.1:19883"])
+                .unwrap()
+                .metrics
+                .listen
+                .0,
+            Some(addr("127.0.0.1:19883"))
+        );
+        jail.create_file("bad.toml", "[metrics]\nlisten = \"everywhere\"\n")
+            .unwrap();
+        let error = load_with(&["-c", "bad.toml"]).unwrap_err();
+        assert!(error.contains("metrics.listen"), "{error}");
+        assert!(error.contains("everywhere"), "{error}");
+    });
+}
+
+#[test]
+fn group_commit_can_be_turned_off() {
+    jail(|jail| {
+        jail.set_env("ROOKERY_STORE__GROUP_COMMIT", "false");
+        let config = load_with(&[]).unwrap();
+        assert_eq!(config.store_config().group_commit, GroupCommit::Off);
+        jail.set_env("ROOKERY_STORE__GROUP_COMMIT", "true");
+        jail.set_env("ROOKERY_STORE__GROUP_COMMIT_IN_FLIGHT", "4");
+        let config = load_with(&[]).unwrap();
+        assert_eq!(
+            config.store_config().group_commit,
+            GroupCommit::On { in_flight: 4 }
+        );
+    });
+}
+
+#[test]
+fn a_missing_configuration_file_is_an_error() {
+    jail(|_| {
+        let error = load_with(&["-c", "nowhere.toml"]).unwrap_err();
+        assert!(error.contains("nowhere.toml"), "{error}");
+    });
+}
+
+#[test]
+fn a_tls_listener_without_its_files_is_rejected() {
+    jail(|jail| {
+        jail.create_file(
+            "rookery.toml",
+            r#"
+                [[broker.listeners]]
+                name = "secure"
+                kind = "tls"
+                address = "127.0.0.1:8883"
+            "#,
+        )
+        .unwrap();
+        let error = load_with(&["-c", "rookery.toml"]).unwrap_err();
+        assert!(error.contains("broker.listeners[0].tls:"), "{error}");
+        assert!(error.contains("cert_file and key_file"), "{error}");
+
+        jail.create_file(
+            "missing.toml",
+            r#"
+                [[broker.listeners]]
+                kind = "wss"
+                address = "127.0.0.1:8884"
+                [broker.listeners.tls]
+                cert_file = "server.pem"
+                key_file = "server.key"
+            "#,
+        )
+        .unwrap();
+        let error = load_with(&["-c", "missing.toml"]).unwrap_err();
+        assert!(
+            error.contains("broker.listeners[0].tls.cert_file"),
+            "{error}"
+        );
+        assert!(
+            error.contains("broker.listeners[0].tls.key_file"),
+            "{error}"
+        );
+
+        jail.create_file("server.pem", "not checked here").unwrap();
+        jail.create_file("server.key", "not checked here").unwrap();
+        assert!(load_with(&["-c", "missing.toml"]).is_ok());
+    });
+}
+
+#[test]
+fn a_client_certificate_cannot_be_required_without_a_ca() {
+    jail(|jail| {
+        jail.create_file("server.pem", "").unwrap();
+        jail.create_file("server.key", "").unwrap();
+        jail.create_file(
+            "rookery.toml",
+            r#"
+                [[broker.listeners]]
+                kind = "tls"
+                address = "127.0.0.1:8883"
+                [broker.listeners.tls]
+                cert_file = "server.pem"
+                key_file = "server.key"
+                require_client_cert = true
+            "#,
+        )
+        .unwrap();
+        let error = load_with(&["-c", "rookery.toml"]).unwrap_err();
+        assert!(
+            error.contains("broker.listeners[0].tls.require_client_cert"),
+            "{error}"
+        );
+    });
+}
+
+#[test]
+fn a_plain_listener_with_a_tls_section_is_rejected() {
+    jail(|jail| {
+        jail.create_file(
+            "rookery.toml",
+            r#"
+                [[broker.listeners]]
+                kind = "tcp"
+                [broker.listeners.tls]
+                cert_file = "a"
+                key_file = "b"
+            "#,
+        )
+        .unwrap();
+        let error = load_with(&["-c", "rookery.toml"]).unwrap_err();
+        assert!(error.contains("broker.listeners[0].tls"), "{error}");
+    });
+}
+
+#[test]
+fn every_impossible_limit_is_reported_at_once() {
+    jail(|jail| {
+        jail.create_file(
+            "rookery.toml",
+            r#"
+                [broker.limits]
+                receive_maximum = 0
+                maximum_qos = 3
+                max_packet_size = 1
+            "#,
+        )
+        .unwrap();
+        let error = load_with(&["-c", "rookery.toml"]).unwrap_err();
+        for key in [
+            "broker.limits.receive_maximum",
+            "broker.limits.maximum_qos",
+            "broker.limits.max_packet_size",
+        ] {
+            assert!(error.contains(key), "{key} missing from: {error}");
+        }
+    });
+}
+
+#[test]
+fn two_sockets_on_one_address_are_rejected() {
+    jail(|_| {
+        let error = load_with(&["--listen", "127.0.0.1:9883"]).unwrap_err();
+        assert!(error.contains("broker.listeners[0].address"), "{error}");
+        assert!(error.contains("metrics.listen"), "{error}");
+        // Port 0 picks a fresh port each time.
+        assert!(
+            load_with(&[
+                "--listen",
+                "127.0.0.1:0",
+                "--store-listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0"
+            ])
+            .is_ok()
+        );
+    });
+}
+
+#[test]
+fn listener_names_are_unique() {
+    jail(|jail| {
+        jail.create_file(
+            "rookery.toml",
+            r#"
+                [[broker.listeners]]
+                address = "127.0.0.1:1883"
+                [[broker.listeners]]
+                address = "127.0.0.1:1884"
+            "#,
+        )
+        .unwrap();
+        let error = load_with(&["-c", "rookery.toml"]).unwrap_err();
+        assert!(error.contains("broker.listeners[1].name"), "{error}");
+    });
+}
+
+#[test]
+fn store_timing_must_let_raft_elect() {
+    jail(|jail| {
+        jail.set_env("ROOKERY_STORE__ELECTION_TIMEOUT_MIN_MS", "100");
+        let error = load_with(&[]).unwrap_err();
+        assert!(error.contains("store.election_timeout_min_ms"), "{error}");
+    });
+}
+
+#[test]
+fn a_bad_log_filter_is_refused() {
+    jail(|jail| {
+        assert!(Cli::try_parse_from(["rookery", "serve", "--log-level", "info,=[x"]).is_err());
+        jail.set_env("ROOKERY_LOG__LEVEL", "info,=[x");
+        let error = load_with(&[]).unwrap_err();
+        assert!(error.contains("log.level"), "{error}");
+    });
+}
+
+#[test]
+fn every_flag_has_a_variable_known_to_the_loader() {
+    let command = Cli::command();
+    let serve = command.find_subcommand("serve").expect("serve subcommand");
+    let mut variables: Vec<String> = serve
+        .get_arguments()
+        .filter(|arg| arg.get_long().is_some_and(|long| long != "help"))
+        .map(|arg| {
+            arg.get_env()
+                .and_then(|env| env.to_str())
+                .unwrap_or_else(|| panic!("--{:?} has no variable", arg.get_long()))
+                .to_string()
+        })
+        .collect();
+    variables.sort();
+    let mut known: Vec<String> = FLAG_VARIABLES
+        .iter()
+        .map(|v| format!("{ENV_PREFIX}{v}"))
+        .collect();
+    known.sort();
+    assert_eq!(variables, known);
+}
+
+#[test]
+fn the_examples_in_the_configuration_guide_parse() {
+    let guide = include_str!("../../../docs/configuration.md");
+    let mut examples = 0;
+    let mut rest = guide;
+    while let Some(start) = rest.find("```toml\n") {
+        let body = &rest[start + "```toml\n".len()..];
+        let end = body.find("```").expect("closed code block");
+        let example = &body[..end];
+        let parsed: Result<Config, _> = Figment::new().merge(Toml::string(example)).extract();
+        if let Err(error) = parsed {
+            panic!("{}\nin example:\n{example}", describe_figment(&error));
+        }
+        examples += 1;
+        rest = &body[end + 3..];
+    }
+    assert!(examples >= 1, "found no TOML example");
+}
+
+#[test]
+fn listeners_can_be_given_as_one_variable() {
+    jail(|jail| {
+        jail.set_env(
+            "ROOKERY_BROKER__LISTENERS",
+            r#"[{kind="ws", address="127.0.0.1:8080", ws_path="/ws"}, {name="lan", address="0.0.0.0:1883"}]"#,
+        );
+        let config = load_with(&[]).unwrap();
+        let listeners = &config.broker.listeners;
+        assert_eq!(listeners.len(), 2);
+        assert_eq!(listeners[0].kind, ListenerKind::Ws);
+        assert_eq!(listeners[0].ws_path, "/ws");
+        assert_eq!(listeners[1].display_name(), "lan");
+        assert_eq!(listeners[1].address, addr("0.0.0.0:1883"));
+    });
+}

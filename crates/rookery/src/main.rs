@@ -1,0 +1,74 @@
+//! `rookery`: the binary of the Rookery MQTT broker.
+//!
+//! It reads the configuration ([`config`]: defaults, TOML file, environment,
+//! flags from [`cli`]), sets up logging ([`logging`]) and the Prometheus
+//! endpoint ([`exporter`]), and wires the store and the edge together
+//! ([`serve`]). It holds no protocol logic: that lives in the library crates.
+//!
+//! Exit codes: 0 after a clean shutdown, 1 when the node cannot start or a
+//! second signal cuts shutdown short, 2 for a usage or configuration error.
+
+mod cli;
+mod config;
+mod exporter;
+mod logging;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+/// The node could not start, or failed while running.
+const EXIT_FAILURE: u8 = 1;
+/// The command line or the configuration is wrong (as clap's usage errors).
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    // Help, version and usage errors exit here (usage errors with 2).
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(&args),
+    }
+}
+
+fn serve(args: &cli::ServeArgs) -> ExitCode {
+    let loaded = match config::load(args) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("rookery: configuration error:\n{error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Err(error) = logging::init(&loaded.config.log) {
+        eprintln!("rookery: cannot set up logging: {error}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("rookery")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the Tokio runtime");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let result = runtime.block_on(serve::run(loaded.config));
+    // Tasks still running (a stalled connection, the metrics server) must
+    // not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! `rookery serve`: the embedded store and the edge in one process.
+//!
+//! Start order: metrics endpoint, store node (forming a single-voter group
+//! on a new data directory, resuming on an old one), wait for the store to
+//! lead, then the broker's listeners. Stop order, on SIGTERM or SIGINT: the
+//! broker (clients are told the server is shutting down), then the store.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rookery_broker::Broker;
+use rookery_store::{NodeId, StoreNode};
+
+use crate::config::Config;
+
+/// How long a store may take to elect itself leader of its own group.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+
+/// How long the store waits for the broker's last references to it to go.
+const STORE_RELEASE_WAIT: Duration = Duration::from_secs(5);
+/// The same after the broker failed to start.
+const STORE_RELEASE_WAIT_FAILED_START: Duration = Duration::from_millis(200);
+
+/// Exit code of a second signal that cuts shutdown short.
+const FORCED_EXIT: i32 = 1;
+
+/// Why the node could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot serve metrics on {address}: {message}")]
+    Metrics {
+        address: std::net::SocketAddr,
+        message: String,
+    },
+    #[error("cannot start the store in {} (store.listen {listen}): {message}", data_dir.display())]
+    StoreStart {
+        data_dir: PathBuf,
+        listen: std::net::SocketAddr,
+        message: String,
+    },
+    #[error("the store group: {0}")]
+    StoreGroup(String),
+    #[error("cannot start the broker: {0}")]
+    Broker(String),
+    #[error("cannot listen for signals: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Runs until SIGTERM or SIGINT, then shuts down in order.
+pub async fn run(config: Config) -> Result<(), ServeError> {
+    // Before anything binds: a signal during start-up is then seen once the
+    // node is up, and stops it in order, instead of killing it half-started.
+    let mut signals = Signals::new().map_err(ServeError::Signals)?;
+
+    if let Some(address) = config.metrics.listen.0 {
+        crate::exporter::install(address)
+            .map_err(|message| ServeError::Metrics { address, message })?;
+        tracing::info!(%address, "metrics ready");
+    }
+
+    let store_config = config.store_config();
+    let store = StoreNode::start(store_config.clone())
+        .await
+        .map_err(|error| ServeError::StoreStart {
+            data_dir: store_config.data_dir.clone(),
+            listen: store_config.listen,
+            message: error.to_string(),
+        })?;
+    if let Err(error) = form_or_resume_group(&store, &config).await {
+        store.shutdown().await;
+        return Err(error);
+    }
+    let store = Arc::new(store);
+
+    let broker = match Broker::start(config.broker.clone(), store.clone()).await {
+        Ok(broker) => broker,
+        Err(error) => {
+            // A half-started broker may leave tasks holding the store:
+            // do not wait long for them.
+            shutdown_store(store, STORE_RELEASE_WAIT_FAILED_START).await;
+            return Err(ServeError::Broker(error.to_string()));
+        }
+    };
+    for (listener, address) in broker.local_addrs() {
+        tracing::info!(listener = %listener, address = %address, "listener ready");
+    }
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        node_id = config.node_id,
+        edge_id = %config.broker.edge_id,
+        "rookery ready"
+    );
+
+    let signal = signals.recv().await;
+    tracing::info!(signal, "shutting down; a second signal exits at once");
+    tokio::spawn(async move {
+        let signal = signals.recv().await;
+        tracing::warn!(signal, "second signal: exiting without finishing shutdown");
+        std::process::exit(FORCED_EXIT);
+    });
+
+    broker.shutdown().await;
+    shutdown_store(store, STORE_RELEASE_WAIT).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Makes a new node the single voter of its own group, or lets a node that
+/// already belongs to a group (a restart on the same data directory) resume
+/// it; then waits for the group to have a leader, so that the first client
+/// is served rather than told the store is unavailable.
+async fn form_or_resume_group(store: &StoreNode, config: &Config) -> Result<(), ServeError> {
+    let raft = store.raft();
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|error| ServeError::StoreGroup(error.to_string()))?;
+    if initialized {
+        tracing::info!(data_dir = %config.data_dir.display(), "resuming the store group from its data directory");
+    } else {
+        store
+            .initialize_single()
+            .await
+            .map_err(|error| ServeError::StoreGroup(format!("cannot form a group: {error}")))?;
+        tracing::info!(data_dir = %config.data_dir.display(), "formed a new single-voter store group");
+    }
+
+    // The membership the node loaded (or was just given) names its voters.
+    let node_id = store.node_id();
+    let mut watch = raft.metrics();
+    let _ = tokio::time::timeout(
+        LEADER_WAIT,
+        watch.wait_for(|m| {
+            m.membership_config
+                .membership()
+                .voter_ids()
+                .next()
+                .is_some()
+        }),
+    )
+    .await;
+    let voters: BTreeSet<NodeId> = watch
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect();
+    if !voters.contains(&node_id) {
+        return Err(ServeError::StoreGroup(format!(
+            "{} belongs to a group whose voters are {voters:?}, and this node is {node_id}; \
+             start it with the node id its data directory was created with (--node-id)",
+            config.data_dir.display()
+        )));
+    }
+
+    // Alone, this node must lead (a vote it loaded may still name a leader
+    // from before the restart); in a group, any leader will do.
+    let alone = voters.len() == 1;
+    let elected = tokio::time::timeout(
+        LEADER_WAIT,
+        watch.wait_for(|m| {
+            if alone {
+                m.current_leader == Some(node_id) && m.state.is_leader()
+            } else {
+                m.current_leader.is_some()
+            }
+        }),
+    )
+    .await
+    .is_ok_and(|result| result.is_ok());
+    if elected {
+        return Ok(());
+    }
+    if alone {
+        return Err(ServeError::StoreGroup(format!(
+            "this node is the group's only voter but did not become leader within {LEADER_WAIT:?}"
+        )));
+    }
+    // Other voters may still be starting; the broker waits for the store
+    // per request.
+    tracing::warn!(?voters, "no store leader yet; starting the broker anyway");
+    Ok(())
+}
+
+/// Stops the store once the broker has let go of it.
+async fn shutdown_store(mut store: Arc<StoreNode>, wait: Duration) {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match Arc::try_unwrap(store) {
+            Ok(node) => {
+                node.shutdown().await;
+                return;
+            }
+            Err(shared) if tokio::time::Instant::now() < deadline => {
+                store = shared;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(shared) => {
+                // Something still holds the node: stop Raft at least, so
+                // the log is closed cleanly before the process exits.
+                tracing::warn!("the store is still in use; stopping Raft only");
+                if let Err(error) = shared.raft().shutdown().await {
+                    tracing::warn!(%error, "raft shutdown");
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// SIGTERM and SIGINT (Ctrl-C), as one stream.
+struct Signals {
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    #[cfg(unix)]
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {})
+    }
+
+    /// The name of the next signal received.
+    #[cfg(unix)]
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
+
+    #[cfg(not(unix))]
+    async fn recv(&mut self) -> &'static str {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
+}

@@ -1,0 +1,812 @@
+//! Starts the broker under test as a child process and stops it again.
+//!
+//! The default target is the real `rookery` binary of this package (or
+//! `ROOKERY_E2E_BIN`, e.g. a release build); `ROOKERY_E2E_BROKER=mosquitto`
+//! runs the same tests against Mosquitto 2 (`/usr/sbin/mosquitto`, or
+//! `ROOKERY_E2E_MOSQUITTO`) as a reference broker, to check that a test expects
+//! what the spec says rather than what Rookery happens to do.
+//!
+//! Every broker gets a fresh temporary directory (data directory and
+//! configuration), listens on a loopback port chosen by the OS, and has its
+//! stderr captured: a test that fails prints the broker's log. Every wait is
+//! bounded by [`TIMEOUT`], so a broken broker fails a test instead of hanging
+//! it. Brokers that tests share are started once per test binary and ended by
+//! a small watchdog process when the test binary exits.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The bound on every wait for something that should happen.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a test waits to be sure that something does *not* happen.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// The broker the tests run against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The `rookery` binary of this package (the default, and what CI runs).
+    Rookery,
+    /// Mosquitto 2, the reference broker.
+    Mosquitto,
+}
+
+/// The broker selected by `ROOKERY_E2E_BROKER` (`rookery` or `mosquitto`).
+pub fn target() -> Target {
+    static TARGET: OnceLock<Target> = OnceLock::new();
+    *TARGET.get_or_init(|| match std::env::var("ROOKERY_E2E_BROKER").as_deref() {
+        Ok("mosquitto") => Target::Mosquitto,
+        Ok("rookery") | Ok("") | Err(_) => Target::Rookery,
+        Ok(other) => panic!("ROOKERY_E2E_BROKER={other}: expected `rookery` or `mosquitto`"),
+    })
+}
+
+/// Whether to skip a test of something only Rookery promises (its defaults,
+/// its metrics); says why on stderr when it skips.
+pub fn skip_unless_rookery(what: &str) -> bool {
+    let skip = target() != Target::Rookery;
+    if skip {
+        eprintln!("skipped: {what} is Rookery-specific");
+    }
+    skip
+}
+
+/// Whether to skip a test because the reference broker itself deviates from
+/// the spec there; `why` names the deviation.
+pub fn skip_on_mosquitto(why: &str) -> bool {
+    let skip = target() == Target::Mosquitto;
+    if skip {
+        eprintln!("skipped against Mosquitto: {why}");
+    }
+    skip
+}
+
+/// A name unique within this test run, for client identifiers and topics.
+/// Short enough for MQTT 3.1's 23-character client identifiers.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Settings a test needs beyond the broker's defaults. `None` keeps the
+/// default. Each is written into the target broker's own configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// QoS 1 and 2 publishes a client may have unacknowledged (CONNACK Receive Maximum).
+    pub receive_maximum: Option<u16>,
+    /// The largest packet the broker accepts (CONNACK Maximum Packet Size).
+    pub max_packet_size: Option<u32>,
+    /// The highest topic alias a client may use (CONNACK Topic Alias Maximum).
+    pub topic_alias_maximum: Option<u16>,
+    /// The longest keep alive granted (CONNACK Server Keep Alive above it).
+    pub max_keep_alive: Option<u16>,
+    /// The highest QoS accepted (CONNACK Maximum QoS).
+    pub maximum_qos: Option<u8>,
+    /// Whether retained messages are supported (CONNACK Retain Available).
+    pub retain_available: Option<bool>,
+    /// Seconds between `$SYS` updates.
+    pub sys_interval_s: Option<u64>,
+    /// Listeners besides the plain TCP one (named `tcp`).
+    pub listeners: Vec<Listener>,
+}
+
+/// A listener besides the plain TCP one; [`Broker::listener`] finds it by
+/// [`Listener::name`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listener {
+    /// MQTT over TLS, named `tls`.
+    Tls(TlsPem),
+    /// MQTT over WebSocket at `/mqtt`, named `ws`.
+    Ws,
+    /// MQTT over WebSocket over TLS at `/mqtt`, named `wss`.
+    Wss(TlsPem),
+    /// Plain TCP expecting a PROXY protocol header first, named `proxy`
+    /// (Rookery only: Mosquitto has no PROXY protocol).
+    Proxy,
+}
+
+impl Listener {
+    /// The listener's name in the broker's configuration and ready lines.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Listener::Tls(_) => "tls",
+            Listener::Ws => "ws",
+            Listener::Wss(_) => "wss",
+            Listener::Proxy => "proxy",
+        }
+    }
+}
+
+/// A TLS listener's certificate and key, and optionally the CA that client
+/// certificates are verified against, as PEM text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPem {
+    /// The server's certificate (chain).
+    pub cert: String,
+    /// The server's private key.
+    pub key: String,
+    /// The CA of client certificates, and whether a client must present one.
+    pub client_ca: Option<(String, bool)>,
+}
+
+/// Paths of a [`TlsPem`] written into the broker's directory.
+struct TlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<(PathBuf, bool)>,
+}
+
+impl TlsPem {
+    fn write(&self, dir: &Path, name: &str) -> TlsFiles {
+        let write = |file: String, pem: &str| {
+            let path = dir.join(file);
+            std::fs::write(&path, pem).expect("write a PEM file");
+            path
+        };
+        TlsFiles {
+            cert: write(format!("{name}.crt"), &self.cert),
+            key: write(format!("{name}.key"), &self.key),
+            client_ca: self
+                .client_ca
+                .as_ref()
+                .map(|(ca, required)| (write(format!("{name}-ca.crt"), ca), *required)),
+        }
+    }
+}
+
+/// A running broker under test, stopped with SIGTERM when dropped.
+#[derive(Debug)]
+pub struct Broker {
+    settings: Settings,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    watchdog: Option<Child>,
+    log: Arc<Mutex<Vec<String>>>,
+    listeners: Arc<Mutex<HashMap<String, SocketAddr>>>,
+    addr: SocketAddr,
+}
+
+impl Broker {
+    /// Starts a broker with its defaults in a fresh directory.
+    pub fn start() -> Broker {
+        Broker::start_with(Settings::default())
+    }
+
+    /// Starts a broker with `settings` in a fresh directory.
+    pub fn start_with(settings: Settings) -> Broker {
+        let dir = tempfile::Builder::new()
+            .prefix("rookery-e2e-")
+            .tempdir()
+            .expect("create the broker's temporary directory");
+        let mut broker = Broker {
+            settings,
+            dir,
+            child: None,
+            watchdog: None,
+            log: Arc::new(Mutex::new(Vec::new())),
+            listeners: Arc::new(Mutex::new(HashMap::new())),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        broker.launch();
+        broker
+    }
+
+    /// The address of the MQTT TCP listener.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The address a named listener reported ready (`tcp`, `metrics`, ...),
+    /// waiting for its line for up to [`TIMEOUT`].
+    pub fn listener(&self, name: &str) -> Option<SocketAddr> {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(addr) = self.listeners.lock().expect("listeners").get(name) {
+                return Some(*addr);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the broker has written to stderr and stdout so far, over all
+    /// of its restarts.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log").join("\n")
+    }
+
+    /// Kills the broker with SIGKILL, as a crash would, and reaps it.
+    pub fn kill9(&mut self) {
+        if target() == Target::Mosquitto {
+            // Mosquitto saves its database after it acknowledges, so a kill
+            // right after a PUBACK can lose the message. Rookery acknowledges
+            // only what is committed and gets no such grace.
+            thread::sleep(Duration::from_millis(300));
+        }
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), "KILL");
+            wait_bounded(&mut child, TIMEOUT);
+            self.note("---- killed with SIGKILL ----");
+        }
+        self.stop_watchdog();
+    }
+
+    /// Stops the broker with SIGTERM and returns how it exited; SIGKILL if it
+    /// has not exited within [`TIMEOUT`].
+    pub fn sigterm(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        signal(child.id(), "TERM");
+        let status = wait_bounded(&mut child, TIMEOUT);
+        self.note("---- stopped with SIGTERM ----");
+        self.stop_watchdog();
+        status
+    }
+
+    /// Starts the broker again on the same data directory (after [`Broker::kill9`]
+    /// or [`Broker::sigterm`]). The listener address may change.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart of a broker that is running");
+        self.note("---- restarted ----");
+        self.launch();
+    }
+
+    fn note(&self, line: &str) {
+        self.log.lock().expect("log").push(line.to_owned());
+    }
+
+    fn launch(&mut self) {
+        self.listeners.lock().expect("listeners").clear();
+        let names: Vec<&'static str> = std::iter::once("tcp")
+            .chain(self.settings.listeners.iter().map(Listener::name))
+            .collect();
+        let (mut command, mosquitto_ports) = match target() {
+            Target::Rookery => (self.rookery_command(), None),
+            Target::Mosquitto => {
+                let ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
+                (self.mosquitto_command(&ports), Some(ports))
+            }
+        };
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {command:?}: {e}"));
+        self.watchdog = spawn_watchdog(child.id(), self.dir.path());
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        capture(stdout, Arc::clone(&self.log), Arc::clone(&self.listeners));
+        capture(stderr, Arc::clone(&self.log), Arc::clone(&self.listeners));
+        self.child = Some(child);
+        let mut ready = Ok(());
+        for (i, name) in names.iter().enumerate() {
+            let addr = match &mosquitto_ports {
+                None => self.wait_for_listener(name),
+                Some(ports) => self.wait_for_port(ports[i]),
+            };
+            match addr {
+                Ok(addr) => {
+                    self.listeners
+                        .lock()
+                        .expect("listeners")
+                        .insert((*name).to_owned(), addr);
+                    if *name == "tcp" {
+                        self.addr = addr;
+                    }
+                }
+                Err(why) => {
+                    ready = Err(why);
+                    break;
+                }
+            }
+        }
+        if let Err(why) = ready {
+            let log = self.log();
+            if let Some(mut child) = self.child.take() {
+                signal(child.id(), "KILL");
+                wait_bounded(&mut child, TIMEOUT);
+            }
+            panic!("the broker did not become ready: {why}\n---- broker log ----\n{log}");
+        }
+    }
+
+    fn rookery_command(&mut self) -> Command {
+        let data = self.dir.path().join("data");
+        let config = self.dir.path().join("rookery.toml");
+        let mut toml = rookery_config(&self.settings);
+        toml.push_str(&rookery_listeners(
+            &self.settings.listeners,
+            self.dir.path(),
+        ));
+        std::fs::write(&config, toml).expect("write rookery.toml");
+        // The Prometheus exporter cannot report a port the OS chose, so
+        // the harness picks one.
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        self.listeners
+            .lock()
+            .expect("listeners")
+            .insert("metrics".to_owned(), metrics);
+        let binary = std::env::var_os("ROOKERY_E2E_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_rookery")));
+        let mut command = Command::new(binary);
+        command.arg("serve");
+        if self.settings.listeners.is_empty() {
+            // Otherwise the configuration names every listener: `--listen`
+            // would replace them all.
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        command
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--metrics-listen")
+            .arg(metrics.to_string())
+            .args(["--store-listen", "127.0.0.1:0"])
+            .arg("--config")
+            .arg(&config)
+            .env("NO_COLOR", "1");
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "info");
+        }
+        command
+    }
+
+    fn mosquitto_command(&self, ports: &[u16]) -> Command {
+        // Mosquitto started as root drops to the `mosquitto` user, which must
+        // still write its persistence file here.
+        let _ = std::fs::set_permissions(
+            self.dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        );
+        let config = self.dir.path().join("mosquitto.conf");
+        let mut conf = mosquitto_config(&self.settings, ports[0], self.dir.path());
+        for (listener, port) in self.settings.listeners.iter().zip(&ports[1..]) {
+            conf.push_str(&mosquitto_listener(listener, *port, self.dir.path()));
+        }
+        std::fs::write(&config, conf).expect("write mosquitto.conf");
+        let binary = std::env::var_os("ROOKERY_E2E_MOSQUITTO")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/usr/sbin/mosquitto"));
+        let mut command = Command::new(binary);
+        command.arg("-c").arg(&config);
+        command
+    }
+
+    fn wait_for_listener(&mut self, name: &str) -> Result<SocketAddr, String> {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(addr) = self.listeners.lock().expect("listeners").get(name) {
+                return Ok(*addr);
+            }
+            self.check_running()?;
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "no `listener ready listener={name}` line in {TIMEOUT:?}"
+                ));
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn wait_for_port(&mut self, port: u16) -> Result<SocketAddr, String> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(addr);
+            }
+            self.check_running()?;
+            if Instant::now() > deadline {
+                return Err(format!("nothing listening on {addr} after {TIMEOUT:?}"));
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn check_running(&mut self) -> Result<(), String> {
+        let child = self.child.as_mut().ok_or("not started")?;
+        match child.try_wait() {
+            Ok(Some(status)) => Err(format!("the broker exited with {status}")),
+            Ok(None) => Ok(()),
+            Err(e) => Err(format!("wait for the broker: {e}")),
+        }
+    }
+
+    fn stop_watchdog(&mut self) {
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!(
+                "---- broker log ----\n{}\n---- end of broker log ----",
+                self.log()
+            );
+        }
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), "TERM");
+            if wait_bounded(&mut child, Duration::from_secs(5)).is_none() {
+                eprintln!("the broker ignored SIGTERM for 5 s; killed");
+            }
+        }
+        self.stop_watchdog();
+    }
+}
+
+/// A broker shared by the tests of this binary; prints the tail of its log
+/// when the test holding it fails.
+#[derive(Debug)]
+pub struct Shared(&'static Broker);
+
+impl std::ops::Deref for Shared {
+    type Target = Broker;
+
+    fn deref(&self) -> &Broker {
+        self.0
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            let log = self.0.log.lock().map(|l| l.clone()).unwrap_or_default();
+            let tail = &log[log.len().saturating_sub(200)..];
+            eprintln!("---- shared broker log (last {} lines) ----", tail.len());
+            for line in tail {
+                eprintln!("{line}");
+            }
+            eprintln!("---- end of broker log ----");
+        }
+    }
+}
+
+/// The shared broker with default settings. Tests that use it keep to their
+/// own client identifiers and topics ([`unique`]).
+pub fn shared() -> Shared {
+    static BROKER: OnceLock<Broker> = OnceLock::new();
+    Shared(BROKER.get_or_init(Broker::start))
+}
+
+/// The settings of [`limited`]: small limits a test can reach quickly.
+pub fn limited_settings() -> Settings {
+    Settings {
+        receive_maximum: Some(8),
+        max_packet_size: Some(4096),
+        topic_alias_maximum: Some(4),
+        max_keep_alive: Some(20),
+        sys_interval_s: Some(1),
+        ..Settings::default()
+    }
+}
+
+/// The shared broker with [`limited_settings`].
+pub fn limited() -> Shared {
+    static BROKER: OnceLock<Broker> = OnceLock::new();
+    Shared(BROKER.get_or_init(|| Broker::start_with(limited_settings())))
+}
+
+/// The shared broker that supports at most QoS 1 and no retained messages.
+pub fn restricted() -> Shared {
+    static BROKER: OnceLock<Broker> = OnceLock::new();
+    Shared(BROKER.get_or_init(|| {
+        Broker::start_with(Settings {
+            maximum_qos: Some(1),
+            retain_available: Some(false),
+            ..Settings::default()
+        })
+    }))
+}
+
+/// Rookery's configuration file for `settings`: the `[broker]` section is
+/// `rookery_broker::BrokerConfig`, its limits `[broker.limits]`.
+fn rookery_config(settings: &Settings) -> String {
+    let mut broker = String::new();
+    let mut limits = String::new();
+    if let Some(v) = settings.sys_interval_s {
+        writeln!(broker, "sys_interval_s = {v}").ok();
+    }
+    if let Some(v) = settings.receive_maximum {
+        writeln!(limits, "receive_maximum = {v}").ok();
+    }
+    if let Some(v) = settings.max_packet_size {
+        writeln!(limits, "max_packet_size = {v}").ok();
+    }
+    if let Some(v) = settings.topic_alias_maximum {
+        writeln!(limits, "topic_alias_maximum = {v}").ok();
+    }
+    if let Some(v) = settings.max_keep_alive {
+        writeln!(limits, "max_keep_alive = {v}").ok();
+    }
+    if let Some(v) = settings.maximum_qos {
+        writeln!(limits, "maximum_qos = {v}").ok();
+    }
+    if let Some(v) = settings.retain_available {
+        writeln!(limits, "retain_available = {v}").ok();
+    }
+    let mut config = String::new();
+    if !broker.is_empty() {
+        writeln!(config, "[broker]\n{broker}").ok();
+    }
+    if !limits.is_empty() {
+        writeln!(config, "[broker.limits]\n{limits}").ok();
+    }
+    config
+}
+
+/// Mosquitto's configuration for `settings`, listening on `port`, persisting
+/// into `dir` after every change (so that `kill -9` loses nothing).
+fn mosquitto_config(settings: &Settings, port: u16, dir: &Path) -> String {
+    let mut conf = String::new();
+    writeln!(conf, "listener {port} 127.0.0.1").ok();
+    writeln!(conf, "allow_anonymous true").ok();
+    writeln!(conf, "persistence true").ok();
+    writeln!(conf, "persistence_location {}/", dir.display()).ok();
+    writeln!(conf, "autosave_interval 1").ok();
+    writeln!(conf, "autosave_on_changes true").ok();
+    writeln!(conf, "log_dest stderr").ok();
+    writeln!(conf, "log_type all").ok();
+    if let Some(v) = settings.receive_maximum {
+        // Mosquitto announces max_inflight_messages as its Receive Maximum.
+        writeln!(conf, "max_inflight_messages {v}").ok();
+    }
+    if let Some(v) = settings.max_packet_size {
+        writeln!(conf, "max_packet_size {v}").ok();
+    }
+    if let Some(v) = settings.topic_alias_maximum {
+        writeln!(conf, "max_topic_alias {v}").ok();
+    }
+    if let Some(v) = settings.max_keep_alive {
+        writeln!(conf, "max_keepalive {v}").ok();
+    }
+    if let Some(v) = settings.maximum_qos {
+        writeln!(conf, "max_qos {v}").ok();
+    }
+    if let Some(v) = settings.retain_available {
+        writeln!(conf, "retain_available {v}").ok();
+    }
+    if let Some(v) = settings.sys_interval_s {
+        writeln!(conf, "sys_interval {v}").ok();
+    }
+    conf
+}
+
+/// `[[broker.listeners]]` entries for the plain TCP listener and `listeners`;
+/// empty when there are no extra listeners (then `--listen` makes the TCP one).
+fn rookery_listeners(listeners: &[Listener], dir: &Path) -> String {
+    if listeners.is_empty() {
+        return String::new();
+    }
+    let mut toml = String::new();
+    let mut entry = |name: &str, kind: &str, extra: String| {
+        writeln!(
+            toml,
+            "\n[[broker.listeners]]\nname = \"{name}\"\nkind = \"{kind}\"\naddress = \"127.0.0.1:0\"\n{extra}"
+        )
+        .ok();
+    };
+    entry("tcp", "tcp", String::new());
+    let tls = |pem: &TlsPem, name: &str| {
+        let files = pem.write(dir, name);
+        let mut table = format!(
+            "tls = {{ cert_file = {:?}, key_file = {:?}",
+            files.cert.display().to_string(),
+            files.key.display().to_string()
+        );
+        if let Some((ca, required)) = files.client_ca {
+            write!(
+                table,
+                ", client_ca_file = {:?}, require_client_cert = {required}",
+                ca.display().to_string()
+            )
+            .ok();
+        }
+        table.push_str(" }\n");
+        table
+    };
+    for listener in listeners {
+        let name = listener.name();
+        match listener {
+            Listener::Tls(pem) => entry(name, "tls", tls(pem, name)),
+            Listener::Ws => entry(name, "ws", "ws_path = \"/mqtt\"\n".into()),
+            Listener::Wss(pem) => entry(
+                name,
+                "wss",
+                format!("ws_path = \"/mqtt\"\n{}", tls(pem, name)),
+            ),
+            Listener::Proxy => entry(name, "tcp", "proxy_protocol = true\n".into()),
+        }
+    }
+    toml
+}
+
+/// A Mosquitto `listener` block for `listener` on `port`.
+fn mosquitto_listener(listener: &Listener, port: u16, dir: &Path) -> String {
+    let mut conf = format!("\nlistener {port} 127.0.0.1\n");
+    let mut tls = |pem: &TlsPem, name: &str| {
+        let files = pem.write(dir, name);
+        writeln!(conf, "certfile {}", files.cert.display()).ok();
+        writeln!(conf, "keyfile {}", files.key.display()).ok();
+        if let Some((ca, required)) = files.client_ca {
+            writeln!(conf, "cafile {}", ca.display()).ok();
+            writeln!(conf, "require_certificate {required}").ok();
+        }
+    };
+    match listener {
+        Listener::Tls(pem) => tls(pem, "tls"),
+        Listener::Wss(pem) => {
+            tls(pem, "wss");
+            conf.push_str("protocol websockets\n");
+        }
+        Listener::Ws => conf.push_str("protocol websockets\n"),
+        Listener::Proxy => panic!("Mosquitto has no PROXY protocol listener"),
+    }
+    conf
+}
+
+/// Reads `stream` line by line into `log` and records each `listener ready`
+/// line's listener name and address.
+fn capture(
+    stream: impl Read + Send + 'static,
+    log: Arc<Mutex<Vec<String>>>,
+    listeners: Arc<Mutex<HashMap<String, SocketAddr>>>,
+) {
+    thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut raw = Vec::new();
+        loop {
+            raw.clear();
+            match reader.read_until(b'\n', &mut raw) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let line = strip_ansi(&String::from_utf8_lossy(&raw));
+            let line = line.trim_end().to_owned();
+            if let Some((name, addr)) = parse_ready_line(&line) {
+                listeners.lock().expect("listeners").insert(name, addr);
+            }
+            log.lock().expect("log").push(line);
+        }
+    });
+}
+
+/// `... listener ready listener=tcp address=127.0.0.1:1883 ...` → (`tcp`, address).
+fn parse_ready_line(line: &str) -> Option<(String, SocketAddr)> {
+    if !line.contains("listener ready") {
+        return None;
+    }
+    let mut name = None;
+    let mut addr = None;
+    for token in line.split_whitespace() {
+        let unquote = |v: &str| {
+            v.trim_matches(|c| c == '"' || c == '\'' || c == ',')
+                .to_owned()
+        };
+        if let Some(v) = token.strip_prefix("listener=") {
+            name = Some(unquote(v));
+        } else if let Some(v) = token.strip_prefix("address=") {
+            addr = unquote(v).parse().ok();
+        }
+    }
+    Some((name?, addr?))
+}
+
+/// Removes terminal colour sequences (`ESC [ ... letter`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A loopback port free right now (for Mosquitto, which cannot listen on port 0
+/// and report the port).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("find a free port")
+}
+
+/// Sends `signal` (`TERM`, `KILL`) to the process `pid` that this test started.
+fn signal(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Waits up to `limit` for `child` to exit; kills it if it has not.
+fn wait_bounded(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}
+
+/// A process that ends the broker `pid` (and removes its directory) if this
+/// test binary exits without stopping it, as it does for the shared brokers,
+/// whose statics are never dropped.
+fn spawn_watchdog(pid: u32, dir: &Path) -> Option<Child> {
+    const SCRIPT: &str = r#"
+        while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 0.5; done
+        if ! kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; then
+            kill -TERM "$2"; sleep 3; kill -KILL "$2" 2>/dev/null; sleep 0.2; rm -rf "$3"
+        fi
+    "#;
+    Command::new("sh")
+        .args(["-c", SCRIPT, "watchdog"])
+        .arg(std::process::id().to_string())
+        .arg(pid.to_string())
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+}
+
+#[test]
+fn ready_lines_are_parsed_with_and_without_colour() {
+    let plain =
+        "2026-01-01T00:00:00Z  INFO rookery: listener ready listener=tcp address=127.0.0.1:4242";
+    assert_eq!(
+        parse_ready_line(plain),
+        Some(("tcp".to_owned(), SocketAddr::from(([127, 0, 0, 1], 4242))))
+    );
+    let coloured = "\u{1b}[32m INFO\u{1b}[0m listener ready \u{1b}[3mlistener\u{1b}[0m\u{1b}[2m=\u{1b}[0mmetrics \u{1b}[3maddress\u{1b}[0m\u{1b}[2m=\u{1b}[0m127.0.0.1:9";
+    assert_eq!(
+        parse_ready_line(&strip_ansi(coloured)),
+        Some(("metrics".to_owned(), SocketAddr::from(([127, 0, 0, 1], 9))))
+    );
+    assert_eq!(parse_ready_line("starting"), None);
+}
+
+#[test]
+fn settings_become_each_brokers_configuration() {
+    let settings = limited_settings();
+    let toml = rookery_config(&settings);
+    assert!(toml.starts_with("[broker]\nsys_interval_s = 1\n"), "{toml}");
+    assert!(
+        toml.contains("[broker.limits]\nreceive_maximum = 8\n"),
+        "{toml}"
+    );
+    let conf = mosquitto_config(&settings, 1883, Path::new("/tmp/x"));
+    assert!(conf.contains("listener 1883 127.0.0.1\n"), "{conf}");
+    assert!(conf.contains("max_packet_size 4096\n"), "{conf}");
+}
