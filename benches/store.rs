@@ -262,7 +262,10 @@ impl Group {
     /// Waits until the first `members` nodes know node 1 as leader.
     async fn wait_for_leader(&self, members: usize) -> Result<()> {
         let deadline = Instant::now() + FORM_TIMEOUT;
-        while !self.nodes[..members].iter().all(|node| node.leader() == Some(1)) {
+        while !self.nodes[..members]
+            .iter()
+            .all(|node| node.leader() == Some(1))
+        {
             if Instant::now() > deadline {
                 let leaders: Vec<_> = self.nodes.iter().map(Node::leader).collect();
                 return Err(format!("node 1 did not become everyone's leader: {leaders:?}").into());
