@@ -46,6 +46,18 @@ pub enum ListenerKind {
     Wss,
 }
 
+impl ListenerKind {
+    /// The kind as configured: `tcp`, `tls`, `ws` or `wss`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerKind::Tcp => "tcp",
+            ListenerKind::Tls => "tls",
+            ListenerKind::Ws => "ws",
+            ListenerKind::Wss => "wss",
+        }
+    }
+}
+
 /// One listening socket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -82,13 +94,7 @@ impl ListenerConfig {
         if !self.name.is_empty() {
             return self.name.clone();
         }
-        match self.kind {
-            ListenerKind::Tcp => "tcp",
-            ListenerKind::Tls => "tls",
-            ListenerKind::Ws => "ws",
-            ListenerKind::Wss => "wss",
-        }
-        .into()
+        self.kind.as_str().into()
     }
 }
 

@@ -623,7 +623,7 @@ impl Config {
 
 fn validate_listener(key: &str, listener: &ListenerConfig, problem: &mut impl FnMut(&str, String)) {
     let encrypted = matches!(listener.kind, ListenerKind::Tls | ListenerKind::Wss);
-    let kind = kind_name(listener.kind);
+    let kind = listener.kind.as_str();
     match (&listener.tls, encrypted) {
         (None, true) => problem(
             &format!("{key}.tls"),
@@ -658,15 +658,6 @@ fn validate_listener(key: &str, listener: &ListenerConfig, problem: &mut impl Fn
             &format!("{key}.ws_path"),
             format!("`{}` must start with `/`", listener.ws_path),
         );
-    }
-}
-
-fn kind_name(kind: ListenerKind) -> &'static str {
-    match kind {
-        ListenerKind::Tcp => "tcp",
-        ListenerKind::Tls => "tls",
-        ListenerKind::Ws => "ws",
-        ListenerKind::Wss => "wss",
     }
 }
 

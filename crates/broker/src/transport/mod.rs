@@ -168,7 +168,7 @@ impl Listener {
         handshake_timeout: Duration,
     ) -> Result<Listener, TransportError> {
         let name: Arc<str> = config.display_name().into();
-        let kind = kind_name(config.kind);
+        let kind = config.kind.as_str();
         let tls = match config.kind {
             ListenerKind::Tls | ListenerKind::Wss => {
                 let settings = config
@@ -286,15 +286,6 @@ impl Listener {
         }
         // Dropping the set aborts its tasks.
         self.handshakes = JoinSet::new();
-    }
-}
-
-fn kind_name(kind: ListenerKind) -> &'static str {
-    match kind {
-        ListenerKind::Tcp => "tcp",
-        ListenerKind::Tls => "tls",
-        ListenerKind::Ws => "ws",
-        ListenerKind::Wss => "wss",
     }
 }
 
