@@ -35,7 +35,13 @@ use crate::transport::{Accepted, BoxedStream};
 const NEVER_EXPIRES: u32 = u32::MAX;
 /// How long a connection may wait for the socket to take a write.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-const READ_CHUNK: usize = 8 * 1024;
+/// What an idle connection keeps for reading: a CONNECT or a small packet
+/// fits; a busy connection grows it (see `Connection::prepare_read`).
+const IDLE_READ_BUFFER: usize = 512;
+/// The read size of a connection whose last read filled its buffer.
+const BUSY_READ_BUFFER: usize = 16 * 1024;
+/// Above this a write buffer is given back after a flush.
+const KEPT_WRITE_BUFFER: usize = 64 * 1024;
 /// How long a closing connection keeps reading, see `Connection::linger`.
 const LINGER: Duration = Duration::from_secs(1);
 
@@ -78,8 +84,8 @@ pub async fn serve(hub: Arc<Hub>, accepted: Accepted) {
         hub,
         stream,
         peer,
-        read_buf: BytesMut::with_capacity(READ_CHUNK),
-        write_buf: BytesMut::with_capacity(READ_CHUNK),
+        read_buf: BytesMut::with_capacity(IDLE_READ_BUFFER),
+        write_buf: BytesMut::new(),
         version: ProtocolVersion::V3_1_1,
     };
     let connect = match connection.read_connect().await {
@@ -401,8 +407,32 @@ impl Connection {
             }
         }
         self.hub.stats.sent(len);
-        self.write_buf.clear();
+        if self.write_buf.capacity() > KEPT_WRITE_BUFFER {
+            self.write_buf = BytesMut::new();
+        } else {
+            self.write_buf.clear();
+        }
         Ok(())
+    }
+
+    /// Sizes the read buffer for the next read: idle connections (most of
+    /// them, in a large fleet) keep a small one; one whose last read filled
+    /// the buffer gets room for a burst.
+    fn prepare_read(&mut self, last_read: usize) {
+        let spare = self.read_buf.capacity() - self.read_buf.len();
+        if self.read_buf.is_empty()
+            && last_read < IDLE_READ_BUFFER / 2
+            && self.read_buf.capacity() > IDLE_READ_BUFFER * 4
+        {
+            self.read_buf = BytesMut::with_capacity(IDLE_READ_BUFFER);
+        } else if spare <= last_read / 2 || spare < 64 {
+            let want = if last_read >= IDLE_READ_BUFFER / 2 {
+                BUSY_READ_BUFFER
+            } else {
+                IDLE_READ_BUFFER
+            };
+            self.read_buf.reserve(want);
+        }
     }
 
     /// Closes a connection the server ended: sends FIN, then reads and
@@ -474,7 +504,9 @@ impl Session {
             (self.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.keep_alive) * 1500));
         let far = Duration::from_secs(86_400 * 365);
         let mut deadline = Instant::now() + keep_alive.unwrap_or(far);
+        let mut last_read = 0;
         loop {
+            conn.prepare_read(last_read);
             let input = tokio::select! {
                 read = conn.stream.read_buf(&mut conn.read_buf) => Input::Read(read),
                 mail = self.mailbox.recv() => Input::Mail(mail),
@@ -485,6 +517,7 @@ impl Session {
                 Input::Read(Ok(0)) => Err(End::Closed),
                 Input::Read(Ok(n)) => {
                     conn.hub.stats.received(n);
+                    last_read = n;
                     if let Some(keep_alive) = keep_alive {
                         deadline = Instant::now() + keep_alive;
                     }
@@ -709,9 +742,6 @@ impl Session {
                 }
             };
             self.handle_packet(conn, packet).await?;
-        }
-        if conn.read_buf.capacity() - conn.read_buf.len() < 512 {
-            conn.read_buf.reserve(READ_CHUNK);
         }
         Ok(())
     }
