@@ -964,6 +964,14 @@ impl Client {
             return self.goodbye(link).await;
         }
         self.next_ping = Instant::now() + self.ping_every.unwrap_or(Duration::from_secs(86_400));
+        // Packets that arrived in the same read as the CONNACK (a resumed
+        // session's queued messages often do) are handled before waiting
+        // for more: the broker may be waiting for their acknowledgements.
+        if !self.rbuf.is_empty()
+            && let Err(error) = self.on_read()
+        {
+            return Exit::Failed(error);
+        }
         let mut timer_at = self.next_wake();
         let mut timer = pin!(sleep_until(timer_at));
         loop {
