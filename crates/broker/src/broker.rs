@@ -156,7 +156,6 @@ async fn follow_store(hub: Arc<Hub>, mut events: StoreEvents) {
 /// Publishes a message that does not come from a connection (a will, `$SYS`):
 /// routed like any other, stored where it must be.
 pub(crate) async fn publish_internal(hub: &Hub, message: Arc<Message>, store_retained: bool) {
-    hub.stats.publish_received();
     let routes = hub.route(&message);
     if message.retain {
         hub.retain(&message);

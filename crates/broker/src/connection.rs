@@ -26,7 +26,7 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::hub::{ClientId, Hub, Mailbox, MailboxReceiver, SessionEntry, SubEntry, ToConnection};
 use crate::message::{Delivery, Message, expiry_at, qos_from};
-use crate::outgoing::{Outgoing, Pending, Resend, Sent};
+use crate::outgoing::{Outgoing, Resend, Sent};
 use crate::store::StoreUnavailable;
 use crate::transport::{Accepted, BoxedStream};
 
@@ -564,7 +564,7 @@ impl Session {
     async fn handle_mail(&mut self, conn: &mut Connection, mail: ToConnection) -> Result<(), End> {
         match mail {
             ToConnection::Deliver(delivery) => {
-                if !self.outgoing.push(Pending::Memory(delivery)) {
+                if !self.outgoing.push(delivery) {
                     conn.hub.stats.dropped("queue_full");
                 }
                 self.send_ready(conn);
@@ -652,6 +652,7 @@ impl Session {
         }))
     }
 
+    /// The acknowledgements that complete a message of this QoS.
     fn ack_commands(&self, packet_id: PacketId, qos: QoS) -> Vec<proto::Command> {
         let kinds: &[proto::AckKind] = match qos {
             QoS::ExactlyOnce => &[proto::AckKind::Pubrec, proto::AckKind::Pubcomp],
@@ -659,14 +660,7 @@ impl Session {
         };
         kinds
             .iter()
-            .map(|kind| {
-                command(Kind::Acknowledge(proto::Acknowledge {
-                    client_id: self.client_id.to_string(),
-                    epoch: self.epoch,
-                    packet_id: u32::from(packet_id.get()),
-                    kind: *kind as i32,
-                }))
-            })
+            .flat_map(|kind| self.acknowledge(packet_id, *kind))
             .collect()
     }
 
@@ -966,7 +960,7 @@ impl Session {
             self.incoming_qos2.insert(id.get());
         }
         if !needs_store {
-            if routes_empty_reason(&routes) {
+            if routes.local.is_empty() && routes.durable.is_empty() {
                 metrics::counter!("rookery_messages_unrouted_total").increment(1);
             }
             hub.deliver_local(routes.local);
@@ -1246,7 +1240,7 @@ impl Session {
                     },
                     message,
                 };
-                if !self.outgoing.push(Pending::Memory(delivery)) {
+                if !self.outgoing.push(delivery) {
                     hub.stats.dropped("queue_full");
                 }
             }
@@ -1333,10 +1327,6 @@ impl Session {
             tracing::warn!(%error, client_id = %self.client_id, "recording a disconnect failed");
         }
     }
-}
-
-fn routes_empty_reason(routes: &crate::hub::Routes) -> bool {
-    routes.local.is_empty() && routes.durable.is_empty()
 }
 
 fn command(kind: Kind) -> proto::Command {

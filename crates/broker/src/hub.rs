@@ -155,10 +155,9 @@ pub struct SessionEntry {
 pub struct Routes {
     /// Online sessions served from memory (clean sessions, and QoS 0 to any).
     pub local: Vec<(Mailbox, Delivery)>,
-    /// Persistent sessions whose copy is committed to the store first.
+    /// Persistent sessions whose copy is committed to the store first; the
+    /// store notifies their connections (MessagesQueued).
     pub durable: Vec<proto::EnqueueTarget>,
-    /// The owning mailboxes of durable targets that are online here.
-    pub durable_online: Vec<Mailbox>,
 }
 
 #[derive(Debug)]
@@ -326,7 +325,7 @@ impl Hub {
                     if value.options.no_local && **subscriber == *message.origin {
                         return;
                     }
-                    merge_target(&mut targets, subscriber, value);
+                    targets.push(target(subscriber, value));
                 }
                 Match::Shared(group) => {
                     let members = group.members();
@@ -343,7 +342,7 @@ impl Hub {
                             })
                         });
                     if let Some((client, value)) = pick {
-                        merge_target(&mut targets, client, value);
+                        targets.push(target(client, value));
                     }
                 }
             });
@@ -351,6 +350,7 @@ impl Hub {
         if targets.is_empty() {
             return Routes::default();
         }
+        merge_targets(&mut targets);
         let sessions = self.sessions.read();
         let mut routes = Routes::default();
         for (client, target) in targets {
@@ -368,9 +368,6 @@ impl Hub {
                     retain,
                     subscription_ids: target.subscription_ids,
                 });
-                if let Some(mailbox) = &session.mailbox {
-                    routes.durable_online.push(mailbox.clone());
-                }
             } else if let Some(mailbox) = &session.mailbox {
                 routes.local.push((
                     mailbox.clone(),
@@ -487,17 +484,9 @@ struct Target {
     subscription_ids: Vec<u32>,
 }
 
-fn merge_target(targets: &mut Vec<(ClientId, Target)>, client: &ClientId, value: &SubEntry) {
+fn target(client: &ClientId, value: &SubEntry) -> (ClientId, Target) {
     let options = &value.options;
-    if let Some((_, target)) = targets.iter_mut().find(|(c, _)| c == client) {
-        target.qos = target.qos.max(options.qos);
-        target.retain_as_published |= options.retain_as_published;
-        if value.subscription_id != 0 {
-            target.subscription_ids.push(value.subscription_id);
-        }
-        return;
-    }
-    targets.push((
+    (
         client.clone(),
         Target {
             qos: options.qos,
@@ -508,7 +497,27 @@ fn merge_target(targets: &mut Vec<(ClientId, Target)>, client: &ClientId, value:
                 Vec::new()
             },
         },
-    ));
+    )
+}
+
+/// One target per session: a session matched by several of its
+/// subscriptions gets the message once, at the highest QoS, with every
+/// subscription identifier. Sorting keeps this O(n log n) for a publish that
+/// fans out to many sessions.
+fn merge_targets(targets: &mut Vec<(ClientId, Target)>) {
+    if targets.len() < 2 {
+        return;
+    }
+    targets.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+    targets.dedup_by(|(client, later), (kept_client, kept)| {
+        if client != kept_client {
+            return false;
+        }
+        kept.qos = kept.qos.max(later.qos);
+        kept.retain_as_published |= later.retain_as_published;
+        kept.subscription_ids.append(&mut later.subscription_ids);
+        true
+    });
 }
 
 pub fn sub_entry_from_proto(options: Option<&proto::SubscriptionOptions>) -> SubEntry {
@@ -535,5 +544,42 @@ pub fn sub_entry_to_proto(entry: &SubEntry) -> proto::SubscriptionOptions {
         retain_as_published: entry.options.retain_as_published,
         retain_handling: entry.options.retain_handling as u32,
         subscription_id: entry.subscription_id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(qos: QoS, subscription_id: u32) -> SubEntry {
+        SubEntry {
+            options: SubscriptionOptions {
+                qos,
+                ..SubscriptionOptions::default()
+            },
+            subscription_id,
+        }
+    }
+
+    /// MQTT-3.3.4-2/3: overlapping subscriptions of one session give one
+    /// message, at the highest QoS, with every subscription identifier.
+    #[test]
+    fn overlapping_subscriptions_merge_into_one_target_per_session() {
+        let a: ClientId = Arc::from("a");
+        let b: ClientId = Arc::from("b");
+        let mut targets = vec![
+            target(&a, &entry(QoS::AtMostOnce, 1)),
+            target(&b, &entry(QoS::AtLeastOnce, 0)),
+            target(&a, &entry(QoS::ExactlyOnce, 2)),
+        ];
+        merge_targets(&mut targets);
+        assert_eq!(targets.len(), 2);
+        let (client, merged) = &targets[0];
+        assert_eq!(&**client, "a");
+        assert_eq!(merged.qos, QoS::ExactlyOnce);
+        let mut ids = merged.subscription_ids.clone();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![1, 2]);
+        assert_eq!(targets[1].1.qos, QoS::AtLeastOnce);
     }
 }

@@ -11,13 +11,6 @@ use rookery_store::proto::{self, DeliveryStage};
 use crate::config::QueueOverflow;
 use crate::message::{Delivery, Message, qos_from};
 
-/// A message waiting to be sent.
-#[derive(Debug)]
-pub enum Pending {
-    /// Held in memory only (clean sessions, QoS 0).
-    Memory(Delivery),
-}
-
 /// A PUBLISH ready to write.
 #[derive(Debug)]
 pub struct Sent {
@@ -87,10 +80,9 @@ impl Outgoing {
         self.max_packet_size
     }
 
-    /// Queues a message; false when the queue was full and a message (this
+    /// Queues an in-memory message (clean sessions, QoS 0); false when the queue was full and a message (this
     /// one or the oldest, by policy) was dropped.
-    pub fn push(&mut self, pending: Pending) -> bool {
-        let Pending::Memory(delivery) = pending;
+    pub fn push(&mut self, delivery: Delivery) -> bool {
         if self.memory.len() < self.max_queued {
             self.memory.push_back(delivery);
             return true;
@@ -386,7 +378,7 @@ mod tests {
     fn mqtt_4_9_0_2_no_more_in_flight_than_the_window() {
         let mut outgoing = Outgoing::new(2, 100, QueueOverflow::DropNewest, 0, u32::MAX);
         for _ in 0..3 {
-            assert!(outgoing.push(Pending::Memory(delivery(QoS::AtLeastOnce))));
+            assert!(outgoing.push(delivery(QoS::AtLeastOnce)));
         }
         let first = outgoing.next_memory(0).unwrap();
         let _second = outgoing.next_memory(0).unwrap();
@@ -401,10 +393,10 @@ mod tests {
     #[test]
     fn qos_0_is_not_held_by_the_window_but_keeps_order() {
         let mut outgoing = Outgoing::new(1, 100, QueueOverflow::DropNewest, 0, u32::MAX);
-        outgoing.push(Pending::Memory(delivery(QoS::AtMostOnce)));
-        outgoing.push(Pending::Memory(delivery(QoS::AtLeastOnce)));
-        outgoing.push(Pending::Memory(delivery(QoS::AtLeastOnce)));
-        outgoing.push(Pending::Memory(delivery(QoS::AtMostOnce)));
+        outgoing.push(delivery(QoS::AtMostOnce));
+        outgoing.push(delivery(QoS::AtLeastOnce));
+        outgoing.push(delivery(QoS::AtLeastOnce));
+        outgoing.push(delivery(QoS::AtMostOnce));
         assert!(outgoing.next_memory(0).unwrap().packet_id.is_none());
         assert!(outgoing.next_memory(0).unwrap().packet_id.is_some());
         assert!(outgoing.next_memory(0).is_none());
@@ -415,9 +407,9 @@ mod tests {
         let mut newest = Outgoing::new(1, 2, QueueOverflow::DropNewest, 0, u32::MAX);
         let mut oldest = Outgoing::new(1, 2, QueueOverflow::DropOldest, 0, u32::MAX);
         for outgoing in [&mut newest, &mut oldest] {
-            assert!(outgoing.push(Pending::Memory(delivery(QoS::AtMostOnce))));
-            assert!(outgoing.push(Pending::Memory(delivery(QoS::AtLeastOnce))));
-            assert!(!outgoing.push(Pending::Memory(delivery(QoS::ExactlyOnce))));
+            assert!(outgoing.push(delivery(QoS::AtMostOnce)));
+            assert!(outgoing.push(delivery(QoS::AtLeastOnce)));
+            assert!(!outgoing.push(delivery(QoS::ExactlyOnce)));
         }
         assert_eq!(newest.memory.back().unwrap().qos, QoS::AtLeastOnce);
         assert_eq!(oldest.memory.front().unwrap().qos, QoS::AtLeastOnce);
@@ -427,7 +419,7 @@ mod tests {
     #[test]
     fn qos_2_completes_only_after_pubrec_then_pubcomp() {
         let mut outgoing = Outgoing::new(4, 100, QueueOverflow::DropNewest, 0, u32::MAX);
-        outgoing.push(Pending::Memory(delivery(QoS::ExactlyOnce)));
+        outgoing.push(delivery(QoS::ExactlyOnce));
         let id = outgoing.next_memory(0).unwrap().packet_id.unwrap();
         assert_eq!(outgoing.acknowledged(id, QoS::ExactlyOnce), None);
         assert_eq!(outgoing.received(id, false), Some((false, true)));
