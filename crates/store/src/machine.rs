@@ -657,6 +657,7 @@ impl Machine<'_, '_> {
                     accepted: false,
                     queued: 0,
                     dropped: 0,
+                    queue_lengths: Vec::new(),
                 }));
             }
             self.txn.put(cf::INCOMING, key, Vec::new());
@@ -666,6 +667,7 @@ impl Machine<'_, '_> {
                 accepted: true,
                 queued: 0,
                 dropped: 0,
+                queue_lengths: Vec::new(),
             }));
         };
         if message.expires_at_ms != 0 && message.expires_at_ms <= self.now_ms {
@@ -673,19 +675,23 @@ impl Machine<'_, '_> {
                 accepted: true,
                 queued: 0,
                 dropped: 0,
+                queue_lengths: Vec::new(),
             }));
         }
         let message_id = self.id;
         let mut queued = 0u32;
         let mut dropped = 0u32;
         let mut notified = BTreeSet::new();
+        let mut queue_lengths = Vec::with_capacity(enqueue.targets.len());
         for target in &enqueue.targets {
             let Some(mut session) = self.session(&target.client_id)? else {
+                queue_lengths.push(0);
                 continue;
             };
             if enqueue.max_queued != 0 && session.queue_len >= enqueue.max_queued {
                 dropped += 1;
                 if !(enqueue.drop_oldest && self.drop_oldest_queued(&mut session)?) {
+                    queue_lengths.push(session.queue_len);
                     continue;
                 }
             }
@@ -706,6 +712,7 @@ impl Machine<'_, '_> {
             );
             session.next_seq += 1;
             session.queue_len += 1;
+            queue_lengths.push(session.queue_len);
             self.save_session(&session);
             queued += 1;
             if !session.edge_id.is_empty()
@@ -732,6 +739,7 @@ impl Machine<'_, '_> {
             accepted: true,
             queued,
             dropped,
+            queue_lengths,
         }))
     }
 
@@ -949,8 +957,27 @@ pub fn read_subscriptions(
 
 /// A session's queue in order, each entry with its message.
 pub fn read_queue(reader: &impl Reader, client_id: &str) -> Result<Vec<QueuedMessage>, StoreError> {
+    read_queue_after(reader, client_id, None, usize::MAX)
+}
+
+/// At most `limit` entries of a session's queue, in order, from the first
+/// one after position `after` (from the start without one): a connection
+/// reads only what is new to it.
+pub fn read_queue_after(
+    reader: &impl Reader,
+    client_id: &str,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Vec<QueuedMessage>, StoreError> {
+    let prefix = keys::client(client_id);
+    let start = match after {
+        Some(u64::MAX) => return Ok(Vec::new()),
+        Some(seq) => keys::queue_entry(client_id, seq + 1),
+        None => prefix.clone(),
+    };
+    let end = keys::prefix_end(&prefix);
     let mut queue = Vec::new();
-    for (_, value) in reader.scan_prefix(cf::QUEUES, &keys::client(client_id))? {
+    for (_, value) in reader.scan_range(cf::QUEUES, &start, end.as_deref(), limit)? {
         let mut entry: QueuedMessage = decode(cf::QUEUES, &value)?;
         entry.message = reader
             .get_message::<StoredMessage>(cf::MESSAGES, &keys::message(entry.message_id))?

@@ -371,11 +371,12 @@ fn unsubscribed(existed: &[bool]) -> ResultKind {
     })
 }
 
-fn enqueued(accepted: bool, queued: u32) -> ResultKind {
+fn enqueued(accepted: bool, queued: u32, queue_lengths: &[u32]) -> ResultKind {
     ResultKind::Enqueued(proto::Enqueued {
         accepted,
         queued,
         dropped: 0,
+        queue_lengths: queue_lengths.to_vec(),
     })
 }
 
@@ -508,7 +509,7 @@ fn reconnecting_resumes_the_session_with_a_larger_epoch() {
             T0 + 3,
             enqueue(message("a/b", "hello"), vec![target("c1", 1)])
         ),
-        enqueued(true, 1)
+        enqueued(true, 1, &[1])
     );
 
     let second = h.connect(T0 + 4, connect("c1", "e2", 60));
@@ -944,7 +945,11 @@ fn an_enqueued_message_is_stored_once_and_referenced_by_each_target() {
             ],
         ),
     );
-    assert_eq!(result, enqueued(true, 2), "the unknown target is skipped");
+    assert_eq!(
+        result,
+        enqueued(true, 2, &[1, 1, 0]),
+        "the unknown target is skipped"
+    );
 
     let messages = h.messages();
     assert_eq!(messages.len(), 1);
@@ -1052,7 +1057,7 @@ fn an_expired_message_is_not_queued() {
             vec![target("a", 1)],
         ),
     );
-    assert_eq!(result, enqueued(true, 0));
+    assert_eq!(result, enqueued(true, 0, &[]));
     h.assert_empty(&[cf::MESSAGES, cf::QUEUES]);
     assert!(h.take_events().is_empty());
 
@@ -1063,7 +1068,7 @@ fn an_expired_message_is_not_queued() {
             vec![target("a", 1)],
         ),
     );
-    assert_eq!(result, enqueued(true, 1));
+    assert_eq!(result, enqueued(true, 1, &[1]));
 }
 
 /// MQTT-3.3.2-5: a queued message that expired before it was sent is dropped
@@ -1204,12 +1209,12 @@ fn a_retried_incoming_qos2_publish_is_accepted_once() {
         )
     };
 
-    assert_eq!(h.apply_one(T0 + 1, publish(5)), enqueued(true, 1));
-    assert_eq!(h.apply_one(T0 + 2, publish(5)), enqueued(false, 0));
+    assert_eq!(h.apply_one(T0 + 1, publish(5)), enqueued(true, 1, &[1]));
+    assert_eq!(h.apply_one(T0 + 2, publish(5)), enqueued(false, 0, &[]));
     assert_eq!(h.session("sub").queue.len(), 1);
     assert_eq!(h.messages().len(), 1);
     // Another packet identifier is another message.
-    assert_eq!(h.apply_one(T0 + 3, publish(6)), enqueued(true, 1));
+    assert_eq!(h.apply_one(T0 + 3, publish(6)), enqueued(true, 1, &[2]));
 
     assert_eq!(
         h.apply_one(T0 + 4, release_incoming("pub", p.epoch, 5)),
@@ -1219,7 +1224,7 @@ fn a_retried_incoming_qos2_publish_is_accepted_once() {
         h.apply_one(T0 + 5, release_incoming("pub", p.epoch, 5)),
         acknowledged(false)
     );
-    assert_eq!(h.apply_one(T0 + 6, publish(5)), enqueued(true, 1));
+    assert_eq!(h.apply_one(T0 + 6, publish(5)), enqueued(true, 1, &[3]));
     assert_eq!(seqs(&h.session("sub").queue), vec![1, 2, 3]);
     assert_eq!(
         h.family(cf::INCOMING)
@@ -1895,13 +1900,19 @@ fn a_full_queue_drops_the_newest_message() {
             T0 + 1 + n as u64,
             enqueue_limited(message("t", payload), "c1", 2, false),
         );
-        let expected = if n < 2 { (1, 0) } else { (0, 1) };
+        // The queue length reported lets an edge pause publishers.
+        let expected = if n < 2 {
+            (1, 0, n as u32 + 1)
+        } else {
+            (0, 1, 2)
+        };
         assert_eq!(
             result,
             ResultKind::Enqueued(proto::Enqueued {
                 accepted: true,
                 queued: expected.0,
                 dropped: expected.1,
+                queue_lengths: vec![expected.2],
             })
         );
     }
@@ -1929,4 +1940,38 @@ fn a_full_queue_can_drop_its_oldest_unsent_message() {
     assert_eq!(h.session_record("c1").queue_len, 2);
     // Only the unreferenced message record is gone.
     assert_eq!(h.messages().len(), 2);
+}
+
+/// A connection reads only the part of its queue it has not seen, in order
+/// and in bounded pieces, so a long queue is not read again per message.
+#[test]
+fn the_queue_reads_from_a_position_in_bounded_pieces() {
+    let mut h = Harness::new();
+    h.connect(T0, connect("c1", "e1", 60));
+    h.connect(T0, connect("c2", "e1", 60));
+    for n in 0..5 {
+        h.apply_one(
+            T0 + 1 + n,
+            enqueue(message("t", &format!("m{n}")), vec![target("c1", 1)]),
+        );
+    }
+    // Another session's entries sort after c1's and must not leak in.
+    h.apply_one(
+        T0 + 9,
+        enqueue(message("t", "other"), vec![target("c2", 1)]),
+    );
+
+    let all = read_queue_after(&*h.db, "c1", None, usize::MAX).unwrap();
+    assert_eq!(payloads(&all), ["m0", "m1", "m2", "m3", "m4"]);
+    let first = read_queue_after(&*h.db, "c1", None, 2).unwrap();
+    assert_eq!(payloads(&first), ["m0", "m1"]);
+    let rest = read_queue_after(&*h.db, "c1", Some(first[1].seq), usize::MAX).unwrap();
+    assert_eq!(payloads(&rest), ["m2", "m3", "m4"]);
+    let past_end = read_queue_after(&*h.db, "c1", Some(all[4].seq), usize::MAX).unwrap();
+    assert!(past_end.is_empty());
+    assert!(
+        read_queue_after(&*h.db, "c1", Some(u64::MAX), 10)
+            .unwrap()
+            .is_empty()
+    );
 }

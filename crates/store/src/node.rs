@@ -219,6 +219,15 @@ impl StoreNode {
         self.writer.write(commands).await
     }
 
+    /// Queues a write now (see `Writer::submit`: writes commit in the order
+    /// they were submitted) and returns what resolves to its outcome.
+    pub fn submit(
+        &self,
+        commands: Vec<proto::Command>,
+    ) -> impl Future<Output = Result<WriteOutcome, WriteError>> + Send + 'static {
+        self.writer.submit(commands)
+    }
+
     /// Reads from this node's applied state without a leadership check.
     pub fn local_db(&self) -> &Db {
         &self.shared_db

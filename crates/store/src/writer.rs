@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::BasicNode;
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::ClientWriteError;
+use openraft::raft::ClientWriteResponse;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::machine::MAX_COMMANDS_PER_BATCH;
 use crate::proto::{Command, CommandBatch, CommandResult};
-use crate::{NodeId, Raft};
+use crate::{NodeId, Raft, TypeConfig};
 
 /// How a node turns writes into Raft entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,17 +72,33 @@ impl Writer {
     /// Commits the commands as one unit and returns their results once they
     /// are applied on this node.
     pub async fn write(&self, commands: Vec<Command>) -> Result<WriteOutcome, WriteError> {
-        if commands.len() > MAX_COMMANDS_PER_BATCH {
-            return Err(WriteError::TooLarge);
-        }
-        let (reply, outcome) = oneshot::channel();
-        self.queue
-            .send(PendingWrite { commands, reply })
-            .map_err(|_| WriteError::Raft("the store is shutting down".into()))?;
-        outcome
-            .await
-            .map_err(|_| WriteError::Raft("the store is shutting down".into()))?
+        self.submit(commands).await
     }
+
+    /// Queues the commands now and returns what resolves to their results.
+    /// Writes submitted one after another commit in that order, whether or
+    /// not the caller awaits each one: a session can queue an
+    /// acknowledgement and go on, and a later write that reuses the packet
+    /// identifier still lands after it.
+    pub fn submit(
+        &self,
+        commands: Vec<Command>,
+    ) -> impl Future<Output = Result<WriteOutcome, WriteError>> + Send + 'static {
+        let queued = if commands.len() > MAX_COMMANDS_PER_BATCH {
+            Err(WriteError::TooLarge)
+        } else {
+            let (reply, outcome) = oneshot::channel();
+            self.queue
+                .send(PendingWrite { commands, reply })
+                .map(|()| outcome)
+                .map_err(|_| shutting_down())
+        };
+        async move { queued?.await.map_err(|_| shutting_down())? }
+    }
+}
+
+fn shutting_down() -> WriteError {
+    WriteError::Raft("the store is shutting down".into())
 }
 
 async fn run(raft: Raft, mode: GroupCommit, mut pending: mpsc::UnboundedReceiver<PendingWrite>) {
@@ -108,29 +125,49 @@ async fn run(raft: Raft, mode: GroupCommit, mut pending: mpsc::UnboundedReceiver
                 }
             }
         }
-        let raft = raft.clone();
+        metrics::histogram!("rookery_store_writes_per_entry").record(writes.len() as f64);
+        let mut lengths = Vec::with_capacity(writes.len());
+        let mut commands = Vec::new();
+        let mut replies = Vec::with_capacity(writes.len());
+        for write in writes {
+            lengths.push(write.commands.len());
+            commands.extend(write.commands);
+            replies.push(write.reply);
+        }
+        let batch = CommandBatch {
+            now_ms: now_ms(),
+            commands,
+        };
+        // Proposed here, in queue order; only the wait for the commit runs
+        // concurrently with the next entries.
+        let committed = raft.client_write_ff(batch).await;
         tokio::spawn(async move {
-            commit(&raft, writes).await;
+            let result = match committed {
+                Ok(receiver) => match receiver.await {
+                    Ok(Ok(response)) => Ok(response),
+                    Ok(Err(ClientWriteError::ForwardToLeader(forward))) => {
+                        Err(WriteError::ForwardToLeader {
+                            leader: forward.leader_id.zip(forward.leader_node),
+                        })
+                    }
+                    Ok(Err(other)) => Err(WriteError::Raft(other.to_string())),
+                    Err(_) => Err(WriteError::Raft("raft stopped before committing".into())),
+                },
+                Err(fatal) => Err(WriteError::Raft(fatal.to_string())),
+            };
+            reply_all(replies, lengths, result);
             drop(slot);
         });
     }
 }
 
-async fn commit(raft: &Raft, writes: Vec<PendingWrite>) {
-    metrics::histogram!("rookery_store_writes_per_entry").record(writes.len() as f64);
-    let mut lengths = Vec::with_capacity(writes.len());
-    let mut commands = Vec::new();
-    let mut replies = Vec::with_capacity(writes.len());
-    for write in writes {
-        lengths.push(write.commands.len());
-        commands.extend(write.commands);
-        replies.push(write.reply);
-    }
-    let batch = CommandBatch {
-        now_ms: now_ms(),
-        commands,
-    };
-    match raft.client_write(batch).await {
+/// Hands each writer the results of its own commands.
+fn reply_all(
+    replies: Vec<oneshot::Sender<Result<WriteOutcome, WriteError>>>,
+    lengths: Vec<usize>,
+    result: Result<ClientWriteResponse<TypeConfig>, WriteError>,
+) {
+    match result {
         Ok(response) => {
             let log_index = response.log_id.index;
             let mut results = response.data.into_iter();
@@ -143,14 +180,6 @@ async fn commit(raft: &Raft, writes: Vec<PendingWrite>) {
             }
         }
         Err(error) => {
-            let error = match error {
-                RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
-                    WriteError::ForwardToLeader {
-                        leader: forward.leader_id.zip(forward.leader_node),
-                    }
-                }
-                other => WriteError::Raft(other.to_string()),
-            };
             for reply in replies {
                 let _ = reply.send(Err(error.clone()));
             }
