@@ -92,6 +92,10 @@ pub struct Settings {
     pub maximum_qos: Option<u8>,
     /// Whether retained messages are supported (CONNACK Retain Available).
     pub retain_available: Option<bool>,
+    /// Messages queued for one session beyond the in-flight window.
+    pub max_queued_messages: Option<usize>,
+    /// How long a publisher is paused for a full session queue (Rookery only).
+    pub publisher_pause_ms: Option<u64>,
     /// Seconds between `$SYS` updates.
     pub sys_interval_s: Option<u64>,
     /// Listeners besides the plain TCP one (named `tcp`).
@@ -538,6 +542,12 @@ fn rookery_config(settings: &Settings) -> String {
     if let Some(v) = settings.retain_available {
         writeln!(limits, "retain_available = {v}").ok();
     }
+    if let Some(v) = settings.max_queued_messages {
+        writeln!(limits, "max_queued_messages = {v}").ok();
+    }
+    if let Some(v) = settings.publisher_pause_ms {
+        writeln!(limits, "publisher_pause_ms = {v}").ok();
+    }
     let mut config = String::new();
     if !broker.is_empty() {
         writeln!(config, "[broker]\n{broker}").ok();
@@ -578,6 +588,9 @@ fn mosquitto_config(settings: &Settings, port: u16, dir: &Path) -> String {
     }
     if let Some(v) = settings.retain_available {
         writeln!(conf, "retain_available {v}").ok();
+    }
+    if let Some(v) = settings.max_queued_messages {
+        writeln!(conf, "max_queued_messages {v}").ok();
     }
     if let Some(v) = settings.sys_interval_s {
         writeln!(conf, "sys_interval {v}").ok();
@@ -809,4 +822,40 @@ fn settings_become_each_brokers_configuration() {
     let conf = mosquitto_config(&settings, 1883, Path::new("/tmp/x"));
     assert!(conf.contains("listener 1883 127.0.0.1\n"), "{conf}");
     assert!(conf.contains("max_packet_size 4096\n"), "{conf}");
+}
+
+/// A plain HTTP/1.1 GET; returns the whole response (status line, headers, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&response).into_owned())
+    };
+    match tokio::time::timeout(TIMEOUT, exchange).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => panic!("GET http://{addr}{path}: {e}"),
+        Err(_) => panic!("GET http://{addr}{path}: no answer in {TIMEOUT:?}"),
+    }
+}
+
+impl Broker {
+    /// The value of one series on the broker's Prometheus endpoint, e.g.
+    /// `rookery_messages_dropped_total{reason="queue_full"}`; 0 when the
+    /// broker has not reported it (yet).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let addr = self
+            .listener("metrics")
+            .expect("a `listener ready listener=metrics address=...` line in the log");
+        let body = http_get(addr, "/metrics").await;
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        body.lines()
+            .filter_map(|line| line.rsplit_once(' '))
+            .find(|(name, _)| *name == series)
+            .and_then(|(_, value)| value.parse().ok())
+            .unwrap_or(0.0)
+    }
 }

@@ -9,9 +9,8 @@ use std::num::{NonZeroU16, NonZeroU32};
 
 use rookery_codec::ProtocolVersion::V5;
 use rookery_codec::{Packet, QoS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{QUIET, TIMEOUT, limited, shared, skip_unless_rookery, unique};
+use crate::harness::{QUIET, TIMEOUT, http_get, limited, shared, skip_unless_rookery, unique};
 use crate::raw::{RawClient, Read, connect_packet, persistent_v5, publish};
 
 /// Rookery announces its default limits in CONNACK, and every capability
@@ -224,21 +223,4 @@ async fn sys_topics_report_clients_messages_bytes_uptime_and_version() {
         assert!(value.parse::<u64>().is_ok(), "{counter} = {value:?}");
     }
     assert!(!seen["$SYS/broker/version"].is_empty());
-}
-
-/// A plain HTTP/1.1 GET; returns the whole response (status line, headers, body).
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&response).into_owned())
-    };
-    match tokio::time::timeout(TIMEOUT, exchange).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(e)) => panic!("GET http://{addr}{path}: {e}"),
-        Err(_) => panic!("GET http://{addr}{path}: no answer in {TIMEOUT:?}"),
-    }
 }

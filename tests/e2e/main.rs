@@ -21,6 +21,7 @@ mod clients;
 mod harness;
 mod raw;
 
+mod backpressure;
 mod connect;
 mod limits;
 mod publish;

@@ -179,7 +179,8 @@ pub(crate) async fn publish_internal(hub: &Hub, message: Arc<Message>, store_ret
             }
         }
     }
-    hub.deliver_local(routes.local);
+    // Wills and $SYS have no connection to pause.
+    hub.deliver_local(routes.local, &mut Vec::new());
 }
 
 async fn publish_sys(hub: Arc<Hub>) {

@@ -141,6 +141,11 @@ pub struct Limits {
     pub max_queued_messages: usize,
     /// What to drop when the queue is full.
     pub queue_overflow: QueueOverflow,
+    /// Backpressure: a publisher whose messages meet a session queue three
+    /// quarters full stops being read until that queue drains, for at most
+    /// this long; then the session counts as stalled and its overflow is
+    /// dropped. 0 turns it off (publishers are never paused).
+    pub publisher_pause_ms: u64,
     /// The largest packet accepted, in bytes (CONNACK Maximum Packet Size).
     pub max_packet_size: u32,
     /// The highest topic alias a client may use (CONNACK Topic Alias
@@ -178,6 +183,7 @@ impl Default for Limits {
             max_inflight: 32,
             max_queued_messages: 1000,
             queue_overflow: QueueOverflow::DropNewest,
+            publisher_pause_ms: 5000,
             max_packet_size: 1024 * 1024,
             topic_alias_maximum: 64,
             max_keep_alive: 65535,

@@ -35,6 +35,8 @@ use crate::transport::{Accepted, BoxedStream};
 const NEVER_EXPIRES: u32 = u32::MAX;
 /// How long a connection may wait for the socket to take a write.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Store queue entries read at a time: a few windows' worth.
+const QUEUE_READ: usize = 256;
 /// What an idle connection keeps for reading: a CONNECT or a small packet
 /// fits; a busy connection grows it (see `Connection::prepare_read`).
 const IDLE_READ_BUFFER: usize = 512;
@@ -69,6 +71,10 @@ struct Completed {
     packet_id: Option<PacketId>,
     qos: QoS,
     local: Vec<(Mailbox, Delivery)>,
+    /// Persistent targets online here, and their store queue lengths after
+    /// the commit.
+    durable_mailboxes: Vec<Option<Mailbox>>,
+    queue_lengths: Vec<u32>,
     result: Result<(), ReasonCode>,
 }
 
@@ -284,7 +290,11 @@ impl Connection {
 
         let client: ClientId = Arc::from(client_id.as_str());
         let connection_id = hub.next_connection_id();
-        let (mailbox, receiver) = Mailbox::new(connection_id);
+        let (mailbox, receiver) = Mailbox::new(
+            connection_id,
+            hub.pause_threshold(),
+            usize::from(limits.max_inflight),
+        );
         let persistent = expiry_s > 0;
         {
             let _guard = hub.client_lock.lock();
@@ -366,6 +376,12 @@ impl Connection {
             inbound_aliases: HashMap::new(),
             pending: FuturesOrdered::new(),
             discarded: Vec::new(),
+            paused_on: Vec::new(),
+            paused_until: None,
+            acks: Vec::new(),
+            receipts: Vec::new(),
+            releases: Vec::new(),
+            refill_due: false,
         })
     }
 
@@ -480,6 +496,18 @@ struct Session {
     /// Stored messages dropped as too large for the client, to acknowledge
     /// in the store.
     discarded: Vec<(PacketId, QoS)>,
+    /// Backpressure: sessions this client's publishes filled; nothing more
+    /// is read from it until they drain or `paused_until` passes.
+    paused_on: Vec<Mailbox>,
+    paused_until: Option<Instant>,
+    /// Store acknowledgements (PUBACK, PUBCOMP) of the packets read so far,
+    /// queued to the store together after the read; nothing waits on them.
+    acks: Vec<proto::Command>,
+    /// PUBREC records of this read, committed before their PUBRELs go out.
+    receipts: Vec<proto::Command>,
+    releases: Vec<PacketId>,
+    /// An acknowledgement freed a window slot: send more after the read.
+    refill_due: bool,
 }
 
 enum Input {
@@ -487,6 +515,9 @@ enum Input {
     Mail(Option<ToConnection>),
     Completed(Completed),
     KeepAliveExpired,
+    /// The sessions this publisher was paused for drained, or the pause ran
+    /// out.
+    Resumed,
 }
 
 impl Session {
@@ -507,11 +538,21 @@ impl Session {
         let mut last_read = 0;
         loop {
             conn.prepare_read(last_read);
+            let paused = !self.paused_on.is_empty();
+            if paused && self.paused_until.is_none() {
+                let pause = Duration::from_millis(conn.hub.config.limits.publisher_pause_ms);
+                self.paused_until = Some(Instant::now() + pause);
+                metrics::counter!("rookery_publisher_pauses_total").increment(1);
+            }
+            let resume_at = self.paused_until.unwrap_or(deadline);
             let input = tokio::select! {
-                read = conn.stream.read_buf(&mut conn.read_buf) => Input::Read(read),
+                read = conn.stream.read_buf(&mut conn.read_buf), if !paused => Input::Read(read),
                 mail = self.mailbox.recv() => Input::Mail(mail),
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => Input::Completed(done),
-                () = sleep_until(deadline) => Input::KeepAliveExpired,
+                // A paused client is not read, so its silence says nothing
+                // about keep alive.
+                () = sleep_until(deadline), if !paused => Input::KeepAliveExpired,
+                () = room_in(&self.paused_on, resume_at), if paused => Input::Resumed,
             };
             let outcome = match input {
                 Input::Read(Ok(0)) => Err(End::Closed),
@@ -535,6 +576,24 @@ impl Session {
                     conn.disconnect(ReasonCode::KeepAliveTimeout);
                     Err(End::Abnormal)
                 }
+                Input::Resumed => {
+                    for mailbox in self.paused_on.drain(..) {
+                        if mailbox.is_full() {
+                            // Not drained within the pause: its overflow is
+                            // dropped from now on instead of holding
+                            // publishers back.
+                            mailbox.stall();
+                            metrics::counter!("rookery_sessions_stalled_total").increment(1);
+                            tracing::debug!(client_id = %self.client_id, "a session did not drain within the publisher pause");
+                        }
+                    }
+                    self.paused_until = None;
+                    if let Some(keep_alive) = keep_alive {
+                        deadline = Instant::now() + keep_alive;
+                    }
+                    // Packets already read wait in the buffer.
+                    self.handle_packets(conn).await
+                }
             };
             // Take whatever else is already waiting before writing, so that a
             // burst goes out in one write.
@@ -542,6 +601,8 @@ impl Session {
                 Ok(()) => self.drain_mailbox(conn).await,
                 Err(end) => Err(end),
             };
+            self.mailbox
+                .report_taken(self.outgoing.memory_len(), self.outgoing.stored_backlog());
             let flushed = conn.flush().await;
             match outcome {
                 Err(end) => return end,
@@ -590,19 +651,29 @@ impl Session {
         }
     }
 
-    /// Reads the store queue of a persistent session and sends new entries
-    /// once their packet identifiers are recorded (so that a resend after
-    /// any failure reuses them, MQTT-4.4.0-1).
-    async fn send_stored(&mut self, conn: &mut Connection, read_queue: bool) -> Result<(), End> {
+    /// Reads the store queue of a persistent session (`queued`: the store
+    /// says it has more) and sends new entries once their packet identifiers
+    /// are recorded (so that a resend after any failure reuses them,
+    /// MQTT-4.4.0-1).
+    async fn send_stored(&mut self, conn: &mut Connection, queued: bool) -> Result<(), End> {
         if !self.persistent && !self.outgoing.has_stored() {
             return Ok(());
         }
-        if self.persistent && read_queue {
-            match conn.hub.store.queue(&self.client_id) {
-                Ok(queue) => self.outgoing.merge_stored(queue),
-                Err(error) => {
-                    tracing::warn!(%error, client_id = %self.client_id, "reading the session queue failed");
-                    return Ok(());
+        let hub = conn.hub.clone();
+        if self.persistent {
+            if queued {
+                self.outgoing.store_has_news();
+            }
+            if let Some(after) = self.outgoing.store_read_from() {
+                match hub.store.queue_after(&self.client_id, after, QUEUE_READ) {
+                    Ok(queue) => {
+                        let complete = queue.len() < QUEUE_READ;
+                        self.outgoing.merge_stored(queue, complete);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, client_id = %self.client_id, "reading the session queue failed");
+                        return Ok(());
+                    }
                 }
             }
         }
@@ -619,8 +690,25 @@ impl Session {
             commands.push(self.mark_published(*seq, *packet_id));
             commands.extend(self.ack_commands(*packet_id, *qos));
         }
+        // Acknowledgements first: a packet identifier they free may be
+        // reused by the records below.
+        self.submit_acks(&hub);
         if !commands.is_empty() {
-            self.write_fenced(&conn.hub.clone(), commands).await?;
+            let exactly_once = batch
+                .fresh
+                .iter()
+                .any(|sent| sent.publish.qos == QoS::ExactlyOnce);
+            if exactly_once {
+                // A QoS 2 message goes out only with its packet identifier
+                // committed: sent again after a failure under another one,
+                // a receiver could take it twice.
+                self.write_fenced(&hub, commands).await?;
+            } else {
+                // QoS 1 may arrive twice anyway; the record only has to
+                // precede this session's later writes, which submission
+                // order guarantees.
+                self.submit_detached(&hub, commands);
+            }
         }
         for resend in batch.resend {
             match resend {
@@ -632,15 +720,32 @@ impl Session {
             self.write_publish(conn, sent);
         }
         // Stored messages too large for the client are acknowledged away.
-        let discarded = std::mem::take(&mut self.discarded);
-        if !discarded.is_empty() {
-            let commands = discarded
-                .iter()
-                .flat_map(|(packet_id, qos)| self.ack_commands(*packet_id, *qos))
-                .collect();
-            self.write_fenced(&conn.hub.clone(), commands).await?;
+        for (packet_id, qos) in std::mem::take(&mut self.discarded) {
+            let commands = self.ack_commands(packet_id, qos);
+            self.acks.extend(commands);
         }
         Ok(())
+    }
+
+    /// Queues the acknowledgements gathered so far to the store.
+    fn submit_acks(&mut self, hub: &Hub) {
+        if !self.acks.is_empty() {
+            let acks = std::mem::take(&mut self.acks);
+            self.submit_detached(hub, acks);
+        }
+    }
+
+    /// Queues a write that nothing waits for. Its place in the store's order
+    /// is taken now; a failure leaves the entry to be sent again (a fenced
+    /// session is being closed by its new owner anyway).
+    fn submit_detached(&self, hub: &Hub, commands: Vec<proto::Command>) {
+        let write = hub.store.submit(commands);
+        let client_id = self.client_id.clone();
+        tokio::spawn(async move {
+            if let Err(error) = write.await {
+                tracing::debug!(%error, %client_id, "a session write failed");
+            }
+        });
     }
 
     fn mark_published(&self, seq: u64, packet_id: PacketId) -> proto::Command {
@@ -719,6 +824,34 @@ impl Session {
     }
 
     async fn handle_packets(&mut self, conn: &mut Connection) -> Result<(), End> {
+        let handled = self.decode_and_handle(conn).await;
+        if handled.is_err() {
+            // Acknowledged by the client before it went: not sent again.
+            self.submit_acks(&conn.hub.clone());
+            return handled;
+        }
+        self.settle_acks(conn).await
+    }
+
+    /// What the acknowledgements of one read lead to: their store writes,
+    /// PUBRELs once their PUBRECs are recorded, then more messages.
+    async fn settle_acks(&mut self, conn: &mut Connection) -> Result<(), End> {
+        let hub = conn.hub.clone();
+        self.submit_acks(&hub);
+        if !self.receipts.is_empty() {
+            let receipts = std::mem::take(&mut self.receipts);
+            self.write_fenced(&hub, receipts).await?;
+            for packet_id in std::mem::take(&mut self.releases) {
+                conn.send(&Packet::PubRel(Ack::new(packet_id)));
+            }
+        }
+        if std::mem::take(&mut self.refill_due) {
+            self.refill(conn).await?;
+        }
+        Ok(())
+    }
+
+    async fn decode_and_handle(&mut self, conn: &mut Connection) -> Result<(), End> {
         loop {
             let limits = &conn.hub.config.limits;
             let packet = match rookery_codec::decode(
@@ -736,6 +869,10 @@ impl Session {
                 }
             };
             self.handle_packet(conn, packet).await?;
+            if !self.paused_on.is_empty() {
+                // Backpressure: the rest stays in the buffer.
+                break;
+            }
         }
         Ok(())
     }
@@ -747,9 +884,9 @@ impl Session {
                 if let Some(stored) = self.outgoing.acknowledged(ack.packet_id, QoS::AtLeastOnce) {
                     if stored {
                         let commands = self.acknowledge(ack.packet_id, proto::AckKind::Puback);
-                        self.write_fenced(&conn.hub.clone(), commands).await?;
+                        self.acks.extend(commands);
                     }
-                    self.refill(conn).await?;
+                    self.refill_due = true;
                 }
                 Ok(())
             }
@@ -760,9 +897,10 @@ impl Session {
                 {
                     Some((stored, release)) => {
                         if stored {
-                            // Recorded before PUBREL goes out: after a failure
-                            // the store resends PUBREL, never the PUBLISH. A
-                            // refusing PUBREC ends the flow.
+                            // Recorded before PUBREL goes out (after the
+                            // read): after a failure the store resends
+                            // PUBREL, never the PUBLISH. A refusing PUBREC
+                            // ends the flow.
                             let mut commands =
                                 self.acknowledge(ack.packet_id, proto::AckKind::Pubrec);
                             if !release {
@@ -770,12 +908,15 @@ impl Session {
                                     self.acknowledge(ack.packet_id, proto::AckKind::Pubcomp),
                                 );
                             }
-                            self.write_fenced(&conn.hub.clone(), commands).await?;
-                        }
-                        if release {
+                            self.receipts.extend(commands);
+                            if release {
+                                self.releases.push(ack.packet_id);
+                            }
+                        } else if release {
                             conn.send(&Packet::PubRel(Ack::new(ack.packet_id)));
-                        } else {
-                            self.refill(conn).await?;
+                        }
+                        if !release {
+                            self.refill_due = true;
                         }
                     }
                     None if conn.version.is_v5() => {
@@ -793,9 +934,9 @@ impl Session {
                 if let Some(stored) = self.outgoing.acknowledged(ack.packet_id, QoS::ExactlyOnce) {
                     if stored {
                         let commands = self.acknowledge(ack.packet_id, proto::AckKind::Pubcomp);
-                        self.write_fenced(&conn.hub.clone(), commands).await?;
+                        self.acks.extend(commands);
                     }
-                    self.refill(conn).await?;
+                    self.refill_due = true;
                 }
                 Ok(())
             }
@@ -963,7 +1104,7 @@ impl Session {
             if routes.local.is_empty() && routes.durable.is_empty() {
                 metrics::counter!("rookery_messages_unrouted_total").increment(1);
             }
-            hub.deliver_local(routes.local);
+            hub.deliver_local(routes.local, &mut self.paused_on);
             self.answer_publish(conn, packet_id, publish.qos, Ok(()));
             return Ok(());
         }
@@ -985,7 +1126,7 @@ impl Session {
         if qos == QoS::AtMostOnce {
             // The QoS 0 path never waits on the store: the retained copy is
             // written behind it.
-            hub.deliver_local(routes.local);
+            hub.deliver_local(routes.local, &mut self.paused_on);
             tokio::spawn(async move {
                 if let Err(error) = store.write(commands).await {
                     tracing::warn!(%error, "storing a retained message failed");
@@ -994,11 +1135,18 @@ impl Session {
             return Ok(());
         }
         let local = routes.local;
+        let durable_mailboxes = routes.durable_mailboxes;
         let hub = hub.clone();
         self.pending.push_back(Box::pin(async move {
+            let mut queue_lengths = Vec::new();
             let result = match store.write(commands).await {
                 Ok(results) => {
                     hub.count_store_drops(&results);
+                    for result in &results {
+                        if let Some(ResultKind::Enqueued(enqueued)) = &result.kind {
+                            queue_lengths.clone_from(&enqueued.queue_lengths);
+                        }
+                    }
                     let refused = results.iter().any(|result| {
                         matches!(
                             result.kind,
@@ -1019,6 +1167,8 @@ impl Session {
                 packet_id,
                 qos,
                 local,
+                durable_mailboxes,
+                queue_lengths,
                 result,
             }
         }));
@@ -1029,7 +1179,12 @@ impl Session {
     /// where it had to be).
     fn complete(&mut self, conn: &mut Connection, done: Completed) {
         if done.result.is_ok() {
-            conn.hub.deliver_local(done.local);
+            conn.hub.deliver_local(done.local, &mut self.paused_on);
+            conn.hub.note_store_queues(
+                &done.durable_mailboxes,
+                &done.queue_lengths,
+                &mut self.paused_on,
+            );
         } else if done.qos == QoS::ExactlyOnce
             && let Some(id) = done.packet_id
         {
@@ -1327,6 +1482,16 @@ impl Session {
             tracing::warn!(%error, client_id = %self.client_id, "recording a disconnect failed");
         }
     }
+}
+
+/// Waits until none of `mailboxes` is full, or until `until`.
+async fn room_in(mailboxes: &[Mailbox], until: Instant) {
+    let drained = async {
+        for mailbox in mailboxes {
+            mailbox.room().await;
+        }
+    };
+    let _ = tokio::time::timeout_at(until, drained).await;
 }
 
 fn command(kind: Kind) -> proto::Command {

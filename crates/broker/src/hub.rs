@@ -58,6 +58,27 @@ struct MailboxShared {
     wake: Notify,
     /// The connection is gone: nothing more is queued.
     closed: AtomicBool,
+    /// Deliveries the connection has taken and not yet written (its own
+    /// queue), as it last reported them.
+    taken: AtomicUsize,
+    /// A persistent session's store queue length (in flight included):
+    /// raised by publishers from their commits' results, set by the
+    /// connection when it has read the queue to its end.
+    stored: AtomicUsize,
+    /// Publishers pause while the backlog is at or above this; 0 never.
+    pause_at: usize,
+    /// The store queue's share that is the in-flight window (the store's
+    /// limit adds it to the queue limit): not backlog.
+    stored_in_flight: usize,
+    /// Paused publishers wait here for the backlog to fall.
+    room: Notify,
+    /// A `Queued` notice waits in `queue`: one is enough.
+    queued_notice: AtomicBool,
+    /// Some publisher waits on `room`.
+    awaited: AtomicBool,
+    /// A publisher's pause ran out: the session is not draining, so nobody
+    /// pauses for it (its overflow is dropped) until it does again.
+    stalled: AtomicBool,
 }
 
 impl MailboxShared {
@@ -79,8 +100,19 @@ impl MailboxShared {
 }
 
 impl Mailbox {
-    pub fn new(connection_id: u64) -> (Mailbox, MailboxReceiver) {
-        let shared = Arc::new(MailboxShared::default());
+    /// `pause_at`: the backlog at which publishers to this session pause
+    /// (backpressure); 0 turns pausing off. `stored_in_flight`: the part of
+    /// a store queue's length that is the in-flight window.
+    pub fn new(
+        connection_id: u64,
+        pause_at: usize,
+        stored_in_flight: usize,
+    ) -> (Mailbox, MailboxReceiver) {
+        let shared = Arc::new(MailboxShared {
+            pause_at,
+            stored_in_flight,
+            ..MailboxShared::default()
+        });
         (
             Mailbox {
                 shared: shared.clone(),
@@ -95,7 +127,9 @@ impl Mailbox {
     }
 
     pub fn notify_queued(&self) {
-        self.shared.push(ToConnection::Queued);
+        if !self.shared.queued_notice.swap(true, Ordering::AcqRel) {
+            self.shared.push(ToConnection::Queued);
+        }
     }
 
     /// Hands a delivery over unless the session's queue is full.
@@ -106,6 +140,55 @@ impl Mailbox {
         self.shared.deliveries.fetch_add(1, Ordering::Relaxed);
         self.shared.push(ToConnection::Deliver(delivery))
     }
+
+    /// Whether a publisher to this session should pause: its backlog is at
+    /// the pause threshold and it is still draining.
+    pub fn is_full(&self) -> bool {
+        let shared = &self.shared;
+        shared.pause_at > 0
+            && !shared.closed.load(Ordering::Acquire)
+            && !shared.stalled.load(Ordering::Relaxed)
+            && shared.backlog() >= shared.pause_at
+    }
+
+    /// Resolves once the backlog is below the pause threshold (or the
+    /// connection is gone).
+    pub async fn room(&self) {
+        loop {
+            let notified = self.shared.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // Paired with `MailboxReceiver::report_taken`: either it sees
+            // this flag, or this check sees its lower backlog.
+            self.shared.awaited.store(true, Ordering::SeqCst);
+            if !self.is_full() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// A commit left this session's store queue `length` long.
+    pub fn note_stored(&self, length: usize) {
+        self.shared.stored.fetch_max(length, Ordering::SeqCst);
+    }
+
+    /// A publisher waited for this session as long as it may: until the
+    /// backlog falls below the threshold, publishers no longer pause for it.
+    pub fn stall(&self) {
+        self.shared.stalled.store(true, Ordering::Relaxed);
+    }
+}
+
+impl MailboxShared {
+    fn backlog(&self) -> usize {
+        self.deliveries.load(Ordering::SeqCst)
+            + self.taken.load(Ordering::SeqCst)
+            + self
+                .stored
+                .load(Ordering::SeqCst)
+                .saturating_sub(self.stored_in_flight)
+    }
 }
 
 #[derive(Debug)]
@@ -114,6 +197,25 @@ pub struct MailboxReceiver {
 }
 
 impl MailboxReceiver {
+    /// The connection reports how many deliveries it holds unwritten, and
+    /// the length of its store queue when it knows it (it has read the
+    /// queue to its end); a backlog below the threshold wakes paused
+    /// publishers.
+    pub fn report_taken(&self, taken: usize, stored: Option<usize>) {
+        let shared = &self.shared;
+        shared.taken.store(taken, Ordering::SeqCst);
+        if let Some(stored) = stored {
+            shared.stored.store(stored, Ordering::SeqCst);
+        }
+        if shared.pause_at == 0 || shared.backlog() >= shared.pause_at {
+            return;
+        }
+        shared.stalled.store(false, Ordering::Relaxed);
+        if shared.awaited.swap(false, Ordering::SeqCst) {
+            shared.room.notify_waiters();
+        }
+    }
+
     pub async fn recv(&mut self) -> Option<ToConnection> {
         loop {
             if let Some(message) = self.try_recv() {
@@ -127,8 +229,14 @@ impl MailboxReceiver {
 
     pub fn try_recv(&mut self) -> Option<ToConnection> {
         let message = self.shared.queue.lock().pop_front()?;
-        if let ToConnection::Deliver(_) = message {
-            self.shared.deliveries.fetch_sub(1, Ordering::Relaxed);
+        match message {
+            ToConnection::Deliver(_) => {
+                self.shared.deliveries.fetch_sub(1, Ordering::Relaxed);
+            }
+            // Cleared before the queue is read, so a later enqueue notifies
+            // again.
+            ToConnection::Queued => self.shared.queued_notice.store(false, Ordering::Release),
+            ToConnection::Close(_) => {}
         }
         Some(message)
     }
@@ -138,6 +246,7 @@ impl Drop for MailboxReceiver {
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::Release);
         self.shared.queue.lock().clear();
+        self.shared.room.notify_waiters();
     }
 }
 
@@ -158,6 +267,8 @@ pub struct Routes {
     /// Persistent sessions whose copy is committed to the store first; the
     /// store notifies their connections (MessagesQueued).
     pub durable: Vec<proto::EnqueueTarget>,
+    /// The mailboxes of `durable`'s sessions online here, in its order.
+    pub durable_mailboxes: Vec<Option<Mailbox>>,
 }
 
 #[derive(Debug)]
@@ -333,14 +444,24 @@ impl Hub {
                     let start = self.next_in_group(group.filter());
                     // Round robin, skipping members that can take nothing
                     // (offline clean sessions cannot exist; offline
-                    // persistent ones queue only QoS 1/2).
-                    let pick = (0..count)
+                    // persistent ones queue only QoS 1/2), and preferring
+                    // members whose queue is not full.
+                    let mut candidates = (0..count)
                         .filter_map(|step| members.clone().nth((start + step) % count))
-                        .find(|(client, _)| {
+                        .filter(|(client, _)| {
                             sessions.get(*client).is_some_and(|session| {
                                 session.mailbox.is_some() || message.qos != QoS::AtMostOnce
                             })
                         });
+                    let pick = candidates
+                        .clone()
+                        .find(|(client, _)| {
+                            !sessions
+                                .get(*client)
+                                .and_then(|session| session.mailbox.as_ref())
+                                .is_some_and(Mailbox::is_full)
+                        })
+                        .or_else(|| candidates.next());
                     if let Some((client, value)) = pick {
                         targets.push(target(client, value));
                     }
@@ -368,6 +489,7 @@ impl Hub {
                     retain,
                     subscription_ids: target.subscription_ids,
                 });
+                routes.durable_mailboxes.push(session.mailbox.clone());
             } else if let Some(mailbox) = &session.mailbox {
                 routes.local.push((
                     mailbox.clone(),
@@ -398,7 +520,9 @@ impl Hub {
     /// Hands in-memory deliveries to their sessions. A connection moves them
     /// into its own queue at once (where the overflow policy applies); this
     /// bound only catches a connection task that has stopped taking them.
-    pub fn deliver_local(&self, local: Vec<(Mailbox, Delivery)>) {
+    /// Sessions whose backlog reached the pause threshold are added to
+    /// `full`: the publisher stops reading until they drain.
+    pub fn deliver_local(&self, local: Vec<(Mailbox, Delivery)>, full: &mut Vec<Mailbox>) {
         let limits = &self.config.limits;
         let limit =
             (limits.max_queued_messages + usize::from(limits.max_inflight)).saturating_mul(2);
@@ -406,7 +530,36 @@ impl Hub {
             if !mailbox.deliver(delivery, limit) {
                 self.stats.dropped("queue_full");
             }
+            add_if_full(full, &mailbox);
         }
+    }
+
+    /// Takes the store queue lengths a commit reported for persistent
+    /// sessions online here; those nearly full are added to `full`.
+    pub fn note_store_queues(
+        &self,
+        mailboxes: &[Option<Mailbox>],
+        lengths: &[u32],
+        full: &mut Vec<Mailbox>,
+    ) {
+        for (mailbox, length) in mailboxes.iter().zip(lengths) {
+            if let Some(mailbox) = mailbox {
+                mailbox.note_stored(*length as usize);
+                add_if_full(full, mailbox);
+            }
+        }
+    }
+
+    /// The backlog at which publishers to a session pause: a quarter of the
+    /// queue below its limit, so that the publishers already mid-packet fit
+    /// in the rest; 0 (never) when backpressure is off.
+    pub fn pause_threshold(&self) -> usize {
+        let limits = &self.config.limits;
+        if limits.publisher_pause_ms == 0 {
+            return 0;
+        }
+        let queued = limits.max_queued_messages;
+        (queued - queued / 4).max(1)
     }
 
     /// Sets or clears the retained message of its topic in memory
@@ -474,6 +627,16 @@ impl Hub {
             .values()
             .filter_map(|session| session.mailbox.clone())
             .collect()
+    }
+}
+
+fn add_if_full(full: &mut Vec<Mailbox>, mailbox: &Mailbox) {
+    if mailbox.is_full()
+        && !full
+            .iter()
+            .any(|known| known.connection_id == mailbox.connection_id)
+    {
+        full.push(mailbox.clone());
     }
 }
 

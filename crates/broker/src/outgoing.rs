@@ -45,6 +45,8 @@ pub struct Outgoing {
     resend: Vec<Resend>,
     /// The highest store queue position seen.
     known_seq: Option<u64>,
+    /// The store queue may hold entries after `known_seq`.
+    store_unread: bool,
     inflight: HashMap<u16, Inflight>,
     next_packet_id: u16,
     alias_maximum: u16,
@@ -68,12 +70,18 @@ impl Outgoing {
             stored_waiting: VecDeque::new(),
             resend: Vec::new(),
             known_seq: None,
+            store_unread: false,
             inflight: HashMap::new(),
             next_packet_id: 1,
             alias_maximum,
             aliases: HashMap::new(),
             max_packet_size,
         }
+    }
+
+    /// In-memory messages waiting for the window.
+    pub fn memory_len(&self) -> usize {
+        self.memory.len()
     }
 
     pub fn max_packet_size(&self) -> u32 {
@@ -205,8 +213,21 @@ impl Outgoing {
         }
     }
 
-    /// Adds the store queue's entries not seen yet.
-    pub fn merge_stored(&mut self, queue: Vec<proto::QueuedMessage>) {
+    /// The store queued more for this session.
+    pub fn store_has_news(&mut self) {
+        self.store_unread = true;
+    }
+
+    /// Where the next read of the store queue starts, if one is worth it:
+    /// entries may be unread and fewer wait here than the window can take.
+    pub fn store_read_from(&self) -> Option<Option<u64>> {
+        (self.store_unread && self.stored_waiting.len() < self.window).then_some(self.known_seq)
+    }
+
+    /// Adds the store queue's entries not seen yet; `complete` when the read
+    /// reached the end of the queue.
+    pub fn merge_stored(&mut self, queue: Vec<proto::QueuedMessage>, complete: bool) {
+        self.store_unread = !complete;
         for entry in queue {
             if self.known_seq.is_some_and(|known| entry.seq <= known) {
                 continue;
@@ -224,8 +245,18 @@ impl Outgoing {
             || self.inflight.values().any(|inflight| inflight.stored)
     }
 
+    /// The store queue's length (waiting and in flight), when known: the
+    /// queue has been read to its end.
+    pub fn stored_backlog(&self) -> Option<usize> {
+        (!self.store_unread).then(|| {
+            let in_flight = self.inflight.values().filter(|i| i.stored).count();
+            self.stored_waiting.len() + in_flight
+        })
+    }
+
+    /// Stored messages wait for the window, here or unread in the store.
     pub fn has_stored_waiting(&self) -> bool {
-        !self.stored_waiting.is_empty()
+        !self.stored_waiting.is_empty() || self.store_unread
     }
 
     /// What to send from the store queue now: resends after a resume, fresh

@@ -61,6 +61,41 @@ impl Store {
         }
     }
 
+    /// Queues the commands now, to commit after every write queued before
+    /// them; the returned future need not be awaited for that.
+    pub fn submit(
+        &self,
+        commands: Vec<Command>,
+    ) -> impl Future<Output = Result<Vec<CommandResult>, StoreUnavailable>> + Send + 'static {
+        metrics::counter!("rookery_store_writes_total").increment(1);
+        let outcome = self.node.submit(commands);
+        async move {
+            outcome
+                .await
+                .map(|outcome| outcome.results)
+                .map_err(|error| {
+                    metrics::counter!("rookery_store_write_failures_total").increment(1);
+                    StoreUnavailable::Write(error.to_string())
+                })
+        }
+    }
+
+    /// The entries of a session's queue after position `after`, at most
+    /// `limit` of them.
+    pub fn queue_after(
+        &self,
+        client_id: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<proto::QueuedMessage>, StoreUnavailable> {
+        Ok(machine::read_queue_after(
+            self.node.local_db(),
+            client_id,
+            after,
+            limit,
+        )?)
+    }
+
     /// One command's result.
     pub async fn write_one(&self, command: Command) -> Result<CommandResult, StoreUnavailable> {
         self.write(vec![command])
@@ -68,10 +103,6 @@ impl Store {
             .into_iter()
             .next()
             .ok_or_else(|| StoreUnavailable::Write("no result".into()))
-    }
-
-    pub fn queue(&self, client_id: &str) -> Result<Vec<proto::QueuedMessage>, StoreUnavailable> {
-        Ok(machine::read_queue(self.node.local_db(), client_id)?)
     }
 
     pub fn routes(&self) -> Result<Vec<proto::Route>, StoreUnavailable> {
