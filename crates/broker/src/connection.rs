@@ -516,8 +516,10 @@ enum Input {
     Completed(Completed),
     KeepAliveExpired,
     /// The sessions this publisher was paused for drained, or the pause ran
-    /// out.
-    Resumed,
+    /// out (`drained` false).
+    Resumed {
+        drained: bool,
+    },
 }
 
 impl Session {
@@ -552,7 +554,7 @@ impl Session {
                 // A paused client is not read, so its silence says nothing
                 // about keep alive.
                 () = sleep_until(deadline), if !paused => Input::KeepAliveExpired,
-                () = room_in(&self.paused_on, resume_at), if paused => Input::Resumed,
+                drained = room_in(&self.paused_on, resume_at), if paused => Input::Resumed { drained },
             };
             let outcome = match input {
                 Input::Read(Ok(0)) => Err(End::Closed),
@@ -576,15 +578,19 @@ impl Session {
                     conn.disconnect(ReasonCode::KeepAliveTimeout);
                     Err(End::Abnormal)
                 }
-                Input::Resumed => {
+                Input::Resumed { drained } => {
                     for mailbox in self.paused_on.drain(..) {
-                        if mailbox.is_full() {
+                        // Only a pause that ran out stalls a session: one that
+                        // drained may look full again already (its backlog
+                        // moves from mailbox to queue in two steps).
+                        if !drained && mailbox.is_full() {
                             // Not drained within the pause: its overflow is
                             // dropped from now on instead of holding
                             // publishers back.
                             mailbox.stall();
                             metrics::counter!("rookery_sessions_stalled_total").increment(1);
-                            tracing::debug!(client_id = %self.client_id, "a session did not drain within the publisher pause");
+                            let (mailbox_len, taken, stored) = mailbox.backlog_parts();
+                            tracing::debug!(client_id = %self.client_id, mailbox_len, taken, stored, "a session did not drain within the publisher pause");
                         }
                     }
                     self.paused_until = None;
@@ -1484,14 +1490,15 @@ impl Session {
     }
 }
 
-/// Waits until none of `mailboxes` is full, or until `until`.
-async fn room_in(mailboxes: &[Mailbox], until: Instant) {
+/// Waits until none of `mailboxes` is full (true), or until `until`
+/// (false).
+async fn room_in(mailboxes: &[Mailbox], until: Instant) -> bool {
     let drained = async {
         for mailbox in mailboxes {
             mailbox.room().await;
         }
     };
-    let _ = tokio::time::timeout_at(until, drained).await;
+    tokio::time::timeout_at(until, drained).await.is_ok()
 }
 
 fn command(kind: Kind) -> proto::Command {

@@ -144,15 +144,12 @@ impl Mailbox {
     /// Whether a publisher to this session should pause: its backlog is at
     /// the pause threshold and it is still draining.
     pub fn is_full(&self) -> bool {
-        let shared = &self.shared;
-        shared.pause_at > 0
-            && !shared.closed.load(Ordering::Acquire)
-            && !shared.stalled.load(Ordering::Relaxed)
-            && shared.backlog() >= shared.pause_at
+        self.shared.above(self.shared.pause_at)
     }
 
-    /// Resolves once the backlog is below the pause threshold (or the
-    /// connection is gone).
+    /// Resolves once the backlog is down to half the pause threshold (or the
+    /// connection is gone): resuming at once would pause again a message
+    /// later, waking the publisher per message.
     pub async fn room(&self) {
         loop {
             let notified = self.shared.room.notified();
@@ -161,11 +158,22 @@ impl Mailbox {
             // Paired with `MailboxReceiver::report_taken`: either it sees
             // this flag, or this check sees its lower backlog.
             self.shared.awaited.store(true, Ordering::SeqCst);
-            if !self.is_full() {
+            if !self.shared.above(self.shared.resume_at()) {
                 return;
             }
             notified.await;
         }
+    }
+
+    /// The backlog's parts (mailbox, connection's queue, store queue), for
+    /// logs.
+    pub fn backlog_parts(&self) -> (usize, usize, usize) {
+        let shared = &self.shared;
+        (
+            shared.deliveries.load(Ordering::SeqCst),
+            shared.taken.load(Ordering::SeqCst),
+            shared.stored.load(Ordering::SeqCst),
+        )
     }
 
     /// A commit left this session's store queue `length` long.
@@ -181,6 +189,19 @@ impl Mailbox {
 }
 
 impl MailboxShared {
+    /// Paused publishers resume when the backlog is below this.
+    fn resume_at(&self) -> usize {
+        self.pause_at.div_ceil(2)
+    }
+
+    /// Whether publishers should wait for this backlog to fall below `mark`.
+    fn above(&self, mark: usize) -> bool {
+        self.pause_at > 0
+            && !self.closed.load(Ordering::Acquire)
+            && !self.stalled.load(Ordering::Relaxed)
+            && self.backlog() >= mark
+    }
+
     fn backlog(&self) -> usize {
         self.deliveries.load(Ordering::SeqCst)
             + self.taken.load(Ordering::SeqCst)
@@ -207,7 +228,7 @@ impl MailboxReceiver {
         if let Some(stored) = stored {
             shared.stored.store(stored, Ordering::SeqCst);
         }
-        if shared.pause_at == 0 || shared.backlog() >= shared.pause_at {
+        if shared.pause_at == 0 || shared.backlog() >= shared.resume_at() {
             return;
         }
         shared.stalled.store(false, Ordering::Relaxed);
