@@ -8,7 +8,7 @@ use std::time::Duration;
 use rookery_codec::{Ack, Packet, QoS};
 
 use crate::harness::{Broker, QUIET, Settings, TIMEOUT, skip_unless_rookery, unique};
-use crate::raw::{RawClient, Read, publish};
+use crate::raw::{RawClient, Read, persistent_v5, publish};
 
 const MESSAGES: u16 = 100;
 /// With 10 queued and 32 in flight, a subscriber that reads nothing holds
@@ -50,6 +50,16 @@ async fn receive_all_in_order(subscriber: &mut RawClient) {
 
 #[tokio::test]
 async fn rookery_pauses_a_qos1_publisher_for_a_slow_subscriber_instead_of_dropping() {
+    slow_subscriber_loses_nothing(false).await;
+}
+
+/// The same for a persistent session, whose messages wait in the store.
+#[tokio::test]
+async fn rookery_pauses_a_qos1_publisher_for_a_slow_persistent_subscriber() {
+    slow_subscriber_loses_nothing(true).await;
+}
+
+async fn slow_subscriber_loses_nothing(persistent: bool) {
     if skip_unless_rookery("publisher backpressure") {
         return;
     }
@@ -58,7 +68,14 @@ async fn rookery_pauses_a_qos1_publisher_for_a_slow_subscriber_instead_of_droppi
         ..Settings::default()
     });
     let topic = unique("backpressure/slow");
-    let mut subscriber = RawClient::v5(broker.addr(), &unique("slow-sub")).await;
+    let subscriber_id = unique("slow-sub");
+    let mut subscriber = if persistent {
+        RawClient::connect_ok(broker.addr(), persistent_v5(&subscriber_id, 600))
+            .await
+            .0
+    } else {
+        RawClient::v5(broker.addr(), &subscriber_id).await
+    };
     subscriber.subscribe_ok(1, &topic, QoS::AtLeastOnce).await;
     let mut publisher = RawClient::v5(broker.addr(), &unique("fast-pub")).await;
     publish_all(&mut publisher, &topic).await;

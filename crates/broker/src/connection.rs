@@ -24,7 +24,9 @@ use rookery_topic::{SharedFilter, validate_topic_filter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, sleep_until};
 
-use crate::hub::{ClientId, Hub, Mailbox, MailboxReceiver, SessionEntry, SubEntry, ToConnection};
+use crate::hub::{
+    ClientId, Hub, Mailbox, MailboxReceiver, PendingEnqueue, SessionEntry, SubEntry, ToConnection,
+};
 use crate::message::{Delivery, Message, expiry_at, qos_from};
 use crate::outgoing::{Outgoing, Resend, Sent};
 use crate::store::StoreUnavailable;
@@ -73,7 +75,7 @@ struct Completed {
     local: Vec<(Mailbox, Delivery)>,
     /// Persistent targets online here, and their store queue lengths after
     /// the commit.
-    durable_mailboxes: Vec<Option<Mailbox>>,
+    durable: PendingEnqueue,
     queue_lengths: Vec<u32>,
     result: Result<(), ReasonCode>,
 }
@@ -1141,7 +1143,7 @@ impl Session {
             return Ok(());
         }
         let local = routes.local;
-        let durable_mailboxes = routes.durable_mailboxes;
+        let durable = PendingEnqueue::new(routes.durable_mailboxes, &mut self.paused_on);
         let hub = hub.clone();
         self.pending.push_back(Box::pin(async move {
             let mut queue_lengths = Vec::new();
@@ -1173,7 +1175,7 @@ impl Session {
                 packet_id,
                 qos,
                 local,
-                durable_mailboxes,
+                durable,
                 queue_lengths,
                 result,
             }
@@ -1186,11 +1188,8 @@ impl Session {
     fn complete(&mut self, conn: &mut Connection, done: Completed) {
         if done.result.is_ok() {
             conn.hub.deliver_local(done.local, &mut self.paused_on);
-            conn.hub.note_store_queues(
-                &done.durable_mailboxes,
-                &done.queue_lengths,
-                &mut self.paused_on,
-            );
+            conn.hub
+                .note_store_queues(done.durable, &done.queue_lengths, &mut self.paused_on);
         } else if done.qos == QoS::ExactlyOnce
             && let Some(id) = done.packet_id
         {

@@ -65,6 +65,9 @@ struct MailboxShared {
     /// raised by publishers from their commits' results, set by the
     /// connection when it has read the queue to its end.
     stored: AtomicUsize,
+    /// Store writes queuing messages for this session whose results are
+    /// not known yet (see `PendingEnqueue`).
+    enqueuing: AtomicUsize,
     /// Publishers pause while the backlog is at or above this; 0 never.
     pause_at: usize,
     /// The store queue's share that is the in-flight window (the store's
@@ -202,9 +205,21 @@ impl MailboxShared {
             && self.backlog() >= mark
     }
 
+    /// Wakes paused publishers once the backlog is below the resume mark.
+    fn wake_if_room(&self) {
+        if self.pause_at == 0 || self.backlog() >= self.resume_at() {
+            return;
+        }
+        self.stalled.store(false, Ordering::Relaxed);
+        if self.awaited.swap(false, Ordering::SeqCst) {
+            self.room.notify_waiters();
+        }
+    }
+
     fn backlog(&self) -> usize {
         self.deliveries.load(Ordering::SeqCst)
             + self.taken.load(Ordering::SeqCst)
+            + self.enqueuing.load(Ordering::SeqCst)
             + self
                 .stored
                 .load(Ordering::SeqCst)
@@ -228,13 +243,7 @@ impl MailboxReceiver {
         if let Some(stored) = stored {
             shared.stored.store(stored, Ordering::SeqCst);
         }
-        if shared.pause_at == 0 || shared.backlog() >= shared.resume_at() {
-            return;
-        }
-        shared.stalled.store(false, Ordering::Relaxed);
-        if shared.awaited.swap(false, Ordering::SeqCst) {
-            shared.room.notify_waiters();
-        }
+        shared.wake_if_room();
     }
 
     pub async fn recv(&mut self) -> Option<ToConnection> {
@@ -559,15 +568,19 @@ impl Hub {
     /// sessions online here; those nearly full are added to `full`.
     pub fn note_store_queues(
         &self,
-        mailboxes: &[Option<Mailbox>],
+        pending: PendingEnqueue,
         lengths: &[u32],
         full: &mut Vec<Mailbox>,
     ) {
-        for (mailbox, length) in mailboxes.iter().zip(lengths) {
+        for (mailbox, length) in pending.mailboxes.iter().zip(lengths) {
             if let Some(mailbox) = mailbox {
                 mailbox.note_stored(*length as usize);
-                add_if_full(full, mailbox);
             }
+        }
+        let mailboxes = pending.mailboxes.clone();
+        drop(pending);
+        for mailbox in mailboxes.iter().flatten() {
+            add_if_full(full, mailbox);
         }
     }
 
@@ -648,6 +661,35 @@ impl Hub {
             .values()
             .filter_map(|session| session.mailbox.clone())
             .collect()
+    }
+}
+
+/// A store write queuing a message for persistent sessions, counted in the
+/// backlog of those online here until its result is known (dropped), so
+/// that a publisher pipelining its writes pauses before the store queue
+/// overflows rather than after.
+#[derive(Debug)]
+pub struct PendingEnqueue {
+    mailboxes: Vec<Option<Mailbox>>,
+}
+
+impl PendingEnqueue {
+    /// Counts the write; sessions now nearly full are added to `full`.
+    pub fn new(mailboxes: Vec<Option<Mailbox>>, full: &mut Vec<Mailbox>) -> Self {
+        for mailbox in mailboxes.iter().flatten() {
+            mailbox.shared.enqueuing.fetch_add(1, Ordering::SeqCst);
+            add_if_full(full, mailbox);
+        }
+        PendingEnqueue { mailboxes }
+    }
+}
+
+impl Drop for PendingEnqueue {
+    fn drop(&mut self) {
+        for mailbox in self.mailboxes.iter().flatten() {
+            mailbox.shared.enqueuing.fetch_sub(1, Ordering::SeqCst);
+            mailbox.shared.wake_if_room();
+        }
     }
 }
 
