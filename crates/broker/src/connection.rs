@@ -41,7 +41,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const QUEUE_READ: usize = 256;
 /// What an idle connection keeps for reading: a CONNECT or a small packet
 /// fits; a busy connection grows it (see `Connection::prepare_read`).
-const IDLE_READ_BUFFER: usize = 512;
+const IDLE_READ_BUFFER: usize = 256;
 /// The read size of a connection whose last read filled its buffer.
 const BUSY_READ_BUFFER: usize = 16 * 1024;
 /// Above this a write buffer is given back after a flush.
@@ -96,7 +96,7 @@ pub async fn serve(hub: Arc<Hub>, accepted: Accepted) {
         write_buf: BytesMut::new(),
         version: ProtocolVersion::V3_1_1,
     };
-    let connect = match connection.read_connect().await {
+    let connect = match Box::pin(connection.read_connect()).await {
         Ok(Some(connect)) => connect,
         Ok(None) => return,
         Err(reason) => {
@@ -104,7 +104,7 @@ pub async fn serve(hub: Arc<Hub>, accepted: Accepted) {
             return;
         }
     };
-    let Some(session) = connection.accept(connect).await else {
+    let Some(session) = Box::pin(connection.accept(connect)).await else {
         let _ = connection.flush().await;
         return;
     };
@@ -115,12 +115,12 @@ pub async fn serve(hub: Arc<Hub>, accepted: Accepted) {
     let end = session.run(&mut connection).await;
     let _ = connection.flush().await;
     let client_closed = matches!(end, End::Normal { .. } | End::Closed);
-    session.finish(&connection.hub, end).await;
+    Box::pin(session.finish(&connection.hub, end)).await;
     connection.hub.stats.disconnected();
     if client_closed {
         let _ = connection.stream.shutdown().await;
     } else {
-        connection.linger().await;
+        Box::pin(connection.linger()).await;
     }
     tracing::debug!(%peer, client_id = %client_id, "client disconnected");
 }
@@ -528,10 +528,10 @@ impl Session {
     async fn run(&mut self, conn: &mut Connection) -> End {
         // Read the queue once more: messages queued between the store's
         // Connect and this session's registration were notified to nobody.
-        if let Err(end) = self.send_stored(conn, true).await {
+        if let Err(end) = Box::pin(self.send_stored(conn, true)).await {
             return end;
         }
-        if conn.flush().await.is_err() {
+        if Box::pin(conn.flush()).await.is_err() {
             return End::Closed;
         }
         // MQTT-3.1.2-22: 1.5 times the keep alive without a packet.
@@ -548,15 +548,22 @@ impl Session {
                 self.paused_until = Some(Instant::now() + pause);
                 metrics::counter!("rookery_publisher_pauses_total").increment(1);
             }
-            let resume_at = self.paused_until.unwrap_or(deadline);
+            // One timer: a paused client is not read, so its silence says
+            // nothing about keep alive; the pause's end is what is due then.
+            let due = match self.paused_until {
+                Some(resume_at) if paused => resume_at,
+                _ => deadline,
+            };
             let input = tokio::select! {
                 read = conn.stream.read_buf(&mut conn.read_buf), if !paused => Input::Read(read),
                 mail = self.mailbox.recv() => Input::Mail(mail),
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => Input::Completed(done),
-                // A paused client is not read, so its silence says nothing
-                // about keep alive.
-                () = sleep_until(deadline), if !paused => Input::KeepAliveExpired,
-                drained = room_in(&self.paused_on, resume_at), if paused => Input::Resumed { drained },
+                () = sleep_until(due) => if paused {
+                    Input::Resumed { drained: false }
+                } else {
+                    Input::KeepAliveExpired
+                },
+                () = room_in(&self.paused_on), if paused => Input::Resumed { drained: true },
             };
             let outcome = match input {
                 Input::Read(Ok(0)) => Err(End::Closed),
@@ -566,7 +573,7 @@ impl Session {
                     if let Some(keep_alive) = keep_alive {
                         deadline = Instant::now() + keep_alive;
                     }
-                    self.handle_packets(conn).await
+                    Box::pin(self.handle_packets(conn)).await
                 }
                 Input::Read(Err(_)) => Err(End::Closed),
                 Input::Mail(Some(mail)) => self.handle_mail(conn, mail).await,
@@ -600,7 +607,7 @@ impl Session {
                         deadline = Instant::now() + keep_alive;
                     }
                     // Packets already read wait in the buffer.
-                    self.handle_packets(conn).await
+                    Box::pin(self.handle_packets(conn)).await
                 }
             };
             // Take whatever else is already waiting before writing, so that a
@@ -611,7 +618,9 @@ impl Session {
             };
             self.mailbox
                 .report_taken(self.outgoing.memory_len(), self.outgoing.stored_backlog());
-            let flushed = conn.flush().await;
+            // Boxed: kept inline, the write and its timer would enlarge
+            // every idle connection's task.
+            let flushed = Box::pin(conn.flush()).await;
             match outcome {
                 Err(end) => return end,
                 Ok(()) if flushed.is_err() => return End::Closed,
@@ -639,7 +648,7 @@ impl Session {
                 self.send_ready(conn);
                 Ok(())
             }
-            ToConnection::Queued => self.send_stored(conn, true).await,
+            ToConnection::Queued => Box::pin(self.send_stored(conn, true)).await,
             ToConnection::Close(reason) => {
                 conn.disconnect(reason);
                 Err(match reason {
@@ -1489,15 +1498,11 @@ impl Session {
     }
 }
 
-/// Waits until none of `mailboxes` is full (true), or until `until`
-/// (false).
-async fn room_in(mailboxes: &[Mailbox], until: Instant) -> bool {
-    let drained = async {
-        for mailbox in mailboxes {
-            mailbox.room().await;
-        }
-    };
-    tokio::time::timeout_at(until, drained).await.is_ok()
+/// Waits until none of `mailboxes` is full.
+async fn room_in(mailboxes: &[Mailbox]) {
+    for mailbox in mailboxes {
+        mailbox.room().await;
+    }
 }
 
 fn command(kind: Kind) -> proto::Command {
