@@ -1,0 +1,408 @@
+#!/usr/bin/env python3
+"""The standard scenarios of docs/benchmarks.md, side by side.
+
+Runs each scenario against each broker in one invocation (a fresh broker
+process per scenario, brokers alternating), with `rookery-bench` as the
+generator, and writes the machine, the versions, the commands and a table of
+throughput, latency and memory with Rookery's ratio to each peer into
+docs/benchmarks.md (between the `scenarios:begin`/`scenarios:end` markers).
+
+    cargo build --release --workspace --all-targets
+    python3 benches/scenarios.py                 # everything, about 25 min
+    python3 benches/scenarios.py --duration 5 --only p2p-qos1,latency-10k
+
+Peers: Mosquitto from Debian (`apt-get install mosquitto`) and rumqttd
+(`cargo install rumqttd`); a peer that is not installed is left out and the
+table says so. Every broker and every run is bounded in time.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+DOC = ROOT / "docs" / "benchmarks.md"
+BEGIN = "<!-- scenarios:begin -->"
+END = "<!-- scenarios:end -->"
+
+# (key, title, rookery-bench arguments, the figure compared)
+# `rate`: messages received per second, higher is better; `p99`: latency at
+# a fixed rate, lower is better; `rss`: broker memory per idle connection,
+# lower is better.
+SCENARIOS = [
+    ("fan-in-qos0", "Fan-in QoS 0: 100 publishers → 1 wildcard subscriber, 64 B",
+     ["run", "--pubs", "100", "--subs", "1", "-t", "bench/%i", "-f", "bench/#", "-q", "0"], "rate"),
+    ("fan-out-qos0", "Fan-out QoS 0: 1 publisher → 100 subscribers, 64 B",
+     ["run", "--pubs", "1", "--subs", "100", "-t", "bench/fan", "-f", "bench/fan", "-q", "0"], "rate"),
+    ("p2p-qos1", "Point-to-point QoS 1: 50 pairs, clean sessions",
+     ["run", "--pubs", "50", "--subs", "50", "-t", "bench/%i", "-f", "bench/%i", "-q", "1"], "rate"),
+    ("durable-qos1", "QoS 1 to persistent sessions: 50 pairs (Rookery commits each to disk)",
+     ["run", "--pubs", "50", "--subs", "50", "-t", "bench/%i", "-f", "bench/%i", "-q", "1",
+      "--persistent"], "rate"),
+    ("p2p-qos2", "QoS 2: 10 pairs",
+     ["run", "--pubs", "10", "--subs", "10", "-t", "bench/%i", "-f", "bench/%i", "-q", "2"], "rate"),
+    ("shared-qos1", "Shared subscription QoS 1: 100 publishers → a group of 10",
+     ["run", "--pubs", "100", "--subs", "10", "-t", "bench/%i", "-f", "$share/g/bench/#",
+      "-q", "1"], "rate"),
+    ("latency-10k", "Latency at 10,000 msg/s: 100 publishers × 100/s → 1 subscriber, QoS 0",
+     ["run", "--pubs", "100", "--subs", "1", "-t", "bench/%i", "-f", "bench/#", "-q", "0",
+      "-r", "100"], "p99"),
+    ("idle-10k", "10,000 idle connections",
+     ["conn", "-c", "10000", "--connect-rate", "5000", "--processes", "2",
+      "--source-ips", "127.0.0.1-127.0.0.4"], "rss"),
+    ("idle-20k", "19,000 idle connections (the per-process open-file limit is 20,000)",
+     ["conn", "-c", "19000", "--connect-rate", "5000", "--processes", "2",
+      "--source-ips", "127.0.0.1-127.0.0.4"], "rss"),
+]
+
+PEERS = ["mosquitto", "rumqttd"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def raise_open_files():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def wait_for_port(port, process, seconds=30):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"broker exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"broker not listening on {port} after {seconds} s")
+
+
+class Broker:
+    """One broker process in its own directory, stopped by `stop`."""
+
+    def __init__(self, name, workdir):
+        self.name = name
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
+        self.port = free_port()
+        self.log = open(self.dir / "log", "wb")
+        self.process = subprocess.Popen(
+            self.command(), cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT,
+            preexec_fn=raise_open_files)
+        wait_for_port(self.port, self.process)
+
+    def command(self):
+        if self.name == "rookery":
+            return [str(TARGET / "release" / "rookery"), "serve",
+                    "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.dir / "data"),
+                    "--metrics-listen", "off", "--log-level", "warn"]
+        if self.name == "mosquitto":
+            conf = self.dir / "mosquitto.conf"
+            conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
+            return [mosquitto_binary(), "-c", str(conf)]
+        if self.name == "rumqttd":
+            conf = self.dir / "rumqttd.toml"
+            conf.write_text(RUMQTTD_CONFIG.replace("PORT", str(self.port)))
+            return [rumqttd_binary(), "--config", str(conf)]
+        raise ValueError(self.name)
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# rumqttd's shipped example (rumqttd.toml) with room for 20,000 connections.
+RUMQTTD_CONFIG = """id = 0
+
+[router]
+id = 0
+max_connections = 30010
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:PORT"
+next_connection_delay_ms = 0
+    [v4.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 20480
+    max_inflight_count = 100
+    dynamic_filters = true
+"""
+
+
+def mosquitto_binary():
+    return shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def rumqttd_binary():
+    return shutil.which("rumqttd") or str(Path.home() / ".cargo" / "bin" / "rumqttd")
+
+
+def available(name):
+    if name == "rookery":
+        return (TARGET / "release" / "rookery").exists()
+    if name == "mosquitto":
+        return Path(mosquitto_binary()).exists()
+    return Path(rumqttd_binary()).exists()
+
+
+def version(name):
+    try:
+        if name == "rookery":
+            sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                 capture_output=True, text=True).stdout.strip()
+            out = subprocess.run([str(TARGET / "release" / "rookery"), "--version"],
+                                 capture_output=True, text=True).stdout.strip()
+            return f"{out} ({sha})"
+        if name == "mosquitto":
+            out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "mosquitto"],
+                                 capture_output=True, text=True).stdout.strip()
+            return f"mosquitto {out} (Debian package)"
+        out = subprocess.run([rumqttd_binary(), "--version"], capture_output=True,
+                             text=True).stdout.strip()
+        return out or "rumqttd"
+    except OSError:
+        return name
+
+
+def run_scenario(broker, args, duration, workdir):
+    """One rookery-bench run against a fresh broker; returns its JSON report."""
+    report = Path(workdir) / f"{broker.name}-{os.getpid()}-{time.monotonic_ns()}.json"
+    command = [str(TARGET / "release" / "rookery-bench")] + args + [
+        "-p", str(broker.port), "--mqtt", "3.1.1", "-d", str(duration),
+        "--broker-pid", str(broker.process.pid), "--json", str(report)]
+    started = time.monotonic()
+    finished = subprocess.run(command, capture_output=True, text=True,
+                              timeout=duration + 180, preexec_fn=raise_open_files)
+    if not report.exists():
+        raise RuntimeError(f"no report (exit {finished.returncode}): {finished.stderr[-2000:]}")
+    result = json.loads(report.read_text())
+    result["exit_status"] = finished.returncode
+    result["wall_s"] = time.monotonic() - started
+    report.unlink()
+    return result
+
+
+def figure(kind, result):
+    if result is None:
+        return None
+    if kind == "rate":
+        return result["throughput"]["received_per_s"]
+    if kind == "p99":
+        latency = result.get("latency_ms")
+        return latency["p99"] if latency else None
+    broker = result["cpu"].get("broker") or {}
+    return broker.get("rss_bytes_per_connection")
+
+
+def show(kind, value):
+    if value is None:
+        return "—"
+    if kind == "rate":
+        return f"{value / 1000:,.1f}k/s" if value >= 1000 else f"{value:,.0f}/s"
+    if kind == "p99":
+        return f"{value:.2f} ms"
+    return f"{value / 1024:.1f} KiB"
+
+
+def ratio(kind, ours, theirs):
+    """Rookery relative to a peer, > 1 meaning Rookery is better."""
+    if ours in (None, 0) or theirs in (None, 0):
+        return "—"
+    better = ours / theirs if kind == "rate" else theirs / ours
+    return f"{better:.2f}×"
+
+
+def loss(result):
+    messages = result["messages"]
+    lost = messages.get("lost")
+    expected = messages.get("expected")
+    if lost is None or not expected:
+        return "—"
+    return f"{100 * lost / expected:.2f}%"
+
+
+def detail_row(name, kind, result):
+    if result is None:
+        return f"| {name} | not run | | | | | |"
+    latency = result.get("latency_ms") or {}
+    cpu = result["cpu"]
+    broker = cpu.get("broker") or {}
+    p50 = f"{latency['p50']:.2f}" if latency else "—"
+    p99 = f"{latency['p99']:.2f}" if latency else "—"
+    if kind == "rss":
+        conns = result["connections"]
+        first = f"{conns['connected']:,} connected at {conns['rate_per_s']:,.0f}/s"
+    else:
+        first = f"{result['throughput']['received_per_s']:,.0f} msg/s, loss {loss(result)}"
+    rss = broker.get("peak_rss_kib")
+    return (f"| {name} | {first} | {p50} / {p99} | {broker.get('percent', 0):.0f}% | "
+            f"{cpu['generator_percent']:.0f}% | "
+            f"{(rss or 0) / 1024:.0f} MiB | {'ok' if result['verdict']['ok'] else 'FAILED: ' + '; '.join(result['verdict']['reasons'])} |")
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, Linux {platform.release()}"
+
+
+def markdown(brokers, results, options, started):
+    lines = [BEGIN, ""]
+    lines.append(f"Measured {started:%Y-%m-%d} on {machine()}, with "
+                 f"`python3 benches/scenarios.py --duration {options.duration}"
+                 f"{' --only ' + options.only if options.only else ''}` "
+                 f"({options.rounds} round(s); the best of each broker is shown). "
+                 "All brokers and the generator share the machine; MQTT 3.1.1 over TCP.")
+    lines.append("")
+    for name in brokers:
+        lines.append(f"- {version(name)}")
+    lines.append("")
+    peers = [p for p in brokers if p != "rookery"]
+    header = "| Scenario | " + " | ".join(brokers) + " | " + " | ".join(
+        f"Rookery vs {p}" for p in peers) + " |"
+    lines.append(header)
+    lines.append("|" + " --- |" * (1 + len(brokers) + len(peers)))
+    for key, title, _, kind in SCENARIOS:
+        if key not in results:
+            continue
+        best = {name: best_of(kind, results[key].get(name, [])) for name in brokers}
+        cells = [show(kind, figure(kind, best[name])) for name in brokers]
+        ours = figure(kind, best.get("rookery"))
+        ratios = [ratio(kind, ours, figure(kind, best[p])) for p in peers]
+        lines.append(f"| {title} | " + " | ".join(cells + ratios) + " |")
+    lines.append("")
+    lines.append("Throughput is messages received per second (every subscriber's "
+                 "deliveries) with unbounded publishers; latency is p99 end to end; "
+                 "memory is the broker's resident memory per idle connection. A ratio "
+                 "above 1× means Rookery is better (faster, or lower latency or memory).")
+    lines.append("")
+    lines.append("Each run in detail:")
+    lines.append("")
+    lines.append("| Broker | Throughput | Latency p50 / p99 (ms) | Broker CPU | Generator CPU | Broker peak RSS | Verdict |")
+    lines.append("| --- | --- | --- | --- | --- | --- | --- |")
+    for key, title, args, kind in SCENARIOS:
+        if key not in results:
+            continue
+        lines.append(f"| **{title}** — `rookery-bench {' '.join(quote(a) for a in args)}` | | | | | | |")
+        for name in brokers:
+            best = best_of(kind, results[key].get(name, []))
+            lines.append(detail_row(name, kind, best))
+    lines.append("")
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def quote(arg):
+    return f"'{arg}'" if any(c in arg for c in "$#%* ") else arg
+
+
+def best_of(kind, runs):
+    runs = [r for r in runs if figure(kind, r) is not None]
+    if not runs:
+        return None
+    if kind == "rate":
+        return max(runs, key=lambda r: figure(kind, r))
+    return min(runs, key=lambda r: figure(kind, r))
+
+
+def write_doc(text):
+    doc = DOC.read_text()
+    if BEGIN in doc and END in doc:
+        head, rest = doc.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        doc = head + text + tail
+    else:
+        doc = doc.rstrip() + "\n\n## Side by side\n\n" + text + "\n"
+    DOC.write_text(doc)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per run")
+    parser.add_argument("--rounds", type=int, default=1, help="runs per scenario and broker")
+    parser.add_argument("--only", default="", help="comma-separated scenario keys")
+    parser.add_argument("--brokers", default="rookery,mosquitto,rumqttd")
+    parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
+    parser.add_argument("--json", help="also write every report to this file")
+    options = parser.parse_args()
+
+    for tool in ("rookery", "rookery-bench"):
+        if not (TARGET / "release" / tool).exists():
+            sys.exit(f"{TARGET / 'release' / tool} is missing: "
+                     "cargo build --release --workspace --all-targets")
+    brokers = [b for b in options.brokers.split(",") if b]
+    missing = [b for b in brokers if not available(b)]
+    for name in missing:
+        print(f"skipping {name}: not installed", file=sys.stderr)
+    brokers = [b for b in brokers if b not in missing]
+    wanted = set(filter(None, options.only.split(",")))
+    scenarios = [s for s in SCENARIOS if not wanted or s[0] in wanted]
+
+    started = datetime.datetime.now()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="rookery-scenarios-") as workdir:
+        for round_index in range(options.rounds):
+            for index, (key, title, args, kind) in enumerate(scenarios):
+                # Alternate which broker goes first, so that none always runs
+                # on a machine warmed (or tired) by the others.
+                shift = (index + round_index) % len(brokers)
+                order = brokers[shift:] + brokers[:shift]
+                for name in order:
+                    print(f"[{datetime.datetime.now():%H:%M:%S}] {key} on {name}", file=sys.stderr)
+                    broker = Broker(name, workdir)
+                    try:
+                        result = run_scenario(broker, args, options.duration, workdir)
+                    except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as error:
+                        print(f"  failed: {error}", file=sys.stderr)
+                        result = None
+                    finally:
+                        broker.stop()
+                    if result is not None:
+                        results.setdefault(key, {}).setdefault(name, []).append(result)
+                        print(f"  {show(kind, figure(kind, result))}, verdict "
+                              f"{'ok' if result['verdict']['ok'] else result['verdict']['reasons']}",
+                              file=sys.stderr)
+                    time.sleep(1)
+    if options.json:
+        Path(options.json).write_text(json.dumps(results, indent=1))
+    text = markdown(brokers, results, options, started)
+    print(text)
+    if not options.no_doc:
+        write_doc(text)
+
+
+if __name__ == "__main__":
+    main()
