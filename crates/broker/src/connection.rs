@@ -1197,8 +1197,8 @@ impl Session {
     fn complete(&mut self, conn: &mut Connection, done: Completed) {
         if done.result.is_ok() {
             conn.hub.deliver_local(done.local, &mut self.paused_on);
-            conn.hub
-                .note_store_queues(done.durable, &done.queue_lengths, &mut self.paused_on);
+            done.durable
+                .committed(&done.queue_lengths, &mut self.paused_on);
         } else if done.qos == QoS::ExactlyOnce
             && let Some(id) = done.packet_id
         {
@@ -1469,6 +1469,8 @@ impl Session {
     /// Records how the connection ended: in the store (will, expiry) and in
     /// the hub's registry.
     async fn finish(&mut self, hub: &Arc<Hub>, end: End) {
+        // Acknowledged by the client: not to be sent again.
+        self.submit_acks(hub);
         let (publish_will, expiry_s) = match end {
             End::TakenOver | End::Shutdown => {
                 let persistent = self.persistent;

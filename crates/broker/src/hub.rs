@@ -205,6 +205,11 @@ impl MailboxShared {
             && self.backlog() >= mark
     }
 
+    fn end_enqueue(&self) {
+        self.enqueuing.fetch_sub(1, Ordering::SeqCst);
+        self.wake_if_room();
+    }
+
     /// Wakes paused publishers once the backlog is below the resume mark.
     fn wake_if_room(&self) {
         if self.pause_at == 0 || self.backlog() >= self.resume_at() {
@@ -564,26 +569,6 @@ impl Hub {
         }
     }
 
-    /// Takes the store queue lengths a commit reported for persistent
-    /// sessions online here; those nearly full are added to `full`.
-    pub fn note_store_queues(
-        &self,
-        pending: PendingEnqueue,
-        lengths: &[u32],
-        full: &mut Vec<Mailbox>,
-    ) {
-        for (mailbox, length) in pending.mailboxes.iter().zip(lengths) {
-            if let Some(mailbox) = mailbox {
-                mailbox.note_stored(*length as usize);
-            }
-        }
-        let mailboxes = pending.mailboxes.clone();
-        drop(pending);
-        for mailbox in mailboxes.iter().flatten() {
-            add_if_full(full, mailbox);
-        }
-    }
-
     /// The backlog at which publishers to a session pause: a quarter of the
     /// queue below its limit, so that the publishers already mid-packet fit
     /// in the rest; 0 (never) when backpressure is off.
@@ -684,11 +669,27 @@ impl PendingEnqueue {
     }
 }
 
+impl PendingEnqueue {
+    /// The write committed, leaving the sessions' store queues `lengths`
+    /// long (in order); those nearly full are added to `full`.
+    pub fn committed(mut self, lengths: &[u32], full: &mut Vec<Mailbox>) {
+        for (mailbox, length) in self.mailboxes.iter().zip(lengths) {
+            if let Some(mailbox) = mailbox {
+                mailbox.note_stored(*length as usize);
+            }
+        }
+        let mailboxes = std::mem::take(&mut self.mailboxes);
+        for mailbox in mailboxes.iter().flatten() {
+            mailbox.shared.end_enqueue();
+            add_if_full(full, mailbox);
+        }
+    }
+}
+
 impl Drop for PendingEnqueue {
     fn drop(&mut self) {
         for mailbox in self.mailboxes.iter().flatten() {
-            mailbox.shared.enqueuing.fetch_sub(1, Ordering::SeqCst);
-            mailbox.shared.wake_if_room();
+            mailbox.shared.end_enqueue();
         }
     }
 }
@@ -807,5 +808,91 @@ mod tests {
         ids.sort_unstable();
         assert_eq!(ids, vec![1, 2]);
         assert_eq!(targets[1].1.qos, QoS::AtLeastOnce);
+    }
+
+    fn delivery() -> Delivery {
+        Delivery {
+            message: Arc::new(Message {
+                topic: "t".into(),
+                payload: bytes::Bytes::from_static(b"m"),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: Default::default(),
+                expires_at_ms: 0,
+                origin: Arc::from("p"),
+            }),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+        }
+    }
+
+    /// Whether `room` resolves at once.
+    fn has_room(mailbox: &Mailbox) -> bool {
+        futures::FutureExt::now_or_never(mailbox.room()).is_some()
+    }
+
+    /// A publisher pauses at the mark and resumes at half of it, whether the
+    /// backlog waits in the mailbox or in the connection's own queue.
+    #[test]
+    fn publishers_pause_at_the_mark_and_resume_at_half_of_it() {
+        let (mailbox, mut receiver) = Mailbox::new(1, 4, 0);
+        for _ in 0..3 {
+            assert!(mailbox.deliver(delivery(), 100));
+        }
+        assert!(!mailbox.is_full());
+        assert!(mailbox.deliver(delivery(), 100));
+        assert!(mailbox.is_full());
+        assert!(!has_room(&mailbox));
+
+        // The connection takes all four into its queue: still full.
+        while receiver.try_recv().is_some() {}
+        receiver.report_taken(4, Some(0));
+        assert!(mailbox.is_full());
+        // Three left: below the mark, not yet down to half of it.
+        receiver.report_taken(3, Some(0));
+        assert!(!mailbox.is_full());
+        assert!(!has_room(&mailbox));
+        receiver.report_taken(1, Some(0));
+        assert!(has_room(&mailbox));
+    }
+
+    /// A session that did not drain is stalled: nobody pauses for it until
+    /// it drains; a closed one never holds anyone.
+    #[test]
+    fn stalled_and_closed_sessions_hold_no_publisher() {
+        let (mailbox, receiver) = Mailbox::new(1, 2, 0);
+        receiver.report_taken(5, Some(0));
+        assert!(mailbox.is_full());
+        mailbox.stall();
+        assert!(!mailbox.is_full());
+        assert!(has_room(&mailbox));
+        receiver.report_taken(0, Some(0));
+        receiver.report_taken(5, Some(0));
+        assert!(mailbox.is_full(), "draining ends the stall");
+        drop(receiver);
+        assert!(!mailbox.is_full());
+        assert!(has_room(&mailbox));
+    }
+
+    /// A persistent session's backlog is its store queue beyond the
+    /// in-flight window, plus the writes still queuing for it.
+    #[test]
+    fn store_queue_and_writes_in_flight_count_in_the_backlog() {
+        let (mailbox, receiver) = Mailbox::new(1, 4, 32);
+        let mut full = Vec::new();
+        mailbox.note_stored(34);
+        assert!(!mailbox.is_full());
+        let first = PendingEnqueue::new(vec![Some(mailbox.clone())], &mut full);
+        assert!(full.is_empty());
+        let second = PendingEnqueue::new(vec![Some(mailbox.clone()), None], &mut full);
+        assert_eq!(full.len(), 1, "34 - 32 stored + 2 in flight reach the mark");
+        drop(first);
+        assert!(!mailbox.is_full(), "a failed write no longer counts");
+        full.clear();
+        second.committed(&[36, 0], &mut full);
+        assert_eq!(full.len(), 1, "the store queue is now 36 long");
+        receiver.report_taken(0, Some(32));
+        assert!(has_room(&mailbox));
     }
 }
