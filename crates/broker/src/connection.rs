@@ -22,7 +22,7 @@ use rookery_store::proto::{self, command::Kind, command_result::Kind as ResultKi
 use rookery_store::writer::now_ms;
 use rookery_topic::{SharedFilter, validate_topic_filter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 
 use crate::hub::{
     ClientId, Hub, Mailbox, MailboxReceiver, PendingEnqueue, SessionEntry, SubEntry, ToConnection,
@@ -517,6 +517,8 @@ enum Input {
     Mail(Option<ToConnection>),
     Completed(Completed),
     KeepAliveExpired,
+    /// The timer fired for nothing that is due now.
+    Timer,
     /// The sessions this publisher was paused for drained, or the pause ran
     /// out (`drained` false).
     Resumed {
@@ -540,6 +542,8 @@ impl Session {
         let far = Duration::from_secs(86_400 * 365);
         let mut deadline = Instant::now() + keep_alive.unwrap_or(far);
         let mut last_read = 0;
+        let timer = tokio::time::sleep_until(deadline);
+        tokio::pin!(timer);
         loop {
             conn.prepare_read(last_read);
             let paused = !self.paused_on.is_empty();
@@ -554,11 +558,20 @@ impl Session {
                 Some(resume_at) if paused => resume_at,
                 _ => deadline,
             };
+            // Moved only when something is due earlier, or after it fired:
+            // moving it on every read would take the timer driver's lock per
+            // packet.
+            if timer.is_elapsed() || due < timer.deadline() {
+                timer.as_mut().reset(due);
+            }
             let input = tokio::select! {
                 read = conn.stream.read_buf(&mut conn.read_buf), if !paused => Input::Read(read),
                 mail = self.mailbox.recv() => Input::Mail(mail),
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => Input::Completed(done),
-                () = sleep_until(due) => if paused {
+                () = &mut timer => if Instant::now() < due {
+                    // Set for something earlier that is no longer due.
+                    Input::Timer
+                } else if paused {
                     Input::Resumed { drained: false }
                 } else {
                     Input::KeepAliveExpired
@@ -582,6 +595,7 @@ impl Session {
                     self.complete(conn, done);
                     Ok(())
                 }
+                Input::Timer => Ok(()),
                 Input::KeepAliveExpired => {
                     metrics::counter!("rookery_keep_alive_timeouts_total").increment(1);
                     conn.disconnect(ReasonCode::KeepAliveTimeout);
