@@ -160,17 +160,12 @@ pub(crate) async fn publish_internal(hub: &Hub, message: Arc<Message>, store_ret
     if message.retain {
         hub.retain(&message);
     }
-    let mut commands = Vec::new();
-    if message.retain && store_retained {
-        commands.push(proto::Command {
-            kind: Some(Kind::SetRetained(proto::SetRetained {
-                message: Some(message.to_proto()),
-            })),
-        });
-    }
-    if !routes.durable.is_empty() {
-        commands.push(hub.enqueue_command(Some(message.to_proto()), routes.durable, None));
-    }
+    let commands = hub.store_commands(
+        &message,
+        message.retain && store_retained,
+        routes.durable,
+        None,
+    );
     if !commands.is_empty() {
         match hub.store.write(commands).await {
             Ok(results) => hub.count_store_drops(&results),

@@ -1139,19 +1139,7 @@ impl Session {
             self.answer_publish(conn, packet_id, publish.qos, Ok(()));
             return Ok(());
         }
-        let mut commands = Vec::new();
-        if retain {
-            commands.push(command(Kind::SetRetained(proto::SetRetained {
-                message: Some(message.to_proto()),
-            })));
-        }
-        if !routes.durable.is_empty() || incoming.is_some() {
-            commands.push(hub.enqueue_command(
-                (!routes.durable.is_empty()).then(|| message.to_proto()),
-                routes.durable,
-                incoming,
-            ));
-        }
+        let commands = hub.store_commands(&message, retain, routes.durable, incoming);
         let store = hub.store.clone();
         let qos = publish.qos;
         if qos == QoS::AtMostOnce {

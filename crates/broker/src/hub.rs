@@ -604,6 +604,32 @@ impl Hub {
         found
     }
 
+    /// The store commands a publish needs: its retained copy, and its copies
+    /// queued for persistent sessions (with the publisher's QoS 2 packet
+    /// identifier, recorded even when nobody is to receive it).
+    pub fn store_commands(
+        &self,
+        message: &Message,
+        retain: bool,
+        durable: Vec<proto::EnqueueTarget>,
+        incoming: Option<proto::IncomingQos2>,
+    ) -> Vec<proto::Command> {
+        let stored = (retain || !durable.is_empty()).then(|| message.to_proto());
+        let mut commands = Vec::new();
+        if retain {
+            commands.push(proto::Command {
+                kind: Some(proto::command::Kind::SetRetained(proto::SetRetained {
+                    message: stored.clone(),
+                })),
+            });
+        }
+        if !durable.is_empty() || incoming.is_some() {
+            let queued = if durable.is_empty() { None } else { stored };
+            commands.push(self.enqueue_command(queued, durable, incoming));
+        }
+        commands
+    }
+
     /// The store command that queues a message for persistent sessions, with
     /// this broker's queue limit and overflow policy.
     pub fn enqueue_command(
