@@ -63,8 +63,11 @@ async fn slow_subscriber_loses_nothing(persistent: bool) {
     if skip_unless_rookery("publisher backpressure") {
         return;
     }
+    // A pause longer than the test may take: only the subscriber's draining
+    // can let the publisher go on, not the pause running out.
     let broker = Broker::start_with(Settings {
         max_queued_messages: Some(QUEUED),
+        publisher_pause_ms: Some(60_000),
         ..Settings::default()
     });
     let topic = unique("backpressure/slow");
@@ -135,4 +138,49 @@ async fn rookery_stops_pausing_for_a_subscriber_that_does_not_drain() {
     // What the stuck subscriber was given is still delivered, in order.
     let first = stuck.receive().await;
     assert_eq!(&first.payload[..], &1u16.to_be_bytes());
+}
+
+/// A client that subscribes to its own messages and outpaces itself is not
+/// paused for its own session: only its acknowledgements, queued behind its
+/// publishes, could drain it, so it would wait out the whole pause. Its
+/// overflow is dropped by the queue policy instead (counted), and what it
+/// gets comes in order.
+#[tokio::test]
+async fn rookery_never_pauses_a_client_for_its_own_session() {
+    if skip_unless_rookery("publisher backpressure") {
+        return;
+    }
+    let broker = Broker::start_with(Settings {
+        max_queued_messages: Some(QUEUED),
+        publisher_pause_ms: Some(60_000),
+        ..Settings::default()
+    });
+    let topic = unique("backpressure/self");
+    let mut client = RawClient::v5(broker.addr(), &unique("echo")).await;
+    client.subscribe_ok(1, &topic, QoS::AtLeastOnce).await;
+    publish_all(&mut client, &topic).await;
+
+    let (mut delivered, mut acked) = (Vec::new(), 0);
+    loop {
+        // Everything is acknowledged well within the 60 s pause.
+        let wait = if acked < MESSAGES { TIMEOUT } else { QUIET };
+        match client.read_within(wait).await {
+            Read::Packet(Packet::Publish(message)) => {
+                client.ack(&message).await;
+                delivered.push(u16::from_be_bytes([message.payload[0], message.payload[1]]));
+            }
+            Read::Packet(Packet::PubAck(_)) => acked += 1,
+            Read::Nothing if acked == MESSAGES => break,
+            other => panic!(
+                "after {} deliveries and {acked} PUBACKs: {other:?}",
+                delivered.len()
+            ),
+        }
+    }
+    assert!(
+        delivered.windows(2).all(|w| w[0] < w[1]),
+        "out of order: {delivered:?}"
+    );
+    let dropped = broker.metric(DROPPED_QUEUE_FULL).await;
+    assert_eq!(dropped as usize, usize::from(MESSAGES) - delivered.len());
 }

@@ -380,6 +380,7 @@ impl Connection {
             discarded: Vec::new(),
             paused_on: Vec::new(),
             paused_until: None,
+            own_mailbox: mailbox,
             acks: Vec::new(),
             receipts: Vec::new(),
             releases: Vec::new(),
@@ -502,6 +503,8 @@ struct Session {
     /// is read from it until they drain or `paused_until` passes.
     paused_on: Vec<Mailbox>,
     paused_until: Option<Instant>,
+    /// This connection's own way in, to end it from a detached store write.
+    own_mailbox: Mailbox,
     /// Store acknowledgements (PUBACK, PUBCOMP) of the packets read so far,
     /// queued to the store together after the read; nothing waits on them.
     acks: Vec<proto::Command>,
@@ -546,10 +549,10 @@ impl Session {
         tokio::pin!(timer);
         loop {
             conn.prepare_read(last_read);
-            let paused = !self.paused_on.is_empty();
+            let paused = self.is_paused();
             if paused && self.paused_until.is_none() {
                 let pause = Duration::from_millis(conn.hub.config.limits.publisher_pause_ms);
-                self.paused_until = Some(Instant::now() + pause);
+                self.paused_until = Some(Instant::now().checked_add(pause).unwrap_or(deadline));
                 metrics::counter!("rookery_publisher_pauses_total").increment(1);
             }
             // One timer: a paused client is not read, so its silence says
@@ -758,6 +761,26 @@ impl Session {
         Ok(())
     }
 
+    /// Whether this client is not to be read: its publishes filled other
+    /// sessions. Never for its own session, which only its own
+    /// acknowledgements (behind the publishes) can drain.
+    fn is_paused(&mut self) -> bool {
+        let own = self.connection_id;
+        self.paused_on
+            .retain(|mailbox| mailbox.connection_id != own);
+        !self.paused_on.is_empty()
+    }
+
+    /// The session ends: what the client acknowledged is recorded, PUBRECs
+    /// included (their PUBRELs are not sent; the store resends them).
+    fn submit_last_records(&mut self, hub: &Hub) {
+        self.submit_acks(hub);
+        if !self.receipts.is_empty() {
+            let receipts = std::mem::take(&mut self.receipts);
+            self.submit_detached(hub, receipts);
+        }
+    }
+
     /// Queues the acknowledgements gathered so far to the store.
     fn submit_acks(&mut self, hub: &Hub) {
         if !self.acks.is_empty() {
@@ -766,16 +789,30 @@ impl Session {
         }
     }
 
-    /// Queues a write that nothing waits for. Its place in the store's order
-    /// is taken now; a failure leaves the entry to be sent again (a fenced
-    /// session is being closed by its new owner anyway).
+    /// Queues a write that nothing waits for; its place in the store's order
+    /// is taken now. If it fails, the session ends (as when an awaited write
+    /// fails): carrying on would reuse packet identifiers the store still
+    /// holds.
     fn submit_detached(&self, hub: &Hub, commands: Vec<proto::Command>) {
         let write = hub.store.submit(commands);
         let client_id = self.client_id.clone();
+        let own = self.own_mailbox.clone();
         tokio::spawn(async move {
-            if let Err(error) = write.await {
-                tracing::debug!(%error, %client_id, "a session write failed");
-            }
+            let reason = match write.await {
+                Ok(results)
+                    if !results
+                        .iter()
+                        .any(|r| matches!(r.kind, Some(ResultKind::Fenced(_)))) =>
+                {
+                    return;
+                }
+                Ok(_) => ReasonCode::SessionTakenOver,
+                Err(error) => {
+                    tracing::warn!(%error, %client_id, "session write failed");
+                    ReasonCode::ImplementationSpecificError
+                }
+            };
+            own.close(reason);
         });
     }
 
@@ -858,7 +895,7 @@ impl Session {
         let handled = self.decode_and_handle(conn).await;
         if handled.is_err() {
             // Acknowledged by the client before it went: not sent again.
-            self.submit_acks(&conn.hub.clone());
+            self.submit_last_records(&conn.hub.clone());
             return handled;
         }
         self.settle_acks(conn).await
@@ -900,7 +937,7 @@ impl Session {
                 }
             };
             self.handle_packet(conn, packet).await?;
-            if !self.paused_on.is_empty() {
+            if self.is_paused() {
                 // Backpressure: the rest stays in the buffer.
                 break;
             }
@@ -1472,7 +1509,7 @@ impl Session {
     /// the hub's registry.
     async fn finish(&mut self, hub: &Arc<Hub>, end: End) {
         // Acknowledged by the client: not to be sent again.
-        self.submit_acks(hub);
+        self.submit_last_records(hub);
         let (publish_will, expiry_s) = match end {
             End::TakenOver | End::Shutdown => {
                 let persistent = self.persistent;

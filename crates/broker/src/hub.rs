@@ -188,6 +188,9 @@ impl Mailbox {
     /// backlog falls below the threshold, publishers no longer pause for it.
     pub fn stall(&self) {
         self.shared.stalled.store(true, Ordering::Relaxed);
+        // Other publishers paused for it stop waiting too.
+        self.shared.awaited.store(false, Ordering::SeqCst);
+        self.shared.room.notify_waiters();
     }
 }
 
