@@ -924,4 +924,54 @@ mod tests {
         receiver.report_taken(0, Some(32));
         assert!(has_room(&mailbox));
     }
+
+    /// A publisher parked in `room` is woken by the connection's report, by
+    /// a store write finishing, by a stall and by the connection ending.
+    #[tokio::test]
+    async fn parked_publishers_are_woken() {
+        let wait = std::time::Duration::from_secs(5);
+        let (mailbox, receiver) = Mailbox::new(1, 4, 0);
+        receiver.report_taken(4, Some(0));
+        let parked = tokio::spawn({
+            let mailbox = mailbox.clone();
+            async move { mailbox.room().await }
+        });
+        tokio::task::yield_now().await;
+        receiver.report_taken(1, Some(0));
+        tokio::time::timeout(wait, parked).await.unwrap().unwrap();
+
+        let mut full = Vec::new();
+        let pending: Vec<_> = (0..4)
+            .map(|_| PendingEnqueue::new(vec![Some(mailbox.clone())], &mut full))
+            .collect();
+        receiver.report_taken(0, Some(0));
+        assert!(mailbox.is_full());
+        let parked = tokio::spawn({
+            let mailbox = mailbox.clone();
+            async move { mailbox.room().await }
+        });
+        tokio::task::yield_now().await;
+        drop(pending);
+        tokio::time::timeout(wait, parked).await.unwrap().unwrap();
+
+        receiver.report_taken(9, Some(0));
+        let parked = tokio::spawn({
+            let mailbox = mailbox.clone();
+            async move { mailbox.room().await }
+        });
+        tokio::task::yield_now().await;
+        mailbox.stall();
+        tokio::time::timeout(wait, parked).await.unwrap().unwrap();
+
+        receiver.report_taken(0, Some(0));
+        receiver.report_taken(9, Some(0));
+        assert!(mailbox.is_full(), "draining ended the stall");
+        let parked = tokio::spawn({
+            let mailbox = mailbox.clone();
+            async move { mailbox.room().await }
+        });
+        tokio::task::yield_now().await;
+        drop(receiver);
+        tokio::time::timeout(wait, parked).await.unwrap().unwrap();
+    }
 }

@@ -481,4 +481,55 @@ mod tests {
         assert_eq!(other.topic, "u");
         assert_eq!(other.properties.topic_alias, None);
     }
+
+    fn queued(seq: u64) -> proto::QueuedMessage {
+        proto::QueuedMessage {
+            seq,
+            qos: 1,
+            stage: DeliveryStage::Queued as i32,
+            message: Some(delivery(QoS::AtLeastOnce).message.to_proto()),
+            ..proto::QueuedMessage::default()
+        }
+    }
+
+    /// The store queue is read from where the last read ended, in pieces,
+    /// only when fewer than a window's worth wait here; its length is known
+    /// only once it has been read to its end.
+    #[test]
+    fn the_store_queue_is_read_incrementally_and_counted_when_known() {
+        let mut outgoing = Outgoing::new(2, 100, QueueOverflow::DropNewest, 0, u32::MAX);
+        assert_eq!(outgoing.store_read_from(), None, "nothing queued yet");
+        assert_eq!(outgoing.stored_backlog(), Some(0));
+
+        outgoing.store_has_news();
+        assert_eq!(outgoing.store_read_from(), Some(None), "from the start");
+        assert_eq!(outgoing.stored_backlog(), None, "unread entries: unknown");
+        // A read that filled its piece: more may follow.
+        outgoing.merge_stored(vec![queued(1), queued(2), queued(3)], false);
+        assert_eq!(outgoing.store_read_from(), None, "a window's worth waits");
+        let batch = outgoing.next_stored(0);
+        assert_eq!(batch.fresh.len(), 2, "the window");
+        assert_eq!(outgoing.store_read_from(), Some(Some(3)), "after seq 3");
+        // Entries already seen are not taken twice.
+        outgoing.merge_stored(vec![queued(3), queued(4)], true);
+        assert_eq!(outgoing.store_read_from(), None);
+        assert_eq!(
+            outgoing.stored_backlog(),
+            Some(2 + 2),
+            "2 waiting, 2 in flight"
+        );
+        let packet_id = batch.fresh[0].packet_id.unwrap();
+        assert_eq!(
+            outgoing.acknowledged(packet_id, QoS::AtLeastOnce),
+            Some(true)
+        );
+        assert_eq!(outgoing.stored_backlog(), Some(3));
+        let seqs: Vec<u64> = outgoing
+            .next_stored(0)
+            .fresh
+            .iter()
+            .map(|s| s.seq)
+            .collect();
+        assert_eq!(seqs, vec![3], "in order, once");
+    }
 }
