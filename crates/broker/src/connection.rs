@@ -633,8 +633,14 @@ impl Session {
                 Ok(()) => self.drain_mailbox(conn).await,
                 Err(end) => Err(end),
             };
+            // Only a persistent session has a store queue to count.
+            let stored = if self.persistent {
+                self.outgoing.stored_backlog()
+            } else {
+                None
+            };
             self.mailbox
-                .report_taken(self.outgoing.memory_len(), self.outgoing.stored_backlog());
+                .report_taken(self.outgoing.memory_len(), stored);
             // Boxed: kept inline, the write and its timer would enlarge
             // every idle connection's task.
             let flushed = Box::pin(conn.flush()).await;

@@ -51,14 +51,7 @@ impl Store {
         &self,
         commands: Vec<Command>,
     ) -> Result<Vec<CommandResult>, StoreUnavailable> {
-        metrics::counter!("rookery_store_writes_total").increment(1);
-        match self.node.write(commands).await {
-            Ok(outcome) => Ok(outcome.results),
-            Err(error) => {
-                metrics::counter!("rookery_store_write_failures_total").increment(1);
-                Err(StoreUnavailable::Write(error.to_string()))
-            }
-        }
+        self.submit(commands).await
     }
 
     /// Queues the commands now, to commit after every write queued before
