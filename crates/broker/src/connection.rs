@@ -73,10 +73,9 @@ struct Completed {
     packet_id: Option<PacketId>,
     qos: QoS,
     local: Vec<(Mailbox, Delivery)>,
-    /// Persistent targets online here, and their store queue lengths after
-    /// the commit.
-    durable: PendingEnqueue,
-    queue_lengths: Vec<u32>,
+    /// Persistent targets online here: counted in their backlog until this
+    /// completion is handled and dropped.
+    _enqueuing: PendingEnqueue,
     result: Result<(), ReasonCode>,
 }
 
@@ -1200,15 +1199,9 @@ impl Session {
         let durable = PendingEnqueue::new(routes.durable_mailboxes, &mut self.paused_on);
         let hub = hub.clone();
         self.pending.push_back(Box::pin(async move {
-            let mut queue_lengths = Vec::new();
             let result = match store.write(commands).await {
                 Ok(results) => {
                     hub.count_store_drops(&results);
-                    for result in &results {
-                        if let Some(ResultKind::Enqueued(enqueued)) = &result.kind {
-                            queue_lengths.clone_from(&enqueued.queue_lengths);
-                        }
-                    }
                     let refused = results.iter().any(|result| {
                         matches!(
                             result.kind,
@@ -1229,8 +1222,7 @@ impl Session {
                 packet_id,
                 qos,
                 local,
-                durable,
-                queue_lengths,
+                _enqueuing: durable,
                 result,
             }
         }));
@@ -1242,8 +1234,6 @@ impl Session {
     fn complete(&mut self, conn: &mut Connection, done: Completed) {
         if done.result.is_ok() {
             conn.hub.deliver_local(done.local, &mut self.paused_on);
-            done.durable
-                .committed(&done.queue_lengths, &mut self.paused_on);
         } else if done.qos == QoS::ExactlyOnce
             && let Some(id) = done.packet_id
         {

@@ -61,9 +61,10 @@ struct MailboxShared {
     /// Deliveries the connection has taken and not yet written (its own
     /// queue), as it last reported them.
     taken: AtomicUsize,
-    /// A persistent session's store queue length (in flight included):
-    /// raised by publishers from their commits' results, set by the
-    /// connection when it has read the queue to its end.
+    /// A persistent session's store queue length (in flight included), as
+    /// its connection last knew it (having read the queue to its end). Only
+    /// the connection sets it: a publisher's figure could arrive after a
+    /// newer report and hold others paused on a session already drained.
     stored: AtomicUsize,
     /// Store writes queuing messages for this session whose results are
     /// not known yet (see `PendingEnqueue`).
@@ -177,11 +178,6 @@ impl Mailbox {
             shared.taken.load(Ordering::SeqCst),
             shared.stored.load(Ordering::SeqCst),
         )
-    }
-
-    /// A commit left this session's store queue `length` long.
-    pub fn note_stored(&self, length: usize) {
-        self.shared.stored.fetch_max(length, Ordering::SeqCst);
     }
 
     /// A publisher waited for this session as long as it may: until the
@@ -698,23 +694,6 @@ impl PendingEnqueue {
     }
 }
 
-impl PendingEnqueue {
-    /// The write committed, leaving the sessions' store queues `lengths`
-    /// long (in order); those nearly full are added to `full`.
-    pub fn committed(mut self, lengths: &[u32], full: &mut Vec<Mailbox>) {
-        for (mailbox, length) in self.mailboxes.iter().zip(lengths) {
-            if let Some(mailbox) = mailbox {
-                mailbox.note_stored(*length as usize);
-            }
-        }
-        let mailboxes = std::mem::take(&mut self.mailboxes);
-        for mailbox in mailboxes.iter().flatten() {
-            mailbox.shared.end_enqueue();
-            add_if_full(full, mailbox);
-        }
-    }
-}
-
 impl Drop for PendingEnqueue {
     fn drop(&mut self) {
         for mailbox in self.mailboxes.iter().flatten() {
@@ -910,7 +889,7 @@ mod tests {
     fn store_queue_and_writes_in_flight_count_in_the_backlog() {
         let (mailbox, receiver) = Mailbox::new(1, 4, 32);
         let mut full = Vec::new();
-        mailbox.note_stored(34);
+        receiver.report_taken(0, Some(34));
         assert!(!mailbox.is_full());
         let first = PendingEnqueue::new(vec![Some(mailbox.clone())], &mut full);
         assert!(full.is_empty());
@@ -918,9 +897,10 @@ mod tests {
         assert_eq!(full.len(), 1, "34 - 32 stored + 2 in flight reach the mark");
         drop(first);
         assert!(!mailbox.is_full(), "a failed write no longer counts");
-        full.clear();
-        second.committed(&[36, 0], &mut full);
-        assert_eq!(full.len(), 1, "the store queue is now 36 long");
+        // Committed: the connection reads it and reports the longer queue.
+        drop(second);
+        receiver.report_taken(0, Some(36));
+        assert!(mailbox.is_full(), "the store queue is now 36 long");
         receiver.report_taken(0, Some(32));
         assert!(has_room(&mailbox));
     }

@@ -657,7 +657,6 @@ impl Machine<'_, '_> {
                     accepted: false,
                     queued: 0,
                     dropped: 0,
-                    queue_lengths: Vec::new(),
                 }));
             }
             self.txn.put(cf::INCOMING, key, Vec::new());
@@ -667,7 +666,6 @@ impl Machine<'_, '_> {
                 accepted: true,
                 queued: 0,
                 dropped: 0,
-                queue_lengths: Vec::new(),
             }));
         };
         if message.expires_at_ms != 0 && message.expires_at_ms <= self.now_ms {
@@ -675,23 +673,19 @@ impl Machine<'_, '_> {
                 accepted: true,
                 queued: 0,
                 dropped: 0,
-                queue_lengths: Vec::new(),
             }));
         }
         let message_id = self.id;
         let mut queued = 0u32;
         let mut dropped = 0u32;
         let mut notified = BTreeSet::new();
-        let mut queue_lengths = Vec::with_capacity(enqueue.targets.len());
         for target in &enqueue.targets {
             let Some(mut session) = self.session(&target.client_id)? else {
-                queue_lengths.push(0);
                 continue;
             };
             if enqueue.max_queued != 0 && session.queue_len >= enqueue.max_queued {
                 dropped += 1;
                 if !(enqueue.drop_oldest && self.drop_oldest_queued(&mut session)?) {
-                    queue_lengths.push(session.queue_len);
                     continue;
                 }
             }
@@ -712,7 +706,6 @@ impl Machine<'_, '_> {
             );
             session.next_seq += 1;
             session.queue_len += 1;
-            queue_lengths.push(session.queue_len);
             self.save_session(&session);
             queued += 1;
             if !session.edge_id.is_empty()
@@ -739,7 +732,6 @@ impl Machine<'_, '_> {
             accepted: true,
             queued,
             dropped,
-            queue_lengths,
         }))
     }
 
