@@ -31,6 +31,35 @@ pub enum BrokerError {
     Transport(#[from] TransportError),
     #[error(transparent)]
     Store(#[from] StoreUnavailable),
+    #[error("forwarding listener: {0}")]
+    Forward(String),
+}
+
+/// How this edge takes part in a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Where other edges forward publishes to this one; `None` for a node
+    /// alone (nothing is forwarded to it).
+    pub forward_listen: Option<SocketAddr>,
+    /// The address other edges use, when not the bound one.
+    pub forward_advertise: Option<String>,
+    /// How long a store write may take before it fails (a store without a
+    /// quorum must not hold a publisher forever).
+    pub write_timeout: Duration,
+    /// QoS 1/2 publishes are acknowledged only while the store's quorum was
+    /// heard from within this bound (or answers a check).
+    pub quorum_contact: Duration,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            forward_listen: None,
+            forward_advertise: None,
+            write_timeout: Duration::from_secs(5),
+            quorum_contact: Duration::from_secs(1),
+        }
+    }
 }
 
 /// A running edge. Dropping it without [`Broker::shutdown`] stops nothing
@@ -46,16 +75,47 @@ pub struct Broker {
 impl Broker {
     /// Loads the session state from the store, registers this edge and opens
     /// the listeners.
-    pub async fn start(config: BrokerConfig, store: Arc<StoreNode>) -> Result<Broker, BrokerError> {
+    pub async fn start(
+        config: BrokerConfig,
+        store: Arc<StoreNode>,
+        cluster: ClusterOptions,
+    ) -> Result<Broker, BrokerError> {
         // Each start is a new incarnation: the previous one's clients are
         // disconnected by the store when its lease lapses (wills fire,
         // expiry starts), as after a crash.
         let edge_id = format!("{}.{}", config.edge_id, now_ms());
         let config = Arc::new(config);
-        let store = Store::new(store);
-        store.write_one(register_edge(&edge_id)).await?;
-        let hub = Arc::new(Hub::new(config.clone(), edge_id.clone(), store.clone()));
+        let store = Store::new(store, cluster.write_timeout, cluster.quorum_contact);
+        let forward_listener = match cluster.forward_listen {
+            Some(address) => Some(
+                tokio::net::TcpListener::bind(address)
+                    .await
+                    .map_err(|error| BrokerError::Forward(format!("{address}: {error}")))?,
+            ),
+            None => None,
+        };
+        let forward_address = match &forward_listener {
+            Some(listener) => match &cluster.forward_advertise {
+                Some(address) => address.clone(),
+                None => listener
+                    .local_addr()
+                    .map_err(|error| BrokerError::Forward(error.to_string()))?
+                    .to_string(),
+            },
+            None => String::new(),
+        };
+        // Events first: nothing committed after the route table is read
+        // below is missed.
         let events = store.events(edge_id.clone());
+        store
+            .write_one(register_edge(&edge_id, &forward_address, None))
+            .await?;
+        let hub = Arc::new(Hub::new(
+            config.clone(),
+            edge_id.clone(),
+            forward_address.clone(),
+            store.clone(),
+        ));
         hub.load(now_ms())?;
 
         // Bind every listener before starting anything that holds the store,
@@ -67,6 +127,10 @@ impl Broker {
         }
 
         let mut background = Vec::new();
+        if let Some(listener) = forward_listener {
+            tracing::info!(listener = "forward", address = %forward_address, "listener ready");
+            background.push(tokio::spawn(serve_forwarding(hub.clone(), listener)));
+        }
         background.push(tokio::spawn(follow_store(hub.clone(), events)));
         background.push(tokio::spawn(renew_lease(hub.clone())));
         if config.sys_interval_s > 0 {
@@ -124,11 +188,38 @@ impl Broker {
     }
 }
 
-fn register_edge(edge_id: &str) -> proto::Command {
+/// Receives what other edges forward to this one's sessions.
+struct ForwardSink(Arc<Hub>);
+
+impl rookery_cluster::DeliverySink for ForwardSink {
+    fn deliver(
+        &self,
+        messages: Vec<proto::Message>,
+        deliveries: Vec<rookery_cluster::proto::Delivery>,
+    ) {
+        self.0.deliver_forwarded(messages, deliveries);
+    }
+}
+
+async fn serve_forwarding(hub: Arc<Hub>, listener: tokio::net::TcpListener) {
+    let service = rookery_cluster::forward::service(Arc::new(ForwardSink(hub)));
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    if let Err(error) = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(service)
+        .serve_with_incoming(incoming)
+        .await
+    {
+        tracing::error!(%error, "the forwarding service failed");
+    }
+}
+
+fn register_edge(edge_id: &str, address: &str, stats: Option<proto::EdgeStats>) -> proto::Command {
     proto::Command {
         kind: Some(Kind::RegisterEdge(proto::RegisterEdge {
             edge_id: edge_id.to_owned(),
-            address: String::new(),
+            address: address.to_owned(),
+            stats,
             lease_ms: u64::try_from(LEASE.as_millis()).unwrap_or(u64::MAX),
         })),
     }
@@ -139,7 +230,17 @@ async fn renew_lease(hub: Arc<Hub>) {
     interval.tick().await;
     loop {
         interval.tick().await;
-        if let Err(error) = hub.store.write_one(register_edge(&hub.edge_id)).await {
+        let stats = &hub.stats;
+        let value = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        let figures = proto::EdgeStats {
+            clients_connected: value(&stats.clients_connected),
+            messages_received: value(&stats.messages_received),
+            messages_sent: value(&stats.messages_sent),
+            bytes_received: value(&stats.bytes_received),
+            bytes_sent: value(&stats.bytes_sent),
+        };
+        let renewal = register_edge(&hub.edge_id, &hub.forward_address, Some(figures));
+        if let Err(error) = hub.store.write_one(renewal).await {
             tracing::warn!(%error, "renewing the edge lease failed");
         }
     }
@@ -156,9 +257,13 @@ async fn follow_store(hub: Arc<Hub>, mut events: StoreEvents) {
 /// Publishes a message that does not come from a connection (a will, `$SYS`):
 /// routed like any other, stored where it must be.
 pub(crate) async fn publish_internal(hub: &Hub, message: Arc<Message>, store_retained: bool) {
-    let routes = hub.route(&message);
+    let mut routes = hub.route(&message);
     if message.retain {
         hub.retain(&message);
+    }
+    // `$SYS` is this node's own: its subscribers on other edges read theirs.
+    if !message.topic.starts_with("$SYS/") {
+        hub.forward(&message, std::mem::take(&mut routes.remote), false);
     }
     let commands = hub.store_commands(
         &message,
@@ -217,9 +322,14 @@ async fn publish_sys(hub: Arc<Hub>) {
                 hub.subscription_count().to_string(),
             ),
         ];
+        let mut topics: Vec<(String, String)> = topics
+            .into_iter()
+            .map(|(topic, payload)| (topic.to_owned(), payload))
+            .collect();
+        topics.extend(cluster_sys(&hub));
         for (topic, payload) in topics {
             let message = Arc::new(Message {
-                topic: ByteString::from(topic),
+                topic: ByteString::from(topic.as_str()),
                 payload: Bytes::from(payload),
                 qos: QoS::AtMostOnce,
                 retain: true,
@@ -234,12 +344,70 @@ async fn publish_sys(hub: Arc<Hub>) {
     }
 }
 
+/// The cluster as this node's store replica sees it, from the figures each
+/// edge reports with its lease renewal: totals under `$SYS/cluster/`, and
+/// each live edge's own under `$SYS/cluster/edges/{edge}/` (the same on
+/// every node, a few seconds old).
+fn cluster_sys(hub: &Hub) -> Vec<(String, String)> {
+    let edges = match hub.store.edges() {
+        Ok(edges) => edges,
+        Err(error) => {
+            tracing::debug!(%error, "reading the edge table for $SYS");
+            return Vec::new();
+        }
+    };
+    let now = now_ms();
+    let live: Vec<&proto::Edge> = edges
+        .iter()
+        .filter(|edge| edge.lease_expires_at_ms > now)
+        .collect();
+    let figures = |stats: &proto::EdgeStats| {
+        [
+            ("clients/connected", stats.clients_connected),
+            ("messages/received", stats.messages_received),
+            ("messages/sent", stats.messages_sent),
+            ("bytes/received", stats.bytes_received),
+            ("bytes/sent", stats.bytes_sent),
+        ]
+    };
+    let mut total = proto::EdgeStats::default();
+    let mut topics = vec![(
+        "$SYS/cluster/edges/count".to_owned(),
+        live.len().to_string(),
+    )];
+    for edge in &live {
+        let stats = edge.stats.unwrap_or_default();
+        total.clients_connected += stats.clients_connected;
+        total.messages_received += stats.messages_received;
+        total.messages_sent += stats.messages_sent;
+        total.bytes_received += stats.bytes_received;
+        total.bytes_sent += stats.bytes_sent;
+        // The configured name, without the incarnation suffix.
+        let name = edge
+            .edge_id
+            .rsplit_once('.')
+            .map_or(edge.edge_id.as_str(), |(name, _)| name);
+        for (key, value) in figures(&stats) {
+            topics.push((
+                format!("$SYS/cluster/edges/{name}/{key}"),
+                value.to_string(),
+            ));
+        }
+    }
+    for (key, value) in figures(&total) {
+        topics.push((format!("$SYS/cluster/{key}"), value.to_string()));
+    }
+    topics
+}
+
 /// What to do with one store event.
 pub(crate) async fn on_store_event(hub: &Hub, event: StoreEvent) {
     match event {
         StoreEvent::Edge(edge_event::Kind::SessionTakenOver(taken)) => {
+            // `taken.epoch` is the epoch that was taken over: the connection
+            // holding it (or an older one) closes; a newer one stays.
             if let Some(session) = hub.session(&taken.client_id)
-                && session.epoch < taken.epoch
+                && session.epoch <= taken.epoch
                 && let Some(mailbox) = session.mailbox
             {
                 mailbox.close(ReasonCode::SessionTakenOver);
@@ -265,18 +433,11 @@ pub(crate) async fn on_store_event(hub: &Hub, event: StoreEvent) {
                 tracing::warn!(%error, "confirming a published will failed");
             }
         }
-        StoreEvent::RouteRemoved(route) => {
-            // A persistent session's queue route goes when the session ends
-            // (expiry) or unsubscribes; an offline one's subscriptions go with it.
-            if route.edge_id.is_empty()
-                && let Some(session) = hub.session(&route.client_id)
-                && session.mailbox.is_none()
-            {
-                let client: crate::hub::ClientId = Arc::from(route.client_id.as_str());
-                hub.unsubscribe(&client, &route.filter);
-                if !hub.has_subscriptions(&client) {
-                    hub.forget_if_offline(&route.client_id);
-                }
+        StoreEvent::RouteAdded(route) => hub.route_added(&route),
+        StoreEvent::RouteRemoved(route) => hub.route_removed(&route),
+        StoreEvent::Retained(message) => {
+            if let Some(message) = Message::from_proto(&message) {
+                hub.retain(&Arc::new(message));
             }
         }
         StoreEvent::Lagged => {
@@ -286,6 +447,10 @@ pub(crate) async fn on_store_event(hub: &Hub, event: StoreEvent) {
             );
             for mailbox in hub.mailboxes() {
                 mailbox.notify_queued();
+            }
+            // Route and retained changes may be among what was missed.
+            if let Err(error) = hub.reload(now_ms()) {
+                tracing::warn!(%error, "reading the route table again failed");
             }
         }
     }

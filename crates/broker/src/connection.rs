@@ -312,6 +312,7 @@ impl Connection {
                     epoch: connected.epoch,
                     persistent,
                     mailbox: Some(mailbox.clone()),
+                    remote_edge: None,
                 },
             );
             if let Some(old) = previous.and_then(|previous| previous.mailbox) {
@@ -1144,6 +1145,19 @@ impl Session {
             self.answer_publish(conn, packet_id, publish.qos, Err(reason));
             return Ok(());
         }
+        // A QoS 1/2 publish is acknowledged only by an edge in touch with the
+        // store's quorum: cut off, its route table may miss a subscription
+        // made elsewhere, and what it queues may never commit.
+        if publish.qos != QoS::AtMostOnce && !hub.store.in_contact().await {
+            hub.stats.dropped("store_unreachable");
+            self.answer_publish(
+                conn,
+                packet_id,
+                publish.qos,
+                Err(ReasonCode::ImplementationSpecificError),
+            );
+            return Ok(());
+        }
 
         let now = now_ms();
         let message = Arc::new(Message::from_publish(
@@ -1152,8 +1166,16 @@ impl Session {
             self.client_id.clone(),
             now,
         ));
-        let routes = hub.route(&message);
+        let mut routes = hub.route(&message);
         let retain = message.retain;
+        // Sessions online on other edges get it now; a QoS 1/2 publisher's
+        // acknowledgement waits until each of those edges has it.
+        let forwarded = !routes.remote.is_empty();
+        let confirmations = hub.forward(
+            &message,
+            std::mem::take(&mut routes.remote),
+            publish.qos != QoS::AtMostOnce,
+        );
         if retain {
             hub.retain(&message);
         }
@@ -1173,8 +1195,8 @@ impl Session {
         {
             self.incoming_qos2.insert(id.get());
         }
-        if !needs_store {
-            if routes.local.is_empty() && routes.durable.is_empty() {
+        if !needs_store && confirmations.is_empty() {
+            if routes.local.is_empty() && routes.durable.is_empty() && !forwarded {
                 metrics::counter!("rookery_messages_unrouted_total").increment(1);
             }
             hub.deliver_local(routes.local, &mut self.paused_on);
@@ -1199,7 +1221,17 @@ impl Session {
         let durable = PendingEnqueue::new(routes.durable_mailboxes, &mut self.paused_on);
         let hub = hub.clone();
         self.pending.push_back(Box::pin(async move {
-            let result = match store.write(commands).await {
+            // Not waited for: an edge that died has taken its sessions along.
+            let forwarded = futures::future::join_all(confirmations);
+            let written = async {
+                if commands.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    store.write(commands).await
+                }
+            };
+            let (written, _) = futures::future::join(written, forwarded).await;
+            let result = match written {
                 Ok(results) => {
                     hub.count_store_drops(&results);
                     let refused = results.iter().any(|result| {
@@ -1443,6 +1475,7 @@ impl Session {
                         Vec::new()
                     },
                     message,
+                    shared_group: None,
                 };
                 if !self.outgoing.push(delivery) {
                     hub.stats.dropped("queue_full");
@@ -1501,6 +1534,20 @@ impl Session {
         Ok(())
     }
 
+    /// The shared-subscription messages this session will not acknowledge:
+    /// in its queue, in flight, or still in its mailbox.
+    fn take_shared(&mut self) -> Vec<Delivery> {
+        let mut taken = self.outgoing.take_shared();
+        while let Some(next) = self.mailbox.try_recv() {
+            if let ToConnection::Deliver(delivery) = next
+                && delivery.shared_group.is_some()
+            {
+                taken.push(delivery);
+            }
+        }
+        taken
+    }
+
     /// Records how the connection ended: in the store (will, expiry) and in
     /// the hub's registry.
     async fn finish(&mut self, hub: &Arc<Hub>, end: End) {
@@ -1509,7 +1556,15 @@ impl Session {
         let (publish_will, expiry_s) = match end {
             End::TakenOver | End::Shutdown => {
                 let persistent = self.persistent;
-                hub.unregister(&self.client_id, self.connection_id, persistent);
+                if hub.unregister(&self.client_id, self.connection_id, persistent) {
+                    if !persistent {
+                        hub.clear_subscriptions(&self.client_id);
+                    }
+                    hub.session_left(&self.client_id);
+                }
+                if !persistent {
+                    hub.redistribute(self.take_shared());
+                }
                 return;
             }
             End::Normal { will, expiry_s } => (will, expiry_s.unwrap_or(self.expiry_s)),
@@ -1522,6 +1577,10 @@ impl Session {
             if hub.unregister(&self.client_id, self.connection_id, persistent) && !persistent {
                 hub.clear_subscriptions(&self.client_id);
             }
+        }
+        hub.session_left(&self.client_id);
+        if !persistent {
+            hub.redistribute(self.take_shared());
         }
         let command = command(Kind::Disconnect(proto::Disconnect {
             client_id: self.client_id.to_string(),

@@ -284,13 +284,33 @@ impl Drop for MailboxReceiver {
     }
 }
 
-/// A session this edge knows: online here, or persistent and offline.
+/// A session this edge knows: online here, online on another edge, or
+/// persistent and offline.
 #[derive(Debug, Clone)]
 pub struct SessionEntry {
     pub epoch: u64,
     /// Session expiry above 0: its QoS 1/2 messages are queued in the store.
     pub persistent: bool,
     pub mailbox: Option<Mailbox>,
+    /// The edge holding the session's connection, when it is not this one.
+    pub remote_edge: Option<Arc<str>>,
+}
+
+/// The routes of one session as the store's route table has them, without
+/// this edge's own (its connections keep their subscriptions themselves).
+#[derive(Debug, Default)]
+struct ClusterRoutes {
+    /// The other edge the session is online on, and its filters there.
+    edge: Option<Arc<str>>,
+    edge_filters: HashMap<String, SubEntry>,
+    /// Filters whose QoS 1/2 messages queue in the store (persistent).
+    queue_filters: HashMap<String, SubEntry>,
+}
+
+impl ClusterRoutes {
+    fn is_empty(&self) -> bool {
+        self.edge_filters.is_empty() && self.queue_filters.is_empty()
+    }
 }
 
 /// Where one publish goes.
@@ -303,39 +323,58 @@ pub struct Routes {
     pub durable: Vec<proto::EnqueueTarget>,
     /// The mailboxes of `durable`'s sessions online here, in its order.
     pub durable_mailboxes: Vec<Option<Mailbox>>,
+    /// Sessions online on other edges, by edge: forwarded there.
+    pub remote: Vec<(Arc<str>, Vec<rookery_cluster::proto::Delivery>)>,
 }
 
 #[derive(Debug)]
 pub struct Hub {
     pub config: Arc<BrokerConfig>,
     pub edge_id: String,
+    /// Where other edges forward to this one (empty: nowhere).
+    pub forward_address: String,
     pub store: Store,
     pub stats: Stats,
     index: RwLock<SubscriptionIndex<ClientId, SubEntry>>,
     /// Each session's filters, to clear them when the session ends.
     filters: Mutex<HashMap<ClientId, HashSet<String>>>,
     sessions: RwLock<HashMap<ClientId, SessionEntry>>,
+    /// The store's routes of sessions not online here, to route to them.
+    cluster_routes: Mutex<HashMap<ClientId, ClusterRoutes>>,
     retained: RwLock<RetainedIndex<Arc<Message>>>,
     /// Serializes the read-modify-write of a client id's registry entry
     /// around its store commands (connect, disconnect, takeover).
     pub client_lock: Mutex<()>,
+    /// Streams to the other edges, and where each listens.
+    forwarder: rookery_cluster::Forwarder,
+    edge_addresses: Mutex<HashMap<Arc<str>, String>>,
     /// Round-robin position of each shared group, by its `$share/...` filter.
     shared_cursors: Mutex<HashMap<Box<str>, usize>>,
     next_connection: AtomicU64,
 }
 
 impl Hub {
-    pub fn new(config: Arc<BrokerConfig>, edge_id: String, store: Store) -> Self {
+    pub fn new(
+        config: Arc<BrokerConfig>,
+        edge_id: String,
+        forward_address: String,
+        store: Store,
+    ) -> Self {
+        let forwarder = rookery_cluster::Forwarder::from_address(forward_source(&forward_address));
         Hub {
             config,
             edge_id,
+            forward_address,
             store,
             stats: Stats::default(),
             index: RwLock::new(SubscriptionIndex::new()),
             filters: Mutex::new(HashMap::new()),
             sessions: RwLock::new(HashMap::new()),
+            cluster_routes: Mutex::new(HashMap::new()),
             retained: RwLock::new(RetainedIndex::new()),
             client_lock: Mutex::new(()),
+            forwarder,
+            edge_addresses: Mutex::new(HashMap::new()),
             shared_cursors: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(1),
         }
@@ -345,21 +384,11 @@ impl Hub {
         self.next_connection.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Loads what the store holds: persistent sessions' subscriptions and
-    /// the retained messages.
+    /// Loads what the store holds: the route table (persistent sessions and
+    /// sessions online on other edges) and the retained messages.
     pub fn load(&self, now_ms: u64) -> Result<(), StoreUnavailable> {
         for route in self.store.routes()? {
-            if !route.edge_id.is_empty() {
-                continue;
-            }
-            let client: ClientId = Arc::from(route.client_id.as_str());
-            let entry = sub_entry_from_proto(route.options.as_ref());
-            self.subscribe(&client, &route.filter, entry);
-            self.sessions.write().entry(client).or_insert(SessionEntry {
-                epoch: 0,
-                persistent: true,
-                mailbox: None,
-            });
+            self.route_added(&route);
         }
         let mut retained = self.retained.write();
         for message in self.store.retained("#", now_ms)? {
@@ -369,6 +398,154 @@ impl Hub {
         }
         self.stats.set_retained(retained.len());
         Ok(())
+    }
+
+    /// Reads the route table and the retained messages again, after
+    /// notifications were missed.
+    pub fn reload(&self, now_ms: u64) -> Result<(), StoreUnavailable> {
+        let routes = self.store.routes()?;
+        let before: Vec<ClientId> = {
+            let mut cluster = self.cluster_routes.lock();
+            let before = cluster.keys().cloned().collect();
+            cluster.clear();
+            before
+        };
+        for route in &routes {
+            self.mirror_route(route);
+        }
+        let after: Vec<ClientId> = self.cluster_routes.lock().keys().cloned().collect();
+        for client in before.iter().chain(after.iter()) {
+            self.follow_cluster_routes(client);
+        }
+        let mut retained = self.retained.write();
+        *retained = RetainedIndex::new();
+        for message in self.store.retained("#", now_ms)? {
+            if let Some(message) = Message::from_proto(&message) {
+                retained.insert(&message.topic.clone(), Arc::new(message));
+            }
+        }
+        self.stats.set_retained(retained.len());
+        Ok(())
+    }
+
+    /// A route the store added: kept for sessions not online here.
+    pub fn route_added(&self, route: &proto::Route) {
+        if let Some(client) = self.mirror_route(route) {
+            self.follow_cluster_routes(&client);
+        }
+    }
+
+    /// Adds a route to the mirror; the session it belongs to, unless the
+    /// route is this edge's own.
+    fn mirror_route(&self, route: &proto::Route) -> Option<ClientId> {
+        if route.edge_id == self.edge_id {
+            return None;
+        }
+        let client: ClientId = Arc::from(route.client_id.as_str());
+        let entry = sub_entry_from_proto(route.options.as_ref());
+        {
+            let mut cluster = self.cluster_routes.lock();
+            let routes = cluster.entry(client.clone()).or_default();
+            if route.edge_id.is_empty() {
+                routes.queue_filters.insert(route.filter.clone(), entry);
+            } else {
+                let edge: Arc<str> = Arc::from(route.edge_id.as_str());
+                if routes.edge.as_ref() != Some(&edge) {
+                    // Online on a new edge: the old edge's routes are gone
+                    // (their removals may still be on their way).
+                    routes.edge_filters.clear();
+                    routes.edge = Some(edge);
+                }
+                routes.edge_filters.insert(route.filter.clone(), entry);
+            }
+        }
+        Some(client)
+    }
+
+    /// A route the store removed.
+    pub fn route_removed(&self, route: &proto::Route) {
+        if route.edge_id == self.edge_id {
+            return;
+        }
+        let client: ClientId = Arc::from(route.client_id.as_str());
+        {
+            let mut cluster = self.cluster_routes.lock();
+            let Some(routes) = cluster.get_mut(&client) else {
+                return;
+            };
+            if route.edge_id.is_empty() {
+                routes.queue_filters.remove(&route.filter);
+            } else if routes.edge.as_deref() == Some(route.edge_id.as_str()) {
+                routes.edge_filters.remove(&route.filter);
+                if routes.edge_filters.is_empty() {
+                    routes.edge = None;
+                }
+            }
+            if routes.is_empty() {
+                cluster.remove(&client);
+            }
+        }
+        self.follow_cluster_routes(&client);
+    }
+
+    /// Makes the index and registry hold what the store's routes say of a
+    /// session that is not online here (one online here keeps its own).
+    fn follow_cluster_routes(&self, client: &ClientId) {
+        let _guard = self.client_lock.lock();
+        if self
+            .sessions
+            .read()
+            .get(client)
+            .is_some_and(|session| session.mailbox.is_some())
+        {
+            return;
+        }
+        let wanted: HashMap<String, SubEntry> = {
+            let cluster = self.cluster_routes.lock();
+            match cluster.get(client) {
+                Some(routes) => routes
+                    .queue_filters
+                    .iter()
+                    .chain(routes.edge_filters.iter())
+                    .map(|(filter, entry)| (filter.clone(), *entry))
+                    .collect(),
+                None => HashMap::new(),
+            }
+        };
+        let (persistent, edge) = {
+            let cluster = self.cluster_routes.lock();
+            cluster.get(client).map_or((false, None), |routes| {
+                (!routes.queue_filters.is_empty(), routes.edge.clone())
+            })
+        };
+        let current: Vec<String> = self
+            .filters
+            .lock()
+            .get(client)
+            .map(|filters| filters.iter().cloned().collect())
+            .unwrap_or_default();
+        for filter in current {
+            if !wanted.contains_key(&filter) {
+                self.unsubscribe(client, &filter);
+            }
+        }
+        for (filter, entry) in &wanted {
+            self.subscribe(client, filter, *entry);
+        }
+        let mut sessions = self.sessions.write();
+        if wanted.is_empty() {
+            sessions.remove(client);
+            self.filters.lock().remove(client);
+            return;
+        }
+        let session = sessions.entry(client.clone()).or_insert(SessionEntry {
+            epoch: 0,
+            persistent,
+            mailbox: None,
+            remote_edge: None,
+        });
+        session.persistent = persistent;
+        session.remote_edge = edge;
     }
 
     pub fn session(&self, client_id: &str) -> Option<SessionEntry> {
@@ -399,21 +576,14 @@ impl Hub {
         true
     }
 
-    /// Forgets a session that ended while offline (expired in the store).
-    pub fn forget_if_offline(&self, client_id: &str) -> bool {
-        let client = {
-            let mut sessions = self.sessions.write();
-            match sessions.get_key_value(client_id) {
-                Some((client, entry)) if entry.mailbox.is_none() => {
-                    let client = client.clone();
-                    sessions.remove(client_id);
-                    client
-                }
-                _ => return false,
-            }
-        };
-        self.clear_subscriptions(&client);
-        true
+    /// After a session left this edge (and its own subscriptions were
+    /// cleared): route to it as the store's routes say (it may be online on
+    /// another edge already, or persistent).
+    pub fn session_left(&self, client_id: &str) {
+        let client: ClientId = Arc::from(client_id);
+        if self.cluster_routes.lock().contains_key(&client) {
+            self.follow_cluster_routes(&client);
+        }
     }
 
     pub fn subscribe(&self, client: &ClientId, filter: &str, entry: SubEntry) -> Option<SubEntry> {
@@ -430,13 +600,6 @@ impl Hub {
             filters.remove(filter);
         }
         self.index.write().remove(filter, client)
-    }
-
-    pub fn has_subscriptions(&self, client: &ClientId) -> bool {
-        self.filters
-            .lock()
-            .get(client)
-            .is_some_and(|filters| !filters.is_empty())
     }
 
     /// Removes every subscription of a session from the index.
@@ -458,11 +621,19 @@ impl Hub {
     /// QoS and every subscription identifier of its matching subscriptions
     /// (MQTT-3.3.4-2, MQTT-3.3.4-3), and one member of each shared group.
     pub fn route(&self, message: &Arc<Message>) -> Routes {
+        self.route_to(message, None)
+    }
+
+    /// Routes a message; with `only_group`, to one member of that shared
+    /// group (`$share/...`) only.
+    fn route_to(&self, message: &Arc<Message>, only_group: Option<&str>) -> Routes {
         let mut targets: Vec<(ClientId, Target)> = Vec::new();
         {
             let index = self.index.read();
             let sessions = self.sessions.read();
             index.for_each_match(&message.topic, |matched| match matched {
+                Match::Plain { .. } if only_group.is_some() => {}
+                Match::Shared(group) if only_group.is_some_and(|only| only != group.filter()) => {}
                 Match::Plain {
                     subscriber, value, ..
                 } => {
@@ -484,7 +655,9 @@ impl Hub {
                         .filter_map(|step| members.clone().nth((start + step) % count))
                         .filter(|(client, _)| {
                             sessions.get(*client).is_some_and(|session| {
-                                session.mailbox.is_some() || message.qos != QoS::AtMostOnce
+                                session.mailbox.is_some()
+                                    || session.remote_edge.is_some()
+                                    || message.qos != QoS::AtMostOnce
                             })
                         });
                     let pick = candidates
@@ -497,7 +670,9 @@ impl Hub {
                         })
                         .or_else(|| candidates.next());
                     if let Some((client, value)) = pick {
-                        targets.push(target(client, value));
+                        let (client, mut picked) = target(client, value);
+                        picked.shared_group = Some(Arc::from(group.filter()));
+                        targets.push((client, picked));
                     }
                 }
             });
@@ -524,6 +699,25 @@ impl Hub {
                     subscription_ids: target.subscription_ids,
                 });
                 routes.durable_mailboxes.push(session.mailbox.clone());
+            } else if let Some(edge) = &session.remote_edge
+                && session.mailbox.is_none()
+            {
+                let delivery = rookery_cluster::proto::Delivery {
+                    client_id: client.to_string(),
+                    message: 0,
+                    qos: u32::from(qos as u8),
+                    retain,
+                    subscription_ids: target.subscription_ids,
+                    shared_group: target
+                        .shared_group
+                        .as_deref()
+                        .unwrap_or_default()
+                        .to_owned(),
+                };
+                match routes.remote.iter_mut().find(|(known, _)| known == edge) {
+                    Some((_, deliveries)) => deliveries.push(delivery),
+                    None => routes.remote.push((edge.clone(), vec![delivery])),
+                }
             } else if let Some(mailbox) = &session.mailbox {
                 routes.local.push((
                     mailbox.clone(),
@@ -532,6 +726,7 @@ impl Hub {
                         qos,
                         retain,
                         subscription_ids: target.subscription_ids,
+                        shared_group: target.shared_group,
                     },
                 ));
             }
@@ -653,6 +848,138 @@ impl Hub {
         }
     }
 
+    /// Hands a publish to the other edges holding its sessions. With
+    /// `confirm`, one receiver per edge tells when that edge has them.
+    pub fn forward(
+        &self,
+        message: &Message,
+        remote: Vec<(Arc<str>, Vec<rookery_cluster::proto::Delivery>)>,
+        confirm: bool,
+    ) -> Vec<tokio::sync::oneshot::Receiver<bool>> {
+        let mut confirmations = Vec::new();
+        if remote.is_empty() {
+            return confirmations;
+        }
+        let stored = message.to_proto();
+        for (edge, deliveries) in remote {
+            let Some(address) = self.edge_address(&edge) else {
+                metrics::counter!("rookery_forward_dropped_total")
+                    .increment(deliveries.len() as u64);
+                tracing::debug!(%edge, "no address for an edge; its deliveries are dropped");
+                continue;
+            };
+            let done = confirm.then(|| {
+                let (done, confirmed) = tokio::sync::oneshot::channel();
+                confirmations.push(confirmed);
+                done
+            });
+            self.forwarder.send(
+                &address,
+                rookery_cluster::Outbound {
+                    message: stored.clone(),
+                    deliveries,
+                    done,
+                },
+            );
+        }
+        confirmations
+    }
+
+    /// Where an edge's forwarding service listens, as it registered.
+    fn edge_address(&self, edge: &Arc<str>) -> Option<String> {
+        if let Some(address) = self.edge_addresses.lock().get(edge) {
+            return Some(address.clone());
+        }
+        let address = match self.store.edge_address(edge) {
+            Ok(address) => address?,
+            Err(error) => {
+                tracing::warn!(%error, %edge, "reading an edge's address");
+                return None;
+            }
+        };
+        self.edge_addresses
+            .lock()
+            .insert(edge.clone(), address.clone());
+        Some(address)
+    }
+
+    /// Delivers what another edge forwarded to sessions online here.
+    pub fn deliver_forwarded(
+        &self,
+        messages: Vec<proto::Message>,
+        deliveries: Vec<rookery_cluster::proto::Delivery>,
+    ) {
+        let messages: Vec<Option<Arc<Message>>> = messages
+            .iter()
+            .map(|message| Message::from_proto(message).map(Arc::new))
+            .collect();
+        let mut local = Vec::with_capacity(deliveries.len());
+        {
+            let sessions = self.sessions.read();
+            for delivery in deliveries {
+                let message = usize::try_from(delivery.message)
+                    .ok()
+                    .and_then(|index| messages.get(index))
+                    .and_then(Option::as_ref);
+                let (Some(message), Some(qos)) = (message, crate::message::qos_from(delivery.qos))
+                else {
+                    metrics::counter!("rookery_forward_invalid_total").increment(1);
+                    continue;
+                };
+                let Some(mailbox) = sessions
+                    .get(delivery.client_id.as_str())
+                    .and_then(|session| session.mailbox.clone())
+                else {
+                    // Gone from this edge since the sender routed it.
+                    metrics::counter!("rookery_forward_unrouted_total").increment(1);
+                    continue;
+                };
+                local.push((
+                    mailbox,
+                    Delivery {
+                        message: message.clone(),
+                        qos,
+                        retain: delivery.retain,
+                        subscription_ids: delivery.subscription_ids,
+                        shared_group: (!delivery.shared_group.is_empty())
+                            .then(|| Arc::from(delivery.shared_group.as_str())),
+                    },
+                ));
+            }
+        }
+        // No connection to pause here: the sending edge's publisher is
+        // held by its stream instead.
+        self.deliver_local(local, &mut Vec::new());
+    }
+
+    /// Hands the shared-subscription messages a departed session had not
+    /// acknowledged to other members of their groups (the session is
+    /// already unregistered, so it is not picked again).
+    pub fn redistribute(&self, deliveries: Vec<Delivery>) {
+        for delivery in deliveries {
+            let Some(group) = delivery.shared_group.as_deref() else {
+                continue;
+            };
+            let routes = self.route_to(&delivery.message, Some(group));
+            if routes.local.is_empty() && routes.remote.is_empty() && routes.durable.is_empty() {
+                metrics::counter!("rookery_shared_redistribution_dropped_total").increment(1);
+                continue;
+            }
+            metrics::counter!("rookery_shared_redistributed_total").increment(1);
+            self.deliver_local(routes.local, &mut Vec::new());
+            self.forward(&delivery.message, routes.remote, false);
+            if !routes.durable.is_empty() {
+                let commands = self.store_commands(&delivery.message, false, routes.durable, None);
+                let written = self.store.submit(commands);
+                tokio::spawn(async move {
+                    if let Err(error) = written.await {
+                        tracing::warn!(%error, "queuing a redistributed message failed");
+                    }
+                });
+            }
+        }
+    }
+
     /// Counts what a store write's results report as dropped.
     pub fn count_store_drops(&self, results: &[proto::CommandResult]) {
         for result in results {
@@ -672,6 +999,16 @@ impl Hub {
             .filter_map(|session| session.mailbox.clone())
             .collect()
     }
+}
+
+/// The source address of this edge's forwarding streams: the one it is
+/// reached at, unless that is not one address.
+fn forward_source(forward_address: &str) -> Option<std::net::IpAddr> {
+    forward_address
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|address| address.ip())
+        .filter(|ip| !ip.is_unspecified())
 }
 
 /// A store write queuing a message for persistent sessions, counted in the
@@ -717,6 +1054,8 @@ struct Target {
     qos: QoS,
     retain_as_published: bool,
     subscription_ids: Vec<u32>,
+    /// Picked as a member of this shared group.
+    shared_group: Option<Arc<str>>,
 }
 
 fn target(client: &ClientId, value: &SubEntry) -> (ClientId, Target) {
@@ -731,6 +1070,7 @@ fn target(client: &ClientId, value: &SubEntry) -> (ClientId, Target) {
             } else {
                 Vec::new()
             },
+            shared_group: None,
         },
     )
 }
@@ -751,6 +1091,10 @@ fn merge_targets(targets: &mut Vec<(ClientId, Target)>) {
         kept.qos = kept.qos.max(later.qos);
         kept.retain_as_published |= later.retain_as_published;
         kept.subscription_ids.append(&mut later.subscription_ids);
+        // Also matched otherwise: not the group's alone to hand on.
+        if kept.shared_group != later.shared_group {
+            kept.shared_group = None;
+        }
         true
     });
 }
@@ -832,6 +1176,7 @@ mod tests {
             qos: QoS::AtLeastOnce,
             retain: false,
             subscription_ids: Vec::new(),
+            shared_group: None,
         }
     }
 
@@ -953,5 +1298,172 @@ mod tests {
         tokio::task::yield_now().await;
         drop(receiver);
         tokio::time::timeout(wait, parked).await.unwrap().unwrap();
+    }
+
+    /// A hub on a single-voter store of its own, as edge `A`.
+    async fn hub_on_a_store() -> (Hub, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = rookery_store::StoreNode::start(rookery_store::StoreConfig::new(
+            1,
+            dir.path().to_path_buf(),
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        ))
+        .await
+        .expect("store starts");
+        node.initialize_single().await.expect("single voter");
+        let store = Store::new(
+            Arc::new(node),
+            std::time::Duration::from_secs(5),
+            std::time::Duration::from_secs(1),
+        );
+        let hub = Hub::new(
+            Arc::new(BrokerConfig::default()),
+            "A".into(),
+            String::new(),
+            store,
+        );
+        (hub, dir)
+    }
+
+    fn route(filter: &str, edge: &str, client: &str, qos: u32) -> proto::Route {
+        proto::Route {
+            filter: filter.into(),
+            edge_id: edge.into(),
+            client_id: client.into(),
+            options: Some(proto::SubscriptionOptions {
+                qos,
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn message(topic: &str, qos: QoS) -> Arc<Message> {
+        Arc::new(Message {
+            topic: topic.into(),
+            payload: bytes::Bytes::from_static(b"m"),
+            qos,
+            retain: false,
+            properties: Default::default(),
+            expires_at_ms: 0,
+            origin: Arc::from("p"),
+        })
+    }
+
+    fn remote_clients(routes: &Routes) -> Vec<(String, String)> {
+        routes
+            .remote
+            .iter()
+            .flat_map(|(edge, deliveries)| {
+                deliveries
+                    .iter()
+                    .map(move |d| (edge.to_string(), d.client_id.clone()))
+            })
+            .collect()
+    }
+
+    /// Sessions online on other edges are routed there; a persistent
+    /// session's QoS 1/2 copy goes to the store whichever edge holds it; a
+    /// session that moved is routed to its new edge only.
+    #[tokio::test]
+    async fn routes_follow_the_store_route_table_of_other_edges() {
+        let (hub, _dir) = hub_on_a_store().await;
+        hub.route_added(&route("a/#", "B", "clean", 1));
+        hub.route_added(&route("a/#", "B", "durable", 1));
+        hub.route_added(&route("a/#", "", "durable", 1));
+        // This edge's own routes are its connections' business.
+        hub.route_added(&route("a/#", "A", "mine", 1));
+
+        let routes = hub.route(&message("a/x", QoS::AtLeastOnce));
+        assert_eq!(
+            remote_clients(&routes),
+            vec![("B".to_owned(), "clean".to_owned())]
+        );
+        let durable: Vec<&str> = routes
+            .durable
+            .iter()
+            .map(|t| t.client_id.as_str())
+            .collect();
+        assert_eq!(durable, vec!["durable"]);
+        assert!(routes.local.is_empty());
+
+        // QoS 0 to a persistent session online elsewhere: forwarded.
+        let routes = hub.route(&message("a/x", QoS::AtMostOnce));
+        let mut remote = remote_clients(&routes);
+        remote.sort();
+        assert_eq!(
+            remote,
+            vec![
+                ("B".to_owned(), "clean".to_owned()),
+                ("B".to_owned(), "durable".to_owned())
+            ]
+        );
+
+        // `clean` reconnects on edge C; the removal of B's route comes later.
+        hub.route_added(&route("a/#", "C", "clean", 1));
+        hub.route_removed(&route("a/#", "B", "clean", 1));
+        let routes = hub.route(&message("a/x", QoS::AtMostOnce));
+        let mut remote = remote_clients(&routes);
+        remote.sort();
+        assert_eq!(
+            remote,
+            vec![
+                ("B".to_owned(), "durable".to_owned()),
+                ("C".to_owned(), "clean".to_owned())
+            ]
+        );
+
+        // `durable`'s edge dies: it stays a persistent, offline session.
+        hub.route_removed(&route("a/#", "B", "durable", 1));
+        let routes = hub.route(&message("a/x", QoS::AtMostOnce));
+        assert_eq!(
+            remote_clients(&routes),
+            vec![("C".to_owned(), "clean".to_owned())]
+        );
+        let routes = hub.route(&message("a/x", QoS::AtLeastOnce));
+        let durable: Vec<&str> = routes
+            .durable
+            .iter()
+            .map(|t| t.client_id.as_str())
+            .collect();
+        assert_eq!(durable, vec!["durable"]);
+
+        // Its session ends: nothing is left of it.
+        hub.route_removed(&route("a/#", "", "durable", 1));
+        assert!(hub.session("durable").is_none());
+        assert_eq!(hub.subscription_count(), 1);
+    }
+
+    /// A session online here ignores the store's stale routes of it, and is
+    /// routed by them again once its connection leaves this edge.
+    #[tokio::test]
+    async fn a_session_online_here_takes_over_from_its_mirrored_routes() {
+        let (hub, _dir) = hub_on_a_store().await;
+        let client: ClientId = Arc::from("c");
+        let (mailbox, _receiver) = Mailbox::new(7, 100, 0);
+        hub.register(
+            client.clone(),
+            SessionEntry {
+                epoch: 2,
+                persistent: false,
+                mailbox: Some(mailbox),
+                remote_edge: None,
+            },
+        );
+        hub.subscribe(&client, "a/#", entry(QoS::AtLeastOnce, 0));
+        // The client's newer connection on B shows up before this one ends.
+        hub.route_added(&route("a/#", "B", "c", 1));
+        let routes = hub.route(&message("a/x", QoS::AtLeastOnce));
+        assert_eq!(routes.local.len(), 1);
+        assert!(routes.remote.is_empty());
+
+        assert!(hub.unregister("c", 7, false));
+        hub.clear_subscriptions(&client);
+        hub.session_left("c");
+        let routes = hub.route(&message("a/x", QoS::AtLeastOnce));
+        assert!(routes.local.is_empty());
+        assert_eq!(
+            remote_clients(&routes),
+            vec![("B".to_owned(), "c".to_owned())]
+        );
     }
 }

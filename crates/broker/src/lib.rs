@@ -17,6 +17,6 @@ mod stats;
 mod store;
 pub mod transport;
 
-pub use broker::{Broker, BrokerError};
+pub use broker::{Broker, BrokerError, ClusterOptions};
 pub use config::{BrokerConfig, Limits, ListenerConfig, ListenerKind, QueueOverflow, TlsConfig};
 pub use store::StoreUnavailable;

@@ -135,6 +135,9 @@ pub struct Delivery {
     /// The RETAIN flag to send (MQTT-3.3.1-12/13, retain as published).
     pub retain: bool,
     pub subscription_ids: Vec<u32>,
+    /// The `$share/{group}/{filter}` it was picked for: if the session ends
+    /// before acknowledging it, another member of the group gets it.
+    pub shared_group: Option<Arc<str>>,
 }
 
 #[cfg(test)]

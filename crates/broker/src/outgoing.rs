@@ -27,12 +27,15 @@ pub enum Resend {
     Release(PacketId),
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Inflight {
     qos: QoS,
     stored: bool,
     /// QoS 2: PUBREC received, PUBREL sent.
     released: bool,
+    /// A shared-subscription message from memory, kept to hand to another
+    /// member if the session ends before acknowledging it.
+    shared: Option<Box<Delivery>>,
 }
 
 #[derive(Debug)]
@@ -77,6 +80,26 @@ impl Outgoing {
             aliases: HashMap::new(),
             max_packet_size,
         }
+    }
+
+    /// The shared-subscription messages from memory not acknowledged: queued,
+    /// or in flight and not yet received (a QoS 2 message whose PUBREC came
+    /// is the client's).
+    pub fn take_shared(&mut self) -> Vec<Delivery> {
+        let mut taken: Vec<Delivery> = Vec::new();
+        for (_, inflight) in self.inflight.iter_mut() {
+            if !inflight.released
+                && let Some(delivery) = inflight.shared.take()
+            {
+                taken.push(*delivery);
+            }
+        }
+        taken.extend(
+            self.memory
+                .drain(..)
+                .filter(|delivery| delivery.shared_group.is_some()),
+        );
+        taken
     }
 
     /// In-memory messages waiting for the window.
@@ -139,14 +162,6 @@ impl Outgoing {
                 None
             } else {
                 let id = self.allocate_packet_id()?;
-                self.inflight.insert(
-                    id.get(),
-                    Inflight {
-                        qos: delivery.qos,
-                        stored: false,
-                        released: false,
-                    },
-                );
                 Some(id)
             };
             let publish = delivery.message.to_publish(
@@ -155,6 +170,18 @@ impl Outgoing {
                 &delivery.subscription_ids,
                 now_ms,
             );
+            if let Some(id) = packet_id {
+                let shared = delivery.shared_group.is_some().then(|| Box::new(delivery));
+                self.inflight.insert(
+                    id.get(),
+                    Inflight {
+                        qos: publish.qos,
+                        stored: false,
+                        released: false,
+                        shared,
+                    },
+                );
+            }
             return Some(Sent {
                 publish,
                 packet_id,
@@ -182,6 +209,7 @@ impl Outgoing {
                             qos,
                             stored: true,
                             released: false,
+                            shared: None,
                         },
                     );
                     let mut publish = message.to_publish(
@@ -204,6 +232,7 @@ impl Outgoing {
                             qos: QoS::ExactlyOnce,
                             stored: true,
                             released: true,
+                            shared: None,
                         },
                     );
                     self.resend.push(Resend::Release(id));
@@ -285,6 +314,7 @@ impl Outgoing {
                             qos,
                             stored: true,
                             released: false,
+                            shared: None,
                         },
                     );
                     let publish =
@@ -402,7 +432,46 @@ mod tests {
             qos,
             retain: false,
             subscription_ids: Vec::new(),
+            shared_group: None,
         }
+    }
+
+    fn shared(qos: QoS, payload: &'static [u8]) -> Delivery {
+        let mut delivery = delivery(qos);
+        Arc::make_mut(&mut delivery.message).payload = Bytes::from_static(payload);
+        delivery.shared_group = Some(Arc::from("$share/g/t"));
+        delivery
+    }
+
+    /// What a departing shared-subscription member hands on: unacknowledged
+    /// and queued group messages, not those acknowledged or received (QoS 2
+    /// after PUBREC), nor messages of its ordinary subscriptions.
+    #[test]
+    fn a_departing_member_hands_on_only_what_it_has_not_acknowledged() {
+        let mut outgoing = Outgoing::new(3, 100, QueueOverflow::DropNewest, 0, u32::MAX);
+        outgoing.push(shared(QoS::AtLeastOnce, b"acked"));
+        outgoing.push(shared(QoS::ExactlyOnce, b"received"));
+        outgoing.push(shared(QoS::AtLeastOnce, b"in flight"));
+        outgoing.push(delivery(QoS::AtLeastOnce));
+        outgoing.push(shared(QoS::AtLeastOnce, b"queued"));
+        let acked = outgoing.next_memory(0).unwrap();
+        let received = outgoing.next_memory(0).unwrap();
+        let _in_flight = outgoing.next_memory(0).unwrap();
+        outgoing.acknowledged(acked.packet_id.unwrap(), QoS::AtLeastOnce);
+        outgoing.received(received.packet_id.unwrap(), false);
+        let mut handed: Vec<Bytes> = outgoing
+            .take_shared()
+            .into_iter()
+            .map(|d| d.message.payload.clone())
+            .collect();
+        handed.sort();
+        assert_eq!(
+            handed,
+            vec![
+                Bytes::from_static(b"in flight"),
+                Bytes::from_static(b"queued")
+            ]
+        );
     }
 
     #[test]

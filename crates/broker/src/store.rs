@@ -1,9 +1,11 @@
-//! The edge's view of the session store. Today the store is embedded (the
-//! single-voter node in this process); the cluster layer will put a remote
-//! client behind the same methods.
+//! The edge's view of the session store: writes go to the store's leader in
+//! submission order (on this node or over the cluster's write stream); reads
+//! and notifications come from the store replica in this process, which has
+//! applied every entry it notifies about.
 
 use std::sync::Arc;
 
+use rookery_cluster::{LeaderWrites, StoreContact};
 use rookery_store::machine::{self, Event};
 use rookery_store::proto::{self, Command, CommandResult, edge_event};
 use rookery_store::{StoreError, StoreNode};
@@ -27,6 +29,8 @@ impl From<StoreError> for StoreUnavailable {
 #[derive(Debug, Clone)]
 pub struct Store {
     node: Arc<StoreNode>,
+    writes: LeaderWrites,
+    contact_bound: std::time::Duration,
 }
 
 /// What the store tells this edge.
@@ -34,15 +38,42 @@ pub struct Store {
 pub enum StoreEvent {
     /// A notification addressed to this edge.
     Edge(edge_event::Kind),
+    /// A route appeared (a session subscribed, connected or resumed).
+    RouteAdded(proto::Route),
     /// A route went away (a session ended, or unsubscribed).
     RouteRemoved(proto::Route),
+    /// A retained message was set or cleared (on any edge).
+    Retained(proto::Message),
     /// Events were missed: the edge must read its state again.
     Lagged,
 }
 
 impl Store {
-    pub fn new(node: Arc<StoreNode>) -> Self {
-        Store { node }
+    /// `write_timeout` bounds each write (a store without a quorum);
+    /// `contact_bound`: how long after the quorum was last heard from this
+    /// edge still acknowledges QoS 1/2 publishes without checking again.
+    pub fn new(
+        node: Arc<StoreNode>,
+        write_timeout: std::time::Duration,
+        contact_bound: std::time::Duration,
+    ) -> Self {
+        let writes = LeaderWrites::new(node.clone(), write_timeout, contact_bound);
+        Store {
+            node,
+            writes,
+            contact_bound,
+        }
+    }
+
+    /// Whether the store's quorum is within reach: heard from within the
+    /// bound, or answering a check now (which waits at most the write
+    /// timeout). False at once while the last check failed.
+    pub async fn in_contact(&self) -> bool {
+        match self.writes.contact(self.contact_bound) {
+            StoreContact::Fresh => true,
+            StoreContact::Lost => false,
+            StoreContact::Stale => self.writes.check_quorum().await,
+        }
     }
 
     /// Commits the commands (one Raft entry with other concurrent writes) and
@@ -61,15 +92,12 @@ impl Store {
         commands: Vec<Command>,
     ) -> impl Future<Output = Result<Vec<CommandResult>, StoreUnavailable>> + Send + 'static {
         metrics::counter!("rookery_store_writes_total").increment(1);
-        let outcome = self.node.submit(commands);
+        let outcome = self.writes.submit(commands);
         async move {
-            outcome
-                .await
-                .map(|outcome| outcome.results)
-                .map_err(|error| {
-                    metrics::counter!("rookery_store_write_failures_total").increment(1);
-                    StoreUnavailable::Write(error.to_string())
-                })
+            outcome.await.map_err(|error| {
+                metrics::counter!("rookery_store_write_failures_total").increment(1);
+                StoreUnavailable::Write(error.to_string())
+            })
         }
     }
 
@@ -96,6 +124,18 @@ impl Store {
             .into_iter()
             .next()
             .ok_or_else(|| StoreUnavailable::Write("no result".into()))
+    }
+
+    /// Where another edge's forwarding service listens, if it is alive.
+    pub fn edge_address(&self, edge_id: &str) -> Result<Option<String>, StoreUnavailable> {
+        Ok(machine::read_edge(self.node.local_db(), edge_id)?
+            .map(|edge| edge.address)
+            .filter(|address| !address.is_empty()))
+    }
+
+    /// The edges of the cluster as this replica knows them.
+    pub fn edges(&self) -> Result<Vec<proto::Edge>, StoreUnavailable> {
+        Ok(machine::read_edges(self.node.local_db())?)
     }
 
     pub fn routes(&self) -> Result<Vec<proto::Route>, StoreUnavailable> {
@@ -151,11 +191,19 @@ impl StoreEvents {
                     Event::Edge { edge_id, event } if *edge_id == self.edge_id => {
                         self.pending.push_back(StoreEvent::Edge(event.clone()));
                     }
+                    Event::RouteAdded(route) => {
+                        self.pending
+                            .push_back(StoreEvent::RouteAdded(route.clone()));
+                    }
                     Event::RouteRemoved(route) => {
                         self.pending
                             .push_back(StoreEvent::RouteRemoved(route.clone()));
                     }
-                    _ => {}
+                    Event::Retained(message) => {
+                        self.pending
+                            .push_back(StoreEvent::Retained(message.clone()));
+                    }
+                    Event::Edge { .. } => {}
                 }
             }
         }

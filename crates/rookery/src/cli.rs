@@ -32,6 +32,37 @@ pub enum Command {
     /// --config file, ROOKERY_<SECTION>__<KEY> environment variables, then
     /// these flags (each also readable from the variable shown).
     Serve(ServeArgs),
+    /// Looks at or changes the store group of a running cluster.
+    Cluster(ClusterArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// The store address (store.listen / store.advertise) of any node of
+    /// the cluster; requests that need the leader are forwarded to it.
+    #[arg(
+        long,
+        env = "ROOKERY_STORE",
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:7883"
+    )]
+    pub store: String,
+
+    #[command(subcommand)]
+    pub command: ClusterCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Prints the node's view: leader, term, log, voters and learners.
+    Status,
+    /// Removes a node from the store group (it stops voting and receiving
+    /// the log); stop its process afterwards. The remaining voters keep a
+    /// majority only if enough of them are up.
+    Remove {
+        /// The node id to remove.
+        node_id: u64,
+    },
 }
 
 #[derive(Debug, Default, Args)]

@@ -47,7 +47,7 @@ pub const FLAG_VARIABLES: &[&str] = &[
 /// Other `ROOKERY_*` variables are ignored, not rejected: Kubernetes gives
 /// every pod `ROOKERY_SERVICE_HOST`, `ROOKERY_PORT`, ... for a service named
 /// `rookery`.
-const ENV_SECTIONS: &[&str] = &["log", "metrics", "store", "broker"];
+const ENV_SECTIONS: &[&str] = &["log", "metrics", "store", "cluster", "broker"];
 
 /// The largest MQTT packet: a 5-byte fixed header and the largest remaining
 /// length, 268,435,455 (MQTT 5.0, 1.5.5).
@@ -61,11 +61,69 @@ pub struct Config {
     pub node_id: u64,
     /// The store's RocksDB database and snapshots live here.
     pub data_dir: PathBuf,
+    /// What this node runs: a store replica, an edge, or both (the default).
+    pub roles: Vec<Role>,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub store: StoreSection,
+    /// How the node finds and joins its cluster.
+    pub cluster: ClusterSection,
     /// The edge: listeners, limits, `$SYS`.
     pub broker: BrokerConfig,
+}
+
+/// A part a node plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A replica of the session store (a Raft voter or learner).
+    Store,
+    /// MQTT listeners and routing.
+    Edge,
+}
+
+/// Peers, group formation and edge-to-edge forwarding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Store addresses (`host:port`) of the other store nodes; a DNS name
+    /// resolving to several addresses (a Kubernetes headless service) names
+    /// them all. Empty: a node alone.
+    pub seeds: Vec<String>,
+    /// A new group forms once this many store nodes see each other (the one
+    /// with the lowest node id initializes it). Give every initial voter the
+    /// same value: the number of initial voters.
+    pub bootstrap_expect: usize,
+    /// Join a running group as a voter (true) or stay a learner.
+    pub voter: bool,
+    /// How long a new node looks for its group before giving up.
+    pub join_timeout_s: u64,
+    /// Where other edges forward publishes to this one (gRPC), or `off`
+    /// for a node alone.
+    pub forward_listen: OptionalAddr,
+    /// The forwarding address other edges use, when not the bound one.
+    pub forward_advertise: Option<String>,
+    /// How long a store write may take; a QoS 1/2 publish whose write does
+    /// not commit in time (no quorum) is refused with a reason code.
+    pub write_timeout_ms: u64,
+    /// An edge acknowledges QoS 1/2 publishes only while it has heard from
+    /// the store's quorum within this bound (or a check answers at once).
+    pub quorum_contact_ms: u64,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            seeds: Vec::new(),
+            bootstrap_expect: 1,
+            voter: true,
+            join_timeout_s: 300,
+            forward_listen: OptionalAddr(None),
+            forward_advertise: None,
+            write_timeout_ms: 5000,
+            quorum_contact_ms: 1000,
+        }
+    }
 }
 
 impl Default for Config {
@@ -74,9 +132,11 @@ impl Default for Config {
         Config {
             node_id,
             data_dir: PathBuf::from("./rookery-data"),
+            roles: vec![Role::Store, Role::Edge],
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             store: StoreSection::default(),
+            cluster: ClusterSection::default(),
             broker: BrokerConfig {
                 edge_id: default_edge_id(node_id),
                 ..BrokerConfig::default()
@@ -233,6 +293,25 @@ fn millis(duration: Duration) -> u64 {
 }
 
 impl Config {
+    /// How the store node finds its group.
+    pub fn discovery(&self) -> rookery_cluster::Discovery {
+        rookery_cluster::Discovery {
+            seeds: self.cluster.seeds.clone(),
+            bootstrap_expect: self.cluster.bootstrap_expect,
+            voter: self.cluster.voter,
+        }
+    }
+
+    /// How the edge takes part in the cluster.
+    pub fn cluster_options(&self) -> rookery_broker::ClusterOptions {
+        rookery_broker::ClusterOptions {
+            forward_listen: self.cluster.forward_listen.0,
+            forward_advertise: self.cluster.forward_advertise.clone(),
+            write_timeout: Duration::from_millis(self.cluster.write_timeout_ms),
+            quorum_contact: Duration::from_millis(self.cluster.quorum_contact_ms),
+        }
+    }
+
     /// The store node's settings.
     pub fn store_config(&self) -> StoreConfig {
         let s = &self.store;
@@ -470,6 +549,7 @@ impl Config {
             );
         }
         self.validate_store(&mut problem);
+        self.validate_cluster(&mut problem);
         self.validate_broker(&mut problem);
         self.validate_addresses(&mut problem);
 
@@ -518,6 +598,62 @@ impl Config {
                 "must not be empty (leave it out to advertise the bound address)".into(),
             );
         }
+    }
+
+    fn validate_cluster(&self, problem: &mut impl FnMut(&str, String)) {
+        let c = &self.cluster;
+        if self.roles.is_empty() {
+            problem(
+                "roles",
+                "name at least one of \"store\" and \"edge\"".into(),
+            );
+        } else if !self.has_role(Role::Store) {
+            // An edge reads sessions and notifications from the store replica
+            // in its own process; edges without one are not built yet.
+            problem(
+                "roles",
+                "an edge needs the store role in the same node (roles = [\"store\", \"edge\"])"
+                    .into(),
+            );
+        }
+        if c.bootstrap_expect == 0 {
+            problem("cluster.bootstrap_expect", "must be at least 1".into());
+        }
+        if c.bootstrap_expect > 1 && c.seeds.is_empty() {
+            problem(
+                "cluster.bootstrap_expect",
+                format!(
+                    "{} voters are expected but cluster.seeds names no peers",
+                    c.bootstrap_expect
+                ),
+            );
+        }
+        if let Some(seed) = c.seeds.iter().find(|seed| !seed.contains(':')) {
+            problem("cluster.seeds", format!("`{seed}` is not host:port"));
+        }
+        if !c.seeds.is_empty() && self.has_role(Role::Edge) && c.forward_listen.0.is_none() {
+            problem(
+                "cluster.forward_listen",
+                "an edge in a cluster must listen for other edges' forwarded publishes".into(),
+            );
+        }
+        if c.write_timeout_ms == 0 {
+            problem("cluster.write_timeout_ms", "must be at least 1".into());
+        }
+        if c.quorum_contact_ms < 2 {
+            problem("cluster.quorum_contact_ms", "must be at least 2".into());
+        }
+        if c.forward_advertise
+            .as_deref()
+            .is_some_and(|a| a.trim().is_empty())
+        {
+            problem("cluster.forward_advertise", "must not be empty".into());
+        }
+    }
+
+    /// Whether this node plays `role`.
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
     }
 
     fn validate_broker(&self, problem: &mut impl FnMut(&str, String)) {
@@ -607,6 +743,9 @@ impl Config {
             sockets.push(("metrics.listen".into(), metrics));
         }
         sockets.push(("store.listen".into(), self.store.listen));
+        if let Some(forward) = self.cluster.forward_listen.0 {
+            sockets.push(("cluster.forward_listen".into(), forward));
+        }
         for (i, listener) in self.broker.listeners.iter().enumerate() {
             sockets.push((format!("broker.listeners[{i}].address"), listener.address));
         }

@@ -20,6 +20,7 @@ fn serve_args(args: &[&str]) -> ServeArgs {
         Ok(Cli {
             command: Command::Serve(args),
         }) => args,
+        Ok(other) => panic!("not a serve command: {other:?}"),
         Err(error) => panic!("{error}"),
     }
 }

@@ -8,6 +8,7 @@
 //! Exit codes: 0 after a clean shutdown, 1 when the node cannot start or a
 //! second signal cuts shutdown short, 2 for a usage or configuration error.
 
+mod admin;
 mod cli;
 mod config;
 mod exporter;
@@ -30,6 +31,30 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(&args),
+        Command::Cluster(args) => cluster(&args),
+    }
+}
+
+fn cluster(args: &cli::ClusterArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("rookery: cannot start the Tokio runtime: {error}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(admin::run(args)) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("rookery: {error}");
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use rookery_broker::Broker;
 use rookery_store::{NodeId, StoreNode};
 
-use crate::config::Config;
+use crate::config::{Config, Role};
 
 /// How long a store may take to elect itself leader of its own group.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
@@ -74,16 +74,26 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     }
     let store = Arc::new(store);
 
-    let broker = match Broker::start(config.broker.clone(), store.clone()).await {
-        Ok(broker) => broker,
-        Err(error) => {
-            // A half-started broker may leave tasks holding the store:
-            // do not wait long for them.
-            shutdown_store(store, STORE_RELEASE_WAIT_FAILED_START).await;
-            return Err(ServeError::Broker(error.to_string()));
+    let broker = if config.has_role(Role::Edge) {
+        let started = Broker::start(
+            config.broker.clone(),
+            store.clone(),
+            config.cluster_options(),
+        )
+        .await;
+        match started {
+            Ok(broker) => Some(broker),
+            Err(error) => {
+                // A half-started broker may leave tasks holding the store:
+                // do not wait long for them.
+                shutdown_store(store, STORE_RELEASE_WAIT_FAILED_START).await;
+                return Err(ServeError::Broker(error.to_string()));
+            }
         }
+    } else {
+        None
     };
-    for (listener, address) in broker.local_addrs() {
+    for (listener, address) in broker.iter().flat_map(Broker::local_addrs) {
         tracing::info!(listener = %listener, address = %address, "listener ready");
     }
     tracing::info!(
@@ -101,33 +111,35 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         std::process::exit(FORCED_EXIT);
     });
 
-    broker.shutdown().await;
+    if let Some(broker) = broker {
+        broker.shutdown().await;
+    }
     shutdown_store(store, STORE_RELEASE_WAIT).await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Makes a new node the single voter of its own group, or lets a node that
-/// already belongs to a group (a restart on the same data directory) resume
-/// it; then waits for the group to have a leader, so that the first client
-/// is served rather than told the store is unavailable.
+/// Puts the node in its group: resumes the one its data directory belongs
+/// to, forms a new one (alone, or with `cluster.bootstrap_expect` peers), or
+/// joins a running one; then waits for the group to have a leader, so that
+/// the first client is served rather than told the store is unavailable.
 async fn form_or_resume_group(store: &StoreNode, config: &Config) -> Result<(), ServeError> {
-    let raft = store.raft();
-    let initialized = raft
-        .is_initialized()
+    let within = Duration::from_secs(config.cluster.join_timeout_s);
+    let joined = rookery_cluster::form_or_join(store, &config.discovery(), within)
         .await
         .map_err(|error| ServeError::StoreGroup(error.to_string()))?;
-    if initialized {
-        tracing::info!(data_dir = %config.data_dir.display(), "resuming the store group from its data directory");
-    } else {
-        store
-            .initialize_single()
-            .await
-            .map_err(|error| ServeError::StoreGroup(format!("cannot form a group: {error}")))?;
-        tracing::info!(data_dir = %config.data_dir.display(), "formed a new single-voter store group");
+    match joined {
+        rookery_cluster::Joined::Resumed => {
+            tracing::info!(data_dir = %config.data_dir.display(), "resuming the store group from its data directory")
+        }
+        rookery_cluster::Joined::Formed => {
+            tracing::info!(data_dir = %config.data_dir.display(), "formed a new store group")
+        }
+        rookery_cluster::Joined::Added => tracing::info!("joined a running store group"),
     }
 
     // The membership the node loaded (or was just given) names its voters.
+    let raft = store.raft();
     let node_id = store.node_id();
     let mut watch = raft.metrics();
     let _ = tokio::time::timeout(
@@ -141,13 +153,13 @@ async fn form_or_resume_group(store: &StoreNode, config: &Config) -> Result<(), 
         }),
     )
     .await;
-    let voters: BTreeSet<NodeId> = watch
-        .borrow()
-        .membership_config
-        .membership()
-        .voter_ids()
-        .collect();
-    if !voters.contains(&node_id) {
+    let (voters, member) = {
+        let metrics = watch.borrow();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        (voters, membership.get_node(&node_id).is_some())
+    };
+    if !member {
         return Err(ServeError::StoreGroup(format!(
             "{} belongs to a group whose voters are {voters:?}, and this node is {node_id}; \
              start it with the node id its data directory was created with (--node-id)",
@@ -157,7 +169,7 @@ async fn form_or_resume_group(store: &StoreNode, config: &Config) -> Result<(), 
 
     // Alone, this node must lead (a vote it loaded may still name a leader
     // from before the restart); in a group, any leader will do.
-    let alone = voters.len() == 1;
+    let alone = voters.len() == 1 && voters.contains(&node_id);
     let elected = tokio::time::timeout(
         LEADER_WAIT,
         watch.wait_for(|m| {

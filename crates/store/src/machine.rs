@@ -29,6 +29,9 @@ const TIMERS_PER_TICK: usize = 10_000;
 pub enum Event {
     RouteAdded(Route),
     RouteRemoved(Route),
+    /// A retained message was set, or cleared (empty payload): edges keep
+    /// a copy of the retained messages for new subscriptions.
+    Retained(Message),
     Edge {
         edge_id: String,
         event: edge_event::Kind,
@@ -88,6 +91,7 @@ impl Machine<'_, '_> {
                     edge_id: register.edge_id.clone(),
                     address: register.address.clone(),
                     lease_expires_at_ms: self.now_ms.saturating_add(register.lease_ms),
+                    stats: register.stats,
                 };
                 self.txn
                     .put_message(cf::EDGES, keys::edge(&edge.edge_id), &edge);
@@ -801,6 +805,7 @@ impl Machine<'_, '_> {
     }
 
     fn set_retained(&mut self, message: &Message) {
+        self.events.push(Event::Retained(message.clone()));
         let key = message.topic.as_bytes().to_vec();
         // MQTT-3.3.1-6/7: an empty retained payload clears the topic.
         if message.payload.is_empty() {
@@ -996,6 +1001,21 @@ pub fn read_session(
 }
 
 /// The whole route table.
+/// A registered edge (where its forwarding service listens), if its lease
+/// has not been swept.
+pub fn read_edge(reader: &impl Reader, edge_id: &str) -> Result<Option<Edge>, StoreError> {
+    reader.get_message::<Edge>(cf::EDGES, &keys::edge(edge_id))
+}
+
+/// Every registered edge whose lease has not been swept yet.
+pub fn read_edges(reader: &impl Reader) -> Result<Vec<Edge>, StoreError> {
+    reader
+        .scan_range(cf::EDGES, b"", None, usize::MAX)?
+        .into_iter()
+        .map(|(_, value)| decode(cf::EDGES, &value))
+        .collect()
+}
+
 pub fn read_routes(reader: &impl Reader) -> Result<Vec<Route>, StoreError> {
     reader
         .scan_range(cf::ROUTES, b"", None, usize::MAX)?

@@ -231,6 +231,7 @@ fn register_edge(edge_id: &str, lease_ms: u64) -> CommandKind {
         edge_id: edge_id.into(),
         address: format!("http://{edge_id}:7000"),
         lease_ms,
+        stats: None,
     })
 }
 
@@ -423,7 +424,7 @@ fn route_changes(events: &[Event]) -> (Vec<Route>, Vec<Route>) {
         match event {
             Event::RouteAdded(route) => added.push(route.clone()),
             Event::RouteRemoved(route) => removed.push(route.clone()),
-            Event::Edge { .. } => {}
+            Event::Edge { .. } | Event::Retained(_) => {}
         }
     }
     (sorted(added), sorted(removed))

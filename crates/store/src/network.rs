@@ -2,6 +2,7 @@
 //! channels to them.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,9 +32,21 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Default)]
 pub struct Channels {
     by_address: Arc<Mutex<HashMap<String, Channel>>>,
+    /// The source address of connections to peers: the node's own listen
+    /// address, so that peers (and firewalls) see which node calls.
+    local_address: Option<IpAddr>,
 }
 
 impl Channels {
+    /// Channels whose connections leave from `local_address` (`None`: the
+    /// system picks).
+    pub fn from_address(local_address: Option<IpAddr>) -> Self {
+        Channels {
+            by_address: Arc::default(),
+            local_address,
+        }
+    }
+
     pub fn get(&self, address: &str) -> Result<Channel, tonic::transport::Error> {
         let mut channels = self
             .by_address
@@ -45,6 +58,7 @@ impl Channels {
         let channel = Endpoint::from_shared(format!("http://{address}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
+            .local_address(self.local_address)
             .connect_lazy();
         channels.insert(address.to_owned(), channel.clone());
         Ok(channel)

@@ -80,7 +80,9 @@ pub struct StoreNode {
     stop_server: Option<oneshot::Sender<()>>,
     server: JoinHandle<()>,
     ticker: Option<JoinHandle<()>>,
+    leader_gauges: JoinHandle<()>,
     snapshots_installed: Arc<AtomicU64>,
+    channels: Channels,
 }
 
 impl std::fmt::Debug for StoreNode {
@@ -107,7 +109,10 @@ impl StoreNode {
             applied.clone(),
         )?;
         let snapshots_installed = state_machine.snapshots_installed();
-        let channels = Channels::default();
+        // Peers see calls come from this node's own address (unless it
+        // listens on all of them).
+        let source = Some(config.listen.ip()).filter(|ip| !ip.is_unspecified());
+        let channels = Channels::from_address(source);
 
         let raft_config = Config {
             cluster_name: "rookery-store".into(),
@@ -142,7 +147,7 @@ impl StoreNode {
             raft: raft.clone(),
             db: db.clone(),
             writer: writer.clone(),
-            channels,
+            channels: channels.clone(),
             applied: applied.clone(),
         };
         let (stop_server, stopped) = oneshot::channel::<()>();
@@ -175,6 +180,7 @@ impl StoreNode {
                 interval,
             ))
         });
+        let leader_gauges = tokio::spawn(report_leader(raft.clone()));
         tracing::info!(node_id = config.node_id, %address, "store node started");
         Ok(StoreNode {
             node_id: config.node_id,
@@ -186,7 +192,9 @@ impl StoreNode {
             stop_server: Some(stop_server),
             server,
             ticker,
+            leader_gauges,
             snapshots_installed,
+            channels,
         })
     }
 
@@ -201,6 +209,23 @@ impl StoreNode {
 
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// The leader this node knows of: its id and store address.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader?;
+        let address = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|node| node.addr.clone())?;
+        Some((leader, address))
+    }
+
+    /// gRPC channels to other store nodes, shared with Raft.
+    pub fn channels(&self) -> &Channels {
+        &self.channels
     }
 
     /// Makes this node the single voter of a new group (the embedded
@@ -247,6 +272,7 @@ impl StoreNode {
         if let Some(ticker) = self.ticker.take() {
             ticker.abort();
         }
+        self.leader_gauges.abort();
         if let Some(stop) = self.stop_server.take() {
             let _ = stop.send(());
         }
@@ -259,6 +285,25 @@ impl StoreNode {
         }
         if let Err(error) = self.raft.shutdown().await {
             tracing::warn!(%error, "raft shutdown");
+        }
+    }
+}
+
+/// Keeps the leader gauges current: which node leads as this one sees it,
+/// whether it is this one, and the term.
+async fn report_leader(raft: Raft) {
+    let mut watch = raft.metrics();
+    loop {
+        {
+            let metrics = watch.borrow_and_update();
+            let leader = metrics.current_leader.unwrap_or(0);
+            metrics::gauge!("rookery_store_leader_id").set(leader as f64);
+            metrics::gauge!("rookery_store_is_leader")
+                .set(f64::from(u8::from(metrics.state.is_leader())));
+            metrics::gauge!("rookery_store_term").set(metrics.current_term as f64);
+        }
+        if watch.changed().await.is_err() {
+            return;
         }
     }
 }

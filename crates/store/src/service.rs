@@ -11,8 +11,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use openraft::BasicNode;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -140,6 +140,54 @@ impl Shared {
     }
 }
 
+type LeaderCheckError = RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>;
+
+/// The reply to an empty request of a submit stream: whether this node leads
+/// with a quorum behind it now.
+fn quorum_response(id: u64, checked: Result<(), LeaderCheckError>) -> proto::SubmitResponse {
+    let mut reply = proto::SubmitResponse {
+        id,
+        ..proto::SubmitResponse::default()
+    };
+    match checked {
+        Ok(_) => {}
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+            reply.error = "not the leader".into();
+            reply.not_leader = true;
+            reply.leader_address = forward
+                .leader_node
+                .map(|node| node.addr)
+                .unwrap_or_default();
+        }
+        Err(other) => reply.error = other.to_string(),
+    }
+    reply
+}
+
+/// The reply to one write of a submit stream.
+fn submit_response(
+    id: u64,
+    outcome: Result<crate::writer::WriteOutcome, WriteError>,
+) -> proto::SubmitResponse {
+    let mut reply = proto::SubmitResponse {
+        id,
+        ..proto::SubmitResponse::default()
+    };
+    match outcome {
+        Ok(outcome) => {
+            reply.results = outcome.results;
+            reply.log_index = outcome.log_index;
+        }
+        Err(WriteError::ForwardToLeader { leader }) => {
+            reply.error = "not the leader".into();
+            reply.not_leader = true;
+            reply.leader_address = leader.map(|(_, node)| node.addr).unwrap_or_default();
+        }
+        Err(error) => reply.error = error.to_string(),
+    }
+    reply
+}
+
 fn forwarded<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
     request
@@ -189,6 +237,50 @@ impl proto::store_server::Store for StoreService {
             }
             Err(WriteError::Raft(reason)) => Err(Status::unavailable(reason)),
         }
+    }
+
+    type SubmitStream = EventStream<proto::SubmitResponse>;
+
+    async fn submit(
+        &self,
+        request: Request<tonic::Streaming<proto::SubmitRequest>>,
+    ) -> Result<Response<Self::SubmitStream>, Status> {
+        let mut requests = request.into_inner();
+        let writer = self.shared.writer.clone();
+        let raft = self.shared.raft.clone();
+        let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(async move {
+            loop {
+                let request = match requests.message().await {
+                    Ok(Some(request)) => request,
+                    Ok(None) => return,
+                    Err(status) => {
+                        tracing::debug!(%status, "a submit stream ended");
+                        return;
+                    }
+                };
+                let sender = sender.clone();
+                let id = request.id;
+                if request.commands.is_empty() {
+                    // No write: the edge asks whether this leader still has
+                    // a quorum (a read index, nothing in the log).
+                    let raft = raft.clone();
+                    tokio::spawn(async move {
+                        let reply =
+                            quorum_response(id, raft.ensure_linearizable().await.map(|_| ()));
+                        let _ = sender.send(Ok(reply)).await;
+                    });
+                    continue;
+                }
+                // Queued here, in arrival order, before the next is read.
+                let outcome = writer.submit(request.commands);
+                tokio::spawn(async move {
+                    let reply = submit_response(id, outcome.await);
+                    let _ = sender.send(Ok(reply)).await;
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
     async fn get_session(
@@ -294,7 +386,7 @@ impl proto::store_server::Store for StoreService {
                     match change {
                         Event::RouteAdded(route) => event.added.push(route.clone()),
                         Event::RouteRemoved(route) => event.removed.push(route.clone()),
-                        Event::Edge { .. } => {}
+                        Event::Edge { .. } | Event::Retained(_) => {}
                     }
                 }
                 if event.added.is_empty() && event.removed.is_empty() {
@@ -462,6 +554,49 @@ impl proto::admin_server::Admin for AdminService {
                     let channel = self.shared.forward_target(&request, leader)?;
                     AdminClient::new(channel)
                         .change_membership(forwarded(request.into_inner()))
+                        .await
+                }
+                None => Err(Status::failed_precondition(error.to_string())),
+            },
+        }
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<proto::RemoveNodeRequest>,
+    ) -> Result<Response<proto::AdminResponse>, Status> {
+        if let Some(leader) = self.other_leader() {
+            let channel = self.shared.forward_target(&request, Some(leader))?;
+            return AdminClient::new(channel)
+                .remove_node(forwarded(request.into_inner()))
+                .await;
+        }
+        let node_id = request.get_ref().node_id;
+        let is_voter = {
+            let metrics = self.shared.raft.metrics().borrow().clone();
+            let membership = metrics.membership_config.membership();
+            if membership.get_node(&node_id).is_none() {
+                return Err(Status::not_found(format!(
+                    "node {node_id} is not in the group"
+                )));
+            }
+            membership.voter_ids().any(|voter| voter == node_id)
+        };
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))
+        };
+        // `retain = false`: a removed voter does not stay on as a learner.
+        match self.shared.raft.change_membership(change, false).await {
+            Ok(response) => Ok(Response::new(proto::AdminResponse {
+                log_index: response.log_id.index,
+            })),
+            Err(error) => match write_error_leader(&error) {
+                Some(leader) => {
+                    let channel = self.shared.forward_target(&request, leader)?;
+                    AdminClient::new(channel)
+                        .remove_node(forwarded(request.into_inner()))
                         .await
                 }
                 None => Err(Status::failed_precondition(error.to_string())),

@@ -57,6 +57,7 @@ fn register_edge(edge_id: &str) -> Command {
         edge_id: edge_id.into(),
         address: "127.0.0.1:1".into(),
         lease_ms: 60_000,
+        stats: None,
     }))
 }
 
@@ -270,6 +271,7 @@ async fn a_dead_edges_clients_have_their_wills_published_by_a_live_edge() {
         edge_id: "e-dying".into(),
         address: "127.0.0.1:2".into(),
         lease_ms: 300,
+        stats: None,
     }));
     let mut with_will = proto::Connect {
         client_id: "sensor".into(),

@@ -1,0 +1,262 @@
+//! Edge-to-edge forwarding: a publish received on one edge reaches the
+//! sessions online on other edges over one long-lived stream per edge, many
+//! publishes per batch.
+//!
+//! The sender batches whatever is queued for an edge when the stream is free;
+//! the receiver hands each batch to its sessions and acknowledges it, and a
+//! QoS 1/2 publisher's acknowledgement waits for that. When an edge cannot be
+//! reached its deliveries are dropped and counted: its sessions are gone with
+//! it (a persistent session's QoS 1/2 copy is in the store, not here).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use parking_lot::Mutex;
+use rookery_store::proto::Message;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::proto::forward_client::ForwardClient;
+use crate::proto::forward_server::{self, ForwardServer};
+use crate::proto::{DeliverAck, DeliverBatch, Delivery};
+
+/// How long connecting to another edge may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Deliveries in one batch at most.
+const MAX_BATCH: usize = 1024;
+/// Batches sent and not yet acknowledged on one stream.
+const STREAM_WINDOW: usize = 64;
+
+/// Where forwarded deliveries go on the receiving edge.
+pub trait DeliverySink: Send + Sync + 'static {
+    /// Hands one batch to the sessions it names.
+    fn deliver(&self, messages: Vec<Message>, deliveries: Vec<Delivery>);
+}
+
+/// The gRPC service other edges forward to.
+pub fn service<S: DeliverySink>(sink: Arc<S>) -> ForwardServer<ForwardService<S>> {
+    ForwardServer::new(ForwardService { sink })
+        .max_decoding_message_size(64 * 1024 * 1024)
+        .max_encoding_message_size(64 * 1024 * 1024)
+}
+
+pub struct ForwardService<S> {
+    sink: Arc<S>,
+}
+
+impl<S> std::fmt::Debug for ForwardService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForwardService").finish_non_exhaustive()
+    }
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<DeliverAck, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<S: DeliverySink> forward_server::Forward for ForwardService<S> {
+    type DeliverStream = AckStream;
+
+    async fn deliver(
+        &self,
+        request: Request<tonic::Streaming<DeliverBatch>>,
+    ) -> Result<Response<AckStream>, Status> {
+        let mut batches = request.into_inner();
+        let sink = self.sink.clone();
+        let (acks, receiver) = mpsc::channel(STREAM_WINDOW * 2);
+        tokio::spawn(async move {
+            loop {
+                match batches.message().await {
+                    Ok(Some(batch)) => {
+                        let seq = batch.seq;
+                        metrics::counter!("rookery_forward_received_total")
+                            .increment(batch.deliveries.len() as u64);
+                        sink.deliver(batch.messages, batch.deliveries);
+                        if acks.send(Ok(DeliverAck { seq })).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(status) => {
+                        tracing::debug!(%status, "a forwarding stream ended");
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+/// One publish for one edge: the message and its sessions there.
+#[derive(Debug)]
+pub struct Outbound {
+    pub message: Message,
+    pub deliveries: Vec<Delivery>,
+    /// Told once the edge has the deliveries (true) or they were dropped.
+    pub done: Option<oneshot::Sender<bool>>,
+}
+
+/// Streams to other edges, one per edge, opened on first use.
+#[derive(Debug, Clone, Default)]
+pub struct Forwarder {
+    links: Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Outbound>>>>,
+    /// The source address of connections to other edges.
+    local_address: Option<IpAddr>,
+}
+
+impl Forwarder {
+    /// Streams leaving from `local_address` (`None`: the system picks).
+    pub fn from_address(local_address: Option<IpAddr>) -> Self {
+        Forwarder {
+            links: Arc::default(),
+            local_address,
+        }
+    }
+
+    /// Queues a publish for the edge at `address`.
+    pub fn send(&self, address: &str, outbound: Outbound) {
+        let mut links = self.links.lock();
+        let outbound = match links.get(address) {
+            Some(link) => match link.send(outbound) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(outbound)) => outbound,
+            },
+            None => outbound,
+        };
+        let (link, queue) = mpsc::unbounded_channel();
+        let _ = link.send(outbound);
+        links.insert(address.to_owned(), link);
+        tokio::spawn(run_link(
+            address.to_owned(),
+            self.local_address,
+            queue,
+            self.links.clone(),
+        ));
+    }
+}
+
+/// Sends one edge's queue, batch by batch, until the stream fails; then
+/// drops what is queued and lets the next publish open a new link.
+async fn run_link(
+    address: String,
+    local_address: Option<IpAddr>,
+    mut queue: mpsc::UnboundedReceiver<Outbound>,
+    links: Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Outbound>>>>,
+) {
+    let why = match stream_to(&address, local_address, &mut queue).await {
+        Ok(()) => "no more publishes".to_owned(),
+        Err(why) => why,
+    };
+    links.lock().remove(&address);
+    queue.close();
+    let mut dropped = 0u64;
+    while let Ok(outbound) = queue.try_recv() {
+        dropped += outbound.deliveries.len() as u64;
+        if let Some(done) = outbound.done {
+            let _ = done.send(false);
+        }
+    }
+    if dropped > 0 {
+        metrics::counter!("rookery_forward_dropped_total").increment(dropped);
+    }
+    tracing::warn!(edge = %address, %why, dropped, "forwarding to an edge stopped");
+}
+
+/// A batch's sequence number and who waits for its acknowledgement.
+type SentBatch = (u64, Vec<oneshot::Sender<bool>>);
+
+async fn stream_to(
+    address: &str,
+    local_address: Option<IpAddr>,
+    queue: &mut mpsc::UnboundedReceiver<Outbound>,
+) -> Result<(), String> {
+    let channel: Channel = Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .local_address(local_address)
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (batches, outgoing) = mpsc::channel::<DeliverBatch>(STREAM_WINDOW);
+    let mut client = ForwardClient::new(channel)
+        .max_decoding_message_size(64 * 1024 * 1024)
+        .max_encoding_message_size(64 * 1024 * 1024);
+    let mut acks = client
+        .deliver(ReceiverStream::new(outgoing))
+        .await
+        .map_err(|status| status.message().to_owned())?
+        .into_inner();
+    // Done-senders of each batch sent, oldest first; acks come in order.
+    let waiting: Arc<Mutex<VecDeque<SentBatch>>> = Arc::default();
+    let ack_waiting = waiting.clone();
+    let mut acknowledger = tokio::spawn(async move {
+        while let Ok(Some(ack)) = acks.message().await {
+            let mut waiting = ack_waiting.lock();
+            while let Some((seq, _)) = waiting.front() {
+                if *seq > ack.seq {
+                    break;
+                }
+                if let Some((_, done)) = waiting.pop_front() {
+                    for done in done {
+                        let _ = done.send(true);
+                    }
+                }
+            }
+        }
+    });
+    let mut seq = 0u64;
+    let result = loop {
+        let first = tokio::select! {
+            first = queue.recv() => first,
+            _ = &mut acknowledger => break Err("the edge closed the stream".to_owned()),
+        };
+        let Some(first) = first else {
+            break Ok(());
+        };
+        seq += 1;
+        let mut batch = DeliverBatch {
+            seq,
+            messages: Vec::new(),
+            deliveries: Vec::new(),
+        };
+        let mut done = Vec::new();
+        let mut add = |outbound: Outbound, batch: &mut DeliverBatch| {
+            let index = u32::try_from(batch.messages.len()).unwrap_or(u32::MAX);
+            batch.messages.push(outbound.message);
+            for mut delivery in outbound.deliveries {
+                delivery.message = index;
+                batch.deliveries.push(delivery);
+            }
+            if let Some(sender) = outbound.done {
+                done.push(sender);
+            }
+        };
+        add(first, &mut batch);
+        while batch.deliveries.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(outbound) => add(outbound, &mut batch),
+                Err(_) => break,
+            }
+        }
+        metrics::counter!("rookery_forward_sent_total").increment(batch.deliveries.len() as u64);
+        waiting.lock().push_back((seq, done));
+        if batches.send(batch).await.is_err() {
+            break Err("the stream closed".to_owned());
+        }
+    };
+    acknowledger.abort();
+    // Batches never acknowledged: the edge may or may not have them.
+    for (_, done) in waiting.lock().drain(..) {
+        for done in done {
+            let _ = done.send(false);
+        }
+    }
+    result
+}

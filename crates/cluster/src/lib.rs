@@ -1,0 +1,18 @@
+//! Rookery's cluster layer, between the store and the edge: an edge's
+//! ordered writes to the store leader ([`writes`]), edge-to-edge forwarding
+//! of publishes ([`forward`]), and how a store node forms or joins its group
+//! ([`membership`]).
+
+pub mod forward;
+pub mod membership;
+pub mod writes;
+
+pub use forward::{DeliverySink, Forwarder, Outbound};
+pub use membership::{Discovery, Joined, form_or_join};
+pub use writes::{LeaderWrites, StoreContact, WriteFailed};
+
+/// Generated protobuf and gRPC code for `proto/rookery/cluster/v1`.
+#[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("rookery.cluster.v1");
+}

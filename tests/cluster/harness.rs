@@ -1,0 +1,963 @@
+//! Starts a cluster of real `rookery` processes and kills, stops and
+//! restarts its members.
+//!
+//! Node `i` (1-based, also its Raft node id) binds everything on the loopback
+//! address `127.0.0.i`, so that a node's addresses say which node it is and
+//! two nodes never compete for a port. Its store port is picked before the
+//! start (its peers name it in `cluster.seeds`) and kept across restarts; its
+//! MQTT and forwarding ports are chosen by the OS and read from the
+//! `listener ready` lines of its log. Every node has its own temporary
+//! directory (data directory and configuration), its stdout and stderr
+//! captured into one log kept across restarts, and a small watchdog process
+//! that ends it if the test binary exits without stopping it.
+//!
+//! Every wait is bounded. A test that panics prints the log of every node
+//! when its [`Cluster`] is dropped. Clusters are heavy (three RocksDB
+//! databases and Raft groups on a machine that may have two cores): at most
+//! `ROOKERY_CLUSTER_PARALLEL` (default 1) run at once in one test binary.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::proxy::Proxy;
+
+/// The bound on a cluster's (or a restarted node's) start: nodes wait for
+/// their peers before they report ready.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The bound on every wait for something that should happen in a healthy
+/// cluster.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The bound on every wait that spans a failure: a new store leader, an
+/// edge's lease running out (10 s), a client resuming its session elsewhere.
+pub const FAILOVER: Duration = Duration::from_secs(30);
+
+/// How long a test waits to be sure that something does *not* happen.
+pub const QUIET: Duration = Duration::from_secs(1);
+
+/// What a node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Roles {
+    /// A store replica and an edge (the default).
+    Both,
+    /// A store replica only: no MQTT listener.
+    Store,
+}
+
+impl Roles {
+    fn has_store(self) -> bool {
+        matches!(self, Roles::Both | Roles::Store)
+    }
+
+    fn has_edge(self) -> bool {
+        matches!(self, Roles::Both)
+    }
+
+    fn toml(self) -> &'static str {
+        match self {
+            Roles::Both => r#"["store", "edge"]"#,
+            Roles::Store => r#"["store"]"#,
+        }
+    }
+}
+
+/// How to build a cluster beyond "n nodes, each both store and edge".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Node `i`'s roles at index `i - 1`; a node without an entry runs both.
+    pub roles: Vec<Roles>,
+    /// TOML appended to every node's configuration, e.g. a `[broker.limits]`
+    /// table.
+    pub extra_toml: String,
+    /// Keys added to every node's `[cluster]` table.
+    pub cluster_toml: String,
+    /// Put a fault-injecting proxy in front of every store node (the address
+    /// it advertises to its peers), so that a node can be cut off.
+    pub store_proxies: bool,
+}
+
+impl Options {
+    fn roles_of(&self, index: usize) -> Roles {
+        self.roles.get(index - 1).copied().unwrap_or(Roles::Both)
+    }
+}
+
+/// A running cluster; every process is killed when it is dropped.
+#[derive(Debug)]
+pub struct Cluster {
+    nodes: Vec<Node>,
+    /// With [`Options::store_proxies`], node `i`'s proxy at `i - 1`.
+    proxies: Vec<Proxy>,
+    _slot: Slot,
+}
+
+impl Cluster {
+    /// Starts `n` nodes, each a store replica and an edge, forming one new
+    /// cluster; returns once every node has logged `rookery ready`.
+    pub fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, Options::default())
+    }
+
+    /// Starts `n` nodes as [`Cluster::start`] does, built as `options` says.
+    pub fn start_with(n: usize, options: Options) -> Cluster {
+        assert!((1..=250).contains(&n), "a cluster of {n} nodes");
+        let slot = Slot::acquire();
+        let plans: Vec<(usize, Roles, SocketAddr)> = (1..=n)
+            .map(|i| {
+                let roles = options.roles_of(i);
+                (
+                    i,
+                    roles,
+                    SocketAddr::from((node_ip(i), free_port(node_ip(i)))),
+                )
+            })
+            .collect();
+        // Peers reach a node at its proxy when there is one.
+        let proxies: Vec<Proxy> = if options.store_proxies {
+            plans
+                .iter()
+                .map(|(i, _, store)| Proxy::start(SocketAddr::from((node_ip(*i), 0)), *store))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let advertised =
+            |i: usize, store: SocketAddr| proxies.get(i - 1).map_or(store, |proxy| proxy.address);
+        let seeds: Vec<SocketAddr> = plans
+            .iter()
+            .filter(|(_, roles, _)| roles.has_store())
+            .map(|(i, _, store)| advertised(*i, *store))
+            .collect();
+        let nodes = plans
+            .into_iter()
+            .map(|(i, roles, store)| {
+                let advertise = proxies.get(i - 1).map(|proxy| proxy.address);
+                Node::new(i, roles, store, advertise, &seeds, &options)
+            })
+            .collect();
+        // Built before anything starts, so that a failed start drops it and
+        // prints every node's log.
+        let mut cluster = Cluster {
+            nodes,
+            proxies,
+            _slot: slot,
+        };
+        let all: Vec<usize> = (1..=n).collect();
+        cluster.launch_and_wait(&all);
+        cluster
+    }
+
+    /// Node `i` (1-based: node 1 is the first node, with Raft node id 1).
+    pub fn node(&self, i: usize) -> &Node {
+        let n = self.nodes.len();
+        self.nodes
+            .get(i.wrapping_sub(1))
+            .unwrap_or_else(|| panic!("node {i}: the cluster has nodes 1 to {n}"))
+    }
+
+    /// Node `i`, to kill, stop or restart it.
+    pub fn node_mut(&mut self, i: usize) -> &mut Node {
+        let n = self.nodes.len();
+        self.nodes
+            .get_mut(i.wrapping_sub(1))
+            .unwrap_or_else(|| panic!("node {i}: the cluster has nodes 1 to {n}"))
+    }
+
+    /// The node (1-based) that leads the store group, once the running store
+    /// nodes agree on it: it reports `rookery_store_is_leader 1` and every
+    /// running store node reports its id as `rookery_store_leader_id`.
+    /// Polls for up to [`FAILOVER`], then panics with what each node said.
+    pub async fn leader(&self) -> usize {
+        let deadline = Instant::now() + FAILOVER;
+        loop {
+            let mut seen = Vec::new();
+            for node in self.nodes.iter().filter(|n| n.roles.has_store()) {
+                if !node.is_running() {
+                    continue;
+                }
+                let body = node.scrape().await;
+                let value = |series| body.as_deref().and_then(|b| find_series(b, series));
+                let is_leader = value("rookery_store_is_leader");
+                let leader_id = value("rookery_store_leader_id");
+                seen.push((node.index, is_leader, leader_id));
+            }
+            if let Some(leader) = agreed_leader(&seen) {
+                return leader;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no store leader all running store nodes agree on within {FAILOVER:?}; \
+                     (node, rookery_store_is_leader, rookery_store_leader_id): {seen:?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Restarts the stopped nodes `which` together (each on its own data
+    /// directory and store port) and waits until every one is ready: nodes
+    /// restarted together may wait for each other.
+    #[allow(dead_code)] // harness API that no test of this binary uses yet
+    pub fn restart(&mut self, which: &[usize]) {
+        for &i in which {
+            let node = self.node_mut(i);
+            assert!(!node.is_running(), "restart of node {i}, which is running");
+            node.note("---- restarted ----");
+        }
+        self.launch_and_wait(which);
+    }
+
+    /// Cuts node `i`'s store off from the other store nodes, both ways
+    /// (needs [`Options::store_proxies`]); its MQTT listeners stay reachable.
+    pub fn isolate(&self, i: usize) {
+        assert!(!self.proxies.is_empty(), "isolate needs store proxies");
+        for (j, proxy) in self.proxies.iter().enumerate() {
+            if j + 1 == i {
+                proxy.cut();
+            } else {
+                proxy.block(std::net::IpAddr::V4(node_ip(i)));
+            }
+        }
+    }
+
+    /// Undoes every [`Cluster::isolate`].
+    pub fn heal(&self) {
+        for proxy in &self.proxies {
+            proxy.heal();
+        }
+    }
+
+    /// Prints every node's whole log to stderr.
+    pub fn dump_logs(&self) {
+        for node in &self.nodes {
+            eprintln!(
+                "---- node {} ({}) log ----\n{}\n---- end of node {} log ----",
+                node.index,
+                node.ip,
+                node.log(),
+                node.index
+            );
+        }
+    }
+
+    fn launch_and_wait(&mut self, which: &[usize]) {
+        for &i in which {
+            self.node_mut(i).spawn();
+        }
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut waiting: Vec<usize> = which.to_vec();
+        while !waiting.is_empty() {
+            let mut still = Vec::new();
+            for i in waiting {
+                match self.node_mut(i).readiness() {
+                    Ok(true) => {}
+                    Ok(false) => still.push(i),
+                    Err(why) => panic!("node {i} did not start: {why}"),
+                }
+            }
+            waiting = still;
+            if waiting.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "nodes {waiting:?} did not log `rookery ready` (and their listeners) within {START_TIMEOUT:?}"
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            self.dump_logs();
+        }
+        // SIGTERM to all at once (a node that stops alone may wait for the
+        // store quorum it is leaving), a short grace, then SIGKILL.
+        for node in &mut self.nodes {
+            if let Some(child) = &node.child {
+                signal(child.id(), "TERM");
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                wait_bounded(&mut child, left);
+            }
+            node.stop_watchdog();
+        }
+    }
+}
+
+/// The leader that `seen` (node, is_leader, leader_id per running store
+/// node) agrees on, if any.
+fn agreed_leader(seen: &[(usize, Option<f64>, Option<f64>)]) -> Option<usize> {
+    let leaders: Vec<usize> = seen
+        .iter()
+        .filter(|(_, is_leader, _)| *is_leader == Some(1.0))
+        .map(|(node, _, _)| *node)
+        .collect();
+    let [leader] = leaders.as_slice() else {
+        return None;
+    };
+    let id = *leader as f64;
+    seen.iter()
+        .all(|(_, _, leader_id)| *leader_id == Some(id))
+        .then_some(*leader)
+}
+
+/// One member of a [`Cluster`]: a `rookery` process, or none while it is
+/// killed or stopped.
+#[derive(Debug)]
+pub struct Node {
+    index: usize,
+    ip: Ipv4Addr,
+    roles: Roles,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    store: SocketAddr,
+    metrics: SocketAddr,
+    child: Option<Child>,
+    watchdog: Option<Child>,
+    log: Arc<Mutex<Vec<String>>>,
+    /// What the current process has reported; replaced at every start.
+    launch: Arc<Launch>,
+}
+
+/// What one process of a node reported on its output.
+#[derive(Debug, Default)]
+struct Launch {
+    listeners: Mutex<HashMap<String, SocketAddr>>,
+    ready: AtomicBool,
+}
+
+impl Node {
+    fn new(
+        index: usize,
+        roles: Roles,
+        store: SocketAddr,
+        advertise: Option<SocketAddr>,
+        seeds: &[SocketAddr],
+        options: &Options,
+    ) -> Node {
+        let ip = node_ip(index);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("rookery-cluster-n{index}-"))
+            .tempdir()
+            .expect("create the node's temporary directory");
+        // The Prometheus exporter cannot report a port the OS chose, so the
+        // harness picks one (and keeps it across restarts).
+        let metrics = SocketAddr::from((ip, free_port(ip)));
+        let toml = node_config(&NodeConfig {
+            index,
+            roles,
+            data_dir: &dir.path().join("data"),
+            store,
+            advertise,
+            seeds,
+            bootstrap_expect: seeds.len(),
+            forward: SocketAddr::from((ip, 0)),
+            metrics,
+            cluster: &options.cluster_toml,
+            extra: &options.extra_toml,
+        });
+        let config = dir.path().join("rookery.toml");
+        std::fs::write(&config, toml).expect("write rookery.toml");
+        Node {
+            index,
+            ip,
+            roles,
+            dir,
+            config,
+            store,
+            metrics,
+            child: None,
+            watchdog: None,
+            log: Arc::new(Mutex::new(Vec::new())),
+            launch: Arc::new(Launch::default()),
+        }
+    }
+
+    /// Whether its process is running (it has not been killed or stopped,
+    /// and has not exited).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The address of the MQTT TCP listener of the current process.
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.listener("tcp").unwrap_or_else(|| {
+            panic!(
+                "node {} has no MQTT listener (roles {:?}, running: {})",
+                self.index,
+                self.roles,
+                self.is_running()
+            )
+        })
+    }
+
+    /// The address the current process reported for a listener (`tcp`,
+    /// `metrics`, ...), if it did.
+    pub fn listener(&self, name: &str) -> Option<SocketAddr> {
+        if !self.is_running() {
+            return None;
+        }
+        let reported = self
+            .launch
+            .listeners
+            .lock()
+            .expect("listeners")
+            .get(name)
+            .copied();
+        match (reported, name) {
+            (None, "metrics") => Some(self.metrics),
+            (None, "store") => Some(self.store),
+            (reported, _) => reported,
+        }
+    }
+
+    /// Everything the node has written to stdout and stderr, over all of its
+    /// restarts.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log").join("\n")
+    }
+
+    /// Kills the node with SIGKILL, as a crash would, and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), "KILL");
+            wait_bounded(&mut child, TIMEOUT);
+            self.note("---- killed with SIGKILL ----");
+        }
+        self.stop_watchdog();
+    }
+
+    /// Stops the node with SIGTERM and returns how it exited; SIGKILL if it
+    /// has not exited within [`TIMEOUT`].
+    #[allow(dead_code)] // harness API that no test of this binary uses yet
+    pub fn sigterm(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        signal(child.id(), "TERM");
+        let status = wait_bounded(&mut child, TIMEOUT);
+        self.note(&format!("---- stopped with SIGTERM: {status:?} ----"));
+        self.stop_watchdog();
+        status
+    }
+
+    /// Starts the node again on its data directory and store port (after
+    /// [`Node::kill9`] or [`Node::sigterm`]) and waits for it to be ready.
+    /// Its MQTT port may change. To restart several nodes that must wait for
+    /// each other, use [`Cluster::restart`].
+    #[allow(dead_code)] // harness API that no test of this binary uses yet
+    pub fn restart(&mut self) {
+        assert!(
+            !self.is_running(),
+            "restart of node {}, which is running",
+            self.index
+        );
+        self.note("---- restarted ----");
+        self.spawn();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match self.readiness() {
+                Ok(true) => return,
+                Ok(false) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                // The cluster prints every node's log as the panic unwinds.
+                Ok(false) => panic!(
+                    "node {} did not log `rookery ready` within {START_TIMEOUT:?} of its restart",
+                    self.index
+                ),
+                Err(why) => panic!("node {} did not restart: {why}", self.index),
+            }
+        }
+    }
+
+    /// The value of one series on the node's Prometheus endpoint, e.g.
+    /// `rookery_store_leader_id` or `rookery_connections{listener="tcp"}`; 0
+    /// when the node does not report it (yet). A name without labels also
+    /// matches the first series of that name with labels. Panics if the
+    /// endpoint does not answer.
+    #[allow(dead_code)] // harness API that no test of this binary uses yet
+    pub async fn metric(&self, series: &str) -> f64 {
+        let addr = self.metrics;
+        match http_get(addr, "/metrics").await {
+            Ok(body) => {
+                assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+                find_series(&body, series).unwrap_or(0.0)
+            }
+            Err(why) => panic!("node {}: {why}", self.index),
+        }
+    }
+
+    /// The whole `/metrics` response, if the node is running and answers 200.
+    async fn scrape(&self) -> Option<String> {
+        if !self.is_running() {
+            return None;
+        }
+        let body = http_get(self.metrics, "/metrics").await.ok()?;
+        body.starts_with("HTTP/1.1 200").then_some(body)
+    }
+
+    fn note(&self, line: &str) {
+        self.log.lock().expect("log").push(line.to_owned());
+    }
+
+    /// Starts the process without waiting for it.
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "node {} is running", self.index);
+        self.launch = Arc::new(Launch::default());
+        let mut command = self.command();
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {command:?}: {e}"));
+        self.watchdog = spawn_watchdog(child.id(), self.dir.path());
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        capture(stdout, Arc::clone(&self.log), Arc::clone(&self.launch));
+        capture(stderr, Arc::clone(&self.log), Arc::clone(&self.launch));
+        self.child = Some(child);
+    }
+
+    /// Whether the current process is ready: `Ok(false)` while it starts, an
+    /// error if it exited.
+    fn readiness(&mut self) -> Result<bool, String> {
+        let child = self.child.as_mut().ok_or("not started")?;
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                self.child = None;
+                self.stop_watchdog();
+                self.note(&format!("---- exited with {status} ----"));
+                return Err(format!("it exited with {status}"));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(format!("wait for it: {e}")),
+        }
+        let ready = self.launch.ready.load(Ordering::Acquire);
+        let listening = !self.roles.has_edge()
+            || self
+                .launch
+                .listeners
+                .lock()
+                .expect("listeners")
+                .contains_key("tcp");
+        Ok(ready && listening)
+    }
+
+    fn command(&self) -> Command {
+        let binary = std::env::var_os("ROOKERY_CLUSTER_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_rookery")));
+        let mut command = Command::new(binary);
+        command.arg("serve").arg("--config").arg(&self.config);
+        if self.roles.has_edge() {
+            command
+                .arg("--listen")
+                .arg(SocketAddr::from((self.ip, 0)).to_string());
+        }
+        command.env("NO_COLOR", "1");
+        command
+    }
+
+    fn stop_watchdog(&mut self) {
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
+    }
+}
+
+/// The loopback address of node `index`: 127.0.0.`index`.
+fn node_ip(index: usize) -> Ipv4Addr {
+    let last = u8::try_from(index).expect("at most 255 nodes");
+    Ipv4Addr::new(127, 0, 0, last)
+}
+
+/// What one node's configuration file says.
+struct NodeConfig<'a> {
+    index: usize,
+    roles: Roles,
+    data_dir: &'a Path,
+    store: SocketAddr,
+    advertise: Option<SocketAddr>,
+    seeds: &'a [SocketAddr],
+    bootstrap_expect: usize,
+    forward: SocketAddr,
+    metrics: SocketAddr,
+    cluster: &'a str,
+    extra: &'a str,
+}
+
+/// A node's `rookery.toml`.
+fn node_config(c: &NodeConfig<'_>) -> String {
+    let seeds: Vec<String> = c.seeds.iter().map(|s| format!("\"{s}\"")).collect();
+    let mut toml = String::new();
+    writeln!(toml, "node_id = {}", c.index).ok();
+    writeln!(toml, "data_dir = {:?}", c.data_dir.display().to_string()).ok();
+    writeln!(toml, "roles = {}", c.roles.toml()).ok();
+    writeln!(toml, "\n[store]\nlisten = \"{}\"", c.store).ok();
+    if let Some(advertise) = c.advertise {
+        writeln!(toml, "advertise = \"{advertise}\"").ok();
+    }
+    writeln!(toml, "\n[cluster]").ok();
+    writeln!(toml, "seeds = [{}]", seeds.join(", ")).ok();
+    writeln!(toml, "bootstrap_expect = {}", c.bootstrap_expect).ok();
+    if !c.cluster.is_empty() {
+        writeln!(toml, "{}", c.cluster).ok();
+    }
+    if c.roles.has_edge() {
+        writeln!(toml, "forward_listen = \"{}\"", c.forward).ok();
+    }
+    writeln!(toml, "\n[metrics]\nlisten = \"{}\"", c.metrics).ok();
+    if !c.extra.is_empty() {
+        writeln!(toml, "\n{}", c.extra).ok();
+    }
+    toml
+}
+
+/// Reads `stream` line by line into `log`, recording each `listener ready`
+/// line's listener and address and the `rookery ready` line in `launch`.
+fn capture(stream: impl Read + Send + 'static, log: Arc<Mutex<Vec<String>>>, launch: Arc<Launch>) {
+    thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut raw = Vec::new();
+        loop {
+            raw.clear();
+            match reader.read_until(b'\n', &mut raw) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let line = strip_ansi(&String::from_utf8_lossy(&raw));
+            let line = line.trim_end().to_owned();
+            if let Some((name, addr)) = parse_ready_line(&line) {
+                launch
+                    .listeners
+                    .lock()
+                    .expect("listeners")
+                    .insert(name, addr);
+            }
+            if line.contains("rookery ready") {
+                launch.ready.store(true, Ordering::Release);
+            }
+            log.lock().expect("log").push(line);
+        }
+    });
+}
+
+/// `... listener ready listener=tcp address=127.0.0.2:1883 ...` → (`tcp`,
+/// address); `... metrics ready address=...` → (`metrics`, address).
+fn parse_ready_line(line: &str) -> Option<(String, SocketAddr)> {
+    let metrics = line.contains("metrics ready");
+    if !line.contains("listener ready") && !metrics {
+        return None;
+    }
+    let mut name = metrics.then(|| "metrics".to_owned());
+    let mut addr = None;
+    for token in line.split_whitespace() {
+        let unquote = |v: &str| {
+            v.trim_matches(|c| c == '"' || c == '\'' || c == ',')
+                .to_owned()
+        };
+        if let Some(v) = token.strip_prefix("listener=") {
+            name = Some(unquote(v));
+        } else if let Some(v) = token.strip_prefix("address=") {
+            addr = unquote(v).parse().ok();
+        }
+    }
+    Some((name?, addr?))
+}
+
+/// Removes terminal colour sequences (`ESC [ ... letter`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A port free on `ip` right now.
+fn free_port(ip: Ipv4Addr) -> u16 {
+    TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("find a free port on {ip}: {e}"))
+}
+
+/// Sends `signal` (`TERM`, `KILL`) to the process `pid` that this test started.
+fn signal(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Waits up to `limit` for `child` to exit; kills it if it has not.
+fn wait_bounded(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}
+
+/// A process that ends the node `pid` (and removes its directory) if this
+/// test binary exits without stopping it (killed, or aborted by a panic in
+/// a destructor).
+fn spawn_watchdog(pid: u32, dir: &Path) -> Option<Child> {
+    const SCRIPT: &str = r#"
+        while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 0.5; done
+        if ! kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; then
+            kill -KILL "$2" 2>/dev/null; sleep 0.2; rm -rf "$3"
+        fi
+    "#;
+    Command::new("sh")
+        .args(["-c", SCRIPT, "watchdog"])
+        .arg(std::process::id().to_string())
+        .arg(pid.to_string())
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+}
+
+/// A place among the clusters allowed to run at once; given back on drop.
+#[derive(Debug)]
+struct Slot;
+
+static SLOTS_IN_USE: Mutex<usize> = Mutex::new(0);
+static SLOT_FREED: Condvar = Condvar::new();
+
+impl Slot {
+    /// Waits until fewer than `ROOKERY_CLUSTER_PARALLEL` (default 1)
+    /// clusters run in this process.
+    fn acquire() -> Slot {
+        let allowed = std::env::var("ROOKERY_CLUSTER_PARALLEL")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(1)
+            .max(1);
+        let mut in_use = SLOTS_IN_USE.lock().unwrap_or_else(PoisonError::into_inner);
+        while *in_use >= allowed {
+            in_use = SLOT_FREED
+                .wait(in_use)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        *in_use += 1;
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut in_use = SLOTS_IN_USE.lock().unwrap_or_else(PoisonError::into_inner);
+        *in_use = in_use.saturating_sub(1);
+        SLOT_FREED.notify_all();
+    }
+}
+
+/// A plain HTTP/1.1 GET, bounded by [`TIMEOUT`]; the whole response
+/// (status line, headers, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&response).into_owned())
+    };
+    match tokio::time::timeout(TIMEOUT, exchange).await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(e)) => Err(format!("GET http://{addr}{path}: {e}")),
+        Err(_) => Err(format!("GET http://{addr}{path}: no answer in {TIMEOUT:?}")),
+    }
+}
+
+/// The value of `series` in a Prometheus text exposition: the line whose
+/// series is exactly `series`, or, for a name without labels, the first line
+/// of that name with labels.
+fn find_series(body: &str, series: &str) -> Option<f64> {
+    let samples = body
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '));
+    let mut labelled = None;
+    for (name, value) in samples {
+        if name == series {
+            return value.parse().ok();
+        }
+        if labelled.is_none()
+            && !series.contains('{')
+            && name.split_once('{').is_some_and(|(bare, _)| bare == series)
+        {
+            labelled = value.parse().ok();
+        }
+    }
+    labelled
+}
+
+/// Runs `test` and panics if it has not finished within `limit`: every test
+/// of this binary is bounded in time.
+pub async fn within<T>(limit: Duration, test: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, test).await {
+        Ok(result) => result,
+        Err(_) => panic!("the test did not finish within {limit:?}"),
+    }
+}
+
+#[test]
+fn ready_lines_are_parsed_with_and_without_colour() {
+    let plain =
+        "2026-01-01T00:00:00Z  INFO rookery: listener ready listener=tcp address=127.0.0.2:4242";
+    assert_eq!(
+        parse_ready_line(plain),
+        Some(("tcp".to_owned(), SocketAddr::from(([127, 0, 0, 2], 4242))))
+    );
+    let coloured = "\u{1b}[32m INFO\u{1b}[0m listener ready \u{1b}[3mlistener\u{1b}[0m\u{1b}[2m=\u{1b}[0mforward \u{1b}[3maddress\u{1b}[0m\u{1b}[2m=\u{1b}[0m127.0.0.3:9";
+    assert_eq!(
+        parse_ready_line(&strip_ansi(coloured)),
+        Some(("forward".to_owned(), SocketAddr::from(([127, 0, 0, 3], 9))))
+    );
+    let metrics = "2026-01-01T00:00:00Z  INFO rookery: metrics ready address=127.0.0.2:9883";
+    assert_eq!(
+        parse_ready_line(metrics),
+        Some((
+            "metrics".to_owned(),
+            SocketAddr::from(([127, 0, 0, 2], 9883))
+        ))
+    );
+    assert_eq!(parse_ready_line("rookery ready version=0.1.0"), None);
+}
+
+#[test]
+fn each_node_is_configured_with_its_own_address_and_every_seed() {
+    let seeds = [
+        SocketAddr::from(([127, 0, 0, 1], 7001)),
+        SocketAddr::from(([127, 0, 0, 2], 7002)),
+    ];
+    let toml = node_config(&NodeConfig {
+        index: 2,
+        roles: Roles::Both,
+        data_dir: Path::new("/tmp/x/data"),
+        store: seeds[1],
+        advertise: None,
+        seeds: &seeds,
+        bootstrap_expect: 2,
+        forward: SocketAddr::from(([127, 0, 0, 2], 0)),
+        metrics: SocketAddr::from(([127, 0, 0, 2], 9000)),
+        cluster: "",
+        extra: "",
+    });
+    assert_eq!(
+        toml,
+        "node_id = 2\n\
+         data_dir = \"/tmp/x/data\"\n\
+         roles = [\"store\", \"edge\"]\n\
+         \n[store]\nlisten = \"127.0.0.2:7002\"\n\
+         \n[cluster]\n\
+         seeds = [\"127.0.0.1:7001\", \"127.0.0.2:7002\"]\n\
+         bootstrap_expect = 2\n\
+         forward_listen = \"127.0.0.2:0\"\n\
+         \n[metrics]\nlisten = \"127.0.0.2:9000\"\n"
+    );
+    let store_only = node_config(&NodeConfig {
+        roles: Roles::Store,
+        index: 1,
+        data_dir: Path::new("/d"),
+        store: seeds[0],
+        advertise: Some(SocketAddr::from(([127, 0, 0, 1], 7100))),
+        seeds: &seeds,
+        bootstrap_expect: 2,
+        forward: SocketAddr::from(([127, 0, 0, 1], 0)),
+        metrics: SocketAddr::from(([127, 0, 0, 1], 9000)),
+        cluster: "write_timeout_ms = 2000",
+        extra: "[broker.limits]\nreceive_maximum = 8",
+    });
+    assert!(
+        store_only.contains("advertise = \"127.0.0.1:7100\"\n"),
+        "{store_only}"
+    );
+    assert!(
+        store_only.contains("bootstrap_expect = 2\nwrite_timeout_ms = 2000\n"),
+        "{store_only}"
+    );
+    assert!(store_only.contains("roles = [\"store\"]\n"), "{store_only}");
+    assert!(!store_only.contains("forward_listen"), "{store_only}");
+    assert!(
+        store_only.ends_with("\n[broker.limits]\nreceive_maximum = 8\n"),
+        "{store_only}"
+    );
+}
+
+#[test]
+fn metrics_are_found_with_and_without_labels() {
+    let body = "HTTP/1.1 200 OK\r\n\r\n# TYPE rookery_store_leader_id gauge\n\
+                rookery_store_leader_id 3\n\
+                rookery_store_is_leader{node=\"2\"} 1\n\
+                rookery_connections{listener=\"tcp\"} 4\n";
+    assert_eq!(find_series(body, "rookery_store_leader_id"), Some(3.0));
+    assert_eq!(find_series(body, "rookery_store_is_leader"), Some(1.0));
+    assert_eq!(
+        find_series(body, "rookery_connections{listener=\"tcp\"}"),
+        Some(4.0)
+    );
+    assert_eq!(
+        find_series(body, "rookery_connections{listener=\"ws\"}"),
+        None
+    );
+    assert_eq!(find_series(body, "rookery_missing"), None);
+}
+
+#[test]
+fn the_leader_is_the_one_every_running_store_node_names() {
+    let agreed = [
+        (1, Some(0.0), Some(2.0)),
+        (2, Some(1.0), Some(2.0)),
+        (3, Some(0.0), Some(2.0)),
+    ];
+    assert_eq!(agreed_leader(&agreed), Some(2));
+    let lagging = [(1, Some(0.0), Some(0.0)), (2, Some(1.0), Some(2.0))];
+    assert_eq!(agreed_leader(&lagging), None);
+    let two = [(1, Some(1.0), Some(1.0)), (2, Some(1.0), Some(2.0))];
+    assert_eq!(agreed_leader(&two), None);
+    let silent = [(1, None, None), (2, Some(1.0), Some(2.0))];
+    assert_eq!(agreed_leader(&silent), None);
+}

@@ -1,0 +1,31 @@
+//! Cluster tests: three real `rookery` processes, each a store replica and
+//! an edge on its own loopback address (node `i` on `127.0.0.i`), forming
+//! one cluster; MQTT clients on different nodes; nodes killed with SIGKILL
+//! mid-stream. They check what a cluster adds to a single broker: routing
+//! between edges, sessions and wills that outlive their edge, no
+//! acknowledged message lost when the store leader dies, shared
+//! subscriptions balanced cluster-wide, takeover across edges.
+//!
+//! Each test is named after the behaviour it checks. Start reading at
+//! `harness.rs` (the processes), then `client.rs` (a raw MQTT client whose
+//! operations fail instead of panicking, so that tests can reconnect) and
+//! `traffic.rs` (numbered message streams and route probes).
+//!
+//! At most `ROOKERY_CLUSTER_PARALLEL` (default 1) clusters run at once;
+//! `ROOKERY_CLUSTER_BIN` runs another build of the binary (e.g. release).
+
+// The helpers of a test report failure the way tests do: by panicking with
+// what was expected. (Clippy's allow-*-in-tests covers only `#[test]`
+// functions, not the helpers of an integration test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod client;
+mod harness;
+mod proxy;
+mod traffic;
+
+mod failover;
+mod partition;
+mod routing;
+mod takeover;
+mod will;
