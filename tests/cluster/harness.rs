@@ -52,6 +52,8 @@ pub enum Roles {
     Both,
     /// A store replica only: no MQTT listener.
     Store,
+    /// An edge only: it reaches the store through its seeds.
+    Edge,
 }
 
 impl Roles {
@@ -60,13 +62,14 @@ impl Roles {
     }
 
     fn has_edge(self) -> bool {
-        matches!(self, Roles::Both)
+        matches!(self, Roles::Both | Roles::Edge)
     }
 
     fn toml(self) -> &'static str {
         match self {
             Roles::Both => r#"["store", "edge"]"#,
             Roles::Store => r#"["store"]"#,
+            Roles::Edge => r#"["edge"]"#,
         }
     }
 }

@@ -24,6 +24,7 @@ mod harness;
 mod proxy;
 mod traffic;
 
+mod edges;
 mod failover;
 mod partition;
 mod routing;

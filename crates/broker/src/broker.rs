@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rookery_codec::{ByteString, MessageProperties, QoS, ReasonCode};
-use rookery_store::StoreNode;
 use rookery_store::proto::{self, command::Kind, edge_event};
 use rookery_store::writer::now_ms;
 use tokio::task::JoinHandle;
@@ -77,7 +76,7 @@ impl Broker {
     /// the listeners.
     pub async fn start(
         config: BrokerConfig,
-        store: Arc<StoreNode>,
+        store: rookery_cluster::Access,
         cluster: ClusterOptions,
     ) -> Result<Broker, BrokerError> {
         // Each start is a new incarnation: the previous one's clients are
@@ -106,7 +105,7 @@ impl Broker {
         };
         // Events first: nothing committed after the route table is read
         // below is missed.
-        let events = store.events(edge_id.clone());
+        let events = store.events(edge_id.clone()).await?;
         store
             .write_one(register_edge(&edge_id, &forward_address, None))
             .await?;
@@ -116,7 +115,7 @@ impl Broker {
             forward_address.clone(),
             store.clone(),
         ));
-        hub.load(now_ms())?;
+        hub.load(now_ms()).await?;
 
         // Bind every listener before starting anything that holds the store,
         // so a taken port fails the start cleanly.
@@ -326,7 +325,7 @@ async fn publish_sys(hub: Arc<Hub>) {
             .into_iter()
             .map(|(topic, payload)| (topic.to_owned(), payload))
             .collect();
-        topics.extend(cluster_sys(&hub));
+        topics.extend(cluster_sys(&hub).await);
         for (topic, payload) in topics {
             let message = Arc::new(Message {
                 topic: ByteString::from(topic.as_str()),
@@ -348,8 +347,8 @@ async fn publish_sys(hub: Arc<Hub>) {
 /// edge reports with its lease renewal: totals under `$SYS/cluster/`, and
 /// each live edge's own under `$SYS/cluster/edges/{edge}/` (the same on
 /// every node, a few seconds old).
-fn cluster_sys(hub: &Hub) -> Vec<(String, String)> {
-    let edges = match hub.store.edges() {
+async fn cluster_sys(hub: &Hub) -> Vec<(String, String)> {
+    let edges = match hub.store.edges().await {
         Ok(edges) => edges,
         Err(error) => {
             tracing::debug!(%error, "reading the edge table for $SYS");
@@ -434,6 +433,7 @@ pub(crate) async fn on_store_event(hub: &Hub, event: StoreEvent) {
             }
         }
         StoreEvent::RouteAdded(route) => hub.route_added(&route),
+        StoreEvent::EdgeRegistered(edge) => hub.edge_registered(&edge),
         StoreEvent::RouteRemoved(route) => hub.route_removed(&route),
         StoreEvent::Retained(message) => {
             if let Some(message) = Message::from_proto(&message) {
@@ -449,7 +449,7 @@ pub(crate) async fn on_store_event(hub: &Hub, event: StoreEvent) {
                 mailbox.notify_queued();
             }
             // Route and retained changes may be among what was missed.
-            if let Err(error) = hub.reload(now_ms()) {
+            if let Err(error) = hub.reload(now_ms()).await {
                 tracing::warn!(%error, "reading the route table again failed");
             }
         }

@@ -705,7 +705,11 @@ impl Session {
                 self.outgoing.store_has_news();
             }
             if let Some(after) = self.outgoing.store_read_from() {
-                match hub.store.queue_after(&self.client_id, after, QUEUE_READ) {
+                match hub
+                    .store
+                    .queue_after(&self.client_id, after, QUEUE_READ)
+                    .await
+                {
                     Ok(queue) => {
                         let complete = queue.len() < QUEUE_READ;
                         self.outgoing.merge_stored(queue, complete);

@@ -385,25 +385,20 @@ impl Hub {
     }
 
     /// Loads what the store holds: the route table (persistent sessions and
-    /// sessions online on other edges) and the retained messages.
-    pub fn load(&self, now_ms: u64) -> Result<(), StoreUnavailable> {
-        for route in self.store.routes()? {
+    /// sessions online on other edges), the retained messages and where the
+    /// other edges listen.
+    pub async fn load(&self, now_ms: u64) -> Result<(), StoreUnavailable> {
+        for route in self.store.routes().await? {
             self.route_added(&route);
         }
-        let mut retained = self.retained.write();
-        for message in self.store.retained("#", now_ms)? {
-            if let Some(message) = Message::from_proto(&message) {
-                retained.insert(&message.topic.clone(), Arc::new(message));
-            }
-        }
-        self.stats.set_retained(retained.len());
-        Ok(())
+        self.load_retained(now_ms).await?;
+        self.load_edges().await
     }
 
-    /// Reads the route table and the retained messages again, after
-    /// notifications were missed.
-    pub fn reload(&self, now_ms: u64) -> Result<(), StoreUnavailable> {
-        let routes = self.store.routes()?;
+    /// Reads the route table, the retained messages and the edges again,
+    /// after notifications were missed.
+    pub async fn reload(&self, now_ms: u64) -> Result<(), StoreUnavailable> {
+        let routes = self.store.routes().await?;
         let before: Vec<ClientId> = {
             let mut cluster = self.cluster_routes.lock();
             let before = cluster.keys().cloned().collect();
@@ -417,15 +412,39 @@ impl Hub {
         for client in before.iter().chain(after.iter()) {
             self.follow_cluster_routes(client);
         }
+        self.load_retained(now_ms).await?;
+        self.load_edges().await
+    }
+
+    async fn load_retained(&self, now_ms: u64) -> Result<(), StoreUnavailable> {
+        let messages = self.store.retained("#", now_ms).await?;
         let mut retained = self.retained.write();
         *retained = RetainedIndex::new();
-        for message in self.store.retained("#", now_ms)? {
+        for message in messages {
             if let Some(message) = Message::from_proto(&message) {
                 retained.insert(&message.topic.clone(), Arc::new(message));
             }
         }
         self.stats.set_retained(retained.len());
         Ok(())
+    }
+
+    async fn load_edges(&self) -> Result<(), StoreUnavailable> {
+        for edge in self.store.edges().await? {
+            self.edge_registered(&edge);
+        }
+        Ok(())
+    }
+
+    /// Where another edge listens for forwarded publishes.
+    pub fn edge_registered(&self, edge: &proto::Edge) {
+        let id: Arc<str> = Arc::from(edge.edge_id.as_str());
+        let mut addresses = self.edge_addresses.lock();
+        if edge.address.is_empty() {
+            addresses.remove(&id);
+        } else {
+            addresses.insert(id, edge.address.clone());
+        }
     }
 
     /// A route the store added: kept for sessions not online here.
@@ -887,20 +906,7 @@ impl Hub {
 
     /// Where an edge's forwarding service listens, as it registered.
     fn edge_address(&self, edge: &Arc<str>) -> Option<String> {
-        if let Some(address) = self.edge_addresses.lock().get(edge) {
-            return Some(address.clone());
-        }
-        let address = match self.store.edge_address(edge) {
-            Ok(address) => address?,
-            Err(error) => {
-                tracing::warn!(%error, %edge, "reading an edge's address");
-                return None;
-            }
-        };
-        self.edge_addresses
-            .lock()
-            .insert(edge.clone(), address.clone());
-        Some(address)
+        self.edge_addresses.lock().get(edge).cloned()
     }
 
     /// Delivers what another edge forwarded to sessions online here.
@@ -1312,7 +1318,7 @@ mod tests {
         .expect("store starts");
         node.initialize_single().await.expect("single voter");
         let store = Store::new(
-            Arc::new(node),
+            rookery_cluster::Access::Replica(Arc::new(node)),
             std::time::Duration::from_secs(5),
             std::time::Duration::from_secs(1),
         );

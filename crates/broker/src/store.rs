@@ -1,15 +1,27 @@
-//! The edge's view of the session store: writes go to the store's leader in
-//! submission order (on this node or over the cluster's write stream); reads
-//! and notifications come from the store replica in this process, which has
-//! applied every entry it notifies about.
+//! The edge's view of the session store. Writes go to the store's leader in
+//! submission order (on this node or over the cluster's write stream).
+//! Reads and notifications come from one store replica: the one in this
+//! process, or, on an edge-only node, the store node it follows. That
+//! replica has applied every entry it notifies about, so a read that follows
+//! a notification sees what it announced.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
-use rookery_cluster::{LeaderWrites, StoreContact};
+use parking_lot::Mutex;
+use rookery_cluster::{Access, LeaderWrites, Peers, StoreContact};
+use rookery_store::StoreError;
 use rookery_store::machine::{self, Event};
-use rookery_store::proto::{self, Command, CommandResult, edge_event};
-use rookery_store::{StoreError, StoreNode};
-use tokio::sync::broadcast;
+use rookery_store::proto::{self, Command, CommandResult, edge_event, store_client::StoreClient};
+use tokio::sync::{broadcast, mpsc};
+
+/// How long an edge-only node waits for a store node to follow.
+const FOLLOW_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause before following again after the stream broke.
+const FOLLOW_AGAIN: Duration = Duration::from_millis(200);
+/// Notifications an edge-only node may hold before it stops reading.
+const FOLLOW_BUFFER: usize = 4096;
 
 /// Why the store did not take a write.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -26,11 +38,20 @@ impl From<StoreError> for StoreUnavailable {
     }
 }
 
+impl From<tonic::Status> for StoreUnavailable {
+    fn from(status: tonic::Status) -> Self {
+        StoreUnavailable::Read(status.message().to_owned())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Store {
-    node: Arc<StoreNode>,
+    access: Access,
+    /// On an edge-only node: the store node whose state it reads and
+    /// follows.
+    home: Arc<Mutex<Option<String>>>,
     writes: LeaderWrites,
-    contact_bound: std::time::Duration,
+    contact_bound: Duration,
 }
 
 /// What the store tells this edge.
@@ -44,22 +65,22 @@ pub enum StoreEvent {
     RouteRemoved(proto::Route),
     /// A retained message was set or cleared (on any edge).
     Retained(proto::Message),
+    /// An edge registered, or moved: where to forward to it.
+    EdgeRegistered(proto::Edge),
     /// Events were missed: the edge must read its state again.
     Lagged,
 }
 
 impl Store {
-    /// `write_timeout` bounds each write (a store without a quorum);
-    /// `contact_bound`: how long after the quorum was last heard from this
-    /// edge still acknowledges QoS 1/2 publishes without checking again.
-    pub fn new(
-        node: Arc<StoreNode>,
-        write_timeout: std::time::Duration,
-        contact_bound: std::time::Duration,
-    ) -> Self {
-        let writes = LeaderWrites::new(node.clone(), write_timeout, contact_bound);
+    /// The store through `access`. `write_timeout` bounds each write (a
+    /// store without a quorum); `contact_bound`: how long after the quorum
+    /// was last heard from this edge still acknowledges QoS 1/2 publishes
+    /// without checking again.
+    pub fn new(access: Access, write_timeout: Duration, contact_bound: Duration) -> Self {
+        let writes = LeaderWrites::new(access.clone(), write_timeout, contact_bound);
         Store {
-            node,
+            access,
+            home: Arc::default(),
             writes,
             contact_bound,
         }
@@ -101,22 +122,6 @@ impl Store {
         }
     }
 
-    /// The entries of a session's queue after position `after`, at most
-    /// `limit` of them.
-    pub fn queue_after(
-        &self,
-        client_id: &str,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<proto::QueuedMessage>, StoreUnavailable> {
-        Ok(machine::read_queue_after(
-            self.node.local_db(),
-            client_id,
-            after,
-            limit,
-        )?)
-    }
-
     /// One command's result.
     pub async fn write_one(&self, command: Command) -> Result<CommandResult, StoreUnavailable> {
         self.write(vec![command])
@@ -126,84 +131,244 @@ impl Store {
             .ok_or_else(|| StoreUnavailable::Write("no result".into()))
     }
 
-    /// Where another edge's forwarding service listens, if it is alive.
-    pub fn edge_address(&self, edge_id: &str) -> Result<Option<String>, StoreUnavailable> {
-        Ok(machine::read_edge(self.node.local_db(), edge_id)?
-            .map(|edge| edge.address)
-            .filter(|address| !address.is_empty()))
+    /// The store node an edge-only node reads from.
+    fn home_client(&self) -> Result<StoreClient<tonic::transport::Channel>, StoreUnavailable> {
+        let home = self
+            .home
+            .lock()
+            .clone()
+            .ok_or_else(|| StoreUnavailable::Read("not following a store node".into()))?;
+        let channel = self
+            .access
+            .channels()
+            .get(&home)
+            .map_err(|error| StoreUnavailable::Read(format!("{home}: {error}")))?;
+        Ok(StoreClient::new(channel))
     }
 
-    /// The edges of the cluster as this replica knows them.
-    pub fn edges(&self) -> Result<Vec<proto::Edge>, StoreUnavailable> {
-        Ok(machine::read_edges(self.node.local_db())?)
+    /// The entries of a session's queue after position `after`, at most
+    /// `limit` of them.
+    pub async fn queue_after(
+        &self,
+        client_id: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<proto::QueuedMessage>, StoreUnavailable> {
+        match &self.access {
+            Access::Replica(node) => Ok(machine::read_queue_after(
+                node.local_db(),
+                client_id,
+                after,
+                limit,
+            )?),
+            Access::Peers(_) => {
+                let request = proto::ReadQueueRequest {
+                    client_id: client_id.to_owned(),
+                    after,
+                    limit: u32::try_from(limit).unwrap_or(u32::MAX),
+                };
+                Ok(self
+                    .home_client()?
+                    .read_queue(request)
+                    .await?
+                    .into_inner()
+                    .entries)
+            }
+        }
     }
 
-    pub fn routes(&self) -> Result<Vec<proto::Route>, StoreUnavailable> {
-        Ok(machine::read_routes(self.node.local_db())?)
+    /// The edges of the cluster as the followed replica knows them.
+    pub async fn edges(&self) -> Result<Vec<proto::Edge>, StoreUnavailable> {
+        match &self.access {
+            Access::Replica(node) => Ok(machine::read_edges(node.local_db())?),
+            Access::Peers(_) => Ok(self
+                .home_client()?
+                .list_edges(proto::ListEdgesRequest {})
+                .await?
+                .into_inner()
+                .edges),
+        }
     }
 
-    pub fn retained(
+    pub async fn routes(&self) -> Result<Vec<proto::Route>, StoreUnavailable> {
+        match &self.access {
+            Access::Replica(node) => Ok(machine::read_routes(node.local_db())?),
+            Access::Peers(_) => Ok(self
+                .home_client()?
+                .list_routes(proto::ListRoutesRequest { local: true })
+                .await?
+                .into_inner()
+                .routes),
+        }
+    }
+
+    pub async fn retained(
         &self,
         filter: &str,
         now_ms: u64,
     ) -> Result<Vec<proto::Message>, StoreUnavailable> {
-        Ok(machine::read_retained(
-            self.node.local_db(),
-            filter,
-            now_ms,
-        )?)
+        match &self.access {
+            Access::Replica(node) => Ok(machine::read_retained(node.local_db(), filter, now_ms)?),
+            Access::Peers(_) => Ok(self
+                .home_client()?
+                .get_retained(proto::GetRetainedRequest {
+                    filter: filter.to_owned(),
+                    local: true,
+                })
+                .await?
+                .into_inner()
+                .messages),
+        }
     }
 
-    /// Events for `edge_id`, in commit order.
-    pub fn events(&self, edge_id: String) -> StoreEvents {
-        StoreEvents {
-            applied: self.node.subscribe_applied(),
-            edge_id,
-            pending: std::collections::VecDeque::new(),
+    /// Events for `edge_id`, in commit order. An edge-only node follows a
+    /// store node first (it reads from that node afterwards).
+    pub async fn events(&self, edge_id: String) -> Result<StoreEvents, StoreUnavailable> {
+        match &self.access {
+            Access::Replica(node) => Ok(StoreEvents::Replica {
+                applied: node.subscribe_applied(),
+                edge_id,
+                pending: VecDeque::new(),
+            }),
+            Access::Peers(peers) => {
+                let (sender, receiver) = mpsc::channel(FOLLOW_BUFFER);
+                let (ready, first) = tokio::sync::oneshot::channel();
+                tokio::spawn(follow(
+                    peers.clone(),
+                    self.home.clone(),
+                    edge_id,
+                    sender,
+                    Some(ready),
+                ));
+                match tokio::time::timeout(FOLLOW_TIMEOUT, first).await {
+                    Ok(Ok(())) => Ok(StoreEvents::Remote(receiver)),
+                    _ => Err(StoreUnavailable::Read(format!(
+                        "no store node to follow within {FOLLOW_TIMEOUT:?}"
+                    ))),
+                }
+            }
         }
     }
 }
 
-#[derive(Debug)]
-pub struct StoreEvents {
-    applied: broadcast::Receiver<Arc<rookery_store::state_machine::Applied>>,
+/// Follows one store node after another: the events of one `Follow` stream
+/// until it breaks, then (after `Lagged`) the next node's.
+async fn follow(
+    peers: Arc<Peers>,
+    home: Arc<Mutex<Option<String>>>,
     edge_id: String,
-    pending: std::collections::VecDeque<StoreEvent>,
+    sender: mpsc::Sender<StoreEvent>,
+    mut first: Option<tokio::sync::oneshot::Sender<()>>,
+) {
+    use proto::follow_event::Kind;
+    loop {
+        for address in peers.addresses().await {
+            let Ok(channel) = peers.channel(&address) else {
+                continue;
+            };
+            let request = proto::FollowRequest {
+                edge_id: edge_id.clone(),
+            };
+            let Ok(stream) = StoreClient::new(channel).follow(request).await else {
+                continue;
+            };
+            let mut stream = stream.into_inner();
+            let why = loop {
+                let event = match stream.message().await {
+                    Ok(Some(event)) => event,
+                    Ok(None) => break "the store node ended the stream".to_owned(),
+                    Err(status) => break status.message().to_owned(),
+                };
+                let event = match event.kind {
+                    Some(Kind::Ready(_)) => {
+                        *home.lock() = Some(address.clone());
+                        tracing::info!(store = %address, "following a store node");
+                        match first.take() {
+                            Some(first) => {
+                                let _ = first.send(());
+                                continue;
+                            }
+                            // Whatever came between the two streams is read
+                            // again from the new node.
+                            None => StoreEvent::Lagged,
+                        }
+                    }
+                    Some(Kind::Edge(edge)) => match edge.kind {
+                        Some(kind) => StoreEvent::Edge(kind),
+                        None => continue,
+                    },
+                    Some(Kind::RouteAdded(route)) => StoreEvent::RouteAdded(route),
+                    Some(Kind::RouteRemoved(route)) => StoreEvent::RouteRemoved(route),
+                    Some(Kind::Retained(message)) => StoreEvent::Retained(message),
+                    Some(Kind::EdgeRegistered(edge)) => StoreEvent::EdgeRegistered(edge),
+                    None => continue,
+                };
+                if sender.send(event).await.is_err() {
+                    return;
+                }
+            };
+            tracing::warn!(store = %address, %why, "stopped following a store node");
+        }
+        if sender.is_closed() {
+            return;
+        }
+        tokio::time::sleep(FOLLOW_AGAIN).await;
+    }
+}
+
+#[derive(Debug)]
+pub enum StoreEvents {
+    /// From the replica in this process.
+    Replica {
+        applied: broadcast::Receiver<Arc<rookery_store::state_machine::Applied>>,
+        edge_id: String,
+        pending: VecDeque<StoreEvent>,
+    },
+    /// From the store node this edge follows.
+    Remote(mpsc::Receiver<StoreEvent>),
 }
 
 impl StoreEvents {
     /// The next event; `None` when the store has stopped.
     pub async fn next(&mut self) -> Option<StoreEvent> {
+        let (applied, edge_id, pending) = match self {
+            StoreEvents::Remote(receiver) => return receiver.recv().await,
+            StoreEvents::Replica {
+                applied,
+                edge_id,
+                pending,
+            } => (applied, edge_id, pending),
+        };
         loop {
-            if let Some(event) = self.pending.pop_front() {
+            if let Some(event) = pending.pop_front() {
                 return Some(event);
             }
-            let applied = match self.applied.recv().await {
+            let applied = match applied.recv().await {
                 Ok(applied) => applied,
                 Err(broadcast::error::RecvError::Lagged(_)) => return Some(StoreEvent::Lagged),
                 Err(broadcast::error::RecvError::Closed) => return None,
             };
             if applied.reset {
-                self.pending.push_back(StoreEvent::Lagged);
+                pending.push_back(StoreEvent::Lagged);
             }
             for event in &applied.events {
                 match event {
-                    Event::Edge { edge_id, event } if *edge_id == self.edge_id => {
-                        self.pending.push_back(StoreEvent::Edge(event.clone()));
-                    }
-                    Event::RouteAdded(route) => {
-                        self.pending
-                            .push_back(StoreEvent::RouteAdded(route.clone()));
-                    }
-                    Event::RouteRemoved(route) => {
-                        self.pending
-                            .push_back(StoreEvent::RouteRemoved(route.clone()));
-                    }
-                    Event::Retained(message) => {
-                        self.pending
-                            .push_back(StoreEvent::Retained(message.clone()));
+                    Event::Edge { edge_id: to, event } if to == edge_id => {
+                        pending.push_back(StoreEvent::Edge(event.clone()));
                     }
                     Event::Edge { .. } => {}
+                    Event::RouteAdded(route) => {
+                        pending.push_back(StoreEvent::RouteAdded(route.clone()));
+                    }
+                    Event::RouteRemoved(route) => {
+                        pending.push_back(StoreEvent::RouteRemoved(route.clone()));
+                    }
+                    Event::Retained(message) => {
+                        pending.push_back(StoreEvent::Retained(message.clone()));
+                    }
+                    Event::EdgeRegistered(edge) => {
+                        pending.push_back(StoreEvent::EdgeRegistered(edge.clone()));
+                    }
                 }
             }
         }

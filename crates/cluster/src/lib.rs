@@ -3,10 +3,12 @@
 //! of publishes ([`forward`]), and how a store node forms or joins its group
 //! ([`membership`]).
 
+pub mod access;
 pub mod forward;
 pub mod membership;
 pub mod writes;
 
+pub use access::{Access, Peers};
 pub use forward::{DeliverySink, Forwarder, Outbound};
 pub use membership::{Discovery, Joined, form_or_join};
 pub use writes::{LeaderWrites, StoreContact, WriteFailed};

@@ -23,6 +23,8 @@ use rookery_store::proto::{
     Command, CommandResult, SubmitRequest, SubmitResponse, store_client::StoreClient,
 };
 use rookery_store::writer::now_ms;
+
+use crate::access::{Access, LeaderAt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -87,13 +89,12 @@ pub enum StoreContact {
 }
 
 impl LeaderWrites {
-    /// Writes through `node`'s group (this process holds a store replica).
-    /// `timeout` bounds each write: a store without a quorum refuses within
+    /// Writes through the store `access` reaches. `timeout` bounds each write: a store without a quorum refuses within
     /// it instead of holding a publisher forever. Contact with the quorum is
     /// checked in the background once nothing confirmed it for `fresh_for`.
-    pub fn new(node: Arc<StoreNode>, timeout: Duration, fresh_for: Duration) -> LeaderWrites {
+    pub fn new(access: Access, timeout: Duration, fresh_for: Duration) -> LeaderWrites {
         let (queue, pending) = mpsc::unbounded_channel();
-        tokio::spawn(route_writes(node, pending, timeout));
+        tokio::spawn(route_writes(access, pending, timeout));
         let writes = LeaderWrites {
             queue,
             timeout,
@@ -171,52 +172,36 @@ impl RemoteLeader {
 }
 
 async fn route_writes(
-    node: Arc<StoreNode>,
+    access: Access,
     mut pending: mpsc::UnboundedReceiver<Pending>,
     timeout: Duration,
 ) {
     let mut remote: Option<RemoteLeader> = None;
     while let Some(write) = pending.recv().await {
-        let Some(leader) = wait_for_leader(&node, timeout).await else {
+        let Some(leader) = access.leader(timeout).await else {
             let _ = write.reply.send(Err(WriteFailed::NoLeader(timeout)));
             continue;
         };
-        if leader.0 == node.node_id() && write.commands.is_empty() {
-            let raft = node.raft().clone();
-            tokio::spawn(async move {
-                let checked = raft
-                    .ensure_linearizable()
-                    .await
-                    .map(|_| Vec::new())
-                    .map_err(|error| WriteFailed::Store(error.to_string()));
-                let _ = write.reply.send(checked);
-            });
-            continue;
-        }
-        if leader.0 == node.node_id() {
-            let outcome = node.submit(write.commands);
-            tokio::spawn(async move {
-                let result = outcome
-                    .await
-                    .map(|outcome| outcome.results)
-                    .map_err(|error| match error {
-                        rookery_store::writer::WriteError::ForwardToLeader { .. } => {
-                            WriteFailed::LeaderChanged
-                        }
-                        other => WriteFailed::Store(other.to_string()),
-                    });
-                let _ = write.reply.send(result);
-            });
-            continue;
-        }
+        let address = match (leader, access.replica()) {
+            (LeaderAt::Here, Some(node)) => {
+                write_here(node, write);
+                continue;
+            }
+            (LeaderAt::There(address), _) => address,
+            (LeaderAt::Here, None) => {
+                let _ = write.reply.send(Err(WriteFailed::NoLeader(timeout)));
+                continue;
+            }
+        };
         let reuse = remote
             .as_ref()
-            .is_some_and(|open| open.address == leader.1 && open.is_open());
+            .is_some_and(|open| open.address == address && open.is_open());
         if !reuse {
-            match open_stream(&node, &leader.1).await {
+            match open_stream(&access, &address).await {
                 Ok(open) => remote = Some(open),
                 Err(error) => {
                     remote = None;
+                    access.leader_moved(None);
                     let _ = write.reply.send(Err(error));
                     continue;
                 }
@@ -254,6 +239,36 @@ async fn route_writes(
     }
 }
 
+/// A write (or, with no commands, a quorum check) on the leader in this
+/// process.
+fn write_here(node: &Arc<StoreNode>, write: Pending) {
+    if write.commands.is_empty() {
+        let raft = node.raft().clone();
+        tokio::spawn(async move {
+            let checked = raft
+                .ensure_linearizable()
+                .await
+                .map(|_| Vec::new())
+                .map_err(|error| WriteFailed::Store(error.to_string()));
+            let _ = write.reply.send(checked);
+        });
+        return;
+    }
+    let outcome = node.submit(write.commands);
+    tokio::spawn(async move {
+        let result = outcome
+            .await
+            .map(|outcome| outcome.results)
+            .map_err(|error| match error {
+                rookery_store::writer::WriteError::ForwardToLeader { .. } => {
+                    WriteFailed::LeaderChanged
+                }
+                other => WriteFailed::Store(other.to_string()),
+            });
+        let _ = write.reply.send(result);
+    });
+}
+
 /// Checks the quorum whenever nothing has confirmed it for `fresh_for`, so
 /// that an edge cut off from the store knows within about that bound.
 async fn keep_contact(writes: LeaderWrites, fresh_for: Duration) {
@@ -270,23 +285,11 @@ async fn keep_contact(writes: LeaderWrites, fresh_for: Duration) {
     }
 }
 
-/// The current leader, waiting up to `timeout` for one to be elected.
-async fn wait_for_leader(node: &StoreNode, timeout: Duration) -> Option<(u64, String)> {
-    if let Some(leader) = node.leader() {
-        return Some(leader);
-    }
-    let mut watch = node.raft().metrics();
-    let elected = tokio::time::timeout(timeout, watch.wait_for(|m| m.current_leader.is_some()))
-        .await
-        .is_ok();
-    if elected { node.leader() } else { None }
-}
-
 /// Buffered requests on one stream before the router waits for the leader.
 const STREAM_BUFFER: usize = 4096;
 
-async fn open_stream(node: &StoreNode, address: &str) -> Result<RemoteLeader, WriteFailed> {
-    let channel = node
+async fn open_stream(access: &Access, address: &str) -> Result<RemoteLeader, WriteFailed> {
+    let channel = access
         .channels()
         .get(address)
         .map_err(|error| WriteFailed::Stream(format!("{address}: {error}")))?;
@@ -301,10 +304,14 @@ async fn open_stream(node: &StoreNode, address: &str) -> Result<RemoteLeader, Wr
         Arc::new(Mutex::new(Some(HashMap::new())));
     let reader_waiting = waiting.clone();
     let leader = address.to_owned();
+    let access = access.clone();
     tokio::spawn(async move {
         let why = loop {
             match replies.message().await {
                 Ok(Some(reply)) => {
+                    if reply.not_leader {
+                        access.leader_moved(Some(reply.leader_address.clone()));
+                    }
                     let waiter = reader_waiting
                         .lock()
                         .as_mut()
@@ -318,6 +325,7 @@ async fn open_stream(node: &StoreNode, address: &str) -> Result<RemoteLeader, Wr
             }
         };
         tracing::info!(leader = %leader, reason = %why, "the write stream to the store leader ended");
+        access.leader_moved(None);
         // Whatever was in flight may or may not have committed.
         if let Some(waiting) = reader_waiting.lock().take() {
             for (_, waiter) in waiting {

@@ -607,12 +607,11 @@ impl Config {
                 "roles",
                 "name at least one of \"store\" and \"edge\"".into(),
             );
-        } else if !self.has_role(Role::Store) {
-            // An edge reads sessions and notifications from the store replica
-            // in its own process; edges without one are not built yet.
+        } else if !self.has_role(Role::Store) && c.seeds.is_empty() {
             problem(
                 "roles",
-                "an edge needs the store role in the same node (roles = [\"store\", \"edge\"])"
+                "an edge without the store role reaches the store through cluster.seeds, \
+                 which names no store node"
                     .into(),
             );
         }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rookery_broker::Broker;
+use rookery_cluster::{Access, Peers};
 use rookery_store::{NodeId, StoreNode};
 
 use crate::config::{Config, Role};
@@ -60,33 +61,48 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         tracing::info!(%address, "metrics ready");
     }
 
-    let store_config = config.store_config();
-    let store = StoreNode::start(store_config.clone())
-        .await
-        .map_err(|error| ServeError::StoreStart {
-            data_dir: store_config.data_dir.clone(),
-            listen: store_config.listen,
-            message: error.to_string(),
-        })?;
-    if let Err(error) = form_or_resume_group(&store, &config).await {
-        store.shutdown().await;
-        return Err(error);
-    }
-    let store = Arc::new(store);
+    let store = if config.has_role(Role::Store) {
+        let store_config = config.store_config();
+        let store = StoreNode::start(store_config.clone())
+            .await
+            .map_err(|error| ServeError::StoreStart {
+                data_dir: store_config.data_dir.clone(),
+                listen: store_config.listen,
+                message: error.to_string(),
+            })?;
+        if let Err(error) = form_or_resume_group(&store, &config).await {
+            store.shutdown().await;
+            return Err(error);
+        }
+        Some(Arc::new(store))
+    } else {
+        None
+    };
 
     let broker = if config.has_role(Role::Edge) {
-        let started = Broker::start(
-            config.broker.clone(),
-            store.clone(),
-            config.cluster_options(),
-        )
-        .await;
+        let access = match &store {
+            Some(node) => Access::Replica(node.clone()),
+            // An edge-only node: the store nodes its seeds name, called
+            // from the address it forwards on.
+            None => Access::Peers(Arc::new(Peers::new(
+                config.cluster.seeds.clone(),
+                config
+                    .cluster
+                    .forward_listen
+                    .0
+                    .map(|address| address.ip())
+                    .filter(|ip| !ip.is_unspecified()),
+            ))),
+        };
+        let started = Broker::start(config.broker.clone(), access, config.cluster_options()).await;
         match started {
             Ok(broker) => Some(broker),
             Err(error) => {
                 // A half-started broker may leave tasks holding the store:
                 // do not wait long for them.
-                shutdown_store(store, STORE_RELEASE_WAIT_FAILED_START).await;
+                if let Some(store) = store {
+                    shutdown_store(store, STORE_RELEASE_WAIT_FAILED_START).await;
+                }
                 return Err(ServeError::Broker(error.to_string()));
             }
         }
@@ -114,7 +130,9 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     if let Some(broker) = broker {
         broker.shutdown().await;
     }
-    shutdown_store(store, STORE_RELEASE_WAIT).await;
+    if let Some(store) = store {
+        shutdown_store(store, STORE_RELEASE_WAIT).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -32,6 +32,9 @@ pub enum Event {
     /// A retained message was set, or cleared (empty payload): edges keep
     /// a copy of the retained messages for new subscriptions.
     Retained(Message),
+    /// An edge registered for the first time or at a new address: other
+    /// edges forward to it there.
+    EdgeRegistered(Edge),
     Edge {
         edge_id: String,
         event: edge_event::Kind,
@@ -93,6 +96,12 @@ impl Machine<'_, '_> {
                     lease_expires_at_ms: self.now_ms.saturating_add(register.lease_ms),
                     stats: register.stats,
                 };
+                let known = self
+                    .txn
+                    .get_message::<Edge>(cf::EDGES, &keys::edge(&edge.edge_id))?;
+                if known.is_none_or(|known| known.address != edge.address) {
+                    self.events.push(Event::EdgeRegistered(edge.clone()));
+                }
                 self.txn
                     .put_message(cf::EDGES, keys::edge(&edge.edge_id), &edge);
                 Ok(applied())

@@ -424,7 +424,7 @@ fn route_changes(events: &[Event]) -> (Vec<Route>, Vec<Route>) {
         match event {
             Event::RouteAdded(route) => added.push(route.clone()),
             Event::RouteRemoved(route) => removed.push(route.clone()),
-            Event::Edge { .. } | Event::Retained(_) => {}
+            Event::Edge { .. } | Event::Retained(_) | Event::EdgeRegistered(_) => {}
         }
     }
     (sorted(added), sorted(removed))

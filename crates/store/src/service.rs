@@ -302,7 +302,9 @@ impl proto::store_server::Store for StoreService {
         &self,
         request: Request<proto::ListRoutesRequest>,
     ) -> Result<Response<proto::ListRoutesResponse>, Status> {
-        if let Some(leader) = self.shared.read_barrier().await? {
+        if !request.get_ref().local
+            && let Some(leader) = self.shared.read_barrier().await?
+        {
             let channel = self.shared.forward_target(&request, Some(leader))?;
             return StoreClient::new(channel)
                 .list_routes(forwarded(request.into_inner()))
@@ -320,7 +322,9 @@ impl proto::store_server::Store for StoreService {
         &self,
         request: Request<proto::GetRetainedRequest>,
     ) -> Result<Response<proto::GetRetainedResponse>, Status> {
-        if let Some(leader) = self.shared.read_barrier().await? {
+        if !request.get_ref().local
+            && let Some(leader) = self.shared.read_barrier().await?
+        {
             let channel = self.shared.forward_target(&request, Some(leader))?;
             return StoreClient::new(channel)
                 .get_retained(forwarded(request.into_inner()))
@@ -386,7 +390,7 @@ impl proto::store_server::Store for StoreService {
                     match change {
                         Event::RouteAdded(route) => event.added.push(route.clone()),
                         Event::RouteRemoved(route) => event.removed.push(route.clone()),
-                        Event::Edge { .. } | Event::Retained(_) => {}
+                        Event::Edge { .. } | Event::Retained(_) | Event::EdgeRegistered(_) => {}
                     }
                 }
                 if event.added.is_empty() && event.removed.is_empty() {
@@ -398,6 +402,86 @@ impl proto::store_server::Store for StoreService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    type FollowStream = EventStream<proto::FollowEvent>;
+
+    async fn follow(
+        &self,
+        request: Request<proto::FollowRequest>,
+    ) -> Result<Response<Self::FollowStream>, Status> {
+        use proto::follow_event::Kind as Follow;
+        let edge_id = request.into_inner().edge_id;
+        // Subscribed before `ready` goes out: what the edge reads after it
+        // cannot miss a change.
+        let mut applied = self.shared.applied.subscribe();
+        let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
+        let _ = sender.try_send(Ok(proto::FollowEvent {
+            kind: Some(Follow::Ready(true)),
+        }));
+        tokio::spawn(async move {
+            loop {
+                let next = match applied.recv().await {
+                    Ok(next) => next,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let _ = sender
+                            .send(Err(Status::aborted(
+                                "the follower fell behind; follow again",
+                            )))
+                            .await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if next.reset {
+                    let _ = sender
+                        .send(Err(Status::aborted(
+                            "the store installed a snapshot; follow again",
+                        )))
+                        .await;
+                    return;
+                }
+                for change in &next.events {
+                    let kind = match change {
+                        Event::Edge { edge_id: to, event } if *to == edge_id => {
+                            Follow::Edge(EdgeEvent {
+                                kind: Some(event.clone()),
+                            })
+                        }
+                        Event::Edge { .. } => continue,
+                        Event::RouteAdded(route) => Follow::RouteAdded(route.clone()),
+                        Event::RouteRemoved(route) => Follow::RouteRemoved(route.clone()),
+                        Event::Retained(message) => Follow::Retained(message.clone()),
+                        Event::EdgeRegistered(edge) => Follow::EdgeRegistered(edge.clone()),
+                    };
+                    let event = proto::FollowEvent { kind: Some(kind) };
+                    if sender.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn read_queue(
+        &self,
+        request: Request<proto::ReadQueueRequest>,
+    ) -> Result<Response<proto::ReadQueueResponse>, Status> {
+        let request = request.into_inner();
+        let limit = usize::try_from(request.limit).unwrap_or(usize::MAX);
+        let entries =
+            machine::read_queue_after(&*self.shared.db, &request.client_id, request.after, limit)
+                .map_err(internal)?;
+        Ok(Response::new(proto::ReadQueueResponse { entries }))
+    }
+
+    async fn list_edges(
+        &self,
+        _request: Request<proto::ListEdgesRequest>,
+    ) -> Result<Response<proto::ListEdgesResponse>, Status> {
+        let edges = machine::read_edges(&*self.shared.db).map_err(internal)?;
+        Ok(Response::new(proto::ListEdgesResponse { edges }))
     }
 
     type WatchEdgeStream = EventStream<EdgeEvent>;

@@ -169,7 +169,10 @@ impl Client {
         let mut store = self.store(address);
         let deadline = Instant::now() + WAIT;
         loop {
-            let request = proto::GetRetainedRequest { filter: "#".into() };
+            let request = proto::GetRetainedRequest {
+                filter: "#".into(),
+                local: false,
+            };
             match self.runtime.block_on(store.get_retained(request)) {
                 Ok(response) => {
                     return response
