@@ -100,7 +100,12 @@ impl LeaderWrites {
             timeout,
             contact: Arc::default(),
         };
-        tokio::spawn(keep_contact(writes.clone(), fresh_for));
+        tokio::spawn(keep_contact(
+            writes.queue.downgrade(),
+            writes.contact.clone(),
+            timeout,
+            fresh_for,
+        ));
         writes
     }
 
@@ -271,14 +276,26 @@ fn write_here(node: &Arc<StoreNode>, write: Pending) {
 
 /// Checks the quorum whenever nothing has confirmed it for `fresh_for`, so
 /// that an edge cut off from the store knows within about that bound.
-async fn keep_contact(writes: LeaderWrites, fresh_for: Duration) {
+/// Ends with the last [`LeaderWrites`] handle (it holds only a weak one),
+/// so that the router lets go of the store when the edge stops.
+async fn keep_contact(
+    queue: mpsc::WeakUnboundedSender<Pending>,
+    contact: Arc<Contact>,
+    timeout: Duration,
+    fresh_for: Duration,
+) {
     let mut ticks = tokio::time::interval(CONTACT_CHECK_EVERY.min(fresh_for / 2));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        if writes.queue.is_closed() {
+        let Some(queue) = queue.upgrade() else {
             return;
-        }
+        };
+        let writes = LeaderWrites {
+            queue,
+            timeout,
+            contact: contact.clone(),
+        };
         if writes.contact(fresh_for / 2) != StoreContact::Fresh && !writes.check_quorum().await {
             tracing::debug!("the store's quorum did not answer");
         }
