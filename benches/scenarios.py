@@ -13,7 +13,10 @@ docs/benchmarks.md (between the `scenarios:begin`/`scenarios:end` markers).
 
 Peers: Mosquitto from Debian (`apt-get install mosquitto`) and rumqttd
 (`cargo install rumqttd`); a peer that is not installed is left out and the
-table says so. Every broker and every run is bounded in time.
+table says so. `rookery-cluster` is three Rookery nodes (each store voter
+and edge) on 127.0.0.1-3 with every client on node 1: its durable row is
+the cost of a 3-voter Raft commit. Every broker and every run is bounded in
+time.
 """
 
 import argparse
@@ -69,9 +72,9 @@ SCENARIOS = [
 PEERS = ["mosquitto", "rumqttd"]
 
 
-def free_port():
+def free_port(host="127.0.0.1"):
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -80,13 +83,13 @@ def raise_open_files():
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def wait_for_port(port, process, seconds=30):
+def wait_for_port(port, process, seconds=30, host="127.0.0.1"):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"broker exited with {process.returncode}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            with socket.create_connection((host, port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.05)
@@ -101,10 +104,39 @@ class Broker:
         self.dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
         self.port = free_port()
         self.log = open(self.dir / "log", "wb")
+        # The other nodes of a cluster; `process` is the one clients use.
+        self.others = []
+        if name == "rookery-cluster":
+            self.start_cluster()
+            return
         self.process = subprocess.Popen(
             self.command(), cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT,
             preexec_fn=raise_open_files)
         wait_for_port(self.port, self.process)
+
+    def start_cluster(self, nodes=3):
+        hosts = [f"127.0.0.{i}" for i in range(1, nodes + 1)]
+        stores = [f"{host}:{free_port(host)}" for host in hosts]
+        seeds = ", ".join(f'"{store}"' for store in stores)
+        processes = []
+        for i, host in enumerate(hosts, start=1):
+            port = self.port if i == 1 else free_port(host)
+            conf = self.dir / f"node{i}.toml"
+            conf.write_text(
+                f'node_id = {i}\ndata_dir = "{self.dir / f"data{i}"}"\n'
+                f'[log]\nlevel = "warn"\n[metrics]\nlisten = "off"\n'
+                f'[store]\nlisten = "{stores[i - 1]}"\n'
+                f'[cluster]\nseeds = [{seeds}]\nbootstrap_expect = {nodes}\n'
+                f'forward_listen = "{host}:0"\n'
+                f'[[broker.listeners]]\nkind = "tcp"\naddress = "{host}:{port}"\n')
+            processes.append((subprocess.Popen(
+                [str(TARGET / "release" / "rookery"), "serve", "--config", str(conf)],
+                cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT,
+                preexec_fn=raise_open_files), host, port))
+        self.process = processes[0][0]
+        self.others = [process for process, _, _ in processes[1:]]
+        for process, host, port in processes:
+            wait_for_port(port, process, seconds=60, host=host)
 
     def command(self):
         if self.name == "rookery":
@@ -122,12 +154,14 @@ class Broker:
         raise ValueError(self.name)
 
     def stop(self):
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        for process in [self.process] + self.others:
+            process.terminate()
+        for process in [self.process] + self.others:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -163,7 +197,7 @@ def rumqttd_binary():
 
 
 def available(name):
-    if name == "rookery":
+    if name in ("rookery", "rookery-cluster"):
         return (TARGET / "release" / "rookery").exists()
     if name == "mosquitto":
         return Path(mosquitto_binary()).exists()
@@ -172,12 +206,13 @@ def available(name):
 
 def version(name):
     try:
-        if name == "rookery":
+        if name in ("rookery", "rookery-cluster"):
             sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                                  capture_output=True, text=True).stdout.strip()
             out = subprocess.run([str(TARGET / "release" / "rookery"), "--version"],
                                  capture_output=True, text=True).stdout.strip()
-            return f"{out} ({sha})"
+            nodes = ", three nodes on 127.0.0.1-3, clients on node 1" if name != "rookery" else ""
+            return f"{out} ({sha}){nodes}"
         if name == "mosquitto":
             out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "mosquitto"],
                                  capture_output=True, text=True).stdout.strip()
@@ -289,18 +324,21 @@ def markdown(brokers, results, options, started):
     for name in brokers:
         lines.append(f"- {version(name)}")
     lines.append("")
-    peers = [p for p in brokers if p != "rookery"]
+    peers = [p for p in brokers if not p.startswith("rookery")]
+    ours_names = [n for n in brokers if n.startswith("rookery")]
+    comparisons = [(o, p) for o in ours_names for p in peers]
+    label = {"rookery": "Rookery", "rookery-cluster": "Cluster"}
     header = "| Scenario | " + " | ".join(brokers) + " | " + " | ".join(
-        f"Rookery vs {p}" for p in peers) + " |"
+        f"{label[o]} vs {p}" for o, p in comparisons) + " |"
     lines.append(header)
-    lines.append("|" + " --- |" * (1 + len(brokers) + len(peers)))
+    lines.append("|" + " --- |" * (1 + len(brokers) + len(comparisons)))
     for key, title, _, kind in SCENARIOS:
         if key not in results:
             continue
         best = {name: best_of(kind, results[key].get(name, [])) for name in brokers}
         cells = [show(kind, figure(kind, best[name])) for name in brokers]
-        ours = figure(kind, best.get("rookery"))
-        ratios = [ratio(kind, ours, figure(kind, best[p])) for p in peers]
+        ratios = [ratio(kind, figure(kind, best[o]), figure(kind, best[p]))
+                  for o, p in comparisons]
         lines.append(f"| {title} | " + " | ".join(cells + ratios) + " |")
     lines.append("")
     lines.append("Throughput is messages received per second (every subscriber's "
@@ -354,7 +392,7 @@ def main():
     parser.add_argument("--duration", type=int, default=10, help="seconds per run")
     parser.add_argument("--rounds", type=int, default=1, help="runs per scenario and broker")
     parser.add_argument("--only", default="", help="comma-separated scenario keys")
-    parser.add_argument("--brokers", default="rookery,mosquitto,rumqttd")
+    parser.add_argument("--brokers", default="rookery,rookery-cluster,mosquitto,rumqttd")
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     parser.add_argument("--json", help="also write every report to this file")
     options = parser.parse_args()
@@ -381,6 +419,10 @@ def main():
                 shift = (index + round_index) % len(brokers)
                 order = brokers[shift:] + brokers[:shift]
                 for name in order:
+                    if name == "rookery-cluster" and kind == "rss":
+                        # Memory per connection of one node of three says
+                        # nothing the single node does not.
+                        continue
                     print(f"[{datetime.datetime.now():%H:%M:%S}] {key} on {name}", file=sys.stderr)
                     broker = Broker(name, workdir)
                     try:

@@ -260,3 +260,100 @@ async fn stream_to(
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Collects what is delivered, in order.
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<(String, bytes::Bytes)>>);
+
+    impl DeliverySink for Collect {
+        fn deliver(&self, messages: Vec<Message>, deliveries: Vec<Delivery>) {
+            let mut seen = self.0.lock();
+            for delivery in deliveries {
+                let payload = messages[delivery.message as usize].payload.clone();
+                seen.push((delivery.client_id, payload));
+            }
+        }
+    }
+
+    async fn serve(sink: Arc<Collect>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service(sink))
+                .serve_with_incoming(incoming),
+        );
+        address
+    }
+
+    fn outbound(n: u32, clients: &[&str]) -> (Outbound, oneshot::Receiver<bool>) {
+        let (done, confirmed) = oneshot::channel();
+        let outbound = Outbound {
+            message: Message {
+                topic: "t".into(),
+                payload: bytes::Bytes::from(n.to_string()),
+                qos: 1,
+                ..Message::default()
+            },
+            deliveries: clients
+                .iter()
+                .map(|client| Delivery {
+                    client_id: (*client).to_owned(),
+                    qos: 1,
+                    ..Delivery::default()
+                })
+                .collect(),
+            done: Some(done),
+        };
+        (outbound, confirmed)
+    }
+
+    /// Every publish reaches the other edge once per session, in the order
+    /// sent, and each sender is told once its batch is in.
+    #[tokio::test]
+    async fn publishes_arrive_in_order_and_are_confirmed() {
+        let sink = Arc::new(Collect::default());
+        let address = serve(sink.clone()).await;
+        let forwarder = Forwarder::default();
+        let mut confirmations = Vec::new();
+        for n in 0..500 {
+            let (outbound, confirmed) = outbound(n, &["a", "b"]);
+            forwarder.send(&address, outbound);
+            confirmations.push(confirmed);
+        }
+        for confirmed in confirmations {
+            let confirmed = tokio::time::timeout(Duration::from_secs(10), confirmed).await;
+            assert_eq!(confirmed.ok().and_then(Result::ok), Some(true));
+        }
+        let seen = sink.0.lock();
+        let to_a: Vec<String> = seen
+            .iter()
+            .filter(|(client, _)| client == "a")
+            .map(|(_, payload)| String::from_utf8_lossy(payload).into_owned())
+            .collect();
+        let expected: Vec<String> = (0..500).map(|n: u32| n.to_string()).collect();
+        assert_eq!(to_a, expected);
+        assert_eq!(seen.len(), 1000);
+    }
+
+    /// An edge that cannot be reached holds no publisher: its deliveries are
+    /// dropped and the senders told so.
+    #[tokio::test]
+    async fn an_unreachable_edge_confirms_nothing_and_holds_no_one() {
+        let forwarder = Forwarder::default();
+        let (outbound, confirmed) = outbound(1, &["a"]);
+        // A port nothing listens on (bound, then released).
+        let address = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().to_string()
+        };
+        forwarder.send(&address, outbound);
+        let confirmed = tokio::time::timeout(Duration::from_secs(10), confirmed).await;
+        assert_eq!(confirmed.ok().and_then(Result::ok), Some(false));
+    }
+}
