@@ -252,6 +252,7 @@ impl Group {
                 .change_membership(proto::ChangeMembershipRequest {
                     voters,
                     remove_others: false,
+                    add: false,
                 })
                 .await?;
             self.wait_for_leader(self.nodes.len()).await?;

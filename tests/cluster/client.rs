@@ -331,6 +331,41 @@ impl Client {
         .await
     }
 
+    /// Publishes at QoS 2 under `id` and waits up to `wait` for its PUBREC,
+    /// which is returned whatever its reason code. After a successful one
+    /// the flow goes on with [`Client::release`].
+    pub async fn publish2(
+        &mut self,
+        id: u16,
+        topic: &str,
+        payload: &[u8],
+        wait: Duration,
+    ) -> Result<Ack, String> {
+        self.send(Packet::Publish(publish_packet(
+            topic,
+            QoS::ExactlyOnce,
+            id,
+            payload,
+        )))
+        .await?;
+        self.read_until(wait, "PUBREC", |p| match p {
+            Packet::PubRec(ack) if ack.packet_id == pid(id) => Some(ack.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Releases the QoS 2 message sent under `id` (PUBREL) and waits up to
+    /// `wait` for its PUBCOMP, which is returned whatever its reason code.
+    pub async fn release(&mut self, id: u16, wait: Duration) -> Result<Ack, String> {
+        self.send(Packet::PubRel(Ack::new(pid(id)))).await?;
+        self.read_until(wait, "PUBCOMP", |p| match p {
+            Packet::PubComp(ack) if ack.packet_id == pid(id) => Some(ack.clone()),
+            _ => None,
+        })
+        .await
+    }
+
     /// Acknowledges a received QoS 1 PUBLISH (nothing for QoS 0).
     pub async fn puback(&mut self, publish: &Publish) -> Result<(), String> {
         match (publish.qos, publish.packet_id) {

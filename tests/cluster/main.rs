@@ -3,8 +3,9 @@
 //! one cluster; MQTT clients on different nodes; nodes killed with SIGKILL
 //! mid-stream. They check what a cluster adds to a single broker: routing
 //! between edges, sessions and wills that outlive their edge, no
-//! acknowledged message lost when the store leader dies, shared
-//! subscriptions balanced cluster-wide, takeover across edges.
+//! acknowledged message lost when the store leader dies, QoS 2 exactly once
+//! across an edge's death, shared subscriptions balanced cluster-wide,
+//! takeover across edges.
 //!
 //! Each test is named after the behaviour it checks. Start reading at
 //! `harness.rs` (the processes), then `client.rs` (a raw MQTT client whose
@@ -25,6 +26,7 @@ mod proxy;
 mod traffic;
 
 mod edges;
+mod exactly_once;
 mod failover;
 mod partition;
 mod routing;

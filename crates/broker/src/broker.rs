@@ -109,10 +109,17 @@ impl Broker {
         store
             .write_one(register_edge(&edge_id, &forward_address, None))
             .await?;
+        // Forwarding streams leave from the address the edge listens on
+        // (not the advertised one, which may not be local).
+        let forward_source = cluster
+            .forward_listen
+            .map(|address| address.ip())
+            .filter(|ip| !ip.is_unspecified());
         let hub = Arc::new(Hub::new(
             config.clone(),
             edge_id.clone(),
             forward_address.clone(),
+            forward_source,
             store.clone(),
         ));
         hub.load(now_ms()).await?;

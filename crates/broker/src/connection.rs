@@ -76,7 +76,38 @@ struct Completed {
     /// Persistent targets online here: counted in their backlog until this
     /// completion is handled and dropped.
     _enqueuing: PendingEnqueue,
-    result: Result<(), ReasonCode>,
+    outcome: Outcome,
+}
+
+/// How a QoS 1/2 publish's store write and forwards ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Committed and handed to every edge that holds a matching session.
+    Done,
+    /// A QoS 2 message the store had already accepted under this packet
+    /// identifier: acknowledged again, delivered no second time.
+    Duplicate,
+    /// Certainly not taken (the session was taken over, ...).
+    Refused(ReasonCode),
+    /// The store or another edge did not answer: it may or may not have it.
+    Unknown,
+}
+
+/// What the store's results say of a publish's commands.
+fn publish_outcome(results: &[proto::CommandResult]) -> Outcome {
+    let mut outcome = Outcome::Done;
+    for result in results {
+        match &result.kind {
+            Some(ResultKind::Fenced(_) | ResultKind::NoSession(_)) => {
+                return Outcome::Refused(ReasonCode::UnspecifiedError);
+            }
+            Some(ResultKind::Enqueued(enqueued)) if !enqueued.accepted => {
+                outcome = Outcome::Duplicate;
+            }
+            _ => {}
+        }
+    }
+    outcome
 }
 
 /// Serves one accepted connection until it ends.
@@ -594,10 +625,7 @@ impl Session {
                 Input::Read(Err(_)) => Err(End::Closed),
                 Input::Mail(Some(mail)) => self.handle_mail(conn, mail).await,
                 Input::Mail(None) => Err(End::Shutdown),
-                Input::Completed(done) => {
-                    self.complete(conn, done);
-                    Ok(())
-                }
+                Input::Completed(done) => self.complete(conn, done),
                 Input::Timer => Ok(()),
                 Input::KeepAliveExpired => {
                     metrics::counter!("rookery_keep_alive_timeouts_total").increment(1);
@@ -1154,13 +1182,12 @@ impl Session {
         // made elsewhere, and what it queues may never commit.
         if publish.qos != QoS::AtMostOnce && !hub.store.in_contact().await {
             hub.stats.dropped("store_unreachable");
-            self.answer_publish(
+            return self.fail_publish(
                 conn,
                 packet_id,
                 publish.qos,
-                Err(ReasonCode::ImplementationSpecificError),
+                ReasonCode::ImplementationSpecificError,
             );
-            return Ok(());
         }
 
         let now = now_ms();
@@ -1172,9 +1199,18 @@ impl Session {
         ));
         let mut routes = hub.route(&message);
         let retain = message.retain;
+        // A QoS 2 publish of a persistent session may be a retry the store
+        // already took (after a failure, on another edge): it goes to other
+        // edges only once the store has said it is new.
+        let forward_after_store = publish.qos == QoS::ExactlyOnce && self.persistent;
+        let forwarded = !routes.remote.is_empty();
+        let later = if forward_after_store {
+            std::mem::take(&mut routes.remote)
+        } else {
+            Vec::new()
+        };
         // Sessions online on other edges get it now; a QoS 1/2 publisher's
         // acknowledgement waits until each of those edges has it.
-        let forwarded = !routes.remote.is_empty();
         let confirmations = hub.forward(
             &message,
             std::mem::take(&mut routes.remote),
@@ -1199,7 +1235,7 @@ impl Session {
         {
             self.incoming_qos2.insert(id.get());
         }
-        if !needs_store && confirmations.is_empty() {
+        if !needs_store && confirmations.is_empty() && later.is_empty() {
             if routes.local.is_empty() && routes.durable.is_empty() && !forwarded {
                 metrics::counter!("rookery_messages_unrouted_total").increment(1);
             }
@@ -1225,8 +1261,16 @@ impl Session {
         let durable = PendingEnqueue::new(routes.durable_mailboxes, &mut self.paused_on);
         let hub = hub.clone();
         self.pending.push_back(Box::pin(async move {
-            // Not waited for: an edge that died has taken its sessions along.
-            let forwarded = futures::future::join_all(confirmations);
+            // Each edge holding a matching session must have it before the
+            // acknowledgement, within the store's write bound.
+            let bound = hub.store.write_timeout();
+            let forwarded = async {
+                let all = futures::future::join_all(confirmations);
+                match tokio::time::timeout(bound, all).await {
+                    Ok(confirmed) => confirmed.into_iter().all(|c| c == Ok(true)),
+                    Err(_) => false,
+                }
+            };
             let written = async {
                 if commands.is_empty() {
                     Ok(Vec::new())
@@ -1234,32 +1278,34 @@ impl Session {
                     store.write(commands).await
                 }
             };
-            let (written, _) = futures::future::join(written, forwarded).await;
-            let result = match written {
+            let (written, mut forwarded) = futures::future::join(written, forwarded).await;
+            let outcome = match written {
                 Ok(results) => {
                     hub.count_store_drops(&results);
-                    let refused = results.iter().any(|result| {
-                        matches!(
-                            result.kind,
-                            Some(ResultKind::Fenced(_)) | Some(ResultKind::NoSession(_))
-                        )
-                    });
-                    if refused {
-                        Err(ReasonCode::UnspecifiedError)
-                    } else {
-                        Ok(())
-                    }
+                    publish_outcome(&results)
                 }
-                Err(StoreUnavailable::Write(_) | StoreUnavailable::Read(_)) => {
-                    Err(ReasonCode::ImplementationSpecificError)
-                }
+                Err(StoreUnavailable::Write(_) | StoreUnavailable::Read(_)) => Outcome::Unknown,
+            };
+            if outcome == Outcome::Done && !later.is_empty() {
+                let confirmations = hub.forward(&message, later, true);
+                let all = futures::future::join_all(confirmations);
+                forwarded &= match tokio::time::timeout(bound, all).await {
+                    Ok(confirmed) => confirmed.into_iter().all(|c| c == Ok(true)),
+                    Err(_) => false,
+                };
+            }
+            let outcome = if outcome == Outcome::Done && !forwarded {
+                metrics::counter!("rookery_forward_unconfirmed_publishes_total").increment(1);
+                Outcome::Unknown
+            } else {
+                outcome
             };
             Completed {
                 packet_id,
                 qos,
                 local,
                 _enqueuing: durable,
-                result,
+                outcome,
             }
         }));
         Ok(())
@@ -1267,16 +1313,60 @@ impl Session {
 
     /// Sends the acknowledgement of a publish once it is routed (and stored
     /// where it had to be).
-    fn complete(&mut self, conn: &mut Connection, done: Completed) {
-        if done.result.is_ok() {
-            conn.hub.deliver_local(done.local, &mut self.paused_on);
-        } else if done.qos == QoS::ExactlyOnce
-            && let Some(id) = done.packet_id
+    fn complete(&mut self, conn: &mut Connection, done: Completed) -> Result<(), End> {
+        match done.outcome {
+            Outcome::Done => {
+                conn.hub.deliver_local(done.local, &mut self.paused_on);
+                self.answer_publish(conn, done.packet_id, done.qos, Ok(()));
+                Ok(())
+            }
+            Outcome::Duplicate => {
+                self.answer_publish(conn, done.packet_id, done.qos, Ok(()));
+                Ok(())
+            }
+            Outcome::Refused(reason) => self.fail_publish(conn, done.packet_id, done.qos, reason),
+            Outcome::Unknown if done.qos == QoS::ExactlyOnce => {
+                // A refusal would free the packet identifier while the store
+                // may hold the message under it: the client would reuse it
+                // for a new message, which the store would then take for a
+                // retry. Closing keeps the identifier: the client sends the
+                // same PUBLISH again (DUP) and the store knows what it has.
+                metrics::counter!("rookery_publishes_unconfirmed_total").increment(1);
+                conn.disconnect(ReasonCode::ImplementationSpecificError);
+                Err(End::Abnormal)
+            }
+            Outcome::Unknown => {
+                metrics::counter!("rookery_publishes_unconfirmed_total").increment(1);
+                self.fail_publish(
+                    conn,
+                    done.packet_id,
+                    done.qos,
+                    ReasonCode::ImplementationSpecificError,
+                )
+            }
+        }
+    }
+
+    /// Tells the client its QoS 1/2 publish was not taken: a reason code in
+    /// 5.0; 3.x has none, and acknowledging would claim what is not true, so
+    /// the connection closes and the client sends it again.
+    fn fail_publish(
+        &mut self,
+        conn: &mut Connection,
+        packet_id: Option<PacketId>,
+        qos: QoS,
+        reason: ReasonCode,
+    ) -> Result<(), End> {
+        if conn.version.is_v5() {
+            self.answer_publish(conn, packet_id, qos, Err(reason));
+            return Ok(());
+        }
+        if qos == QoS::ExactlyOnce
+            && let Some(id) = packet_id
         {
-            // Not accepted: the client may send it again as new.
             self.incoming_qos2.remove(&id.get());
         }
-        self.answer_publish(conn, done.packet_id, done.qos, done.result);
+        Err(End::Abnormal)
     }
 
     fn answer_publish(

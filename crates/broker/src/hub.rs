@@ -358,9 +358,10 @@ impl Hub {
         config: Arc<BrokerConfig>,
         edge_id: String,
         forward_address: String,
+        forward_source: Option<std::net::IpAddr>,
         store: Store,
     ) -> Self {
-        let forwarder = rookery_cluster::Forwarder::from_address(forward_source(&forward_address));
+        let forwarder = rookery_cluster::Forwarder::from_address(forward_source);
         Hub {
             config,
             edge_id,
@@ -399,16 +400,19 @@ impl Hub {
     /// after notifications were missed.
     pub async fn reload(&self, now_ms: u64) -> Result<(), StoreUnavailable> {
         let routes = self.store.routes().await?;
+        // Built aside and swapped in at once: a session leaving meanwhile
+        // must not see an empty mirror.
+        let mut mirror = HashMap::new();
+        for route in &routes {
+            mirror_into(&mut mirror, &self.edge_id, route);
+        }
+        let after: Vec<ClientId> = mirror.keys().cloned().collect();
         let before: Vec<ClientId> = {
             let mut cluster = self.cluster_routes.lock();
             let before = cluster.keys().cloned().collect();
-            cluster.clear();
+            *cluster = mirror;
             before
         };
-        for route in &routes {
-            self.mirror_route(route);
-        }
-        let after: Vec<ClientId> = self.cluster_routes.lock().keys().cloned().collect();
         for client in before.iter().chain(after.iter()) {
             self.follow_cluster_routes(client);
         }
@@ -457,28 +461,7 @@ impl Hub {
     /// Adds a route to the mirror; the session it belongs to, unless the
     /// route is this edge's own.
     fn mirror_route(&self, route: &proto::Route) -> Option<ClientId> {
-        if route.edge_id == self.edge_id {
-            return None;
-        }
-        let client: ClientId = Arc::from(route.client_id.as_str());
-        let entry = sub_entry_from_proto(route.options.as_ref());
-        {
-            let mut cluster = self.cluster_routes.lock();
-            let routes = cluster.entry(client.clone()).or_default();
-            if route.edge_id.is_empty() {
-                routes.queue_filters.insert(route.filter.clone(), entry);
-            } else {
-                let edge: Arc<str> = Arc::from(route.edge_id.as_str());
-                if routes.edge.as_ref() != Some(&edge) {
-                    // Online on a new edge: the old edge's routes are gone
-                    // (their removals may still be on their way).
-                    routes.edge_filters.clear();
-                    routes.edge = Some(edge);
-                }
-                routes.edge_filters.insert(route.filter.clone(), entry);
-            }
-        }
-        Some(client)
+        mirror_into(&mut self.cluster_routes.lock(), &self.edge_id, route)
     }
 
     /// A route the store removed.
@@ -1007,16 +990,6 @@ impl Hub {
     }
 }
 
-/// The source address of this edge's forwarding streams: the one it is
-/// reached at, unless that is not one address.
-fn forward_source(forward_address: &str) -> Option<std::net::IpAddr> {
-    forward_address
-        .parse::<std::net::SocketAddr>()
-        .ok()
-        .map(|address| address.ip())
-        .filter(|ip| !ip.is_unspecified())
-}
-
 /// A store write queuing a message for persistent sessions, counted in the
 /// backlog of those online here until its result is known (dropped), so
 /// that a publisher pipelining its writes pauses before the store queue
@@ -1043,6 +1016,34 @@ impl Drop for PendingEnqueue {
             mailbox.shared.end_enqueue();
         }
     }
+}
+
+/// Adds a route of another edge (or a persistent session's) to `mirror`;
+/// the session it belongs to, unless the route is `own_edge`'s.
+fn mirror_into(
+    mirror: &mut HashMap<ClientId, ClusterRoutes>,
+    own_edge: &str,
+    route: &proto::Route,
+) -> Option<ClientId> {
+    if route.edge_id == own_edge {
+        return None;
+    }
+    let client: ClientId = Arc::from(route.client_id.as_str());
+    let entry = sub_entry_from_proto(route.options.as_ref());
+    let routes = mirror.entry(client.clone()).or_default();
+    if route.edge_id.is_empty() {
+        routes.queue_filters.insert(route.filter.clone(), entry);
+    } else {
+        let edge: Arc<str> = Arc::from(route.edge_id.as_str());
+        if routes.edge.as_ref() != Some(&edge) {
+            // Online on a new edge: the old edge's routes are gone (their
+            // removals may still be on their way).
+            routes.edge_filters.clear();
+            routes.edge = Some(edge);
+        }
+        routes.edge_filters.insert(route.filter.clone(), entry);
+    }
+    Some(client)
 }
 
 fn add_if_full(full: &mut Vec<Mailbox>, mailbox: &Mailbox) {
@@ -1326,6 +1327,7 @@ mod tests {
             Arc::new(BrokerConfig::default()),
             "A".into(),
             String::new(),
+            None,
             store,
         );
         (hub, dir)

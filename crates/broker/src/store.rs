@@ -20,6 +20,8 @@ use tokio::sync::{broadcast, mpsc};
 const FOLLOW_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause before following again after the stream broke.
 const FOLLOW_AGAIN: Duration = Duration::from_millis(200);
+/// The largest answer an edge-only node reads from a store node.
+const READ_LIMIT: usize = 512 * 1024 * 1024;
 /// Notifications an edge-only node may hold before it stops reading.
 const FOLLOW_BUFFER: usize = 4096;
 
@@ -52,6 +54,7 @@ pub struct Store {
     home: Arc<Mutex<Option<String>>>,
     writes: LeaderWrites,
     contact_bound: Duration,
+    write_timeout: Duration,
 }
 
 /// What the store tells this edge.
@@ -83,7 +86,13 @@ impl Store {
             home: Arc::default(),
             writes,
             contact_bound,
+            write_timeout,
         }
+    }
+
+    /// How long a write may take.
+    pub fn write_timeout(&self) -> Duration {
+        self.write_timeout
     }
 
     /// Whether the store's quorum is within reach: heard from within the
@@ -143,7 +152,9 @@ impl Store {
             .channels()
             .get(&home)
             .map_err(|error| StoreUnavailable::Read(format!("{home}: {error}")))?;
-        Ok(StoreClient::new(channel))
+        // A queue read or the retained messages may be larger than gRPC's
+        // default 4 MiB.
+        Ok(StoreClient::new(channel).max_decoding_message_size(READ_LIMIT))
     }
 
     /// The entries of a session's queue after position `after`, at most
@@ -269,7 +280,8 @@ async fn follow(
             let request = proto::FollowRequest {
                 edge_id: edge_id.clone(),
             };
-            let Ok(stream) = StoreClient::new(channel).follow(request).await else {
+            let client = StoreClient::new(channel).max_decoding_message_size(READ_LIMIT);
+            let Ok(stream) = { client }.follow(request).await else {
                 continue;
             };
             let mut stream = stream.into_inner();

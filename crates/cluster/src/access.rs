@@ -120,6 +120,9 @@ impl Peers {
         }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            // The leader of the highest term any node knows: a leader cut off
+            // from the others still names itself, at an older term.
+            let mut best: Option<(u64, String)> = None;
             for address in self.addresses().await {
                 let Ok(channel) = self.channel(&address) else {
                     continue;
@@ -131,11 +134,17 @@ impl Peers {
                 .await;
                 if let Ok(Ok(status)) = asked {
                     let status = status.into_inner();
-                    if status.leader_id != 0 && !status.leader_address.is_empty() {
-                        *self.leader_hint.lock() = Some(status.leader_address.clone());
-                        return Some(status.leader_address);
+                    if status.leader_id != 0
+                        && !status.leader_address.is_empty()
+                        && best.as_ref().is_none_or(|(term, _)| status.term > *term)
+                    {
+                        best = Some((status.term, status.leader_address));
                     }
                 }
+            }
+            if let Some((_, leader)) = best {
+                *self.leader_hint.lock() = Some(leader.clone());
+                return Some(leader);
             }
             if tokio::time::Instant::now() + LOOK_AGAIN > deadline {
                 return None;

@@ -30,6 +30,13 @@ use crate::proto::{DeliverAck, DeliverBatch, Delivery};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Deliveries in one batch at most.
 const MAX_BATCH: usize = 1024;
+/// Payload bytes in one batch at most (a single larger message goes alone),
+/// well below the 64 MiB a gRPC message may carry.
+const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// HTTP/2 pings on an idle stream, and how long one may go unanswered
+/// before the edge counts as gone (its publishers are not held longer).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Batches sent and not yet acknowledged on one stream.
 const STREAM_WINDOW: usize = 64;
 
@@ -180,6 +187,9 @@ async fn stream_to(
         .map_err(|e| e.to_string())?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
         .local_address(local_address)
         .connect()
         .await
@@ -239,7 +249,14 @@ async fn stream_to(
             }
         };
         add(first, &mut batch);
-        while batch.deliveries.len() < MAX_BATCH {
+        let bytes = |batch: &DeliverBatch| -> usize {
+            batch
+                .messages
+                .iter()
+                .map(|m| m.payload.len() + m.topic.len())
+                .sum()
+        };
+        while batch.deliveries.len() < MAX_BATCH && bytes(&batch) < MAX_BATCH_BYTES {
             match queue.try_recv() {
                 Ok(outbound) => add(outbound, &mut batch),
                 Err(_) => break,
@@ -253,10 +270,15 @@ async fn stream_to(
     };
     acknowledger.abort();
     // Batches never acknowledged: the edge may or may not have them.
+    let mut unconfirmed = 0u64;
     for (_, done) in waiting.lock().drain(..) {
         for done in done {
+            unconfirmed += 1;
             let _ = done.send(false);
         }
+    }
+    if unconfirmed > 0 {
+        metrics::counter!("rookery_forward_unconfirmed_total").increment(unconfirmed);
     }
     result
 }

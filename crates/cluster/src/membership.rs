@@ -194,13 +194,12 @@ async fn join(
         .await
         .map_err(|s| s.message().to_owned())?;
     if voter {
-        let mut voters: BTreeSet<NodeId> = status.voters.iter().map(|m| m.node_id).collect();
-        voters.insert(node.node_id());
-        tracing::info!(?voters, "becoming a voter of the store group");
+        tracing::info!("becoming a voter of the store group");
         admin
             .change_membership(ChangeMembershipRequest {
-                voters: voters.into_iter().collect(),
+                voters: vec![node.node_id()],
                 remove_others: false,
+                add: true,
             })
             .await
             .map_err(|s| s.message().to_owned())?;

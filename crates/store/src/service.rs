@@ -629,7 +629,12 @@ impl proto::admin_server::Admin for AdminService {
                 .change_membership(forwarded(request.into_inner()))
                 .await;
         }
-        match self.shared.raft.change_membership(voters, retain).await {
+        let change = if request.get_ref().add {
+            ChangeMembers::AddVoterIds(voters)
+        } else {
+            ChangeMembers::ReplaceAllVoters(voters)
+        };
+        match self.shared.raft.change_membership(change, retain).await {
             Ok(response) => Ok(Response::new(proto::AdminResponse {
                 log_index: response.log_id.index,
             })),

@@ -234,6 +234,7 @@ fn three_voters(root: &Path) -> (Client, Vec<TestNode>) {
         .block_on(admin.change_membership(proto::ChangeMembershipRequest {
             voters: vec![1, 2, 3],
             remove_others: false,
+            add: false,
         }))
         .unwrap();
     (client, nodes)
@@ -373,6 +374,7 @@ fn a_new_node_catches_up_by_snapshot_and_follower_writes_are_forwarded() {
         .block_on(admin.change_membership(proto::ChangeMembershipRequest {
             voters: vec![1, 2, 3, 4],
             remove_others: false,
+            add: false,
         }))
         .unwrap();
     let stored = client.retained_topics(&newcomer.address);
@@ -396,6 +398,7 @@ fn a_new_node_catches_up_by_snapshot_and_follower_writes_are_forwarded() {
                     .chain([4])
                     .collect(),
                 remove_others: true,
+                add: false,
             }),
         )
         .unwrap();
