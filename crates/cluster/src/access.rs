@@ -6,14 +6,11 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use rookery_store::network::Channels;
-use rookery_store::proto::{StatusRequest, admin_client::AdminClient};
 use rookery_store::{NodeId, StoreNode};
 use tonic::transport::Channel;
 
-use crate::membership::resolve;
+use crate::membership::{ask_status, resolve};
 
-/// How long one status question to a store node may take.
-const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause between rounds of looking for the leader.
 const LOOK_AGAIN: Duration = Duration::from_millis(200);
 
@@ -124,22 +121,12 @@ impl Peers {
             // from the others still names itself, at an older term.
             let mut best: Option<(u64, String)> = None;
             for address in self.addresses().await {
-                let Ok(channel) = self.channel(&address) else {
-                    continue;
-                };
-                let asked = tokio::time::timeout(
-                    STATUS_TIMEOUT,
-                    AdminClient::new(channel).status(StatusRequest {}),
-                )
-                .await;
-                if let Ok(Ok(status)) = asked {
-                    let status = status.into_inner();
-                    if status.leader_id != 0
-                        && !status.leader_address.is_empty()
-                        && best.as_ref().is_none_or(|(term, _)| status.term > *term)
-                    {
-                        best = Some((status.term, status.leader_address));
-                    }
+                if let Some(status) = ask_status(&self.channels, &address).await
+                    && status.leader_id != 0
+                    && !status.leader_address.is_empty()
+                    && best.as_ref().is_none_or(|(term, _)| status.term > *term)
+                {
+                    best = Some((status.term, status.leader_address));
                 }
             }
             if let Some((_, leader)) = best {

@@ -140,22 +140,30 @@ async fn ask_peers(node: &StoreNode, seeds: &[String]) -> Vec<(String, StatusRes
         if address == node.address() {
             continue;
         }
-        let Ok(channel) = node.channels().get(&address) else {
-            continue;
-        };
-        let asked = tokio::time::timeout(
-            STATUS_TIMEOUT,
-            AdminClient::new(channel).status(StatusRequest {}),
-        )
-        .await;
-        if let Ok(Ok(status)) = asked {
-            let status = status.into_inner();
-            if status.node_id != node.node_id() {
-                answers.push((address, status));
-            }
+        if let Some(status) = ask_status(node.channels(), &address).await
+            && status.node_id != node.node_id()
+        {
+            answers.push((address, status));
         }
     }
     answers
+}
+
+/// A store node's status, if it answers within a second.
+pub async fn ask_status(
+    channels: &rookery_store::network::Channels,
+    address: &str,
+) -> Option<StatusResponse> {
+    let channel = channels.get(address).ok()?;
+    let asked = tokio::time::timeout(
+        STATUS_TIMEOUT,
+        AdminClient::new(channel).status(StatusRequest {}),
+    )
+    .await;
+    match asked {
+        Ok(Ok(status)) => Some(status.into_inner()),
+        _ => None,
+    }
 }
 
 /// Every address the seeds name, once each.

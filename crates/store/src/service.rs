@@ -188,6 +188,25 @@ fn submit_response(
     reply
 }
 
+/// The next applied entry for a stream, or `None` once the stream must end:
+/// the store stopped, or the watcher fell behind, or (with `ends_on_reset`,
+/// for streams that mirror state) a snapshot replaced the state; the client
+/// is told to watch again.
+async fn next_applied<T>(
+    applied: &mut broadcast::Receiver<Arc<Applied>>,
+    sender: &mpsc::Sender<Result<T, Status>>,
+    ends_on_reset: bool,
+) -> Option<Arc<Applied>> {
+    let why = match applied.recv().await {
+        Ok(next) if ends_on_reset && next.reset => "the store installed a snapshot; watch again",
+        Ok(next) => return Some(next),
+        Err(broadcast::error::RecvError::Lagged(_)) => "the watcher fell behind; watch again",
+        Err(broadcast::error::RecvError::Closed) => return None,
+    };
+    let _ = sender.send(Err(Status::aborted(why))).await;
+    None
+}
+
 fn forwarded<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
     request
@@ -359,24 +378,9 @@ impl proto::store_server::Store for StoreService {
         }));
         tokio::spawn(async move {
             loop {
-                let next = match applied.recv().await {
-                    Ok(next) => next,
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let _ = sender
-                            .send(Err(Status::aborted("the watcher fell behind; watch again")))
-                            .await;
-                        return;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
-                if next.reset {
-                    let _ = sender
-                        .send(Err(Status::aborted(
-                            "the store installed a snapshot; watch again",
-                        )))
-                        .await;
+                let Some(next) = next_applied(&mut applied, &sender, true).await else {
                     return;
-                }
+                };
                 if next.log_index <= start_index {
                     continue;
                 }
@@ -421,26 +425,9 @@ impl proto::store_server::Store for StoreService {
         }));
         tokio::spawn(async move {
             loop {
-                let next = match applied.recv().await {
-                    Ok(next) => next,
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let _ = sender
-                            .send(Err(Status::aborted(
-                                "the follower fell behind; follow again",
-                            )))
-                            .await;
-                        return;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
-                if next.reset {
-                    let _ = sender
-                        .send(Err(Status::aborted(
-                            "the store installed a snapshot; follow again",
-                        )))
-                        .await;
+                let Some(next) = next_applied(&mut applied, &sender, true).await else {
                     return;
-                }
+                };
                 for change in &next.events {
                     let kind = match change {
                         Event::Edge { edge_id: to, event } if *to == edge_id => {
@@ -495,15 +482,8 @@ impl proto::store_server::Store for StoreService {
         let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
         tokio::spawn(async move {
             loop {
-                let next = match applied.recv().await {
-                    Ok(next) => next,
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let _ = sender
-                            .send(Err(Status::aborted("the watcher fell behind; watch again")))
-                            .await;
-                        return;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
+                let Some(next) = next_applied(&mut applied, &sender, false).await else {
+                    return;
                 };
                 for change in &next.events {
                     if let Event::Edge { edge_id: to, event } = change
