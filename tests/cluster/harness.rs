@@ -101,6 +101,10 @@ pub struct Cluster {
     nodes: Vec<Node>,
     /// With [`Options::store_proxies`], node `i`'s proxy at `i - 1`.
     proxies: Vec<Proxy>,
+    /// The store addresses every node was started with in `cluster.seeds`.
+    seeds: Vec<SocketAddr>,
+    /// How the cluster was built, for the nodes added later.
+    options: Options,
     _slot: Slot,
 }
 
@@ -145,7 +149,7 @@ impl Cluster {
             .into_iter()
             .map(|(i, roles, store)| {
                 let advertise = proxies.get(i - 1).map(|proxy| proxy.address);
-                Node::new(i, roles, store, advertise, &seeds, &options)
+                Node::new(i, roles, store, advertise, &seeds, seeds.len(), &options)
             })
             .collect();
         // Built before anything starts, so that a failed start drops it and
@@ -153,11 +157,44 @@ impl Cluster {
         let mut cluster = Cluster {
             nodes,
             proxies,
+            seeds,
+            options,
             _slot: slot,
         };
         let all: Vec<usize> = (1..=n).collect();
         cluster.launch_and_wait(&all);
         cluster
+    }
+
+    /// Creates node `n + 1` of an `n`-node cluster with `roles` and starts
+    /// it with the cluster's seeds plus its own store address (and the same
+    /// `bootstrap_expect`): its peers already form a group, so it asks to be
+    /// added to it (a learner, then a voter). Waits until it is ready and
+    /// returns its index. Not with [`Options::store_proxies`].
+    #[allow(dead_code)] // harness API that not every test of this binary uses
+    pub fn add_node(&mut self, roles: Roles) -> usize {
+        assert!(
+            self.proxies.is_empty(),
+            "add_node does not put a proxy in front of the new node"
+        );
+        let i = self.nodes.len() + 1;
+        let store = SocketAddr::from((node_ip(i), free_port(node_ip(i))));
+        let mut seeds = self.seeds.clone();
+        if roles.has_store() {
+            seeds.push(store);
+        }
+        let node = Node::new(
+            i,
+            roles,
+            store,
+            None,
+            &seeds,
+            self.seeds.len(),
+            &self.options,
+        );
+        self.nodes.push(node);
+        self.launch_and_wait(&[i]);
+        i
     }
 
     /// Node `i` (1-based: node 1 is the first node, with Raft node id 1).
@@ -354,6 +391,7 @@ impl Node {
         store: SocketAddr,
         advertise: Option<SocketAddr>,
         seeds: &[SocketAddr],
+        bootstrap_expect: usize,
         options: &Options,
     ) -> Node {
         let ip = node_ip(index);
@@ -371,7 +409,7 @@ impl Node {
             store,
             advertise,
             seeds,
-            bootstrap_expect: seeds.len(),
+            bootstrap_expect,
             forward: SocketAddr::from((ip, 0)),
             metrics,
             cluster: &options.cluster_toml,
@@ -398,6 +436,13 @@ impl Node {
     /// and has not exited).
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// The node's store address (`store.listen`), as `rookery cluster
+    /// --store` takes it.
+    #[allow(dead_code)] // harness API that not every test of this binary uses
+    pub fn store_addr(&self) -> SocketAddr {
+        self.store
     }
 
     /// The address of the MQTT TCP listener of the current process.

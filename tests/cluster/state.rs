@@ -1,0 +1,271 @@
+//! State the cluster keeps for every edge: retained messages set on one
+//! edge and cleared on another, `$SYS/cluster/` figures, and the messages in
+//! flight to a shared subscription's member when that member goes away.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rookery_codec::{Packet, Publish, QoS};
+use tokio::time::Instant;
+
+use crate::client::{Client, Read, clean_v5, publish_packet};
+use crate::harness::{Cluster, FAILOVER, Options, QUIET, TIMEOUT, within};
+use crate::traffic::{ACK_WAIT, await_route, ranges, seq_of, unique_id};
+
+/// Publishes a retained QoS 1 message on `topic` from a new client at
+/// `addr` and checks its PUBACK.
+async fn publish_retained(addr: SocketAddr, topic: &str, payload: &[u8]) {
+    let (mut client, _) = Client::connect(addr, clean_v5(&unique_id("retainer"))).await;
+    let mut publish = publish_packet(topic, QoS::AtLeastOnce, 1, payload);
+    publish.retain = true;
+    client
+        .send(Packet::Publish(publish))
+        .await
+        .unwrap_or_else(|e| panic!("retained PUBLISH at {addr}: {e}"));
+    let ack = client
+        .read_until(ACK_WAIT, "PUBACK", |p| match p {
+            Packet::PubAck(ack) => Some(ack.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("retained PUBLISH at {addr}: {e}"));
+    assert!(
+        ack.reason_code.as_u8() < 0x80,
+        "PUBACK of the retained message at {addr}: {ack:?}"
+    );
+}
+
+/// What a new subscriber to `topic` at `addr` receives within [`QUIET`] of
+/// its SUBACK: the retained message, if there is one.
+async fn retained_for_new_subscriber(addr: SocketAddr, topic: &str) -> Option<Publish> {
+    let (mut client, _) = Client::connect(addr, clean_v5(&unique_id("late"))).await;
+    client.subscribe(1, topic, QoS::AtLeastOnce).await;
+    let deadline = Instant::now() + QUIET;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match client.read(left).await {
+            Read::Packet(Packet::Publish(p)) if p.topic == topic => {
+                client.puback(&p).await.expect("PUBACK");
+                return Some(p);
+            }
+            Read::Packet(_) => {}
+            Read::Closed(why) => panic!("the new subscriber at {addr}: {why}"),
+            Read::Nothing => return None,
+        }
+    }
+}
+
+/// Three nodes (publishing `$SYS` every second): a retained QoS 1 message
+/// published on node 1 is sent, with the RETAIN flag, to a new subscriber
+/// on node 3; an empty retained message published on node 2 clears it, and
+/// a new subscriber on node 3 then gets nothing. A subscriber on node 2 to
+/// `$SYS/cluster/edges/count` sees the three edges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_and_cluster_sys_are_seen_on_every_edge() {
+    let cluster = Cluster::start_with(
+        3,
+        Options {
+            extra_toml: "[broker]\nsys_interval_s = 1".into(),
+            ..Options::default()
+        },
+    );
+    within(Duration::from_secs(120), async {
+        let topic = "r/kept";
+        publish_retained(cluster.node(1).mqtt_addr(), topic, b"kept").await;
+        // The retained message reaches node 3's replica a little after the
+        // PUBACK: a new subscriber every QUIET until one gets it.
+        let node3 = cluster.node(3).mqtt_addr();
+        let started = Instant::now();
+        let mut attempts = 0;
+        let retained = loop {
+            attempts += 1;
+            if let Some(p) = retained_for_new_subscriber(node3, topic).await {
+                break p;
+            }
+            assert!(
+                started.elapsed() < TIMEOUT,
+                "{attempts} new subscribers on node 3 within {TIMEOUT:?}: none got the message retained on node 1"
+            );
+        };
+        eprintln!(
+            "retained message seen on node 3 by subscriber {attempts} after {:?}",
+            started.elapsed()
+        );
+        assert!(retained.retain, "RETAIN flag on node 3: {retained:?}");
+        assert_eq!(&retained.payload[..], b"kept", "{retained:?}");
+
+        publish_retained(cluster.node(2).mqtt_addr(), topic, b"").await;
+        let started = Instant::now();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match retained_for_new_subscriber(node3, topic).await {
+                None => break,
+                Some(p) => assert!(
+                    started.elapsed() < TIMEOUT,
+                    "{attempts} new subscribers on node 3 within {TIMEOUT:?} still got a retained message after node 2 cleared it: {p:?}"
+                ),
+            }
+        }
+        eprintln!(
+            "retained message cleared on node 3 for subscriber {attempts} after {:?}",
+            started.elapsed()
+        );
+
+        let (mut sys, _) =
+            Client::connect(cluster.node(2).mqtt_addr(), clean_v5("sys-watcher")).await;
+        sys.subscribe(1, "$SYS/cluster/edges/count", QoS::AtMostOnce)
+            .await;
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + FAILOVER;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match sys.read(left).await {
+                Read::Packet(Packet::Publish(p)) if p.topic == "$SYS/cluster/edges/count" => {
+                    sys.puback(&p).await.expect("PUBACK");
+                    let value = String::from_utf8_lossy(&p.payload).into_owned();
+                    if value == "3" {
+                        break;
+                    }
+                    seen.push(value);
+                }
+                Read::Packet(_) => {}
+                Read::Closed(why) => panic!("the $SYS subscriber on node 2: {why}"),
+                Read::Nothing => panic!(
+                    "$SYS/cluster/edges/count on node 2 was not 3 within {FAILOVER:?}; values seen: {seen:?}"
+                ),
+            }
+        }
+    })
+    .await;
+}
+
+/// Shared subscription `$share/g/sh/#` at QoS 1, clean sessions: member A
+/// on node 1 reads its messages but never acknowledges them, member B on
+/// node 2 acknowledges; 40 messages published on node 3 are split between
+/// them. When A's connection drops (no DISCONNECT), the messages it never
+/// acknowledged go to B: B ends up with all 40.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_departing_shared_member_hands_its_unacknowledged_messages_to_the_others() {
+    let cluster = Cluster::start(3);
+    within(Duration::from_secs(120), async {
+        let from = cluster.node(3).mqtt_addr();
+        let mut members = Vec::new();
+        for (node, name) in [(1, "a"), (2, "b")] {
+            let addr = cluster.node(node).mqtt_addr();
+            let (mut member, _) = Client::connect(addr, clean_v5(&format!("member-{name}"))).await;
+            member.subscribe(1, "$share/g/sh/#", QoS::AtLeastOnce).await;
+            // A plain subscription after the shared one: once it routes from
+            // node 3, node 3 has applied the shared one too.
+            member
+                .subscribe(2, &format!("probe/{name}"), QoS::AtMostOnce)
+                .await;
+            await_route(from, &mut member, &format!("probe/{name}")).await;
+            members.push(member);
+        }
+        let mut b = members.pop().expect("B");
+        let mut a = members.pop().expect("A");
+
+        // B acknowledges everything and records the numbers it receives.
+        let b_got = Arc::new(Mutex::new(Vec::new()));
+        let b_task = {
+            let b_got = Arc::clone(&b_got);
+            tokio::spawn(async move {
+                loop {
+                    match b.read(Duration::from_millis(100)).await {
+                        Read::Packet(Packet::Publish(p)) => {
+                            if p.topic.starts_with("sh/") {
+                                let seq = seq_of(&p).expect("a numbered payload");
+                                b_got.lock().expect("B's numbers").push(seq);
+                            }
+                            if let Err(why) = b.puback(&p).await {
+                                return why;
+                            }
+                        }
+                        Read::Packet(_) | Read::Nothing => {}
+                        Read::Closed(why) => return why,
+                    }
+                }
+            })
+        };
+
+        let (mut publisher, _) = Client::connect(from, clean_v5("share-pub")).await;
+        for seq in 0..40u64 {
+            let ack = publisher
+                .publish1(
+                    crate::client::pid_for(seq),
+                    "sh/x",
+                    seq.to_string().as_bytes(),
+                    ACK_WAIT,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("publish {seq} on node 3: {e}"));
+            assert_eq!(ack.reason_code.as_u8(), 0, "PUBACK of {seq}: {ack:?}");
+        }
+
+        // A reads (without acknowledging) until nothing more comes.
+        let mut a_got = BTreeSet::new();
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let b_count = b_got.lock().expect("B's numbers").len();
+            if a_got.len() + b_count >= 40 || Instant::now() > deadline {
+                break;
+            }
+            match a.read(QUIET).await {
+                Read::Packet(Packet::Publish(p)) if p.topic.starts_with("sh/") => {
+                    a_got.insert(seq_of(&p).expect("a numbered payload"));
+                }
+                Read::Packet(_) => {}
+                Read::Closed(why) => panic!("member A on node 1 was disconnected: {why}"),
+                Read::Nothing => {}
+            }
+        }
+        let b_before: BTreeSet<u64> = b_got.lock().expect("B's numbers").iter().copied().collect();
+        eprintln!(
+            "before A leaves: A has {} unacknowledged ({}), B has {}",
+            a_got.len(),
+            ranges(&a_got),
+            ranges(&b_before)
+        );
+        assert!(
+            !a_got.is_empty(),
+            "member A on node 1 received none of the 40 messages (B: {}); the test needs A to hold some",
+            ranges(&b_before)
+        );
+
+        // A goes away abruptly: its socket closes without a DISCONNECT.
+        drop(a);
+
+        let all: BTreeSet<u64> = (0..40).collect();
+        let deadline = Instant::now() + FAILOVER;
+        loop {
+            let b_now: BTreeSet<u64> = b_got.lock().expect("B's numbers").iter().copied().collect();
+            if b_now.is_superset(&all) {
+                break;
+            }
+            if Instant::now() > deadline || b_task.is_finished() {
+                let missing: BTreeSet<u64> = all.difference(&b_now).copied().collect();
+                let lost_from_a: BTreeSet<u64> = a_got.intersection(&missing).copied().collect();
+                panic!(
+                    "B on node 2 did not get every message within {FAILOVER:?} of A leaving: \
+                     missing {}; of those, A had received without acknowledging {}; \
+                     B's connection {}",
+                    ranges(&missing),
+                    ranges(&lost_from_a),
+                    if b_task.is_finished() { "ended" } else { "is up" }
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let b_all = b_got.lock().expect("B's numbers").clone();
+        eprintln!(
+            "B received {} messages ({} duplicates) after A left",
+            b_all.len(),
+            b_all.len() - all.len()
+        );
+        b_task.abort();
+    })
+    .await;
+}
