@@ -56,6 +56,33 @@ pub struct LeaderWrites {
     queue: mpsc::UnboundedSender<Pending>,
     timeout: Duration,
     contact: Arc<Contact>,
+    /// The replica in this process: while it leads, writes go straight to
+    /// its group-commit writer (in order there), not through the router.
+    here: Option<Arc<Here>>,
+}
+
+#[derive(Debug)]
+struct Here {
+    node: Arc<StoreNode>,
+    leading: AtomicBool,
+}
+
+/// Keeps `Here::leading` current; ends with the last handle (it holds a
+/// weak one, so that the store can stop).
+async fn follow_leadership(here: std::sync::Weak<Here>) {
+    let Some(mut watch) = here.upgrade().map(|here| here.node.raft().metrics()) else {
+        return;
+    };
+    loop {
+        let leading = watch.borrow_and_update().state.is_leader();
+        match here.upgrade() {
+            Some(here) => here.leading.store(leading, Ordering::Release),
+            None => return,
+        }
+        if watch.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// When this edge last knew the store's leader to have a quorum behind it.
@@ -93,12 +120,21 @@ impl LeaderWrites {
     /// it instead of holding a publisher forever. Contact with the quorum is
     /// checked in the background once nothing confirmed it for `fresh_for`.
     pub fn new(access: Access, timeout: Duration, fresh_for: Duration) -> LeaderWrites {
+        let here = access.replica().map(|node| {
+            let here = Arc::new(Here {
+                node: node.clone(),
+                leading: AtomicBool::new(false),
+            });
+            tokio::spawn(follow_leadership(Arc::downgrade(&here)));
+            here
+        });
         let (queue, pending) = mpsc::unbounded_channel();
         tokio::spawn(route_writes(access, pending, timeout));
         let writes = LeaderWrites {
             queue,
             timeout,
             contact: Arc::default(),
+            here,
         };
         tokio::spawn(keep_contact(
             writes.queue.downgrade(),
@@ -137,11 +173,33 @@ impl LeaderWrites {
         &self,
         commands: Vec<Command>,
     ) -> impl Future<Output = Result<Vec<CommandResult>, WriteFailed>> + Send + 'static {
-        let (reply, result) = oneshot::channel();
-        let queued = self.queue.send(Pending { commands, reply }).is_ok();
         let timeout = self.timeout;
         let contact = self.contact.clone();
-        async move {
+        if let Some(here) = self
+            .here
+            .as_ref()
+            .filter(|here| here.leading.load(Ordering::Acquire))
+            && !commands.is_empty()
+        {
+            let outcome = here.node.submit(commands);
+            return futures::future::Either::Left(async move {
+                let outcome = match tokio::time::timeout(timeout, outcome).await {
+                    Ok(Ok(outcome)) => Ok(outcome.results),
+                    Ok(Err(rookery_store::writer::WriteError::ForwardToLeader { .. })) => {
+                        Err(WriteFailed::LeaderChanged)
+                    }
+                    Ok(Err(other)) => Err(WriteFailed::Store(other.to_string())),
+                    Err(_) => Err(WriteFailed::TimedOut(timeout)),
+                };
+                if outcome.is_ok() {
+                    contact.confirmed();
+                }
+                outcome
+            });
+        }
+        let (reply, result) = oneshot::channel();
+        let queued = self.queue.send(Pending { commands, reply }).is_ok();
+        futures::future::Either::Right(async move {
             if !queued {
                 return Err(WriteFailed::Stream("the write router has stopped".into()));
             }
@@ -154,7 +212,7 @@ impl LeaderWrites {
                 contact.confirmed();
             }
             outcome
-        }
+        })
     }
 }
 
@@ -295,6 +353,7 @@ async fn keep_contact(
             queue,
             timeout,
             contact: contact.clone(),
+            here: None,
         };
         if writes.contact(fresh_for / 2) != StoreContact::Fresh && !writes.check_quorum().await {
             tracing::debug!("the store's quorum did not answer");
