@@ -349,7 +349,9 @@ pub struct Hub {
     forwarder: rookery_cluster::Forwarder,
     edge_addresses: Mutex<HashMap<Arc<str>, String>>,
     /// Round-robin position of each shared group, by its `$share/...` filter.
-    shared_cursors: Mutex<HashMap<Box<str>, usize>>,
+    /// Also the group's name shared by its deliveries (no allocation per
+    /// message).
+    shared_cursors: Mutex<HashMap<Arc<str>, usize>>,
     next_connection: AtomicU64,
 }
 
@@ -648,7 +650,7 @@ impl Hub {
                 Match::Shared(group) => {
                     let members = group.members();
                     let count = members.len();
-                    let start = self.next_in_group(group.filter());
+                    let (start, group_name) = self.next_in_group(group.filter());
                     // Round robin, skipping members that can take nothing
                     // (offline clean sessions cannot exist; offline
                     // persistent ones queue only QoS 1/2), and preferring
@@ -673,7 +675,7 @@ impl Hub {
                         .or_else(|| candidates.next());
                     if let Some((client, value)) = pick {
                         let (client, mut picked) = target(client, value);
-                        picked.shared_group = Some(Arc::from(group.filter()));
+                        picked.shared_group = Some(group_name);
                         targets.push((client, picked));
                     }
                 }
@@ -738,14 +740,16 @@ impl Hub {
 
     /// The next round-robin position of a shared group. Each group keeps its
     /// own, so groups matched by the same messages do not skew each other.
-    fn next_in_group(&self, filter: &str) -> usize {
+    fn next_in_group(&self, filter: &str) -> (usize, Arc<str>) {
         let mut cursors = self.shared_cursors.lock();
-        if let Some(cursor) = cursors.get_mut(filter) {
-            *cursor = cursor.wrapping_add(1);
-            return *cursor;
+        if let Some((name, cursor)) = cursors.get_key_value(filter) {
+            let (name, next) = (name.clone(), cursor.wrapping_add(1));
+            cursors.insert(name.clone(), next);
+            return (next, name);
         }
-        cursors.insert(filter.into(), 0);
-        0
+        let name: Arc<str> = Arc::from(filter);
+        cursors.insert(name.clone(), 0);
+        (0, name)
     }
 
     /// Hands in-memory deliveries to their sessions. A connection moves them

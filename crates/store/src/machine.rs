@@ -1010,12 +1010,6 @@ pub fn read_session(
 }
 
 /// The whole route table.
-/// A registered edge (where its forwarding service listens), if its lease
-/// has not been swept.
-pub fn read_edge(reader: &impl Reader, edge_id: &str) -> Result<Option<Edge>, StoreError> {
-    reader.get_message::<Edge>(cf::EDGES, &keys::edge(edge_id))
-}
-
 /// Every registered edge whose lease has not been swept yet.
 pub fn read_edges(reader: &impl Reader) -> Result<Vec<Edge>, StoreError> {
     reader
