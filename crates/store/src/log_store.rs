@@ -39,7 +39,36 @@ struct LogWrite {
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Db>,
-    writer: mpsc::Sender<LogWrite>,
+    writer: Arc<Writer>,
+}
+
+/// The writer thread's queue and handle. Dropping the last `LogStore` clone
+/// closes the queue and joins the thread, so the thread's database handle is
+/// gone when the owner is: a database left closing on a detached thread while
+/// the process exits aborts in RocksDB's static destructors.
+struct Writer {
+    queue: Option<mpsc::Sender<LogWrite>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn send(&self, write: LogWrite) -> Result<(), StoreError> {
+        self.queue
+            .as_ref()
+            .ok_or_else(writer_gone)?
+            .send(write)
+            .map_err(|_| writer_gone())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // The thread finishes the writes already queued, then sees the queue closed.
+        self.queue.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Debug for LogStore {
@@ -50,12 +79,19 @@ impl Debug for LogStore {
 
 impl LogStore {
     pub fn new(db: Arc<Db>) -> Result<Self, StoreError> {
-        let (writer, queue) = mpsc::channel();
+        let (sender, queue) = mpsc::channel();
         let thread_db = db.clone();
-        thread::Builder::new()
+        let thread = thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn(move || write_loop(&thread_db, &queue))?;
-        Ok(LogStore { db, writer })
+        let writer = Writer {
+            queue: Some(sender),
+            thread: Some(thread),
+        };
+        Ok(LogStore {
+            db,
+            writer: Arc::new(writer),
+        })
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(
@@ -85,12 +121,10 @@ impl LogStore {
     /// Queues a write for the writer thread and waits until it is on disk.
     async fn write_durably(&self, batch: WriteBatch) -> Result<(), StoreError> {
         let (reply, done) = oneshot::channel();
-        self.writer
-            .send(LogWrite {
-                batch,
-                completion: Completion::Reply(reply),
-            })
-            .map_err(|_| writer_gone())?;
+        self.writer.send(LogWrite {
+            batch,
+            completion: Completion::Reply(reply),
+        })?;
         done.await.map_err(|_| writer_gone())??;
         Ok(())
     }
@@ -254,7 +288,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 batch,
                 completion: Completion::Flushed(callback),
             })
-            .map_err(|_| writer_gone().write_logs())
+            .map_err(StoreError::write_logs)
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
