@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures::StreamExt;
 use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
 use rookery_codec::{
     Ack, AckProperties, ByteString, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect,
     EncodeError, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode, RetainHandling,
@@ -625,7 +625,19 @@ impl Session {
                 Input::Read(Err(_)) => Err(End::Closed),
                 Input::Mail(Some(mail)) => self.handle_mail(conn, mail).await,
                 Input::Mail(None) => Err(End::Shutdown),
-                Input::Completed(done) => self.complete(conn, done),
+                Input::Completed(done) => {
+                    // Group commit completes many of this client's publishes
+                    // at once: acknowledge every one that is ready, so that
+                    // they leave in one write rather than one each.
+                    let mut outcome = self.complete(conn, done);
+                    while outcome.is_ok() {
+                        match self.pending.next().now_or_never() {
+                            Some(Some(done)) => outcome = self.complete(conn, done),
+                            _ => break,
+                        }
+                    }
+                    outcome
+                }
                 Input::Timer => Ok(()),
                 Input::KeepAliveExpired => {
                     metrics::counter!("rookery_keep_alive_timeouts_total").increment(1);

@@ -3,12 +3,14 @@
 //! crash leaves a prefix of the writes (the state machine never runs ahead of
 //! the log it was applied from).
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch,
+    ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions,
+    WriteBatch,
 };
 
 use crate::StoreError;
@@ -63,8 +65,16 @@ impl Db {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<Record>, StoreError> {
-        let iter = self.inner.iterator_cf(
+        // The bound stops RocksDB itself at `end`: without it, the iterator
+        // steps over every deleted key past the range (acknowledged queue
+        // entries of the next session, say) looking for a live one.
+        let mut options = ReadOptions::default();
+        if let Some(end) = end {
+            options.set_iterate_upper_bound(end.to_vec());
+        }
+        let iter = self.inner.iterator_cf_opt(
             self.cf(family)?,
+            options,
             IteratorMode::From(start, Direction::Forward),
         );
         let mut records = Vec::new();
@@ -146,13 +156,21 @@ pub fn decode<M: prost::Message + Default>(
     M::decode(bytes).map_err(|source| StoreError::CorruptRecord { family, source })
 }
 
+/// A column family's name and a key in it.
+type FamilyKey = (&'static str, Vec<u8>);
+
 /// The writes of one log entry, applied to the database atomically by
 /// [`Txn::into_batch`]. Reads see the transaction's own writes first, so a
 /// command sees what earlier commands of the same entry did.
 #[derive(Debug)]
 pub struct Txn<'a> {
     db: &'a Db,
-    writes: BTreeMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
+    writes: BTreeMap<FamilyKey, Option<Vec<u8>>>,
+    /// Records read from the database, by key: one entry's commands read the
+    /// same session many times (every enqueue, acknowledgement and record of
+    /// a packet identifier checks it), and a memtable lookup costs far more
+    /// than a hash lookup.
+    reads: RefCell<HashMap<FamilyKey, Option<Vec<u8>>>>,
 }
 
 impl<'a> Txn<'a> {
@@ -160,14 +178,21 @@ impl<'a> Txn<'a> {
         Txn {
             db,
             writes: BTreeMap::new(),
+            reads: RefCell::new(HashMap::new()),
         }
     }
 
     pub fn get(&self, family: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.writes.get(&(family, key.to_vec())) {
-            Some(write) => Ok(write.clone()),
-            None => self.db.get(family, key),
+        let key = (family, key.to_vec());
+        if let Some(write) = self.writes.get(&key) {
+            return Ok(write.clone());
         }
+        if let Some(read) = self.reads.borrow().get(&key) {
+            return Ok(read.clone());
+        }
+        let read = self.db.get(family, &key.1)?;
+        self.reads.borrow_mut().insert(key, read.clone());
+        Ok(read)
     }
 
     pub fn put(&mut self, family: &'static str, key: Vec<u8>, value: Vec<u8>) {
@@ -275,5 +300,46 @@ mod tests {
         db.raw().write(txn.into_batch().unwrap()).unwrap();
         assert_eq!(db.get(cf::SESSIONS, b"b").unwrap(), None);
         assert_eq!(db.get(cf::SESSIONS, b"bb").unwrap(), Some(b"4".to_vec()));
+    }
+
+    #[test]
+    fn a_transaction_sees_its_writes_over_what_it_read_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        db.raw()
+            .put_cf(db.cf(cf::SESSIONS).unwrap(), b"a", b"1")
+            .unwrap();
+        let mut txn = Txn::new(&db);
+        assert_eq!(txn.get(cf::SESSIONS, b"a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(txn.get(cf::SESSIONS, b"b").unwrap(), None);
+        txn.put(cf::SESSIONS, b"a".to_vec(), b"2".to_vec());
+        txn.put(cf::SESSIONS, b"b".to_vec(), b"3".to_vec());
+        assert_eq!(txn.get(cf::SESSIONS, b"a").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(txn.get(cf::SESSIONS, b"b").unwrap(), Some(b"3".to_vec()));
+        txn.delete(cf::SESSIONS, b"a".to_vec());
+        assert_eq!(txn.get(cf::SESSIONS, b"a").unwrap(), None);
+    }
+
+    #[test]
+    fn a_bounded_scan_stops_at_its_end_past_deleted_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let family = db.cf(cf::QUEUES).unwrap();
+        for key in [b"a1", b"a2", b"b1", b"b2", b"c1"] {
+            db.raw().put_cf(family, key, b"v").unwrap();
+        }
+        db.raw().delete_cf(family, b"a2").unwrap();
+        db.raw().delete_cf(family, b"b1").unwrap();
+        db.raw().delete_cf(family, b"b2").unwrap();
+        let keys = |start: &[u8], end: Option<&[u8]>| -> Vec<Vec<u8>> {
+            db.scan_range(cf::QUEUES, start, end, usize::MAX)
+                .unwrap()
+                .into_iter()
+                .map(|(key, _)| key)
+                .collect()
+        };
+        assert_eq!(keys(b"a", Some(b"b")), [b"a1".to_vec()]);
+        assert!(keys(b"b", Some(b"c")).is_empty());
+        assert_eq!(keys(b"a2", None), [b"c1".to_vec()]);
     }
 }
