@@ -8,7 +8,7 @@ throughput, latency and memory with Rookery's ratio to each peer into
 docs/benchmarks.md (between the `scenarios:begin`/`scenarios:end` markers).
 
     cargo build --release --workspace --all-targets
-    python3 benches/scenarios.py                 # everything, about 25 min
+    python3 benches/scenarios.py                 # everything, one round: about 9 min
     python3 benches/scenarios.py --duration 5 --only p2p-qos1,latency-10k
 
 Peers: Mosquitto from Debian (`apt-get install mosquitto`) and rumqttd
