@@ -321,25 +321,34 @@ mod tests {
     }
 
     #[test]
-    fn a_bounded_scan_stops_at_its_end_past_deleted_keys() {
+    fn a_bounded_scan_does_not_step_over_deleted_keys_past_its_end() {
+        use rocksdb::perf::{PerfContext, PerfMetric, PerfStatsLevel, set_perf_stats};
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path()).unwrap();
         let family = db.cf(cf::QUEUES).unwrap();
-        for key in [b"a1", b"a2", b"b1", b"b2", b"c1"] {
-            db.raw().put_cf(family, key, b"v").unwrap();
+        // One live entry of session a; the acknowledged (deleted) entries of
+        // session b after it; a live entry of session c.
+        db.raw().put_cf(family, b"a1", b"v").unwrap();
+        for seq in 0..100u8 {
+            db.raw().put_cf(family, [b'b', seq], b"v").unwrap();
+            db.raw().delete_cf(family, [b'b', seq]).unwrap();
         }
-        db.raw().delete_cf(family, b"a2").unwrap();
-        db.raw().delete_cf(family, b"b1").unwrap();
-        db.raw().delete_cf(family, b"b2").unwrap();
-        let keys = |start: &[u8], end: Option<&[u8]>| -> Vec<Vec<u8>> {
-            db.scan_range(cf::QUEUES, start, end, usize::MAX)
-                .unwrap()
-                .into_iter()
-                .map(|(key, _)| key)
-                .collect()
-        };
-        assert_eq!(keys(b"a", Some(b"b")), [b"a1".to_vec()]);
-        assert!(keys(b"b", Some(b"c")).is_empty());
-        assert_eq!(keys(b"a2", None), [b"c1".to_vec()]);
+        db.raw().put_cf(family, b"c1", b"v").unwrap();
+
+        // The counters are the calling thread's.
+        set_perf_stats(PerfStatsLevel::EnableCount);
+        let mut perf = PerfContext::default();
+        perf.reset();
+        let records = db
+            .scan_range(cf::QUEUES, b"a", Some(b"b"), usize::MAX)
+            .unwrap();
+        let skipped = perf.metric(PerfMetric::InternalDeleteSkippedCount);
+        set_perf_stats(PerfStatsLevel::Disable);
+
+        let keys: Vec<Vec<u8>> = records.into_iter().map(|(key, _)| key).collect();
+        assert_eq!(keys, [b"a1".to_vec()]);
+        assert_eq!(skipped, 0, "deleted keys past the end were stepped over");
+        let unbounded = db.scan_range(cf::QUEUES, b"a2", None, usize::MAX).unwrap();
+        assert_eq!(unbounded, [(b"c1".to_vec(), b"v".to_vec())]);
     }
 }
