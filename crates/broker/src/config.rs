@@ -64,7 +64,9 @@ impl ListenerKind {
 pub struct ListenerConfig {
     /// A name for logs and metrics (`tcp`, `tls`, ...); defaults to the kind.
     pub name: String,
+    /// What the listener speaks: TCP, TLS, WebSocket or secure WebSocket.
     pub kind: ListenerKind,
+    /// Where it listens.
     pub address: SocketAddr,
     /// Expect a PROXY protocol v1 or v2 header first (TCP and TLS listeners
     /// behind a load balancer); the client address it names is the peer's.

@@ -21,6 +21,10 @@ use crate::store::{Store, StoreUnavailable};
 
 pub type ClientId = Arc<str>;
 
+/// A newer connection of the client holds the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Superseded;
+
 /// A subscription as the index keeps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubEntry {
@@ -550,6 +554,51 @@ impl Hub {
         });
         session.persistent = persistent;
         session.remote_edge = edge;
+    }
+
+    /// Registers a connection's session unless a newer connection holds it;
+    /// closes the previous connection (MQTT-3.1.4-3: 0x8E) and makes the
+    /// index hold exactly the session's stored subscriptions.
+    pub fn attach(
+        &self,
+        client: &ClientId,
+        entry: SessionEntry,
+        subscriptions: impl IntoIterator<Item = (String, SubEntry)>,
+    ) -> Result<(), Superseded> {
+        let _guard = self.client_lock.lock();
+        if self
+            .session(client)
+            .is_some_and(|current| current.epoch > entry.epoch)
+        {
+            return Err(Superseded);
+        }
+        if let Some(old) = self
+            .register(client.clone(), entry)
+            .and_then(|old| old.mailbox)
+        {
+            old.close(ReasonCode::SessionTakenOver);
+        }
+        self.clear_subscriptions(client);
+        for (filter, entry) in subscriptions {
+            self.subscribe(client, &filter, entry);
+        }
+        Ok(())
+    }
+
+    /// Ends `connection_id`'s hold of the session: kept offline while
+    /// persistent, removed with its subscriptions otherwise; then routes to
+    /// it as the store's routes say. Whether this connection held it.
+    pub fn detach(&self, client: &ClientId, connection_id: u64, persistent: bool) -> bool {
+        let held = {
+            let _guard = self.client_lock.lock();
+            let held = self.unregister(client, connection_id, persistent);
+            if held && !persistent {
+                self.clear_subscriptions(client);
+            }
+            held
+        };
+        self.session_left(client);
+        held
     }
 
     pub fn session(&self, client_id: &str) -> Option<SessionEntry> {

@@ -10,7 +10,9 @@ use rookery_store::proto;
 /// session it is delivered to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
+    /// The topic it was published to.
     pub topic: ByteString,
+    /// The application payload.
     pub payload: Bytes,
     /// The QoS it was published with.
     pub qos: QoS,
@@ -47,6 +49,7 @@ impl Message {
         }
     }
 
+    /// Whether its Message Expiry Interval has run out at `now_ms`.
     pub fn expired(&self, now_ms: u64) -> bool {
         self.expires_at_ms != 0 && self.expires_at_ms <= now_ms
     }
@@ -90,6 +93,7 @@ impl Message {
         }
     }
 
+    /// The message in the store's wire format.
     pub fn to_proto(&self) -> proto::Message {
         proto::Message {
             topic: self.topic.to_string(),
@@ -122,6 +126,7 @@ pub fn expiry_at(interval_s: Option<u32>, now_ms: u64) -> u64 {
     interval_s.map_or(0, |s| now_ms.saturating_add(u64::from(s) * 1000))
 }
 
+/// The QoS a wire value stands for; `None` above 2.
 pub fn qos_from(value: u32) -> Option<QoS> {
     u8::try_from(value).ok().and_then(QoS::from_bits)
 }
@@ -129,11 +134,13 @@ pub fn qos_from(value: u32) -> Option<QoS> {
 /// One message on its way to one session.
 #[derive(Debug, Clone)]
 pub struct Delivery {
+    /// The message, shared with its other deliveries.
     pub message: Arc<Message>,
     /// The lower of the message's QoS and the subscription's (MQTT-3.8.4-8).
     pub qos: QoS,
     /// The RETAIN flag to send (MQTT-3.3.1-12/13, retain as published).
     pub retain: bool,
+    /// The identifiers of the subscriptions it matched (MQTT-3.3.4-3).
     pub subscription_ids: Vec<u32>,
     /// The `$share/{group}/{filter}` it was picked for: if the session ends
     /// before acknowledging it, another member of the group gets it.

@@ -13,8 +13,10 @@ use crate::message::{Delivery, Message, qos_from};
 
 /// A PUBLISH ready to write.
 #[derive(Debug)]
-pub struct Sent {
+pub struct ReadyPublish {
+    /// The packet, without its identifier yet.
     pub publish: Publish,
+    /// The identifier it goes out under (QoS 1/2).
     pub packet_id: Option<PacketId>,
     /// The store queue position, for stored messages.
     pub seq: u64,
@@ -23,7 +25,7 @@ pub struct Sent {
 /// What to send again after a reconnect (MQTT-4.4.0-1).
 #[derive(Debug)]
 pub enum Resend {
-    Publish(Box<Sent>),
+    Publish(Box<ReadyPublish>),
     Release(PacketId),
 }
 
@@ -38,6 +40,7 @@ struct Inflight {
     shared: Option<Box<Delivery>>,
 }
 
+/// A session's messages towards its client: queued, in flight, to resend.
 #[derive(Debug)]
 pub struct Outgoing {
     window: usize,
@@ -58,6 +61,9 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
+    /// An empty flow: `window` messages in flight at once, `max_queued`
+    /// waiting (`overflow` says what goes when full), the client's topic
+    /// alias maximum and maximum packet size.
     pub fn new(
         window: usize,
         max_queued: usize,
@@ -107,6 +113,7 @@ impl Outgoing {
         self.memory.len()
     }
 
+    /// The largest packet the client accepts.
     pub fn max_packet_size(&self) -> u32 {
         self.max_packet_size
     }
@@ -145,7 +152,7 @@ impl Outgoing {
 
     /// The next in-memory message the window allows; expired ones are
     /// dropped on the way (MQTT-3.3.2-5).
-    pub fn next_memory(&mut self, now_ms: u64) -> Option<Sent> {
+    pub fn next_memory(&mut self, now_ms: u64) -> Option<ReadyPublish> {
         loop {
             let front = self.memory.front()?;
             if front.message.expired(now_ms) {
@@ -182,7 +189,7 @@ impl Outgoing {
                     },
                 );
             }
-            return Some(Sent {
+            return Some(ReadyPublish {
                 publish,
                 packet_id,
                 seq: 0,
@@ -219,7 +226,7 @@ impl Outgoing {
                         rookery_store::writer::now_ms(),
                     );
                     publish.dup = true;
-                    self.resend.push(Resend::Publish(Box::new(Sent {
+                    self.resend.push(Resend::Publish(Box::new(ReadyPublish {
                         publish,
                         packet_id: Some(id),
                         seq: entry.seq,
@@ -268,6 +275,7 @@ impl Outgoing {
         }
     }
 
+    /// Whether any stored message waits, is in flight or is to be resent.
     pub fn has_stored(&self) -> bool {
         !self.stored_waiting.is_empty()
             || !self.resend.is_empty()
@@ -319,7 +327,7 @@ impl Outgoing {
                     );
                     let publish =
                         message.to_publish(qos, entry.retain, &entry.subscription_ids, now_ms);
-                    batch.fresh.push(Sent {
+                    batch.fresh.push(ReadyPublish {
                         publish,
                         packet_id: Some(packet_id),
                         seq: entry.seq,
@@ -402,8 +410,12 @@ impl Outgoing {
 /// See [`Outgoing::next_stored`].
 #[derive(Debug, Default)]
 pub struct StoredBatch {
+    /// In flight before a reconnect: sent again first.
     pub resend: Vec<Resend>,
-    pub fresh: Vec<Sent>,
+    /// Sent for the first time, once their packet identifiers are recorded.
+    pub fresh: Vec<ReadyPublish>,
+    /// Expired while queued: (queue position, identifier, QoS), to
+    /// acknowledge away.
     pub expired: Vec<(u64, PacketId, QoS)>,
 }
 

@@ -1,0 +1,81 @@
+//! One client connection, from CONNECT to its end.
+//!
+//! Follow a PUBLISH: `run` reads bytes from the `socket` and hands each
+//! decoded packet to the `session`, the protocol core, which checks it
+//! (`inbound`) and answers what it can into the `outbox` without I/O; a
+//! publish comes back as a step to perform: `perform` routes it through the
+//! hub, plans it (`publish`), writes what the store must commit, forwards
+//! it, and once that is done the core answers PUBACK/PUBREC. CONNECT is
+//! decided by `negotiate` before the store takes the session over
+//! (`accept`); SUBSCRIBE by `subscribe`; the store commands a session writes
+//! are built in `records`.
+
+mod accept;
+mod inbound;
+mod negotiate;
+mod outbox;
+mod perform;
+mod publish;
+mod records;
+mod run;
+mod session;
+mod socket;
+mod subscribe;
+
+use std::sync::Arc;
+
+use rookery_codec::DecodeError;
+
+use crate::hub::Hub;
+use crate::transport::Accepted;
+
+/// Serves one accepted connection until it ends.
+pub async fn serve(hub: Arc<Hub>, accepted: Accepted) {
+    let Accepted {
+        stream,
+        peer,
+        listener,
+        ..
+    } = accepted;
+    let mut socket = socket::Socket::new(stream, peer);
+    let limits = &hub.config.limits;
+    let read = socket.read_connect(
+        std::time::Duration::from_secs(limits.connect_timeout_s),
+        limits.max_packet_size,
+        &hub.stats,
+    );
+    let connect = match Box::pin(read).await {
+        Ok(Some(connect)) => connect,
+        Ok(None) => return,
+        Err(error) => {
+            tracing::debug!(%peer, %listener, %error, "connection closed before CONNECT completed");
+            return;
+        }
+    };
+    let Some(live) = Box::pin(accept::accept(hub.clone(), socket, connect)).await else {
+        return;
+    };
+    let client_id = live.client_id().clone();
+    tracing::debug!(%peer, %listener, client_id = %client_id, "client connected");
+    live.serve().await;
+    tracing::debug!(%peer, client_id = %client_id, "client disconnected");
+}
+
+/// Counts a protocol violation by kind.
+fn protocol_error(reason: &'static str) {
+    metrics::counter!("rookery_protocol_errors_total", "reason" => reason).increment(1);
+}
+
+/// The `reason` label of a malformed packet.
+fn decode_error_label(error: &DecodeError) -> &'static str {
+    match error {
+        DecodeError::PacketTooLarge { .. } => "packet_too_large",
+        DecodeError::UnsupportedProtocolVersion(_) => "unsupported_protocol_version",
+        _ => "malformed_packet",
+    }
+}
+
+/// Whether a topic name or filter is within the configured length and depth.
+fn topic_within_limits(topic: &str, max_length: usize, max_levels: usize) -> bool {
+    topic.len() <= max_length && topic.split('/').count() <= max_levels
+}

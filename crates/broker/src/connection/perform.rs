@@ -1,0 +1,451 @@
+//! The I/O side of the steps the protocol core returns: routing a publish
+//! through the hub and committing what it needs, recording subscriptions,
+//! reading and recording a persistent session's store queue, and the
+//! session's store writes (awaited, or queued in order and not awaited).
+
+use std::sync::Arc;
+
+use rookery_codec::{
+    AckProperties, ByteString, Packet, PacketId, Publish, QoS, SubAck, Subscribe, UnsubAck,
+    Unsubscribe,
+};
+use rookery_store::proto::{self, command_result::Kind as ResultKind};
+use rookery_store::writer::now_ms;
+
+use super::publish::{EdgeDeliveries, Outcome, Plan, Reply};
+use super::run::Live;
+use super::session::{End, Step};
+use super::subscribe;
+use crate::hub::{Hub, Mailbox, PendingEnqueue};
+use crate::message::{Delivery, Message};
+use crate::store::StoreUnavailable;
+
+/// Store queue entries read at a time: a few windows' worth.
+const QUEUE_READ: usize = 256;
+
+/// A publish whose store write and forwards finished.
+#[derive(Debug)]
+pub(super) struct Completed {
+    packet_id: Option<PacketId>,
+    qos: QoS,
+    local: Vec<(Mailbox, Delivery)>,
+    /// Persistent targets online here: counted in their backlog until this
+    /// completion is handled and dropped.
+    _enqueuing: PendingEnqueue,
+    outcome: Outcome,
+}
+
+impl Live {
+    /// Performs a step the core returned.
+    pub(super) async fn perform(&mut self, step: Step) -> Result<(), End> {
+        match step {
+            Step::Handled => Ok(()),
+            Step::Publish(publish, topic) => self.publish(publish, topic).await,
+            Step::Subscribe(subscribe) => self.subscribe(subscribe).await,
+            Step::Unsubscribe(unsubscribe) => self.unsubscribe(unsubscribe).await,
+            Step::Release { record, pubcomp } => {
+                if let Some(record) = record {
+                    self.write_fenced(vec![record]).await?;
+                }
+                self.socket.out.send(&Packet::PubComp(pubcomp));
+                Ok(())
+            }
+        }
+    }
+
+    /// Routes an admitted publish and commits what it needs; a QoS 1/2
+    /// publish that waits on the store or other edges is answered when
+    /// its completion comes (`complete`).
+    async fn publish(&mut self, publish: Publish, topic: ByteString) -> Result<(), End> {
+        let hub = self.hub.clone();
+        let (qos, packet_id) = (publish.qos, publish.packet_id);
+        let v5 = self.socket.out.is_v5();
+        // A QoS 1/2 publish is acknowledged only by an edge in touch with the
+        // store's quorum: cut off, its route table may miss a subscription
+        // made elsewhere, and what it queues may never commit.
+        if qos != QoS::AtMostOnce && !hub.store.in_contact().await {
+            hub.stats.dropped("store_unreachable");
+            let reply = Reply::failed(rookery_codec::ReasonCode::ImplementationSpecificError, v5);
+            return self
+                .session
+                .reply(packet_id, qos, reply, &mut self.socket.out);
+        }
+        let client_id = self.client_id().clone();
+        let message = Arc::new(Message::from_publish(&publish, topic, client_id, now_ms()));
+        let retain = message.retain;
+        let mut plan = Plan::new(hub.route(&message), qos, packet_id, self.session.persistent);
+        // Sessions online on other edges get it now; a QoS 1/2 publisher's
+        // acknowledgement waits until each of those edges has it.
+        let needs_store = plan.needs_store(retain);
+        let forward_now = std::mem::take(&mut plan.forward_now);
+        let confirmations = hub.forward(&message, forward_now, qos != QoS::AtMostOnce);
+        if retain {
+            hub.retain(&message);
+        }
+        if let Some(id) = packet_id.filter(|_| qos == QoS::ExactlyOnce) {
+            self.session.inbound.hold_qos2(id);
+        }
+        if !needs_store && confirmations.is_empty() && plan.forward_after_store.is_empty() {
+            if plan.unrouted {
+                metrics::counter!("rookery_messages_unrouted_total").increment(1);
+            }
+            hub.deliver_local(plan.local, &mut self.paused_on);
+            let reply = Reply::Ack(rookery_codec::ReasonCode::Success);
+            return self
+                .session
+                .reply(packet_id, qos, reply, &mut self.socket.out);
+        }
+        let incoming = plan
+            .record_qos2
+            .map(|id| self.session.records.incoming_qos2(id));
+        let commands = hub.store_commands(&message, retain, plan.durable, incoming);
+        if qos == QoS::AtMostOnce {
+            // The QoS 0 path never waits on the store: the retained copy is
+            // written behind it.
+            hub.deliver_local(plan.local, &mut self.paused_on);
+            let store = hub.store.clone();
+            tokio::spawn(async move {
+                if let Err(error) = store.write(commands).await {
+                    tracing::warn!(%error, "storing a retained message failed");
+                }
+            });
+            return Ok(());
+        }
+        let enqueuing = PendingEnqueue::new(plan.durable_mailboxes, &mut self.paused_on);
+        let commit = Commit {
+            hub,
+            message,
+            commands,
+            confirmations,
+            forward_after_store: plan.forward_after_store,
+        };
+        let local = plan.local;
+        self.pending.push_back(Box::pin(async move {
+            Completed {
+                packet_id,
+                qos,
+                local,
+                _enqueuing: enqueuing,
+                outcome: commit.run().await,
+            }
+        }));
+        Ok(())
+    }
+
+    /// Answers a publish whose store write and forwards finished.
+    pub(super) fn complete(&mut self, done: Completed) -> Result<(), End> {
+        match done.outcome {
+            Outcome::Done => self.hub.deliver_local(done.local, &mut self.paused_on),
+            Outcome::Unknown => {
+                metrics::counter!("rookery_publishes_unconfirmed_total").increment(1);
+            }
+            Outcome::Duplicate | Outcome::Refused(_) => {}
+        }
+        let reply = Reply::to(done.outcome, done.qos, self.socket.out.is_v5());
+        self.session
+            .reply(done.packet_id, done.qos, reply, &mut self.socket.out)
+    }
+
+    /// Records the accepted subscriptions (in effect here at once, undone
+    /// if the store refuses), answers SUBACK, then sends the retained
+    /// messages they match.
+    async fn subscribe(&mut self, packet: Subscribe) -> Result<(), End> {
+        let hub = self.hub.clone();
+        let v5 = self.socket.out.is_v5();
+        let mut granted = match subscribe::decide(&packet, &hub.config.limits, v5) {
+            Ok(granted) => granted,
+            Err(violation) => {
+                return Err(super::session::violated(violation, &mut self.socket.out));
+            }
+        };
+        let mut existed = Vec::new();
+        if !granted.accepted.is_empty() {
+            let client = self.client_id().clone();
+            // In effect at once: a message published by another client while
+            // the store commits this SUBSCRIBE is delivered (clients expect
+            // what Mosquitto does).
+            let replaced: Vec<_> = granted
+                .accepted
+                .iter()
+                .map(|(filter, entry)| hub.subscribe(&client, filter, *entry))
+                .collect();
+            let command = self.session.records.subscribe(&granted.accepted);
+            match hub.store.write(vec![command]).await {
+                Ok(results) => match results.into_iter().next().and_then(|r| r.kind) {
+                    Some(ResultKind::Subscribed(subscribed)) => existed = subscribed.existed,
+                    Some(ResultKind::Fenced(_)) => return Err(End::TakenOver),
+                    other => {
+                        tracing::warn!(?other, "unexpected store answer to Subscribe");
+                        return Err(End::ServerClosed);
+                    }
+                },
+                Err(error) => {
+                    tracing::warn!(%error, client_id = %client, "subscribe failed");
+                    for ((filter, _), previous) in granted.accepted.iter().zip(replaced) {
+                        match previous {
+                            Some(previous) => hub.subscribe(&client, filter, previous),
+                            None => hub.unsubscribe(&client, filter),
+                        };
+                    }
+                    granted.store_failed();
+                }
+            }
+        }
+        metrics::gauge!("rookery_subscriptions").set(hub.subscription_count() as f64);
+        self.socket.out.send(&Packet::SubAck(SubAck {
+            packet_id: packet.packet_id,
+            reason_codes: granted.reason_codes,
+            properties: AckProperties::default(),
+        }));
+        let now = now_ms();
+        let retained = subscribe::retained_deliveries(&granted.accepted, &existed, |filter| {
+            hub.retained_for(filter, now)
+        });
+        for delivery in retained {
+            if !self.session.outgoing.push(delivery) {
+                hub.stats.dropped("queue_full");
+            }
+        }
+        self.send_ready();
+        Ok(())
+    }
+
+    /// Drops subscriptions in the store, then here, and answers UNSUBACK.
+    async fn unsubscribe(&mut self, packet: Unsubscribe) -> Result<(), End> {
+        let hub = self.hub.clone();
+        let command = self.session.records.unsubscribe(&packet.filters);
+        let existed = match hub.store.write(vec![command]).await {
+            Ok(results) => match results.into_iter().next().and_then(|r| r.kind) {
+                Some(ResultKind::Unsubscribed(unsubscribed)) => unsubscribed.existed,
+                Some(ResultKind::Fenced(_)) => return Err(End::TakenOver),
+                other => {
+                    tracing::warn!(?other, "unexpected store answer to Unsubscribe");
+                    return Err(End::ServerClosed);
+                }
+            },
+            Err(error) => {
+                tracing::warn!(%error, client_id = %self.client_id(), "unsubscribe failed");
+                return Err(End::ServerClosed);
+            }
+        };
+        let client = self.client_id().clone();
+        let reason_codes = subscribe::unsubscribe_codes(&packet.filters, &existed, |filter| {
+            hub.unsubscribe(&client, filter).is_some()
+        });
+        metrics::gauge!("rookery_subscriptions").set(hub.subscription_count() as f64);
+        self.socket.out.send(&Packet::UnsubAck(UnsubAck {
+            packet_id: packet.packet_id,
+            reason_codes,
+            properties: AckProperties::default(),
+        }));
+        Ok(())
+    }
+
+    /// Sends what the window allows from the in-memory queue.
+    pub(super) fn send_ready(&mut self) {
+        self.session
+            .send_ready(now_ms(), &mut self.socket.out, &self.hub.stats);
+    }
+
+    /// Reads the store queue of a persistent session (`queued`: the store
+    /// says it has more) and sends new entries once their packet identifiers
+    /// are recorded (so that a resend after any failure reuses them,
+    /// MQTT-4.4.0-1).
+    pub(super) async fn send_stored(&mut self, queued: bool) -> Result<(), End> {
+        let outgoing = &mut self.session.outgoing;
+        if !self.session.persistent && !outgoing.has_stored() {
+            return Ok(());
+        }
+        if self.session.persistent {
+            if queued {
+                outgoing.store_has_news();
+            }
+            if let Some(after) = outgoing.store_read_from() {
+                let client_id = self.session.client_id().clone();
+                match self
+                    .hub
+                    .store
+                    .queue_after(&client_id, after, QUEUE_READ)
+                    .await
+                {
+                    Ok(queue) => {
+                        let complete = queue.len() < QUEUE_READ;
+                        self.session.outgoing.merge_stored(queue, complete);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, %client_id, "reading the session queue failed");
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        let batch = self.session.outgoing.next_stored(now_ms());
+        let (commands, exactly_once) = self.session.stored_records(&batch);
+        // Acknowledgements first: a packet identifier they free may be
+        // reused by the records below.
+        self.submit_acks();
+        if !commands.is_empty() {
+            if exactly_once {
+                // A QoS 2 message goes out only with its packet identifier
+                // committed: sent again after a failure under another one, a
+                // receiver could take it twice.
+                self.write_fenced(commands).await?;
+            } else {
+                // QoS 1 may arrive twice anyway; the record only has to
+                // precede this session's later writes, which submission
+                // order guarantees.
+                self.submit_detached(commands);
+            }
+        }
+        self.session
+            .write_stored(batch, &mut self.socket.out, &self.hub.stats);
+        Ok(())
+    }
+
+    /// What the acknowledgements of one read lead to: their store writes,
+    /// PUBRELs once their PUBRECs are recorded, then more messages.
+    pub(super) async fn settle_acks(&mut self) -> Result<(), End> {
+        self.submit_acks();
+        let receipts = self.session.take_receipts();
+        if !receipts.is_empty() {
+            self.write_fenced(receipts).await?;
+            self.session.send_releases(&mut self.socket.out);
+        }
+        if self.session.take_refill_due() {
+            // An acknowledgement freed a slot: send more.
+            self.send_ready();
+            if self.session.outgoing.has_stored_waiting() {
+                self.send_stored(false).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The session ends: what the client acknowledged is recorded, PUBRECs
+    /// included (their PUBRELs are not sent; the store resends them).
+    pub(super) fn submit_last_records(&mut self) {
+        self.submit_acks();
+        let receipts = self.session.take_receipts();
+        if !receipts.is_empty() {
+            self.submit_detached(receipts);
+        }
+    }
+
+    /// Queues the acknowledgements gathered so far to the store.
+    fn submit_acks(&mut self) {
+        let acks = self.session.take_acks();
+        if !acks.is_empty() {
+            self.submit_detached(acks);
+        }
+    }
+
+    /// Queues a write that nothing waits for; its place in the store's order
+    /// is taken now. If it fails, the session ends (as when an awaited write
+    /// fails): carrying on would reuse packet identifiers the store still
+    /// holds.
+    fn submit_detached(&self, commands: Vec<proto::Command>) {
+        let write = self.hub.store.submit(commands);
+        let client_id = self.client_id().clone();
+        let own = self.own_mailbox.clone();
+        tokio::spawn(async move {
+            let reason = match write.await {
+                Ok(results) if !fenced(&results) => return,
+                Ok(_) => rookery_codec::ReasonCode::SessionTakenOver,
+                Err(error) => {
+                    tracing::warn!(%error, %client_id, "session write failed");
+                    rookery_codec::ReasonCode::ImplementationSpecificError
+                }
+            };
+            own.close(reason);
+        });
+    }
+
+    /// A store write on behalf of this session, awaited; a fenced write
+    /// means another connection owns the session now.
+    pub(super) async fn write_fenced(&mut self, commands: Vec<proto::Command>) -> Result<(), End> {
+        match self.hub.store.write(commands).await {
+            Ok(results) if fenced(&results) => Err(End::TakenOver),
+            Ok(_) => Ok(()),
+            Err(error) => {
+                tracing::warn!(%error, client_id = %self.client_id(), "session write failed");
+                Err(End::ServerClosed)
+            }
+        }
+    }
+}
+
+/// Whether the store refused a write because another connection holds the
+/// session now.
+fn fenced(results: &[proto::CommandResult]) -> bool {
+    results
+        .iter()
+        .any(|result| matches!(result.kind, Some(ResultKind::Fenced(_))))
+}
+
+/// What a QoS 1/2 publish must finish before it is acknowledged: its store
+/// write and its forwards, each within the store's write bound.
+struct Commit {
+    hub: Arc<Hub>,
+    message: Arc<Message>,
+    commands: Vec<proto::Command>,
+    confirmations: Vec<tokio::sync::oneshot::Receiver<bool>>,
+    forward_after_store: Vec<EdgeDeliveries>,
+}
+
+impl Commit {
+    async fn run(self) -> Outcome {
+        let Commit {
+            hub,
+            message,
+            commands,
+            confirmations,
+            forward_after_store,
+        } = self;
+        let forwarded_any = !confirmations.is_empty();
+        let written = async {
+            if commands.is_empty() {
+                Ok(Vec::new())
+            } else {
+                hub.store.write(commands).await
+            }
+        };
+        let bound = hub.store.write_timeout();
+        let (written, mut confirmed) =
+            futures::future::join(written, all_confirmed(confirmations, bound)).await;
+        let outcome = match written {
+            Ok(results) => {
+                hub.count_store_drops(&results);
+                Outcome::of_results(&results)
+            }
+            Err(error) => Outcome::of_failed_write(may_have_committed(&error), forwarded_any),
+        };
+        if outcome == Outcome::Done && !forward_after_store.is_empty() {
+            let later = hub.forward(&message, forward_after_store, true);
+            confirmed &= all_confirmed(later, bound).await;
+        }
+        if outcome == Outcome::Done && !confirmed {
+            metrics::counter!("rookery_forward_unconfirmed_publishes_total").increment(1);
+        }
+        outcome.with_forwards(confirmed)
+    }
+}
+
+/// Whether every edge confirmed having the publish within `bound`.
+async fn all_confirmed(
+    confirmations: Vec<tokio::sync::oneshot::Receiver<bool>>,
+    bound: std::time::Duration,
+) -> bool {
+    if confirmations.is_empty() {
+        return true;
+    }
+    let all = futures::future::join_all(confirmations);
+    match tokio::time::timeout(bound, all).await {
+        Ok(confirmed) => confirmed.into_iter().all(|c| c == Ok(true)),
+        Err(_) => false,
+    }
+}
+
+/// Whether a failed store write may have committed all the same.
+fn may_have_committed(_error: &StoreUnavailable) -> bool {
+    true
+}

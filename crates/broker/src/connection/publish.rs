@@ -1,0 +1,368 @@
+//! What a client's PUBLISH leads to, decided without doing it: whether the
+//! server refuses it, where it goes (sessions here, other edges, the store),
+//! what must be committed before it is acknowledged, and the answer the
+//! client gets once that is known. The I/O side performs the plan.
+
+use std::sync::Arc;
+
+use rookery_codec::{PacketId, QoS, ReasonCode};
+use rookery_store::proto::{self, command_result::Kind as ResultKind};
+
+use super::topic_within_limits;
+use crate::config::Limits;
+use crate::hub::{Mailbox, Routes};
+use crate::message::Delivery;
+
+/// Deliveries for one other edge.
+pub(super) type EdgeDeliveries = (Arc<str>, Vec<rookery_cluster::proto::Delivery>);
+
+/// Why a well-formed publish is not taken (answered, not a violation).
+pub(super) fn refusal(topic: &str, limits: &Limits) -> Option<ReasonCode> {
+    if !topic_within_limits(topic, limits.max_topic_length, limits.max_topic_levels) {
+        Some(ReasonCode::TopicNameInvalid)
+    } else if topic.starts_with("$SYS/") || topic == "$SYS" {
+        // $SYS belongs to the broker.
+        Some(ReasonCode::NotAuthorized)
+    } else {
+        None
+    }
+}
+
+/// Where a publish goes and what it waits for.
+#[derive(Debug)]
+pub(super) struct Plan {
+    /// Sessions online here, served from memory.
+    pub local: Vec<(Mailbox, Delivery)>,
+    /// Persistent sessions: their copies are committed to the store.
+    pub durable: Vec<proto::EnqueueTarget>,
+    /// The mailboxes of `durable`'s sessions online here, in its order.
+    pub durable_mailboxes: Vec<Option<Mailbox>>,
+    /// Other edges holding matching sessions, forwarded to at once.
+    pub forward_now: Vec<EdgeDeliveries>,
+    /// Other edges forwarded to only once the store has said the message
+    /// is new: a persistent session's QoS 2 publish may be a retry the
+    /// store took already (after a failure, on another edge).
+    pub forward_after_store: Vec<EdgeDeliveries>,
+    /// The QoS 2 packet identifier to record in the store, so that a retry
+    /// after a failure is not accepted twice (persistent sessions).
+    pub record_qos2: Option<PacketId>,
+    /// Whether the message matched nothing at all.
+    pub unrouted: bool,
+}
+
+impl Plan {
+    /// Splits `routes` for a publish at `qos` under `packet_id` from a
+    /// session that is `persistent` or not.
+    pub fn new(
+        mut routes: Routes,
+        qos: QoS,
+        packet_id: Option<PacketId>,
+        persistent: bool,
+    ) -> Plan {
+        let exactly_once_persistent = qos == QoS::ExactlyOnce && persistent;
+        let unrouted =
+            routes.local.is_empty() && routes.durable.is_empty() && routes.remote.is_empty();
+        let (forward_now, forward_after_store) = if exactly_once_persistent {
+            (Vec::new(), std::mem::take(&mut routes.remote))
+        } else {
+            (std::mem::take(&mut routes.remote), Vec::new())
+        };
+        Plan {
+            local: routes.local,
+            durable: routes.durable,
+            durable_mailboxes: routes.durable_mailboxes,
+            forward_now,
+            forward_after_store,
+            record_qos2: if exactly_once_persistent {
+                packet_id
+            } else {
+                None
+            },
+            unrouted,
+        }
+    }
+
+    /// Whether the store must commit something for this publish (a retained
+    /// copy, queued copies, a QoS 2 record).
+    pub fn needs_store(&self, retain: bool) -> bool {
+        retain || !self.durable.is_empty() || self.record_qos2.is_some()
+    }
+}
+
+/// How a QoS 1/2 publish's store write and forwards ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Outcome {
+    /// Committed and handed to every edge that holds a matching session.
+    Done,
+    /// A QoS 2 message the store had already accepted under this packet
+    /// identifier: acknowledged again, delivered no second time.
+    Duplicate,
+    /// Certainly not taken (the session was taken over, the write was never
+    /// proposed, ...).
+    Refused(ReasonCode),
+    /// The store or another edge did not answer: it may or may not have it.
+    Unknown,
+}
+
+impl Outcome {
+    /// What the store's results say of a publish's commands.
+    pub fn of_results(results: &[proto::CommandResult]) -> Outcome {
+        let mut outcome = Outcome::Done;
+        for result in results {
+            match &result.kind {
+                Some(ResultKind::Fenced(_) | ResultKind::NoSession(_)) => {
+                    return Outcome::Refused(ReasonCode::UnspecifiedError);
+                }
+                Some(ResultKind::Enqueued(enqueued)) if !enqueued.accepted => {
+                    outcome = Outcome::Duplicate;
+                }
+                _ => {}
+            }
+        }
+        outcome
+    }
+
+    /// A failed store write: refused when it was certainly never proposed
+    /// and nothing was forwarded yet (the client may send it again at once);
+    /// otherwise it may be held somewhere, so unknown.
+    pub fn of_failed_write(may_have_committed: bool, forwarded: bool) -> Outcome {
+        if may_have_committed || forwarded {
+            Outcome::Unknown
+        } else {
+            Outcome::Refused(ReasonCode::ImplementationSpecificError)
+        }
+    }
+
+    /// The outcome once the forwards are known: a message not confirmed by
+    /// every edge it went to is not known to be delivered.
+    pub fn with_forwards(self, confirmed: bool) -> Outcome {
+        if self == Outcome::Done && !confirmed {
+            Outcome::Unknown
+        } else {
+            self
+        }
+    }
+}
+
+/// What the client is told of a QoS 1/2 publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reply {
+    /// PUBACK or PUBREC with this reason code.
+    Ack(ReasonCode),
+    /// The connection closes (a 5.0 client is told this reason): 3.x has no
+    /// way to say no, and an unknown QoS 2 outcome must keep its identifier.
+    Close(ReasonCode),
+}
+
+impl Reply {
+    /// A publish the server will not take, by rule: 3.x has no reason
+    /// codes, so it is acknowledged and dropped there, as Mosquitto does.
+    pub fn refused(reason: ReasonCode, v5: bool) -> Reply {
+        Reply::Ack(if v5 { reason } else { ReasonCode::Success })
+    }
+
+    /// A publish the server could not take now: a reason code in 5.0; in
+    /// 3.x acknowledging would claim what is not true, so the connection
+    /// closes and the client sends it again.
+    pub fn failed(reason: ReasonCode, v5: bool) -> Reply {
+        if v5 {
+            Reply::Ack(reason)
+        } else {
+            Reply::Close(reason)
+        }
+    }
+
+    /// The answer to a publish whose store write and forwards ended so.
+    pub fn to(outcome: Outcome, qos: QoS, v5: bool) -> Reply {
+        match outcome {
+            Outcome::Done | Outcome::Duplicate => Reply::Ack(ReasonCode::Success),
+            Outcome::Refused(reason) => Reply::failed(reason, v5),
+            // A refusal would free the packet identifier while the store may
+            // hold the message under it: the client would reuse it for a new
+            // message, which the store would then take for a retry. Closing
+            // keeps the identifier: the client sends the same PUBLISH again
+            // (DUP) and the store knows what it has.
+            Outcome::Unknown if qos == QoS::ExactlyOnce => {
+                Reply::Close(ReasonCode::ImplementationSpecificError)
+            }
+            Outcome::Unknown => Reply::failed(ReasonCode::ImplementationSpecificError, v5),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote(edge: &str) -> EdgeDeliveries {
+        (
+            Arc::from(edge),
+            vec![rookery_cluster::proto::Delivery::default()],
+        )
+    }
+
+    fn durable(client: &str) -> proto::EnqueueTarget {
+        proto::EnqueueTarget {
+            client_id: client.into(),
+            ..proto::EnqueueTarget::default()
+        }
+    }
+
+    fn pid(id: u16) -> Option<PacketId> {
+        PacketId::new(id)
+    }
+
+    #[test]
+    fn topics_beyond_the_limits_and_sys_topics_are_refused() {
+        let limits = Limits {
+            max_topic_length: 8,
+            ..Limits::default()
+        };
+        assert_eq!(refusal("a/b", &limits), None);
+        assert_eq!(
+            refusal("a/very/long", &limits),
+            Some(ReasonCode::TopicNameInvalid)
+        );
+        assert_eq!(refusal("$SYS/x", &limits), Some(ReasonCode::NotAuthorized));
+        assert_eq!(refusal("$SYS", &limits), Some(ReasonCode::NotAuthorized));
+        assert_eq!(refusal("$SYSTEM", &limits), None);
+    }
+
+    #[test]
+    fn a_publish_that_matches_nothing_needs_no_store_unless_retained() {
+        let plan = Plan::new(Routes::default(), QoS::AtLeastOnce, pid(1), false);
+        assert!(plan.unrouted);
+        assert!(!plan.needs_store(false));
+        assert!(plan.needs_store(true), "a retained copy is committed");
+    }
+
+    #[test]
+    fn persistent_subscribers_copies_are_committed_to_the_store() {
+        let routes = Routes {
+            durable: vec![durable("d")],
+            durable_mailboxes: vec![None],
+            ..Routes::default()
+        };
+        let plan = Plan::new(routes, QoS::AtLeastOnce, pid(1), false);
+        assert!(!plan.unrouted);
+        assert!(plan.needs_store(false));
+        assert_eq!(plan.durable.len(), 1);
+        assert_eq!(plan.record_qos2, None);
+    }
+
+    #[test]
+    fn other_edges_get_a_publish_at_once_unless_it_is_a_persistent_sessions_qos2() {
+        let routes = Routes {
+            remote: vec![remote("B")],
+            ..Routes::default()
+        };
+        let plan = Plan::new(routes, QoS::ExactlyOnce, pid(3), false);
+        assert_eq!(plan.forward_now.len(), 1);
+        assert!(plan.forward_after_store.is_empty());
+        assert_eq!(
+            plan.record_qos2, None,
+            "a clean session keeps no QoS 2 record"
+        );
+        assert!(!plan.needs_store(false));
+
+        // MQTT-4.3.3-9 across failover: the store decides whether a
+        // persistent session's QoS 2 publish is new before anyone gets it.
+        let routes = Routes {
+            remote: vec![remote("B")],
+            ..Routes::default()
+        };
+        let plan = Plan::new(routes, QoS::ExactlyOnce, pid(3), true);
+        assert!(plan.forward_now.is_empty());
+        assert_eq!(plan.forward_after_store.len(), 1);
+        assert_eq!(plan.record_qos2, pid(3));
+        assert!(plan.needs_store(false));
+    }
+
+    fn enqueued(accepted: bool) -> proto::CommandResult {
+        proto::CommandResult {
+            kind: Some(ResultKind::Enqueued(proto::Enqueued {
+                accepted,
+                ..proto::Enqueued::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn the_stores_results_decide_the_outcome() {
+        assert_eq!(Outcome::of_results(&[]), Outcome::Done);
+        assert_eq!(Outcome::of_results(&[enqueued(true)]), Outcome::Done);
+        assert_eq!(Outcome::of_results(&[enqueued(false)]), Outcome::Duplicate);
+        let fenced = proto::CommandResult {
+            kind: Some(ResultKind::Fenced(proto::Fenced::default())),
+        };
+        assert_eq!(
+            Outcome::of_results(&[enqueued(false), fenced]),
+            Outcome::Refused(ReasonCode::UnspecifiedError)
+        );
+    }
+
+    #[test]
+    fn a_write_never_proposed_is_refused_and_one_that_may_have_committed_is_unknown() {
+        assert_eq!(
+            Outcome::of_failed_write(false, false),
+            Outcome::Refused(ReasonCode::ImplementationSpecificError)
+        );
+        assert_eq!(Outcome::of_failed_write(true, false), Outcome::Unknown);
+        assert_eq!(
+            Outcome::of_failed_write(false, true),
+            Outcome::Unknown,
+            "already forwarded: another edge may deliver it"
+        );
+    }
+
+    #[test]
+    fn an_unconfirmed_forward_makes_a_done_publish_unknown() {
+        assert_eq!(Outcome::Done.with_forwards(true), Outcome::Done);
+        assert_eq!(Outcome::Done.with_forwards(false), Outcome::Unknown);
+        assert_eq!(Outcome::Duplicate.with_forwards(false), Outcome::Duplicate);
+    }
+
+    #[test]
+    fn refusals_are_told_in_5_0_and_acknowledged_in_3_x() {
+        assert_eq!(
+            Reply::refused(ReasonCode::NotAuthorized, true),
+            Reply::Ack(ReasonCode::NotAuthorized)
+        );
+        assert_eq!(
+            Reply::refused(ReasonCode::NotAuthorized, false),
+            Reply::Ack(ReasonCode::Success)
+        );
+    }
+
+    #[test]
+    fn a_publish_not_taken_closes_a_3_x_connection_instead_of_acknowledging_it() {
+        let reason = ReasonCode::ImplementationSpecificError;
+        assert_eq!(Reply::failed(reason, true), Reply::Ack(reason));
+        assert_eq!(Reply::failed(reason, false), Reply::Close(reason));
+        let refused = Outcome::Refused(ReasonCode::UnspecifiedError);
+        assert_eq!(
+            Reply::to(refused, QoS::AtLeastOnce, true),
+            Reply::Ack(ReasonCode::UnspecifiedError)
+        );
+        assert_eq!(
+            Reply::to(refused, QoS::AtLeastOnce, false),
+            Reply::Close(ReasonCode::UnspecifiedError)
+        );
+    }
+
+    #[test]
+    fn an_unknown_qos2_outcome_closes_the_connection_keeping_its_packet_identifier() {
+        assert_eq!(
+            Reply::to(Outcome::Unknown, QoS::ExactlyOnce, true),
+            Reply::Close(ReasonCode::ImplementationSpecificError)
+        );
+        assert_eq!(
+            Reply::to(Outcome::Unknown, QoS::AtLeastOnce, true),
+            Reply::Ack(ReasonCode::ImplementationSpecificError)
+        );
+        assert_eq!(
+            Reply::to(Outcome::Duplicate, QoS::ExactlyOnce, true),
+            Reply::Ack(ReasonCode::Success)
+        );
+    }
+}

@@ -1,0 +1,158 @@
+//! The store commands a session writes, in the store's wire format: each
+//! carries the session's client id and epoch, so that the store fences a
+//! write from a connection that no longer owns the session.
+
+use std::sync::Arc;
+
+use rookery_codec::{Connect, PacketId, QoS};
+use rookery_store::proto::{self, command::Kind};
+
+use super::negotiate::Granted;
+use crate::hub::{ClientId, SubEntry, sub_entry_to_proto};
+use crate::message::{Message, expiry_at};
+
+/// Wraps one command kind.
+pub(super) fn command(kind: Kind) -> proto::Command {
+    proto::Command { kind: Some(kind) }
+}
+
+/// Takes the client id over in the store: a new epoch, the session as
+/// stored, and the will to keep.
+pub(super) fn connect(
+    connect: &Connect,
+    granted: &Granted,
+    edge_id: &str,
+    now_ms: u64,
+) -> proto::Command {
+    let will = connect.will.as_ref().map(|will| {
+        let mut properties = will.properties.message.clone();
+        let expires_at_ms = expiry_at(properties.message_expiry_interval.take(), now_ms);
+        let message = Message {
+            topic: will.topic.clone(),
+            payload: will.payload.clone(),
+            qos: will.qos,
+            retain: will.retain,
+            properties,
+            expires_at_ms,
+            origin: Arc::from(granted.client_id.as_str()),
+        };
+        proto::Will {
+            message: Some(message.to_proto()),
+            delay_s: will.properties.will_delay_interval.unwrap_or(0),
+        }
+    });
+    command(Kind::Connect(proto::Connect {
+        client_id: granted.client_id.clone(),
+        edge_id: edge_id.to_owned(),
+        clean_start: connect.clean_start,
+        expiry_interval_s: granted.expiry_s,
+        will,
+        protocol_version: u32::from(connect.protocol.level()),
+    }))
+}
+
+/// One session's identity in the store: its client id and the epoch its
+/// connection holds.
+#[derive(Debug, Clone)]
+pub(super) struct SessionRecords {
+    client_id: ClientId,
+    epoch: u64,
+}
+
+impl SessionRecords {
+    /// The records of `client_id` under `epoch`.
+    pub fn new(client_id: ClientId, epoch: u64) -> Self {
+        SessionRecords { client_id, epoch }
+    }
+
+    /// The session's client id.
+    pub fn client_id(&self) -> &ClientId {
+        &self.client_id
+    }
+
+    /// A stored message is sent under `packet_id` (MQTT-4.4.0-1: a resend
+    /// after any failure reuses it).
+    pub fn mark_published(&self, seq: u64, packet_id: PacketId) -> proto::Command {
+        command(Kind::MarkPublished(proto::MarkPublished {
+            client_id: self.client_id.to_string(),
+            epoch: self.epoch,
+            seq,
+            packet_id: u32::from(packet_id.get()),
+        }))
+    }
+
+    /// The client acknowledged a stored message at `kind`'s step.
+    pub fn acknowledge(&self, packet_id: PacketId, kind: proto::AckKind) -> proto::Command {
+        command(Kind::Acknowledge(proto::Acknowledge {
+            client_id: self.client_id.to_string(),
+            epoch: self.epoch,
+            packet_id: u32::from(packet_id.get()),
+            kind: kind as i32,
+        }))
+    }
+
+    /// The acknowledgements that complete a message of this QoS.
+    pub fn completion(&self, packet_id: PacketId, qos: QoS) -> Vec<proto::Command> {
+        match qos {
+            QoS::ExactlyOnce => vec![
+                self.acknowledge(packet_id, proto::AckKind::Pubrec),
+                self.acknowledge(packet_id, proto::AckKind::Pubcomp),
+            ],
+            _ => vec![self.acknowledge(packet_id, proto::AckKind::Puback)],
+        }
+    }
+
+    /// The client's QoS 2 publish under `packet_id`, recorded so that a
+    /// retry after a failure is not accepted twice.
+    pub fn incoming_qos2(&self, packet_id: PacketId) -> proto::IncomingQos2 {
+        proto::IncomingQos2 {
+            client_id: self.client_id.to_string(),
+            epoch: self.epoch,
+            packet_id: u32::from(packet_id.get()),
+        }
+    }
+
+    /// PUBREL: the client's QoS 2 identifier may carry a new message now.
+    pub fn release_incoming(&self, packet_id: PacketId) -> proto::Command {
+        command(Kind::ReleaseIncoming(proto::ReleaseIncoming {
+            client_id: self.client_id.to_string(),
+            epoch: self.epoch,
+            packet_id: u32::from(packet_id.get()),
+        }))
+    }
+
+    /// The session's new subscriptions.
+    pub fn subscribe(&self, accepted: &[(rookery_codec::ByteString, SubEntry)]) -> proto::Command {
+        command(Kind::Subscribe(proto::Subscribe {
+            client_id: self.client_id.to_string(),
+            epoch: self.epoch,
+            subscriptions: accepted
+                .iter()
+                .map(|(filter, entry)| proto::Subscription {
+                    filter: filter.to_string(),
+                    options: Some(sub_entry_to_proto(entry)),
+                })
+                .collect(),
+        }))
+    }
+
+    /// Subscriptions the session drops.
+    pub fn unsubscribe(&self, filters: &[rookery_codec::ByteString]) -> proto::Command {
+        command(Kind::Unsubscribe(proto::Unsubscribe {
+            client_id: self.client_id.to_string(),
+            epoch: self.epoch,
+            filters: filters.iter().map(ToString::to_string).collect(),
+        }))
+    }
+
+    /// The connection ended: the session expires after `expiry_s`, and the
+    /// will is published (after its delay) when `publish_will`.
+    pub fn disconnect(&self, expiry_s: u32, publish_will: bool) -> proto::Command {
+        command(Kind::Disconnect(proto::Disconnect {
+            client_id: self.client_id.to_string(),
+            epoch: self.epoch,
+            expiry_interval_s: expiry_s,
+            publish_will,
+        }))
+    }
+}

@@ -1,0 +1,388 @@
+//! The I/O loop of a connected session: it waits on the socket, the
+//! session's mailbox, the publishes waiting on the store and one timer, and
+//! performs what the protocol core asks for. Backpressure lives here: a
+//! publisher whose messages filled other sessions is not read until they
+//! drain.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
+use rookery_codec::ReasonCode;
+use tokio::time::Instant;
+
+use super::perform::Completed;
+use super::session::{End, Rules, Session};
+use super::socket::Socket;
+use super::{decode_error_label, protocol_error};
+use crate::hub::{ClientId, Hub, Mailbox, MailboxReceiver, ToConnection};
+
+/// The timer's deadline while nothing is due: a connection without keep
+/// alive is never timed out.
+const NOTHING_DUE: Duration = Duration::from_secs(86_400 * 365);
+
+/// A publish's store write and forwards, resolving to what they did.
+pub(super) type Completion = Pin<Box<dyn Future<Output = Completed> + Send>>;
+
+/// A connected session with everything it waits on.
+pub(super) struct Live {
+    pub(super) hub: Arc<Hub>,
+    pub(super) socket: Socket,
+    pub(super) session: Session,
+    pub(super) mailbox: MailboxReceiver,
+    /// This connection's own way in, to end it from a detached store write.
+    pub(super) own_mailbox: Mailbox,
+    /// Publishes waiting on the store, answered in order.
+    pub(super) pending: FuturesOrdered<Completion>,
+    /// Backpressure: sessions this client's publishes filled; nothing more
+    /// is read from it until they drain or `paused_until` passes.
+    pub(super) paused_on: Vec<Mailbox>,
+    paused_until: Option<Instant>,
+}
+
+/// What woke the loop.
+enum Input {
+    Read(std::io::Result<usize>),
+    Mail(Option<ToConnection>),
+    Completed(Completed),
+    KeepAliveExpired,
+    /// The timer fired for nothing that is due now.
+    Timer,
+    /// The sessions this publisher was paused for drained, or the pause ran
+    /// out (`drained` false).
+    Resumed {
+        drained: bool,
+    },
+}
+
+impl Live {
+    /// A session accepted on `socket`, fed by `mailbox`.
+    pub fn new(
+        hub: Arc<Hub>,
+        socket: Socket,
+        session: Session,
+        mailbox: MailboxReceiver,
+        own_mailbox: Mailbox,
+    ) -> Self {
+        Live {
+            hub,
+            socket,
+            session,
+            mailbox,
+            own_mailbox,
+            pending: FuturesOrdered::new(),
+            paused_on: Vec::new(),
+            paused_until: None,
+        }
+    }
+
+    /// The session's client id.
+    pub fn client_id(&self) -> &ClientId {
+        self.session.client_id()
+    }
+
+    /// What the core reads of the broker.
+    pub(super) fn rules(hub: &Hub) -> Rules<'_> {
+        Rules {
+            limits: &hub.config.limits,
+            stats: &hub.stats,
+        }
+    }
+
+    /// Runs the session to its end, records the end and closes the socket.
+    pub async fn serve(mut self) {
+        let end = self.run().await;
+        let _ = self.socket.flush(&self.hub.stats).await;
+        let client_closed = matches!(end, End::ClientDisconnected { .. } | End::ConnectionLost);
+        Box::pin(self.finish(end)).await;
+        self.hub.stats.disconnected();
+        if client_closed {
+            self.socket.shutdown().await;
+        } else {
+            Box::pin(self.socket.linger()).await;
+        }
+    }
+
+    // Over 80 lines: one select over every input and the bookkeeping that
+    // must happen around it each turn (timer, pause, report, flush); split,
+    // the order of those steps would be spread over several functions.
+    async fn run(&mut self) -> End {
+        // Read the queue once more: messages queued between the store's
+        // Connect and this session's registration were notified to nobody.
+        if let Err(end) = Box::pin(self.send_stored(true)).await {
+            return end;
+        }
+        if Box::pin(self.socket.flush(&self.hub.stats)).await.is_err() {
+            return End::ConnectionLost;
+        }
+        // MQTT-3.1.2-22: 1.5 times the keep alive without a packet.
+        let keep_alive = (self.session.keep_alive > 0)
+            .then(|| Duration::from_millis(u64::from(self.session.keep_alive) * 1500));
+        let mut deadline = Instant::now() + keep_alive.unwrap_or(NOTHING_DUE);
+        let mut last_read = 0;
+        let timer = tokio::time::sleep_until(deadline);
+        tokio::pin!(timer);
+        loop {
+            self.socket.prepare_read(last_read);
+            let paused = self.is_paused();
+            if paused && self.paused_until.is_none() {
+                let pause = Duration::from_millis(self.hub.config.limits.publisher_pause_ms);
+                self.paused_until = Some(Instant::now().checked_add(pause).unwrap_or(deadline));
+                metrics::counter!("rookery_publisher_pauses_total").increment(1);
+            }
+            // One timer: a paused client is not read, so its silence says
+            // nothing about keep alive; the pause's end is what is due then.
+            let due = match self.paused_until {
+                Some(resume_at) if paused => resume_at,
+                _ => deadline,
+            };
+            // Moved only when something is due earlier, or after it fired:
+            // moving it on every read would take the timer driver's lock per
+            // packet.
+            if timer.is_elapsed() || due < timer.deadline() {
+                timer.as_mut().reset(due);
+            }
+            let input = tokio::select! {
+                read = self.socket.read(), if !paused => Input::Read(read),
+                mail = self.mailbox.recv() => Input::Mail(mail),
+                Some(done) = self.pending.next(), if !self.pending.is_empty() => Input::Completed(done),
+                () = &mut timer => if Instant::now() < due {
+                    // Set for something earlier that is no longer due.
+                    Input::Timer
+                } else if paused {
+                    Input::Resumed { drained: false }
+                } else {
+                    Input::KeepAliveExpired
+                },
+                () = room_in(&self.paused_on), if paused => Input::Resumed { drained: true },
+            };
+            if matches!(input, Input::Read(Ok(n)) if n > 0)
+                || matches!(input, Input::Resumed { .. })
+            {
+                if let Some(keep_alive) = keep_alive {
+                    deadline = Instant::now() + keep_alive;
+                }
+            }
+            if let Input::Read(Ok(n)) = input {
+                last_read = n;
+            }
+            let outcome = self.on_input(input).await;
+            // Take whatever else is already waiting before writing, so that a
+            // burst goes out in one write.
+            let outcome = match outcome {
+                Ok(()) => self.drain_mailbox().await,
+                Err(end) => Err(end),
+            };
+            // Only a persistent session has a store queue to count.
+            let stored = if self.session.persistent {
+                self.session.outgoing.stored_backlog()
+            } else {
+                None
+            };
+            self.mailbox
+                .report_taken(self.session.outgoing.memory_len(), stored);
+            // Boxed: kept inline, the write and its timer would enlarge
+            // every idle connection's task.
+            let flushed = Box::pin(self.socket.flush(&self.hub.stats)).await;
+            match outcome {
+                Err(end) => return end,
+                Ok(()) if flushed.is_err() => return End::ConnectionLost,
+                Ok(()) => {}
+            }
+        }
+    }
+
+    /// Handles what woke the loop.
+    async fn on_input(&mut self, input: Input) -> Result<(), End> {
+        match input {
+            Input::Read(Ok(0)) | Input::Read(Err(_)) => Err(End::ConnectionLost),
+            Input::Read(Ok(n)) => {
+                self.hub.stats.received(n);
+                Box::pin(self.handle_packets()).await
+            }
+            Input::Mail(Some(mail)) => self.handle_mail(mail).await,
+            Input::Mail(None) => Err(End::Shutdown),
+            Input::Completed(done) => {
+                // Group commit completes many of this client's publishes at
+                // once: acknowledge every one that is ready, so that they
+                // leave in one write rather than one each.
+                let mut outcome = self.complete(done);
+                while outcome.is_ok() {
+                    match self.pending.next().now_or_never() {
+                        Some(Some(done)) => outcome = self.complete(done),
+                        _ => break,
+                    }
+                }
+                outcome
+            }
+            Input::Timer => Ok(()),
+            Input::KeepAliveExpired => {
+                metrics::counter!("rookery_keep_alive_timeouts_total").increment(1);
+                self.socket.out.disconnect(ReasonCode::KeepAliveTimeout);
+                Err(End::ServerClosed)
+            }
+            Input::Resumed { drained } => {
+                self.resume(drained);
+                // Packets already read wait in the buffer.
+                Box::pin(self.handle_packets()).await
+            }
+        }
+    }
+
+    /// A pause ended: sessions that did not drain within it are stalled.
+    fn resume(&mut self, drained: bool) {
+        let client_id = self.session.client_id();
+        for mailbox in self.paused_on.drain(..) {
+            // Only a pause that ran out stalls a session: one that drained
+            // may look full again already (its backlog moves from mailbox to
+            // queue in two steps).
+            if !drained && mailbox.is_full() {
+                // Not drained within the pause: its overflow is dropped from
+                // now on instead of holding publishers back.
+                mailbox.stall();
+                metrics::counter!("rookery_sessions_stalled_total").increment(1);
+                let (mailbox_len, taken, stored) = mailbox.backlog_parts();
+                tracing::debug!(%client_id, mailbox_len, taken, stored, "a session did not drain within the publisher pause");
+            }
+        }
+        self.paused_until = None;
+    }
+
+    async fn drain_mailbox(&mut self) -> Result<(), End> {
+        for _ in 0..1024 {
+            match self.mailbox.try_recv() {
+                Some(mail) => self.handle_mail(mail).await?,
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_mail(&mut self, mail: ToConnection) -> Result<(), End> {
+        match mail {
+            ToConnection::Deliver(delivery) => {
+                if !self.session.outgoing.push(delivery) {
+                    self.hub.stats.dropped("queue_full");
+                }
+                self.send_ready();
+                Ok(())
+            }
+            ToConnection::Queued => Box::pin(self.send_stored(true)).await,
+            ToConnection::Close(reason) => {
+                self.socket.out.disconnect(reason);
+                Err(match reason {
+                    ReasonCode::SessionTakenOver => End::TakenOver,
+                    ReasonCode::ServerShuttingDown => End::Shutdown,
+                    _ => End::ServerClosed,
+                })
+            }
+        }
+    }
+
+    /// Decodes and handles every whole packet read, then settles what their
+    /// acknowledgements lead to.
+    async fn handle_packets(&mut self) -> Result<(), End> {
+        let handled = self.decode_and_handle().await;
+        if handled.is_err() {
+            // Acknowledged by the client before it went: not sent again.
+            self.submit_last_records();
+            return handled;
+        }
+        self.settle_acks().await
+    }
+
+    async fn decode_and_handle(&mut self) -> Result<(), End> {
+        loop {
+            let max_packet_size = self.hub.config.limits.max_packet_size;
+            let packet = match self.socket.decode(max_packet_size) {
+                Ok(Some(packet)) => packet,
+                Ok(None) => break,
+                Err(error) => {
+                    protocol_error(decode_error_label(&error));
+                    tracing::debug!(client_id = %self.client_id(), peer = %self.socket.peer, %error, "malformed packet");
+                    self.socket.out.disconnect(error.reason_code());
+                    return Err(End::ServerClosed);
+                }
+            };
+            let hub = self.hub.clone();
+            let step = self.session.handle(
+                packet,
+                Live::rules(&hub),
+                self.pending.len(),
+                &mut self.socket.out,
+            )?;
+            self.perform(step).await?;
+            if self.is_paused() {
+                // Backpressure: the rest stays in the buffer.
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this client is not to be read: its publishes filled other
+    /// sessions. Never for its own session, which only its own
+    /// acknowledgements (behind the publishes) can drain.
+    fn is_paused(&mut self) -> bool {
+        let own = self.session.connection_id;
+        self.paused_on
+            .retain(|mailbox| mailbox.connection_id != own);
+        !self.paused_on.is_empty()
+    }
+
+    /// Records how the connection ended: in the store (will, expiry) and in
+    /// the hub's registry.
+    async fn finish(&mut self, end: End) {
+        // Acknowledged by the client: not to be sent again.
+        self.submit_last_records();
+        let limits = &self.hub.config.limits;
+        let (publish_will, expiry_s) = match end {
+            // The store knows already (takeover), or the session stays with
+            // this edge's lease (shutdown): nothing to record there.
+            End::TakenOver | End::Shutdown => (None, self.session.expiry_s),
+            End::ClientDisconnected { will, expiry_s } => {
+                (Some(will), expiry_s.unwrap_or(self.session.expiry_s))
+            }
+            End::ServerClosed | End::ConnectionLost => (Some(true), self.session.expiry_s),
+        };
+        let expiry_s = expiry_s.min(limits.max_session_expiry_s);
+        let persistent = expiry_s > 0;
+        self.hub
+            .detach(self.client_id(), self.session.connection_id, persistent);
+        if !persistent {
+            let shared = self.take_shared();
+            self.hub.redistribute(shared);
+        }
+        let Some(publish_will) = publish_will else {
+            return;
+        };
+        let command = self.session.records.disconnect(expiry_s, publish_will);
+        if let Err(error) = self.hub.store.write(vec![command]).await {
+            tracing::warn!(%error, client_id = %self.client_id(), "recording a disconnect failed");
+        }
+    }
+
+    /// The shared-subscription messages this session will not acknowledge:
+    /// in its queue, in flight, or still in its mailbox.
+    fn take_shared(&mut self) -> Vec<crate::message::Delivery> {
+        let mut taken = self.session.outgoing.take_shared();
+        while let Some(next) = self.mailbox.try_recv() {
+            if let ToConnection::Deliver(delivery) = next
+                && delivery.shared_group.is_some()
+            {
+                taken.push(delivery);
+            }
+        }
+        taken
+    }
+}
+
+/// Waits until none of `mailboxes` is full.
+async fn room_in(mailboxes: &[Mailbox]) {
+    for mailbox in mailboxes {
+        mailbox.room().await;
+    }
+}

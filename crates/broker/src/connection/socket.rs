@@ -1,0 +1,200 @@
+//! The byte side of a connection: reading into a buffer sized for the
+//! traffic, decoding packets, flushing the outbox with a bound, and closing
+//! politely. Knows frames, not the protocol's rules.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rookery_codec::{
+    ConnAck, ConnAckProperties, Connect, DecodeError, Packet, ProtocolVersion, ReasonCode,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+use super::outbox::Outbox;
+use super::{decode_error_label, protocol_error};
+use crate::stats::Stats;
+use crate::transport::BoxedStream;
+
+/// How long a connection may wait for the socket to take a write.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// What an idle connection keeps for reading: a CONNECT or a small packet
+/// fits; a busy connection grows it (see `Socket::prepare_read`).
+const IDLE_READ_BUFFER: usize = 256;
+/// The read size of a connection whose last read filled its buffer.
+const BUSY_READ_BUFFER: usize = 16 * 1024;
+/// How long a closing connection keeps reading, see `Socket::linger`.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Why no CONNECT was read.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ConnectReadError {
+    /// MQTT-3.1.0-1: the first packet must be CONNECT.
+    #[error("the first packet was {0:?}, not CONNECT")]
+    NotConnect(rookery_codec::PacketType),
+    /// MQTT-3.1.2-2: a protocol level this server does not speak (answered
+    /// with CONNACK 0x01 in the 3.1.1 form).
+    #[error("unsupported protocol level {0}")]
+    UnsupportedProtocol(u8),
+    /// The bytes are not a well-formed CONNECT.
+    #[error("malformed CONNECT: {0}")]
+    Malformed(DecodeError),
+    /// Nothing complete arrived within the connect timeout.
+    #[error("no CONNECT within the connect timeout")]
+    TimedOut,
+    /// The socket failed.
+    #[error("reading CONNECT failed: {0}")]
+    Io(std::io::Error),
+}
+
+/// One client's socket with its read buffer and outbox.
+pub(super) struct Socket {
+    stream: BoxedStream,
+    /// The client's address (from PROXY protocol where the listener takes
+    /// it), for logs.
+    pub peer: SocketAddr,
+    read_buf: BytesMut,
+    /// Packets waiting for the next flush.
+    pub out: Outbox,
+}
+
+impl Socket {
+    /// Wraps an accepted stream.
+    pub fn new(stream: BoxedStream, peer: SocketAddr) -> Self {
+        Socket {
+            stream,
+            peer,
+            read_buf: BytesMut::with_capacity(IDLE_READ_BUFFER),
+            out: Outbox::new(),
+        }
+    }
+
+    /// Waits for the first packet, which must be CONNECT (MQTT-3.1.0-1);
+    /// `None` when the client closed first.
+    pub async fn read_connect(
+        &mut self,
+        timeout: Duration,
+        max_packet_size: u32,
+        stats: &Stats,
+    ) -> Result<Option<Box<Connect>>, ConnectReadError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match rookery_codec::decode(
+                &mut self.read_buf,
+                ProtocolVersion::V3_1_1,
+                max_packet_size,
+            ) {
+                Ok(Some(Packet::Connect(connect))) => return Ok(Some(connect)),
+                Ok(Some(other)) => {
+                    protocol_error("first_packet_not_connect");
+                    return Err(ConnectReadError::NotConnect(other.packet_type()));
+                }
+                Ok(None) => {}
+                Err(DecodeError::UnsupportedProtocolVersion(level)) => {
+                    protocol_error("unsupported_protocol_version");
+                    self.out.send(&Packet::ConnAck(Box::new(ConnAck {
+                        session_present: false,
+                        reason_code: ReasonCode::UnsupportedProtocolVersion,
+                        properties: ConnAckProperties::default(),
+                    })));
+                    let _ = self.flush(stats).await;
+                    return Err(ConnectReadError::UnsupportedProtocol(level));
+                }
+                Err(error) => {
+                    protocol_error(decode_error_label(&error));
+                    return Err(ConnectReadError::Malformed(error));
+                }
+            }
+            let read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.read_buf))
+                .await
+                .map_err(|_| {
+                    metrics::counter!("rookery_connect_timeouts_total").increment(1);
+                    ConnectReadError::TimedOut
+                })?;
+            match read {
+                Ok(0) => return Ok(None),
+                Ok(n) => stats.received(n),
+                Err(error) => return Err(ConnectReadError::Io(error)),
+            }
+        }
+    }
+
+    /// Reads what the socket has into the buffer; 0 when it closed.
+    pub async fn read(&mut self) -> std::io::Result<usize> {
+        self.stream.read_buf(&mut self.read_buf).await
+    }
+
+    /// The next whole packet in the buffer, if one is there.
+    pub fn decode(&mut self, max_packet_size: u32) -> Result<Option<Packet>, DecodeError> {
+        rookery_codec::decode(&mut self.read_buf, self.out.version(), max_packet_size)
+    }
+
+    /// Writes the outbox to the socket, within the write timeout.
+    pub async fn flush(&mut self, stats: &Stats) -> std::io::Result<()> {
+        let Socket { stream, out, .. } = self;
+        let pending = out.pending();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let len = pending.len();
+        let write = async {
+            stream.write_all(pending).await?;
+            stream.flush().await
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client took no data for the write timeout",
+                ));
+            }
+        }
+        stats.sent(len);
+        self.out.written();
+        Ok(())
+    }
+
+    /// Sizes the read buffer for the next read: idle connections (most of
+    /// them, in a large fleet) keep a small one; one whose last read filled
+    /// the buffer gets room for a burst.
+    pub fn prepare_read(&mut self, last_read: usize) {
+        let spare = self.read_buf.capacity() - self.read_buf.len();
+        if self.read_buf.is_empty()
+            && last_read < IDLE_READ_BUFFER / 2
+            && self.read_buf.capacity() > IDLE_READ_BUFFER * 4
+        {
+            self.read_buf = BytesMut::with_capacity(IDLE_READ_BUFFER);
+        } else if spare <= last_read / 2 || spare < 64 {
+            let want = if last_read >= IDLE_READ_BUFFER / 2 {
+                BUSY_READ_BUFFER
+            } else {
+                IDLE_READ_BUFFER
+            };
+            self.read_buf.reserve(want);
+        }
+    }
+
+    /// Closes a connection the client ended: FIN.
+    pub async fn shutdown(&mut self) {
+        let _ = self.stream.shutdown().await;
+    }
+
+    /// Closes a connection the server ended: sends FIN, then reads and
+    /// discards what the client still sends for a moment, so that the
+    /// client reads the DISCONNECT before the socket is gone rather than a
+    /// reset caused by its own unread packets.
+    pub async fn linger(&mut self) {
+        let _ = self.stream.shutdown().await;
+        let deadline = Instant::now() + LINGER;
+        let mut discard = [0u8; 4096];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout_at(deadline, self.stream.read(&mut discard)).await
+        {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+}
