@@ -328,34 +328,21 @@ impl Connection {
             usize::from(limits.max_inflight),
         );
         let persistent = expiry_s > 0;
-        {
-            let _guard = hub.client_lock.lock();
-            if let Some(current) = hub.session(&client_id)
-                && current.epoch > connected.epoch
-            {
-                // A newer connection of the same client won the race.
-                drop(_guard);
-                return self.refuse(ReasonCode::SessionTakenOver);
-            }
-            let previous = hub.register(
-                client.clone(),
-                SessionEntry {
-                    epoch: connected.epoch,
-                    persistent,
-                    mailbox: Some(mailbox.clone()),
-                    remote_edge: None,
-                },
-            );
-            if let Some(old) = previous.and_then(|previous| previous.mailbox) {
-                // MQTT-3.1.4-3: the existing connection is closed, 0x8E.
-                old.close(ReasonCode::SessionTakenOver);
-            }
-        }
-        // The index holds exactly the session's subscriptions as stored.
-        hub.clear_subscriptions(&client);
-        for subscription in &connected.subscriptions {
+        // MQTT-3.1.4-3: a previous connection here is closed, 0x8E; the
+        // index holds exactly the session's subscriptions as stored.
+        let session = SessionEntry {
+            epoch: connected.epoch,
+            persistent,
+            mailbox: Some(mailbox.clone()),
+            remote_edge: None,
+        };
+        let subscriptions = connected.subscriptions.iter().map(|subscription| {
             let entry = crate::hub::sub_entry_from_proto(subscription.options.as_ref());
-            hub.subscribe(&client, &subscription.filter, entry);
+            (subscription.filter.clone(), entry)
+        });
+        if hub.attach(&client, session, subscriptions).is_err() {
+            // A newer connection of the same client won the race.
+            return self.refuse(ReasonCode::SessionTakenOver);
         }
 
         if v5 {
@@ -1662,12 +1649,7 @@ impl Session {
         let (publish_will, expiry_s) = match end {
             End::TakenOver | End::Shutdown => {
                 let persistent = self.persistent;
-                if hub.unregister(&self.client_id, self.connection_id, persistent) {
-                    if !persistent {
-                        hub.clear_subscriptions(&self.client_id);
-                    }
-                    hub.session_left(&self.client_id);
-                }
+                hub.detach(&self.client_id, self.connection_id, persistent);
                 if !persistent {
                     hub.redistribute(self.take_shared());
                 }
@@ -1678,13 +1660,7 @@ impl Session {
         };
         let expiry_s = expiry_s.min(hub.config.limits.max_session_expiry_s);
         let persistent = expiry_s > 0;
-        {
-            let _guard = hub.client_lock.lock();
-            if hub.unregister(&self.client_id, self.connection_id, persistent) && !persistent {
-                hub.clear_subscriptions(&self.client_id);
-            }
-        }
-        hub.session_left(&self.client_id);
+        hub.detach(&self.client_id, self.connection_id, persistent);
         if !persistent {
             hub.redistribute(self.take_shared());
         }
