@@ -24,12 +24,16 @@ const LEASE: Duration = Duration::from_secs(10);
 /// How long shutdown waits for connections to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Why the edge did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
+    /// A client listener could not be bound or configured.
     #[error("listener: {0}")]
     Transport(#[from] TransportError),
+    /// The store did not answer the edge's registration or loads.
     #[error(transparent)]
     Store(#[from] StoreUnavailable),
+    /// The forwarding listener could not be bound.
     #[error("forwarding listener: {0}")]
     Forward(String),
 }
@@ -85,24 +89,7 @@ impl Broker {
         let edge_id = format!("{}.{}", config.edge_id, now_ms());
         let config = Arc::new(config);
         let store = Store::new(store, cluster.write_timeout, cluster.quorum_contact);
-        let forward_listener = match cluster.forward_listen {
-            Some(address) => Some(
-                tokio::net::TcpListener::bind(address)
-                    .await
-                    .map_err(|error| BrokerError::Forward(format!("{address}: {error}")))?,
-            ),
-            None => None,
-        };
-        let forward_address = match &forward_listener {
-            Some(listener) => match &cluster.forward_advertise {
-                Some(address) => address.clone(),
-                None => listener
-                    .local_addr()
-                    .map_err(|error| BrokerError::Forward(error.to_string()))?
-                    .to_string(),
-            },
-            None => String::new(),
-        };
+        let (forward_listener, forward_address) = bind_forwarding(&cluster).await?;
         // Events first: nothing committed after the route table is read
         // below is missed.
         let events = store.events(edge_id.clone()).await?;
@@ -143,20 +130,7 @@ impl Broker {
             background.push(tokio::spawn(publish_sys(hub.clone())));
         }
 
-        let mut addrs = Vec::new();
-        let mut accept_tasks = Vec::new();
-        for mut listener in listeners {
-            let name = listener.name().to_owned();
-            let address = listener.local_addr();
-            addrs.push((name.clone(), address));
-            let hub = hub.clone();
-            accept_tasks.push(tokio::spawn(async move {
-                while let Some(accepted) = listener.accept().await {
-                    tokio::spawn(crate::connection::serve(hub.clone(), accepted));
-                }
-            }));
-            tracing::debug!(listener = %name, %address, "listening");
-        }
+        let (addrs, accept_tasks) = accept_connections(&hub, listeners);
         tracing::info!(edge_id, "broker started");
         Ok(Broker {
             hub,
@@ -461,4 +435,48 @@ pub(crate) async fn on_store_event(hub: &Hub, event: StoreEvent) {
             }
         }
     }
+}
+
+/// Binds the forwarding listener, if configured, and the address other edges
+/// are told to forward to (the advertised one, or the bound one).
+async fn bind_forwarding(
+    cluster: &ClusterOptions,
+) -> Result<(Option<tokio::net::TcpListener>, String), BrokerError> {
+    let Some(address) = cluster.forward_listen else {
+        return Ok((None, String::new()));
+    };
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|error| BrokerError::Forward(format!("{address}: {error}")))?;
+    let advertised = match &cluster.forward_advertise {
+        Some(advertised) => advertised.clone(),
+        None => listener
+            .local_addr()
+            .map_err(|error| BrokerError::Forward(error.to_string()))?
+            .to_string(),
+    };
+    Ok((Some(listener), advertised))
+}
+
+/// Starts one accept loop per listener, each connection in a task of its
+/// own; the bound addresses in configuration order, and the loops.
+fn accept_connections(
+    hub: &Arc<Hub>,
+    listeners: Vec<Listener>,
+) -> (Vec<(String, SocketAddr)>, Vec<JoinHandle<()>>) {
+    let mut addrs = Vec::new();
+    let mut accept_tasks = Vec::new();
+    for mut listener in listeners {
+        let name = listener.name().to_owned();
+        let address = listener.local_addr();
+        addrs.push((name.clone(), address));
+        let hub = hub.clone();
+        accept_tasks.push(tokio::spawn(async move {
+            while let Some(accepted) = listener.accept().await {
+                tokio::spawn(crate::connection::serve(hub.clone(), accepted));
+            }
+        }));
+        tracing::debug!(listener = %name, %address, "listening");
+    }
+    (addrs, accept_tasks)
 }

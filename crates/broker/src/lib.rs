@@ -2,12 +2,17 @@
 //! machine, the local route cache and delivery, over the session store.
 //!
 //! Follow a packet: `transport` turns a socket into a byte stream,
-//! `connection` runs the protocol for one client, `hub` matches a publish
-//! against every session this edge knows and hands it to their mailboxes
-//! (`outgoing` paces each session's sends), and `store` is the session
-//! store as the edge sees it.
+//! `connection` runs the protocol for one client (a core without I/O that
+//! decides, and a loop that performs what it decides; start at
+//! `connection/mod.rs`), `hub` matches a publish against every session this
+//! edge knows and hands it to their mailboxes (`outgoing` paces each
+//! session's sends), and `store` is the session store as the edge sees it.
+//!
+//! It never decides durability: what is committed is the store's, reached
+//! only through `store`; the edge keeps nothing that must outlive it.
 
 mod broker;
+/// The edge's configuration: listeners and protocol limits.
 pub mod config;
 mod connection;
 mod hub;
@@ -15,6 +20,7 @@ mod message;
 mod outgoing;
 mod stats;
 mod store;
+/// Listeners: TCP, TLS, WebSocket and PROXY protocol, as byte streams.
 pub mod transport;
 
 pub use broker::{Broker, BrokerError, ClusterOptions};
