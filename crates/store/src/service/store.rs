@@ -1,144 +1,31 @@
-//! The store's gRPC services: Raft between store nodes, the session API for
-//! edges, and membership administration.
+//! The Store service, the session API edges call: writes (`Write`, and
+//! `Submit`, a stream that keeps submission order), reads (sessions, routes,
+//! retained messages, queues, edges) and the event streams (`WatchRoutes`,
+//! `Follow`, `WatchEdge`).
 //!
-//! A follower answers edges as the leader would: it forwards writes and
-//! linearizable reads to the leader it knows and relays the answer. A request
-//! that was already forwarded once is not forwarded again, so a stale leader
-//! hint cannot make requests circle; the caller gets `UNAVAILABLE` and retries.
+//! A follower forwards writes and linearizable reads to the leader once; the
+//! reads marked `local`, the queue and edge reads and the streams are served
+//! from this node's applied state.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use openraft::{BasicNode, ChangeMembers};
+use openraft::BasicNode;
+use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::db::Db;
+use super::{Shared, forwarded};
 use crate::machine::{self, Event};
-use crate::network::Channels;
-use crate::proto::{
-    self, EdgeEvent, RaftPayload, RouteEvent, admin_client::AdminClient, store_client::StoreClient,
-};
+use crate::proto::{self, EdgeEvent, RouteEvent, store_client::StoreClient};
 use crate::state_machine::{Applied, applied_index};
-use crate::writer::{WriteError, Writer, now_ms};
-use crate::{NodeId, Raft, StoreError};
-
-/// Marks a request a follower forwarded, so the receiver never forwards it on.
-const FORWARDED: &str = "x-rookery-forwarded";
+use crate::writer::{WriteError, now_ms};
+use crate::{NodeId, StoreError};
 
 /// Events a watch stream may queue for a slow reader before it is cut off.
 const WATCH_BUFFER: usize = 1024;
-
-pub struct RaftService {
-    raft: Raft,
-}
-
-impl std::fmt::Debug for RaftService {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RaftService").finish_non_exhaustive()
-    }
-}
-
-impl RaftService {
-    pub fn new(raft: Raft) -> Self {
-        RaftService { raft }
-    }
-}
-
-fn decode_payload<T: serde::de::DeserializeOwned>(
-    request: Request<RaftPayload>,
-) -> Result<T, Status> {
-    postcard::from_bytes(&request.into_inner().data)
-        .map_err(|e| Status::invalid_argument(format!("undecodable raft payload: {e}")))
-}
-
-fn encode_payload<T: serde::Serialize>(reply: &T) -> Result<Response<RaftPayload>, Status> {
-    let data = postcard::to_allocvec(reply).map_err(|e| Status::internal(e.to_string()))?;
-    Ok(Response::new(RaftPayload { data: data.into() }))
-}
-
-#[tonic::async_trait]
-impl proto::raft_server::Raft for RaftService {
-    async fn append_entries(
-        &self,
-        request: Request<RaftPayload>,
-    ) -> Result<Response<RaftPayload>, Status> {
-        let reply = self.raft.append_entries(decode_payload(request)?).await;
-        encode_payload(&reply)
-    }
-
-    async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let reply = self.raft.vote(decode_payload(request)?).await;
-        encode_payload(&reply)
-    }
-
-    async fn install_snapshot(
-        &self,
-        request: Request<RaftPayload>,
-    ) -> Result<Response<RaftPayload>, Status> {
-        let reply = self.raft.install_snapshot(decode_payload(request)?).await;
-        encode_payload(&reply)
-    }
-}
-
-/// What the session API and the admin API share.
-#[derive(Clone)]
-pub struct Shared {
-    pub raft: Raft,
-    pub db: Arc<Db>,
-    pub writer: Writer,
-    pub channels: Channels,
-    pub applied: broadcast::Sender<Arc<Applied>>,
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").finish_non_exhaustive()
-    }
-}
-
-impl Shared {
-    /// The leader to forward to, or why there is none.
-    fn forward_target<T>(
-        &self,
-        request: &Request<T>,
-        leader: Option<(NodeId, BasicNode)>,
-    ) -> Result<Channel, Status> {
-        if request.metadata().contains_key(FORWARDED) {
-            return Err(Status::unavailable(
-                "not the leader (request already forwarded once)",
-            ));
-        }
-        let Some((leader_id, node)) = leader else {
-            return Err(Status::unavailable("no leader is known; retry"));
-        };
-        metrics::counter!("rookery_store_forwarded_requests_total").increment(1);
-        tracing::debug!(leader_id, address = %node.addr, "forwarding a request to the leader");
-        self.channels
-            .get(&node.addr)
-            .map_err(|e| Status::unavailable(format!("leader address {}: {e}", node.addr)))
-    }
-
-    /// Waits until this node may serve a linearizable read, or names the
-    /// leader that can.
-    async fn read_barrier(&self) -> Result<Option<(NodeId, BasicNode)>, Status> {
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(None),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
-                match forward.leader_id.zip(forward.leader_node) {
-                    Some(leader) => Ok(Some(leader)),
-                    None => Err(Status::unavailable("no leader is known; retry")),
-                }
-            }
-            Err(other) => Err(Status::unavailable(other.to_string())),
-        }
-    }
-}
 
 type LeaderCheckError = RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>;
 
@@ -207,14 +94,6 @@ async fn next_applied<T>(
     None
 }
 
-fn forwarded<T>(message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-    request
-}
-
 fn internal(error: StoreError) -> Status {
     tracing::error!(%error, "store read failed");
     Status::internal(error.to_string())
@@ -228,6 +107,21 @@ pub struct StoreService {
 impl StoreService {
     pub fn new(shared: Shared) -> Self {
         StoreService { shared }
+    }
+
+    /// Waits until this node may serve a linearizable read, or names the
+    /// leader that can.
+    async fn read_barrier(&self) -> Result<Option<(NodeId, BasicNode)>, Status> {
+        match self.shared.raft.ensure_linearizable().await {
+            Ok(_) => Ok(None),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                match forward.leader_id.zip(forward.leader_node) {
+                    Some(leader) => Ok(Some(leader)),
+                    None => Err(Status::unavailable("no leader is known; retry")),
+                }
+            }
+            Err(other) => Err(Status::unavailable(other.to_string())),
+        }
     }
 }
 
@@ -306,7 +200,7 @@ impl proto::store_server::Store for StoreService {
         &self,
         request: Request<proto::GetSessionRequest>,
     ) -> Result<Response<proto::GetSessionResponse>, Status> {
-        if let Some(leader) = self.shared.read_barrier().await? {
+        if let Some(leader) = self.read_barrier().await? {
             let channel = self.shared.forward_target(&request, Some(leader))?;
             return StoreClient::new(channel)
                 .get_session(forwarded(request.into_inner()))
@@ -322,7 +216,7 @@ impl proto::store_server::Store for StoreService {
         request: Request<proto::ListRoutesRequest>,
     ) -> Result<Response<proto::ListRoutesResponse>, Status> {
         if !request.get_ref().local
-            && let Some(leader) = self.shared.read_barrier().await?
+            && let Some(leader) = self.read_barrier().await?
         {
             let channel = self.shared.forward_target(&request, Some(leader))?;
             return StoreClient::new(channel)
@@ -342,7 +236,7 @@ impl proto::store_server::Store for StoreService {
         request: Request<proto::GetRetainedRequest>,
     ) -> Result<Response<proto::GetRetainedResponse>, Status> {
         if !request.get_ref().local
-            && let Some(leader) = self.shared.read_barrier().await?
+            && let Some(leader) = self.read_barrier().await?
         {
             let channel = self.shared.forward_target(&request, Some(leader))?;
             return StoreClient::new(channel)
@@ -500,215 +394,5 @@ impl proto::store_server::Store for StoreService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
-    }
-}
-
-#[derive(Debug)]
-pub struct AdminService {
-    shared: Shared,
-    node_id: NodeId,
-    address: String,
-}
-
-impl AdminService {
-    pub fn new(shared: Shared, node_id: NodeId, address: String) -> Self {
-        AdminService {
-            shared,
-            node_id,
-            address,
-        }
-    }
-
-    /// The leader, when this node knows it is another node. Membership
-    /// changes go there before openraft sees them: a follower answers "a
-    /// configuration change is in progress" ahead of "not the leader" while
-    /// the leader's previous change is still being replicated to it.
-    fn other_leader(&self) -> Option<(NodeId, BasicNode)> {
-        let metrics = self.shared.raft.metrics().borrow().clone();
-        let leader = metrics.current_leader.filter(|id| *id != self.node_id)?;
-        let node = metrics
-            .membership_config
-            .membership()
-            .get_node(&leader)?
-            .clone();
-        Some((leader, node))
-    }
-}
-
-fn write_error_leader(
-    error: &RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
-) -> Option<Option<(NodeId, BasicNode)>> {
-    match error {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
-            Some(forward.leader_id.zip(forward.leader_node.clone()))
-        }
-        _ => None,
-    }
-}
-
-#[tonic::async_trait]
-impl proto::admin_server::Admin for AdminService {
-    async fn initialize(
-        &self,
-        _request: Request<proto::InitializeRequest>,
-    ) -> Result<Response<proto::AdminResponse>, Status> {
-        let members = BTreeMap::from([(self.node_id, BasicNode::new(&self.address))]);
-        self.shared
-            .raft
-            .initialize(members)
-            .await
-            .map_err(|e| Status::failed_precondition(e.to_string()))?;
-        Ok(Response::new(proto::AdminResponse { log_index: 0 }))
-    }
-
-    async fn add_learner(
-        &self,
-        request: Request<proto::AddLearnerRequest>,
-    ) -> Result<Response<proto::AdminResponse>, Status> {
-        let member = request
-            .get_ref()
-            .member
-            .clone()
-            .ok_or_else(|| Status::invalid_argument("member is required"))?;
-        if let Some(leader) = self.other_leader() {
-            let channel = self.shared.forward_target(&request, Some(leader))?;
-            return AdminClient::new(channel)
-                .add_learner(forwarded(request.into_inner()))
-                .await;
-        }
-        match self
-            .shared
-            .raft
-            .add_learner(member.node_id, BasicNode::new(&member.address), true)
-            .await
-        {
-            Ok(response) => Ok(Response::new(proto::AdminResponse {
-                log_index: response.log_id.index,
-            })),
-            Err(error) => match write_error_leader(&error) {
-                Some(leader) => {
-                    let channel = self.shared.forward_target(&request, leader)?;
-                    AdminClient::new(channel)
-                        .add_learner(forwarded(request.into_inner()))
-                        .await
-                }
-                None => Err(Status::failed_precondition(error.to_string())),
-            },
-        }
-    }
-
-    async fn change_membership(
-        &self,
-        request: Request<proto::ChangeMembershipRequest>,
-    ) -> Result<Response<proto::AdminResponse>, Status> {
-        let voters: BTreeSet<NodeId> = request.get_ref().voters.iter().copied().collect();
-        let retain = !request.get_ref().remove_others;
-        if let Some(leader) = self.other_leader() {
-            let channel = self.shared.forward_target(&request, Some(leader))?;
-            return AdminClient::new(channel)
-                .change_membership(forwarded(request.into_inner()))
-                .await;
-        }
-        let change = if request.get_ref().add {
-            ChangeMembers::AddVoterIds(voters)
-        } else {
-            ChangeMembers::ReplaceAllVoters(voters)
-        };
-        match self.shared.raft.change_membership(change, retain).await {
-            Ok(response) => Ok(Response::new(proto::AdminResponse {
-                log_index: response.log_id.index,
-            })),
-            Err(error) => match write_error_leader(&error) {
-                Some(leader) => {
-                    let channel = self.shared.forward_target(&request, leader)?;
-                    AdminClient::new(channel)
-                        .change_membership(forwarded(request.into_inner()))
-                        .await
-                }
-                None => Err(Status::failed_precondition(error.to_string())),
-            },
-        }
-    }
-
-    async fn remove_node(
-        &self,
-        request: Request<proto::RemoveNodeRequest>,
-    ) -> Result<Response<proto::AdminResponse>, Status> {
-        if let Some(leader) = self.other_leader() {
-            let channel = self.shared.forward_target(&request, Some(leader))?;
-            return AdminClient::new(channel)
-                .remove_node(forwarded(request.into_inner()))
-                .await;
-        }
-        let node_id = request.get_ref().node_id;
-        let is_voter = {
-            let metrics = self.shared.raft.metrics().borrow().clone();
-            let membership = metrics.membership_config.membership();
-            if membership.get_node(&node_id).is_none() {
-                return Err(Status::not_found(format!(
-                    "node {node_id} is not in the group"
-                )));
-            }
-            membership.voter_ids().any(|voter| voter == node_id)
-        };
-        let change = if is_voter {
-            ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))
-        } else {
-            ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))
-        };
-        // `retain = false`: a removed voter does not stay on as a learner.
-        match self.shared.raft.change_membership(change, false).await {
-            Ok(response) => Ok(Response::new(proto::AdminResponse {
-                log_index: response.log_id.index,
-            })),
-            Err(error) => match write_error_leader(&error) {
-                Some(leader) => {
-                    let channel = self.shared.forward_target(&request, leader)?;
-                    AdminClient::new(channel)
-                        .remove_node(forwarded(request.into_inner()))
-                        .await
-                }
-                None => Err(Status::failed_precondition(error.to_string())),
-            },
-        }
-    }
-
-    async fn status(
-        &self,
-        _request: Request<proto::StatusRequest>,
-    ) -> Result<Response<proto::StatusResponse>, Status> {
-        let metrics = self.shared.raft.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership();
-        let member = |id: &NodeId, node: &BasicNode| proto::Member {
-            node_id: *id,
-            address: node.addr.clone(),
-        };
-        let voters: Vec<proto::Member> = membership
-            .nodes()
-            .filter(|(id, _)| membership.voter_ids().any(|voter| voter == **id))
-            .map(|(id, node)| member(id, node))
-            .collect();
-        let learners: Vec<proto::Member> = membership
-            .nodes()
-            .filter(|(id, _)| !membership.voter_ids().any(|voter| voter == **id))
-            .map(|(id, node)| member(id, node))
-            .collect();
-        let leader_id = metrics.current_leader.unwrap_or(0);
-        let leader_address = metrics
-            .current_leader
-            .and_then(|leader| membership.get_node(&leader))
-            .map(|node| node.addr.clone())
-            .unwrap_or_default();
-        Ok(Response::new(proto::StatusResponse {
-            node_id: metrics.id,
-            leader_id,
-            leader_address,
-            term: metrics.current_term,
-            last_log_index: metrics.last_log_index.unwrap_or(0),
-            applied_index: metrics.last_applied.map_or(0, |log_id| log_id.index),
-            voters,
-            learners,
-            state: format!("{:?}", metrics.state).to_lowercase(),
-        }))
     }
 }

@@ -1,0 +1,224 @@
+//! The Admin service: membership administration (initialize, add a learner,
+//! change the voters, remove a node) and the node's Raft status.
+//!
+//! Membership changes run on the leader: a follower forwards them once.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers};
+use tonic::{Request, Response, Status};
+
+use super::{Shared, forwarded};
+use crate::NodeId;
+use crate::proto::{self, admin_client::AdminClient};
+
+#[derive(Debug)]
+pub struct AdminService {
+    shared: Shared,
+    node_id: NodeId,
+    address: String,
+}
+
+impl AdminService {
+    pub fn new(shared: Shared, node_id: NodeId, address: String) -> Self {
+        AdminService {
+            shared,
+            node_id,
+            address,
+        }
+    }
+
+    /// The leader, when this node knows it is another node. Membership
+    /// changes go there before openraft sees them: a follower answers "a
+    /// configuration change is in progress" ahead of "not the leader" while
+    /// the leader's previous change is still being replicated to it.
+    fn other_leader(&self) -> Option<(NodeId, BasicNode)> {
+        let metrics = self.shared.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader.filter(|id| *id != self.node_id)?;
+        let node = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)?
+            .clone();
+        Some((leader, node))
+    }
+}
+
+fn write_error_leader(
+    error: &RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+) -> Option<Option<(NodeId, BasicNode)>> {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+            Some(forward.leader_id.zip(forward.leader_node.clone()))
+        }
+        _ => None,
+    }
+}
+
+#[tonic::async_trait]
+impl proto::admin_server::Admin for AdminService {
+    async fn initialize(
+        &self,
+        _request: Request<proto::InitializeRequest>,
+    ) -> Result<Response<proto::AdminResponse>, Status> {
+        let members = BTreeMap::from([(self.node_id, BasicNode::new(&self.address))]);
+        self.shared
+            .raft
+            .initialize(members)
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        Ok(Response::new(proto::AdminResponse { log_index: 0 }))
+    }
+
+    async fn add_learner(
+        &self,
+        request: Request<proto::AddLearnerRequest>,
+    ) -> Result<Response<proto::AdminResponse>, Status> {
+        let member = request
+            .get_ref()
+            .member
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("member is required"))?;
+        if let Some(leader) = self.other_leader() {
+            let channel = self.shared.forward_target(&request, Some(leader))?;
+            return AdminClient::new(channel)
+                .add_learner(forwarded(request.into_inner()))
+                .await;
+        }
+        match self
+            .shared
+            .raft
+            .add_learner(member.node_id, BasicNode::new(&member.address), true)
+            .await
+        {
+            Ok(response) => Ok(Response::new(proto::AdminResponse {
+                log_index: response.log_id.index,
+            })),
+            Err(error) => match write_error_leader(&error) {
+                Some(leader) => {
+                    let channel = self.shared.forward_target(&request, leader)?;
+                    AdminClient::new(channel)
+                        .add_learner(forwarded(request.into_inner()))
+                        .await
+                }
+                None => Err(Status::failed_precondition(error.to_string())),
+            },
+        }
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<proto::ChangeMembershipRequest>,
+    ) -> Result<Response<proto::AdminResponse>, Status> {
+        let voters: BTreeSet<NodeId> = request.get_ref().voters.iter().copied().collect();
+        let retain = !request.get_ref().remove_others;
+        if let Some(leader) = self.other_leader() {
+            let channel = self.shared.forward_target(&request, Some(leader))?;
+            return AdminClient::new(channel)
+                .change_membership(forwarded(request.into_inner()))
+                .await;
+        }
+        let change = if request.get_ref().add {
+            ChangeMembers::AddVoterIds(voters)
+        } else {
+            ChangeMembers::ReplaceAllVoters(voters)
+        };
+        match self.shared.raft.change_membership(change, retain).await {
+            Ok(response) => Ok(Response::new(proto::AdminResponse {
+                log_index: response.log_id.index,
+            })),
+            Err(error) => match write_error_leader(&error) {
+                Some(leader) => {
+                    let channel = self.shared.forward_target(&request, leader)?;
+                    AdminClient::new(channel)
+                        .change_membership(forwarded(request.into_inner()))
+                        .await
+                }
+                None => Err(Status::failed_precondition(error.to_string())),
+            },
+        }
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<proto::RemoveNodeRequest>,
+    ) -> Result<Response<proto::AdminResponse>, Status> {
+        if let Some(leader) = self.other_leader() {
+            let channel = self.shared.forward_target(&request, Some(leader))?;
+            return AdminClient::new(channel)
+                .remove_node(forwarded(request.into_inner()))
+                .await;
+        }
+        let node_id = request.get_ref().node_id;
+        let is_voter = {
+            let metrics = self.shared.raft.metrics().borrow().clone();
+            let membership = metrics.membership_config.membership();
+            if membership.get_node(&node_id).is_none() {
+                return Err(Status::not_found(format!(
+                    "node {node_id} is not in the group"
+                )));
+            }
+            membership.voter_ids().any(|voter| voter == node_id)
+        };
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))
+        };
+        // `retain = false`: a removed voter does not stay on as a learner.
+        match self.shared.raft.change_membership(change, false).await {
+            Ok(response) => Ok(Response::new(proto::AdminResponse {
+                log_index: response.log_id.index,
+            })),
+            Err(error) => match write_error_leader(&error) {
+                Some(leader) => {
+                    let channel = self.shared.forward_target(&request, leader)?;
+                    AdminClient::new(channel)
+                        .remove_node(forwarded(request.into_inner()))
+                        .await
+                }
+                None => Err(Status::failed_precondition(error.to_string())),
+            },
+        }
+    }
+
+    async fn status(
+        &self,
+        _request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusResponse>, Status> {
+        let metrics = self.shared.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let member = |id: &NodeId, node: &BasicNode| proto::Member {
+            node_id: *id,
+            address: node.addr.clone(),
+        };
+        let voters: Vec<proto::Member> = membership
+            .nodes()
+            .filter(|(id, _)| membership.voter_ids().any(|voter| voter == **id))
+            .map(|(id, node)| member(id, node))
+            .collect();
+        let learners: Vec<proto::Member> = membership
+            .nodes()
+            .filter(|(id, _)| !membership.voter_ids().any(|voter| voter == **id))
+            .map(|(id, node)| member(id, node))
+            .collect();
+        let leader_id = metrics.current_leader.unwrap_or(0);
+        let leader_address = metrics
+            .current_leader
+            .and_then(|leader| membership.get_node(&leader))
+            .map(|node| node.addr.clone())
+            .unwrap_or_default();
+        Ok(Response::new(proto::StatusResponse {
+            node_id: metrics.id,
+            leader_id,
+            leader_address,
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            applied_index: metrics.last_applied.map_or(0, |log_id| log_id.index),
+            voters,
+            learners,
+            state: format!("{:?}", metrics.state).to_lowercase(),
+        }))
+    }
+}

@@ -1,0 +1,79 @@
+//! The store's gRPC services, one file each: [`raft`] between store nodes,
+//! [`store`] (the session API for edges: writes, reads and event streams) and
+//! [`admin`] (membership administration). What they share is here.
+//!
+//! A follower answers edges as the leader would: it forwards writes and
+//! linearizable reads to the leader it knows and relays the answer. A request
+//! that was already forwarded once is not forwarded again, so a stale leader
+//! hint cannot make requests circle; the caller gets `UNAVAILABLE` and retries.
+
+mod admin;
+mod raft;
+mod store;
+
+use std::sync::Arc;
+
+use openraft::BasicNode;
+use tokio::sync::broadcast;
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+use crate::db::Db;
+use crate::network::Channels;
+use crate::state_machine::Applied;
+use crate::writer::Writer;
+use crate::{NodeId, Raft};
+
+pub use admin::AdminService;
+pub use raft::RaftService;
+pub use store::StoreService;
+
+/// Marks a request a follower forwarded, so the receiver never forwards it on.
+const FORWARDED: &str = "x-rookery-forwarded";
+
+/// What the session API and the admin API share.
+#[derive(Clone)]
+pub struct Shared {
+    pub raft: Raft,
+    pub db: Arc<Db>,
+    pub writer: Writer,
+    pub channels: Channels,
+    pub applied: broadcast::Sender<Arc<Applied>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// The leader to forward to, or why there is none.
+    fn forward_target<T>(
+        &self,
+        request: &Request<T>,
+        leader: Option<(NodeId, BasicNode)>,
+    ) -> Result<Channel, Status> {
+        if request.metadata().contains_key(FORWARDED) {
+            return Err(Status::unavailable(
+                "not the leader (request already forwarded once)",
+            ));
+        }
+        let Some((leader_id, node)) = leader else {
+            return Err(Status::unavailable("no leader is known; retry"));
+        };
+        metrics::counter!("rookery_store_forwarded_requests_total").increment(1);
+        tracing::debug!(leader_id, address = %node.addr, "forwarding a request to the leader");
+        self.channels
+            .get(&node.addr)
+            .map_err(|e| Status::unavailable(format!("leader address {}: {e}", node.addr)))
+    }
+}
+
+fn forwarded<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    request
+}
