@@ -6,12 +6,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::ClientWriteResponse;
 use openraft::{BasicNode, ChangeMembers};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use super::{Shared, forwarded};
-use crate::NodeId;
-use crate::proto::{self, admin_client::AdminClient};
+use super::Shared;
+use crate::proto::{self, AdminResponse, admin_client::AdminClient};
+use crate::{NodeId, TypeConfig};
 
 #[derive(Debug)]
 pub struct AdminService {
@@ -19,6 +21,10 @@ pub struct AdminService {
     node_id: NodeId,
     address: String,
 }
+
+/// Openraft's answer to a membership change proposed on this node.
+type ChangeOutcome =
+    Result<ClientWriteResponse<TypeConfig>, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>;
 
 impl AdminService {
     pub fn new(shared: Shared, node_id: NodeId, address: String) -> Self {
@@ -43,16 +49,35 @@ impl AdminService {
             .clone();
         Some((leader, node))
     }
-}
 
-fn write_error_leader(
-    error: &RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
-) -> Option<Option<(NodeId, BasicNode)>> {
-    match error {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
-            Some(forward.leader_id.zip(forward.leader_node.clone()))
+    /// Runs a membership change where the leader is: `change` here when no
+    /// other node is known to lead, else `at_leader` forwards the request to
+    /// the leader once; so does a change openraft refuses for not leading.
+    /// `change` may refuse with a status of its own before proposing.
+    async fn change_on_leader<T>(
+        &self,
+        request: Request<T>,
+        change: impl AsyncFnOnce() -> Result<ChangeOutcome, Status>,
+        at_leader: impl AsyncFnOnce(Channel, Request<T>) -> Result<Response<AdminResponse>, Status>,
+    ) -> Result<Response<AdminResponse>, Status> {
+        if let Some(leader) = self.other_leader() {
+            return self
+                .shared
+                .forward_to_leader(request, Some(leader), at_leader)
+                .await;
         }
-        _ => None,
+        match change().await? {
+            Ok(response) => Ok(Response::new(AdminResponse {
+                log_index: response.log_id.index,
+            })),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                let leader = forward.leader_id.zip(forward.leader_node);
+                self.shared
+                    .forward_to_leader(request, leader, at_leader)
+                    .await
+            }
+            Err(error) => Err(Status::failed_precondition(error.to_string())),
+        }
     }
 }
 
@@ -61,126 +86,85 @@ impl proto::admin_server::Admin for AdminService {
     async fn initialize(
         &self,
         _request: Request<proto::InitializeRequest>,
-    ) -> Result<Response<proto::AdminResponse>, Status> {
+    ) -> Result<Response<AdminResponse>, Status> {
         let members = BTreeMap::from([(self.node_id, BasicNode::new(&self.address))]);
         self.shared
             .raft
             .initialize(members)
             .await
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
-        Ok(Response::new(proto::AdminResponse { log_index: 0 }))
+        Ok(Response::new(AdminResponse { log_index: 0 }))
     }
 
     async fn add_learner(
         &self,
         request: Request<proto::AddLearnerRequest>,
-    ) -> Result<Response<proto::AdminResponse>, Status> {
+    ) -> Result<Response<AdminResponse>, Status> {
         let member = request
             .get_ref()
             .member
             .clone()
             .ok_or_else(|| Status::invalid_argument("member is required"))?;
-        if let Some(leader) = self.other_leader() {
-            let channel = self.shared.forward_target(&request, Some(leader))?;
-            return AdminClient::new(channel)
-                .add_learner(forwarded(request.into_inner()))
-                .await;
-        }
-        match self
-            .shared
-            .raft
-            .add_learner(member.node_id, BasicNode::new(&member.address), true)
-            .await
-        {
-            Ok(response) => Ok(Response::new(proto::AdminResponse {
-                log_index: response.log_id.index,
-            })),
-            Err(error) => match write_error_leader(&error) {
-                Some(leader) => {
-                    let channel = self.shared.forward_target(&request, leader)?;
-                    AdminClient::new(channel)
-                        .add_learner(forwarded(request.into_inner()))
-                        .await
-                }
-                None => Err(Status::failed_precondition(error.to_string())),
-            },
-        }
+        let add = async || {
+            let node = BasicNode::new(&member.address);
+            Ok(self
+                .shared
+                .raft
+                .add_learner(member.node_id, node, true)
+                .await)
+        };
+        self.change_on_leader(request, add, async |channel, request| {
+            AdminClient::new(channel).add_learner(request).await
+        })
+        .await
     }
 
     async fn change_membership(
         &self,
         request: Request<proto::ChangeMembershipRequest>,
-    ) -> Result<Response<proto::AdminResponse>, Status> {
+    ) -> Result<Response<AdminResponse>, Status> {
         let voters: BTreeSet<NodeId> = request.get_ref().voters.iter().copied().collect();
         let retain = !request.get_ref().remove_others;
-        if let Some(leader) = self.other_leader() {
-            let channel = self.shared.forward_target(&request, Some(leader))?;
-            return AdminClient::new(channel)
-                .change_membership(forwarded(request.into_inner()))
-                .await;
-        }
         let change = if request.get_ref().add {
             ChangeMembers::AddVoterIds(voters)
         } else {
             ChangeMembers::ReplaceAllVoters(voters)
         };
-        match self.shared.raft.change_membership(change, retain).await {
-            Ok(response) => Ok(Response::new(proto::AdminResponse {
-                log_index: response.log_id.index,
-            })),
-            Err(error) => match write_error_leader(&error) {
-                Some(leader) => {
-                    let channel = self.shared.forward_target(&request, leader)?;
-                    AdminClient::new(channel)
-                        .change_membership(forwarded(request.into_inner()))
-                        .await
-                }
-                None => Err(Status::failed_precondition(error.to_string())),
-            },
-        }
+        let change = async || Ok(self.shared.raft.change_membership(change, retain).await);
+        self.change_on_leader(request, change, async |channel, request| {
+            AdminClient::new(channel).change_membership(request).await
+        })
+        .await
     }
 
     async fn remove_node(
         &self,
         request: Request<proto::RemoveNodeRequest>,
-    ) -> Result<Response<proto::AdminResponse>, Status> {
-        if let Some(leader) = self.other_leader() {
-            let channel = self.shared.forward_target(&request, Some(leader))?;
-            return AdminClient::new(channel)
-                .remove_node(forwarded(request.into_inner()))
-                .await;
-        }
+    ) -> Result<Response<AdminResponse>, Status> {
         let node_id = request.get_ref().node_id;
-        let is_voter = {
-            let metrics = self.shared.raft.metrics().borrow().clone();
-            let membership = metrics.membership_config.membership();
-            if membership.get_node(&node_id).is_none() {
-                return Err(Status::not_found(format!(
-                    "node {node_id} is not in the group"
-                )));
-            }
-            membership.voter_ids().any(|voter| voter == node_id)
-        };
-        let change = if is_voter {
-            ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))
-        } else {
-            ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))
-        };
-        // `retain = false`: a removed voter does not stay on as a learner.
-        match self.shared.raft.change_membership(change, false).await {
-            Ok(response) => Ok(Response::new(proto::AdminResponse {
-                log_index: response.log_id.index,
-            })),
-            Err(error) => match write_error_leader(&error) {
-                Some(leader) => {
-                    let channel = self.shared.forward_target(&request, leader)?;
-                    AdminClient::new(channel)
-                        .remove_node(forwarded(request.into_inner()))
-                        .await
+        let remove = async || {
+            let is_voter = {
+                let metrics = self.shared.raft.metrics().borrow().clone();
+                let membership = metrics.membership_config.membership();
+                if membership.get_node(&node_id).is_none() {
+                    return Err(Status::not_found(format!(
+                        "node {node_id} is not in the group"
+                    )));
                 }
-                None => Err(Status::failed_precondition(error.to_string())),
-            },
-        }
+                membership.voter_ids().any(|voter| voter == node_id)
+            };
+            let change = if is_voter {
+                ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))
+            } else {
+                ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))
+            };
+            // `retain = false`: a removed voter does not stay on as a learner.
+            Ok(self.shared.raft.change_membership(change, false).await)
+        };
+        self.change_on_leader(request, remove, async |channel, request| {
+            AdminClient::new(channel).remove_node(request).await
+        })
+        .await
     }
 
     async fn status(

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use openraft::BasicNode;
 use tokio::sync::broadcast;
 use tonic::transport::Channel;
-use tonic::{Request, Status};
+use tonic::{Request, Response, Status};
 
 use crate::db::Db;
 use crate::network::Channels;
@@ -48,12 +48,16 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
-    /// The leader to forward to, or why there is none.
-    fn forward_target<T>(
+    /// Sends a request on to the leader and relays its answer, once: the
+    /// request goes out marked as forwarded, and one that arrived so marked
+    /// (or finds no leader known) is refused with `UNAVAILABLE` instead.
+    /// `call` makes the gRPC call over the channel to the leader.
+    async fn forward_to_leader<T, R>(
         &self,
-        request: &Request<T>,
+        request: Request<T>,
         leader: Option<(NodeId, BasicNode)>,
-    ) -> Result<Channel, Status> {
+        call: impl AsyncFnOnce(Channel, Request<T>) -> Result<Response<R>, Status>,
+    ) -> Result<Response<R>, Status> {
         if request.metadata().contains_key(FORWARDED) {
             return Err(Status::unavailable(
                 "not the leader (request already forwarded once)",
@@ -64,16 +68,14 @@ impl Shared {
         };
         metrics::counter!("rookery_store_forwarded_requests_total").increment(1);
         tracing::debug!(leader_id, address = %node.addr, "forwarding a request to the leader");
-        self.channels
+        let channel = self
+            .channels
             .get(&node.addr)
-            .map_err(|e| Status::unavailable(format!("leader address {}: {e}", node.addr)))
+            .map_err(|e| Status::unavailable(format!("leader address {}: {e}", node.addr)))?;
+        let mut forwarded = Request::new(request.into_inner());
+        forwarded
+            .metadata_mut()
+            .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        call(channel, forwarded).await
     }
-}
-
-fn forwarded<T>(message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-    request
 }

@@ -17,7 +17,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{Shared, forwarded};
+use super::Shared;
 use crate::machine::{self, Event};
 use crate::proto::{self, EdgeEvent, RouteEvent, store_client::StoreClient};
 use crate::state_machine::{Applied, applied_index};
@@ -140,9 +140,10 @@ impl proto::store_server::Store for StoreService {
                 log_index: outcome.log_index,
             })),
             Err(WriteError::ForwardToLeader { leader }) => {
-                let channel = self.shared.forward_target(&request, leader)?;
-                StoreClient::new(channel)
-                    .write(forwarded(request.into_inner()))
+                self.shared
+                    .forward_to_leader(request, leader, async |channel, request| {
+                        StoreClient::new(channel).write(request).await
+                    })
                     .await
             }
             Err(WriteError::TooLarge) => {
@@ -201,9 +202,11 @@ impl proto::store_server::Store for StoreService {
         request: Request<proto::GetSessionRequest>,
     ) -> Result<Response<proto::GetSessionResponse>, Status> {
         if let Some(leader) = self.read_barrier().await? {
-            let channel = self.shared.forward_target(&request, Some(leader))?;
-            return StoreClient::new(channel)
-                .get_session(forwarded(request.into_inner()))
+            return self
+                .shared
+                .forward_to_leader(request, Some(leader), async |channel, request| {
+                    StoreClient::new(channel).get_session(request).await
+                })
                 .await;
         }
         machine::read_session(&*self.shared.db, &request.get_ref().client_id)
@@ -218,9 +221,11 @@ impl proto::store_server::Store for StoreService {
         if !request.get_ref().local
             && let Some(leader) = self.read_barrier().await?
         {
-            let channel = self.shared.forward_target(&request, Some(leader))?;
-            return StoreClient::new(channel)
-                .list_routes(forwarded(request.into_inner()))
+            return self
+                .shared
+                .forward_to_leader(request, Some(leader), async |channel, request| {
+                    StoreClient::new(channel).list_routes(request).await
+                })
                 .await;
         }
         let applied_index = applied_index(&self.shared.db).map_err(internal)?;
@@ -238,9 +243,11 @@ impl proto::store_server::Store for StoreService {
         if !request.get_ref().local
             && let Some(leader) = self.read_barrier().await?
         {
-            let channel = self.shared.forward_target(&request, Some(leader))?;
-            return StoreClient::new(channel)
-                .get_retained(forwarded(request.into_inner()))
+            return self
+                .shared
+                .forward_to_leader(request, Some(leader), async |channel, request| {
+                    StoreClient::new(channel).get_retained(request).await
+                })
                 .await;
         }
         let messages =
