@@ -36,6 +36,8 @@ struct LogWrite {
     completion: Completion,
 }
 
+/// Openraft's log storage over the store's database: entries, vote and
+/// commit index, written in order by one thread.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Db>,
@@ -78,6 +80,7 @@ impl Debug for LogStore {
 }
 
 impl LogStore {
+    /// The log in `db`, with its writer thread started.
     pub fn new(db: Arc<Db>) -> Result<Self, StoreError> {
         let (sender, queue) = mpsc::channel();
         let thread_db = db.clone();

@@ -27,7 +27,9 @@ const TIMERS_PER_TICK: usize = 10_000;
 /// Something a watcher must hear about once the entry is applied.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// A route entered the route table (or changed its options).
     RouteAdded(Route),
+    /// A route left the route table.
     RouteRemoved(Route),
     /// A retained message was set, or cleared (empty payload): edges keep
     /// a copy of the retained messages for new subscriptions.
@@ -35,8 +37,12 @@ pub enum Event {
     /// An edge registered for the first time or at a new address: other
     /// edges forward to it there.
     EdgeRegistered(Edge),
+    /// Something one edge must act on (a takeover, queued messages, a due
+    /// will).
     Edge {
+        /// The edge to tell.
         edge_id: String,
+        /// What to tell it.
         event: edge_event::Kind,
     },
 }
@@ -1009,7 +1015,6 @@ pub fn read_session(
     })
 }
 
-/// The whole route table.
 /// Every registered edge whose lease has not been swept yet.
 pub fn read_edges(reader: &impl Reader) -> Result<Vec<Edge>, StoreError> {
     reader
@@ -1019,6 +1024,7 @@ pub fn read_edges(reader: &impl Reader) -> Result<Vec<Edge>, StoreError> {
         .collect()
 }
 
+/// The whole route table.
 pub fn read_routes(reader: &impl Reader) -> Result<Vec<Route>, StoreError> {
     reader
         .scan_range(cf::ROUTES, b"", None, usize::MAX)?

@@ -15,6 +15,7 @@ use super::Shared;
 use crate::proto::{self, AdminResponse, admin_client::AdminClient};
 use crate::{NodeId, TypeConfig};
 
+/// The Admin service: membership changes and status.
 #[derive(Debug)]
 pub struct AdminService {
     shared: Shared,
@@ -27,6 +28,7 @@ type ChangeOutcome =
     Result<ClientWriteResponse<TypeConfig>, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>;
 
 impl AdminService {
+    /// The service of node `node_id`, which other nodes reach at `address`.
     pub fn new(shared: Shared, node_id: NodeId, address: String) -> Self {
         AdminService {
             shared,

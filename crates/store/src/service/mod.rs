@@ -34,10 +34,15 @@ const FORWARDED: &str = "x-rookery-forwarded";
 /// What the session API and the admin API share.
 #[derive(Clone)]
 pub struct Shared {
+    /// This node's Raft handle.
     pub raft: Raft,
+    /// This node's database, read for what it has applied.
     pub db: Arc<Db>,
+    /// This node's group-commit writer.
     pub writer: Writer,
+    /// gRPC channels to other store nodes, for forwarding to the leader.
     pub channels: Channels,
+    /// What each applied entry changed, for the event streams.
     pub applied: broadcast::Sender<Arc<Applied>>,
 }
 

@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 use crate::Raft;
 use crate::proto::{self, RaftPayload};
 
+/// The Raft service: hands peers' RPCs to this node's Raft.
 pub struct RaftService {
     raft: Raft,
 }
@@ -17,6 +18,7 @@ impl std::fmt::Debug for RaftService {
 }
 
 impl RaftService {
+    /// The service for `raft`.
     pub fn new(raft: Raft) -> Self {
         RaftService { raft }
     }

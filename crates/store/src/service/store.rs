@@ -99,12 +99,14 @@ fn internal(error: StoreError) -> Status {
     Status::internal(error.to_string())
 }
 
+/// The Store service, the session API edges call.
 #[derive(Debug)]
 pub struct StoreService {
     shared: Shared,
 }
 
 impl StoreService {
+    /// The service over this node's parts.
     pub fn new(shared: Shared) -> Self {
         StoreService { shared }
     }
