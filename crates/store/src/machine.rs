@@ -78,7 +78,8 @@ fn unique_id(log_index: u64, position: usize) -> u64 {
     (log_index << 20) | (position as u64 & 0xF_FFFF)
 }
 
-/// The most commands one batch may carry for [`unique_id`] to stay unique.
+/// The most commands one batch may carry for the ids given to its commands
+/// (epochs, message ids) to stay unique.
 pub const MAX_COMMANDS_PER_BATCH: usize = 1 << 20;
 
 struct Machine<'t, 'a> {

@@ -1,6 +1,7 @@
-//! The store's gRPC services, one file each: [`raft`] between store nodes,
-//! [`store`] (the session API for edges: writes, reads and event streams) and
-//! [`admin`] (membership administration). What they share is here.
+//! The store's gRPC services, each in the file named for it: [`RaftService`]
+//! between store nodes (`raft.rs`), [`StoreService`], the session API for
+//! edges: writes, reads and event streams (`store.rs`), and [`AdminService`],
+//! membership administration (`admin.rs`). What they share is here.
 //!
 //! A follower answers edges as the leader would: it forwards writes and
 //! linearizable reads to the leader it knows and relays the answer. A request
