@@ -22,7 +22,7 @@ use crate::network::{Channels, Network};
 use crate::proto::{
     self, admin_server::AdminServer, raft_server::RaftServer, store_server::StoreServer,
 };
-use crate::service::{AdminService, RaftService, Shared, StoreService};
+use crate::service::{AdminService, NodeHandles, RaftService, StoreService};
 use crate::state_machine::StateMachine;
 use crate::writer::{GroupCommit, WriteError, WriteOutcome, Writer, now_ms};
 use crate::{NodeId, Raft, StoreError};
@@ -82,7 +82,7 @@ pub struct StoreNode {
     node_id: NodeId,
     address: String,
     raft: Raft,
-    shared_db: Arc<Db>,
+    db: Arc<Db>,
     writer: Writer,
     applied: broadcast::Sender<Arc<crate::state_machine::Applied>>,
     stop_server: Option<oneshot::Sender<()>>,
@@ -151,7 +151,7 @@ impl StoreNode {
             .clone()
             .unwrap_or_else(|| bound.to_string());
         let writer = Writer::spawn(raft.clone(), config.group_commit);
-        let shared = Shared {
+        let handles = NodeHandles {
             raft: raft.clone(),
             db: db.clone(),
             writer: writer.clone(),
@@ -162,9 +162,9 @@ impl StoreNode {
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(RaftServer::new(RaftService::new(raft.clone())))
-            .add_service(StoreServer::new(StoreService::new(shared.clone())))
+            .add_service(StoreServer::new(StoreService::new(handles.clone())))
             .add_service(AdminServer::new(AdminService::new(
-                shared,
+                handles,
                 config.node_id,
                 address.clone(),
             )));
@@ -194,7 +194,7 @@ impl StoreNode {
             node_id: config.node_id,
             address,
             raft,
-            shared_db: db,
+            db,
             writer,
             applied,
             stop_server: Some(stop_server),
@@ -265,7 +265,7 @@ impl StoreNode {
 
     /// Reads from this node's applied state without a leadership check.
     pub fn local_db(&self) -> &Db {
-        &self.shared_db
+        &self.db
     }
 
     /// Snapshots received from a leader and installed since this start.

@@ -80,7 +80,7 @@ impl Writer {
     /// Starts the task that turns queued writes into entries of `raft`.
     pub fn spawn(raft: Raft, mode: GroupCommit) -> Writer {
         let (queue, pending) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, mode, pending));
+        tokio::spawn(propose_queued_writes(raft, mode, pending));
         Writer { queue }
     }
 
@@ -116,7 +116,13 @@ fn shutting_down() -> WriteError {
     WriteError::Raft("the store is shutting down".into())
 }
 
-async fn run(raft: Raft, mode: GroupCommit, mut pending: mpsc::UnboundedReceiver<PendingWrite>) {
+/// Takes queued writes in order, each batch of them one Raft entry, with at
+/// most `in_flight` entries waiting for their commit at once.
+async fn propose_queued_writes(
+    raft: Raft,
+    mode: GroupCommit,
+    mut pending: mpsc::UnboundedReceiver<PendingWrite>,
+) {
     let in_flight = match mode {
         GroupCommit::On { in_flight } => in_flight.max(1),
         // Without coalescing, concurrency is only bounded by the writers.

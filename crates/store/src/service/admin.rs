@@ -11,14 +11,14 @@ use openraft::{BasicNode, ChangeMembers};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use super::Shared;
+use super::NodeHandles;
 use crate::proto::{self, AdminResponse, admin_client::AdminClient};
 use crate::{NodeId, TypeConfig};
 
 /// The Admin service: membership changes and status.
 #[derive(Debug)]
 pub struct AdminService {
-    shared: Shared,
+    node: NodeHandles,
     node_id: NodeId,
     address: String,
 }
@@ -29,9 +29,9 @@ type ChangeOutcome =
 
 impl AdminService {
     /// The service of node `node_id`, which other nodes reach at `address`.
-    pub fn new(shared: Shared, node_id: NodeId, address: String) -> Self {
+    pub fn new(node: NodeHandles, node_id: NodeId, address: String) -> Self {
         AdminService {
-            shared,
+            node,
             node_id,
             address,
         }
@@ -42,7 +42,7 @@ impl AdminService {
     /// configuration change is in progress" ahead of "not the leader" while
     /// the leader's previous change is still being replicated to it.
     fn other_leader(&self) -> Option<(NodeId, BasicNode)> {
-        let metrics = self.shared.raft.metrics().borrow().clone();
+        let metrics = self.node.raft.metrics().borrow().clone();
         let leader = metrics.current_leader.filter(|id| *id != self.node_id)?;
         let node = metrics
             .membership_config
@@ -64,7 +64,7 @@ impl AdminService {
     ) -> Result<Response<AdminResponse>, Status> {
         if let Some(leader) = self.other_leader() {
             return self
-                .shared
+                .node
                 .forward_to_leader(request, Some(leader), at_leader)
                 .await;
         }
@@ -74,7 +74,7 @@ impl AdminService {
             })),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                 let leader = forward.leader_id.zip(forward.leader_node);
-                self.shared
+                self.node
                     .forward_to_leader(request, leader, at_leader)
                     .await
             }
@@ -90,7 +90,7 @@ impl proto::admin_server::Admin for AdminService {
         _request: Request<proto::InitializeRequest>,
     ) -> Result<Response<AdminResponse>, Status> {
         let members = BTreeMap::from([(self.node_id, BasicNode::new(&self.address))]);
-        self.shared
+        self.node
             .raft
             .initialize(members)
             .await
@@ -108,12 +108,9 @@ impl proto::admin_server::Admin for AdminService {
             .clone()
             .ok_or_else(|| Status::invalid_argument("member is required"))?;
         let add = async || {
-            let node = BasicNode::new(&member.address);
-            Ok(self
-                .shared
-                .raft
-                .add_learner(member.node_id, node, true)
-                .await)
+            let learner = BasicNode::new(&member.address);
+            let added = self.node.raft.add_learner(member.node_id, learner, true);
+            Ok(added.await)
         };
         self.change_on_leader(request, add, async |channel, request| {
             AdminClient::new(channel).add_learner(request).await
@@ -132,7 +129,7 @@ impl proto::admin_server::Admin for AdminService {
         } else {
             ChangeMembers::ReplaceAllVoters(voters)
         };
-        let change = async || Ok(self.shared.raft.change_membership(change, retain).await);
+        let change = async || Ok(self.node.raft.change_membership(change, retain).await);
         self.change_on_leader(request, change, async |channel, request| {
             AdminClient::new(channel).change_membership(request).await
         })
@@ -146,7 +143,7 @@ impl proto::admin_server::Admin for AdminService {
         let node_id = request.get_ref().node_id;
         let remove = async || {
             let is_voter = {
-                let metrics = self.shared.raft.metrics().borrow().clone();
+                let metrics = self.node.raft.metrics().borrow().clone();
                 let membership = metrics.membership_config.membership();
                 if membership.get_node(&node_id).is_none() {
                     return Err(Status::not_found(format!(
@@ -161,7 +158,7 @@ impl proto::admin_server::Admin for AdminService {
                 ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))
             };
             // `retain = false`: a removed voter does not stay on as a learner.
-            Ok(self.shared.raft.change_membership(change, false).await)
+            Ok(self.node.raft.change_membership(change, false).await)
         };
         self.change_on_leader(request, remove, async |channel, request| {
             AdminClient::new(channel).remove_node(request).await
@@ -173,7 +170,7 @@ impl proto::admin_server::Admin for AdminService {
         &self,
         _request: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::StatusResponse>, Status> {
-        let metrics = self.shared.raft.metrics().borrow().clone();
+        let metrics = self.node.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         let member = |id: &NodeId, node: &BasicNode| proto::Member {
             node_id: *id,

@@ -32,9 +32,10 @@ pub use store::StoreService;
 /// Marks a request a follower forwarded, so the receiver never forwards it on.
 const FORWARDED: &str = "x-rookery-forwarded";
 
-/// What the session API and the admin API share.
+/// Handles to the parts of one store node that the Store and Admin services
+/// work with (Raft, database, writer, peer channels, applied-entry feed).
 #[derive(Clone)]
-pub struct Shared {
+pub struct NodeHandles {
     /// This node's Raft handle.
     pub raft: Raft,
     /// This node's database, read for what it has applied.
@@ -47,13 +48,13 @@ pub struct Shared {
     pub applied: broadcast::Sender<Arc<Applied>>,
 }
 
-impl std::fmt::Debug for Shared {
+impl std::fmt::Debug for NodeHandles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").finish_non_exhaustive()
+        f.debug_struct("NodeHandles").finish_non_exhaustive()
     }
 }
 
-impl Shared {
+impl NodeHandles {
     /// Sends a request on to the leader and relays its answer, once: the
     /// request goes out marked as forwarded, and one that arrived so marked
     /// (or finds no leader known) is refused with `UNAVAILABLE` instead.

@@ -17,7 +17,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::Shared;
+use super::NodeHandles;
 use crate::machine::{self, Event};
 use crate::proto::{self, EdgeEvent, RouteEvent, store_client::StoreClient};
 use crate::state_machine::{Applied, applied_index};
@@ -102,19 +102,19 @@ fn internal(error: StoreError) -> Status {
 /// The Store service, the session API edges call.
 #[derive(Debug)]
 pub struct StoreService {
-    shared: Shared,
+    node: NodeHandles,
 }
 
 impl StoreService {
-    /// The service over this node's parts.
-    pub fn new(shared: Shared) -> Self {
-        StoreService { shared }
+    /// The service over this node's handles.
+    pub fn new(node: NodeHandles) -> Self {
+        StoreService { node }
     }
 
     /// Waits until this node may serve a linearizable read, or names the
     /// leader that can.
     async fn read_barrier(&self) -> Result<Option<(NodeId, BasicNode)>, Status> {
-        match self.shared.raft.ensure_linearizable().await {
+        match self.node.raft.ensure_linearizable().await {
             Ok(_) => Ok(None),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
                 match forward.leader_id.zip(forward.leader_node) {
@@ -136,13 +136,13 @@ impl proto::store_server::Store for StoreService {
         request: Request<proto::WriteRequest>,
     ) -> Result<Response<proto::WriteResponse>, Status> {
         let commands = request.get_ref().commands.clone();
-        match self.shared.writer.write(commands).await {
+        match self.node.writer.write(commands).await {
             Ok(outcome) => Ok(Response::new(proto::WriteResponse {
                 results: outcome.results,
                 log_index: outcome.log_index,
             })),
             Err(WriteError::ForwardToLeader { leader }) => {
-                self.shared
+                self.node
                     .forward_to_leader(request, leader, async |channel, request| {
                         StoreClient::new(channel).write(request).await
                     })
@@ -162,8 +162,8 @@ impl proto::store_server::Store for StoreService {
         request: Request<tonic::Streaming<proto::SubmitRequest>>,
     ) -> Result<Response<Self::SubmitStream>, Status> {
         let mut requests = request.into_inner();
-        let writer = self.shared.writer.clone();
-        let raft = self.shared.raft.clone();
+        let writer = self.node.writer.clone();
+        let raft = self.node.raft.clone();
         let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
         tokio::spawn(async move {
             loop {
@@ -205,13 +205,13 @@ impl proto::store_server::Store for StoreService {
     ) -> Result<Response<proto::GetSessionResponse>, Status> {
         if let Some(leader) = self.read_barrier().await? {
             return self
-                .shared
+                .node
                 .forward_to_leader(request, Some(leader), async |channel, request| {
                     StoreClient::new(channel).get_session(request).await
                 })
                 .await;
         }
-        machine::read_session(&*self.shared.db, &request.get_ref().client_id)
+        machine::read_session(&*self.node.db, &request.get_ref().client_id)
             .map(Response::new)
             .map_err(internal)
     }
@@ -224,14 +224,14 @@ impl proto::store_server::Store for StoreService {
             && let Some(leader) = self.read_barrier().await?
         {
             return self
-                .shared
+                .node
                 .forward_to_leader(request, Some(leader), async |channel, request| {
                     StoreClient::new(channel).list_routes(request).await
                 })
                 .await;
         }
-        let applied_index = applied_index(&self.shared.db).map_err(internal)?;
-        let routes = machine::read_routes(&*self.shared.db).map_err(internal)?;
+        let applied_index = applied_index(&self.node.db).map_err(internal)?;
+        let routes = machine::read_routes(&*self.node.db).map_err(internal)?;
         Ok(Response::new(proto::ListRoutesResponse {
             routes,
             applied_index,
@@ -246,15 +246,14 @@ impl proto::store_server::Store for StoreService {
             && let Some(leader) = self.read_barrier().await?
         {
             return self
-                .shared
+                .node
                 .forward_to_leader(request, Some(leader), async |channel, request| {
                     StoreClient::new(channel).get_retained(request).await
                 })
                 .await;
         }
-        let messages =
-            machine::read_retained(&*self.shared.db, &request.get_ref().filter, now_ms())
-                .map_err(internal)?;
+        let messages = machine::read_retained(&*self.node.db, &request.get_ref().filter, now_ms())
+            .map_err(internal)?;
         Ok(Response::new(proto::GetRetainedResponse { messages }))
     }
 
@@ -269,9 +268,9 @@ impl proto::store_server::Store for StoreService {
         &self,
         _request: Request<proto::WatchRoutesRequest>,
     ) -> Result<Response<Self::WatchRoutesStream>, Status> {
-        let mut applied = self.shared.applied.subscribe();
-        let start_index = applied_index(&self.shared.db).map_err(internal)?;
-        let routes = machine::read_routes(&*self.shared.db).map_err(internal)?;
+        let mut applied = self.node.applied.subscribe();
+        let start_index = applied_index(&self.node.db).map_err(internal)?;
+        let routes = machine::read_routes(&*self.node.db).map_err(internal)?;
         let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
         let _ = sender.try_send(Ok(RouteEvent {
             snapshot: true,
@@ -321,7 +320,7 @@ impl proto::store_server::Store for StoreService {
         let edge_id = request.into_inner().edge_id;
         // Subscribed before `ready` goes out: what the edge reads after it
         // cannot miss a change.
-        let mut applied = self.shared.applied.subscribe();
+        let mut applied = self.node.applied.subscribe();
         let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
         let _ = sender.try_send(Ok(proto::FollowEvent {
             kind: Some(Follow::Ready(true)),
@@ -333,11 +332,12 @@ impl proto::store_server::Store for StoreService {
                 };
                 for change in &next.events {
                     let kind = match change {
-                        Event::Edge { edge_id: to, event } if *to == edge_id => {
-                            Follow::Edge(EdgeEvent {
-                                kind: Some(event.clone()),
-                            })
-                        }
+                        Event::Edge {
+                            edge_id: addressee,
+                            event,
+                        } if *addressee == edge_id => Follow::Edge(EdgeEvent {
+                            kind: Some(event.clone()),
+                        }),
                         Event::Edge { .. } => continue,
                         Event::RouteAdded(route) => Follow::RouteAdded(route.clone()),
                         Event::RouteRemoved(route) => Follow::RouteRemoved(route.clone()),
@@ -361,7 +361,7 @@ impl proto::store_server::Store for StoreService {
         let request = request.into_inner();
         let limit = usize::try_from(request.limit).unwrap_or(usize::MAX);
         let entries =
-            machine::read_queue_after(&*self.shared.db, &request.client_id, request.after, limit)
+            machine::read_queue_after(&*self.node.db, &request.client_id, request.after, limit)
                 .map_err(internal)?;
         Ok(Response::new(proto::ReadQueueResponse { entries }))
     }
@@ -370,7 +370,7 @@ impl proto::store_server::Store for StoreService {
         &self,
         _request: Request<proto::ListEdgesRequest>,
     ) -> Result<Response<proto::ListEdgesResponse>, Status> {
-        let edges = machine::read_edges(&*self.shared.db).map_err(internal)?;
+        let edges = machine::read_edges(&*self.node.db).map_err(internal)?;
         Ok(Response::new(proto::ListEdgesResponse { edges }))
     }
 
@@ -381,7 +381,7 @@ impl proto::store_server::Store for StoreService {
         request: Request<proto::WatchEdgeRequest>,
     ) -> Result<Response<Self::WatchEdgeStream>, Status> {
         let edge_id = request.into_inner().edge_id;
-        let mut applied = self.shared.applied.subscribe();
+        let mut applied = self.node.applied.subscribe();
         let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
         tokio::spawn(async move {
             loop {
@@ -389,8 +389,11 @@ impl proto::store_server::Store for StoreService {
                     return;
                 };
                 for change in &next.events {
-                    if let Event::Edge { edge_id: to, event } = change
-                        && *to == edge_id
+                    if let Event::Edge {
+                        edge_id: addressee,
+                        event,
+                    } = change
+                        && *addressee == edge_id
                     {
                         let event = EdgeEvent {
                             kind: Some(event.clone()),
