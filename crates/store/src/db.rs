@@ -16,6 +16,7 @@ use rocksdb::{
 use crate::StoreError;
 use crate::keys::{cf, prefix_end};
 
+/// The store node's one RocksDB database, with every column family open.
 #[derive(Debug)]
 pub struct Db {
     inner: DB,
@@ -42,16 +43,19 @@ impl Db {
         Ok(Arc::new(Db { inner }))
     }
 
+    /// The RocksDB handle, for batches, snapshots and iterators.
     pub fn raw(&self) -> &DB {
         &self.inner
     }
 
+    /// The handle of a column family (one of [`cf`]).
     pub fn cf(&self, name: &'static str) -> Result<&ColumnFamily, StoreError> {
         self.inner
             .cf_handle(name)
             .ok_or(StoreError::MissingColumnFamily(name))
     }
 
+    /// The value stored at `key` in `family`.
     pub fn get(&self, family: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.inner.get_cf(self.cf(family)?, key)?)
     }
@@ -92,8 +96,11 @@ impl Db {
 /// Reads shared by the database and a transaction over it, so that the
 /// state machine's queries run the same inside and outside of `apply`.
 pub trait Reader {
+    /// The value stored at `key` in `family`.
     fn get(&self, family: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// Records with `start <= key < end` (no end: to the last key), at most
+    /// `limit` of them.
     fn scan_range(
         &self,
         family: &'static str,
@@ -102,6 +109,7 @@ pub trait Reader {
         limit: usize,
     ) -> Result<Vec<Record>, StoreError>;
 
+    /// The protobuf message stored at `key` in `family`, decoded.
     fn get_message<M: prost::Message + Default>(
         &self,
         family: &'static str,
@@ -112,6 +120,7 @@ pub trait Reader {
             .transpose()
     }
 
+    /// Every record whose key starts with `prefix`.
     fn scan_prefix(&self, family: &'static str, prefix: &[u8]) -> Result<Vec<Record>, StoreError> {
         self.scan_range(family, prefix, prefix_end(prefix).as_deref(), usize::MAX)
     }
@@ -149,6 +158,7 @@ impl Reader for Txn<'_> {
     }
 }
 
+/// Decodes a protobuf record read from `family`; a failure names the family.
 pub fn decode<M: prost::Message + Default>(
     family: &'static str,
     bytes: &[u8],
@@ -174,6 +184,7 @@ pub struct Txn<'a> {
 }
 
 impl<'a> Txn<'a> {
+    /// An empty transaction over `db`.
     pub fn new(db: &'a Db) -> Self {
         Txn {
             db,
@@ -182,6 +193,7 @@ impl<'a> Txn<'a> {
         }
     }
 
+    /// The value at `key` in `family` as this transaction sees it.
     pub fn get(&self, family: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let key = (family, key.to_vec());
         if let Some(write) = self.writes.get(&key) {
@@ -195,10 +207,12 @@ impl<'a> Txn<'a> {
         Ok(read)
     }
 
+    /// Writes `value` at `key` in `family` when the transaction is applied.
     pub fn put(&mut self, family: &'static str, key: Vec<u8>, value: Vec<u8>) {
         self.writes.insert((family, key), Some(value));
     }
 
+    /// Writes a protobuf message at `key` in `family`, encoded.
     pub fn put_message<M: prost::Message>(
         &mut self,
         family: &'static str,
@@ -208,6 +222,7 @@ impl<'a> Txn<'a> {
         self.put(family, key, value.encode_to_vec());
     }
 
+    /// Deletes `key` in `family` when the transaction is applied.
     pub fn delete(&mut self, family: &'static str, key: Vec<u8>) {
         self.writes.insert((family, key), None);
     }

@@ -74,6 +74,7 @@ pub fn client(client_id: &str) -> Vec<u8> {
     key
 }
 
+/// A client's subscription to a filter: (client, filter).
 pub fn subscription(client_id: &str, filter: &str) -> Vec<u8> {
     let mut key = client(client_id);
     key.extend_from_slice(filter.as_bytes());
@@ -86,12 +87,14 @@ pub fn subscription_filter(key: &[u8], client_id: &str) -> Option<String> {
     String::from_utf8(rest.to_vec()).ok()
 }
 
+/// An entry of a client's queue, by sequence number: (client, seq).
 pub fn queue_entry(client_id: &str, seq: u64) -> Vec<u8> {
     let mut key = client(client_id);
     key.extend_from_slice(&seq.to_be_bytes());
     key
 }
 
+/// A client's packet identifier (in flight or incoming): (client, packet id).
 pub fn packet(client_id: &str, packet_id: u32) -> Vec<u8> {
     let mut key = client(client_id);
     // Packet identifiers are 16-bit on the wire; the proto carries u32.
@@ -99,12 +102,15 @@ pub fn packet(client_id: &str, packet_id: u32) -> Vec<u8> {
     key
 }
 
+/// A stored message, by id.
 pub fn message(message_id: u64) -> Vec<u8> {
     message_id.to_be_bytes().to_vec()
 }
 
-/// Route kinds, so that a filter's edge routes and session routes group.
+// Route kinds, so that a filter's edge routes and session routes group.
+/// The kind byte of a route to an online session on an edge.
 pub const ROUTE_TO_EDGE: u8 = b'e';
+/// The kind byte of a route to a persistent session's store queue.
 pub const ROUTE_TO_SESSION: u8 = b's';
 
 /// The prefix of every route of one filter.
@@ -131,12 +137,14 @@ pub fn session_route(filter: &str, client_id: &str) -> Vec<u8> {
     key
 }
 
+/// A registered edge, and the prefix of the sessions it holds.
 pub fn edge(edge_id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(2 + edge_id.len());
     push_str(&mut key, edge_id);
     key
 }
 
+/// A session an edge holds online: (edge, client).
 pub fn edge_session(edge_id: &str, client_id: &str) -> Vec<u8> {
     let mut key = edge(edge_id);
     push_str(&mut key, client_id);
@@ -181,6 +189,7 @@ impl TimerKind {
     }
 }
 
+/// A timer: (due time, kind, subject), so that timers sort by due time.
 pub fn timer(at_ms: u64, kind: TimerKind, subject: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(8 + 1 + 2 + subject.len());
     key.extend_from_slice(&at_ms.to_be_bytes());

@@ -5,11 +5,23 @@
 //! for edges, and membership administration. The same code runs embedded as a
 //! single voter in `rookery serve` and as a 3- or 5-voter group.
 //!
-//! Layers, bottom up: [`keys`] (the key layout), [`db`] (column families and
-//! per-entry transactions), [`machine`] (the deterministic commands),
-//! [`log_store`] and [`state_machine`] (openraft's storage traits),
-//! [`network`] (Raft RPC client), [`writer`] (group commit), [`service`]
-//! (gRPC servers) and [`node`] (wiring one store node together).
+//! What it must never do: depend on the layers above it (it knows no MQTT
+//! connection, broker or cluster code; edges reach it through its gRPC API in
+//! `proto/` or, in process, through [`StoreNode`]); let applying an entry read
+//! a replica's clock or randomness (every replica reaches the same state from
+//! the same log); answer a write before its entry is committed on a quorum and
+//! applied; change the key layout or the snapshot format in place (column
+//! families and snapshot tags are only ever appended).
+//!
+//! Where to start reading: [`node`], which wires one store node together, then
+//! [`machine`], what each command does to the session state. Layers, bottom
+//! up: [`keys`] (the key layout), [`db`] (column families and per-entry
+//! transactions), [`machine`] (the deterministic commands), [`log_store`] and
+//! [`state_machine`] (openraft's storage traits), [`network`] (Raft RPC
+//! client), [`writer`] (group commit), [`service`] (the gRPC services, one
+//! file each) and [`node`].
+
+#![warn(missing_docs)]
 
 pub mod db;
 pub mod error;
@@ -28,7 +40,12 @@ pub use error::StoreError;
 pub use node::{StoreConfig, StoreNode};
 
 /// Generated protobuf and gRPC code for `proto/rookery/store/v1`.
-#[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::all,
+    clippy::pedantic
+)]
 pub mod proto {
     tonic::include_proto!("rookery.store.v1");
 }

@@ -36,22 +36,24 @@ struct LogWrite {
     completion: Completion,
 }
 
+/// Openraft's log storage over the store's database: entries, vote and
+/// commit index, written in order by one thread.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Db>,
-    writer: Arc<Writer>,
+    writer: Arc<LogWriter>,
 }
 
 /// The writer thread's queue and handle. Dropping the last `LogStore` clone
 /// closes the queue and joins the thread, so the thread's database handle is
 /// gone when the owner is: a database left closing on a detached thread while
 /// the process exits aborts in RocksDB's static destructors.
-struct Writer {
+struct LogWriter {
     queue: Option<mpsc::Sender<LogWrite>>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
-impl Writer {
+impl LogWriter {
     fn send(&self, write: LogWrite) -> Result<(), StoreError> {
         self.queue
             .as_ref()
@@ -61,7 +63,7 @@ impl Writer {
     }
 }
 
-impl Drop for Writer {
+impl Drop for LogWriter {
     fn drop(&mut self) {
         // The thread finishes the writes already queued, then sees the queue closed.
         self.queue.take();
@@ -78,13 +80,14 @@ impl Debug for LogStore {
 }
 
 impl LogStore {
+    /// The log in `db`, with its writer thread started.
     pub fn new(db: Arc<Db>) -> Result<Self, StoreError> {
         let (sender, queue) = mpsc::channel();
         let thread_db = db.clone();
         let thread = thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn(move || write_loop(&thread_db, &queue))?;
-        let writer = Writer {
+        let writer = LogWriter {
             queue: Some(sender),
             thread: Some(thread),
         };

@@ -27,7 +27,9 @@ const TIMERS_PER_TICK: usize = 10_000;
 /// Something a watcher must hear about once the entry is applied.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// A route entered the route table (or changed its options).
     RouteAdded(Route),
+    /// A route left the route table.
     RouteRemoved(Route),
     /// A retained message was set, or cleared (empty payload): edges keep
     /// a copy of the retained messages for new subscriptions.
@@ -35,8 +37,12 @@ pub enum Event {
     /// An edge registered for the first time or at a new address: other
     /// edges forward to it there.
     EdgeRegistered(Edge),
+    /// Something one edge must act on (a takeover, queued messages, a due
+    /// will).
     Edge {
+        /// The edge to tell.
         edge_id: String,
+        /// What to tell it.
         event: edge_event::Kind,
     },
 }
@@ -72,7 +78,8 @@ fn unique_id(log_index: u64, position: usize) -> u64 {
     (log_index << 20) | (position as u64 & 0xF_FFFF)
 }
 
-/// The most commands one batch may carry for [`unique_id`] to stay unique.
+/// The most commands one batch may carry for the ids given to its commands
+/// (epochs, message ids) to stay unique.
 pub const MAX_COMMANDS_PER_BATCH: usize = 1 << 20;
 
 struct Machine<'t, 'a> {
@@ -1009,7 +1016,6 @@ pub fn read_session(
     })
 }
 
-/// The whole route table.
 /// Every registered edge whose lease has not been swept yet.
 pub fn read_edges(reader: &impl Reader) -> Result<Vec<Edge>, StoreError> {
     reader
@@ -1019,6 +1025,7 @@ pub fn read_edges(reader: &impl Reader) -> Result<Vec<Edge>, StoreError> {
         .collect()
 }
 
+/// The whole route table.
 pub fn read_routes(reader: &impl Reader) -> Result<Vec<Route>, StoreError> {
     reader
         .scan_range(cf::ROUTES, b"", None, usize::MAX)?

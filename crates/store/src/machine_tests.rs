@@ -461,15 +461,15 @@ fn seqs(queue: &[QueuedMessage]) -> Vec<u64> {
 /// MQTT-3.2.2-3: no session state, so Session Present is 0.
 #[test]
 fn connect_creates_a_new_session_without_session_present() {
-    let mut h = Harness::new();
-    let connected = h.connect(T0, with_will(connect("c1", "e1", 60), "status/c1", 5));
+    let mut store = Harness::new();
+    let connected = store.connect(T0, with_will(connect("c1", "e1", 60), "status/c1", 5));
     assert!(!connected.session_present);
     assert_eq!(connected.previous_edge_id, "");
     assert!(connected.subscriptions.is_empty());
     assert!(connected.queue.is_empty());
 
     assert_eq!(
-        h.session_record("c1"),
+        store.session_record("c1"),
         Session {
             client_id: "c1".into(),
             edge_id: "e1".into(),
@@ -483,15 +483,15 @@ fn connect_creates_a_new_session_without_session_present() {
         }
     );
     assert_eq!(
-        h.family(cf::EDGE_SESSIONS),
+        store.family(cf::EDGE_SESSIONS),
         vec![(keys::edge_session("e1", "c1"), Vec::new())]
     );
     assert!(
-        h.timers().is_empty(),
+        store.timers().is_empty(),
         "an online session has no expiry timer"
     );
     assert!(
-        h.take_events().is_empty(),
+        store.take_events().is_empty(),
         "nothing to route, nobody to tell"
     );
 }
@@ -500,19 +500,19 @@ fn connect_creates_a_new_session_without_session_present() {
 /// 1, and the new connection gets a larger epoch.
 #[test]
 fn reconnecting_resumes_the_session_with_a_larger_epoch() {
-    let mut h = Harness::new();
-    let first = h.connect(T0, connect("c1", "e1", 60));
-    h.apply_one(T0 + 1, subscribe("c1", first.epoch, &[("a/b", 1)]));
-    h.apply_one(T0 + 2, disconnect("c1", first.epoch, 60, true));
+    let mut store = Harness::new();
+    let first = store.connect(T0, connect("c1", "e1", 60));
+    store.apply_one(T0 + 1, subscribe("c1", first.epoch, &[("a/b", 1)]));
+    store.apply_one(T0 + 2, disconnect("c1", first.epoch, 60, true));
     assert_eq!(
-        h.apply_one(
+        store.apply_one(
             T0 + 3,
             enqueue(message("a/b", "hello"), vec![target("c1", 1)])
         ),
         enqueued(true, 1)
     );
 
-    let second = h.connect(T0 + 4, connect("c1", "e2", 60));
+    let second = store.connect(T0 + 4, connect("c1", "e2", 60));
     assert!(second.session_present);
     assert!(second.epoch > first.epoch);
     assert_eq!(second.previous_edge_id, "", "the client was offline");
@@ -521,40 +521,40 @@ fn reconnecting_resumes_the_session_with_a_larger_epoch() {
     assert_eq!(second.queue[0].stage, DeliveryStage::Queued as i32);
     assert_eq!(second.queue[0].message, Some(message("a/b", "hello")));
 
-    let session = h.session_record("c1");
+    let session = store.session_record("c1");
     assert_eq!(session.edge_id, "e2");
     assert_eq!(session.epoch, second.epoch);
     assert_eq!(session.expires_at_ms, 0);
     assert_eq!(session.next_seq, 2);
     assert_eq!(
-        h.routes(),
+        store.routes(),
         vec![
             session_route("a/b", "c1", 1),
             edge_route("a/b", "e2", "c1", 1)
         ]
     );
-    assert!(h.timers().is_empty());
+    assert!(store.timers().is_empty());
 }
 
 /// MQTT-3.1.2-4 / MQTT-3.2.2-2: Clean Start 1 discards the session state and
 /// reports Session Present 0.
 #[test]
 fn clean_start_discards_subscriptions_and_queue() {
-    let mut h = Harness::new();
-    let first = h.connect(T0, connect("c1", "e1", 60));
-    h.apply_one(T0, subscribe("c1", first.epoch, &[("a/b", 1)]));
-    h.apply_one(T0, enqueue(message("a/b", "m1"), vec![target("c1", 1)]));
-    h.apply_one(T0, mark_published("c1", first.epoch, 1, 7));
-    h.apply_one(T0, disconnect("c1", first.epoch, 60, true));
-    h.apply_one(T0, enqueue(message("a/b", "m2"), vec![target("c1", 1)]));
+    let mut store = Harness::new();
+    let first = store.connect(T0, connect("c1", "e1", 60));
+    store.apply_one(T0, subscribe("c1", first.epoch, &[("a/b", 1)]));
+    store.apply_one(T0, enqueue(message("a/b", "m1"), vec![target("c1", 1)]));
+    store.apply_one(T0, mark_published("c1", first.epoch, 1, 7));
+    store.apply_one(T0, disconnect("c1", first.epoch, 60, true));
+    store.apply_one(T0, enqueue(message("a/b", "m2"), vec![target("c1", 1)]));
 
-    let second = h.connect(T0 + 1, clean(connect("c1", "e1", 60)));
+    let second = store.connect(T0 + 1, clean(connect("c1", "e1", 60)));
     assert!(!second.session_present);
     assert!(second.epoch > first.epoch);
     assert!(second.subscriptions.is_empty());
     assert!(second.queue.is_empty());
-    assert_eq!(h.session_record("c1").next_seq, 1);
-    h.assert_empty(&[
+    assert_eq!(store.session_record("c1").next_seq, 1);
+    store.assert_empty(&[
         cf::SUBSCRIPTIONS,
         cf::QUEUES,
         cf::INFLIGHT,
@@ -568,18 +568,18 @@ fn clean_start_discards_subscriptions_and_queue() {
 /// told to close its connection and the routes move to the new edge.
 #[test]
 fn a_takeover_tells_the_old_edge_and_reports_it() {
-    let mut h = Harness::new();
-    let first = h.connect(T0, connect("c1", "e1", 60));
-    h.apply_one(T0, subscribe("c1", first.epoch, &[("t", 1)]));
-    h.take_events();
+    let mut store = Harness::new();
+    let first = store.connect(T0, connect("c1", "e1", 60));
+    store.apply_one(T0, subscribe("c1", first.epoch, &[("t", 1)]));
+    store.take_events();
 
-    let second = h.connect(T0 + 1_000, connect("c1", "e2", 60));
+    let second = store.connect(T0 + 1_000, connect("c1", "e2", 60));
     assert!(second.session_present);
     assert!(second.epoch > first.epoch);
     assert_eq!(second.previous_edge_id, "e1");
     assert_eq!(second.subscriptions, vec![subscription("t", 1)]);
 
-    let events = h.take_events();
+    let events = store.take_events();
     assert_eq!(
         edge_events(&events),
         vec![(
@@ -594,16 +594,16 @@ fn a_takeover_tells_the_old_edge_and_reports_it() {
     assert_eq!(added, vec![edge_route("t", "e2", "c1", 1)]);
     assert_eq!(removed, vec![edge_route("t", "e1", "c1", 1)]);
     assert_eq!(
-        h.routes(),
+        store.routes(),
         vec![session_route("t", "c1", 1), edge_route("t", "e2", "c1", 1)]
     );
     assert_eq!(
-        h.family(cf::EDGE_SESSIONS),
+        store.family(cf::EDGE_SESSIONS),
         vec![(keys::edge_session("e2", "c1"), Vec::new())]
     );
     // The old connection is fenced from now on.
     assert_eq!(
-        h.apply_one(T0 + 1_001, disconnect("c1", first.epoch, 0, true)),
+        store.apply_one(T0 + 1_001, disconnect("c1", first.epoch, 0, true)),
         fenced(second.epoch)
     );
 }
@@ -613,22 +613,22 @@ fn a_takeover_tells_the_old_edge_and_reports_it() {
 /// starts a new session even with Clean Start 0.
 #[test]
 fn a_takeover_of_a_session_with_expiry_zero_starts_a_new_session() {
-    let mut h = Harness::new();
-    let first = h.connect(T0, connect("c1", "e1", 0));
-    h.apply_one(T0, subscribe("c1", first.epoch, &[("t", 1)]));
-    h.apply_one(T0, enqueue(message("t", "m"), vec![target("c1", 1)]));
-    h.apply_one(T0, mark_published("c1", first.epoch, 1, 3));
-    h.take_events();
+    let mut store = Harness::new();
+    let first = store.connect(T0, connect("c1", "e1", 0));
+    store.apply_one(T0, subscribe("c1", first.epoch, &[("t", 1)]));
+    store.apply_one(T0, enqueue(message("t", "m"), vec![target("c1", 1)]));
+    store.apply_one(T0, mark_published("c1", first.epoch, 1, 3));
+    store.take_events();
 
-    let second = h.connect(T0 + 1, connect("c1", "e2", 0));
+    let second = store.connect(T0 + 1, connect("c1", "e2", 0));
     assert!(!second.session_present);
     assert_eq!(second.previous_edge_id, "e1");
     assert!(second.subscriptions.is_empty());
     assert!(second.queue.is_empty());
-    h.assert_empty(&[cf::QUEUES, cf::INFLIGHT, cf::MESSAGES]);
-    assert!(h.session("c1").subscriptions.is_empty());
-    assert!(h.routes().is_empty());
-    let events = h.take_events();
+    store.assert_empty(&[cf::QUEUES, cf::INFLIGHT, cf::MESSAGES]);
+    assert!(store.session("c1").subscriptions.is_empty());
+    assert!(store.routes().is_empty());
+    let events = store.take_events();
     assert_eq!(
         route_changes(&events),
         (vec![], vec![edge_route("t", "e1", "c1", 1)])
@@ -638,10 +638,10 @@ fn a_takeover_of_a_session_with_expiry_zero_starts_a_new_session() {
 
 #[test]
 fn commands_in_one_batch_see_the_earlier_commands_writes() {
-    let mut h = Harness::new();
+    let mut store = Harness::new();
     // The epoch of a Connect is derived from its log index and position.
-    let epoch = unique_id(h.next_index, 0);
-    let results = h.apply(
+    let epoch = unique_id(store.next_index, 0);
+    let results = store.apply(
         T0,
         vec![
             CommandKind::Connect(connect("c1", "e1", 60)),
@@ -667,20 +667,20 @@ fn commands_in_one_batch_see_the_earlier_commands_writes() {
 /// the session.
 #[test]
 fn commands_with_a_stale_epoch_are_fenced_and_change_nothing() {
-    let mut h = Harness::new();
-    let old = h.connect(T0, connect("c1", "e1", 60));
-    h.apply_one(T0, subscribe("c1", old.epoch, &[("a", 2)]));
-    h.apply_one(T0, enqueue(message("a", "m"), vec![target("c1", 2)]));
-    h.apply_one(T0, mark_published("c1", old.epoch, 1, 7));
-    h.apply_one(
+    let mut store = Harness::new();
+    let old = store.connect(T0, connect("c1", "e1", 60));
+    store.apply_one(T0, subscribe("c1", old.epoch, &[("a", 2)]));
+    store.apply_one(T0, enqueue(message("a", "m"), vec![target("c1", 2)]));
+    store.apply_one(T0, mark_published("c1", old.epoch, 1, 7));
+    store.apply_one(
         T0,
         enqueue_incoming(message("x", "in"), vec![], "c1", old.epoch, 9),
     );
-    let new = h.connect(T0 + 1, connect("c1", "e2", 60));
-    h.take_events();
-    let before = h.state();
+    let new = store.connect(T0 + 1, connect("c1", "e2", 60));
+    store.take_events();
+    let before = store.state();
 
-    let results = h.apply(
+    let results = store.apply(
         T0 + 2,
         vec![
             disconnect("c1", old.epoch, 0, true),
@@ -699,20 +699,20 @@ fn commands_with_a_stale_epoch_are_fenced_and_change_nothing() {
         ],
     );
     assert_eq!(results, vec![fenced(new.epoch); 7]);
-    assert_eq!(h.state(), before);
-    assert!(h.take_events().is_empty());
+    assert_eq!(store.state(), before);
+    assert!(store.take_events().is_empty());
 
     // The current epoch still works, on the state the old one left.
     assert_eq!(
-        h.apply_one(T0 + 3, acknowledge("c1", new.epoch, 7, AckKind::Puback)),
+        store.apply_one(T0 + 3, acknowledge("c1", new.epoch, 7, AckKind::Puback)),
         acknowledged(true)
     );
 }
 
 #[test]
 fn commands_for_an_unknown_client_return_no_session() {
-    let mut h = Harness::new();
-    let results = h.apply(
+    let mut store = Harness::new();
+    let results = store.apply(
         T0,
         vec![
             disconnect("ghost", 1, 0, true),
@@ -725,10 +725,10 @@ fn commands_for_an_unknown_client_return_no_session() {
         ],
     );
     assert_eq!(results, vec![no_session(); 7]);
-    for (family, records) in h.state() {
+    for (family, records) in store.state() {
         assert!(records.is_empty(), "{family}: {records:?}");
     }
-    assert!(h.take_events().is_empty());
+    assert!(store.take_events().is_empty());
 }
 
 // ---------------------------------------------------------------------------
@@ -738,11 +738,11 @@ fn commands_for_an_unknown_client_return_no_session() {
 /// it; `existed` lets the edge apply Retain Handling 1 (MQTT-3.3.1-10).
 #[test]
 fn subscribe_reports_existing_filters_and_routes_to_the_edge_and_the_session() {
-    let mut h = Harness::new();
-    let c = h.connect(T0, connect("c1", "e1", 60));
-    h.take_events();
+    let mut store = Harness::new();
+    let c1 = store.connect(T0, connect("c1", "e1", 60));
+    store.take_events();
 
-    let result = h.apply_one(T0, subscribe("c1", c.epoch, &[("a/b", 1), ("c/#", 0)]));
+    let result = store.apply_one(T0, subscribe("c1", c1.epoch, &[("a/b", 1), ("c/#", 0)]));
     assert_eq!(result, subscribed(&[false, false]));
     let expected = vec![
         session_route("a/b", "c1", 1),
@@ -750,10 +750,10 @@ fn subscribe_reports_existing_filters_and_routes_to_the_edge_and_the_session() {
         session_route("c/#", "c1", 0),
         edge_route("c/#", "e1", "c1", 0),
     ];
-    assert_eq!(h.routes(), expected);
-    assert_eq!(route_changes(&h.take_events()), (expected, vec![]));
+    assert_eq!(store.routes(), expected);
+    assert_eq!(route_changes(&store.take_events()), (expected, vec![]));
 
-    let result = h.apply_one(T0, subscribe("c1", c.epoch, &[("a/b", 2), ("d", 1)]));
+    let result = store.apply_one(T0, subscribe("c1", c1.epoch, &[("a/b", 2), ("d", 1)]));
     assert_eq!(result, subscribed(&[true, false]));
     let expected = vec![
         session_route("a/b", "c1", 2),
@@ -763,8 +763,8 @@ fn subscribe_reports_existing_filters_and_routes_to_the_edge_and_the_session() {
         session_route("d", "c1", 1),
         edge_route("d", "e1", "c1", 1),
     ];
-    assert_eq!(h.routes(), expected);
-    let (added, removed) = route_changes(&h.take_events());
+    assert_eq!(store.routes(), expected);
+    let (added, removed) = route_changes(&store.take_events());
     assert_eq!(
         added,
         vec![
@@ -776,7 +776,7 @@ fn subscribe_reports_existing_filters_and_routes_to_the_edge_and_the_session() {
     );
     assert!(removed.is_empty());
     assert_eq!(
-        h.session("c1").subscriptions,
+        store.session("c1").subscriptions,
         vec![
             subscription("a/b", 2),
             subscription("c/#", 0),
@@ -785,91 +785,97 @@ fn subscribe_reports_existing_filters_and_routes_to_the_edge_and_the_session() {
     );
 
     // The same subscription again changes no route.
-    let result = h.apply_one(T0, subscribe("c1", c.epoch, &[("d", 1)]));
+    let result = store.apply_one(T0, subscribe("c1", c1.epoch, &[("d", 1)]));
     assert_eq!(result, subscribed(&[true]));
-    assert!(h.take_events().is_empty());
+    assert!(store.take_events().is_empty());
 }
 
 #[test]
 fn a_session_with_expiry_zero_gets_only_edge_routes() {
-    let mut h = Harness::new();
-    let c = h.connect(T0, connect("c1", "e1", 0));
-    h.apply_one(T0, subscribe("c1", c.epoch, &[("a", 1)]));
-    assert_eq!(h.routes(), vec![edge_route("a", "e1", "c1", 1)]);
+    let mut store = Harness::new();
+    let c1 = store.connect(T0, connect("c1", "e1", 0));
+    store.apply_one(T0, subscribe("c1", c1.epoch, &[("a", 1)]));
+    assert_eq!(store.routes(), vec![edge_route("a", "e1", "c1", 1)]);
 }
 
 /// A SUBSCRIBE without options stores the default options, and its routes
 /// carry what was stored, so that later route diffs agree with them.
 #[test]
 fn routes_carry_the_stored_subscription_options() {
-    let mut h = Harness::new();
-    let c = h.connect(T0, connect("c1", "e1", 60));
-    h.apply_one(
+    let mut store = Harness::new();
+    let c1 = store.connect(T0, connect("c1", "e1", 60));
+    store.apply_one(
         T0,
         CommandKind::Subscribe(proto::Subscribe {
             client_id: "c1".into(),
-            epoch: c.epoch,
+            epoch: c1.epoch,
             subscriptions: vec![Subscription {
                 filter: "a".into(),
                 options: None,
             }],
         }),
     );
-    assert_eq!(h.session("c1").subscriptions, vec![subscription("a", 0)]);
+    assert_eq!(
+        store.session("c1").subscriptions,
+        vec![subscription("a", 0)]
+    );
     let expected = vec![session_route("a", "c1", 0), edge_route("a", "e1", "c1", 0)];
-    assert_eq!(h.routes(), expected);
-    assert_eq!(route_changes(&h.take_events()), (expected, vec![]));
+    assert_eq!(store.routes(), expected);
+    assert_eq!(route_changes(&store.take_events()), (expected, vec![]));
 }
 
 /// UNSUBACK reports 0x11 for a filter with no subscription (MQTT 5
 /// §3.11.2.1); the routes of a removed one go (MQTT-3.10.4-1).
 #[test]
 fn unsubscribe_removes_both_routes_and_reports_which_existed() {
-    let mut h = Harness::new();
-    let c = h.connect(T0, connect("c1", "e1", 60));
-    h.apply_one(T0, subscribe("c1", c.epoch, &[("a", 1), ("b", 2)]));
-    h.take_events();
+    let mut store = Harness::new();
+    let c1 = store.connect(T0, connect("c1", "e1", 60));
+    store.apply_one(T0, subscribe("c1", c1.epoch, &[("a", 1), ("b", 2)]));
+    store.take_events();
 
-    let result = h.apply_one(T0, unsubscribe("c1", c.epoch, &["a", "zzz"]));
+    let result = store.apply_one(T0, unsubscribe("c1", c1.epoch, &["a", "zzz"]));
     assert_eq!(result, unsubscribed(&[true, false]));
     assert_eq!(
-        h.routes(),
+        store.routes(),
         vec![session_route("b", "c1", 2), edge_route("b", "e1", "c1", 2)]
     );
     assert_eq!(
-        route_changes(&h.take_events()),
+        route_changes(&store.take_events()),
         (
             vec![],
             vec![session_route("a", "c1", 1), edge_route("a", "e1", "c1", 1)]
         )
     );
-    assert_eq!(h.session("c1").subscriptions, vec![subscription("b", 2)]);
+    assert_eq!(
+        store.session("c1").subscriptions,
+        vec![subscription("b", 2)]
+    );
 }
 
 #[test]
 fn disconnect_removes_the_edge_route_but_keeps_the_session_route() {
-    let mut h = Harness::new();
-    let c = h.connect(T0, connect("c1", "e1", 60));
-    h.apply_one(T0, subscribe("c1", c.epoch, &[("a", 1)]));
-    h.take_events();
+    let mut store = Harness::new();
+    let c1 = store.connect(T0, connect("c1", "e1", 60));
+    store.apply_one(T0, subscribe("c1", c1.epoch, &[("a", 1)]));
+    store.take_events();
 
     assert_eq!(
-        h.apply_one(T0 + 500, disconnect("c1", c.epoch, 60, true)),
+        store.apply_one(T0 + 500, disconnect("c1", c1.epoch, 60, true)),
         applied()
     );
-    assert_eq!(h.routes(), vec![session_route("a", "c1", 1)]);
+    assert_eq!(store.routes(), vec![session_route("a", "c1", 1)]);
     assert_eq!(
-        route_changes(&h.take_events()),
+        route_changes(&store.take_events()),
         (vec![], vec![edge_route("a", "e1", "c1", 1)])
     );
-    let session = h.session("c1");
+    let session = store.session("c1");
     assert_eq!(session.subscriptions, vec![subscription("a", 1)]);
     let session = session.session.unwrap();
     assert_eq!(session.edge_id, "");
     assert_eq!(session.expires_at_ms, T0 + 500 + 60_000);
-    h.assert_empty(&[cf::EDGE_SESSIONS]);
+    store.assert_empty(&[cf::EDGE_SESSIONS]);
     assert_eq!(
-        h.timers(),
+        store.timers(),
         vec![(T0 + 60_500, TimerKind::SessionExpiry, "c1".to_string())]
     );
 }
@@ -878,26 +884,26 @@ fn disconnect_removes_the_edge_route_but_keeps_the_session_route() {
 /// DISCONNECT setting 0 ends the session with everything it owns.
 #[test]
 fn disconnect_with_expiry_zero_deletes_the_session_and_its_routes() {
-    let mut h = Harness::new();
-    let c = h.connect(T0, connect("c1", "e1", 60));
-    h.apply_one(T0, subscribe("c1", c.epoch, &[("a", 2)]));
-    h.apply_one(T0, enqueue(message("a", "m1"), vec![target("c1", 2)]));
-    h.apply_one(T0, enqueue(message("a", "m2"), vec![target("c1", 2)]));
-    h.apply_one(T0, mark_published("c1", c.epoch, 1, 1));
-    h.apply_one(
+    let mut store = Harness::new();
+    let c1 = store.connect(T0, connect("c1", "e1", 60));
+    store.apply_one(T0, subscribe("c1", c1.epoch, &[("a", 2)]));
+    store.apply_one(T0, enqueue(message("a", "m1"), vec![target("c1", 2)]));
+    store.apply_one(T0, enqueue(message("a", "m2"), vec![target("c1", 2)]));
+    store.apply_one(T0, mark_published("c1", c1.epoch, 1, 1));
+    store.apply_one(
         T0,
-        enqueue_incoming(message("a", "in"), vec![target("c1", 2)], "c1", c.epoch, 5),
+        enqueue_incoming(message("a", "in"), vec![target("c1", 2)], "c1", c1.epoch, 5),
     );
-    assert_eq!(h.family(cf::INCOMING).len(), 1);
-    assert_eq!(h.messages().len(), 3);
-    h.take_events();
+    assert_eq!(store.family(cf::INCOMING).len(), 1);
+    assert_eq!(store.messages().len(), 3);
+    store.take_events();
 
     assert_eq!(
-        h.apply_one(T0 + 1, disconnect("c1", c.epoch, 0, false)),
+        store.apply_one(T0 + 1, disconnect("c1", c1.epoch, 0, false)),
         applied()
     );
-    assert_eq!(h.session("c1"), GetSessionResponse::default());
-    h.assert_empty(&[
+    assert_eq!(store.session("c1"), GetSessionResponse::default());
+    store.assert_empty(&[
         cf::SESSIONS,
         cf::SUBSCRIPTIONS,
         cf::QUEUES,
@@ -910,7 +916,7 @@ fn disconnect_with_expiry_zero_deletes_the_session_and_its_routes() {
         cf::TIMERS,
     ]);
     assert_eq!(
-        route_changes(&h.take_events()),
+        route_changes(&store.take_events()),
         (
             vec![],
             vec![session_route("a", "c1", 2), edge_route("a", "e1", "c1", 2)]
@@ -923,14 +929,14 @@ fn disconnect_with_expiry_zero_deletes_the_session_and_its_routes() {
 
 #[test]
 fn an_enqueued_message_is_stored_once_and_referenced_by_each_target() {
-    let mut h = Harness::new();
-    let a = h.connect(T0, connect("a", "e1", 60));
-    let b = h.connect(T0, connect("b", "e2", 60));
-    h.apply_one(T0, disconnect("b", b.epoch, 60, false));
-    h.take_events();
+    let mut store = Harness::new();
+    let a = store.connect(T0, connect("a", "e1", 60));
+    let b = store.connect(T0, connect("b", "e2", 60));
+    store.apply_one(T0, disconnect("b", b.epoch, 60, false));
+    store.take_events();
 
     let msg = message("t", "payload");
-    let result = h.apply_one(
+    let result = store.apply_one(
         T0 + 1,
         enqueue(
             msg.clone(),
@@ -947,7 +953,7 @@ fn an_enqueued_message_is_stored_once_and_referenced_by_each_target() {
     );
     assert_eq!(result, enqueued(true, 2), "the unknown target is skipped");
 
-    let messages = h.messages();
+    let messages = store.messages();
     assert_eq!(messages.len(), 1);
     let (message_id, stored) = &messages[0];
     assert_eq!(
@@ -958,7 +964,7 @@ fn an_enqueued_message_is_stored_once_and_referenced_by_each_target() {
         }
     );
     assert_eq!(
-        h.session("a").queue,
+        store.session("a").queue,
         vec![QueuedMessage {
             seq: 1,
             message_id: *message_id,
@@ -970,17 +976,17 @@ fn an_enqueued_message_is_stored_once_and_referenced_by_each_target() {
             message: Some(msg.clone()),
         }]
     );
-    let b_queue = h.session("b").queue;
+    let b_queue = store.session("b").queue;
     assert_eq!(seqs(&b_queue), vec![1]);
     assert_eq!(b_queue[0].message_id, *message_id);
     assert_eq!(b_queue[0].qos, 0);
-    assert_eq!(h.session_record("a").next_seq, 2);
-    assert_eq!(h.session_record("b").next_seq, 2);
-    assert_eq!(h.session("ghost"), GetSessionResponse::default());
+    assert_eq!(store.session_record("a").next_seq, 2);
+    assert_eq!(store.session_record("b").next_seq, 2);
+    assert_eq!(store.session("ghost"), GetSessionResponse::default());
 
     // Only the online target's edge hears about it.
     assert_eq!(
-        edge_events(&h.take_events()),
+        edge_events(&store.take_events()),
         vec![(
             "e1".to_string(),
             edge_event::Kind::MessagesQueued(proto::MessagesQueued {
@@ -991,62 +997,62 @@ fn an_enqueued_message_is_stored_once_and_referenced_by_each_target() {
     );
 
     // The next message takes the next sequence number.
-    h.apply_one(T0 + 2, enqueue(message("t", "2"), vec![target("a", 1)]));
-    assert_eq!(seqs(&h.session("a").queue), vec![1, 2]);
+    store.apply_one(T0 + 2, enqueue(message("t", "2"), vec![target("a", 1)]));
+    assert_eq!(seqs(&store.session("a").queue), vec![1, 2]);
 }
 
 /// MQTT-4.3.2: PUBACK completes a QoS 1 delivery; the shared message goes
 /// once no queue references it.
 #[test]
 fn acknowledging_every_target_deletes_the_message() {
-    let mut h = Harness::new();
-    let a = h.connect(T0, connect("a", "e1", 60));
-    let b = h.connect(T0, connect("b", "e1", 60));
-    h.apply_one(
+    let mut store = Harness::new();
+    let a = store.connect(T0, connect("a", "e1", 60));
+    let b = store.connect(T0, connect("b", "e1", 60));
+    store.apply_one(
         T0,
         enqueue(message("t", "m"), vec![target("a", 1), target("b", 1)]),
     );
-    h.apply(
+    store.apply(
         T0,
         vec![
             mark_published("a", a.epoch, 1, 10),
             mark_published("b", b.epoch, 1, 20),
         ],
     );
-    assert_eq!(h.family(cf::INFLIGHT).len(), 2);
+    assert_eq!(store.family(cf::INFLIGHT).len(), 2);
 
     assert_eq!(
-        h.apply_one(T0 + 1, acknowledge("a", a.epoch, 10, AckKind::Puback)),
+        store.apply_one(T0 + 1, acknowledge("a", a.epoch, 10, AckKind::Puback)),
         acknowledged(true)
     );
-    let messages = h.messages();
+    let messages = store.messages();
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0].1.references, 1);
-    assert!(h.session("a").queue.is_empty());
-    assert_eq!(h.family(cf::INFLIGHT).len(), 1);
+    assert!(store.session("a").queue.is_empty());
+    assert_eq!(store.family(cf::INFLIGHT).len(), 1);
     // A second PUBACK for the same packet id matches nothing.
     assert_eq!(
-        h.apply_one(T0 + 1, acknowledge("a", a.epoch, 10, AckKind::Puback)),
+        store.apply_one(T0 + 1, acknowledge("a", a.epoch, 10, AckKind::Puback)),
         acknowledged(false)
     );
-    assert_eq!(h.messages()[0].1.references, 1);
+    assert_eq!(store.messages()[0].1.references, 1);
 
     assert_eq!(
-        h.apply_one(T0 + 2, acknowledge("b", b.epoch, 20, AckKind::Puback)),
+        store.apply_one(T0 + 2, acknowledge("b", b.epoch, 20, AckKind::Puback)),
         acknowledged(true)
     );
-    h.assert_empty(&[cf::MESSAGES, cf::QUEUES, cf::INFLIGHT]);
+    store.assert_empty(&[cf::MESSAGES, cf::QUEUES, cf::INFLIGHT]);
 }
 
 /// MQTT-3.3.2-5: a message whose expiry has passed is not delivered, so it is
 /// not queued either.
 #[test]
 fn an_expired_message_is_not_queued() {
-    let mut h = Harness::new();
-    h.connect(T0, connect("a", "e1", 60));
-    h.take_events();
+    let mut store = Harness::new();
+    store.connect(T0, connect("a", "e1", 60));
+    store.take_events();
 
-    let result = h.apply_one(
+    let result = store.apply_one(
         T0 + 100,
         enqueue(
             expiring(message("t", "late"), T0 + 100),
@@ -1054,10 +1060,10 @@ fn an_expired_message_is_not_queued() {
         ),
     );
     assert_eq!(result, enqueued(true, 0));
-    h.assert_empty(&[cf::MESSAGES, cf::QUEUES]);
-    assert!(h.take_events().is_empty());
+    store.assert_empty(&[cf::MESSAGES, cf::QUEUES]);
+    assert!(store.take_events().is_empty());
 
-    let result = h.apply_one(
+    let result = store.apply_one(
         T0 + 100,
         enqueue(
             expiring(message("t", "in time"), T0 + 101),
@@ -1071,10 +1077,10 @@ fn an_expired_message_is_not_queued() {
 /// when the client reconnects; one already in flight is completed.
 #[test]
 fn a_message_that_expired_while_queued_is_dropped_on_connect_unless_in_flight() {
-    let mut h = Harness::new();
-    let c = h.connect(T0, connect("c1", "e1", 60));
+    let mut store = Harness::new();
+    let c1 = store.connect(T0, connect("c1", "e1", 60));
     for payload in ["sent", "unsent"] {
-        h.apply_one(
+        store.apply_one(
             T0,
             enqueue(
                 expiring(message("t", payload), T0 + 1_000),
@@ -1082,12 +1088,12 @@ fn a_message_that_expired_while_queued_is_dropped_on_connect_unless_in_flight() 
             ),
         );
     }
-    h.apply_one(T0, enqueue(message("t", "forever"), vec![target("c1", 1)]));
-    h.apply_one(T0, mark_published("c1", c.epoch, 1, 1));
-    h.apply_one(T0 + 10, disconnect("c1", c.epoch, 60, false));
-    assert_eq!(h.messages().len(), 3);
+    store.apply_one(T0, enqueue(message("t", "forever"), vec![target("c1", 1)]));
+    store.apply_one(T0, mark_published("c1", c1.epoch, 1, 1));
+    store.apply_one(T0 + 10, disconnect("c1", c1.epoch, 60, false));
+    assert_eq!(store.messages().len(), 3);
 
-    let again = h.connect(T0 + 1_000, connect("c1", "e1", 60));
+    let again = store.connect(T0 + 1_000, connect("c1", "e1", 60));
     assert!(again.session_present);
     assert_eq!(seqs(&again.queue), vec![1, 3]);
     assert_eq!(again.queue[0].stage, DeliveryStage::Published as i32);
@@ -1096,8 +1102,8 @@ fn a_message_that_expired_while_queued_is_dropped_on_connect_unless_in_flight() 
         again.queue[0].message.as_ref().unwrap().payload,
         Bytes::from_static(b"sent")
     );
-    assert_eq!(seqs(&h.session("c1").queue), vec![1, 3]);
-    let payloads: Vec<Bytes> = h
+    assert_eq!(seqs(&store.session("c1").queue), vec![1, 3]);
+    let payloads: Vec<Bytes> = store
         .messages()
         .into_iter()
         .map(|(_, stored)| stored.message.unwrap().payload)
@@ -1112,22 +1118,22 @@ fn a_message_that_expired_while_queued_is_dropped_on_connect_unless_in_flight() 
 /// its original packet identifier.
 #[test]
 fn an_unacknowledged_publish_is_resent_with_its_packet_id() {
-    let mut h = Harness::new();
-    let c = h.connect(T0, connect("c1", "e1", 60));
-    h.apply_one(T0, enqueue(message("t", "m"), vec![target("c1", 1)]));
+    let mut store = Harness::new();
+    let c1 = store.connect(T0, connect("c1", "e1", 60));
+    store.apply_one(T0, enqueue(message("t", "m"), vec![target("c1", 1)]));
     assert_eq!(
-        h.apply_one(T0, mark_published("c1", c.epoch, 1, 42)),
+        store.apply_one(T0, mark_published("c1", c1.epoch, 1, 42)),
         acknowledged(true)
     );
-    let again = h.connect(T0 + 1, connect("c1", "e2", 60));
+    let again = store.connect(T0 + 1, connect("c1", "e2", 60));
     assert_eq!(again.queue.len(), 1);
     assert_eq!(again.queue[0].stage, DeliveryStage::Published as i32);
     assert_eq!(again.queue[0].packet_id, 42);
     assert_eq!(
-        h.apply_one(T0 + 2, acknowledge("c1", again.epoch, 42, AckKind::Puback)),
+        store.apply_one(T0 + 2, acknowledge("c1", again.epoch, 42, AckKind::Puback)),
         acknowledged(true)
     );
-    h.assert_empty(&[cf::QUEUES, cf::INFLIGHT, cf::MESSAGES]);
+    store.assert_empty(&[cf::QUEUES, cf::INFLIGHT, cf::MESSAGES]);
 }
 
 // ---------------------------------------------------------------------------
@@ -1138,36 +1144,36 @@ fn an_unacknowledged_publish_is_resent_with_its_packet_id() {
 /// completes it.
 #[test]
 fn qos2_outgoing_pubrec_releases_and_pubcomp_completes() {
-    let mut h = Harness::new();
-    let c = h.connect(T0, connect("c1", "e1", 60));
-    h.apply_one(
+    let mut store = Harness::new();
+    let c1 = store.connect(T0, connect("c1", "e1", 60));
+    store.apply_one(
         T0,
         enqueue(message("t", "exactly once"), vec![target("c1", 2)]),
     );
     assert_eq!(
-        h.apply_one(T0, mark_published("c1", c.epoch, 1, 7)),
+        store.apply_one(T0, mark_published("c1", c1.epoch, 1, 7)),
         acknowledged(true)
     );
     assert_eq!(
-        h.apply_one(T0, mark_published("c1", c.epoch, 99, 8)),
+        store.apply_one(T0, mark_published("c1", c1.epoch, 99, 8)),
         acknowledged(false),
         "no queue entry with that sequence number"
     );
     assert_eq!(
-        h.apply_one(T0, acknowledge("c1", c.epoch, 8, AckKind::Pubrec)),
+        store.apply_one(T0, acknowledge("c1", c1.epoch, 8, AckKind::Pubrec)),
         acknowledged(false)
     );
     assert_eq!(
-        h.apply_one(T0 + 1, acknowledge("c1", c.epoch, 7, AckKind::Pubrec)),
+        store.apply_one(T0 + 1, acknowledge("c1", c1.epoch, 7, AckKind::Pubrec)),
         acknowledged(true)
     );
-    let queue = h.session("c1").queue;
+    let queue = store.session("c1").queue;
     assert_eq!(queue.len(), 1);
     assert_eq!(queue[0].stage, DeliveryStage::Released as i32);
     assert_eq!(queue[0].packet_id, 7);
 
-    h.apply_one(T0 + 2, disconnect("c1", c.epoch, 60, true));
-    let again = h.connect(T0 + 3, connect("c1", "e1", 60));
+    store.apply_one(T0 + 2, disconnect("c1", c1.epoch, 60, true));
+    let again = store.connect(T0 + 3, connect("c1", "e1", 60));
     assert_eq!(again.queue.len(), 1);
     assert_eq!(again.queue[0].seq, 1);
     assert_eq!(again.queue[0].qos, 2);
@@ -1176,12 +1182,12 @@ fn qos2_outgoing_pubrec_releases_and_pubcomp_completes() {
     assert_eq!(again.queue[0].message, Some(message("t", "exactly once")));
 
     assert_eq!(
-        h.apply_one(T0 + 4, acknowledge("c1", again.epoch, 7, AckKind::Pubcomp)),
+        store.apply_one(T0 + 4, acknowledge("c1", again.epoch, 7, AckKind::Pubcomp)),
         acknowledged(true)
     );
-    h.assert_empty(&[cf::QUEUES, cf::INFLIGHT, cf::MESSAGES]);
+    store.assert_empty(&[cf::QUEUES, cf::INFLIGHT, cf::MESSAGES]);
     assert_eq!(
-        h.apply_one(T0 + 5, acknowledge("c1", again.epoch, 7, AckKind::Pubcomp)),
+        store.apply_one(T0 + 5, acknowledge("c1", again.epoch, 7, AckKind::Pubcomp)),
         acknowledged(false)
     );
 }
@@ -1191,39 +1197,40 @@ fn qos2_outgoing_pubrec_releases_and_pubcomp_completes() {
 /// identifier is free for a new message.
 #[test]
 fn a_retried_incoming_qos2_publish_is_accepted_once() {
-    let mut h = Harness::new();
-    let p = h.connect(T0, connect("pub", "e1", 0));
-    let s = h.connect(T0, connect("sub", "e2", 60));
-    h.apply_one(T0, disconnect("sub", s.epoch, 60, false));
+    let mut store = Harness::new();
+    let publisher = store.connect(T0, connect("pub", "e1", 0));
+    let subscriber = store.connect(T0, connect("sub", "e2", 60));
+    store.apply_one(T0, disconnect("sub", subscriber.epoch, 60, false));
     let publish = |packet_id| {
         enqueue_incoming(
             message("t", "q2"),
             vec![target("sub", 2)],
             "pub",
-            p.epoch,
+            publisher.epoch,
             packet_id,
         )
     };
 
-    assert_eq!(h.apply_one(T0 + 1, publish(5)), enqueued(true, 1));
-    assert_eq!(h.apply_one(T0 + 2, publish(5)), enqueued(false, 0));
-    assert_eq!(h.session("sub").queue.len(), 1);
-    assert_eq!(h.messages().len(), 1);
+    assert_eq!(store.apply_one(T0 + 1, publish(5)), enqueued(true, 1));
+    assert_eq!(store.apply_one(T0 + 2, publish(5)), enqueued(false, 0));
+    assert_eq!(store.session("sub").queue.len(), 1);
+    assert_eq!(store.messages().len(), 1);
     // Another packet identifier is another message.
-    assert_eq!(h.apply_one(T0 + 3, publish(6)), enqueued(true, 1));
+    assert_eq!(store.apply_one(T0 + 3, publish(6)), enqueued(true, 1));
 
     assert_eq!(
-        h.apply_one(T0 + 4, release_incoming("pub", p.epoch, 5)),
+        store.apply_one(T0 + 4, release_incoming("pub", publisher.epoch, 5)),
         acknowledged(true)
     );
     assert_eq!(
-        h.apply_one(T0 + 5, release_incoming("pub", p.epoch, 5)),
+        store.apply_one(T0 + 5, release_incoming("pub", publisher.epoch, 5)),
         acknowledged(false)
     );
-    assert_eq!(h.apply_one(T0 + 6, publish(5)), enqueued(true, 1));
-    assert_eq!(seqs(&h.session("sub").queue), vec![1, 2, 3]);
+    assert_eq!(store.apply_one(T0 + 6, publish(5)), enqueued(true, 1));
+    assert_eq!(seqs(&store.session("sub").queue), vec![1, 2, 3]);
     assert_eq!(
-        h.family(cf::INCOMING)
+        store
+            .family(cf::INCOMING)
             .into_iter()
             .map(|(key, _)| key)
             .collect::<Vec<_>>(),
@@ -1238,21 +1245,21 @@ fn a_retried_incoming_qos2_publish_is_accepted_once() {
 /// after the connection closes, and not longer.
 #[test]
 fn a_session_expires_exactly_at_its_expiry_interval() {
-    let mut h = Harness::new();
-    let c = h.connect(T0, connect("c1", "e1", 10));
-    h.apply_one(T0, subscribe("c1", c.epoch, &[("a", 1)]));
-    h.apply_one(T0, disconnect("c1", c.epoch, 10, false));
-    h.apply_one(T0 + 1, enqueue(message("a", "m"), vec![target("c1", 1)]));
-    h.take_events();
+    let mut store = Harness::new();
+    let c1 = store.connect(T0, connect("c1", "e1", 10));
+    store.apply_one(T0, subscribe("c1", c1.epoch, &[("a", 1)]));
+    store.apply_one(T0, disconnect("c1", c1.epoch, 10, false));
+    store.apply_one(T0 + 1, enqueue(message("a", "m"), vec![target("c1", 1)]));
+    store.take_events();
 
-    h.tick(T0 + 9_999);
-    assert!(h.session("c1").session.is_some());
-    assert_eq!(h.session("c1").queue.len(), 1);
-    assert!(h.take_events().is_empty());
+    store.tick(T0 + 9_999);
+    assert!(store.session("c1").session.is_some());
+    assert_eq!(store.session("c1").queue.len(), 1);
+    assert!(store.take_events().is_empty());
 
-    h.tick(T0 + 10_000);
-    assert_eq!(h.session("c1"), GetSessionResponse::default());
-    h.assert_empty(&[
+    store.tick(T0 + 10_000);
+    assert_eq!(store.session("c1"), GetSessionResponse::default());
+    store.assert_empty(&[
         cf::SESSIONS,
         cf::SUBSCRIPTIONS,
         cf::QUEUES,
@@ -1261,27 +1268,27 @@ fn a_session_expires_exactly_at_its_expiry_interval() {
         cf::TIMERS,
     ]);
     assert_eq!(
-        route_changes(&h.take_events()),
+        route_changes(&store.take_events()),
         (vec![], vec![session_route("a", "c1", 1)])
     );
 }
 
 #[test]
 fn reconnecting_cancels_the_session_expiry() {
-    let mut h = Harness::new();
-    let c = h.connect(T0, connect("c1", "e1", 10));
-    h.apply_one(T0, disconnect("c1", c.epoch, 10, false));
-    assert_eq!(h.timers().len(), 1);
+    let mut store = Harness::new();
+    let c1 = store.connect(T0, connect("c1", "e1", 10));
+    store.apply_one(T0, disconnect("c1", c1.epoch, 10, false));
+    assert_eq!(store.timers().len(), 1);
 
-    let again = h.connect(T0 + 5_000, connect("c1", "e1", 10));
+    let again = store.connect(T0 + 5_000, connect("c1", "e1", 10));
     assert!(again.session_present);
     assert!(
-        h.timers().is_empty(),
+        store.timers().is_empty(),
         "the expiry timer goes with the expiry"
     );
-    h.tick(T0 + 10_000);
-    h.tick(T0 + 60_000);
-    let session = h.session_record("c1");
+    store.tick(T0 + 10_000);
+    store.tick(T0 + 60_000);
+    let session = store.session_record("c1");
     assert_eq!(session.edge_id, "e1");
     assert_eq!(session.expires_at_ms, 0);
 }
@@ -1289,13 +1296,13 @@ fn reconnecting_cancels_the_session_expiry() {
 /// MQTT-3.1.2-11 / §3.1.2.11.2: 0xFFFFFFFF means the session does not expire.
 #[test]
 fn a_session_that_never_expires_has_no_timer() {
-    let mut h = Harness::new();
-    let c = h.connect(T0, connect("c1", "e1", NEVER_EXPIRES));
-    h.apply_one(T0, disconnect("c1", c.epoch, NEVER_EXPIRES, false));
-    assert_eq!(h.session_record("c1").expires_at_ms, 0);
-    assert!(h.timers().is_empty());
-    h.tick(T0 + 10 * 365 * 24 * 3_600_000);
-    assert!(h.session("c1").session.is_some());
+    let mut store = Harness::new();
+    let c1 = store.connect(T0, connect("c1", "e1", NEVER_EXPIRES));
+    store.apply_one(T0, disconnect("c1", c1.epoch, NEVER_EXPIRES, false));
+    assert_eq!(store.session_record("c1").expires_at_ms, 0);
+    assert!(store.timers().is_empty());
+    store.tick(T0 + 10 * 365 * 24 * 3_600_000);
+    assert!(store.session("c1").session.is_some());
 }
 
 /// A DISCONNECT may change the Session Expiry Interval (MQTT-3.14.2-2), also
@@ -1303,44 +1310,44 @@ fn a_session_that_never_expires_has_no_timer() {
 /// already taken offline: the new interval replaces the old expiry.
 #[test]
 fn a_late_disconnect_of_an_offline_session_replaces_its_expiry() {
-    let mut h = Harness::new();
-    h.apply_one(T0, register_edge("e1", 1_000));
-    let c = h.connect(T0, connect("c1", "e1", 10));
-    h.tick(T0 + 1_000);
-    assert_eq!(h.session_record("c1").expires_at_ms, T0 + 11_000);
+    let mut store = Harness::new();
+    store.apply_one(T0, register_edge("e1", 1_000));
+    let c1 = store.connect(T0, connect("c1", "e1", 10));
+    store.tick(T0 + 1_000);
+    assert_eq!(store.session_record("c1").expires_at_ms, T0 + 11_000);
 
-    h.apply_one(T0 + 2_000, disconnect("c1", c.epoch, NEVER_EXPIRES, false));
-    let session = h.session_record("c1");
+    store.apply_one(T0 + 2_000, disconnect("c1", c1.epoch, NEVER_EXPIRES, false));
+    let session = store.session_record("c1");
     assert_eq!(session.expiry_interval_s, NEVER_EXPIRES);
     assert_eq!(session.expires_at_ms, 0);
-    assert!(h.timers().is_empty(), "{:?}", h.timers());
-    h.tick(T0 + 11_000);
-    assert!(h.session("c1").session.is_some());
+    assert!(store.timers().is_empty(), "{:?}", store.timers());
+    store.tick(T0 + 11_000);
+    assert!(store.session("c1").session.is_some());
 
-    h.apply_one(T0 + 12_000, disconnect("c1", c.epoch, 5, false));
+    store.apply_one(T0 + 12_000, disconnect("c1", c1.epoch, 5, false));
     assert_eq!(
-        h.timers(),
+        store.timers(),
         vec![(T0 + 17_000, TimerKind::SessionExpiry, "c1".to_string())]
     );
-    h.tick(T0 + 17_000);
-    assert!(h.session("c1").session.is_none());
+    store.tick(T0 + 17_000);
+    assert!(store.session("c1").session.is_none());
 }
 
 /// An expired session is gone even before a Tick sweeps it: a connect finds
 /// no session (MQTT-3.2.2-3, Session Present 0).
 #[test]
 fn an_expired_session_not_yet_swept_is_not_resumed() {
-    let mut h = Harness::new();
-    let c = h.connect(T0, connect("c1", "e1", 10));
-    h.apply_one(T0, subscribe("c1", c.epoch, &[("a", 1)]));
-    h.apply_one(T0, disconnect("c1", c.epoch, 10, false));
-    h.apply_one(T0, enqueue(message("a", "m"), vec![target("c1", 1)]));
+    let mut store = Harness::new();
+    let c1 = store.connect(T0, connect("c1", "e1", 10));
+    store.apply_one(T0, subscribe("c1", c1.epoch, &[("a", 1)]));
+    store.apply_one(T0, disconnect("c1", c1.epoch, 10, false));
+    store.apply_one(T0, enqueue(message("a", "m"), vec![target("c1", 1)]));
 
-    let again = h.connect(T0 + 10_000, connect("c1", "e1", 10));
+    let again = store.connect(T0 + 10_000, connect("c1", "e1", 10));
     assert!(!again.session_present);
     assert!(again.subscriptions.is_empty());
     assert!(again.queue.is_empty());
-    h.assert_empty(&[cf::SUBSCRIPTIONS, cf::QUEUES, cf::MESSAGES, cf::ROUTES]);
+    store.assert_empty(&[cf::SUBSCRIPTIONS, cf::QUEUES, cf::MESSAGES, cf::ROUTES]);
 }
 
 // ---------------------------------------------------------------------------
@@ -1350,20 +1357,20 @@ fn an_expired_session_not_yet_swept_is_not_resumed() {
 /// closes without a normal DISCONNECT; a live edge is asked to publish it.
 #[test]
 fn a_will_without_delay_is_due_at_once() {
-    let mut h = Harness::new();
-    h.apply_one(T0, register_edge("e1", 60_000));
-    let c = h.connect(T0, with_will(connect("c1", "e1", 60), "status/c1", 0));
-    h.take_events();
+    let mut store = Harness::new();
+    store.apply_one(T0, register_edge("e1", 60_000));
+    let c1 = store.connect(T0, with_will(connect("c1", "e1", 60), "status/c1", 0));
+    store.take_events();
 
-    h.apply_one(T0 + 1, disconnect("c1", c.epoch, 60, true));
-    let due = wills_due(&h.take_events());
+    store.apply_one(T0 + 1, disconnect("c1", c1.epoch, 60, true));
+    let due = wills_due(&store.take_events());
     assert_eq!(due.len(), 1);
     let (edge_id, due) = &due[0];
     assert_eq!(edge_id, "e1");
     assert_eq!(due.client_id, "c1");
     assert_eq!(due.message, will("status/c1", 0).message);
     assert_eq!(
-        h.wills(),
+        store.wills(),
         vec![PendingWill {
             client_id: "c1".into(),
             will: Some(will("status/c1", 0)),
@@ -1372,77 +1379,79 @@ fn a_will_without_delay_is_due_at_once() {
             will_id: due.will_id,
         }]
     );
-    assert_eq!(h.session_record("c1").will, None);
+    assert_eq!(store.session_record("c1").will, None);
 }
 
 /// MQTT-3.1.3-9: the will waits for its Will Delay Interval.
 #[test]
 fn a_delayed_will_is_due_after_its_delay() {
-    let mut h = Harness::new();
-    h.apply_one(T0, register_edge("e1", 1_000_000));
-    let c = h.connect(T0, with_will(connect("c1", "e1", 3_600), "status/c1", 30));
-    h.apply_one(T0, disconnect("c1", c.epoch, 3_600, true));
-    assert!(wills_due(&h.take_events()).is_empty());
-    assert_eq!(h.wills().len(), 1);
-    assert_eq!(h.wills()[0].fire_at_ms, T0 + 30_000);
+    let mut store = Harness::new();
+    store.apply_one(T0, register_edge("e1", 1_000_000));
+    let c1 = store.connect(T0, with_will(connect("c1", "e1", 3_600), "status/c1", 30));
+    store.apply_one(T0, disconnect("c1", c1.epoch, 3_600, true));
+    assert!(wills_due(&store.take_events()).is_empty());
+    assert_eq!(store.wills().len(), 1);
+    assert_eq!(store.wills()[0].fire_at_ms, T0 + 30_000);
     assert!(
-        h.timers()
+        store
+            .timers()
             .contains(&(T0 + 30_000, TimerKind::Will, "c1".to_string()))
     );
 
-    h.tick(T0 + 29_999);
-    assert!(wills_due(&h.take_events()).is_empty());
-    h.tick(T0 + 30_000);
-    let due = wills_due(&h.take_events());
+    store.tick(T0 + 29_999);
+    assert!(wills_due(&store.take_events()).is_empty());
+    store.tick(T0 + 30_000);
+    let due = wills_due(&store.take_events());
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].0, "e1");
     assert_eq!(due[0].1.client_id, "c1");
     assert_eq!(
-        h.timers(),
+        store.timers(),
         vec![(T0 + 3_600_000, TimerKind::SessionExpiry, "c1".to_string())]
     );
     // Handed out once: later ticks leave it with its edge.
-    h.tick(T0 + 31_000);
-    assert!(wills_due(&h.take_events()).is_empty());
+    store.tick(T0 + 31_000);
+    assert!(wills_due(&store.take_events()).is_empty());
 }
 
 /// MQTT-3.1.3-9: a new connection before the Will Delay Interval passes
 /// means the will is not sent.
 #[test]
 fn reconnecting_within_the_will_delay_cancels_the_will() {
-    let mut h = Harness::new();
-    h.apply_one(T0, register_edge("e1", 1_000_000));
-    let c = h.connect(T0, with_will(connect("c1", "e1", 3_600), "status/c1", 30));
-    h.apply_one(T0, disconnect("c1", c.epoch, 3_600, true));
+    let mut store = Harness::new();
+    store.apply_one(T0, register_edge("e1", 1_000_000));
+    let c1 = store.connect(T0, with_will(connect("c1", "e1", 3_600), "status/c1", 30));
+    store.apply_one(T0, disconnect("c1", c1.epoch, 3_600, true));
 
-    let again = h.connect(T0 + 10_000, connect("c1", "e1", 3_600));
+    let again = store.connect(T0 + 10_000, connect("c1", "e1", 3_600));
     assert!(again.session_present);
-    assert!(h.wills().is_empty());
+    assert!(store.wills().is_empty());
     assert!(
-        h.timers()
+        store
+            .timers()
             .iter()
             .all(|(_, kind, _)| *kind != TimerKind::Will),
         "{:?}",
-        h.timers()
+        store.timers()
     );
-    h.tick(T0 + 30_000);
-    h.tick(T0 + 60_000);
-    assert!(wills_due(&h.take_events()).is_empty());
+    store.tick(T0 + 30_000);
+    store.tick(T0 + 60_000);
+    assert!(wills_due(&store.take_events()).is_empty());
 }
 
 /// MQTT-3.1.2-8: a will whose delay has passed is published even if the
 /// client reconnects before a Tick got to hand it out.
 #[test]
 fn a_will_due_before_the_reconnect_is_still_published() {
-    let mut h = Harness::new();
-    h.apply_one(T0, register_edge("e1", 1_000_000));
-    let c = h.connect(T0, with_will(connect("c1", "e1", 3_600), "status/c1", 30));
-    h.apply_one(T0, disconnect("c1", c.epoch, 3_600, true));
+    let mut store = Harness::new();
+    store.apply_one(T0, register_edge("e1", 1_000_000));
+    let c1 = store.connect(T0, with_will(connect("c1", "e1", 3_600), "status/c1", 30));
+    store.apply_one(T0, disconnect("c1", c1.epoch, 3_600, true));
 
-    let again = h.connect(T0 + 31_000, connect("c1", "e1", 3_600));
+    let again = store.connect(T0 + 31_000, connect("c1", "e1", 3_600));
     assert!(again.session_present);
-    h.tick(T0 + 31_000);
-    let due = wills_due(&h.take_events());
+    store.tick(T0 + 31_000);
+    let due = wills_due(&store.take_events());
     assert_eq!(due.len(), 1, "{due:?}");
     assert_eq!(due[0].1.client_id, "c1");
 }
@@ -1451,114 +1460,117 @@ fn a_will_due_before_the_reconnect_is_still_published() {
 /// client does not withdraw it: its delay had already passed.
 #[test]
 fn a_due_will_waits_for_a_live_edge_even_across_a_reconnect() {
-    let mut h = Harness::new();
-    let c = h.connect(T0, with_will(connect("c1", "e1", 3_600), "status/c1", 0));
-    h.apply_one(T0, disconnect("c1", c.epoch, 3_600, true));
-    assert!(wills_due(&h.take_events()).is_empty(), "no edge is alive");
-    let wills = h.wills();
+    let mut store = Harness::new();
+    let c1 = store.connect(T0, with_will(connect("c1", "e1", 3_600), "status/c1", 0));
+    store.apply_one(T0, disconnect("c1", c1.epoch, 3_600, true));
+    assert!(
+        wills_due(&store.take_events()).is_empty(),
+        "no edge is alive"
+    );
+    let wills = store.wills();
     assert_eq!(wills.len(), 1);
     assert_eq!(wills[0].assigned_edge_id, "");
     assert_eq!(wills[0].fire_at_ms, T0);
 
-    h.connect(T0 + 1, connect("c1", "e1", 3_600));
-    h.apply_one(T0 + 2, register_edge("e1", 60_000));
-    h.tick(T0 + 2);
-    let due = wills_due(&h.take_events());
+    store.connect(T0 + 1, connect("c1", "e1", 3_600));
+    store.apply_one(T0 + 2, register_edge("e1", 60_000));
+    store.tick(T0 + 2);
+    let due = wills_due(&store.take_events());
     assert_eq!(due.len(), 1, "{due:?}");
     assert_eq!(due[0].0, "e1");
-    assert_eq!(h.wills()[0].assigned_edge_id, "e1");
+    assert_eq!(store.wills()[0].assigned_edge_id, "e1");
 }
 
 /// MQTT-3.1.3-9: the will is sent when the session ends if that comes before
 /// the Will Delay Interval.
 #[test]
 fn a_will_delay_longer_than_the_session_expiry_fires_at_session_end() {
-    let mut h = Harness::new();
-    h.apply_one(T0, register_edge("e1", 1_000_000));
-    let c = h.connect(T0, with_will(connect("c1", "e1", 10), "status/c1", 100));
-    h.apply_one(T0, disconnect("c1", c.epoch, 10, true));
-    assert_eq!(h.wills()[0].fire_at_ms, T0 + 10_000);
+    let mut store = Harness::new();
+    store.apply_one(T0, register_edge("e1", 1_000_000));
+    let c1 = store.connect(T0, with_will(connect("c1", "e1", 10), "status/c1", 100));
+    store.apply_one(T0, disconnect("c1", c1.epoch, 10, true));
+    assert_eq!(store.wills()[0].fire_at_ms, T0 + 10_000);
 
-    h.tick(T0 + 9_999);
-    assert!(wills_due(&h.take_events()).is_empty());
-    assert!(h.session("c1").session.is_some());
+    store.tick(T0 + 9_999);
+    assert!(wills_due(&store.take_events()).is_empty());
+    assert!(store.session("c1").session.is_some());
 
-    h.tick(T0 + 10_000);
-    let due = wills_due(&h.take_events());
+    store.tick(T0 + 10_000);
+    let due = wills_due(&store.take_events());
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].1.client_id, "c1");
-    assert!(h.session("c1").session.is_none());
-    h.assert_empty(&[cf::TIMERS]);
+    assert!(store.session("c1").session.is_none());
+    store.assert_empty(&[cf::TIMERS]);
 }
 
 /// MQTT-3.1.2-10: a DISCONNECT with reason 0x00 deletes the will.
 #[test]
 fn a_normal_disconnect_sends_no_will() {
-    let mut h = Harness::new();
-    h.apply_one(T0, register_edge("e1", 1_000_000));
-    let a = h.connect(T0, with_will(connect("a", "e1", 60), "status/a", 0));
-    let b = h.connect(T0, with_will(connect("b", "e1", 60), "status/b", 30));
-    h.apply(
+    let mut store = Harness::new();
+    store.apply_one(T0, register_edge("e1", 1_000_000));
+    let a = store.connect(T0, with_will(connect("a", "e1", 60), "status/a", 0));
+    let b = store.connect(T0, with_will(connect("b", "e1", 60), "status/b", 30));
+    store.apply(
         T0 + 1,
         vec![
             disconnect("a", a.epoch, 60, false),
             disconnect("b", b.epoch, 60, false),
         ],
     );
-    h.tick(T0 + 60_000);
-    assert!(wills_due(&h.take_events()).is_empty());
-    assert!(h.wills().is_empty());
+    store.tick(T0 + 60_000);
+    assert!(wills_due(&store.take_events()).is_empty());
+    assert!(store.wills().is_empty());
 }
 
 #[test]
 fn will_published_removes_the_pending_will() {
-    let mut h = Harness::new();
-    h.apply_one(T0, register_edge("e1", 10_000));
-    h.apply_one(T0, register_edge("e2", 1_000_000));
-    let c = h.connect(T0, with_will(connect("c1", "e1", 60), "status/c1", 0));
-    h.apply_one(T0, disconnect("c1", c.epoch, 60, true));
-    let due = wills_due(&h.take_events());
+    let mut store = Harness::new();
+    store.apply_one(T0, register_edge("e1", 10_000));
+    store.apply_one(T0, register_edge("e2", 1_000_000));
+    let c1 = store.connect(T0, with_will(connect("c1", "e1", 60), "status/c1", 0));
+    store.apply_one(T0, disconnect("c1", c1.epoch, 60, true));
+    let due = wills_due(&store.take_events());
     assert_eq!(due.len(), 1);
 
     assert_eq!(
-        h.apply_one(T0 + 1, will_published("c1", due[0].1.will_id)),
+        store.apply_one(T0 + 1, will_published("c1", due[0].1.will_id)),
         applied()
     );
-    assert!(h.wills().is_empty());
+    assert!(store.wills().is_empty());
     // Its edge dying later sends it nowhere again.
-    h.tick(T0 + 10_000);
-    assert!(wills_due(&h.take_events()).is_empty());
+    store.tick(T0 + 10_000);
+    assert!(wills_due(&store.take_events()).is_empty());
 }
 
 /// MQTT-3.1.4-3 with MQTT-3.1.2-8: a taken-over connection's will goes out
 /// unless its delay is cut short by the new connection resuming the session.
 #[test]
 fn a_takeover_publishes_the_old_connections_will_unless_delayed() {
-    let mut h = Harness::new();
-    h.apply_one(T0, register_edge("e1", 1_000_000));
-    h.apply_one(T0, register_edge("e2", 1_000_000));
+    let mut store = Harness::new();
+    store.apply_one(T0, register_edge("e1", 1_000_000));
+    store.apply_one(T0, register_edge("e2", 1_000_000));
 
     // No delay: out at once, to the edge of the new connection.
-    h.connect(T0, with_will(connect("a", "e1", 60), "status/a", 0));
-    h.connect(T0 + 1, connect("a", "e2", 60));
-    let due = wills_due(&h.take_events());
+    store.connect(T0, with_will(connect("a", "e1", 60), "status/a", 0));
+    store.connect(T0 + 1, connect("a", "e2", 60));
+    let due = wills_due(&store.take_events());
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].0, "e2");
     assert_eq!(due[0].1.client_id, "a");
 
     // A delay and a resumed session: cancelled.
-    h.connect(T0 + 2, with_will(connect("b", "e1", 60), "status/b", 30));
-    h.connect(T0 + 3, connect("b", "e2", 60));
-    h.tick(T0 + 60_000);
-    assert!(wills_due(&h.take_events()).is_empty());
+    store.connect(T0 + 2, with_will(connect("b", "e1", 60), "status/b", 30));
+    store.connect(T0 + 3, connect("b", "e2", 60));
+    store.tick(T0 + 60_000);
+    assert!(wills_due(&store.take_events()).is_empty());
 
     // A delay, but Clean Start ends the session: out at once.
-    h.connect(
+    store.connect(
         T0 + 60_001,
         with_will(connect("c", "e1", 60), "status/c", 30),
     );
-    h.connect(T0 + 60_002, clean(connect("c", "e2", 60)));
-    let due = wills_due(&h.take_events());
+    store.connect(T0 + 60_002, clean(connect("c", "e2", 60)));
+    let due = wills_due(&store.take_events());
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].1.client_id, "c");
 }
@@ -1571,40 +1583,43 @@ fn a_takeover_publishes_the_old_connections_will_unless_delayed() {
 /// expiry starts.
 #[test]
 fn an_expired_edge_lease_takes_its_clients_offline() {
-    let mut h = Harness::new();
-    h.apply(
+    let mut store = Harness::new();
+    store.apply(
         T0,
         vec![register_edge("e1", 10_000), register_edge("e2", 1_000_000)],
     );
-    let c1 = h.connect(T0, with_will(connect("c1", "e1", 60), "status/c1", 0));
-    h.apply_one(T0, subscribe("c1", c1.epoch, &[("a", 1)]));
-    let c2 = h.connect(T0, connect("c2", "e1", 0));
-    h.apply_one(T0, subscribe("c2", c2.epoch, &[("b", 1)]));
-    h.connect(T0, connect("c3", "e2", 60));
-    h.take_events();
+    let c1 = store.connect(T0, with_will(connect("c1", "e1", 60), "status/c1", 0));
+    store.apply_one(T0, subscribe("c1", c1.epoch, &[("a", 1)]));
+    let c2 = store.connect(T0, connect("c2", "e1", 0));
+    store.apply_one(T0, subscribe("c2", c2.epoch, &[("b", 1)]));
+    store.connect(T0, connect("c3", "e2", 60));
+    store.take_events();
 
-    h.tick(T0 + 9_999);
-    assert!(h.take_events().is_empty());
-    assert_eq!(h.edges(), vec!["e1", "e2"]);
+    store.tick(T0 + 9_999);
+    assert!(store.take_events().is_empty());
+    assert_eq!(store.edges(), vec!["e1", "e2"]);
 
-    h.tick(T0 + 10_000);
-    assert_eq!(h.edges(), vec!["e2"]);
-    let session = h.session_record("c1");
+    store.tick(T0 + 10_000);
+    assert_eq!(store.edges(), vec!["e2"]);
+    let session = store.session_record("c1");
     assert_eq!(session.edge_id, "");
     assert_eq!(session.expires_at_ms, T0 + 70_000);
     assert_eq!(
-        h.timers(),
+        store.timers(),
         vec![(T0 + 70_000, TimerKind::SessionExpiry, "c1".to_string())]
     );
-    assert!(h.session("c2").session.is_none(), "expiry 0 ends with it");
-    assert_eq!(h.session_record("c3").edge_id, "e2");
-    assert_eq!(h.routes(), vec![session_route("a", "c1", 1)]);
+    assert!(
+        store.session("c2").session.is_none(),
+        "expiry 0 ends with it"
+    );
+    assert_eq!(store.session_record("c3").edge_id, "e2");
+    assert_eq!(store.routes(), vec![session_route("a", "c1", 1)]);
     assert_eq!(
-        h.family(cf::EDGE_SESSIONS),
+        store.family(cf::EDGE_SESSIONS),
         vec![(keys::edge_session("e2", "c3"), Vec::new())]
     );
 
-    let events = h.take_events();
+    let events = store.take_events();
     assert_eq!(
         route_changes(&events),
         (
@@ -1621,46 +1636,46 @@ fn an_expired_edge_lease_takes_its_clients_offline() {
     assert_eq!(due[0].1.client_id, "c1");
 
     // The session still expires on schedule.
-    h.tick(T0 + 70_000);
-    assert!(h.session("c1").session.is_none());
+    store.tick(T0 + 70_000);
+    assert!(store.session("c1").session.is_none());
 }
 
 #[test]
 fn a_will_assigned_to_a_dead_edge_is_reassigned() {
-    let mut h = Harness::new();
-    h.apply(
+    let mut store = Harness::new();
+    store.apply(
         T0,
         vec![register_edge("e1", 10_000), register_edge("e2", 1_000_000)],
     );
-    let c = h.connect(T0, with_will(connect("c1", "e1", 60), "status/c1", 0));
-    h.apply_one(T0 + 1, disconnect("c1", c.epoch, 60, true));
-    let first = wills_due(&h.take_events());
+    let c1 = store.connect(T0, with_will(connect("c1", "e1", 60), "status/c1", 0));
+    store.apply_one(T0 + 1, disconnect("c1", c1.epoch, 60, true));
+    let first = wills_due(&store.take_events());
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].0, "e1");
 
     // e1 dies before confirming it.
-    h.tick(T0 + 10_000);
-    let second = wills_due(&h.take_events());
+    store.tick(T0 + 10_000);
+    let second = wills_due(&store.take_events());
     assert_eq!(second.len(), 1);
     assert_eq!(second[0].0, "e2");
     assert_eq!(second[0].1, first[0].1, "the same will, same id");
-    assert_eq!(h.wills()[0].assigned_edge_id, "e2");
+    assert_eq!(store.wills()[0].assigned_edge_id, "e2");
 
-    h.tick(T0 + 20_000);
-    assert!(wills_due(&h.take_events()).is_empty());
+    store.tick(T0 + 20_000);
+    assert!(wills_due(&store.take_events()).is_empty());
 }
 
 #[test]
 fn renewing_a_lease_keeps_the_edge_alive() {
-    let mut h = Harness::new();
-    h.apply_one(T0, register_edge("e1", 10_000));
-    h.connect(T0, connect("c1", "e1", 60));
-    h.apply_one(T0 + 9_000, register_edge("e1", 10_000));
-    h.tick(T0 + 10_000);
-    assert_eq!(h.session_record("c1").edge_id, "e1");
-    h.tick(T0 + 19_000);
-    assert_eq!(h.session_record("c1").edge_id, "");
-    assert!(h.edges().is_empty());
+    let mut store = Harness::new();
+    store.apply_one(T0, register_edge("e1", 10_000));
+    store.connect(T0, connect("c1", "e1", 60));
+    store.apply_one(T0 + 9_000, register_edge("e1", 10_000));
+    store.tick(T0 + 10_000);
+    assert_eq!(store.session_record("c1").edge_id, "e1");
+    store.tick(T0 + 19_000);
+    assert_eq!(store.session_record("c1").edge_id, "");
+    assert!(store.edges().is_empty());
 }
 
 // ---------------------------------------------------------------------------
@@ -1670,28 +1685,28 @@ fn renewing_a_lease_keeps_the_edge_alive() {
 /// MQTT-3.3.1-6: an empty payload clears it.
 #[test]
 fn a_retained_message_is_set_replaced_and_cleared_by_an_empty_payload() {
-    let mut h = Harness::new();
-    h.apply_one(T0, set_retained(message("a/b", "one")));
+    let mut store = Harness::new();
+    store.apply_one(T0, set_retained(message("a/b", "one")));
     assert_eq!(
-        read_retained(&*h.db, "a/b", T0).unwrap(),
+        read_retained(&*store.db, "a/b", T0).unwrap(),
         vec![message("a/b", "one")]
     );
-    h.apply_one(T0, set_retained(message("a/b", "two")));
+    store.apply_one(T0, set_retained(message("a/b", "two")));
     assert_eq!(
-        read_retained(&*h.db, "a/b", T0).unwrap(),
+        read_retained(&*store.db, "a/b", T0).unwrap(),
         vec![message("a/b", "two")]
     );
-    h.apply_one(T0, set_retained(message("a/b", "")));
-    assert!(read_retained(&*h.db, "a/b", T0).unwrap().is_empty());
-    h.assert_empty(&[cf::RETAINED]);
+    store.apply_one(T0, set_retained(message("a/b", "")));
+    assert!(read_retained(&*store.db, "a/b", T0).unwrap().is_empty());
+    store.assert_empty(&[cf::RETAINED]);
 }
 
 /// MQTT-3.3.2-5: an expired retained message is not sent, and a Tick deletes
 /// it; a replacement outlives the timer of the message it replaced.
 #[test]
 fn a_retained_message_expires() {
-    let mut h = Harness::new();
-    h.apply(
+    let mut store = Harness::new();
+    store.apply(
         T0,
         vec![
             set_retained(expiring(message("a", "short"), T0 + 5_000)),
@@ -1700,26 +1715,26 @@ fn a_retained_message_expires() {
             set_retained(message("c", "replacement")),
         ],
     );
-    assert_eq!(h.retained("#", T0 + 4_999), vec!["a", "b", "c"]);
-    assert_eq!(h.retained("#", T0 + 5_000), vec!["b", "c"]);
-    assert_eq!(h.family(cf::RETAINED).len(), 3);
+    assert_eq!(store.retained("#", T0 + 4_999), vec!["a", "b", "c"]);
+    assert_eq!(store.retained("#", T0 + 5_000), vec!["b", "c"]);
+    assert_eq!(store.family(cf::RETAINED).len(), 3);
 
-    h.tick(T0 + 4_999);
-    assert_eq!(h.family(cf::RETAINED).len(), 3);
-    h.tick(T0 + 5_000);
-    assert_eq!(h.retained("#", T0), vec!["b", "c"]);
+    store.tick(T0 + 4_999);
+    assert_eq!(store.family(cf::RETAINED).len(), 3);
+    store.tick(T0 + 5_000);
+    assert_eq!(store.retained("#", T0), vec!["b", "c"]);
     assert_eq!(
-        read_retained(&*h.db, "c", T0).unwrap(),
+        read_retained(&*store.db, "c", T0).unwrap(),
         vec![message("c", "replacement")]
     );
-    h.assert_empty(&[cf::TIMERS]);
+    store.assert_empty(&[cf::TIMERS]);
 }
 
 /// MQTT 5 §4.7.1: `+` matches one level, `#` its parent and every level
 /// below; MQTT-4.7.2-1: wildcards at the start do not match `$` topics.
 #[test]
 fn read_retained_matches_wildcard_filters() {
-    let mut h = Harness::new();
+    let mut store = Harness::new();
     let topics = [
         "sport",
         "sport/tennis",
@@ -1728,7 +1743,7 @@ fn read_retained_matches_wildcard_filters() {
         "sports",
         "$SYS/uptime",
     ];
-    h.apply(
+    store.apply(
         T0,
         topics
             .iter()
@@ -1737,11 +1752,11 @@ fn read_retained_matches_wildcard_filters() {
     );
 
     assert_eq!(
-        h.retained("sport/+", T0),
+        store.retained("sport/+", T0),
         vec!["sport/golf", "sport/tennis"]
     );
     assert_eq!(
-        h.retained("sport/#", T0),
+        store.retained("sport/#", T0),
         vec![
             "sport",
             "sport/golf",
@@ -1750,16 +1765,16 @@ fn read_retained_matches_wildcard_filters() {
         ]
     );
     assert_eq!(
-        h.retained("sport/tennis/#", T0),
+        store.retained("sport/tennis/#", T0),
         vec!["sport/tennis", "sport/tennis/player1"]
     );
     assert_eq!(
-        h.retained("+/tennis/#", T0),
+        store.retained("+/tennis/#", T0),
         vec!["sport/tennis", "sport/tennis/player1"]
     );
-    assert_eq!(h.retained("+", T0), vec!["sport", "sports"]);
+    assert_eq!(store.retained("+", T0), vec!["sport", "sports"]);
     assert_eq!(
-        h.retained("#", T0),
+        store.retained("#", T0),
         vec![
             "sport",
             "sport/golf",
@@ -1768,27 +1783,27 @@ fn read_retained_matches_wildcard_filters() {
             "sports"
         ]
     );
-    assert_eq!(h.retained("$SYS/#", T0), vec!["$SYS/uptime"]);
+    assert_eq!(store.retained("$SYS/#", T0), vec!["$SYS/uptime"]);
     assert_eq!(
-        h.retained("sport/tennis/player1", T0),
+        store.retained("sport/tennis/player1", T0),
         vec!["sport/tennis/player1"]
     );
-    assert!(h.retained("sport/tennis/player2", T0).is_empty());
+    assert!(store.retained("sport/tennis/player2", T0).is_empty());
 }
 
 // ---------------------------------------------------------------------------
 // Determinism
 
 /// A run touching every command and every column family.
-fn busy_scenario(h: &mut Harness) {
-    h.apply(
+fn busy_scenario(store: &mut Harness) {
+    store.apply(
         T0,
         vec![register_edge("e1", 20_000), register_edge("e2", 1_000_000)],
     );
-    let a = h.connect(T0, with_will(connect("a", "e1", 60), "status/a", 0));
-    let b = h.connect(T0, with_will(connect("b", "e2", 30), "status/b", 10));
-    let c = h.connect(T0, connect("c", "e1", 0));
-    h.apply(
+    let a = store.connect(T0, with_will(connect("a", "e1", 60), "status/a", 0));
+    let b = store.connect(T0, with_will(connect("b", "e2", 30), "status/b", 10));
+    let c = store.connect(T0, connect("c", "e1", 0));
+    store.apply(
         T0 + 1,
         vec![
             subscribe("a", a.epoch, &[("t/#", 2), ("x", 1)]),
@@ -1796,7 +1811,7 @@ fn busy_scenario(h: &mut Harness) {
             subscribe("c", c.epoch, &[("t/1", 0)]),
         ],
     );
-    h.apply(
+    store.apply(
         T0 + 2,
         vec![
             enqueue(message("t/1", "one"), vec![target("a", 2), target("b", 1)]),
@@ -1811,7 +1826,7 @@ fn busy_scenario(h: &mut Harness) {
             set_retained(message("t/2", "kept too")),
         ],
     );
-    h.apply(
+    store.apply(
         T0 + 3,
         vec![
             mark_published("a", a.epoch, 1, 1),
@@ -1822,17 +1837,17 @@ fn busy_scenario(h: &mut Harness) {
             unsubscribe("a", a.epoch, &["x"]),
         ],
     );
-    h.apply_one(T0 + 4, disconnect("b", b.epoch, 30, true));
-    h.apply_one(
+    store.apply_one(T0 + 4, disconnect("b", b.epoch, 30, true));
+    store.apply_one(
         T0 + 5,
         enqueue(message("t/3", "three"), vec![target("b", 1)]),
     );
-    h.tick(T0 + 11_000);
-    h.apply_one(T0 + 20_000, register_edge("e3", 1_000_000));
+    store.tick(T0 + 11_000);
+    store.apply_one(T0 + 20_000, register_edge("e3", 1_000_000));
     // e1's lease ends: a's will and c's session go.
-    h.tick(T0 + 20_000);
-    let a2 = h.connect(T0 + 21_000, connect("a", "e3", 60));
-    h.apply_one(T0 + 21_001, acknowledge("a", a2.epoch, 1, AckKind::Pubcomp));
+    store.tick(T0 + 20_000);
+    let a2 = store.connect(T0 + 21_000, connect("a", "e3", 60));
+    store.apply_one(T0 + 21_001, acknowledge("a", a2.epoch, 1, AckKind::Pubcomp));
 }
 
 #[test]
@@ -1889,10 +1904,10 @@ fn payloads(queue: &[QueuedMessage]) -> Vec<String> {
 /// and reports the drop; acknowledgements make room again.
 #[test]
 fn a_full_queue_drops_the_newest_message() {
-    let mut h = Harness::new();
-    let first = h.connect(T0, connect("c1", "e1", 60));
+    let mut store = Harness::new();
+    let first = store.connect(T0, connect("c1", "e1", 60));
     for (n, payload) in ["m1", "m2", "m3"].iter().enumerate() {
-        let result = h.apply_one(
+        let result = store.apply_one(
             T0 + 1 + n as u64,
             enqueue_limited(message("t", payload), "c1", 2, false),
         );
@@ -1911,61 +1926,61 @@ fn a_full_queue_drops_the_newest_message() {
             })
         );
     }
-    assert_eq!(payloads(&h.session("c1").queue), vec!["m1", "m2"]);
-    assert_eq!(h.session_record("c1").queue_len, 2);
+    assert_eq!(payloads(&store.session("c1").queue), vec!["m1", "m2"]);
+    assert_eq!(store.session_record("c1").queue_len, 2);
 
-    h.apply_one(T0 + 10, mark_published("c1", first.epoch, 1, 7));
-    h.apply_one(T0 + 11, acknowledge("c1", first.epoch, 7, AckKind::Puback));
-    assert_eq!(h.session_record("c1").queue_len, 1);
-    h.apply_one(T0 + 12, enqueue_limited(message("t", "m4"), "c1", 2, false));
-    assert_eq!(payloads(&h.session("c1").queue), vec!["m2", "m4"]);
+    store.apply_one(T0 + 10, mark_published("c1", first.epoch, 1, 7));
+    store.apply_one(T0 + 11, acknowledge("c1", first.epoch, 7, AckKind::Puback));
+    assert_eq!(store.session_record("c1").queue_len, 1);
+    store.apply_one(T0 + 12, enqueue_limited(message("t", "m4"), "c1", 2, false));
+    assert_eq!(payloads(&store.session("c1").queue), vec!["m2", "m4"]);
 }
 
 /// With drop-oldest, the oldest message not yet sent makes room; one in
 /// flight is never dropped.
 #[test]
 fn a_full_queue_can_drop_its_oldest_unsent_message() {
-    let mut h = Harness::new();
-    let first = h.connect(T0, connect("c1", "e1", 60));
-    h.apply_one(T0 + 1, enqueue_limited(message("t", "m1"), "c1", 2, true));
-    h.apply_one(T0 + 2, enqueue_limited(message("t", "m2"), "c1", 2, true));
-    h.apply_one(T0 + 3, mark_published("c1", first.epoch, 1, 9));
-    h.apply_one(T0 + 4, enqueue_limited(message("t", "m3"), "c1", 2, true));
-    assert_eq!(payloads(&h.session("c1").queue), vec!["m1", "m3"]);
-    assert_eq!(h.session_record("c1").queue_len, 2);
+    let mut store = Harness::new();
+    let first = store.connect(T0, connect("c1", "e1", 60));
+    store.apply_one(T0 + 1, enqueue_limited(message("t", "m1"), "c1", 2, true));
+    store.apply_one(T0 + 2, enqueue_limited(message("t", "m2"), "c1", 2, true));
+    store.apply_one(T0 + 3, mark_published("c1", first.epoch, 1, 9));
+    store.apply_one(T0 + 4, enqueue_limited(message("t", "m3"), "c1", 2, true));
+    assert_eq!(payloads(&store.session("c1").queue), vec!["m1", "m3"]);
+    assert_eq!(store.session_record("c1").queue_len, 2);
     // Only the unreferenced message record is gone.
-    assert_eq!(h.messages().len(), 2);
+    assert_eq!(store.messages().len(), 2);
 }
 
 /// A connection reads only the part of its queue it has not seen, in order
 /// and in bounded pieces, so a long queue is not read again per message.
 #[test]
 fn the_queue_reads_from_a_position_in_bounded_pieces() {
-    let mut h = Harness::new();
-    h.connect(T0, connect("c1", "e1", 60));
-    h.connect(T0, connect("c2", "e1", 60));
+    let mut store = Harness::new();
+    store.connect(T0, connect("c1", "e1", 60));
+    store.connect(T0, connect("c2", "e1", 60));
     for n in 0..5 {
-        h.apply_one(
+        store.apply_one(
             T0 + 1 + n,
             enqueue(message("t", &format!("m{n}")), vec![target("c1", 1)]),
         );
     }
     // Another session's entries sort after c1's and must not leak in.
-    h.apply_one(
+    store.apply_one(
         T0 + 9,
         enqueue(message("t", "other"), vec![target("c2", 1)]),
     );
 
-    let all = read_queue_after(&*h.db, "c1", None, usize::MAX).unwrap();
+    let all = read_queue_after(&*store.db, "c1", None, usize::MAX).unwrap();
     assert_eq!(payloads(&all), ["m0", "m1", "m2", "m3", "m4"]);
-    let first = read_queue_after(&*h.db, "c1", None, 2).unwrap();
+    let first = read_queue_after(&*store.db, "c1", None, 2).unwrap();
     assert_eq!(payloads(&first), ["m0", "m1"]);
-    let rest = read_queue_after(&*h.db, "c1", Some(first[1].seq), usize::MAX).unwrap();
+    let rest = read_queue_after(&*store.db, "c1", Some(first[1].seq), usize::MAX).unwrap();
     assert_eq!(payloads(&rest), ["m2", "m3", "m4"]);
-    let past_end = read_queue_after(&*h.db, "c1", Some(all[4].seq), usize::MAX).unwrap();
+    let past_end = read_queue_after(&*store.db, "c1", Some(all[4].seq), usize::MAX).unwrap();
     assert!(past_end.is_empty());
     assert!(
-        read_queue_after(&*h.db, "c1", Some(u64::MAX), 10)
+        read_queue_after(&*store.db, "c1", Some(u64::MAX), 10)
             .unwrap()
             .is_empty()
     );

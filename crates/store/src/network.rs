@@ -47,6 +47,7 @@ impl Channels {
         }
     }
 
+    /// The channel to `address`, made (connecting lazily) on first use.
     pub fn get(&self, address: &str) -> Result<Channel, tonic::transport::Error> {
         let mut channels = self
             .by_address
@@ -65,12 +66,14 @@ impl Channels {
     }
 }
 
+/// Openraft's network factory: a connection per peer over the shared channels.
 #[derive(Debug, Clone)]
 pub struct Network {
     channels: Channels,
 }
 
 impl Network {
+    /// A factory whose connections use `channels`.
     pub fn new(channels: Channels) -> Self {
         Network { channels }
     }
@@ -87,6 +90,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     }
 }
 
+/// Raft RPCs to one peer, each a gRPC call carrying a postcard payload.
 #[derive(Debug)]
 pub struct PeerConnection {
     target: NodeId,

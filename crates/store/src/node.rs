@@ -22,7 +22,7 @@ use crate::network::{Channels, Network};
 use crate::proto::{
     self, admin_server::AdminServer, raft_server::RaftServer, store_server::StoreServer,
 };
-use crate::service::{AdminService, RaftService, Shared, StoreService};
+use crate::service::{AdminService, NodeHandles, RaftService, StoreService};
 use crate::state_machine::StateMachine;
 use crate::writer::{GroupCommit, WriteError, WriteOutcome, Writer, now_ms};
 use crate::{NodeId, Raft, StoreError};
@@ -33,8 +33,10 @@ const SERVER_STOP_GRACE: Duration = Duration::from_secs(1);
 /// Applied entries a watcher may fall behind by before its stream is cut.
 const APPLIED_EVENTS_BUFFER: usize = 4096;
 
+/// How to start one store node.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
+    /// This node's id in the group, unique in it.
     pub node_id: NodeId,
     /// The RocksDB directory and the snapshot files live here.
     pub data_dir: PathBuf,
@@ -43,11 +45,14 @@ pub struct StoreConfig {
     /// The address other nodes use to reach this one; the bound listen
     /// address when `None`.
     pub advertise: Option<String>,
+    /// How often a leader sends heartbeats to its followers.
     pub heartbeat_interval: Duration,
+    /// The range (min, max) a follower's election timeout is drawn from.
     pub election_timeout: (Duration, Duration),
     /// A snapshot is built after this many entries since the last one; the
     /// log before it is then purged.
     pub snapshot_after_entries: u64,
+    /// Whether and how writes are coalesced into Raft entries.
     pub group_commit: GroupCommit,
     /// How often the leader applies a Tick (lease, session, will and retained
     /// expiry); `None` disables the ticker (tests drive time themselves).
@@ -55,6 +60,8 @@ pub struct StoreConfig {
 }
 
 impl StoreConfig {
+    /// The defaults for node `node_id`: 100 ms heartbeats, a 400-800 ms
+    /// election timeout, a snapshot every 10,000 entries, a Tick every 500 ms.
     pub fn new(node_id: NodeId, data_dir: PathBuf, listen: SocketAddr) -> Self {
         StoreConfig {
             node_id,
@@ -70,11 +77,12 @@ impl StoreConfig {
     }
 }
 
+/// A running store node: Raft, its database, its gRPC server and its tasks.
 pub struct StoreNode {
     node_id: NodeId,
     address: String,
     raft: Raft,
-    shared_db: Arc<Db>,
+    db: Arc<Db>,
     writer: Writer,
     applied: broadcast::Sender<Arc<crate::state_machine::Applied>>,
     stop_server: Option<oneshot::Sender<()>>,
@@ -143,7 +151,7 @@ impl StoreNode {
             .clone()
             .unwrap_or_else(|| bound.to_string());
         let writer = Writer::spawn(raft.clone(), config.group_commit);
-        let shared = Shared {
+        let handles = NodeHandles {
             raft: raft.clone(),
             db: db.clone(),
             writer: writer.clone(),
@@ -154,9 +162,9 @@ impl StoreNode {
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(RaftServer::new(RaftService::new(raft.clone())))
-            .add_service(StoreServer::new(StoreService::new(shared.clone())))
+            .add_service(StoreServer::new(StoreService::new(handles.clone())))
             .add_service(AdminServer::new(AdminService::new(
-                shared,
+                handles,
                 config.node_id,
                 address.clone(),
             )));
@@ -186,7 +194,7 @@ impl StoreNode {
             node_id: config.node_id,
             address,
             raft,
-            shared_db: db,
+            db,
             writer,
             applied,
             stop_server: Some(stop_server),
@@ -198,6 +206,7 @@ impl StoreNode {
         })
     }
 
+    /// This node's id in the group.
     pub fn node_id(&self) -> NodeId {
         self.node_id
     }
@@ -207,6 +216,7 @@ impl StoreNode {
         &self.address
     }
 
+    /// This node's Raft handle.
     pub fn raft(&self) -> &Raft {
         &self.raft
     }
@@ -255,7 +265,7 @@ impl StoreNode {
 
     /// Reads from this node's applied state without a leadership check.
     pub fn local_db(&self) -> &Db {
-        &self.shared_db
+        &self.db
     }
 
     /// Snapshots received from a leader and installed since this start.
@@ -263,6 +273,7 @@ impl StoreNode {
         self.snapshots_installed.load(Ordering::Relaxed)
     }
 
+    /// A feed of what each entry applied on this node changed, from now on.
     pub fn subscribe_applied(&self) -> broadcast::Receiver<Arc<crate::state_machine::Applied>> {
         self.applied.subscribe()
     }

@@ -35,12 +35,16 @@ type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
 /// What one applied log entry changed, for watchers.
 #[derive(Debug, Clone)]
 pub struct Applied {
+    /// The entry's log index (the snapshot's last index on a reset).
     pub log_index: u64,
+    /// What the entry's commands changed, in order.
     pub events: Vec<Event>,
     /// The state was replaced by a snapshot: watchers must start over.
     pub reset: bool,
 }
 
+/// Openraft's state machine over the store's database: applies entries,
+/// builds and installs snapshots, and tells watchers what changed.
 #[derive(Clone)]
 pub struct StateMachine {
     db: Arc<Db>,
@@ -59,6 +63,8 @@ impl Debug for StateMachine {
 }
 
 impl StateMachine {
+    /// The state machine in `db`, keeping snapshots in `snapshot_dir` and
+    /// publishing each applied entry's changes on `applied`.
     pub fn new(
         db: Arc<Db>,
         snapshot_dir: PathBuf,

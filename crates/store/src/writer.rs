@@ -22,7 +22,10 @@ use crate::{NodeId, Raft, TypeConfig};
 pub enum GroupCommit {
     /// Coalesce queued writes into one entry, with at most `in_flight` entries
     /// being committed at once.
-    On { in_flight: usize },
+    On {
+        /// Entries being committed at once, at most (at least 1).
+        in_flight: usize,
+    },
     /// One entry per write (for comparison in benchmarks).
     Off,
 }
@@ -36,18 +39,28 @@ impl Default for GroupCommit {
 /// Commands of one entry at most; a larger single write still goes alone.
 const MAX_COMMANDS_PER_ENTRY: usize = 4096;
 
+/// What a committed write returns.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WriteOutcome {
+    /// One result per command of the write, in order.
     pub results: Vec<CommandResult>,
+    /// The log index of the entry that carried the write.
     pub log_index: u64,
 }
 
+/// Why a write was not committed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum WriteError {
+    /// This node does not lead; nothing was proposed.
     #[error("this node is not the leader")]
-    ForwardToLeader { leader: Option<(NodeId, BasicNode)> },
+    ForwardToLeader {
+        /// The leader this node knows of: its id and node.
+        leader: Option<(NodeId, BasicNode)>,
+    },
+    /// The write has more commands than one entry may carry; nothing was proposed.
     #[error("a write carries at most {MAX_COMMANDS_PER_BATCH} commands")]
     TooLarge,
+    /// Raft failed or the store is stopping; the write may have committed or not.
     #[error("raft: {0}")]
     Raft(String),
 }
@@ -57,15 +70,17 @@ struct PendingWrite {
     reply: oneshot::Sender<Result<WriteOutcome, WriteError>>,
 }
 
+/// The group-commit writer of one node; clones share its queue.
 #[derive(Debug, Clone)]
 pub struct Writer {
     queue: mpsc::UnboundedSender<PendingWrite>,
 }
 
 impl Writer {
+    /// Starts the task that turns queued writes into entries of `raft`.
     pub fn spawn(raft: Raft, mode: GroupCommit) -> Writer {
         let (queue, pending) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, mode, pending));
+        tokio::spawn(propose_queued_writes(raft, mode, pending));
         Writer { queue }
     }
 
@@ -101,7 +116,13 @@ fn shutting_down() -> WriteError {
     WriteError::Raft("the store is shutting down".into())
 }
 
-async fn run(raft: Raft, mode: GroupCommit, mut pending: mpsc::UnboundedReceiver<PendingWrite>) {
+/// Takes queued writes in order, each batch of them one Raft entry, with at
+/// most `in_flight` entries waiting for their commit at once.
+async fn propose_queued_writes(
+    raft: Raft,
+    mode: GroupCommit,
+    mut pending: mpsc::UnboundedReceiver<PendingWrite>,
+) {
     let in_flight = match mode {
         GroupCommit::On { in_flight } => in_flight.max(1),
         // Without coalescing, concurrency is only bounded by the writers.

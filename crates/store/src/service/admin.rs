@@ -1,0 +1,207 @@
+//! The Admin service: membership administration (initialize, add a learner,
+//! change the voters, remove a node) and the node's Raft status.
+//!
+//! Membership changes run on the leader: a follower forwards them once.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::ClientWriteResponse;
+use openraft::{BasicNode, ChangeMembers};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use super::NodeHandles;
+use crate::proto::{self, AdminResponse, admin_client::AdminClient};
+use crate::{NodeId, TypeConfig};
+
+/// The Admin service: membership changes and status.
+#[derive(Debug)]
+pub struct AdminService {
+    node: NodeHandles,
+    node_id: NodeId,
+    address: String,
+}
+
+/// Openraft's answer to a membership change proposed on this node.
+type ChangeOutcome =
+    Result<ClientWriteResponse<TypeConfig>, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>;
+
+impl AdminService {
+    /// The service of node `node_id`, which other nodes reach at `address`.
+    pub fn new(node: NodeHandles, node_id: NodeId, address: String) -> Self {
+        AdminService {
+            node,
+            node_id,
+            address,
+        }
+    }
+
+    /// The leader, when this node knows it is another node. Membership
+    /// changes go there before openraft sees them: a follower answers "a
+    /// configuration change is in progress" ahead of "not the leader" while
+    /// the leader's previous change is still being replicated to it.
+    fn other_leader(&self) -> Option<(NodeId, BasicNode)> {
+        let metrics = self.node.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader.filter(|id| *id != self.node_id)?;
+        let node = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)?
+            .clone();
+        Some((leader, node))
+    }
+
+    /// Runs a membership change where the leader is: `change` here when no
+    /// other node is known to lead, else `at_leader` forwards the request to
+    /// the leader once; so does a change openraft refuses for not leading.
+    /// `change` may refuse with a status of its own before proposing.
+    async fn change_on_leader<T>(
+        &self,
+        request: Request<T>,
+        change: impl AsyncFnOnce() -> Result<ChangeOutcome, Status>,
+        at_leader: impl AsyncFnOnce(Channel, Request<T>) -> Result<Response<AdminResponse>, Status>,
+    ) -> Result<Response<AdminResponse>, Status> {
+        if let Some(leader) = self.other_leader() {
+            return self
+                .node
+                .forward_to_leader(request, Some(leader), at_leader)
+                .await;
+        }
+        match change().await? {
+            Ok(response) => Ok(Response::new(AdminResponse {
+                log_index: response.log_id.index,
+            })),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                let leader = forward.leader_id.zip(forward.leader_node);
+                self.node
+                    .forward_to_leader(request, leader, at_leader)
+                    .await
+            }
+            Err(error) => Err(Status::failed_precondition(error.to_string())),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl proto::admin_server::Admin for AdminService {
+    async fn initialize(
+        &self,
+        _request: Request<proto::InitializeRequest>,
+    ) -> Result<Response<AdminResponse>, Status> {
+        let members = BTreeMap::from([(self.node_id, BasicNode::new(&self.address))]);
+        self.node
+            .raft
+            .initialize(members)
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        Ok(Response::new(AdminResponse { log_index: 0 }))
+    }
+
+    async fn add_learner(
+        &self,
+        request: Request<proto::AddLearnerRequest>,
+    ) -> Result<Response<AdminResponse>, Status> {
+        let member = request
+            .get_ref()
+            .member
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("member is required"))?;
+        let add = async || {
+            let learner = BasicNode::new(&member.address);
+            let added = self.node.raft.add_learner(member.node_id, learner, true);
+            Ok(added.await)
+        };
+        self.change_on_leader(request, add, async |channel, request| {
+            AdminClient::new(channel).add_learner(request).await
+        })
+        .await
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<proto::ChangeMembershipRequest>,
+    ) -> Result<Response<AdminResponse>, Status> {
+        let voters: BTreeSet<NodeId> = request.get_ref().voters.iter().copied().collect();
+        let retain = !request.get_ref().remove_others;
+        let change = if request.get_ref().add {
+            ChangeMembers::AddVoterIds(voters)
+        } else {
+            ChangeMembers::ReplaceAllVoters(voters)
+        };
+        let change = async || Ok(self.node.raft.change_membership(change, retain).await);
+        self.change_on_leader(request, change, async |channel, request| {
+            AdminClient::new(channel).change_membership(request).await
+        })
+        .await
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<proto::RemoveNodeRequest>,
+    ) -> Result<Response<AdminResponse>, Status> {
+        let node_id = request.get_ref().node_id;
+        let remove = async || {
+            let is_voter = {
+                let metrics = self.node.raft.metrics().borrow().clone();
+                let membership = metrics.membership_config.membership();
+                if membership.get_node(&node_id).is_none() {
+                    return Err(Status::not_found(format!(
+                        "node {node_id} is not in the group"
+                    )));
+                }
+                membership.voter_ids().any(|voter| voter == node_id)
+            };
+            let change = if is_voter {
+                ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))
+            } else {
+                ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))
+            };
+            // `retain = false`: a removed voter does not stay on as a learner.
+            Ok(self.node.raft.change_membership(change, false).await)
+        };
+        self.change_on_leader(request, remove, async |channel, request| {
+            AdminClient::new(channel).remove_node(request).await
+        })
+        .await
+    }
+
+    async fn status(
+        &self,
+        _request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusResponse>, Status> {
+        let metrics = self.node.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let member = |id: &NodeId, node: &BasicNode| proto::Member {
+            node_id: *id,
+            address: node.addr.clone(),
+        };
+        let voters: Vec<proto::Member> = membership
+            .nodes()
+            .filter(|(id, _)| membership.voter_ids().any(|voter| voter == **id))
+            .map(|(id, node)| member(id, node))
+            .collect();
+        let learners: Vec<proto::Member> = membership
+            .nodes()
+            .filter(|(id, _)| !membership.voter_ids().any(|voter| voter == **id))
+            .map(|(id, node)| member(id, node))
+            .collect();
+        let leader_id = metrics.current_leader.unwrap_or(0);
+        let leader_address = metrics
+            .current_leader
+            .and_then(|leader| membership.get_node(&leader))
+            .map(|node| node.addr.clone())
+            .unwrap_or_default();
+        Ok(Response::new(proto::StatusResponse {
+            node_id: metrics.id,
+            leader_id,
+            leader_address,
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            applied_index: metrics.last_applied.map_or(0, |log_id| log_id.index),
+            voters,
+            learners,
+            state: format!("{:?}", metrics.state).to_lowercase(),
+        }))
+    }
+}

@@ -1,0 +1,410 @@
+//! The Store service, the session API edges call: writes (`Write`, and
+//! `Submit`, a stream that keeps submission order), reads (sessions, routes,
+//! retained messages, queues, edges) and the event streams (`WatchRoutes`,
+//! `Follow`, `WatchEdge`).
+//!
+//! A follower forwards writes and linearizable reads to the leader once; the
+//! reads marked `local`, the queue and edge reads and the streams are served
+//! from this node's applied state.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use openraft::BasicNode;
+use openraft::error::{CheckIsLeaderError, RaftError};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::NodeHandles;
+use crate::machine::{self, Event};
+use crate::proto::{self, EdgeEvent, RouteEvent, store_client::StoreClient};
+use crate::state_machine::{Applied, applied_index};
+use crate::writer::{WriteError, now_ms};
+use crate::{NodeId, StoreError};
+
+/// Events a watch stream may queue for a slow reader before it is cut off.
+const WATCH_BUFFER: usize = 1024;
+
+type LeaderCheckError = RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>;
+
+/// The reply to an empty request of a submit stream: whether this node leads
+/// with a quorum behind it now.
+fn quorum_response(id: u64, checked: Result<(), LeaderCheckError>) -> proto::SubmitResponse {
+    let mut reply = proto::SubmitResponse {
+        id,
+        ..proto::SubmitResponse::default()
+    };
+    match checked {
+        Ok(_) => {}
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+            reply.error = "not the leader".into();
+            reply.not_leader = true;
+            reply.leader_address = forward
+                .leader_node
+                .map(|node| node.addr)
+                .unwrap_or_default();
+        }
+        Err(other) => reply.error = other.to_string(),
+    }
+    reply
+}
+
+/// The reply to one write of a submit stream.
+fn submit_response(
+    id: u64,
+    outcome: Result<crate::writer::WriteOutcome, WriteError>,
+) -> proto::SubmitResponse {
+    let mut reply = proto::SubmitResponse {
+        id,
+        ..proto::SubmitResponse::default()
+    };
+    match outcome {
+        Ok(outcome) => {
+            reply.results = outcome.results;
+            reply.log_index = outcome.log_index;
+        }
+        Err(WriteError::ForwardToLeader { leader }) => {
+            reply.error = "not the leader".into();
+            reply.not_leader = true;
+            reply.leader_address = leader.map(|(_, node)| node.addr).unwrap_or_default();
+        }
+        Err(error) => reply.error = error.to_string(),
+    }
+    reply
+}
+
+/// The next applied entry for a stream, or `None` once the stream must end:
+/// the store stopped, or the watcher fell behind, or (with `ends_on_reset`,
+/// for streams that mirror state) a snapshot replaced the state; the client
+/// is told to watch again.
+async fn next_applied<T>(
+    applied: &mut broadcast::Receiver<Arc<Applied>>,
+    sender: &mpsc::Sender<Result<T, Status>>,
+    ends_on_reset: bool,
+) -> Option<Arc<Applied>> {
+    let why = match applied.recv().await {
+        Ok(next) if ends_on_reset && next.reset => "the store installed a snapshot; watch again",
+        Ok(next) => return Some(next),
+        Err(broadcast::error::RecvError::Lagged(_)) => "the watcher fell behind; watch again",
+        Err(broadcast::error::RecvError::Closed) => return None,
+    };
+    let _ = sender.send(Err(Status::aborted(why))).await;
+    None
+}
+
+fn internal(error: StoreError) -> Status {
+    tracing::error!(%error, "store read failed");
+    Status::internal(error.to_string())
+}
+
+/// The Store service, the session API edges call.
+#[derive(Debug)]
+pub struct StoreService {
+    node: NodeHandles,
+}
+
+impl StoreService {
+    /// The service over this node's handles.
+    pub fn new(node: NodeHandles) -> Self {
+        StoreService { node }
+    }
+
+    /// Waits until this node may serve a linearizable read, or names the
+    /// leader that can.
+    async fn read_barrier(&self) -> Result<Option<(NodeId, BasicNode)>, Status> {
+        match self.node.raft.ensure_linearizable().await {
+            Ok(_) => Ok(None),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                match forward.leader_id.zip(forward.leader_node) {
+                    Some(leader) => Ok(Some(leader)),
+                    None => Err(Status::unavailable("no leader is known; retry")),
+                }
+            }
+            Err(other) => Err(Status::unavailable(other.to_string())),
+        }
+    }
+}
+
+type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl proto::store_server::Store for StoreService {
+    async fn write(
+        &self,
+        request: Request<proto::WriteRequest>,
+    ) -> Result<Response<proto::WriteResponse>, Status> {
+        let commands = request.get_ref().commands.clone();
+        match self.node.writer.write(commands).await {
+            Ok(outcome) => Ok(Response::new(proto::WriteResponse {
+                results: outcome.results,
+                log_index: outcome.log_index,
+            })),
+            Err(WriteError::ForwardToLeader { leader }) => {
+                self.node
+                    .forward_to_leader(request, leader, async |channel, request| {
+                        StoreClient::new(channel).write(request).await
+                    })
+                    .await
+            }
+            Err(WriteError::TooLarge) => {
+                Err(Status::invalid_argument(WriteError::TooLarge.to_string()))
+            }
+            Err(WriteError::Raft(reason)) => Err(Status::unavailable(reason)),
+        }
+    }
+
+    type SubmitStream = EventStream<proto::SubmitResponse>;
+
+    async fn submit(
+        &self,
+        request: Request<tonic::Streaming<proto::SubmitRequest>>,
+    ) -> Result<Response<Self::SubmitStream>, Status> {
+        let mut requests = request.into_inner();
+        let writer = self.node.writer.clone();
+        let raft = self.node.raft.clone();
+        let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(async move {
+            loop {
+                let request = match requests.message().await {
+                    Ok(Some(request)) => request,
+                    Ok(None) => return,
+                    Err(status) => {
+                        tracing::debug!(%status, "a submit stream ended");
+                        return;
+                    }
+                };
+                let sender = sender.clone();
+                let id = request.id;
+                if request.commands.is_empty() {
+                    // No write: the edge asks whether this leader still has
+                    // a quorum (a read index, nothing in the log).
+                    let raft = raft.clone();
+                    tokio::spawn(async move {
+                        let reply =
+                            quorum_response(id, raft.ensure_linearizable().await.map(|_| ()));
+                        let _ = sender.send(Ok(reply)).await;
+                    });
+                    continue;
+                }
+                // Queued here, in arrival order, before the next is read.
+                let outcome = writer.submit(request.commands);
+                tokio::spawn(async move {
+                    let reply = submit_response(id, outcome.await);
+                    let _ = sender.send(Ok(reply)).await;
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn get_session(
+        &self,
+        request: Request<proto::GetSessionRequest>,
+    ) -> Result<Response<proto::GetSessionResponse>, Status> {
+        if let Some(leader) = self.read_barrier().await? {
+            return self
+                .node
+                .forward_to_leader(request, Some(leader), async |channel, request| {
+                    StoreClient::new(channel).get_session(request).await
+                })
+                .await;
+        }
+        machine::read_session(&*self.node.db, &request.get_ref().client_id)
+            .map(Response::new)
+            .map_err(internal)
+    }
+
+    async fn list_routes(
+        &self,
+        request: Request<proto::ListRoutesRequest>,
+    ) -> Result<Response<proto::ListRoutesResponse>, Status> {
+        if !request.get_ref().local
+            && let Some(leader) = self.read_barrier().await?
+        {
+            return self
+                .node
+                .forward_to_leader(request, Some(leader), async |channel, request| {
+                    StoreClient::new(channel).list_routes(request).await
+                })
+                .await;
+        }
+        let applied_index = applied_index(&self.node.db).map_err(internal)?;
+        let routes = machine::read_routes(&*self.node.db).map_err(internal)?;
+        Ok(Response::new(proto::ListRoutesResponse {
+            routes,
+            applied_index,
+        }))
+    }
+
+    async fn get_retained(
+        &self,
+        request: Request<proto::GetRetainedRequest>,
+    ) -> Result<Response<proto::GetRetainedResponse>, Status> {
+        if !request.get_ref().local
+            && let Some(leader) = self.read_barrier().await?
+        {
+            return self
+                .node
+                .forward_to_leader(request, Some(leader), async |channel, request| {
+                    StoreClient::new(channel).get_retained(request).await
+                })
+                .await;
+        }
+        let messages = machine::read_retained(&*self.node.db, &request.get_ref().filter, now_ms())
+            .map_err(internal)?;
+        Ok(Response::new(proto::GetRetainedResponse { messages }))
+    }
+
+    type WatchRoutesStream = EventStream<RouteEvent>;
+
+    /// The table as of an applied index, then every change after it. Changes
+    /// between that index and the table read may arrive again; they are
+    /// idempotent (add and remove by key), so a cache that applies them in
+    /// order ends where the store is. A watcher that falls behind, or a node
+    /// that installs a snapshot, ends the stream: the caller watches again.
+    async fn watch_routes(
+        &self,
+        _request: Request<proto::WatchRoutesRequest>,
+    ) -> Result<Response<Self::WatchRoutesStream>, Status> {
+        let mut applied = self.node.applied.subscribe();
+        let start_index = applied_index(&self.node.db).map_err(internal)?;
+        let routes = machine::read_routes(&*self.node.db).map_err(internal)?;
+        let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
+        let _ = sender.try_send(Ok(RouteEvent {
+            snapshot: true,
+            added: routes,
+            removed: Vec::new(),
+            applied_index: start_index,
+        }));
+        tokio::spawn(async move {
+            loop {
+                let Some(next) = next_applied(&mut applied, &sender, true).await else {
+                    return;
+                };
+                if next.log_index <= start_index {
+                    continue;
+                }
+                let mut event = RouteEvent {
+                    snapshot: false,
+                    added: Vec::new(),
+                    removed: Vec::new(),
+                    applied_index: next.log_index,
+                };
+                for change in &next.events {
+                    match change {
+                        Event::RouteAdded(route) => event.added.push(route.clone()),
+                        Event::RouteRemoved(route) => event.removed.push(route.clone()),
+                        Event::Edge { .. } | Event::Retained(_) | Event::EdgeRegistered(_) => {}
+                    }
+                }
+                if event.added.is_empty() && event.removed.is_empty() {
+                    continue;
+                }
+                if sender.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    type FollowStream = EventStream<proto::FollowEvent>;
+
+    async fn follow(
+        &self,
+        request: Request<proto::FollowRequest>,
+    ) -> Result<Response<Self::FollowStream>, Status> {
+        use proto::follow_event::Kind as Follow;
+        let edge_id = request.into_inner().edge_id;
+        // Subscribed before `ready` goes out: what the edge reads after it
+        // cannot miss a change.
+        let mut applied = self.node.applied.subscribe();
+        let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
+        let _ = sender.try_send(Ok(proto::FollowEvent {
+            kind: Some(Follow::Ready(true)),
+        }));
+        tokio::spawn(async move {
+            loop {
+                let Some(next) = next_applied(&mut applied, &sender, true).await else {
+                    return;
+                };
+                for change in &next.events {
+                    let kind = match change {
+                        Event::Edge {
+                            edge_id: addressee,
+                            event,
+                        } if *addressee == edge_id => Follow::Edge(EdgeEvent {
+                            kind: Some(event.clone()),
+                        }),
+                        Event::Edge { .. } => continue,
+                        Event::RouteAdded(route) => Follow::RouteAdded(route.clone()),
+                        Event::RouteRemoved(route) => Follow::RouteRemoved(route.clone()),
+                        Event::Retained(message) => Follow::Retained(message.clone()),
+                        Event::EdgeRegistered(edge) => Follow::EdgeRegistered(edge.clone()),
+                    };
+                    let event = proto::FollowEvent { kind: Some(kind) };
+                    if sender.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn read_queue(
+        &self,
+        request: Request<proto::ReadQueueRequest>,
+    ) -> Result<Response<proto::ReadQueueResponse>, Status> {
+        let request = request.into_inner();
+        let limit = usize::try_from(request.limit).unwrap_or(usize::MAX);
+        let entries =
+            machine::read_queue_after(&*self.node.db, &request.client_id, request.after, limit)
+                .map_err(internal)?;
+        Ok(Response::new(proto::ReadQueueResponse { entries }))
+    }
+
+    async fn list_edges(
+        &self,
+        _request: Request<proto::ListEdgesRequest>,
+    ) -> Result<Response<proto::ListEdgesResponse>, Status> {
+        let edges = machine::read_edges(&*self.node.db).map_err(internal)?;
+        Ok(Response::new(proto::ListEdgesResponse { edges }))
+    }
+
+    type WatchEdgeStream = EventStream<EdgeEvent>;
+
+    async fn watch_edge(
+        &self,
+        request: Request<proto::WatchEdgeRequest>,
+    ) -> Result<Response<Self::WatchEdgeStream>, Status> {
+        let edge_id = request.into_inner().edge_id;
+        let mut applied = self.node.applied.subscribe();
+        let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(async move {
+            loop {
+                let Some(next) = next_applied(&mut applied, &sender, false).await else {
+                    return;
+                };
+                for change in &next.events {
+                    if let Event::Edge {
+                        edge_id: addressee,
+                        event,
+                    } = change
+                        && *addressee == edge_id
+                    {
+                        let event = EdgeEvent {
+                            kind: Some(event.clone()),
+                        };
+                        if sender.send(Ok(event)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
