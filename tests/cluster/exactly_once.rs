@@ -18,10 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rookery_codec::{Ack, Connect, Packet, QoS, ReasonCode};
+use rookery_testkit::{RawClient, Read, clean_v5, persistent_v311, pid_for};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::client::{Client, Read, clean_v5, persistent_v311, pid_for};
 use crate::harness::{Cluster, FAILOVER, QUIET, TIMEOUT, within};
 use crate::traffic::{ACK_WAIT, await_route, ranges, seq_of, unique_id};
 
@@ -193,7 +193,7 @@ struct Receiver {
 
 impl Receiver {
     /// Takes over `client`, connected with `connect` and subscribed.
-    fn spawn(client: Client, connect: Connect, fallback: Vec<SocketAddr>) -> Receiver {
+    fn spawn(client: RawClient, connect: Connect, fallback: Vec<SocketAddr>) -> Receiver {
         assert!(!fallback.is_empty(), "somewhere to reconnect to");
         let delivered = Arc::new(Mutex::new(Delivered::default()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -243,7 +243,7 @@ impl Receiver {
 }
 
 async fn receive(
-    client: Client,
+    client: RawClient,
     connect: Connect,
     fallback: Vec<SocketAddr>,
     delivered: Arc<Mutex<Delivered>>,
@@ -257,7 +257,7 @@ async fn receive(
         let Some(connection) = client.as_mut() else {
             let addr = fallback[next % fallback.len()];
             next += 1;
-            let failed = match Client::try_connect(addr, connect.clone()).await {
+            let failed = match RawClient::try_connect(addr, connect.clone()).await {
                 Ok((c, connack)) if connack.reason_code == ReasonCode::Success => {
                     conn += 1;
                     let mut d = delivered.lock().expect("delivered");
@@ -287,7 +287,7 @@ async fn receive(
                         .expect("delivered")
                         .on_packet(conn, started.elapsed(), packet);
                 match answer {
-                    Some(answer) => connection.send(answer).await.err(),
+                    Some(answer) => connection.try_send(answer).await.err(),
                     None => None,
                 }
             }
@@ -332,12 +332,12 @@ struct Sent {
 /// sends a message whose PUBREC had not come again as a new one.
 async fn publish_exactly_once(addr: SocketAddr, count: u64, pace: Duration) -> Sent {
     let mut out = Sent::default();
-    let mut client: Option<Client> = None;
+    let mut client: Option<RawClient> = None;
     let mut queue: VecDeque<u64> = (0..count).collect();
     let mut attempt = 0;
     while let Some(&seq) = queue.front() {
         let Some(connection) = client.as_mut() else {
-            match Client::try_connect(addr, clean_v5(&unique_id("q2-pub"))).await {
+            match RawClient::try_connect(addr, clean_v5(&unique_id("q2-pub"))).await {
                 Ok((c, connack)) if connack.reason_code == ReasonCode::Success => {
                     out.connections += 1;
                     client = Some(c);
@@ -357,13 +357,13 @@ async fn publish_exactly_once(addr: SocketAddr, count: u64, pace: Duration) -> S
         attempt += 1;
         let payload = seq.to_string();
         match connection
-            .publish2(id, TOPIC, payload.as_bytes(), ACK_WAIT)
+            .try_publish(QoS::ExactlyOnce, id, TOPIC, payload.as_bytes(), ACK_WAIT)
             .await
         {
             Ok(pubrec) if !pubrec.reason_code.is_error() => {
                 out.acked.insert(seq);
                 queue.pop_front();
-                match connection.release(id, ACK_WAIT).await {
+                match connection.try_release(id, ACK_WAIT).await {
                     Ok(pubcomp) if pubcomp.reason_code.is_error() => {
                         out.bad_pubcomps.push((seq, pubcomp.reason_code));
                     }
@@ -419,9 +419,10 @@ async fn qos2_across_an_edge_kill_is_exactly_once() {
 
         let connect = persistent_v311("exactly-once");
         let (mut sub, connack) =
-            Client::connect(cluster.node(sub_node).mqtt_addr(), connect.clone()).await;
+            RawClient::connect_ok(cluster.node(sub_node).mqtt_addr(), connect.clone()).await;
         assert!(!connack.session_present, "a new session");
-        sub.subscribe(1, "q2/#", QoS::ExactlyOnce).await;
+        sub.subscribe_amid_traffic(1, "q2/#", QoS::ExactlyOnce)
+            .await;
         await_route(pub_addr, &mut sub, "q2/probe").await;
         let receiver = Receiver::spawn(sub, connect, vec![failover_addr]);
 
