@@ -3,14 +3,10 @@
 //! write through the leader and follow one store node for notifications and
 //! reads, and go on through a kill of the store leader.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
-use rookery_codec::QoS;
-use rookery_testkit::{RawClient, persistent_v311};
-
-use crate::harness::{Cluster, FAILOVER, Options, Roles, within};
-use crate::traffic::{Publisher, Stream, Subscriber, await_route, ranges};
+use crate::harness::{Cluster, Options, Roles, within};
+use crate::traffic::{Publisher, Stream, Subscriber};
 
 /// Three store-only nodes and two edge-only nodes: a persistent QoS 1
 /// subscriber on one edge receives every message a publisher on the other

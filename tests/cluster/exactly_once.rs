@@ -271,7 +271,7 @@ async fn receive(
                     None
                 }
                 Ok((_, connack)) => Some(format!("{addr} refused the reconnection: {connack:?}")),
-                Err(why) => Some(why),
+                Err(why) => Some(why.to_string()),
             };
             if let Some(why) = failed {
                 delivered.lock().expect("delivered").errors.push(why);
@@ -287,12 +287,16 @@ async fn receive(
                         .expect("delivered")
                         .on_packet(conn, started.elapsed(), packet);
                 match answer {
-                    Some(answer) => connection.try_send(answer).await.err(),
+                    Some(answer) => connection
+                        .try_send(answer)
+                        .await
+                        .err()
+                        .map(|e| e.to_string()),
                     None => None,
                 }
             }
             Read::Nothing => None,
-            Read::Closed(why) => Some(why),
+            Read::Closed(why) => Some(why.to_string()),
         };
         if let Some(why) = closed {
             let mut d = delivered.lock().expect("delivered");
@@ -347,7 +351,7 @@ async fn publish_exactly_once(addr: SocketAddr, count: u64, pace: Duration) -> S
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(why) => {
-                    out.errors.push(why);
+                    out.errors.push(why.to_string());
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
@@ -370,7 +374,7 @@ async fn publish_exactly_once(addr: SocketAddr, count: u64, pace: Duration) -> S
                     Ok(_) => {}
                     Err(why) => {
                         out.unreleased.push(seq);
-                        out.errors.push(why);
+                        out.errors.push(why.to_string());
                         client = None;
                     }
                 }
@@ -385,7 +389,7 @@ async fn publish_exactly_once(addr: SocketAddr, count: u64, pace: Duration) -> S
             Err(why) => {
                 // Left at the front of the queue: sent again, as new.
                 out.unconfirmed.push(seq);
-                out.errors.push(why);
+                out.errors.push(why.to_string());
                 client = None;
             }
         }

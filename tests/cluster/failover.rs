@@ -8,12 +8,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use rookery_codec::QoS;
-use rookery_testkit::{RawClient, persistent_v311};
 use tokio::time::Instant;
 
-use crate::harness::{Cluster, FAILOVER, within};
-use crate::traffic::{Publisher, Received, Stream, Subscriber, await_route, ranges};
+use crate::harness::{Cluster, within};
+use crate::traffic::{Publisher, Received, Stream, Subscriber, ranges};
 
 /// Checks that every reconnection of `received` resumed the session.
 fn assert_sessions_resumed(received: &Received) {

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use rookery_codec::{Packet, QoS};
-use rookery_testkit::{RawClient, clean_v5, persistent_v311};
+use rookery_testkit::{RawClient, clean_v5};
 use tokio::time::Instant;
 
 use crate::harness::{Cluster, FAILOVER, Roles, TIMEOUT, within};

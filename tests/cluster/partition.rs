@@ -8,11 +8,11 @@
 use std::time::Duration;
 
 use rookery_codec::{Packet, QoS};
-use rookery_testkit::{RawClient, clean_v5, persistent_v311};
+use rookery_testkit::{RawClient, clean_v5};
 use tokio::time::Instant;
 
 use crate::harness::{Cluster, FAILOVER, Options, TIMEOUT, within};
-use crate::traffic::{Publisher, Stream, Subscriber, await_route, ranges};
+use crate::traffic::{Publisher, Stream, Subscriber, ranges};
 
 /// How long a store write may take in these clusters.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);

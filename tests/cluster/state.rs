@@ -183,11 +183,11 @@ async fn a_departing_shared_member_hands_its_unacknowledged_messages_to_the_othe
                                 b_got.lock().expect("B's numbers").push(seq);
                             }
                             if let Err(why) = b.try_puback(&p).await {
-                                return why;
+                                return why.to_string();
                             }
                         }
                         Read::Packet(_) | Read::Nothing => {}
-                        Read::Closed(why) => return why,
+                        Read::Closed(why) => return why.to_string(),
                     }
                 }
             })

@@ -273,7 +273,7 @@ async fn receive(
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(why) => {
-                    note(why);
+                    note(why.to_string());
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
@@ -291,13 +291,13 @@ async fn receive(
                     }
                 }
                 if let Err(why) = connection.try_puback(&publish).await {
-                    note(why);
+                    note(why.to_string());
                     client = None;
                 }
             }
             Read::Packet(_) | Read::Nothing => {}
             Read::Closed(why) => {
-                note(why);
+                note(why.to_string());
                 client = None;
             }
         }
@@ -402,7 +402,7 @@ async fn publish_stream(stream: Stream, stop: Arc<AtomicBool>) -> Published {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(why) => {
-                    out.errors.push(why);
+                    out.errors.push(why.to_string());
                     if !stream.reconnect {
                         break;
                     }
@@ -434,7 +434,7 @@ async fn publish_stream(stream: Stream, stop: Arc<AtomicBool>) -> Published {
             }
             Err(why) => {
                 out.unconfirmed.push(seq);
-                out.errors.push(why);
+                out.errors.push(why.to_string());
                 client = None;
             }
         }

@@ -4,7 +4,7 @@
 
 use rookery_codec::ProtocolVersion::V3_1_1;
 use rookery_codec::{Ack, Connect, Packet, QoS, ReasonCode};
-use rookery_testkit::{RawClient, at, connect_packet, persistent_v5, pid, publish_packet};
+use rookery_testkit::{RawClient, Read, at, connect_packet, persistent_v5, pid, publish_packet};
 
 use crate::clients::{V4Client, V5Client};
 use crate::harness::{Broker, shared, unique};

@@ -16,7 +16,7 @@ use rookery_codec::{Packet, QoS, ReasonCode};
 use rookery_testkit::ws::mqtt_ws_request;
 use rookery_testkit::{Io, RawClient, Read, connect_packet, ws_connect};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
