@@ -22,9 +22,13 @@
 // A test kit's assertions are panics that say what was expected.
 #![allow(clippy::panic)]
 
+/// The raw MQTT client and its packet builders.
 pub mod client;
+/// Prometheus scraping.
 pub mod metrics;
+/// A child process under test.
 pub mod process;
+/// MQTT over WebSocket, client side.
 pub mod ws;
 
 use std::future::Future;
