@@ -21,9 +21,9 @@ use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use rookery_codec::{
     Ack, ByteString, ConnAck, Connect, ConnectProperties, DecodeError, Disconnect, EncodeError,
-    MAX_PACKET_SIZE, Packet, PacketId, ProtocolVersion, Publish, PublishProperties, QoS,
-    ReasonCode, Subscribe, SubscribeProperties, Subscription, SubscriptionOptions, decode,
+    MAX_PACKET_SIZE, Packet, ProtocolVersion, Publish, QoS, ReasonCode, decode,
 };
+use rookery_testkit::{at, connect_packet, publish_packet, subscribe_packet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::{Instant, sleep_until, timeout};
@@ -357,19 +357,8 @@ impl PublishTemplate {
             sent_ns: 0,
         }
         .write(&mut payload);
-        let packet = Packet::Publish(Publish {
-            dup: false,
-            qos,
-            retain: false,
-            topic: ByteString::from(topic),
-            packet_id: if qos == QoS::AtMostOnce {
-                None
-            } else {
-                PacketId::new(1)
-            },
-            properties: PublishProperties::default(),
-            payload: Bytes::from(payload),
-        });
+        // Packet identifier 1 is a placeholder: each copy gets its own.
+        let packet = Packet::Publish(publish_packet(topic, qos, 1, &payload));
         let mut bytes = BytesMut::new();
         packet.encode(version, &mut bytes)?;
         // The fixed header: one byte, then the remaining length's 1 to 4 bytes.
@@ -846,11 +835,8 @@ impl Client {
         self.wbuf.clear();
         let v5 = self.version.is_v5();
         let connect = Connect {
-            protocol: self.version,
             clean_start,
             keep_alive: settings.keep_alive,
-            client_id: ByteString::from(self.spec.client_id.as_str()),
-            will: None,
             username: settings.username.as_deref().map(ByteString::from),
             password: settings
                 .password
@@ -861,6 +847,7 @@ impl Client {
                     .then_some(settings.session_expiry),
                 ..ConnectProperties::default()
             },
+            ..connect_packet(self.version, &self.spec.client_id)
         };
         Packet::Connect(Box::new(connect)).encode(self.version, &mut self.wbuf)?;
         link.writer.write_all_buf(&mut self.wbuf).await?;
@@ -904,19 +891,9 @@ impl Client {
             // The first connection always subscribes (a session left by an
             // earlier run may hold another filter); a resumed one does not.
             if first || !resumed {
-                let packet_id = PacketId::new(1).ok_or(ClientError::Protocol("packet id"))?;
-                Packet::Subscribe(Subscribe {
-                    packet_id,
-                    subscriptions: vec![Subscription {
-                        filter: ByteString::from(subscriber.filter.as_str()),
-                        options: SubscriptionOptions {
-                            qos: subscriber.qos,
-                            ..SubscriptionOptions::default()
-                        },
-                    }],
-                    properties: SubscribeProperties::default(),
-                })
-                .encode(self.version, &mut self.wbuf)?;
+                let filter = (subscriber.filter.as_str(), at(subscriber.qos));
+                Packet::Subscribe(subscribe_packet(1, &[filter]))
+                    .encode(self.version, &mut self.wbuf)?;
                 subscriber.suback_due = Some(deadline);
                 return Ok(link);
             }
@@ -1313,6 +1290,8 @@ impl Client {
 
 #[cfg(test)]
 mod tests {
+    use rookery_codec::PacketId;
+
     use super::*;
 
     fn publisher(qos: QoS, window: u32, rate: Option<f64>) -> Publisher {

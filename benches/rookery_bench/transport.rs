@@ -1,6 +1,6 @@
 //! Reaching the broker: TCP from a chosen local address, optionally TLS
-//! (tokio-rustls) and optionally WebSocket (tokio-tungstenite, subprotocol
-//! `mqtt`). Whatever the layers, a connection is one [`Transport`]: a byte
+//! (tokio-rustls) and optionally WebSocket (the test kit's [`WsIo`] over
+//! tokio-tungstenite, subprotocol `mqtt`). Whatever the layers, a connection is one [`Transport`]: a byte
 //! stream the MQTT client reads and writes.
 
 use std::fmt;
@@ -8,10 +8,9 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
-use futures::{Sink, Stream};
+use rookery_testkit::{WsIo, ws_connect};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
@@ -21,10 +20,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::cli::{Settings, TransportKind};
 
@@ -138,18 +133,10 @@ impl Dialer {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let mut request = self
-            .ws_url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| DialError::WebSocket(e.to_string()))?;
-        request
-            .headers_mut()
-            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mqtt"));
-        let (ws, _response) = tokio_tungstenite::client_async(request, stream)
+        let (ws, _response) = ws_connect(stream, &self.ws_url)
             .await
             .map_err(|e| DialError::WebSocket(e.to_string()))?;
-        Ok(WsIo::new(ws))
+        Ok(ws)
     }
 }
 
@@ -287,94 +274,5 @@ impl AsyncWrite for Transport {
             Self::Ws(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Self::Wss(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
-    }
-}
-
-/// A WebSocket as a byte stream: each write is one binary message; reads
-/// return the bytes of binary messages in order, ignoring frame boundaries
-/// (an MQTT packet may span messages, MQTT-6.0.0-2).
-pub struct WsIo<S> {
-    ws: WebSocketStream<S>,
-    pending: Bytes,
-}
-
-impl<S> fmt::Debug for WsIo<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WsIo")
-            .field("pending", &self.pending.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S> WsIo<S> {
-    fn new(ws: WebSocketStream<S>) -> Self {
-        Self {
-            ws,
-            pending: Bytes::new(),
-        }
-    }
-}
-
-fn ws_error(error: tokio_tungstenite::tungstenite::Error) -> io::Error {
-    io::Error::other(error)
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsIo<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        loop {
-            if !this.pending.is_empty() {
-                let n = this.pending.len().min(buf.remaining());
-                buf.put_slice(&this.pending[..n]);
-                this.pending.advance(n);
-                return Poll::Ready(Ok(()));
-            }
-            match ready!(Pin::new(&mut this.ws).poll_next(cx)) {
-                Some(Ok(Message::Binary(data))) => this.pending = data,
-                // End of stream: a read of zero bytes.
-                Some(Ok(Message::Close(_))) | None => return Poll::Ready(Ok(())),
-                // MQTT-6.0.0-1: MQTT travels in binary messages only.
-                Some(Ok(Message::Text(_))) => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "text WebSocket message",
-                    )));
-                }
-                // Pings are answered by tungstenite on the next write or flush.
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                Some(Err(error)) => return Poll::Ready(Err(ws_error(error))),
-            }
-        }
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsIo<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        ready!(Pin::new(&mut this.ws).poll_ready(cx)).map_err(ws_error)?;
-        Pin::new(&mut this.ws)
-            .start_send(Message::Binary(Bytes::copy_from_slice(buf)))
-            .map_err(ws_error)?;
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().ws)
-            .poll_flush(cx)
-            .map_err(ws_error)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().ws)
-            .poll_close(cx)
-            .map_err(ws_error)
     }
 }

@@ -3,14 +3,10 @@
 //! write through the leader and follow one store node for notifications and
 //! reads, and go on through a kill of the store leader.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
-use rookery_codec::QoS;
-
-use crate::client::{Client, persistent_v311};
-use crate::harness::{Cluster, FAILOVER, Options, Roles, within};
-use crate::traffic::{Publisher, Stream, Subscriber, await_route, ranges};
+use crate::harness::{Cluster, Options, Roles, within};
+use crate::traffic::{Publisher, Stream, Subscriber};
 
 /// Three store-only nodes and two edge-only nodes: a persistent QoS 1
 /// subscriber on one edge receives every message a publisher on the other
@@ -38,11 +34,15 @@ async fn edge_only_nodes_lose_nothing_when_the_store_leader_dies() {
         let sub_addr = cluster.node(5).mqtt_addr();
         let pub_addr = cluster.node(4).mqtt_addr();
 
-        let connect = persistent_v311("edge-only-sub");
-        let (mut sub, _) = Client::connect(sub_addr, connect.clone()).await;
-        sub.subscribe(1, "e/#", QoS::AtLeastOnce).await;
-        await_route(pub_addr, &mut sub, "e/probe").await;
-        let subscriber = Subscriber::spawn(sub, connect, vec![sub_addr], "e/x");
+        let (subscriber, _) = Subscriber::persistent(
+            sub_addr,
+            "edge-only-sub",
+            "e",
+            pub_addr,
+            "e/x",
+            vec![sub_addr],
+        )
+        .await;
         let publisher = Publisher::spawn(Stream {
             addr: pub_addr,
             topic: "e/x".into(),
@@ -50,10 +50,8 @@ async fn edge_only_nodes_lose_nothing_when_the_store_leader_dies() {
             pace: Duration::from_millis(2),
             reconnect: true,
         });
-        let started = subscriber
-            .wait_until(FAILOVER, |r| r.distinct().len() >= 100)
-            .await;
-        assert!(started, "the stream between the edges did not start");
+        // The stream between the edges has started.
+        subscriber.await_distinct(100).await;
         cluster.node_mut(leader).kill9();
         let killed_at = tokio::time::Instant::now();
         tokio::time::sleep(Duration::from_secs(8)).await;
@@ -65,16 +63,7 @@ async fn edge_only_nodes_lose_nothing_when_the_store_leader_dies() {
             published.refused.len(),
             published.unconfirmed.len()
         );
-        let complete = subscriber
-            .wait_until(FAILOVER, |r| acked.is_subset(&r.distinct()))
-            .await;
-        let received = subscriber.stop().await;
-        let missing: BTreeSet<u64> = acked.difference(&received.distinct()).copied().collect();
-        assert!(
-            complete && missing.is_empty(),
-            "acknowledged messages never reached the subscriber: {}",
-            ranges(&missing)
-        );
+        subscriber.stop_when_all_arrived(&acked).await;
         let after_kill = published
             .acked
             .iter()

@@ -18,10 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rookery_codec::{Ack, Connect, Packet, QoS, ReasonCode};
+use rookery_testkit::{RawClient, Read, clean_v5, persistent_v311, pid_for};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::client::{Client, Read, clean_v5, persistent_v311, pid_for};
 use crate::harness::{Cluster, FAILOVER, QUIET, TIMEOUT, within};
 use crate::traffic::{ACK_WAIT, await_route, ranges, seq_of, unique_id};
 
@@ -193,7 +193,7 @@ struct Receiver {
 
 impl Receiver {
     /// Takes over `client`, connected with `connect` and subscribed.
-    fn spawn(client: Client, connect: Connect, fallback: Vec<SocketAddr>) -> Receiver {
+    fn spawn(client: RawClient, connect: Connect, fallback: Vec<SocketAddr>) -> Receiver {
         assert!(!fallback.is_empty(), "somewhere to reconnect to");
         let delivered = Arc::new(Mutex::new(Delivered::default()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -243,7 +243,7 @@ impl Receiver {
 }
 
 async fn receive(
-    client: Client,
+    client: RawClient,
     connect: Connect,
     fallback: Vec<SocketAddr>,
     delivered: Arc<Mutex<Delivered>>,
@@ -257,7 +257,7 @@ async fn receive(
         let Some(connection) = client.as_mut() else {
             let addr = fallback[next % fallback.len()];
             next += 1;
-            let failed = match Client::try_connect(addr, connect.clone()).await {
+            let failed = match RawClient::try_connect(addr, connect.clone()).await {
                 Ok((c, connack)) if connack.reason_code == ReasonCode::Success => {
                     conn += 1;
                     let mut d = delivered.lock().expect("delivered");
@@ -271,7 +271,7 @@ async fn receive(
                     None
                 }
                 Ok((_, connack)) => Some(format!("{addr} refused the reconnection: {connack:?}")),
-                Err(why) => Some(why),
+                Err(why) => Some(why.to_string()),
             };
             if let Some(why) = failed {
                 delivered.lock().expect("delivered").errors.push(why);
@@ -287,12 +287,16 @@ async fn receive(
                         .expect("delivered")
                         .on_packet(conn, started.elapsed(), packet);
                 match answer {
-                    Some(answer) => connection.send(answer).await.err(),
+                    Some(answer) => connection
+                        .try_send(answer)
+                        .await
+                        .err()
+                        .map(|e| e.to_string()),
                     None => None,
                 }
             }
             Read::Nothing => None,
-            Read::Closed(why) => Some(why),
+            Read::Closed(why) => Some(why.to_string()),
         };
         if let Some(why) = closed {
             let mut d = delivered.lock().expect("delivered");
@@ -332,12 +336,12 @@ struct Sent {
 /// sends a message whose PUBREC had not come again as a new one.
 async fn publish_exactly_once(addr: SocketAddr, count: u64, pace: Duration) -> Sent {
     let mut out = Sent::default();
-    let mut client: Option<Client> = None;
+    let mut client: Option<RawClient> = None;
     let mut queue: VecDeque<u64> = (0..count).collect();
     let mut attempt = 0;
     while let Some(&seq) = queue.front() {
         let Some(connection) = client.as_mut() else {
-            match Client::try_connect(addr, clean_v5(&unique_id("q2-pub"))).await {
+            match RawClient::try_connect(addr, clean_v5(&unique_id("q2-pub"))).await {
                 Ok((c, connack)) if connack.reason_code == ReasonCode::Success => {
                     out.connections += 1;
                     client = Some(c);
@@ -347,7 +351,7 @@ async fn publish_exactly_once(addr: SocketAddr, count: u64, pace: Duration) -> S
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(why) => {
-                    out.errors.push(why);
+                    out.errors.push(why.to_string());
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
@@ -357,20 +361,20 @@ async fn publish_exactly_once(addr: SocketAddr, count: u64, pace: Duration) -> S
         attempt += 1;
         let payload = seq.to_string();
         match connection
-            .publish2(id, TOPIC, payload.as_bytes(), ACK_WAIT)
+            .try_publish(QoS::ExactlyOnce, id, TOPIC, payload.as_bytes(), ACK_WAIT)
             .await
         {
             Ok(pubrec) if !pubrec.reason_code.is_error() => {
                 out.acked.insert(seq);
                 queue.pop_front();
-                match connection.release(id, ACK_WAIT).await {
+                match connection.try_release(id, ACK_WAIT).await {
                     Ok(pubcomp) if pubcomp.reason_code.is_error() => {
                         out.bad_pubcomps.push((seq, pubcomp.reason_code));
                     }
                     Ok(_) => {}
                     Err(why) => {
                         out.unreleased.push(seq);
-                        out.errors.push(why);
+                        out.errors.push(why.to_string());
                         client = None;
                     }
                 }
@@ -385,7 +389,7 @@ async fn publish_exactly_once(addr: SocketAddr, count: u64, pace: Duration) -> S
             Err(why) => {
                 // Left at the front of the queue: sent again, as new.
                 out.unconfirmed.push(seq);
-                out.errors.push(why);
+                out.errors.push(why.to_string());
                 client = None;
             }
         }
@@ -419,9 +423,10 @@ async fn qos2_across_an_edge_kill_is_exactly_once() {
 
         let connect = persistent_v311("exactly-once");
         let (mut sub, connack) =
-            Client::connect(cluster.node(sub_node).mqtt_addr(), connect.clone()).await;
+            RawClient::connect_ok(cluster.node(sub_node).mqtt_addr(), connect.clone()).await;
         assert!(!connack.session_present, "a new session");
-        sub.subscribe(1, "q2/#", QoS::ExactlyOnce).await;
+        sub.subscribe_amid_traffic(1, "q2/#", QoS::ExactlyOnce)
+            .await;
         await_route(pub_addr, &mut sub, "q2/probe").await;
         let receiver = Receiver::spawn(sub, connect, vec![failover_addr]);
 

@@ -8,12 +8,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use rookery_codec::QoS;
 use tokio::time::Instant;
 
-use crate::client::{Client, persistent_v311};
-use crate::harness::{Cluster, FAILOVER, within};
-use crate::traffic::{Publisher, Received, Stream, Subscriber, await_route, ranges};
+use crate::harness::{Cluster, within};
+use crate::traffic::{Publisher, Received, Stream, Subscriber, ranges};
 
 /// Checks that every reconnection of `received` resumed the session.
 fn assert_sessions_resumed(received: &Received) {
@@ -58,18 +56,16 @@ async fn persistent_subscriber_survives_kill9_of_its_edge() {
         );
         let pub_addr = cluster.node(pub_node).mqtt_addr();
 
-        let connect = persistent_v311("survivor");
-        let (mut sub, connack) =
-            Client::connect(cluster.node(sub_node).mqtt_addr(), connect.clone()).await;
-        assert!(!connack.session_present, "a new session");
-        sub.subscribe(1, "p/#", QoS::AtLeastOnce).await;
-        await_route(pub_addr, &mut sub, "p/probe").await;
-        let subscriber = Subscriber::spawn(
-            sub,
-            connect,
-            vec![cluster.node(failover_node).mqtt_addr()],
+        let (subscriber, session_present) = Subscriber::persistent(
+            cluster.node(sub_node).mqtt_addr(),
+            "survivor",
+            "p",
+            pub_addr,
             "p/x",
-        );
+            vec![cluster.node(failover_node).mqtt_addr()],
+        )
+        .await;
+        assert!(!session_present, "a new session");
 
         let publisher = Publisher::spawn(Stream {
             addr: pub_addr,
@@ -78,14 +74,7 @@ async fn persistent_subscriber_survives_kill9_of_its_edge() {
             pace: Duration::from_millis(5),
             reconnect: false,
         });
-        let started = subscriber
-            .wait_until(FAILOVER, |r| r.distinct().len() >= 100)
-            .await;
-        assert!(
-            started,
-            "the subscriber received {} distinct messages in {FAILOVER:?}, not 100",
-            subscriber.distinct_count()
-        );
+        subscriber.await_distinct(100).await;
         let before_kill = subscriber.distinct_count();
         cluster.node_mut(sub_node).kill9();
         let killed_at = Instant::now();
@@ -103,28 +92,9 @@ async fn persistent_subscriber_survives_kill9_of_its_edge() {
         );
         assert_eq!(published.acked_seqs(), all, "acknowledged");
 
-        let complete = subscriber
-            .wait_until(FAILOVER, |r| all.is_subset(&r.distinct()))
-            .await;
-        let received = subscriber.stop().await;
+        let received = subscriber.stop_when_all_arrived(&all).await;
+        eprintln!("{:?} from the kill to the end", killed_at.elapsed());
         let distinct = received.distinct();
-        let missing: BTreeSet<u64> = all.difference(&distinct).copied().collect();
-        eprintln!(
-            "received {} messages ({} distinct, {} duplicates); reconnections {:?}; \
-             {:?} from the kill to the end",
-            received.seqs.len(),
-            distinct.len(),
-            received.seqs.len() - distinct.len(),
-            received.reconnections,
-            killed_at.elapsed()
-        );
-        assert!(
-            complete && missing.is_empty(),
-            "acknowledged messages never reached the subscriber: {}; \
-             its connections ended or failed with: {:?}",
-            ranges(&missing),
-            received.errors
-        );
         let unexpected: BTreeSet<u64> = distinct.difference(&all).copied().collect();
         assert!(
             unexpected.is_empty(),
@@ -164,11 +134,15 @@ async fn store_leader_kill9_loses_no_acknowledged_message() {
         let sub_addr = cluster.node(sub_node).mqtt_addr();
         let pub_addr = cluster.node(pub_node).mqtt_addr();
 
-        let connect = persistent_v311("leader-kill-sub");
-        let (mut sub, _) = Client::connect(sub_addr, connect.clone()).await;
-        sub.subscribe(1, "l/#", QoS::AtLeastOnce).await;
-        await_route(pub_addr, &mut sub, "l/probe").await;
-        let subscriber = Subscriber::spawn(sub, connect, vec![sub_addr], "l/x");
+        let (subscriber, _) = Subscriber::persistent(
+            sub_addr,
+            "leader-kill-sub",
+            "l",
+            pub_addr,
+            "l/x",
+            vec![sub_addr],
+        )
+        .await;
 
         let publisher = Publisher::spawn(Stream {
             addr: pub_addr,
@@ -177,14 +151,7 @@ async fn store_leader_kill9_loses_no_acknowledged_message() {
             pace: Duration::from_millis(2),
             reconnect: true,
         });
-        let started = subscriber
-            .wait_until(FAILOVER, |r| r.distinct().len() >= 100)
-            .await;
-        assert!(
-            started,
-            "the subscriber received {} distinct messages in {FAILOVER:?}, not 100",
-            subscriber.distinct_count()
-        );
+        subscriber.await_distinct(100).await;
         cluster.node_mut(leader).kill9();
         let killed_at = Instant::now();
         eprintln!(
@@ -216,26 +183,8 @@ async fn store_leader_kill9_loses_no_acknowledged_message() {
             published.errors
         );
 
-        let complete = subscriber
-            .wait_until(FAILOVER, |r| acked.is_subset(&r.distinct()))
-            .await;
-        let received = subscriber.stop().await;
+        let received = subscriber.stop_when_all_arrived(&acked).await;
         let distinct = received.distinct();
-        let missing: BTreeSet<u64> = acked.difference(&distinct).copied().collect();
-        eprintln!(
-            "received {} messages ({} distinct, {} duplicates); reconnections {:?}",
-            received.seqs.len(),
-            distinct.len(),
-            received.seqs.len() - distinct.len(),
-            received.reconnections
-        );
-        assert!(
-            complete && missing.is_empty(),
-            "acknowledged messages never reached the subscriber: {}; \
-             its connections ended or failed with: {:?}",
-            ranges(&missing),
-            received.errors
-        );
         let sent = published.acked.len() + published.refused.len() + published.unconfirmed.len();
         let unexpected: BTreeSet<u64> = distinct
             .iter()

@@ -9,34 +9,30 @@
 //! `listener ready` lines of its log. Every node has its own temporary
 //! directory (data directory and configuration), its stdout and stderr
 //! captured into one log kept across restarts, and a small watchdog process
-//! that ends it if the test binary exits without stopping it.
+//! that ends it if the test binary exits without stopping it (all of it
+//! `rookery_testkit::process`).
 //!
 //! Every wait is bounded. A test that panics prints the log of every node
 //! when its [`Cluster`] is dropped. Clusters are heavy (three RocksDB
 //! databases and Raft groups on a machine that may have two cores): at most
 //! `ROOKERY_CLUSTER_PARALLEL` (default 1) run at once in one test binary.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::future::Future;
-use std::io::{BufRead, BufReader, Read};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::process::{Command, ExitStatus};
+use std::sync::{Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use rookery_testkit::{Process, ProcessError, Signal, Watchdog, find_series, free_port};
+pub use rookery_testkit::{TIMEOUT, within};
 
 use crate::proxy::Proxy;
 
 /// The bound on a cluster's (or a restarted node's) start: nodes wait for
 /// their peers before they report ready.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The bound on every wait for something that should happen in a healthy
-/// cluster.
-pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The bound on every wait that spans a failure: a new store leader, an
 /// edge's lease running out (10 s), a client resuming its session elsewhere.
@@ -252,7 +248,7 @@ impl Cluster {
         for &i in which {
             let node = self.node_mut(i);
             assert!(!node.is_running(), "restart of node {i}, which is running");
-            node.note("---- restarted ----");
+            node.process.note("---- restarted ----");
         }
         self.launch_and_wait(which);
     }
@@ -326,18 +322,13 @@ impl Drop for Cluster {
         }
         // SIGTERM to all at once (a node that stops alone may wait for the
         // store quorum it is leaving), a short grace, then SIGKILL.
-        for node in &mut self.nodes {
-            if let Some(child) = &node.child {
-                signal(child.id(), "TERM");
-            }
+        for node in &self.nodes {
+            node.process.send(Signal::Term);
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                let left = deadline.saturating_duration_since(Instant::now());
-                wait_bounded(&mut child, left);
-            }
-            node.stop_watchdog();
+            node.process
+                .reap(deadline.saturating_duration_since(Instant::now()));
         }
     }
 }
@@ -370,18 +361,7 @@ pub struct Node {
     config: PathBuf,
     store: SocketAddr,
     metrics: SocketAddr,
-    child: Option<Child>,
-    watchdog: Option<Child>,
-    log: Arc<Mutex<Vec<String>>>,
-    /// What the current process has reported; replaced at every start.
-    launch: Arc<Launch>,
-}
-
-/// What one process of a node reported on its output.
-#[derive(Debug, Default)]
-struct Launch {
-    listeners: Mutex<HashMap<String, SocketAddr>>,
-    ready: AtomicBool,
+    process: Process,
 }
 
 impl Node {
@@ -425,17 +405,14 @@ impl Node {
             config,
             store,
             metrics,
-            child: None,
-            watchdog: None,
-            log: Arc::new(Mutex::new(Vec::new())),
-            launch: Arc::new(Launch::default()),
+            process: Process::new(),
         }
     }
 
     /// Whether its process is running (it has not been killed or stopped,
     /// and has not exited).
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.process.is_running()
     }
 
     /// The node's store address (`store.listen`), as `rookery cluster
@@ -463,14 +440,7 @@ impl Node {
         if !self.is_running() {
             return None;
         }
-        let reported = self
-            .launch
-            .listeners
-            .lock()
-            .expect("listeners")
-            .get(name)
-            .copied();
-        match (reported, name) {
+        match (self.process.listener(name), name) {
             (None, "metrics") => Some(self.metrics),
             (None, "store") => Some(self.store),
             (reported, _) => reported,
@@ -480,29 +450,19 @@ impl Node {
     /// Everything the node has written to stdout and stderr, over all of its
     /// restarts.
     pub fn log(&self) -> String {
-        self.log.lock().expect("log").join("\n")
+        self.process.log()
     }
 
     /// Kills the node with SIGKILL, as a crash would, and reaps it.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(child.id(), "KILL");
-            wait_bounded(&mut child, TIMEOUT);
-            self.note("---- killed with SIGKILL ----");
-        }
-        self.stop_watchdog();
+        self.process.kill9();
     }
 
     /// Stops the node with SIGTERM and returns how it exited; SIGKILL if it
     /// has not exited within [`TIMEOUT`].
     #[allow(dead_code)] // harness API that no test of this binary uses yet
     pub fn sigterm(&mut self) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
-        signal(child.id(), "TERM");
-        let status = wait_bounded(&mut child, TIMEOUT);
-        self.note(&format!("---- stopped with SIGTERM: {status:?} ----"));
-        self.stop_watchdog();
-        status
+        self.process.sigterm()
     }
 
     /// Starts the node again on its data directory and store port (after
@@ -516,7 +476,7 @@ impl Node {
             "restart of node {}, which is running",
             self.index
         );
-        self.note("---- restarted ----");
+        self.process.note("---- restarted ----");
         self.spawn();
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -533,21 +493,15 @@ impl Node {
         }
     }
 
-    /// The value of one series on the node's Prometheus endpoint, e.g.
-    /// `rookery_store_leader_id` or `rookery_connections{listener="tcp"}`; 0
-    /// when the node does not report it (yet). A name without labels also
-    /// matches the first series of that name with labels. Panics if the
-    /// endpoint does not answer.
+    /// The value of one series on the node's Prometheus endpoint
+    /// ([`rookery_testkit::find_series`]), e.g. `rookery_store_leader_id` or
+    /// `rookery_connections{listener="tcp"}`; 0 when the node does not
+    /// report it (yet). Panics if the endpoint does not answer 200.
     #[allow(dead_code)] // harness API that no test of this binary uses yet
     pub async fn metric(&self, series: &str) -> f64 {
-        let addr = self.metrics;
-        match http_get(addr, "/metrics").await {
-            Ok(body) => {
-                assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-                find_series(&body, series).unwrap_or(0.0)
-            }
-            Err(why) => panic!("node {}: {why}", self.index),
-        }
+        rookery_testkit::metric(self.metrics, series)
+            .await
+            .unwrap_or_else(|why| panic!("node {}: {why}", self.index))
     }
 
     /// The whole `/metrics` response, if the node is running and answers 200.
@@ -555,58 +509,23 @@ impl Node {
         if !self.is_running() {
             return None;
         }
-        let body = http_get(self.metrics, "/metrics").await.ok()?;
-        body.starts_with("HTTP/1.1 200").then_some(body)
-    }
-
-    fn note(&self, line: &str) {
-        self.log.lock().expect("log").push(line.to_owned());
+        rookery_testkit::scrape(self.metrics).await.ok()
     }
 
     /// Starts the process without waiting for it.
     fn spawn(&mut self) {
-        assert!(self.child.is_none(), "node {} is running", self.index);
-        self.launch = Arc::new(Launch::default());
         let mut command = self.command();
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {command:?}: {e}"));
-        self.watchdog = spawn_watchdog(child.id(), self.dir.path());
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-        capture(stdout, Arc::clone(&self.log), Arc::clone(&self.launch));
-        capture(stderr, Arc::clone(&self.log), Arc::clone(&self.launch));
-        self.child = Some(child);
+        self.process
+            .spawn(&mut command, self.dir.path(), Watchdog::Kill);
     }
 
     /// Whether the current process is ready: `Ok(false)` while it starts, an
     /// error if it exited.
-    fn readiness(&mut self) -> Result<bool, String> {
-        let child = self.child.as_mut().ok_or("not started")?;
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                self.child = None;
-                self.stop_watchdog();
-                self.note(&format!("---- exited with {status} ----"));
-                return Err(format!("it exited with {status}"));
-            }
-            Ok(None) => {}
-            Err(e) => return Err(format!("wait for it: {e}")),
-        }
-        let ready = self.launch.ready.load(Ordering::Acquire);
-        let listening = !self.roles.has_edge()
-            || self
-                .launch
-                .listeners
-                .lock()
-                .expect("listeners")
-                .contains_key("tcp");
-        Ok(ready && listening)
+    fn readiness(&mut self) -> Result<bool, ProcessError> {
+        self.process.check_running()?;
+        let listening = !self.roles.has_edge() || self.process.listener("tcp").is_some();
+        Ok(self.process.is_ready() && listening)
     }
-
     fn command(&self) -> Command {
         let binary = std::env::var_os("ROOKERY_CLUSTER_BIN")
             .map(PathBuf::from)
@@ -620,13 +539,6 @@ impl Node {
         }
         command.env("NO_COLOR", "1");
         command
-    }
-
-    fn stop_watchdog(&mut self) {
-        if let Some(mut watchdog) = self.watchdog.take() {
-            let _ = watchdog.kill();
-            let _ = watchdog.wait();
-        }
     }
 }
 
@@ -678,133 +590,6 @@ fn node_config(c: &NodeConfig<'_>) -> String {
     toml
 }
 
-/// Reads `stream` line by line into `log`, recording each `listener ready`
-/// line's listener and address and the `rookery ready` line in `launch`.
-fn capture(stream: impl Read + Send + 'static, log: Arc<Mutex<Vec<String>>>, launch: Arc<Launch>) {
-    thread::spawn(move || {
-        let mut reader = BufReader::new(stream);
-        let mut raw = Vec::new();
-        loop {
-            raw.clear();
-            match reader.read_until(b'\n', &mut raw) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-            let line = strip_ansi(&String::from_utf8_lossy(&raw));
-            let line = line.trim_end().to_owned();
-            if let Some((name, addr)) = parse_ready_line(&line) {
-                launch
-                    .listeners
-                    .lock()
-                    .expect("listeners")
-                    .insert(name, addr);
-            }
-            if line.contains("rookery ready") {
-                launch.ready.store(true, Ordering::Release);
-            }
-            log.lock().expect("log").push(line);
-        }
-    });
-}
-
-/// `... listener ready listener=tcp address=127.0.0.2:1883 ...` → (`tcp`,
-/// address); `... metrics ready address=...` → (`metrics`, address).
-fn parse_ready_line(line: &str) -> Option<(String, SocketAddr)> {
-    let metrics = line.contains("metrics ready");
-    if !line.contains("listener ready") && !metrics {
-        return None;
-    }
-    let mut name = metrics.then(|| "metrics".to_owned());
-    let mut addr = None;
-    for token in line.split_whitespace() {
-        let unquote = |v: &str| {
-            v.trim_matches(|c| c == '"' || c == '\'' || c == ',')
-                .to_owned()
-        };
-        if let Some(v) = token.strip_prefix("listener=") {
-            name = Some(unquote(v));
-        } else if let Some(v) = token.strip_prefix("address=") {
-            addr = unquote(v).parse().ok();
-        }
-    }
-    Some((name?, addr?))
-}
-
-/// Removes terminal colour sequences (`ESC [ ... letter`).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.next() == Some('[') {
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// A port free on `ip` right now.
-fn free_port(ip: Ipv4Addr) -> u16 {
-    TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("find a free port on {ip}: {e}"))
-}
-
-/// Sends `signal` (`TERM`, `KILL`) to the process `pid` that this test started.
-fn signal(pid: u32, signal: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// Waits up to `limit` for `child` to exit; kills it if it has not.
-fn wait_bounded(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-        }
-    }
-}
-
-/// A process that ends the node `pid` (and removes its directory) if this
-/// test binary exits without stopping it (killed, or aborted by a panic in
-/// a destructor).
-fn spawn_watchdog(pid: u32, dir: &Path) -> Option<Child> {
-    const SCRIPT: &str = r#"
-        while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 0.5; done
-        if ! kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; then
-            kill -KILL "$2" 2>/dev/null; sleep 0.2; rm -rf "$3"
-        fi
-    "#;
-    Command::new("sh")
-        .args(["-c", SCRIPT, "watchdog"])
-        .arg(std::process::id().to_string())
-        .arg(pid.to_string())
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()
-}
-
 /// A place among the clusters allowed to run at once; given back on drop.
 #[derive(Debug)]
 struct Slot;
@@ -838,81 +623,6 @@ impl Drop for Slot {
         *in_use = in_use.saturating_sub(1);
         SLOT_FREED.notify_all();
     }
-}
-
-/// A plain HTTP/1.1 GET, bounded by [`TIMEOUT`]; the whole response
-/// (status line, headers, body).
-pub async fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&response).into_owned())
-    };
-    match tokio::time::timeout(TIMEOUT, exchange).await {
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(e)) => Err(format!("GET http://{addr}{path}: {e}")),
-        Err(_) => Err(format!("GET http://{addr}{path}: no answer in {TIMEOUT:?}")),
-    }
-}
-
-/// The value of `series` in a Prometheus text exposition: the line whose
-/// series is exactly `series`, or, for a name without labels, the first line
-/// of that name with labels.
-fn find_series(body: &str, series: &str) -> Option<f64> {
-    let samples = body
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| line.rsplit_once(' '));
-    let mut labelled = None;
-    for (name, value) in samples {
-        if name == series {
-            return value.parse().ok();
-        }
-        if labelled.is_none()
-            && !series.contains('{')
-            && name.split_once('{').is_some_and(|(bare, _)| bare == series)
-        {
-            labelled = value.parse().ok();
-        }
-    }
-    labelled
-}
-
-/// Runs `test` and panics if it has not finished within `limit`: every test
-/// of this binary is bounded in time.
-pub async fn within<T>(limit: Duration, test: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(limit, test).await {
-        Ok(result) => result,
-        Err(_) => panic!("the test did not finish within {limit:?}"),
-    }
-}
-
-#[test]
-fn ready_lines_are_parsed_with_and_without_colour() {
-    let plain =
-        "2026-01-01T00:00:00Z  INFO rookery: listener ready listener=tcp address=127.0.0.2:4242";
-    assert_eq!(
-        parse_ready_line(plain),
-        Some(("tcp".to_owned(), SocketAddr::from(([127, 0, 0, 2], 4242))))
-    );
-    let coloured = "\u{1b}[32m INFO\u{1b}[0m listener ready \u{1b}[3mlistener\u{1b}[0m\u{1b}[2m=\u{1b}[0mforward \u{1b}[3maddress\u{1b}[0m\u{1b}[2m=\u{1b}[0m127.0.0.3:9";
-    assert_eq!(
-        parse_ready_line(&strip_ansi(coloured)),
-        Some(("forward".to_owned(), SocketAddr::from(([127, 0, 0, 3], 9))))
-    );
-    let metrics = "2026-01-01T00:00:00Z  INFO rookery: metrics ready address=127.0.0.2:9883";
-    assert_eq!(
-        parse_ready_line(metrics),
-        Some((
-            "metrics".to_owned(),
-            SocketAddr::from(([127, 0, 0, 2], 9883))
-        ))
-    );
-    assert_eq!(parse_ready_line("rookery ready version=0.1.0"), None);
 }
 
 #[test]
@@ -973,25 +683,6 @@ fn each_node_is_configured_with_its_own_address_and_every_seed() {
         store_only.ends_with("\n[broker.limits]\nreceive_maximum = 8\n"),
         "{store_only}"
     );
-}
-
-#[test]
-fn metrics_are_found_with_and_without_labels() {
-    let body = "HTTP/1.1 200 OK\r\n\r\n# TYPE rookery_store_leader_id gauge\n\
-                rookery_store_leader_id 3\n\
-                rookery_store_is_leader{node=\"2\"} 1\n\
-                rookery_connections{listener=\"tcp\"} 4\n";
-    assert_eq!(find_series(body, "rookery_store_leader_id"), Some(3.0));
-    assert_eq!(find_series(body, "rookery_store_is_leader"), Some(1.0));
-    assert_eq!(
-        find_series(body, "rookery_connections{listener=\"tcp\"}"),
-        Some(4.0)
-    );
-    assert_eq!(
-        find_series(body, "rookery_connections{listener=\"ws\"}"),
-        None
-    );
-    assert_eq!(find_series(body, "rookery_missing"), None);
 }
 
 #[test]

@@ -8,9 +8,10 @@
 //! takeover across edges.
 //!
 //! Each test is named after the behaviour it checks. Start reading at
-//! `harness.rs` (the processes), then `client.rs` (a raw MQTT client whose
-//! operations fail instead of panicking, so that tests can reconnect) and
-//! `traffic.rs` (numbered message streams and route probes).
+//! `harness.rs` (the processes), then the raw MQTT client of
+//! `rookery_testkit::client` (its `try_` operations fail instead of
+//! panicking, so that tests can reconnect) and `traffic.rs` (numbered message
+//! streams and route probes).
 //!
 //! At most `ROOKERY_CLUSTER_PARALLEL` (default 1) clusters run at once;
 //! `ROOKERY_CLUSTER_BIN` runs another build of the binary (e.g. release).
@@ -20,7 +21,6 @@
 // functions, not the helpers of an integration test crate.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod client;
 mod harness;
 mod proxy;
 mod traffic;

@@ -9,9 +9,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use rookery_codec::{Packet, QoS};
+use rookery_testkit::{RawClient, clean_v5};
 use tokio::time::Instant;
 
-use crate::client::{Client, clean_v5, persistent_v311};
 use crate::harness::{Cluster, FAILOVER, Roles, TIMEOUT, within};
 use crate::traffic::{ACK_WAIT, Publisher, Stream, Subscriber, await_route, ranges};
 
@@ -101,11 +101,15 @@ async fn a_store_node_joins_a_running_cluster_and_is_removed_without_downtime() 
     within(Duration::from_secs(180), async {
         let store1 = cluster.node(1).store_addr();
         let sub_addr = cluster.node(2).mqtt_addr();
-        let connect = persistent_v311("membership-sub");
-        let (mut client, _) = Client::connect(sub_addr, connect.clone()).await;
-        client.subscribe(1, "m/#", QoS::AtLeastOnce).await;
-        await_route(cluster.node(1).mqtt_addr(), &mut client, "m/probe").await;
-        let subscriber = Subscriber::spawn(client, connect, vec![sub_addr], "m/stream");
+        let (subscriber, _) = Subscriber::persistent(
+            sub_addr,
+            "membership-sub",
+            "m",
+            cluster.node(1).mqtt_addr(),
+            "m/stream",
+            vec![sub_addr],
+        )
+        .await;
         let publisher = Publisher::spawn(Stream {
             addr: cluster.node(1).mqtt_addr(),
             topic: "m/stream".into(),
@@ -172,13 +176,13 @@ async fn a_store_node_joins_a_running_cluster_and_is_removed_without_downtime() 
 
         // The three remaining nodes still serve QoS 1 across edges.
         let (mut last, _) =
-            Client::connect(cluster.node(3).mqtt_addr(), clean_v5("membership-last")).await;
-        last.subscribe(1, "after/#", QoS::AtLeastOnce).await;
+            RawClient::connect_ok(cluster.node(3).mqtt_addr(), clean_v5("membership-last")).await;
+        last.subscribe_amid_traffic(1, "after/#", QoS::AtLeastOnce).await;
         await_route(cluster.node(1).mqtt_addr(), &mut last, "after/probe").await;
         let (mut sender, _) =
-            Client::connect(cluster.node(1).mqtt_addr(), clean_v5("membership-send")).await;
+            RawClient::connect_ok(cluster.node(1).mqtt_addr(), clean_v5("membership-send")).await;
         let ack = sender
-            .publish1(1, "after/x", b"still here", ACK_WAIT)
+            .try_publish(QoS::AtLeastOnce, 1, "after/x", b"still here", ACK_WAIT)
             .await
             .unwrap_or_else(|e| panic!("QoS 1 on node 1 after node 4 left: {e}"));
         assert_eq!(ack.reason_code.as_u8(), 0, "PUBACK after node 4 left: {ack:?}");
@@ -190,7 +194,7 @@ async fn a_store_node_joins_a_running_cluster_and_is_removed_without_downtime() 
             .await
             .unwrap_or_else(|e| panic!("node 3 after node 4 left: {e}"));
         assert_eq!(&got.payload[..], b"still here");
-        last.puback(&got).await.expect("PUBACK");
+        last.try_puback(&got).await.expect("PUBACK");
     })
     .await;
 }

@@ -8,11 +8,11 @@
 use std::time::Duration;
 
 use rookery_codec::{Packet, QoS};
+use rookery_testkit::{RawClient, clean_v5};
 use tokio::time::Instant;
 
-use crate::client::{Client, clean_v5, persistent_v311};
 use crate::harness::{Cluster, FAILOVER, Options, TIMEOUT, within};
-use crate::traffic::{Publisher, Stream, Subscriber, await_route, ranges};
+use crate::traffic::{Publisher, Stream, Subscriber, ranges};
 
 /// How long a store write may take in these clusters.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -54,16 +54,24 @@ async fn a_cut_off_minority_refuses_qos1_within_a_bound_and_loses_nothing() {
         let pub_addr = cluster.node(pub_node).mqtt_addr();
         let minority_addr = cluster.node(minority).mqtt_addr();
 
-        let connect = persistent_v311("partition-sub");
-        let (mut sub, _) = Client::connect(sub_addr, connect.clone()).await;
-        sub.subscribe(1, "p/#", QoS::AtLeastOnce).await;
-        await_route(pub_addr, &mut sub, "p/probe").await;
-        let subscriber = Subscriber::spawn(sub, connect, vec![sub_addr], "p/x");
+        let (subscriber, _) = Subscriber::persistent(
+            sub_addr,
+            "partition-sub",
+            "p",
+            pub_addr,
+            "p/x",
+            vec![sub_addr],
+        )
+        .await;
         // Two clients of the minority's edge, connected before the cut (a
         // CONNECT needs the store).
-        let (mut local_sub, _) = Client::connect(minority_addr, clean_v5("minority-sub")).await;
-        local_sub.subscribe(1, "local/#", QoS::AtMostOnce).await;
-        let (mut minority_pub, _) = Client::connect(minority_addr, clean_v5("minority-pub")).await;
+        let (mut local_sub, _) =
+            RawClient::connect_ok(minority_addr, clean_v5("minority-sub")).await;
+        local_sub
+            .subscribe_amid_traffic(1, "local/#", QoS::AtMostOnce)
+            .await;
+        let (mut minority_pub, _) =
+            RawClient::connect_ok(minority_addr, clean_v5("minority-pub")).await;
 
         let publisher = Publisher::spawn(Stream {
             addr: pub_addr,
@@ -72,10 +80,7 @@ async fn a_cut_off_minority_refuses_qos1_within_a_bound_and_loses_nothing() {
             pace: Duration::from_millis(5),
             reconnect: true,
         });
-        let started = subscriber
-            .wait_until(FAILOVER, |r| r.distinct().len() >= 50)
-            .await;
-        assert!(started, "the stream did not start");
+        subscriber.await_distinct(50).await;
 
         cluster.isolate(minority);
         let cut_at = Instant::now();
@@ -88,7 +93,13 @@ async fn a_cut_off_minority_refuses_qos1_within_a_bound_and_loses_nothing() {
         for id in 1..=3u16 {
             let sent = Instant::now();
             let ack = minority_pub
-                .publish1(id, "m/x", format!("minority {id}").as_bytes(), bound)
+                .try_publish(
+                    QoS::AtLeastOnce,
+                    id,
+                    "m/x",
+                    format!("minority {id}").as_bytes(),
+                    bound,
+                )
                 .await
                 .unwrap_or_else(|e| {
                     panic!("no PUBACK from the cut-off node within {bound:?}: {e}")
@@ -106,7 +117,7 @@ async fn a_cut_off_minority_refuses_qos1_within_a_bound_and_loses_nothing() {
 
         // QoS 0 between two clients of the minority's edge still flows.
         minority_pub
-            .publish0("local/x", b"still here")
+            .try_publish0("local/x", b"still here")
             .await
             .expect("QoS 0 publish on the cut-off node");
         let delivered = local_sub

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rookery_codec::{Packet, QoS};
+use rookery_testkit::{RawClient, Read, clean_v5, clean_v311};
 use tokio::time::Instant;
 
-use crate::client::{Client, Read, clean_v5, clean_v311};
 use crate::harness::{Cluster, QUIET, TIMEOUT, within};
 use crate::traffic::{ACK_WAIT, await_route, seq_of};
 
@@ -23,17 +23,18 @@ async fn cluster_forms_and_routes_between_edges() {
     let cluster = Cluster::start(3);
     within(Duration::from_secs(90), async {
         let (mut subscriber, _) =
-            Client::connect(cluster.node(2).mqtt_addr(), clean_v311("routed-sub")).await;
-        subscriber.subscribe(1, "t/#", QoS::AtLeastOnce).await;
+            RawClient::connect_ok(cluster.node(2).mqtt_addr(), clean_v311("routed-sub")).await;
+        subscriber.subscribe_amid_traffic(1, "t/#", QoS::AtLeastOnce).await;
         await_route(cluster.node(1).mqtt_addr(), &mut subscriber, "t/probe").await;
 
         let (mut publisher, _) =
-            Client::connect(cluster.node(1).mqtt_addr(), clean_v311("routed-pub")).await;
+            RawClient::connect_ok(cluster.node(1).mqtt_addr(), clean_v311("routed-pub")).await;
         let sending = tokio::spawn(async move {
             for seq in 0..100u64 {
                 let ack = publisher
-                    .publish1(
-                        crate::client::pid_for(seq),
+                    .try_publish(
+                        QoS::AtLeastOnce,
+                        rookery_testkit::pid_for(seq),
                         "t/x",
                         seq.to_string().as_bytes(),
                         ACK_WAIT,
@@ -49,7 +50,7 @@ async fn cluster_forms_and_routes_between_edges() {
         while seqs.len() < 100 {
             match subscriber.read(TIMEOUT).await {
                 Read::Packet(Packet::Publish(p)) => {
-                    subscriber.puback(&p).await.expect("PUBACK");
+                    subscriber.try_puback(&p).await.expect("PUBACK");
                     if p.topic == "t/x" {
                         assert_eq!(p.qos, QoS::AtLeastOnce, "{p:?}");
                         seqs.push(seq_of(&p).expect("a numbered payload"));
@@ -68,7 +69,7 @@ async fn cluster_forms_and_routes_between_edges() {
         assert_eq!(seqs, expected, "received on node 2, in order");
 
         publisher
-            .publish0("t/zero", b"qos0")
+            .try_publish0("t/zero", b"qos0")
             .await
             .expect("publish at QoS 0");
         let zero = subscriber
@@ -95,13 +96,13 @@ async fn shared_subscription_is_balanced_across_edges() {
         let mut members = Vec::new();
         for node in 1..=3 {
             let addr = cluster.node(node).mqtt_addr();
-            let (mut member, _) = Client::connect(addr, clean_v5(&format!("member-{node}"))).await;
-            member.subscribe(1, "$share/g/s/#", QoS::AtLeastOnce).await;
+            let (mut member, _) = RawClient::connect_ok(addr, clean_v5(&format!("member-{node}"))).await;
+            member.subscribe_amid_traffic(1, "$share/g/s/#", QoS::AtLeastOnce).await;
             // A plain subscription made after the shared one: once it routes
             // from a node, that node has applied the shared one too (both
             // go through the store's log in order).
             member
-                .subscribe(2, &format!("probe/{node}"), QoS::AtMostOnce)
+                .subscribe_amid_traffic(2, &format!("probe/{node}"), QoS::AtMostOnce)
                 .await;
             members.push(member);
         }
@@ -117,12 +118,13 @@ async fn shared_subscription_is_balanced_across_edges() {
             let addr = cluster.node(node).mqtt_addr();
             publishers.push(tokio::spawn(async move {
                 let (mut publisher, _) =
-                    Client::connect(addr, clean_v5(&format!("share-pub-{node}"))).await;
+                    RawClient::connect_ok(addr, clean_v5(&format!("share-pub-{node}"))).await;
                 for seq in 0..300u64 {
                     let payload = format!("{node}-{seq}");
                     let ack = publisher
-                        .publish1(
-                            crate::client::pid_for(seq),
+                        .try_publish(
+                            QoS::AtLeastOnce,
+                            rookery_testkit::pid_for(seq),
                             &format!("s/{node}"),
                             payload.as_bytes(),
                             ACK_WAIT,
@@ -145,7 +147,7 @@ async fn shared_subscription_is_balanced_across_edges() {
                 loop {
                     match member.read(Duration::from_millis(200)).await {
                         Read::Packet(Packet::Publish(p)) => {
-                            member.puback(&p).await.expect("PUBACK");
+                            member.try_puback(&p).await.expect("PUBACK");
                             if p.topic.starts_with("s/") {
                                 got.push(String::from_utf8_lossy(&p.payload).into_owned());
                                 total.fetch_add(1, Ordering::Relaxed);

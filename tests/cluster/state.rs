@@ -8,20 +8,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rookery_codec::{Packet, Publish, QoS};
+use rookery_testkit::{RawClient, Read, clean_v5, publish_packet};
 use tokio::time::Instant;
 
-use crate::client::{Client, Read, clean_v5, publish_packet};
 use crate::harness::{Cluster, FAILOVER, Options, QUIET, TIMEOUT, within};
 use crate::traffic::{ACK_WAIT, await_route, ranges, seq_of, unique_id};
 
 /// Publishes a retained QoS 1 message on `topic` from a new client at
 /// `addr` and checks its PUBACK.
 async fn publish_retained(addr: SocketAddr, topic: &str, payload: &[u8]) {
-    let (mut client, _) = Client::connect(addr, clean_v5(&unique_id("retainer"))).await;
+    let (mut client, _) = RawClient::connect_ok(addr, clean_v5(&unique_id("retainer"))).await;
     let mut publish = publish_packet(topic, QoS::AtLeastOnce, 1, payload);
     publish.retain = true;
     client
-        .send(Packet::Publish(publish))
+        .try_send(Packet::Publish(publish))
         .await
         .unwrap_or_else(|e| panic!("retained PUBLISH at {addr}: {e}"));
     let ack = client
@@ -40,14 +40,16 @@ async fn publish_retained(addr: SocketAddr, topic: &str, payload: &[u8]) {
 /// What a new subscriber to `topic` at `addr` receives within [`QUIET`] of
 /// its SUBACK: the retained message, if there is one.
 async fn retained_for_new_subscriber(addr: SocketAddr, topic: &str) -> Option<Publish> {
-    let (mut client, _) = Client::connect(addr, clean_v5(&unique_id("late"))).await;
-    client.subscribe(1, topic, QoS::AtLeastOnce).await;
+    let (mut client, _) = RawClient::connect_ok(addr, clean_v5(&unique_id("late"))).await;
+    client
+        .subscribe_amid_traffic(1, topic, QoS::AtLeastOnce)
+        .await;
     let deadline = Instant::now() + QUIET;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match client.read(left).await {
             Read::Packet(Packet::Publish(p)) if p.topic == topic => {
-                client.puback(&p).await.expect("PUBACK");
+                client.try_puback(&p).await.expect("PUBACK");
                 return Some(p);
             }
             Read::Packet(_) => {}
@@ -115,8 +117,8 @@ async fn retained_messages_and_cluster_sys_are_seen_on_every_edge() {
         );
 
         let (mut sys, _) =
-            Client::connect(cluster.node(2).mqtt_addr(), clean_v5("sys-watcher")).await;
-        sys.subscribe(1, "$SYS/cluster/edges/count", QoS::AtMostOnce)
+            RawClient::connect_ok(cluster.node(2).mqtt_addr(), clean_v5("sys-watcher")).await;
+        sys.subscribe_amid_traffic(1, "$SYS/cluster/edges/count", QoS::AtMostOnce)
             .await;
         let mut seen = Vec::new();
         let deadline = Instant::now() + FAILOVER;
@@ -124,7 +126,7 @@ async fn retained_messages_and_cluster_sys_are_seen_on_every_edge() {
             let left = deadline.saturating_duration_since(Instant::now());
             match sys.read(left).await {
                 Read::Packet(Packet::Publish(p)) if p.topic == "$SYS/cluster/edges/count" => {
-                    sys.puback(&p).await.expect("PUBACK");
+                    sys.try_puback(&p).await.expect("PUBACK");
                     let value = String::from_utf8_lossy(&p.payload).into_owned();
                     if value == "3" {
                         break;
@@ -155,12 +157,12 @@ async fn a_departing_shared_member_hands_its_unacknowledged_messages_to_the_othe
         let mut members = Vec::new();
         for (node, name) in [(1, "a"), (2, "b")] {
             let addr = cluster.node(node).mqtt_addr();
-            let (mut member, _) = Client::connect(addr, clean_v5(&format!("member-{name}"))).await;
-            member.subscribe(1, "$share/g/sh/#", QoS::AtLeastOnce).await;
+            let (mut member, _) = RawClient::connect_ok(addr, clean_v5(&format!("member-{name}"))).await;
+            member.subscribe_amid_traffic(1, "$share/g/sh/#", QoS::AtLeastOnce).await;
             // A plain subscription after the shared one: once it routes from
             // node 3, node 3 has applied the shared one too.
             member
-                .subscribe(2, &format!("probe/{name}"), QoS::AtMostOnce)
+                .subscribe_amid_traffic(2, &format!("probe/{name}"), QoS::AtMostOnce)
                 .await;
             await_route(from, &mut member, &format!("probe/{name}")).await;
             members.push(member);
@@ -180,22 +182,23 @@ async fn a_departing_shared_member_hands_its_unacknowledged_messages_to_the_othe
                                 let seq = seq_of(&p).expect("a numbered payload");
                                 b_got.lock().expect("B's numbers").push(seq);
                             }
-                            if let Err(why) = b.puback(&p).await {
-                                return why;
+                            if let Err(why) = b.try_puback(&p).await {
+                                return why.to_string();
                             }
                         }
                         Read::Packet(_) | Read::Nothing => {}
-                        Read::Closed(why) => return why,
+                        Read::Closed(why) => return why.to_string(),
                     }
                 }
             })
         };
 
-        let (mut publisher, _) = Client::connect(from, clean_v5("share-pub")).await;
+        let (mut publisher, _) = RawClient::connect_ok(from, clean_v5("share-pub")).await;
         for seq in 0..40u64 {
             let ack = publisher
-                .publish1(
-                    crate::client::pid_for(seq),
+                .try_publish(
+                    QoS::AtLeastOnce,
+                    rookery_testkit::pid_for(seq),
                     "sh/x",
                     seq.to_string().as_bytes(),
                     ACK_WAIT,

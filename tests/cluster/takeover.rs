@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use rookery_codec::{Packet, ReasonCode};
+use rookery_testkit::{RawClient, Read, clean_v5};
 
-use crate::client::{Client, Read, clean_v5};
 use crate::harness::{Cluster, QUIET, TIMEOUT, within};
 
 /// MQTT-3.1.4-3 across edges: client X connected (5.0) on node 1 receives
@@ -17,11 +17,13 @@ use crate::harness::{Cluster, QUIET, TIMEOUT, within};
 async fn takeover_across_edges_closes_the_old_connection() {
     let cluster = Cluster::start(3);
     within(Duration::from_secs(60), async {
-        let (mut first, _) = Client::connect(cluster.node(1).mqtt_addr(), clean_v5("X")).await;
-        first.ping().await.expect("the first connection is up");
-        let (mut second, _) = Client::connect(cluster.node(2).mqtt_addr(), clean_v5("X")).await;
+        let (mut first, _) =
+            RawClient::connect_ok(cluster.node(1).mqtt_addr(), clean_v5("X")).await;
+        first.try_ping().await.expect("the first connection is up");
+        let (mut second, _) =
+            RawClient::connect_ok(cluster.node(2).mqtt_addr(), clean_v5("X")).await;
 
-        let before_close = first.expect_closed(TIMEOUT).await;
+        let before_close = first.expect_closed_within(TIMEOUT).await;
         match before_close.as_slice() {
             [Packet::Disconnect(d)] if d.reason_code == ReasonCode::SessionTakenOver => {}
             other => panic!(
@@ -36,7 +38,7 @@ async fn takeover_across_edges_closes_the_old_connection() {
             other => panic!("the new connection on node 2 got {other:?}"),
         }
         second
-            .ping()
+            .try_ping()
             .await
             .unwrap_or_else(|e| panic!("the new connection on node 2: {e}"));
     })

@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rookery_codec::{Connect, Packet, Publish, ReasonCode};
+use rookery_codec::{Connect, Packet, Publish, QoS, ReasonCode};
+use rookery_testkit::{RawClient, Read, clean_v311, persistent_v311, pid_for};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::client::{Client, Read, clean_v311, pid_for};
 use crate::harness::{FAILOVER, TIMEOUT};
 
 /// How long a publisher waits for each PUBACK before it counts the message
@@ -35,13 +35,14 @@ pub fn seq_of(publish: &Publish) -> Option<u64> {
 /// keeping nothing): the subscription `subscriber` made is then routed from
 /// that node. Route tables reach the other edges through the store's log, a
 /// little after the SUBACK. Panics after [`FAILOVER`].
-pub async fn await_route(from: SocketAddr, subscriber: &mut Client, probe_topic: &str) {
-    let (mut prober, _) = Client::connect_retrying(from, clean_v311(&unique_id("probe"))).await;
+pub async fn await_route(from: SocketAddr, subscriber: &mut RawClient, probe_topic: &str) {
+    let (mut prober, _) =
+        RawClient::connect_retrying(from, clean_v311(&unique_id("probe")), FAILOVER).await;
     let started = Instant::now();
     let deadline = started + FAILOVER;
     loop {
         prober
-            .publish0(probe_topic, b"probe")
+            .try_publish0(probe_topic, b"probe")
             .await
             .unwrap_or_else(|e| panic!("probe from {from}: {e}"));
         let round = Instant::now() + Duration::from_millis(100);
@@ -50,7 +51,7 @@ pub async fn await_route(from: SocketAddr, subscriber: &mut Client, probe_topic:
             match subscriber.read(left).await {
                 Read::Packet(Packet::Publish(p)) => {
                     subscriber
-                        .puback(&p)
+                        .try_puback(&p)
                         .await
                         .unwrap_or_else(|e| panic!("PUBACK a probe: {e}"));
                     if p.topic == probe_topic {
@@ -121,7 +122,7 @@ impl Subscriber {
     /// records the messages on `topic`; reconnections go to `fallback` in
     /// turn.
     pub fn spawn(
-        client: Client,
+        client: RawClient,
         connect: Connect,
         fallback: Vec<SocketAddr>,
         topic: &str,
@@ -142,6 +143,41 @@ impl Subscriber {
             stop,
             task,
         }
+    }
+
+    /// A subscriber on the persistent 3.1.1 session `client_id` at `addr`,
+    /// subscribed at QoS 1 to `{prefix}/#` and waited for until messages
+    /// published at `from` reach it ([`await_route`] on `{prefix}/probe`);
+    /// it records `topic` and reconnects to `fallback`. Also returns whether
+    /// its first CONNACK found a session present.
+    pub async fn persistent(
+        addr: SocketAddr,
+        client_id: &str,
+        prefix: &str,
+        from: SocketAddr,
+        topic: &str,
+        fallback: Vec<SocketAddr>,
+    ) -> (Subscriber, bool) {
+        let connect = persistent_v311(client_id);
+        let (mut client, connack) = RawClient::connect_ok(addr, connect.clone()).await;
+        let filter = format!("{prefix}/#");
+        client
+            .subscribe_amid_traffic(1, &filter, QoS::AtLeastOnce)
+            .await;
+        await_route(from, &mut client, &format!("{prefix}/probe")).await;
+        let subscriber = Subscriber::spawn(client, connect, fallback, topic);
+        (subscriber, connack.session_present)
+    }
+
+    /// Waits up to [`FAILOVER`] until `n` distinct sequence numbers have
+    /// arrived; panics if they have not.
+    pub async fn await_distinct(&self, n: usize) {
+        let started = self.wait_until(FAILOVER, |r| r.distinct().len() >= n).await;
+        assert!(
+            started,
+            "the subscriber received {} distinct messages in {FAILOVER:?}, not {n}",
+            self.distinct_count()
+        );
     }
 
     /// A copy of what has been received so far.
@@ -169,6 +205,33 @@ impl Subscriber {
         }
     }
 
+    /// Waits up to [`FAILOVER`] until every number of `expected` has
+    /// arrived, stops the task and returns what it received; panics, with
+    /// why its connections ended, if any of `expected` is missing.
+    pub async fn stop_when_all_arrived(self, expected: &BTreeSet<u64>) -> Received {
+        let complete = self
+            .wait_until(FAILOVER, |r| expected.is_subset(&r.distinct()))
+            .await;
+        let received = self.stop().await;
+        let distinct = received.distinct();
+        let missing: BTreeSet<u64> = expected.difference(&distinct).copied().collect();
+        eprintln!(
+            "received {} messages ({} distinct, {} duplicates); reconnections {:?}",
+            received.seqs.len(),
+            distinct.len(),
+            received.seqs.len() - distinct.len(),
+            received.reconnections
+        );
+        assert!(
+            complete && missing.is_empty(),
+            "acknowledged messages never reached the subscriber: {}; \
+             its connections ended or failed with: {:?}",
+            ranges(&missing),
+            received.errors
+        );
+        received
+    }
+
     /// Stops the task (closing its connection) and returns what it received.
     pub async fn stop(self) -> Received {
         self.stop.store(true, Ordering::Release);
@@ -182,7 +245,7 @@ impl Subscriber {
 }
 
 async fn receive(
-    client: Client,
+    client: RawClient,
     connect: Connect,
     fallback: Vec<SocketAddr>,
     topic: String,
@@ -196,7 +259,7 @@ async fn receive(
         let Some(connection) = client.as_mut() else {
             let addr = fallback[next % fallback.len()];
             next += 1;
-            match Client::try_connect(addr, connect.clone()).await {
+            match RawClient::try_connect(addr, connect.clone()).await {
                 Ok((c, connack)) if connack.reason_code == ReasonCode::Success => {
                     received
                         .lock()
@@ -210,7 +273,7 @@ async fn receive(
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(why) => {
-                    note(why);
+                    note(why.to_string());
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
@@ -227,14 +290,14 @@ async fn receive(
                             .push(String::from_utf8_lossy(&publish.payload).into_owned()),
                     }
                 }
-                if let Err(why) = connection.puback(&publish).await {
-                    note(why);
+                if let Err(why) = connection.try_puback(&publish).await {
+                    note(why.to_string());
                     client = None;
                 }
             }
             Read::Packet(_) | Read::Nothing => {}
             Read::Closed(why) => {
-                note(why);
+                note(why.to_string());
                 client = None;
             }
         }
@@ -317,14 +380,15 @@ impl Publisher {
 
 async fn publish_stream(stream: Stream, stop: Arc<AtomicBool>) -> Published {
     let mut out = Published::default();
-    let mut client: Option<Client> = None;
+    let mut client: Option<RawClient> = None;
     let mut seq = 0;
     while !stop.load(Ordering::Acquire) && stream.count.is_none_or(|count| seq < count) {
         let Some(connection) = client.as_mut() else {
             if out.connections > 0 && !stream.reconnect {
                 break;
             }
-            match Client::try_connect(stream.addr, crate::client::clean_v5(&unique_id("pub"))).await
+            match RawClient::try_connect(stream.addr, rookery_testkit::clean_v5(&unique_id("pub")))
+                .await
             {
                 Ok((c, connack)) if connack.reason_code == ReasonCode::Success => {
                     out.connections += 1;
@@ -338,7 +402,7 @@ async fn publish_stream(stream: Stream, stop: Arc<AtomicBool>) -> Published {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(why) => {
-                    out.errors.push(why);
+                    out.errors.push(why.to_string());
                     if !stream.reconnect {
                         break;
                     }
@@ -350,7 +414,13 @@ async fn publish_stream(stream: Stream, stop: Arc<AtomicBool>) -> Published {
         let sent = Instant::now();
         let payload = seq.to_string();
         match connection
-            .publish1(pid_for(seq), &stream.topic, payload.as_bytes(), ACK_WAIT)
+            .try_publish(
+                QoS::AtLeastOnce,
+                pid_for(seq),
+                &stream.topic,
+                payload.as_bytes(),
+                ACK_WAIT,
+            )
             .await
         {
             // 0x10 No matching subscribers is a success code too; a test
@@ -364,7 +434,7 @@ async fn publish_stream(stream: Stream, stop: Arc<AtomicBool>) -> Published {
             }
             Err(why) => {
                 out.unconfirmed.push(seq);
-                out.errors.push(why);
+                out.errors.push(why.to_string());
                 client = None;
             }
         }

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rookery_codec::{ByteString, Packet, QoS, Will, WillProperties};
+use rookery_testkit::{RawClient, clean_v5};
 use tokio::time::Instant;
 
-use crate::client::{Client, clean_v5};
 use crate::harness::{Cluster, FAILOVER, within};
 use crate::traffic::await_route;
 
@@ -34,12 +34,14 @@ async fn will_fires_when_its_edge_dies() {
              watcher on node {watch_node}"
         );
 
-        let (mut watcher, _) = Client::connect(
+        let (mut watcher, _) = RawClient::connect_ok(
             cluster.node(watch_node).mqtt_addr(),
             clean_v5("will-watcher"),
         )
         .await;
-        watcher.subscribe(1, "will/#", QoS::AtLeastOnce).await;
+        watcher
+            .subscribe_amid_traffic(1, "will/#", QoS::AtLeastOnce)
+            .await;
 
         let mut connect = clean_v5("will-holder");
         connect.will = Some(Will {
@@ -50,11 +52,14 @@ async fn will_fires_when_its_edge_dies() {
             properties: WillProperties::default(),
         });
         let will_addr = cluster.node(will_node).mqtt_addr();
-        let (mut holder, _) = Client::connect(will_addr, connect).await;
+        let (mut holder, _) = RawClient::connect_ok(will_addr, connect).await;
         // The watcher's subscription routes from the will's node; the will
         // holder's session is in the store (a PINGRESP: its CONNECT is done).
         await_route(will_addr, &mut watcher, "will/probe").await;
-        holder.ping().await.expect("the will holder is connected");
+        holder
+            .try_ping()
+            .await
+            .expect("the will holder is connected");
 
         cluster.node_mut(will_node).kill9();
         let killed_at = Instant::now();
@@ -68,7 +73,7 @@ async fn will_fires_when_its_edge_dies() {
         eprintln!("the will arrived {:?} after the kill", killed_at.elapsed());
         assert_eq!(&will.payload[..], b"gone");
         assert_eq!(will.qos, QoS::AtLeastOnce, "{will:?}");
-        watcher.puback(&will).await.expect("PUBACK the will");
+        watcher.try_puback(&will).await.expect("PUBACK the will");
         drop(holder);
     })
     .await;

@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use rookery_codec::{Ack, Packet, QoS};
+use rookery_testkit::{RawClient, Read, persistent_v5, publish_packet};
 
 use crate::harness::{Broker, QUIET, Settings, TIMEOUT, skip_unless_rookery, unique};
-use crate::raw::{RawClient, Read, persistent_v5, publish};
 
 const MESSAGES: u16 = 100;
 /// With 10 queued and 32 in flight, a subscriber that reads nothing holds
@@ -27,7 +27,7 @@ fn broker_pausing_for(pause_ms: u64) -> Broker {
 
 async fn publish_all(publisher: &mut RawClient, topic: &str) {
     for id in 1..=MESSAGES {
-        let message = publish(topic, QoS::AtLeastOnce, id, &id.to_be_bytes());
+        let message = publish_packet(topic, QoS::AtLeastOnce, id, &id.to_be_bytes());
         publisher.send(Packet::Publish(message)).await;
     }
 }
@@ -36,7 +36,7 @@ async fn publish_all(publisher: &mut RawClient, topic: &str) {
 async fn pubacks(publisher: &mut RawClient, wait: Duration) -> Vec<u16> {
     let mut acked = Vec::new();
     loop {
-        match publisher.read_within(wait).await {
+        match publisher.read_checked(wait).await {
             Read::Packet(Packet::PubAck(Ack { packet_id, .. })) => acked.push(packet_id.get()),
             Read::Nothing => return acked,
             other => panic!("publisher: expected PUBACK, got {other:?}"),
@@ -134,7 +134,7 @@ async fn rookery_stops_pausing_for_a_subscriber_that_does_not_drain() {
     // What the stuck subscriber was given is still delivered, in order, and
     // everything else was dropped for it, counted.
     let mut kept = Vec::new();
-    while let Read::Packet(Packet::Publish(message)) = stuck.read_within(QUIET).await {
+    while let Read::Packet(Packet::Publish(message)) = stuck.read_checked(QUIET).await {
         stuck.ack(&message).await;
         kept.push(u16::from_be_bytes([message.payload[0], message.payload[1]]));
     }
@@ -167,7 +167,7 @@ async fn rookery_never_pauses_a_client_for_its_own_session() {
     loop {
         // Everything is acknowledged well within the 60 s pause.
         let wait = if acked < MESSAGES { TIMEOUT } else { QUIET };
-        match client.read_within(wait).await {
+        match client.read_checked(wait).await {
             Read::Packet(Packet::Publish(message)) => {
                 client.ack(&message).await;
                 delivered.push(u16::from_be_bytes([message.payload[0], message.payload[1]]));

@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -33,7 +34,102 @@ struct Events<P> {
     task: JoinHandle<()>,
 }
 
-impl<P: Debug> Events<P> {
+/// A rumqttc packet of either protocol version, as far as [`Events`] looks
+/// into it.
+trait Incoming: Debug + Send + 'static {
+    /// The PUBLISH of this version.
+    type Publish: Clone + Debug;
+
+    /// The packet's PUBLISH, if it is one.
+    fn publish(&self) -> Option<&Self::Publish>;
+}
+
+impl Incoming for Packet5 {
+    type Publish = Publish5;
+
+    fn publish(&self) -> Option<&Publish5> {
+        match self {
+            Packet5::Publish(publish) => Some(publish),
+            _ => None,
+        }
+    }
+}
+
+impl Incoming for rumqttc::Packet {
+    type Publish = rumqttc::Publish;
+
+    fn publish(&self) -> Option<&rumqttc::Publish> {
+        match self {
+            rumqttc::Packet::Publish(publish) => Some(publish),
+            _ => None,
+        }
+    }
+}
+
+/// A rumqttc event loop of either protocol version, stepped by
+/// [`Events::forward`].
+trait EventLoop: Send + 'static {
+    /// The packets it reads.
+    type Packet: Incoming;
+
+    /// The next event: an incoming packet, `None` for an outgoing one, or
+    /// the error that ended the connection.
+    fn step(&mut self) -> impl Future<Output = Result<Option<Self::Packet>, String>> + Send;
+}
+
+impl EventLoop for rumqttc::v5::EventLoop {
+    type Packet = Packet5;
+
+    async fn step(&mut self) -> Result<Option<Packet5>, String> {
+        match self.poll().await {
+            Ok(rumqttc::v5::Event::Incoming(packet)) => Ok(Some(packet)),
+            Ok(rumqttc::v5::Event::Outgoing(_)) => Ok(None),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+}
+
+impl EventLoop for rumqttc::EventLoop {
+    type Packet = rumqttc::Packet;
+
+    async fn step(&mut self) -> Result<Option<rumqttc::Packet>, String> {
+        match self.poll().await {
+            Ok(rumqttc::Event::Incoming(packet)) => Ok(Some(packet)),
+            Ok(rumqttc::Event::Outgoing(_)) => Ok(None),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+}
+
+impl<P: Incoming> Events<P> {
+    /// Runs `eventloop` in a task that forwards every incoming packet, and
+    /// the error that ends it, to the returned receiver.
+    fn forward(mut eventloop: impl EventLoop<Packet = P>) -> Events<P> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.step().await {
+                    Ok(Some(packet)) => {
+                        if tx.send(Ok(packet)).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        let _ = tx.send(Err(error));
+                        break;
+                    }
+                }
+            }
+        });
+        Events {
+            rx,
+            pending: VecDeque::new(),
+            ended: None,
+            task,
+        }
+    }
+
     /// The first packet (pending or new) that `pick` accepts, within `wait`.
     async fn next_where<T>(
         &mut self,
@@ -75,6 +171,17 @@ impl<P: Debug> Events<P> {
                 self.ended, self.pending
             ),
         }
+    }
+
+    /// The next PUBLISH, within [`TIMEOUT`].
+    async fn expect_publish(&mut self) -> P::Publish {
+        self.expect("PUBLISH", |p| p.publish().cloned()).await
+    }
+
+    /// Checks that no PUBLISH arrives for [`QUIET`].
+    async fn expect_no_publish(&mut self) {
+        let got = self.next_where(QUIET, |p| p.publish().cloned()).await;
+        assert!(got.is_none(), "expected no message, got {got:?}");
     }
 
     /// Waits until the event loop stops and returns its error.
@@ -120,30 +227,8 @@ impl V5Client {
 
     /// Connects with `options` and returns the CONNACK.
     pub async fn connect_with(options: rumqttc::v5::MqttOptions) -> (V5Client, ConnAck5) {
-        let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 64);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(rumqttc::v5::Event::Incoming(packet)) => {
-                        if tx.send(Ok(packet)).is_err() {
-                            break;
-                        }
-                    }
-                    Ok(rumqttc::v5::Event::Outgoing(_)) => {}
-                    Err(error) => {
-                        let _ = tx.send(Err(error.to_string()));
-                        break;
-                    }
-                }
-            }
-        });
-        let mut events = Events {
-            rx,
-            pending: VecDeque::new(),
-            ended: None,
-            task,
-        };
+        let (client, eventloop) = rumqttc::v5::AsyncClient::new(options, 64);
+        let mut events = Events::forward(eventloop);
         let connack = events
             .expect("CONNACK", |p| match p {
                 Packet5::ConnAck(c) => Some(c.clone()),
@@ -212,24 +297,12 @@ impl V5Client {
 
     /// The next message the broker delivers.
     pub async fn expect_publish(&mut self) -> Publish5 {
-        self.events
-            .expect("PUBLISH", |p| match p {
-                Packet5::Publish(p) => Some(p.clone()),
-                _ => None,
-            })
-            .await
+        self.events.expect_publish().await
     }
 
     /// Checks that no message arrives for [`QUIET`].
     pub async fn expect_no_publish(&mut self) {
-        let got = self
-            .events
-            .next_where(QUIET, |p| match p {
-                Packet5::Publish(p) => Some(p.clone()),
-                _ => None,
-            })
-            .await;
-        assert!(got.is_none(), "expected no message, got {got:?}");
+        self.events.expect_no_publish().await;
     }
 }
 
@@ -256,30 +329,8 @@ impl V4Client {
 
     /// Connects with `options` and returns the CONNACK.
     pub async fn connect_with(options: rumqttc::MqttOptions) -> (V4Client, rumqttc::ConnAck) {
-        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(rumqttc::Event::Incoming(packet)) => {
-                        if tx.send(Ok(packet)).is_err() {
-                            break;
-                        }
-                    }
-                    Ok(rumqttc::Event::Outgoing(_)) => {}
-                    Err(error) => {
-                        let _ = tx.send(Err(error.to_string()));
-                        break;
-                    }
-                }
-            }
-        });
-        let mut events = Events {
-            rx,
-            pending: VecDeque::new(),
-            ended: None,
-            task,
-        };
+        let (client, eventloop) = rumqttc::AsyncClient::new(options, 64);
+        let mut events = Events::forward(eventloop);
         let connack = events
             .expect("CONNACK", |p| match p {
                 rumqttc::Packet::ConnAck(c) => Some(c.clone()),
@@ -332,24 +383,12 @@ impl V4Client {
 
     /// The next message the broker delivers.
     pub async fn expect_publish(&mut self) -> rumqttc::Publish {
-        self.events
-            .expect("PUBLISH", |p| match p {
-                rumqttc::Packet::Publish(p) => Some(p.clone()),
-                _ => None,
-            })
-            .await
+        self.events.expect_publish().await
     }
 
     /// Checks that no message arrives for [`QUIET`].
     pub async fn expect_no_publish(&mut self) {
-        let got = self
-            .events
-            .next_where(QUIET, |p| match p {
-                rumqttc::Packet::Publish(p) => Some(p.clone()),
-                _ => None,
-            })
-            .await;
-        assert!(got.is_none(), "expected no message, got {got:?}");
+        self.events.expect_no_publish().await;
     }
 
     /// Sends a DISCONNECT and waits for the connection to end.

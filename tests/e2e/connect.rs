@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 
 use rookery_codec::ProtocolVersion::{V3_1, V3_1_1, V5};
 use rookery_codec::{Packet, QoS, ReasonCode};
+use rookery_testkit::{RawClient, connect_packet, persistent_v5};
 
 use crate::clients::{V4Client, v4_options};
 use crate::harness::{limited, shared, skip_on_mosquitto, unique};
-use crate::raw::{RawClient, connect_packet, persistent_v5};
 
 /// MQTT-3.2.2-2, MQTT-3.2.2-3: Session Present is 0 without a stored session
 /// and 1 when a session is resumed; MQTT-3.1.2-4: Clean Start 1 discards it.

@@ -8,27 +8,23 @@
 //!
 //! Every broker gets a fresh temporary directory (data directory and
 //! configuration), listens on a loopback port chosen by the OS, and has its
-//! stderr captured: a test that fails prints the broker's log. Every wait is
+//! output captured: a test that fails prints the broker's log. Every wait is
 //! bounded by [`TIMEOUT`], so a broken broker fails a test instead of hanging
 //! it. Brokers that tests share are started once per test binary and ended by
-//! a small watchdog process when the test binary exits.
+//! a small watchdog process when the test binary exits. The process handling
+//! (ready lines, signals, the watchdog) is `rookery_testkit::process`.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// The bound on every wait for something that should happen.
-pub const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long a test waits to be sure that something does *not* happen.
-pub const QUIET: Duration = Duration::from_millis(300);
+use rookery_testkit::{Process, Signal, Watchdog, free_port};
+pub use rookery_testkit::{QUIET, TIMEOUT};
 
 /// The broker the tests run against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,10 +167,7 @@ impl TlsPem {
 pub struct Broker {
     settings: Settings,
     dir: tempfile::TempDir,
-    child: Option<Child>,
-    watchdog: Option<Child>,
-    log: Arc<Mutex<Vec<String>>>,
-    listeners: Arc<Mutex<HashMap<String, SocketAddr>>>,
+    process: Process,
     addr: SocketAddr,
 }
 
@@ -193,11 +186,8 @@ impl Broker {
         let mut broker = Broker {
             settings,
             dir,
-            child: None,
-            watchdog: None,
-            log: Arc::new(Mutex::new(Vec::new())),
-            listeners: Arc::new(Mutex::new(HashMap::new())),
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            process: Process::new(),
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         };
         broker.launch();
         broker
@@ -213,8 +203,8 @@ impl Broker {
     pub fn listener(&self, name: &str) -> Option<SocketAddr> {
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            if let Some(addr) = self.listeners.lock().expect("listeners").get(name) {
-                return Some(*addr);
+            if let Some(addr) = self.process.listener(name) {
+                return Some(addr);
             }
             if Instant::now() > deadline {
                 return None;
@@ -226,7 +216,7 @@ impl Broker {
     /// Everything the broker has written to stderr and stdout so far, over all
     /// of its restarts.
     pub fn log(&self) -> String {
-        self.log.lock().expect("log").join("\n")
+        self.process.log()
     }
 
     /// Kills the broker with SIGKILL, as a crash would, and reaps it.
@@ -237,94 +227,90 @@ impl Broker {
             // only what is committed and gets no such grace.
             thread::sleep(Duration::from_millis(300));
         }
-        if let Some(mut child) = self.child.take() {
-            signal(child.id(), "KILL");
-            wait_bounded(&mut child, TIMEOUT);
-            self.note("---- killed with SIGKILL ----");
-        }
-        self.stop_watchdog();
+        self.process.kill9();
     }
 
     /// Stops the broker with SIGTERM and returns how it exited; SIGKILL if it
     /// has not exited within [`TIMEOUT`].
     pub fn sigterm(&mut self) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
-        signal(child.id(), "TERM");
-        let status = wait_bounded(&mut child, TIMEOUT);
-        self.note("---- stopped with SIGTERM ----");
-        self.stop_watchdog();
-        status
+        self.process.sigterm()
     }
 
     /// Starts the broker again on the same data directory (after [`Broker::kill9`]
     /// or [`Broker::sigterm`]). The listener address may change.
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "restart of a broker that is running");
-        self.note("---- restarted ----");
+        assert!(
+            !self.process.is_running(),
+            "restart of a broker that is running"
+        );
+        self.process.note("---- restarted ----");
         self.launch();
     }
 
-    fn note(&self, line: &str) {
-        self.log.lock().expect("log").push(line.to_owned());
+    /// The value of one series on the broker's Prometheus endpoint, e.g.
+    /// `rookery_messages_dropped_total{reason="queue_full"}`; 0 when the
+    /// broker has not reported it (yet).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let addr = self
+            .listener("metrics")
+            .expect("a `listener ready listener=metrics address=...` line in the log");
+        rookery_testkit::metric(addr, series)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn launch(&mut self) {
-        self.listeners.lock().expect("listeners").clear();
         let names: Vec<&'static str> = std::iter::once("tcp")
             .chain(self.settings.listeners.iter().map(Listener::name))
             .collect();
-        let (mut command, mosquitto_ports) = match target() {
-            Target::Rookery => (self.rookery_command(), None),
+        let (mut command, metrics, mosquitto_ports) = match target() {
+            Target::Rookery => {
+                // The Prometheus exporter cannot report a port the OS chose,
+                // so the harness picks one.
+                let metrics =
+                    SocketAddr::from((Ipv4Addr::LOCALHOST, free_port(Ipv4Addr::LOCALHOST)));
+                (self.rookery_command(metrics), Some(metrics), None)
+            }
             Target::Mosquitto => {
-                let ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
-                (self.mosquitto_command(&ports), Some(ports))
+                let ports: Vec<u16> = names
+                    .iter()
+                    .map(|_| free_port(Ipv4Addr::LOCALHOST))
+                    .collect();
+                (self.mosquitto_command(&ports), None, Some(ports))
             }
         };
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {command:?}: {e}"));
-        self.watchdog = spawn_watchdog(child.id(), self.dir.path());
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-        capture(stdout, Arc::clone(&self.log), Arc::clone(&self.listeners));
-        capture(stderr, Arc::clone(&self.log), Arc::clone(&self.listeners));
-        self.child = Some(child);
-        let mut ready = Ok(());
+        // Shared brokers live in statics that are never dropped: the watchdog
+        // stops them gracefully when the test binary exits.
+        let watchdog = Watchdog::Term {
+            grace: Duration::from_secs(3),
+        };
+        self.process.spawn(&mut command, self.dir.path(), watchdog);
+        if let Some(metrics) = metrics {
+            self.process.set_listener("metrics", metrics);
+        }
         for (i, name) in names.iter().enumerate() {
-            let addr = match &mosquitto_ports {
+            let ready = match &mosquitto_ports {
                 None => self.wait_for_listener(name),
                 Some(ports) => self.wait_for_port(ports[i]),
             };
-            match addr {
+            match ready {
                 Ok(addr) => {
-                    self.listeners
-                        .lock()
-                        .expect("listeners")
-                        .insert((*name).to_owned(), addr);
+                    self.process.set_listener(name, addr);
                     if *name == "tcp" {
                         self.addr = addr;
                     }
                 }
                 Err(why) => {
-                    ready = Err(why);
-                    break;
+                    let log = self.log();
+                    self.process.send(Signal::Kill);
+                    self.process.reap(TIMEOUT);
+                    panic!("the broker did not become ready: {why}\n---- broker log ----\n{log}");
                 }
             }
         }
-        if let Err(why) = ready {
-            let log = self.log();
-            if let Some(mut child) = self.child.take() {
-                signal(child.id(), "KILL");
-                wait_bounded(&mut child, TIMEOUT);
-            }
-            panic!("the broker did not become ready: {why}\n---- broker log ----\n{log}");
-        }
     }
 
-    fn rookery_command(&mut self) -> Command {
+    fn rookery_command(&mut self, metrics: SocketAddr) -> Command {
         let data = self.dir.path().join("data");
         let config = self.dir.path().join("rookery.toml");
         let mut toml = rookery_config(&self.settings);
@@ -333,13 +319,6 @@ impl Broker {
             self.dir.path(),
         ));
         std::fs::write(&config, toml).expect("write rookery.toml");
-        // The Prometheus exporter cannot report a port the OS chose, so
-        // the harness picks one.
-        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        self.listeners
-            .lock()
-            .expect("listeners")
-            .insert("metrics".to_owned(), metrics);
         let binary = std::env::var_os("ROOKERY_E2E_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_rookery")));
@@ -389,8 +368,8 @@ impl Broker {
     fn wait_for_listener(&mut self, name: &str) -> Result<SocketAddr, String> {
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            if let Some(addr) = self.listeners.lock().expect("listeners").get(name) {
-                return Ok(*addr);
+            if let Some(addr) = self.process.listener(name) {
+                return Ok(addr);
             }
             self.check_running()?;
             if Instant::now() > deadline {
@@ -403,7 +382,7 @@ impl Broker {
     }
 
     fn wait_for_port(&mut self, port: u16) -> Result<SocketAddr, String> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let deadline = Instant::now() + TIMEOUT;
         loop {
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
@@ -418,19 +397,9 @@ impl Broker {
     }
 
     fn check_running(&mut self) -> Result<(), String> {
-        let child = self.child.as_mut().ok_or("not started")?;
-        match child.try_wait() {
-            Ok(Some(status)) => Err(format!("the broker exited with {status}")),
-            Ok(None) => Ok(()),
-            Err(e) => Err(format!("wait for the broker: {e}")),
-        }
-    }
-
-    fn stop_watchdog(&mut self) {
-        if let Some(mut watchdog) = self.watchdog.take() {
-            let _ = watchdog.kill();
-            let _ = watchdog.wait();
-        }
+        self.process
+            .check_running()
+            .map_err(|why| format!("the broker: {why}"))
     }
 }
 
@@ -442,13 +411,12 @@ impl Drop for Broker {
                 self.log()
             );
         }
-        if let Some(mut child) = self.child.take() {
-            signal(child.id(), "TERM");
-            if wait_bounded(&mut child, Duration::from_secs(5)).is_none() {
+        if self.process.is_running() {
+            self.process.send(Signal::Term);
+            if self.process.reap(Duration::from_secs(5)).is_none() {
                 eprintln!("the broker ignored SIGTERM for 5 s; killed");
             }
         }
-        self.stop_watchdog();
     }
 }
 
@@ -468,8 +436,7 @@ impl std::ops::Deref for Shared {
 impl Drop for Shared {
     fn drop(&mut self) {
         if thread::panicking() {
-            let log = self.0.log.lock().map(|l| l.clone()).unwrap_or_default();
-            let tail = &log[log.len().saturating_sub(200)..];
+            let tail = self.0.process.log_tail(200);
             eprintln!("---- shared broker log (last {} lines) ----", tail.len());
             for line in tail {
                 eprintln!("{line}");
@@ -671,145 +638,6 @@ fn mosquitto_listener(listener: &Listener, port: u16, dir: &Path) -> String {
     conf
 }
 
-/// Reads `stream` line by line into `log` and records each `listener ready`
-/// line's listener name and address.
-fn capture(
-    stream: impl Read + Send + 'static,
-    log: Arc<Mutex<Vec<String>>>,
-    listeners: Arc<Mutex<HashMap<String, SocketAddr>>>,
-) {
-    thread::spawn(move || {
-        let mut reader = BufReader::new(stream);
-        let mut raw = Vec::new();
-        loop {
-            raw.clear();
-            match reader.read_until(b'\n', &mut raw) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-            let line = strip_ansi(&String::from_utf8_lossy(&raw));
-            let line = line.trim_end().to_owned();
-            if let Some((name, addr)) = parse_ready_line(&line) {
-                listeners.lock().expect("listeners").insert(name, addr);
-            }
-            log.lock().expect("log").push(line);
-        }
-    });
-}
-
-/// `... listener ready listener=tcp address=127.0.0.1:1883 ...` → (`tcp`, address).
-fn parse_ready_line(line: &str) -> Option<(String, SocketAddr)> {
-    if !line.contains("listener ready") {
-        return None;
-    }
-    let mut name = None;
-    let mut addr = None;
-    for token in line.split_whitespace() {
-        let unquote = |v: &str| {
-            v.trim_matches(|c| c == '"' || c == '\'' || c == ',')
-                .to_owned()
-        };
-        if let Some(v) = token.strip_prefix("listener=") {
-            name = Some(unquote(v));
-        } else if let Some(v) = token.strip_prefix("address=") {
-            addr = unquote(v).parse().ok();
-        }
-    }
-    Some((name?, addr?))
-}
-
-/// Removes terminal colour sequences (`ESC [ ... letter`).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.next() == Some('[') {
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// A loopback port free right now (for Mosquitto, which cannot listen on port 0
-/// and report the port).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("find a free port")
-}
-
-/// Sends `signal` (`TERM`, `KILL`) to the process `pid` that this test started.
-fn signal(pid: u32, signal: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// Waits up to `limit` for `child` to exit; kills it if it has not.
-fn wait_bounded(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-        }
-    }
-}
-
-/// A process that ends the broker `pid` (and removes its directory) if this
-/// test binary exits without stopping it, as it does for the shared brokers,
-/// whose statics are never dropped.
-fn spawn_watchdog(pid: u32, dir: &Path) -> Option<Child> {
-    const SCRIPT: &str = r#"
-        while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 0.5; done
-        if ! kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; then
-            kill -TERM "$2"; sleep 3; kill -KILL "$2" 2>/dev/null; sleep 0.2; rm -rf "$3"
-        fi
-    "#;
-    Command::new("sh")
-        .args(["-c", SCRIPT, "watchdog"])
-        .arg(std::process::id().to_string())
-        .arg(pid.to_string())
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()
-}
-
-#[test]
-fn ready_lines_are_parsed_with_and_without_colour() {
-    let plain =
-        "2026-01-01T00:00:00Z  INFO rookery: listener ready listener=tcp address=127.0.0.1:4242";
-    assert_eq!(
-        parse_ready_line(plain),
-        Some(("tcp".to_owned(), SocketAddr::from(([127, 0, 0, 1], 4242))))
-    );
-    let coloured = "\u{1b}[32m INFO\u{1b}[0m listener ready \u{1b}[3mlistener\u{1b}[0m\u{1b}[2m=\u{1b}[0mmetrics \u{1b}[3maddress\u{1b}[0m\u{1b}[2m=\u{1b}[0m127.0.0.1:9";
-    assert_eq!(
-        parse_ready_line(&strip_ansi(coloured)),
-        Some(("metrics".to_owned(), SocketAddr::from(([127, 0, 0, 1], 9))))
-    );
-    assert_eq!(parse_ready_line("starting"), None);
-}
-
 #[test]
 fn settings_become_each_brokers_configuration() {
     let settings = limited_settings();
@@ -822,40 +650,4 @@ fn settings_become_each_brokers_configuration() {
     let conf = mosquitto_config(&settings, 1883, Path::new("/tmp/x"));
     assert!(conf.contains("listener 1883 127.0.0.1\n"), "{conf}");
     assert!(conf.contains("max_packet_size 4096\n"), "{conf}");
-}
-
-/// A plain HTTP/1.1 GET; returns the whole response (status line, headers, body).
-pub async fn http_get(addr: SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&response).into_owned())
-    };
-    match tokio::time::timeout(TIMEOUT, exchange).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(e)) => panic!("GET http://{addr}{path}: {e}"),
-        Err(_) => panic!("GET http://{addr}{path}: no answer in {TIMEOUT:?}"),
-    }
-}
-
-impl Broker {
-    /// The value of one series on the broker's Prometheus endpoint, e.g.
-    /// `rookery_messages_dropped_total{reason="queue_full"}`; 0 when the
-    /// broker has not reported it (yet).
-    pub async fn metric(&self, series: &str) -> f64 {
-        let addr = self
-            .listener("metrics")
-            .expect("a `listener ready listener=metrics address=...` line in the log");
-        let body = http_get(addr, "/metrics").await;
-        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-        body.lines()
-            .filter_map(|line| line.rsplit_once(' '))
-            .find(|(name, _)| *name == series)
-            .and_then(|(_, value)| value.parse().ok())
-            .unwrap_or(0.0)
-    }
 }

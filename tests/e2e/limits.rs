@@ -9,9 +9,9 @@ use std::num::{NonZeroU16, NonZeroU32};
 
 use rookery_codec::ProtocolVersion::V5;
 use rookery_codec::{Packet, QoS};
+use rookery_testkit::{RawClient, Read, connect_packet, persistent_v5, publish_packet};
 
 use crate::harness::{Broker, QUIET, TIMEOUT, limited, shared, skip_unless_rookery, unique};
-use crate::raw::{RawClient, Read, connect_packet, persistent_v5, publish};
 
 /// Rookery announces its default limits in CONNACK, and every capability
 /// property explicitly (absent would also mean "available" to a client).
@@ -81,7 +81,7 @@ async fn rookery_offline_queue_defaults_to_1000_messages_dropping_the_newest() {
     const SENT: u16 = 1100;
     for i in 0..SENT {
         publisher
-            .send(Packet::Publish(publish(
+            .send(Packet::Publish(publish_packet(
                 &topic,
                 QoS::AtLeastOnce,
                 i + 1,
@@ -99,7 +99,7 @@ async fn rookery_offline_queue_defaults_to_1000_messages_dropping_the_newest() {
         RawClient::connect_ok(broker.addr(), persistent_v5(&id, 600)).await;
     assert!(connack.session_present);
     let mut received = Vec::new();
-    while let Read::Packet(packet) = subscriber.read_within(QUIET).await {
+    while let Read::Packet(packet) = subscriber.read_checked(QUIET).await {
         let Packet::Publish(message) = packet else {
             panic!("unexpected {packet:?}");
         };
@@ -131,17 +131,17 @@ async fn rookery_topic_with_more_than_128_levels_is_refused() {
     let mut publisher = RawClient::v5(broker.addr(), &unique("deep-pub")).await;
     let deep = format!("{root}{}", "/l".repeat(128));
     publisher
-        .send(Packet::Publish(publish(
+        .send(Packet::Publish(publish_packet(
             &deep,
             QoS::AtLeastOnce,
             1,
             b"too deep",
         )))
         .await;
-    match publisher.read_within(TIMEOUT).await {
+    match publisher.read_checked(TIMEOUT).await {
         Read::Packet(Packet::PubAck(ack)) => assert!(ack.reason_code.is_error(), "{ack:?}"),
         Read::Packet(Packet::Disconnect(d)) => assert!(d.reason_code.is_error(), "{d:?}"),
-        Read::Closed => {}
+        Read::Closed(_) => {}
         other => panic!("expected a refusal, got {other:?}"),
     }
     subscriber.expect_nothing().await;
@@ -206,7 +206,7 @@ async fn sys_topics_report_clients_messages_bytes_uptime_and_version() {
     };
     while !wanted.iter().all(|t| seen.contains_key(*t)) || !counts_this_client(&seen) {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match client.read_within(left).await {
+        match client.read_checked(left).await {
             Read::Packet(Packet::Publish(message)) => {
                 let payload = String::from_utf8_lossy(&message.payload).into_owned();
                 seen.insert(message.topic.to_string(), payload);

@@ -9,8 +9,8 @@
 //! same tests against Mosquitto as a reference; tests of what only Rookery
 //! promises skip themselves there.
 //!
-//! Start reading at `harness.rs` (the broker process), then `raw.rs` and
-//! `clients.rs` (the two kinds of client).
+//! Start reading at `harness.rs` (the broker process), then `clients.rs`
+//! (rumqttc) and the raw-packet client of `rookery_testkit::client`.
 
 // The helpers of a test report failure the way tests do: by panicking with
 // what was expected. (Clippy's allow-*-in-tests covers only `#[test]`
@@ -19,7 +19,6 @@
 
 mod clients;
 mod harness;
-mod raw;
 
 mod backpressure;
 mod connect;

@@ -4,10 +4,10 @@
 
 use rookery_codec::ProtocolVersion::V3_1_1;
 use rookery_codec::{Ack, Connect, Packet, QoS, ReasonCode};
+use rookery_testkit::{RawClient, Read, at, connect_packet, persistent_v5, pid, publish_packet};
 
 use crate::clients::{V4Client, V5Client};
 use crate::harness::{Broker, shared, unique};
-use crate::raw::{RawClient, connect_packet, persistent_v5, pid, publish};
 
 /// A QoS 0 message reaches a 3.1.1 subscriber (rumqttc on both ends).
 #[tokio::test]
@@ -119,7 +119,7 @@ async fn mqtt_4_3_3_resent_qos2_publish_is_delivered_once() {
     subscriber.subscribe_ok(1, &topic, QoS::ExactlyOnce).await;
     let mut publisher = RawClient::v5(broker.addr(), &unique("q2dup-pub")).await;
 
-    let mut message = publish(&topic, QoS::ExactlyOnce, 7, b"once");
+    let mut message = publish_packet(&topic, QoS::ExactlyOnce, 7, b"once");
     publisher.send(Packet::Publish(message.clone())).await;
     assert_eq!(publisher.expect_pubrec().await.packet_id, pid(7));
     message.dup = true;
@@ -152,7 +152,7 @@ async fn mqtt_3_8_4_delivery_qos_is_the_lower_of_message_and_subscription_qos() 
         (2, QoS::AtLeastOnce),
         (3, QoS::AtMostOnce),
     ] {
-        let message = publish(&topic, qos, id, format!("{qos:?}").as_bytes());
+        let message = publish_packet(&topic, qos, id, format!("{qos:?}").as_bytes());
         if qos == QoS::AtMostOnce {
             publisher.send(Packet::Publish(message)).await;
         } else {
@@ -191,7 +191,7 @@ async fn mqtt_4_6_0_messages_on_a_topic_arrive_in_publish_order() {
     let mut publisher = RawClient::v5(broker.addr(), &unique("order-pub")).await;
     for i in 1..=30u16 {
         publisher
-            .send(Packet::Publish(publish(
+            .send(Packet::Publish(publish_packet(
                 &topic,
                 QoS::AtLeastOnce,
                 i,
@@ -265,7 +265,7 @@ async fn mqtt_4_4_0_1_uncompleted_pubrel_is_resent_on_reconnect() {
     subscriber.subscribe_ok(1, &topic, QoS::ExactlyOnce).await;
     let mut publisher = RawClient::v5(broker.addr(), &unique("rel-pub")).await;
     publisher
-        .publish_flow(publish(&topic, QoS::ExactlyOnce, 1, b"two"))
+        .publish_flow(publish_packet(&topic, QoS::ExactlyOnce, 1, b"two"))
         .await;
     let message = subscriber.expect_publish().await;
     let packet_id = message.packet_id.expect("QoS 2 has a packet identifier");
@@ -294,7 +294,7 @@ async fn mqtt_4_3_3_qos2_flow_completes_after_the_publisher_reconnects() {
 
     let (mut publisher, _) = RawClient::connect_ok(broker.addr(), persistent_v5(&id, 60)).await;
     publisher
-        .send(Packet::Publish(publish(
+        .send(Packet::Publish(publish_packet(
             &topic,
             QoS::ExactlyOnce,
             9,
@@ -331,7 +331,7 @@ async fn persistent_session_receives_messages_published_while_offline() {
     let mut publisher = RawClient::v5(broker.addr(), &unique("offline-pub")).await;
     publisher.publish1(1, &topic, b"first").await;
     publisher
-        .publish_flow(publish(&topic, QoS::ExactlyOnce, 2, b"second"))
+        .publish_flow(publish_packet(&topic, QoS::ExactlyOnce, 2, b"second"))
         .await;
 
     let (mut subscriber, connack) =
@@ -382,13 +382,13 @@ async fn mqtt_4_7_2_1_wildcards_match_levels_but_not_dollar_topics() {
     // `#` and `+/a/+` both match the plain topic: one or two copies, never the `$` one.
     let mut plain = 0;
     loop {
-        match subscriber.read_within(crate::harness::QUIET).await {
-            crate::raw::Read::Packet(Packet::Publish(message)) => {
+        match subscriber.read_checked(crate::harness::QUIET).await {
+            Read::Packet(Packet::Publish(message)) => {
                 assert!(!message.topic.starts_with('$'), "{message:?}");
                 assert_eq!(&message.payload[..], b"plain");
                 plain += 1;
             }
-            crate::raw::Read::Nothing => break,
+            Read::Nothing => break,
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -437,9 +437,9 @@ async fn mqtt_3_9_3_suback_has_one_reason_code_per_filter_in_order() {
         .subscribe_with(
             1,
             &[
-                (&format!("{topic}/2"), crate::raw::at(QoS::ExactlyOnce)),
-                (&format!("{topic}/0"), crate::raw::at(QoS::AtMostOnce)),
-                (&format!("{topic}/1"), crate::raw::at(QoS::AtLeastOnce)),
+                (&format!("{topic}/2"), at(QoS::ExactlyOnce)),
+                (&format!("{topic}/0"), at(QoS::AtMostOnce)),
+                (&format!("{topic}/1"), at(QoS::AtLeastOnce)),
             ],
             Default::default(),
         )

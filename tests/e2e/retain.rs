@@ -3,13 +3,13 @@
 //! subscription options Retain As Published and Retain Handling.
 
 use rookery_codec::{Publish, QoS, RetainHandling, SubscriptionOptions};
+use rookery_testkit::{RawClient, at, publish_packet};
 
 use crate::clients::V4Client;
 use crate::harness::{shared, unique};
-use crate::raw::{RawClient, at, publish};
 
 fn retained(topic: &str, qos: QoS, id: u16, payload: &[u8]) -> Publish {
-    let mut message = publish(topic, qos, id, payload);
+    let mut message = publish_packet(topic, qos, id, payload);
     message.retain = true;
     message
 }

@@ -4,9 +4,9 @@
 
 use rookery_codec::ProtocolVersion::{V3_1_1, V5};
 use rookery_codec::{ProtocolVersion, QoS, ReasonCode};
+use rookery_testkit::RawClient;
 
 use crate::harness::{Shared, shared, skip_on_mosquitto, unique};
-use crate::raw::RawClient;
 
 /// A subscriber and a publisher on their own topic, to check that the
 /// broker still serves others after a bad client.

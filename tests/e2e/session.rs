@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use rookery_codec::ProtocolVersion::V3_1_1;
 use rookery_codec::{Disconnect, Packet, QoS, ReasonCode};
+use rookery_testkit::{RawClient, connect_packet, persistent_v5, publish_packet};
 
 use crate::harness::{Broker, shared, skip_on_mosquitto, unique};
-use crate::raw::{RawClient, connect_packet, persistent_v5, publish};
 
 /// MQTT-3.1.2-23 (section 3.1.2.11.2): without a Session Expiry Interval (0)
 /// the session ends when the connection closes.
@@ -92,7 +92,7 @@ async fn queued_and_unacknowledged_messages_survive_kill_9_and_restart() {
     subscriber.subscribe_ok(1, topic, QoS::ExactlyOnce).await;
     let mut publisher = RawClient::v5(broker.addr(), "durable-pub").await;
     publisher
-        .publish_flow(publish(topic, QoS::AtLeastOnce, 1, b"in flight"))
+        .publish_flow(publish_packet(topic, QoS::AtLeastOnce, 1, b"in flight"))
         .await;
     let in_flight = subscriber.expect_publish().await;
     assert_eq!(&in_flight.payload[..], b"in flight");
@@ -104,7 +104,7 @@ async fn queued_and_unacknowledged_messages_survive_kill_9_and_restart() {
     ] {
         // Acknowledged (PUBACK, PUBREC) means committed.
         publisher
-            .publish_flow(publish(topic, qos, id, payload))
+            .publish_flow(publish_packet(topic, qos, id, payload))
             .await;
     }
 
@@ -152,7 +152,7 @@ async fn subscriptions_and_retained_messages_survive_kill_9_and_restart() {
         .await;
     subscriber.close().await;
     let mut publisher = RawClient::v5(broker.addr(), "keep-pub").await;
-    let mut retained = publish("keep/retained", QoS::AtLeastOnce, 1, b"still here");
+    let mut retained = publish_packet("keep/retained", QoS::AtLeastOnce, 1, b"still here");
     retained.retain = true;
     publisher.publish_flow(retained).await;
 

@@ -2,6 +2,7 @@
 //! WebSocket and secure WebSocket (section 6, subprotocol `mqtt`), and plain
 //! TCP behind a load balancer's PROXY protocol header.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,17 +13,17 @@ use rcgen::{
 };
 use rookery_codec::ProtocolVersion::V5;
 use rookery_codec::{Packet, QoS, ReasonCode};
+use rookery_testkit::ws::mqtt_ws_request;
+use rookery_testkit::{Io, RawClient, Read, connect_packet, ws_connect};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::harness::{
     Broker, Listener, Settings, TIMEOUT, TlsPem, skip_on_mosquitto, skip_unless_rookery, unique,
 };
-use crate::raw::{Io, RawClient, Read, connect_packet};
 
 /// A test CA, a server certificate for `localhost` and a client certificate,
 /// both issued by the CA.
@@ -111,11 +112,16 @@ impl Pki {
     }
 }
 
+/// The address of `broker`'s listener `name`.
+fn listener(broker: &Broker, name: &str) -> SocketAddr {
+    broker
+        .listener(name)
+        .unwrap_or_else(|| panic!("no `{name}` listener is ready"))
+}
+
 /// A TCP connection to `broker`'s listener `name`.
 async fn tcp(broker: &Broker, name: &str) -> TcpStream {
-    let addr = broker
-        .listener(name)
-        .unwrap_or_else(|| panic!("no `{name}` listener is ready"));
+    let addr = listener(broker, name);
     let stream = tokio::time::timeout(TIMEOUT, TcpStream::connect(addr))
         .await
         .expect("connect in time")
@@ -138,25 +144,19 @@ async fn tls(
         .map_err(|_| std::io::Error::other("TLS handshake timed out"))?
 }
 
-/// Opens a WebSocket at `/mqtt` over `stream` asking for the `mqtt`
-/// subprotocol, checks that the server chose it (MQTT-6.0.0-4), and returns
-/// a byte stream whose bytes travel in binary frames (MQTT-6.0.0-1).
-async fn websocket<S>(stream: S, scheme: &str, addr: std::net::SocketAddr) -> Box<dyn Io>
+/// Opens a WebSocket at `/mqtt` on the listener at `addr` over `stream`,
+/// asking for the `mqtt` subprotocol, checks that the server chose it
+/// (MQTT-6.0.0-4), and returns a byte stream whose bytes travel in binary
+/// frames (MQTT-6.0.0-1).
+async fn websocket<S>(stream: S, scheme: &str, addr: SocketAddr) -> Box<dyn Io>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::Debug + 'static,
 {
-    let mut request = format!("{scheme}://localhost:{}/mqtt", addr.port())
-        .into_client_request()
-        .expect("a WebSocket request");
-    request.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        "mqtt".parse().expect("a header value"),
-    );
-    let (ws, response) =
-        tokio::time::timeout(TIMEOUT, tokio_tungstenite::client_async(request, stream))
-            .await
-            .expect("WebSocket handshake in time")
-            .expect("WebSocket handshake");
+    let url = format!("{scheme}://localhost:{}/mqtt", addr.port());
+    let (ws, response) = tokio::time::timeout(TIMEOUT, ws_connect(stream, &url))
+        .await
+        .expect("WebSocket handshake in time")
+        .expect("WebSocket handshake");
     assert_eq!(
         response
             .headers()
@@ -165,57 +165,15 @@ where
         Some("mqtt"),
         "MQTT-6.0.0-4: the server selects the `mqtt` subprotocol"
     );
-    Box::new(bridge(ws))
+    Box::new(ws)
 }
 
-/// Carries bytes between an in-memory pipe and binary WebSocket frames, one
-/// frame per write, so a [`RawClient`] can run over a WebSocket.
-fn bridge<S>(ws: tokio_tungstenite::WebSocketStream<S>) -> tokio::io::DuplexStream
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (client_end, bridge_end) = tokio::io::duplex(1 << 20);
-    tokio::spawn(async move {
-        let (mut sink, mut frames) = ws.split();
-        let (mut from_client, mut to_client) = tokio::io::split(bridge_end);
-        let up = async move {
-            let mut buf = vec![0; 64 * 1024];
-            loop {
-                match from_client.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if sink.send(Message::binary(buf[..n].to_vec())).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-            let _ = sink.close().await;
-        };
-        let down = async move {
-            while let Some(Ok(frame)) = frames.next().await {
-                match frame {
-                    Message::Binary(bytes) if to_client.write_all(&bytes).await.is_ok() => {}
-                    Message::Binary(_) | Message::Close(_) => break,
-                    _ => {}
-                }
-            }
-            let _ = to_client.shutdown().await;
-        };
-        tokio::select! {
-            () = up => {}
-            () = down => {}
-        }
-    });
-    client_end
-}
-
-/// Connects a 5.0 client over `io` and checks that messages go both ways
-/// between it and a plain TCP client.
-async fn round_trip(broker: &Broker, io: Box<dyn Io>) {
+/// Connects a 5.0 client over `io` (to the listener at `addr`) and checks
+/// that messages go both ways between it and a plain TCP client.
+async fn round_trip(broker: &Broker, addr: SocketAddr, io: Box<dyn Io>) {
     let there = unique("over/there");
     let back = unique("over/back");
-    let mut client = RawClient::over(io, V5);
+    let mut client = RawClient::over(io, V5, addr);
     client
         .send(Packet::Connect(Box::new(connect_packet(
             V5,
@@ -247,7 +205,7 @@ async fn tls_listener_serves_mqtt() {
     let stream = tls(&broker, "tls", &pki.connector(false))
         .await
         .expect("TLS handshake");
-    round_trip(&broker, Box::new(stream)).await;
+    round_trip(&broker, listener(&broker, "tls"), Box::new(stream)).await;
 }
 
 /// A TLS listener that requires client certificates refuses a client
@@ -262,22 +220,22 @@ async fn tls_listener_requiring_client_certificates_refuses_clients_without_one(
     // With TLS 1.3 the client may finish its handshake before the server
     // rejects it; then the first read fails.
     if let Ok(stream) = tls(&broker, "tls", &pki.connector(false)).await {
-        let mut client = RawClient::over(Box::new(stream), V5);
+        let mut client = RawClient::over(Box::new(stream), V5, listener(&broker, "tls"));
         client
             .send(Packet::Connect(Box::new(connect_packet(
                 V5,
                 &unique("nocert"),
             ))))
             .await;
-        match client.read_within(TIMEOUT).await {
-            Read::Closed => {}
+        match client.read_checked(TIMEOUT).await {
+            Read::Closed(_) => {}
             other => panic!("expected the connection refused, got {other:?}"),
         }
     }
     let stream = tls(&broker, "tls", &pki.connector(true))
         .await
         .expect("TLS handshake with a client certificate");
-    round_trip(&broker, Box::new(stream)).await;
+    round_trip(&broker, listener(&broker, "tls"), Box::new(stream)).await;
 }
 
 /// MQTT-6.0.0-2 and MQTT-6.0.0-4: a WebSocket listener speaks the `mqtt`
@@ -290,7 +248,7 @@ async fn mqtt_6_0_0_2_websocket_listener_serves_mqtt_across_frame_boundaries() {
     });
     let addr = broker.listener("ws").expect("a ws listener");
     let io = websocket(tcp(&broker, "ws").await, "ws", addr).await;
-    let mut client = RawClient::over(io, V5);
+    let mut client = RawClient::over(io, V5, addr);
     // CONNECT in two frames.
     let mut connect = bytes::BytesMut::new();
     Packet::Connect(Box::new(connect_packet(V5, &unique("ws-split"))))
@@ -307,7 +265,7 @@ async fn mqtt_6_0_0_2_websocket_listener_serves_mqtt_across_frame_boundaries() {
     client.disconnect().await;
 
     let io = websocket(tcp(&broker, "ws").await, "ws", addr).await;
-    round_trip(&broker, io).await;
+    round_trip(&broker, addr, io).await;
 }
 
 /// MQTT-6.0.0-1: MQTT goes in binary frames; a text frame closes the connection.
@@ -322,13 +280,8 @@ async fn mqtt_6_0_0_1_websocket_text_frame_closes_the_connection() {
         ..Settings::default()
     });
     let addr = broker.listener("ws").expect("a ws listener");
-    let mut request = format!("ws://localhost:{}/mqtt", addr.port())
-        .into_client_request()
+    let request = mqtt_ws_request(&format!("ws://localhost:{}/mqtt", addr.port()))
         .expect("a WebSocket request");
-    request.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        "mqtt".parse().expect("a header value"),
-    );
     let (mut ws, _) = tokio_tungstenite::client_async(request, tcp(&broker, "ws").await)
         .await
         .expect("WebSocket handshake");
@@ -370,7 +323,7 @@ async fn secure_websocket_listener_serves_mqtt() {
         .await
         .expect("TLS handshake");
     let io = websocket(stream, "wss", addr).await;
-    round_trip(&broker, io).await;
+    round_trip(&broker, addr, io).await;
 }
 
 /// A TCP listener behind a load balancer takes a PROXY protocol v1 (text)
@@ -388,7 +341,7 @@ async fn proxy_protocol_listener_takes_v1_and_v2_headers_and_refuses_a_connectio
     v1.write_all(b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 1883\r\n")
         .await
         .expect("send a v1 header");
-    round_trip(&broker, Box::new(v1)).await;
+    round_trip(&broker, listener(&broker, "proxy"), Box::new(v1)).await;
 
     let mut v2 = tcp(&broker, "proxy").await;
     let mut header = b"\r\n\r\n\x00\r\nQUIT\n".to_vec();
@@ -397,16 +350,17 @@ async fn proxy_protocol_listener_takes_v1_and_v2_headers_and_refuses_a_connectio
     header.extend_from_slice(&40001u16.to_be_bytes());
     header.extend_from_slice(&1883u16.to_be_bytes());
     v2.write_all(&header).await.expect("send a v2 header");
-    round_trip(&broker, Box::new(v2)).await;
+    round_trip(&broker, listener(&broker, "proxy"), Box::new(v2)).await;
 
-    let mut bare = RawClient::over(Box::new(tcp(&broker, "proxy").await), V5);
+    let bare_stream = Box::new(tcp(&broker, "proxy").await);
+    let mut bare = RawClient::over(bare_stream, V5, listener(&broker, "proxy"));
     bare.send(Packet::Connect(Box::new(connect_packet(
         V5,
         &unique("bare"),
     ))))
     .await;
-    match bare.read_within(TIMEOUT).await {
-        Read::Closed => {}
+    match bare.read_checked(TIMEOUT).await {
+        Read::Closed(_) => {}
         other => panic!("expected a connection without a PROXY header refused, got {other:?}"),
     }
 }

@@ -9,11 +9,11 @@ use std::num::{NonZeroU16, NonZeroU32};
 use bytes::Bytes;
 use rookery_codec::ProtocolVersion::V5;
 use rookery_codec::{Ack, ByteString, Packet, PacketId, QoS, ReasonCode, SubscriptionOptions};
+use rookery_testkit::{RawClient, Read, at, connect_packet, persistent_v5, pid, publish_packet};
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 
 use crate::clients::V5Client;
 use crate::harness::{limited, restricted, shared, skip_on_mosquitto, unique};
-use crate::raw::{RawClient, Read, at, connect_packet, persistent_v5, pid, publish};
 
 /// MQTT-3.3.2-5 and MQTT-3.3.2-6: a queued message whose Message Expiry
 /// Interval has passed is not delivered, and one still alive is delivered
@@ -28,10 +28,10 @@ async fn mqtt_3_3_2_6_message_expiry_drops_expired_messages_and_reduces_the_rest
     subscriber.close().await;
 
     let mut publisher = RawClient::v5(broker.addr(), &unique("mexp-pub")).await;
-    let mut short = publish(&topic, QoS::AtLeastOnce, 1, b"short");
+    let mut short = publish_packet(&topic, QoS::AtLeastOnce, 1, b"short");
     short.properties.message.message_expiry_interval = Some(1);
     publisher.publish_flow(short).await;
-    let mut long = publish(&topic, QoS::AtLeastOnce, 2, b"long");
+    let mut long = publish_packet(&topic, QoS::AtLeastOnce, 2, b"long");
     long.properties.message.message_expiry_interval = Some(30);
     publisher.publish_flow(long).await;
     // Past the short interval, with a margin for a one-second clock.
@@ -80,7 +80,7 @@ async fn mqtt_3_3_2_12_topic_alias_from_a_client_stands_for_its_topic() {
         ("", 4, b"re-"),
     ];
     for (topic, id, payload) in sends {
-        let mut message = publish("", QoS::AtLeastOnce, id, payload);
+        let mut message = publish_packet("", QoS::AtLeastOnce, id, payload);
         message.topic = ByteString::from(topic);
         message.properties.topic_alias = alias;
         publisher.publish_flow(message).await;
@@ -111,7 +111,7 @@ async fn mqtt_3_3_2_9_topic_alias_above_the_maximum_gets_disconnect_0x94() {
     let (mut client, connack) =
         RawClient::connect_ok(broker.addr(), connect_packet(V5, &unique("alias-big"))).await;
     assert_eq!(connack.properties.topic_alias_maximum, Some(4));
-    let mut message = publish(&unique("alias-big/t"), QoS::AtMostOnce, 0, b"x");
+    let mut message = publish_packet(&unique("alias-big/t"), QoS::AtMostOnce, 0, b"x");
     message.properties.topic_alias = NonZeroU16::new(5);
     client.send(Packet::Publish(message)).await;
     client
@@ -125,7 +125,7 @@ async fn mqtt_3_3_2_9_topic_alias_above_the_maximum_gets_disconnect_0x94() {
 async fn mqtt_3_3_2_3_4_unknown_topic_alias_is_a_protocol_error() {
     let broker = shared();
     let mut client = RawClient::v5(broker.addr(), &unique("alias-unknown")).await;
-    let mut message = publish("", QoS::AtMostOnce, 0, b"x");
+    let mut message = publish_packet("", QoS::AtMostOnce, 0, b"x");
     message.properties.topic_alias = NonZeroU16::new(1);
     client.send(Packet::Publish(message)).await;
     client.expect_disconnect(ReasonCode::ProtocolError).await;
@@ -250,7 +250,7 @@ async fn mqtt_3_3_4_client_exceeding_the_server_receive_maximum_gets_disconnect_
     let topic = unique("rmax-over/t");
     for id in 1..=maximum {
         client
-            .send(Packet::Publish(publish(
+            .send(Packet::Publish(publish_packet(
                 &topic,
                 QoS::ExactlyOnce,
                 id,
@@ -261,7 +261,7 @@ async fn mqtt_3_3_4_client_exceeding_the_server_receive_maximum_gets_disconnect_
         assert_eq!(client.expect_pubrec().await.packet_id, pid(id));
     }
     client
-        .send(Packet::Publish(publish(
+        .send(Packet::Publish(publish_packet(
             &topic,
             QoS::ExactlyOnce,
             maximum + 1,
@@ -285,7 +285,7 @@ async fn mqtt_3_2_2_3_6_packet_above_the_server_maximum_gets_disconnect_0x95() {
         NonZeroU32::new(4096)
     );
     client
-        .send(Packet::Publish(publish(
+        .send(Packet::Publish(publish_packet(
             &unique("big/t"),
             QoS::AtMostOnce,
             0,
@@ -337,7 +337,7 @@ async fn mqtt_3_3_4_3_messages_carry_the_subscription_identifiers_they_matched()
     let mut seen = BTreeSet::new();
     let mut copies = 0;
     loop {
-        match subscriber.read_within(crate::harness::QUIET).await {
+        match subscriber.read_checked(crate::harness::QUIET).await {
             Read::Packet(Packet::Publish(message)) => {
                 copies += 1;
                 subscriber.ack(&message).await;
@@ -442,7 +442,7 @@ async fn mqtt_4_8_2_shared_subscription_gives_each_message_to_one_member_of_the_
     let mut received = Vec::new();
     for member in &mut members {
         let mut mine = Vec::new();
-        while let Read::Packet(packet) = member.read_within(crate::harness::QUIET).await {
+        while let Read::Packet(packet) = member.read_checked(crate::harness::QUIET).await {
             let Packet::Publish(message) = packet else {
                 panic!("unexpected {packet:?}");
             };
@@ -557,7 +557,7 @@ async fn mqtt_3_2_2_11_publish_above_the_maximum_qos_gets_disconnect_0x9b() {
     let broker = restricted();
     let mut client = RawClient::v5(broker.addr(), &unique("qos2-refused")).await;
     client
-        .send(Packet::Publish(publish(
+        .send(Packet::Publish(publish_packet(
             &unique("qos2-refused/t"),
             QoS::ExactlyOnce,
             1,
@@ -575,7 +575,7 @@ async fn mqtt_3_2_2_14_retain_unavailable_is_announced_and_retained_publish_gets
     let (mut client, connack) =
         RawClient::connect_ok(broker.addr(), connect_packet(V5, &unique("noretain"))).await;
     assert_eq!(connack.properties.retain_available, Some(false));
-    let mut message = publish(&unique("noretain/t"), QoS::AtMostOnce, 0, b"x");
+    let mut message = publish_packet(&unique("noretain/t"), QoS::AtMostOnce, 0, b"x");
     message.retain = true;
     client.send(Packet::Publish(message)).await;
     client

@@ -9,10 +9,10 @@ use rookery_codec::ProtocolVersion::{V3_1_1, V5};
 use rookery_codec::{
     ByteString, Connect, Disconnect, Packet, PayloadFormat, QoS, ReasonCode, Will, WillProperties,
 };
+use rookery_testkit::{RawClient, Read, connect_packet, publish_packet};
 
 use crate::clients::V5Client;
 use crate::harness::{TIMEOUT, shared, unique};
-use crate::raw::{RawClient, Read, connect_packet};
 
 /// `connect` with a will of `payload` on `topic` at QoS 1.
 fn with_will(mut connect: Connect, topic: &str, payload: &[u8]) -> Connect {
@@ -158,7 +158,7 @@ async fn mqtt_3_1_2_17_will_retain_publishes_a_retained_will() {
     );
     // Clean up the shared broker's retained store.
     let mut cleaner = RawClient::v5(broker.addr(), &unique("willret-clean")).await;
-    let mut clear = crate::raw::publish(&topic, QoS::AtLeastOnce, 1, b"");
+    let mut clear = publish_packet(&topic, QoS::AtLeastOnce, 1, b"");
     clear.retain = true;
     cleaner.publish_flow(clear).await;
 }
@@ -230,7 +230,7 @@ async fn mqtt_3_1_3_9_reconnecting_within_the_will_delay_suppresses_the_will() {
     let (client, connack) = RawClient::connect_ok(broker.addr(), connect).await;
     assert!(connack.session_present);
     // Past the delay, with a margin for a one-second timer.
-    match watcher.read_within(Duration::from_millis(2500)).await {
+    match watcher.read_checked(Duration::from_millis(2500)).await {
         Read::Nothing => {}
         other => panic!("expected no will, got {other:?}"),
     }
@@ -255,7 +255,7 @@ async fn mqtt_3_1_3_9_will_is_published_when_the_session_expires_before_the_will
     }
     let (client, _) = RawClient::connect_ok(broker.addr(), connect).await;
     client.close().await;
-    match watcher.read_within(TIMEOUT).await {
+    match watcher.read_checked(TIMEOUT).await {
         Read::Packet(Packet::Publish(will)) => assert_eq!(&will.payload[..], b"session over"),
         other => panic!("expected the will when the session expired, got {other:?}"),
     }
