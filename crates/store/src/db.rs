@@ -54,47 +54,11 @@ impl Db {
             .cf_handle(name)
             .ok_or(StoreError::MissingColumnFamily(name))
     }
-
-    /// The value stored at `key` in `family`.
-    pub fn get(&self, family: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.inner.get_cf(self.cf(family)?, key)?)
-    }
-
-    /// Records with `start <= key < end` (no end: to the last key), at most
-    /// `limit` of them.
-    pub fn scan_range(
-        &self,
-        family: &'static str,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<Record>, StoreError> {
-        // The bound stops RocksDB itself at `end`: without it, the iterator
-        // steps over every deleted key past the range (acknowledged queue
-        // entries of the next session, say) looking for a live one.
-        let mut options = ReadOptions::default();
-        if let Some(end) = end {
-            options.set_iterate_upper_bound(end.to_vec());
-        }
-        let iter = self.inner.iterator_cf_opt(
-            self.cf(family)?,
-            options,
-            IteratorMode::From(start, Direction::Forward),
-        );
-        let mut records = Vec::new();
-        for item in iter {
-            let (key, value) = item?;
-            if end.is_some_and(|end| key.as_ref() >= end) || records.len() >= limit {
-                break;
-            }
-            records.push((key.into_vec(), value.into_vec()));
-        }
-        Ok(records)
-    }
 }
 
-/// Reads shared by the database and a transaction over it, so that the
-/// state machine's queries run the same inside and outside of `apply`.
+/// How the store reads, from the database or from a transaction over it (its
+/// own writes first): the state machine's queries run the same inside and
+/// outside of `apply`.
 pub trait Reader {
     /// The value stored at `key` in `family`.
     fn get(&self, family: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
@@ -128,7 +92,7 @@ pub trait Reader {
 
 impl Reader for Db {
     fn get(&self, family: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Db::get(self, family, key)
+        Ok(self.inner.get_cf(self.cf(family)?, key)?)
     }
 
     fn scan_range(
@@ -138,23 +102,27 @@ impl Reader for Db {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<Record>, StoreError> {
-        Db::scan_range(self, family, start, end, limit)
-    }
-}
-
-impl Reader for Txn<'_> {
-    fn get(&self, family: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Txn::get(self, family, key)
-    }
-
-    fn scan_range(
-        &self,
-        family: &'static str,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<Record>, StoreError> {
-        Txn::scan_range(self, family, start, end, limit)
+        // The bound stops RocksDB itself at `end`: without it, the iterator
+        // steps over every deleted key past the range (acknowledged queue
+        // entries of the next session, say) looking for a live one.
+        let mut options = ReadOptions::default();
+        if let Some(end) = end {
+            options.set_iterate_upper_bound(end.to_vec());
+        }
+        let iter = self.inner.iterator_cf_opt(
+            self.cf(family)?,
+            options,
+            IteratorMode::From(start, Direction::Forward),
+        );
+        let mut records = Vec::new();
+        for item in iter {
+            let (key, value) = item?;
+            if end.is_some_and(|end| key.as_ref() >= end) || records.len() >= limit {
+                break;
+            }
+            records.push((key.into_vec(), value.into_vec()));
+        }
+        Ok(records)
     }
 }
 
@@ -193,20 +161,6 @@ impl<'a> Txn<'a> {
         }
     }
 
-    /// The value at `key` in `family` as this transaction sees it.
-    pub fn get(&self, family: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let key = (family, key.to_vec());
-        if let Some(write) = self.writes.get(&key) {
-            return Ok(write.clone());
-        }
-        if let Some(read) = self.reads.borrow().get(&key) {
-            return Ok(read.clone());
-        }
-        let read = self.db.get(family, &key.1)?;
-        self.reads.borrow_mut().insert(key, read.clone());
-        Ok(read)
-    }
-
     /// Writes `value` at `key` in `family` when the transaction is applied.
     pub fn put(&mut self, family: &'static str, key: Vec<u8>, value: Vec<u8>) {
         self.writes.insert((family, key), Some(value));
@@ -227,34 +181,8 @@ impl<'a> Txn<'a> {
         self.writes.insert((family, key), None);
     }
 
-    /// Records with `start <= key < end` as this transaction sees them, at
-    /// most `limit`.
-    pub fn scan_range(
-        &self,
-        family: &'static str,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<Record>, StoreError> {
-        // Read enough from the database to fill `limit` even if this
-        // transaction deleted some of them.
-        let deleted = self
-            .pending(family, start, end)
-            .filter(|(_, value)| value.is_none())
-            .count();
-        let stored = self
-            .db
-            .scan_range(family, start, end, limit.saturating_add(deleted))?;
-        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = stored.into_iter().collect();
-        for (key, value) in self.pending(family, start, end) {
-            match value {
-                Some(value) => merged.insert(key.clone(), value.clone()),
-                None => merged.remove(key),
-            };
-        }
-        Ok(merged.into_iter().take(limit).collect())
-    }
-
+    /// This transaction's writes to `family` with `start <= key < end`, in key
+    /// order (`None`: a delete).
     fn pending<'s>(
         &'s self,
         family: &'static str,
@@ -280,6 +208,47 @@ impl<'a> Txn<'a> {
             }
         }
         Ok(batch)
+    }
+}
+
+impl Reader for Txn<'_> {
+    fn get(&self, family: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = (family, key.to_vec());
+        if let Some(write) = self.writes.get(&key) {
+            return Ok(write.clone());
+        }
+        if let Some(read) = self.reads.borrow().get(&key) {
+            return Ok(read.clone());
+        }
+        let read = self.db.get(family, &key.1)?;
+        self.reads.borrow_mut().insert(key, read.clone());
+        Ok(read)
+    }
+
+    fn scan_range(
+        &self,
+        family: &'static str,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        // Read enough from the database to fill `limit` even if this
+        // transaction deleted some of them.
+        let deleted = self
+            .pending(family, start, end)
+            .filter(|(_, value)| value.is_none())
+            .count();
+        let stored = self
+            .db
+            .scan_range(family, start, end, limit.saturating_add(deleted))?;
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = stored.into_iter().collect();
+        for (key, value) in self.pending(family, start, end) {
+            match value {
+                Some(value) => merged.insert(key.clone(), value.clone()),
+                None => merged.remove(key),
+            };
+        }
+        Ok(merged.into_iter().take(limit).collect())
     }
 }
 

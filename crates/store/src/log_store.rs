@@ -15,7 +15,7 @@ use openraft::{Entry, LogId, OptionalSend, StorageError, Vote};
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 use tokio::sync::oneshot;
 
-use crate::db::Db;
+use crate::db::{Db, Reader};
 use crate::keys::cf;
 use crate::{NodeId, StoreError, TypeConfig};
 

@@ -238,7 +238,7 @@ impl Machine<'_, '_> {
         let mut session = match resumable {
             Some(old) if !connect.clean_start && !ended_by_takeover => {
                 // MQTT-3.1.3-9: reconnecting within the will delay cancels it.
-                self.cancel_delayed_wills(&old.client_id)?;
+                self.take_delayed_wills(&old.client_id)?;
                 session_present = true;
                 old
             }
@@ -385,18 +385,8 @@ impl Machine<'_, '_> {
     /// delay goes out now: the session's end ends the delay (MQTT-3.1.3-9).
     fn end_session(&mut self, session: &Session) -> Result<(), StoreError> {
         let client_id = session.client_id.as_str();
-        for (key, value) in self.txn.scan_prefix(cf::WILLS, &keys::client(client_id))? {
-            let pending: PendingWill = decode(cf::WILLS, &value)?;
-            if pending.assigned_edge_id.is_empty() && pending.fire_at_ms > self.now_ms {
-                self.txn.delete(cf::WILLS, key);
-                self.txn.delete(
-                    cf::TIMERS,
-                    keys::timer(pending.fire_at_ms, TimerKind::Will, client_id),
-                );
-                if let Some(will) = pending.will {
-                    self.fire_will_now(client_id, will, None)?;
-                }
-            }
+        for will in self.take_delayed_wills(client_id)? {
+            self.fire_will_now(client_id, will, None)?;
         }
         let subscriptions = self.subscriptions(client_id)?;
         let routes = self.routes_of(session, &subscriptions);
@@ -430,10 +420,11 @@ impl Machine<'_, '_> {
         Ok(())
     }
 
-    /// Cancels the wills still waiting for their delay (MQTT-3.1.3-9). A will
-    /// whose delay has passed is due (MQTT-3.1.2-8) even if no Tick has
-    /// handed it to an edge yet, and stays.
-    fn cancel_delayed_wills(&mut self, client_id: &str) -> Result<(), StoreError> {
+    /// Removes the wills still waiting for their delay, with their timers,
+    /// and returns them. A will whose delay has passed is due (MQTT-3.1.2-8)
+    /// even if no Tick has handed it to an edge yet, and stays.
+    fn take_delayed_wills(&mut self, client_id: &str) -> Result<Vec<Will>, StoreError> {
+        let mut delayed = Vec::new();
         for (key, value) in self.txn.scan_prefix(cf::WILLS, &keys::client(client_id))? {
             let pending: PendingWill = decode(cf::WILLS, &value)?;
             if pending.assigned_edge_id.is_empty() && pending.fire_at_ms > self.now_ms {
@@ -442,9 +433,10 @@ impl Machine<'_, '_> {
                     cf::TIMERS,
                     keys::timer(pending.fire_at_ms, TimerKind::Will, client_id),
                 );
+                delayed.extend(pending.will);
             }
         }
-        Ok(())
+        Ok(delayed)
     }
 
     fn schedule_will(&mut self, client_id: &str, will: Will, fire_at_ms: u64) {

@@ -15,7 +15,7 @@ use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::db::{Db, decode};
+use crate::db::{Db, Reader, decode};
 use crate::keys::{self, cf};
 use crate::log_store::LogStore;
 use crate::network::{Channels, Network};

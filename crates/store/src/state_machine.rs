@@ -17,7 +17,7 @@ use openraft::{EntryPayload, LogId, RaftSnapshotBuilder, StorageError, StoredMem
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
 use tokio::sync::broadcast;
 
-use crate::db::{Db, Txn};
+use crate::db::{Db, Reader, Txn};
 use crate::keys::cf;
 use crate::machine::{Event, apply_batch};
 use crate::proto::CommandResult;

@@ -97,6 +97,43 @@ async fn write(store: &mut StoreClient<Channel>, commands: Vec<Command>) -> Vec<
         .collect()
 }
 
+/// The next item of a stream, which must come within `WAIT`.
+async fn next_event<T>(stream: &mut tonic::Streaming<T>) -> T {
+    tokio::time::timeout(WAIT, stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+}
+
+/// The events for edge `edge_id` from now on.
+async fn watch_edge(
+    store: &mut StoreClient<Channel>,
+    edge_id: &str,
+) -> tonic::Streaming<proto::EdgeEvent> {
+    store
+        .watch_edge(proto::WatchEdgeRequest {
+            edge_id: edge_id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Session `client_id` with its subscriptions and queue.
+async fn get_session(
+    store: &mut StoreClient<Channel>,
+    client_id: &str,
+) -> proto::GetSessionResponse {
+    store
+        .get_session(proto::GetSessionRequest {
+            client_id: client_id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 fn epoch_of(result: &ResultKind) -> u64 {
     match result {
         ResultKind::Connected(connected) => connected.epoch,
@@ -117,11 +154,7 @@ async fn route_watch_starts_with_the_table_then_streams_changes() {
         .await
         .unwrap()
         .into_inner();
-    let first = tokio::time::timeout(WAIT, watch.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let first = next_event(&mut watch).await;
     assert!(first.snapshot);
     // Online and persistent: a route to its edge and one to its store queue.
     let mut targets: Vec<(String, String)> = first
@@ -136,11 +169,7 @@ async fn route_watch_starts_with_the_table_then_streams_changes() {
     );
 
     write(&mut store, vec![subscribe("c1", epoch, "b/#")]).await;
-    let change = tokio::time::timeout(WAIT, watch.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let change = next_event(&mut watch).await;
     assert!(!change.snapshot);
     assert!(change.applied_index > first.applied_index);
     assert_eq!(change.added.len(), 2);
@@ -158,11 +187,7 @@ async fn route_watch_starts_with_the_table_then_streams_changes() {
         }))],
     )
     .await;
-    let change = tokio::time::timeout(WAIT, watch.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let change = next_event(&mut watch).await;
     assert!(change.added.is_empty());
     assert_eq!(change.removed.len(), 2);
     assert!(change.removed.iter().all(|route| route.edge_id == "e1"));
@@ -174,13 +199,7 @@ async fn a_takeover_notifies_the_old_edge_and_fences_its_connection() {
     let dir = tempfile::tempdir().unwrap();
     let (node, mut store) = single_voter(dir.path(), None).await;
     write(&mut store, vec![register_edge("e2")]).await;
-    let mut e1_events = store
-        .watch_edge(proto::WatchEdgeRequest {
-            edge_id: "e1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut e1_events = watch_edge(&mut store, "e1").await;
 
     let old_epoch = epoch_of(&write(&mut store, vec![connect("c1", "e1", 3600)]).await[0]);
     write(&mut store, vec![subscribe("c1", old_epoch, "t")]).await;
@@ -202,11 +221,7 @@ async fn a_takeover_notifies_the_old_edge_and_fences_its_connection() {
         ..proto::Enqueue::default()
     }));
     write(&mut store, vec![enqueue]).await;
-    let event = tokio::time::timeout(WAIT, e1_events.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let event = next_event(&mut e1_events).await;
     assert!(matches!(
         event.kind,
         Some(edge_event::Kind::MessagesQueued(ref queued)) if queued.client_id == "c1"
@@ -225,11 +240,7 @@ async fn a_takeover_notifies_the_old_edge_and_fences_its_connection() {
         1,
         "the unacknowledged message is resent"
     );
-    let event = tokio::time::timeout(WAIT, e1_events.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let event = next_event(&mut e1_events).await;
     assert_eq!(
         event.kind,
         Some(edge_event::Kind::SessionTakenOver(
@@ -243,13 +254,7 @@ async fn a_takeover_notifies_the_old_edge_and_fences_its_connection() {
     // Whatever e1 still sends for the old connection changes nothing.
     let stale = write(&mut store, vec![subscribe("c1", old_epoch, "stale/#")]).await;
     assert!(matches!(stale[0], ResultKind::Fenced(_)));
-    let session = store
-        .get_session(proto::GetSessionRequest {
-            client_id: "c1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let session = get_session(&mut store, "c1").await;
     assert_eq!(session.subscriptions.len(), 1);
     assert_eq!(session.session.unwrap().edge_id, "e2");
     node.shutdown().await;
@@ -260,13 +265,7 @@ async fn a_dead_edges_clients_have_their_wills_published_by_a_live_edge() {
     let dir = tempfile::tempdir().unwrap();
     // The leader's own ticker drives time here, as in production.
     let (node, mut store) = single_voter(dir.path(), Some(Duration::from_millis(50))).await;
-    let mut e1_events = store
-        .watch_edge(proto::WatchEdgeRequest {
-            edge_id: "e1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut e1_events = watch_edge(&mut store, "e1").await;
     let short_lease = command(Kind::RegisterEdge(proto::RegisterEdge {
         edge_id: "e-dying".into(),
         address: "127.0.0.1:2".into(),
@@ -296,11 +295,7 @@ async fn a_dead_edges_clients_have_their_wills_published_by_a_live_edge() {
     .await;
 
     // e-dying never renews; e1 (60 s lease) is asked to publish the will.
-    let event = tokio::time::timeout(WAIT, e1_events.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let event = next_event(&mut e1_events).await;
     let Some(edge_event::Kind::WillDue(due)) = event.kind else {
         panic!("{event:?}")
     };
@@ -308,15 +303,7 @@ async fn a_dead_edges_clients_have_their_wills_published_by_a_live_edge() {
     assert_eq!(due.message.unwrap().topic, "sensors/offline");
 
     // The session went offline and its expiry started.
-    let session = store
-        .get_session(proto::GetSessionRequest {
-            client_id: "sensor".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+    let session = get_session(&mut store, "sensor").await.session.unwrap();
     assert!(session.edge_id.is_empty());
     assert!(session.expires_at_ms > 0);
     node.shutdown().await;

@@ -14,11 +14,14 @@ use openraft::{Entry, EntryPayload, RaftSnapshotBuilder, StorageError};
 use rookery_store::db::Db;
 use rookery_store::log_store::LogStore;
 use rookery_store::machine::read_retained;
-use rookery_store::proto::{self, Command, CommandBatch, SetRetained, command::Kind};
+use rookery_store::proto::{Command, CommandBatch};
 use rookery_store::state_machine::{Applied, StateMachine};
 use rookery_store::{NodeId, StoreError, TypeConfig};
 use tempfile::TempDir;
 use tokio::sync::broadcast;
+
+mod support;
+use support::set_retained;
 
 struct Opened {
     db: Arc<Db>,
@@ -59,20 +62,6 @@ fn openraft_storage_suite() {
     Suite::test_all(RocksBuilder).unwrap();
 }
 
-fn retain(topic: &str) -> Command {
-    Command {
-        kind: Some(Kind::SetRetained(SetRetained {
-            message: Some(proto::Message {
-                topic: topic.into(),
-                payload: bytes::Bytes::from_static(b"payload"),
-                qos: 1,
-                retain: true,
-                ..proto::Message::default()
-            }),
-        })),
-    }
-}
-
 fn normal(index: u64, commands: Vec<Command>) -> Entry<TypeConfig> {
     Entry {
         log_id: log_id(1, 0, index),
@@ -103,14 +92,17 @@ async fn a_snapshot_carries_state_from_normal_entries() {
 
     let replies = leader
         .state_machine
-        .apply([normal(1, vec![retain("a/b"), retain("c/d")])])
+        .apply([normal(1, vec![set_retained("a/b"), set_retained("c/d")])])
         .await
         .unwrap();
     assert_eq!(replies.len(), 1);
     assert_eq!(replies[0].len(), 2, "one result per command");
     follower
         .state_machine
-        .apply([normal(1, vec![retain("stale/topic")]), normal(2, vec![])])
+        .apply([
+            normal(1, vec![set_retained("stale/topic")]),
+            normal(2, vec![]),
+        ])
         .await
         .unwrap();
 

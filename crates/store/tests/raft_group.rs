@@ -15,11 +15,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rookery_store::proto::{
-    self, Command, SetRetained, admin_client::AdminClient, command::Kind, store_client::StoreClient,
-};
+use rookery_store::proto::{self, admin_client::AdminClient, store_client::StoreClient};
 use rookery_store::{StoreConfig, StoreNode};
 use tokio::runtime::Runtime;
+
+mod support;
+use support::set_retained;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -158,7 +159,7 @@ impl Client {
                 return false;
             };
             let request = proto::WriteRequest {
-                commands: vec![retained(topic)],
+                commands: vec![set_retained(topic)],
             };
             let call = tokio::time::timeout(Duration::from_secs(3), store.write(request));
             matches!(call.await, Ok(Ok(_)))
@@ -188,20 +189,6 @@ impl Client {
                 }
             }
         }
-    }
-}
-
-fn retained(topic: &str) -> Command {
-    Command {
-        kind: Some(Kind::SetRetained(SetRetained {
-            message: Some(proto::Message {
-                topic: topic.into(),
-                payload: bytes::Bytes::from_static(b"payload"),
-                qos: 1,
-                retain: true,
-                ..proto::Message::default()
-            }),
-        })),
     }
 }
 
