@@ -159,12 +159,10 @@ impl Live {
                 },
                 () = room_in(&self.paused_on), if paused => Input::Resumed { drained: true },
             };
-            if matches!(input, Input::Read(Ok(n)) if n > 0)
-                || matches!(input, Input::Resumed { .. })
-            {
-                if let Some(keep_alive) = keep_alive {
-                    deadline = Instant::now() + keep_alive;
-                }
+            let heard_from = matches!(input, Input::Read(Ok(n)) if n > 0)
+                || matches!(input, Input::Resumed { .. });
+            if heard_from && let Some(keep_alive) = keep_alive {
+                deadline = Instant::now() + keep_alive;
             }
             if let Input::Read(Ok(n)) = input {
                 last_read = n;
