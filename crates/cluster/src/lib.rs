@@ -8,10 +8,10 @@ pub mod forward;
 pub mod membership;
 pub mod writes;
 
-pub use access::{Access, Peers};
+pub use access::{Access, BadStoreAddress, Peers};
 pub use forward::{DeliverySink, Forwarder, Outbound};
 pub use membership::{Discovery, Joined, form_or_join};
-pub use writes::{LeaderWrites, StoreContact, WriteFailed};
+pub use writes::{LeaderWrites, MayHaveCommitted, NotProposed, StoreContact, WriteFailed};
 
 /// Generated protobuf and gRPC code for `proto/rookery/cluster/v1`.
 #[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
