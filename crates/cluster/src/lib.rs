@@ -10,7 +10,7 @@ pub mod writes;
 
 pub use access::{Access, BadStoreAddress, Peers};
 pub use forward::{DeliverySink, Forwarder, Outbound};
-pub use membership::{Discovery, Joined, form_or_join};
+pub use membership::{Discovery, JoinFailed, Joined, MembershipError, form_or_join};
 pub use writes::{LeaderWrites, MayHaveCommitted, NotProposed, StoreContact, WriteFailed};
 
 /// Generated protobuf and gRPC code for `proto/rookery/cluster/v1`.
