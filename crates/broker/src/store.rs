@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use rookery_cluster::{Access, LeaderWrites, Peers, StoreContact};
+use rookery_cluster::{
+    Access, BadStoreAddress, LeaderWrites, MayHaveCommitted, Peers, StoreContact, WriteFailed,
+};
 use rookery_store::StoreError;
 use rookery_store::machine::{self, Event};
 use rookery_store::proto::{self, Command, CommandResult, edge_event, store_client::StoreClient};
@@ -25,27 +27,63 @@ const READ_LIMIT: usize = 512 * 1024 * 1024;
 /// Notifications an edge-only node may hold before it stops reading.
 const FOLLOW_BUFFER: usize = 4096;
 
-/// Why the store did not take a write.
+/// Why the store did not take a write or answer a read.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreUnavailable {
+    /// A write failed; the cause says whether it may have committed.
     #[error("session store: {0}")]
-    Write(String),
+    Write(#[from] WriteFailed),
+    /// A read failed (it changed nothing).
     #[error("session store read: {0}")]
-    Read(String),
+    Read(#[from] ReadFailed),
+}
+
+impl StoreUnavailable {
+    /// Whether what failed may have changed the store all the same: a write
+    /// that may have committed (or may yet). False for a write that was
+    /// never proposed, which may be refused and retried, and for a read.
+    pub fn may_have_committed(&self) -> bool {
+        match self {
+            StoreUnavailable::Write(failed) => failed.may_have_committed(),
+            StoreUnavailable::Read(_) => false,
+        }
+    }
+}
+
+/// Why a read from the store failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReadFailed {
+    /// The replica in this process could not read its state.
+    #[error("the local replica: {0}")]
+    LocalReplica(Arc<StoreError>),
+    /// The store node this edge follows answered with an error.
+    #[error("the followed store node: {}", .0.message())]
+    Remote(tonic::Status),
+    /// An edge-only node has no store node to read from yet.
+    #[error("not following a store node")]
+    NotFollowing,
+    /// The followed store node's address cannot be reached by gRPC.
+    #[error(transparent)]
+    BadAddress(Arc<BadStoreAddress>),
+    /// No store node could be followed within the bound.
+    #[error("no store node to follow within {0:?}")]
+    NothingToFollow(Duration),
 }
 
 impl From<StoreError> for StoreUnavailable {
     fn from(error: StoreError) -> Self {
-        StoreUnavailable::Read(error.to_string())
+        StoreUnavailable::Read(ReadFailed::LocalReplica(Arc::new(error)))
     }
 }
 
 impl From<tonic::Status> for StoreUnavailable {
     fn from(status: tonic::Status) -> Self {
-        StoreUnavailable::Read(status.message().to_owned())
+        StoreUnavailable::Read(ReadFailed::Remote(status))
     }
 }
 
+/// The session store as this edge sees it: ordered writes through the
+/// leader, reads and notifications from one replica.
 #[derive(Debug, Clone)]
 pub struct Store {
     access: Access,
@@ -126,7 +164,7 @@ impl Store {
         async move {
             outcome.await.map_err(|error| {
                 metrics::counter!("rookery_store_write_failures_total").increment(1);
-                StoreUnavailable::Write(error.to_string())
+                StoreUnavailable::Write(error)
             })
         }
     }
@@ -137,21 +175,24 @@ impl Store {
             .await?
             .into_iter()
             .next()
-            .ok_or_else(|| StoreUnavailable::Write("no result".into()))
+            .ok_or_else(|| {
+                // `LeaderWrites` answers one result per command; kept typed
+                // rather than assumed.
+                let missing = MayHaveCommitted::ResultsMismatch {
+                    expected: 1,
+                    received: 0,
+                };
+                StoreUnavailable::Write(missing.into())
+            })
     }
 
     /// The store node an edge-only node reads from.
     fn home_client(&self) -> Result<StoreClient<tonic::transport::Channel>, StoreUnavailable> {
-        let home = self
-            .home
-            .lock()
-            .clone()
-            .ok_or_else(|| StoreUnavailable::Read("not following a store node".into()))?;
+        let home = self.home.lock().clone().ok_or(ReadFailed::NotFollowing)?;
         let channel = self
             .access
-            .channels()
-            .get(&home)
-            .map_err(|error| StoreUnavailable::Read(format!("{home}: {error}")))?;
+            .channel(&home)
+            .map_err(|error| ReadFailed::BadAddress(Arc::new(error)))?;
         // A queue read or the retained messages may be larger than gRPC's
         // default 4 MiB.
         Ok(StoreClient::new(channel).max_decoding_message_size(READ_LIMIT))
@@ -201,6 +242,7 @@ impl Store {
         }
     }
 
+    /// The route table as the followed replica knows it.
     pub async fn routes(&self) -> Result<Vec<proto::Route>, StoreUnavailable> {
         match &self.access {
             Access::Replica(node) => Ok(machine::read_routes(node.local_db())?),
@@ -213,6 +255,8 @@ impl Store {
         }
     }
 
+    /// The retained messages whose topics `filter` matches, unexpired at
+    /// `now_ms`.
     pub async fn retained(
         &self,
         filter: &str,
@@ -253,9 +297,7 @@ impl Store {
                 ));
                 match tokio::time::timeout(FOLLOW_TIMEOUT, first).await {
                     Ok(Ok(())) => Ok(StoreEvents::Remote(receiver)),
-                    _ => Err(StoreUnavailable::Read(format!(
-                        "no store node to follow within {FOLLOW_TIMEOUT:?}"
-                    ))),
+                    _ => Err(ReadFailed::NothingToFollow(FOLLOW_TIMEOUT).into()),
                 }
             }
         }
@@ -328,6 +370,7 @@ async fn follow(
     }
 }
 
+/// The stream of what the store tells this edge (see [`Store::events`]).
 #[derive(Debug)]
 pub enum StoreEvents {
     /// From the replica in this process.
@@ -384,5 +427,23 @@ impl StoreEvents {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rookery_cluster::NotProposed;
+
+    /// Only a write that may have committed is an unknown outcome; a write
+    /// never proposed and a read changed nothing.
+    #[test]
+    fn only_a_write_that_may_have_committed_says_so() {
+        let never_proposed = StoreUnavailable::Write(NotProposed::NoLeader(Duration::ZERO).into());
+        assert!(!never_proposed.may_have_committed());
+        let timed_out =
+            StoreUnavailable::Write(MayHaveCommitted::TimedOut(Duration::from_secs(1)).into());
+        assert!(timed_out.may_have_committed());
+        assert!(!StoreUnavailable::Read(ReadFailed::NotFollowing).may_have_committed());
     }
 }

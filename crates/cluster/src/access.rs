@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use rookery_store::network::Channels;
+use rookery_store::proto::StatusResponse;
 use rookery_store::{NodeId, StoreNode};
 use tonic::transport::Channel;
 
@@ -13,6 +14,18 @@ use crate::membership::{ask_status, resolve};
 
 /// Pause between rounds of looking for the leader.
 const LOOK_AGAIN: Duration = Duration::from_millis(200);
+
+/// A store address that cannot be made into a gRPC channel (it is not a
+/// valid `host:port`).
+#[derive(Debug, thiserror::Error)]
+#[error("store address {address:?} is not usable: {source}")]
+pub struct BadStoreAddress {
+    /// The address as given.
+    pub address: String,
+    /// Why tonic refused it.
+    #[source]
+    pub source: tonic::transport::Error,
+}
 
 /// The way to the store.
 #[derive(Debug, Clone)]
@@ -24,15 +37,17 @@ pub enum Access {
 }
 
 /// Where the leader is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum LeaderAt {
-    /// In this process.
-    Here,
-    /// At this store address.
-    There(String),
+#[derive(Debug, Clone)]
+pub(crate) enum LeaderAt<'a> {
+    /// The replica in this process leads.
+    LocalReplica(&'a Arc<StoreNode>),
+    /// Another store node leads, at this store address.
+    Remote(String),
 }
 
 impl Access {
+    /// The gRPC channels to store nodes, one per address, shared by every
+    /// user of this access.
     pub fn channels(&self) -> &Channels {
         match self {
             Access::Replica(node) => node.channels(),
@@ -40,6 +55,12 @@ impl Access {
         }
     }
 
+    /// The channel to the store node at `address` (connected lazily).
+    pub fn channel(&self, address: &str) -> Result<Channel, BadStoreAddress> {
+        channel(self.channels(), address)
+    }
+
+    /// The store replica in this process, if there is one.
     pub(crate) fn replica(&self) -> Option<&Arc<StoreNode>> {
         match self {
             Access::Replica(node) => Some(node),
@@ -48,14 +69,14 @@ impl Access {
     }
 
     /// The leader, waiting up to `timeout` for one to be known.
-    pub(crate) async fn leader(&self, timeout: Duration) -> Option<LeaderAt> {
+    pub(crate) async fn leader(&self, timeout: Duration) -> Option<LeaderAt<'_>> {
         match self {
             Access::Replica(node) => {
                 let at = |(id, address): (NodeId, String)| {
                     if id == node.node_id() {
-                        LeaderAt::Here
+                        LeaderAt::LocalReplica(node)
                     } else {
-                        LeaderAt::There(address)
+                        LeaderAt::Remote(address)
                     }
                 };
                 if let Some(leader) = node.leader() {
@@ -68,14 +89,27 @@ impl Access {
                         .is_ok();
                 if elected { node.leader().map(at) } else { None }
             }
-            Access::Peers(peers) => peers.leader(timeout).await.map(LeaderAt::There),
+            Access::Peers(peers) => peers.leader(timeout).await.map(LeaderAt::Remote),
         }
     }
 
-    /// The leader is not at `address` after all: look again next time.
+    /// The leader is not where it was thought to be: it is at `hint` (a
+    /// store address), or, without one, to be looked for again next time.
     pub(crate) fn leader_moved(&self, hint: Option<String>) {
         if let Access::Peers(peers) = self {
             *peers.leader_hint.lock() = hint.filter(|address| !address.is_empty());
+        }
+    }
+
+    /// The store node at `address` is out of reach: look for the leader
+    /// again next time, unless it was since found elsewhere (an old
+    /// leader's stream may end after the writes moved on to the new one).
+    pub(crate) fn leader_lost(&self, address: &str) {
+        if let Access::Peers(peers) = self {
+            let mut hint = peers.leader_hint.lock();
+            if hint.as_deref() == Some(address) {
+                *hint = None;
+            }
         }
     }
 }
@@ -85,6 +119,7 @@ impl Access {
 pub struct Peers {
     seeds: Vec<String>,
     channels: Channels,
+    /// Where the leader was last found or said to be; asked first.
     leader_hint: Mutex<Option<String>>,
 }
 
@@ -99,10 +134,9 @@ impl Peers {
         }
     }
 
-    pub fn channel(&self, address: &str) -> Result<Channel, String> {
-        self.channels
-            .get(address)
-            .map_err(|error| error.to_string())
+    /// The channel to the store node at `address` (connected lazily).
+    pub fn channel(&self, address: &str) -> Result<Channel, BadStoreAddress> {
+        channel(&self.channels, address)
     }
 
     /// Every store address the seeds name now.
@@ -110,26 +144,21 @@ impl Peers {
         resolve(&self.seeds).await.into_iter().collect()
     }
 
-    /// The leader's store address, asking the seeds until one knows it.
+    /// The leader's store address: where it was last found if anywhere,
+    /// else asking the seeds until one knows it.
     async fn leader(&self, timeout: Duration) -> Option<String> {
         if let Some(hint) = self.leader_hint.lock().clone() {
             return Some(hint);
         }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            // The leader of the highest term any node knows: a leader cut off
-            // from the others still names itself, at an older term.
-            let mut best: Option<(u64, String)> = None;
+            let mut answers = Vec::new();
             for address in self.addresses().await {
-                if let Some(status) = ask_status(&self.channels, &address).await
-                    && status.leader_id != 0
-                    && !status.leader_address.is_empty()
-                    && best.as_ref().is_none_or(|(term, _)| status.term > *term)
-                {
-                    best = Some((status.term, status.leader_address));
+                if let Some(status) = ask_status(&self.channels, &address).await {
+                    answers.push(status);
                 }
             }
-            if let Some((_, leader)) = best {
+            if let Some(leader) = leader_of_highest_term(answers) {
                 *self.leader_hint.lock() = Some(leader.clone());
                 return Some(leader);
             }
@@ -138,5 +167,119 @@ impl Peers {
             }
             tokio::time::sleep(LOOK_AGAIN).await;
         }
+    }
+}
+
+/// The channel to the store node at `address`, from `channels`.
+pub(crate) fn channel(channels: &Channels, address: &str) -> Result<Channel, BadStoreAddress> {
+    channels.get(address).map_err(|source| BadStoreAddress {
+        address: address.to_owned(),
+        source,
+    })
+}
+
+/// The store address of the leader that the store nodes' answers name at
+/// the highest term (the first such answer on a tie). A leader cut off from
+/// the others still names itself, at an older term than the one that
+/// replaced it.
+fn leader_of_highest_term(answers: impl IntoIterator<Item = StatusResponse>) -> Option<String> {
+    let mut best: Option<(u64, String)> = None;
+    for status in answers {
+        if status.leader_id != 0
+            && !status.leader_address.is_empty()
+            && best.as_ref().is_none_or(|(term, _)| status.term > *term)
+        {
+            best = Some((status.term, status.leader_address));
+        }
+    }
+    best.map(|(_, leader)| leader)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(leader_id: NodeId, leader_address: &str, term: u64) -> StatusResponse {
+        StatusResponse {
+            leader_id,
+            leader_address: leader_address.to_owned(),
+            term,
+            ..StatusResponse::default()
+        }
+    }
+
+    fn edge_only() -> Access {
+        Access::Peers(Arc::new(Peers::new(Vec::new(), None)))
+    }
+
+    #[test]
+    fn the_leader_named_at_the_highest_term_wins() {
+        let answers = [
+            names(1, "n1:7000", 3),
+            names(2, "n2:7000", 5),
+            names(1, "n1:7000", 4),
+        ];
+        assert_eq!(leader_of_highest_term(answers).as_deref(), Some("n2:7000"));
+    }
+
+    /// A leader cut off by a partition still names itself; the others
+    /// moved on to a newer term, whichever node answers first.
+    #[test]
+    fn a_cut_off_leader_of_an_older_term_is_not_chosen() {
+        let answers = [names(1, "n1:7000", 2), names(3, "n3:7000", 3)];
+        assert_eq!(leader_of_highest_term(answers).as_deref(), Some("n3:7000"));
+    }
+
+    #[test]
+    fn on_a_tie_the_first_answer_is_kept() {
+        let answers = [names(2, "n2:7000", 4), names(2, "other-name:7000", 4)];
+        assert_eq!(leader_of_highest_term(answers).as_deref(), Some("n2:7000"));
+    }
+
+    #[test]
+    fn answers_without_a_usable_leader_name_none() {
+        let answers = [names(0, "n1:7000", 9), names(2, "", 9)];
+        assert_eq!(leader_of_highest_term(answers), None);
+        assert_eq!(leader_of_highest_term([]), None);
+    }
+
+    #[tokio::test]
+    async fn a_leader_hint_is_used_without_asking_the_seeds() {
+        let access = edge_only();
+        access.leader_moved(Some("n2:7000".into()));
+        let leader = access.leader(Duration::ZERO).await;
+        assert!(matches!(leader, Some(LeaderAt::Remote(address)) if address == "n2:7000"));
+    }
+
+    #[tokio::test]
+    async fn an_empty_hint_means_look_again() {
+        let access = edge_only();
+        access.leader_moved(Some("n2:7000".into()));
+        // A node that does not lead but knows no leader answers an empty
+        // address.
+        access.leader_moved(Some(String::new()));
+        assert!(access.leader(Duration::ZERO).await.is_none());
+        access.leader_moved(Some("n2:7000".into()));
+        access.leader_moved(None);
+        assert!(access.leader(Duration::ZERO).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn losing_an_old_leader_keeps_the_newer_hint() {
+        let access = edge_only();
+        access.leader_moved(Some("n2:7000".into()));
+        access.leader_lost("n1:7000");
+        let leader = access.leader(Duration::ZERO).await;
+        assert!(matches!(leader, Some(LeaderAt::Remote(address)) if address == "n2:7000"));
+        access.leader_lost("n2:7000");
+        assert!(access.leader(Duration::ZERO).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_store_address_that_is_not_host_and_port_is_refused() {
+        let access = edge_only();
+        assert!(access.channel("127.0.0.1:7000").is_ok());
+        let refused = access.channel("not an address").unwrap_err();
+        assert_eq!(refused.address, "not an address");
     }
 }

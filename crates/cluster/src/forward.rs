@@ -40,6 +40,26 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Batches sent and not yet acknowledged on one stream.
 const STREAM_WINDOW: usize = 64;
 
+/// Why a stream to another edge ended (its queued deliveries are dropped).
+#[derive(Debug, thiserror::Error)]
+pub enum LinkFailed {
+    /// The edge's address is not a usable `host:port`.
+    #[error("bad edge address: {0}")]
+    BadAddress(#[source] tonic::transport::Error),
+    /// No connection to the edge within the connect timeout.
+    #[error("connect: {0}")]
+    Connect(#[source] tonic::transport::Error),
+    /// The edge did not open the forwarding stream.
+    #[error("the edge refused the stream: {}", .0.message())]
+    Refused(tonic::Status),
+    /// The edge ended the stream (its acknowledgements stopped).
+    #[error("the edge closed the stream")]
+    ClosedByEdge,
+    /// The stream's sending side closed.
+    #[error("the stream closed")]
+    Closed,
+}
+
 /// Where forwarded deliveries go on the receiving edge.
 pub trait DeliverySink: Send + Sync + 'static {
     /// Hands one batch to the sessions it names.
@@ -53,6 +73,8 @@ pub fn service<S: DeliverySink>(sink: Arc<S>) -> ForwardServer<ForwardService<S>
         .max_encoding_message_size(64 * 1024 * 1024)
 }
 
+/// The receiving side of forwarding: hands each batch to the sink and
+/// acknowledges it.
 pub struct ForwardService<S> {
     sink: Arc<S>,
 }
@@ -103,7 +125,10 @@ impl<S: DeliverySink> forward_server::Forward for ForwardService<S> {
 /// One publish for one edge: the message and its sessions there.
 #[derive(Debug)]
 pub struct Outbound {
+    /// The publish, once for all its deliveries on that edge.
     pub message: Message,
+    /// The sessions on that edge it goes to (each names the message by
+    /// index once batched).
     pub deliveries: Vec<Delivery>,
     /// Told once the edge has the deliveries (true) or they were dropped.
     pub done: Option<oneshot::Sender<bool>>,
@@ -158,7 +183,7 @@ async fn run_link(
 ) {
     let why = match stream_to(&address, local_address, &mut queue).await {
         Ok(()) => "no more publishes".to_owned(),
-        Err(why) => why,
+        Err(why) => why.to_string(),
     };
     links.lock().remove(&address);
     queue.close();
@@ -178,13 +203,16 @@ async fn run_link(
 /// A batch's sequence number and who waits for its acknowledgement.
 type SentBatch = (u64, Vec<oneshot::Sender<bool>>);
 
+/// Sends the queue to the edge at `address` on one stream until the queue
+/// closes (`Ok`) or the stream fails; whatever was sent and not yet
+/// acknowledged is reported unconfirmed.
 async fn stream_to(
     address: &str,
     local_address: Option<IpAddr>,
     queue: &mut mpsc::UnboundedReceiver<Outbound>,
-) -> Result<(), String> {
+) -> Result<(), LinkFailed> {
     let channel: Channel = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| e.to_string())?
+        .map_err(LinkFailed::BadAddress)?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -193,7 +221,7 @@ async fn stream_to(
         .local_address(local_address)
         .connect()
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(LinkFailed::Connect)?;
     let (batches, outgoing) = mpsc::channel::<DeliverBatch>(STREAM_WINDOW);
     let mut client = ForwardClient::new(channel)
         .max_decoding_message_size(64 * 1024 * 1024)
@@ -201,7 +229,7 @@ async fn stream_to(
     let mut acks = client
         .deliver(ReceiverStream::new(outgoing))
         .await
-        .map_err(|status| status.message().to_owned())?
+        .map_err(LinkFailed::Refused)?
         .into_inner();
     // Done-senders of each batch sent, oldest first; acks come in order.
     let waiting: Arc<Mutex<VecDeque<SentBatch>>> = Arc::default();
@@ -225,7 +253,7 @@ async fn stream_to(
     let result = loop {
         let first = tokio::select! {
             first = queue.recv() => first,
-            _ = &mut acknowledger => break Err("the edge closed the stream".to_owned()),
+            _ = &mut acknowledger => break Err(LinkFailed::ClosedByEdge),
         };
         let Some(first) = first else {
             break Ok(());
@@ -265,7 +293,7 @@ async fn stream_to(
         metrics::counter!("rookery_forward_sent_total").increment(batch.deliveries.len() as u64);
         waiting.lock().push_back((seq, done));
         if batches.send(batch).await.is_err() {
-            break Err("the stream closed".to_owned());
+            break Err(LinkFailed::Closed);
         }
     };
     acknowledger.abort();
@@ -377,5 +405,21 @@ mod tests {
         forwarder.send(&address, outbound);
         let confirmed = tokio::time::timeout(Duration::from_secs(10), confirmed).await;
         assert_eq!(confirmed.ok().and_then(Result::ok), Some(false));
+    }
+
+    #[tokio::test]
+    async fn a_link_says_why_it_could_not_start() {
+        let (_queued, mut queue) = mpsc::unbounded_channel();
+        let unreachable = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().to_string()
+        };
+        let failed = stream_to(&unreachable, None, &mut queue).await;
+        assert!(matches!(failed, Err(LinkFailed::Connect(_))), "{failed:?}");
+        let failed = stream_to("not an address", None, &mut queue).await;
+        assert!(
+            matches!(failed, Err(LinkFailed::BadAddress(_))),
+            "{failed:?}"
+        );
     }
 }
