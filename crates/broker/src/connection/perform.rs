@@ -18,7 +18,6 @@ use super::session::{End, Step};
 use super::subscribe;
 use crate::hub::{Hub, Mailbox, PendingEnqueue};
 use crate::message::{Delivery, Message};
-use crate::store::StoreUnavailable;
 
 /// Store queue entries read at a time: a few windows' worth.
 const QUEUE_READ: usize = 256;
@@ -417,7 +416,7 @@ impl Commit {
                 hub.count_store_drops(&results);
                 Outcome::of_results(&results)
             }
-            Err(error) => Outcome::of_failed_write(may_have_committed(&error), forwarded_any),
+            Err(error) => Outcome::of_failed_write(error.may_have_committed(), forwarded_any),
         };
         if outcome == Outcome::Done && !forward_after_store.is_empty() {
             let later = hub.forward(&message, forward_after_store, true);
@@ -443,9 +442,4 @@ async fn all_confirmed(
         Ok(confirmed) => confirmed.into_iter().all(|c| c == Ok(true)),
         Err(_) => false,
     }
-}
-
-/// Whether a failed store write may have committed all the same.
-fn may_have_committed(_error: &StoreUnavailable) -> bool {
-    true
 }
