@@ -524,6 +524,14 @@ mod tests {
         PacketId::new(id).unwrap()
     }
 
+    /// An acknowledgement of `id` with a reason code.
+    fn ack_with(id: u16, reason_code: ReasonCode) -> Ack {
+        Ack {
+            reason_code,
+            ..Ack::new(pid(id))
+        }
+    }
+
     fn handle(session: &mut Session, packet: Packet, out: &mut Outbox) -> Result<Step, End> {
         let limits = Limits::default();
         let stats = Stats::default();
@@ -642,11 +650,7 @@ mod tests {
         assert!(matches!(step, Ok(Step::Handled)));
         assert_eq!(
             out.take_packets(),
-            vec![Packet::PubAck(Ack {
-                packet_id: pid(4),
-                reason_code: ReasonCode::NotAuthorized,
-                properties: AckProperties::default(),
-            })]
+            vec![Packet::PubAck(ack_with(4, ReasonCode::NotAuthorized))]
         );
         let (mut session, mut out) = connected(ProtocolVersion::V3_1_1, true, &Limits::default());
         handle(
@@ -767,11 +771,7 @@ mod tests {
         let (mut session, mut out) = connected(ProtocolVersion::V5, false, &Limits::default());
         resumed_in_flight(&mut session, &mut out, 8);
         out.take_packets();
-        let refusing = Ack {
-            packet_id: pid(8),
-            reason_code: ReasonCode::UnspecifiedError,
-            properties: AckProperties::default(),
-        };
+        let refusing = ack_with(8, ReasonCode::UnspecifiedError);
         handle(&mut session, Packet::PubRec(refusing), &mut out).unwrap();
         assert_eq!(
             session.take_receipts().len(),
@@ -789,11 +789,10 @@ mod tests {
         handle(&mut session, Packet::PubRec(Ack::new(pid(3))), &mut out).unwrap();
         assert_eq!(
             out.take_packets(),
-            vec![Packet::PubRel(Ack {
-                packet_id: pid(3),
-                reason_code: ReasonCode::PacketIdentifierNotFound,
-                properties: AckProperties::default(),
-            })]
+            vec![Packet::PubRel(ack_with(
+                3,
+                ReasonCode::PacketIdentifierNotFound
+            ))]
         );
         let (mut session, mut out) = connected(ProtocolVersion::V3_1_1, true, &Limits::default());
         handle(&mut session, Packet::PubRec(Ack::new(pid(3))), &mut out).unwrap();
