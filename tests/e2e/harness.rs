@@ -96,6 +96,39 @@ pub struct Settings {
     pub sys_interval_s: Option<u64>,
     /// Listeners besides the plain TCP one (named `tcp`).
     pub listeners: Vec<Listener>,
+    /// Authentication and ACLs, in the files' own (Mosquitto's) formats.
+    pub auth: Option<Auth>,
+    /// The TCP listener's address instead of `127.0.0.1:0` (Rookery only).
+    pub listen: Option<&'static str>,
+}
+
+/// `[broker.auth]` for Rookery, `allow_anonymous`, `password_file` and
+/// `acl_file` for Mosquitto: both read the same file formats.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Auth {
+    /// Whether clients without credentials are let in.
+    pub allow_anonymous: bool,
+    /// The password file's text (`user:hash` lines).
+    pub password_file: Option<String>,
+    /// The ACL file's text.
+    pub acl_file: Option<String>,
+}
+
+impl Auth {
+    /// Writes the files into `dir`; their paths.
+    fn write(&self, dir: &Path) -> (Option<PathBuf>, Option<PathBuf>) {
+        let write = |name: &str, text: &Option<String>| {
+            text.as_ref().map(|text| {
+                let path = dir.join(name);
+                std::fs::write(&path, text).expect("write an auth file");
+                path
+            })
+        };
+        (
+            write("passwords", &self.password_file),
+            write("acl", &self.acl_file),
+        )
+    }
 }
 
 /// A listener besides the plain TCP one; [`Broker::listener`] finds it by
@@ -191,6 +224,16 @@ impl Broker {
         };
         broker.launch();
         broker
+    }
+
+    /// The broker's directory (its configuration and files).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Sends the broker `signal`.
+    pub fn signal(&self, signal: Signal) {
+        self.process.send(signal);
     }
 
     /// The address of the MQTT TCP listener.
@@ -313,7 +356,7 @@ impl Broker {
     fn rookery_command(&mut self, metrics: SocketAddr) -> Command {
         let data = self.dir.path().join("data");
         let config = self.dir.path().join("rookery.toml");
-        let mut toml = rookery_config(&self.settings);
+        let mut toml = rookery_config(&self.settings, self.dir.path());
         toml.push_str(&rookery_listeners(
             &self.settings.listeners,
             self.dir.path(),
@@ -327,7 +370,7 @@ impl Broker {
         if self.settings.listeners.is_empty() {
             // Otherwise the configuration names every listener: `--listen`
             // would replace them all.
-            command.args(["--listen", "127.0.0.1:0"]);
+            command.args(["--listen", self.settings.listen.unwrap_or("127.0.0.1:0")]);
         }
         command
             .arg("--data-dir")
@@ -485,7 +528,7 @@ pub fn restricted() -> Shared {
 
 /// Rookery's configuration file for `settings`: the `[broker]` section is
 /// `rookery_broker::BrokerConfig`, its limits `[broker.limits]`.
-fn rookery_config(settings: &Settings) -> String {
+fn rookery_config(settings: &Settings, dir: &Path) -> String {
     let mut broker = String::new();
     let mut limits = String::new();
     if let Some(v) = settings.sys_interval_s {
@@ -522,6 +565,19 @@ fn rookery_config(settings: &Settings) -> String {
     if !limits.is_empty() {
         writeln!(config, "[broker.limits]\n{limits}").ok();
     }
+    if let Some(auth) = &settings.auth {
+        let (passwords, acl) = auth.write(dir);
+        writeln!(config, "[broker.auth]").ok();
+        writeln!(config, "allow_anonymous = {}", auth.allow_anonymous).ok();
+        // Tests refuse many clients; the delay is checked elsewhere.
+        writeln!(config, "failure_delay_ms = 10").ok();
+        if let Some(path) = passwords {
+            writeln!(config, "password_file = {:?}", path.display().to_string()).ok();
+        }
+        if let Some(path) = acl {
+            writeln!(config, "acl_file = {:?}", path.display().to_string()).ok();
+        }
+    }
     config
 }
 
@@ -530,7 +586,21 @@ fn rookery_config(settings: &Settings) -> String {
 fn mosquitto_config(settings: &Settings, port: u16, dir: &Path) -> String {
     let mut conf = String::new();
     writeln!(conf, "listener {port} 127.0.0.1").ok();
-    writeln!(conf, "allow_anonymous true").ok();
+    match &settings.auth {
+        None => {
+            writeln!(conf, "allow_anonymous true").ok();
+        }
+        Some(auth) => {
+            let (passwords, acl) = auth.write(dir);
+            writeln!(conf, "allow_anonymous {}", auth.allow_anonymous).ok();
+            if let Some(path) = passwords {
+                writeln!(conf, "password_file {}", path.display()).ok();
+            }
+            if let Some(path) = acl {
+                writeln!(conf, "acl_file {}", path.display()).ok();
+            }
+        }
+    }
     writeln!(conf, "persistence true").ok();
     writeln!(conf, "persistence_location {}/", dir.display()).ok();
     writeln!(conf, "autosave_interval 1").ok();
@@ -641,7 +711,7 @@ fn mosquitto_listener(listener: &Listener, port: u16, dir: &Path) -> String {
 #[test]
 fn settings_become_each_brokers_configuration() {
     let settings = limited_settings();
-    let toml = rookery_config(&settings);
+    let toml = rookery_config(&settings, Path::new("/tmp/x"));
     assert!(toml.starts_with("[broker]\nsys_interval_s = 1\n"), "{toml}");
     assert!(
         toml.contains("[broker.limits]\nreceive_maximum = 8\n"),

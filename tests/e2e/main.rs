@@ -20,6 +20,7 @@
 mod clients;
 mod harness;
 
+mod auth;
 mod backpressure;
 mod connect;
 mod limits;

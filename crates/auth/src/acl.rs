@@ -19,6 +19,7 @@
 //! (`#` with `deny secret`) is accepted, and its messages on denied topics
 //! are not sent, since reading is checked for every message.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use rookery_topic::topic_matches;
@@ -148,14 +149,25 @@ impl Acl {
             Some(username) => self.users.get(username).map_or(&[][..], Vec::as_slice),
             None => &self.anonymous,
         };
+        // One pass, no allocation but a pattern's substitution: a deny
+        // ends it, a grant is remembered.
+        let mut granted = false;
+        let own = own
+            .iter()
+            .map(|rule| (rule.grant, Cow::Borrowed(rule.filter.as_str())));
         let patterns = self.patterns.iter().filter_map(|rule| {
-            substitute(&rule.filter, subject).map(|filter| Rule {
-                grant: rule.grant,
-                filter,
-            })
+            substitute(&rule.filter, subject).map(|filter| (rule.grant, filter))
         });
-        let rules: Vec<Rule> = own.iter().cloned().chain(patterns).collect();
-        decide(&rules, topic, access)
+        for (grant, filter) in own.chain(patterns) {
+            if !applies(&filter, topic, access) {
+                continue;
+            }
+            if grant == Grant::Deny {
+                return false;
+            }
+            granted |= grant.grants(access);
+        }
+        granted
     }
 }
 
@@ -185,8 +197,11 @@ fn parse_rule(rest: &str) -> Result<Rule, &'static str> {
 
 /// A pattern's filter with `%c` and `%u` replaced; `None` when the subject
 /// has no username for `%u`, or a value that would add levels or wildcards.
-fn substitute(filter: &str, subject: Subject<'_>) -> Option<String> {
+fn substitute<'f>(filter: &'f str, subject: Subject<'_>) -> Option<Cow<'f, str>> {
     let safe = |value: &str| !value.contains(['+', '#', '/']);
+    if !filter.contains('%') {
+        return Some(Cow::Borrowed(filter));
+    }
     let mut result = filter.to_string();
     if filter.contains("%c") {
         if !safe(subject.client_id) {
@@ -198,24 +213,16 @@ fn substitute(filter: &str, subject: Subject<'_>) -> Option<String> {
         let username = subject.username.filter(|username| safe(username))?;
         result = result.replace("%u", username);
     }
-    Some(result)
+    Some(Cow::Owned(result))
 }
 
-/// Deny first, then any grant.
-fn decide(rules: &[Rule], topic: &str, access: Access) -> bool {
-    let applies = |rule: &Rule| match access {
-        Access::Read | Access::Write => topic_matches(&rule.filter, topic),
-        Access::Subscribe => filter_covers(&rule.filter, topic),
-    };
-    if rules
-        .iter()
-        .any(|rule| rule.grant == Grant::Deny && applies(rule))
-    {
-        return false;
+/// Whether a rule's filter is about `topic`: matching for a name, covering
+/// for a subscription's filter.
+fn applies(filter: &str, topic: &str, access: Access) -> bool {
+    match access {
+        Access::Read | Access::Write => topic_matches(filter, topic),
+        Access::Subscribe => filter_covers(filter, topic),
     }
-    rules
-        .iter()
-        .any(|rule| rule.grant.grants(access) && applies(rule))
 }
 
 /// Whether every topic `filter` can match is matched by `rule` (level by
@@ -279,11 +286,7 @@ impl TopicPermissions {
             let Some(filter) = expand_placeholders(&rule.filter, subject) else {
                 continue;
             };
-            let matched = match access {
-                Access::Read | Access::Write => topic_matches(&filter, topic),
-                Access::Subscribe => filter_covers(&filter, topic),
-            };
-            if matched {
+            if applies(&filter, topic, access) {
                 return rule.allow;
             }
         }
@@ -292,15 +295,14 @@ impl TopicPermissions {
 }
 
 /// EMQX's placeholders; a value with `+`, `#` or `/` never matches.
-fn expand_placeholders(filter: &str, subject: Subject<'_>) -> Option<String> {
-    let mut mosquitto_style = filter
+fn expand_placeholders<'f>(filter: &'f str, subject: Subject<'_>) -> Option<Cow<'f, str>> {
+    if !filter.contains("${") {
+        return Some(Cow::Borrowed(filter));
+    }
+    let mosquitto_style = filter
         .replace("${clientid}", "%c")
         .replace("${username}", "%u");
-    if mosquitto_style == filter && !filter.contains('%') {
-        return Some(filter.to_string());
-    }
-    mosquitto_style = substitute(&mosquitto_style, subject)?;
-    Some(mosquitto_style)
+    substitute(&mosquitto_style, subject).map(|expanded| Cow::Owned(expanded.into_owned()))
 }
 
 #[cfg(test)]

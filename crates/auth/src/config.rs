@@ -25,6 +25,23 @@ pub struct AuthConfig {
     /// How long a refused CONNECT waits before its CONNACK, in
     /// milliseconds, so that guessing passwords is slow.
     pub failure_delay_ms: u64,
+    /// Which clients must use their username as their client id, or as
+    /// its prefix (`alice`, `alice-1`, `alice:sensor`), so that one
+    /// authenticated client cannot take over another's session.
+    pub bind_client_id: ClientIdBinding,
+}
+
+/// Which clients' ids are bound to their usernames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientIdBinding {
+    /// None: any client may use any id (Mosquitto's behaviour).
+    None,
+    /// Clients known by a certificate identity (`use_identity_as_username`).
+    #[default]
+    Certificate,
+    /// Every client with a username.
+    All,
 }
 
 impl Default for AuthConfig {
@@ -35,6 +52,7 @@ impl Default for AuthConfig {
             acl_file: None,
             jwt: None,
             failure_delay_ms: 500,
+            bind_client_id: ClientIdBinding::Certificate,
         }
     }
 }

@@ -24,5 +24,5 @@ mod policy;
 pub mod scram;
 
 pub use acl::{Access, Acl, AclError, PermissionRule, Subject, TopicPermissions};
-pub use config::{AuthConfig, JwtAlgorithm, JwtConfig};
+pub use config::{AuthConfig, ClientIdBinding, JwtAlgorithm, JwtConfig};
 pub use policy::{AuthPolicy, Credentials, Denial, LoadError, Principal, scram_path};

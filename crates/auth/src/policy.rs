@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::acl::{Access, Acl, AclError, Subject, TopicPermissions};
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, ClientIdBinding};
 use crate::jwt::{JwtLoadError, JwtVerifier};
 use crate::password::{PasswordFile, PasswordFileError};
 use crate::scram::ScramVerifiers;
@@ -119,31 +119,32 @@ pub struct AuthPolicy {
 impl AuthPolicy {
     /// Reads every file `config` names.
     pub fn load(config: &AuthConfig) -> Result<AuthPolicy, LoadError> {
-        let passwords = match &config.password_file {
-            Some(path) => Some(
-                PasswordFile::parse(&read(path)?).map_err(|source| LoadError::Passwords {
-                    path: path.clone(),
-                    source,
-                })?,
-            ),
-            None => None,
-        };
+        let passwords =
+            match &config.password_file {
+                Some(path) => Some(PasswordFile::parse(&read(path)?).map_err(|source| {
+                    LoadError::Passwords {
+                        path: path.clone(),
+                        source,
+                    }
+                })?),
+                None => None,
+            };
         let scram = match config.password_file.as_deref().map(scram_path) {
-            Some(path) if path.exists() => Some(ScramVerifiers::parse(&read(&path)?).map_err(
-                |source| LoadError::Passwords {
-                    path: path.clone(),
-                    source,
-                },
-            )?),
+            Some(path) if path.exists() => {
+                Some(ScramVerifiers::parse(&read(&path)?).map_err(|source| {
+                    LoadError::Passwords {
+                        path: path.clone(),
+                        source,
+                    }
+                })?)
+            }
             _ => None,
         };
         let acl = match &config.acl_file {
-            Some(path) => Some(
-                Acl::parse(&read(path)?).map_err(|source| LoadError::Acl {
-                    path: path.clone(),
-                    source,
-                })?,
-            ),
+            Some(path) => Some(Acl::parse(&read(path)?).map_err(|source| LoadError::Acl {
+                path: path.clone(),
+                source,
+            })?),
             None => None,
         };
         let jwt = config.jwt.as_ref().map(JwtVerifier::load).transpose()?;
@@ -182,7 +183,32 @@ impl AuthPolicy {
     ///   kept for ACL patterns, as in Mosquitto); otherwise a username
     ///   alone is [`Denial::BadCredentials`], and no credentials at all
     ///   are [`Denial::NotAuthorized`] unless anonymous clients are allowed.
+    ///
+    /// A client whose id is bound to its username (`bind_client_id`) and
+    /// uses another is [`Denial::NotAuthorized`].
     pub fn authenticate(&self, credentials: &Credentials<'_>) -> Result<Principal, Denial> {
+        let principal = self.identify(credentials)?;
+        self.bind(principal, credentials.certificate_identity.is_some())
+    }
+
+    /// Checks that a client's id belongs to its username where
+    /// `bind_client_id` says so (`via_certificate`: the username is a
+    /// certificate identity); [`Denial::NotAuthorized`] if not.
+    pub fn bind(&self, principal: Principal, via_certificate: bool) -> Result<Principal, Denial> {
+        let bound = match self.config.bind_client_id {
+            ClientIdBinding::None => false,
+            ClientIdBinding::Certificate => via_certificate,
+            ClientIdBinding::All => principal.username.is_some(),
+        };
+        match &principal.username {
+            Some(username) if bound && !id_belongs_to(&principal.client_id, username) => {
+                Err(Denial::NotAuthorized)
+            }
+            _ => Ok(principal),
+        }
+    }
+
+    fn identify(&self, credentials: &Credentials<'_>) -> Result<Principal, Denial> {
         let client_id = credentials.client_id;
         if let Some(identity) = credentials.certificate_identity {
             return Ok(Principal::user(identity, client_id));
@@ -250,6 +276,16 @@ impl AuthPolicy {
     }
 }
 
+/// `alice` may use `alice`, `alice-1`, `alice_1`, `alice:x`, `alice/x` or
+/// `alice.x`, not `alicex` (which may be another user's).
+fn id_belongs_to(client_id: &str, username: &str) -> bool {
+    match client_id.strip_prefix(username) {
+        Some("") => true,
+        Some(rest) => rest.starts_with(['-', '_', ':', '/', '.']),
+        None => false,
+    }
+}
+
 /// Where SCRAM verifiers are kept: beside the password file.
 pub fn scram_path(password_file: &Path) -> PathBuf {
     let mut name = password_file.as_os_str().to_owned();
@@ -309,9 +345,32 @@ mod tests {
         let policy = AuthPolicy::default();
         let mut offered = credentials(Some("mallory"), None, false);
         offered.certificate_identity = Some("device-7");
+        offered.client_id = "device-7";
         assert_eq!(
             policy.authenticate(&offered),
-            Ok(Principal::user("device-7", "c1"))
+            Ok(Principal::user("device-7", "device-7"))
+        );
+    }
+
+    #[test]
+    fn a_certificate_client_may_only_use_its_own_client_ids() {
+        let policy = AuthPolicy::default();
+        let offered = |client_id| Credentials {
+            username: None,
+            password: None,
+            client_id,
+            certificate_identity: Some("device-7"),
+            anonymous_allowed: false,
+        };
+        assert!(policy.authenticate(&offered("device-7")).is_ok());
+        assert!(policy.authenticate(&offered("device-7:temp")).is_ok());
+        assert_eq!(
+            policy.authenticate(&offered("device-8")),
+            Err(Denial::NotAuthorized)
+        );
+        assert_eq!(
+            policy.authenticate(&offered("device-77")),
+            Err(Denial::NotAuthorized)
         );
     }
 
@@ -328,7 +387,11 @@ mod tests {
     fn an_acl_file_is_loaded_and_asked() {
         let dir = tempfile::tempdir().unwrap();
         let acl_file = dir.path().join("acl");
-        std::fs::write(&acl_file, "topic readwrite #\ntopic deny test/nosubscribe\n").unwrap();
+        std::fs::write(
+            &acl_file,
+            "topic readwrite #\ntopic deny test/nosubscribe\n",
+        )
+        .unwrap();
         let policy = AuthPolicy::load(&AuthConfig {
             acl_file: Some(acl_file),
             ..AuthConfig::default()

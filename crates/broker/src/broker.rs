@@ -13,6 +13,7 @@ use rookery_store::proto::{self, command::Kind, edge_event};
 use rookery_store::writer::now_ms;
 use tokio::task::JoinHandle;
 
+use crate::auth::{Gatekeeper, ListenerAuth};
 use crate::config::BrokerConfig;
 use crate::hub::Hub;
 use crate::message::Message;
@@ -36,6 +37,9 @@ pub enum BrokerError {
     /// The forwarding listener could not be bound.
     #[error("forwarding listener: {0}")]
     Forward(String),
+    /// A file of `[broker.auth]` could not be loaded.
+    #[error("[broker.auth]: {0}")]
+    Auth(#[from] rookery_auth::LoadError),
 }
 
 /// How this edge takes part in a cluster.
@@ -87,6 +91,7 @@ impl Broker {
         // disconnected by the store when its lease lapses (wills fire,
         // expiry starts), as after a crash.
         let edge_id = format!("{}.{}", config.edge_id, now_ms());
+        let gatekeeper = Arc::new(Gatekeeper::load(&config.auth)?);
         let config = Arc::new(config);
         let store = Store::new(store, cluster.write_timeout, cluster.quorum_contact);
         let (forward_listener, forward_address) = bind_forwarding(&cluster).await?;
@@ -108,6 +113,7 @@ impl Broker {
             forward_address.clone(),
             forward_source,
             store.clone(),
+            gatekeeper,
         ));
         hub.load(now_ms()).await?;
 
@@ -116,7 +122,11 @@ impl Broker {
         let handshake_timeout = Duration::from_secs(config.limits.connect_timeout_s.max(1));
         let mut listeners = Vec::new();
         for listener_config in &config.listeners {
-            listeners.push(Listener::bind(listener_config, handshake_timeout).await?);
+            let auth = ListenerAuth::of(&config.auth, listener_config);
+            listeners.push((
+                Listener::bind(listener_config, handshake_timeout).await?,
+                auth,
+            ));
         }
 
         let mut background = Vec::new();
@@ -143,6 +153,16 @@ impl Broker {
     /// Bound addresses, one per listener, in configuration order.
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
         self.addrs.clone()
+    }
+
+    /// Loads the password, SCRAM, ACL and JWT files of `auth` again, for
+    /// new connections and for every later check of connected clients; on
+    /// failure the policy in force stays and the error says why.
+    pub fn reload_auth(
+        &self,
+        auth: &rookery_auth::AuthConfig,
+    ) -> Result<(), rookery_auth::LoadError> {
+        self.hub.gatekeeper.reload(auth)
     }
 
     /// Stops accepting, tells every client the server is shutting down
@@ -462,21 +482,21 @@ async fn bind_forwarding(
 /// own; the bound addresses in configuration order, and the loops.
 fn accept_connections(
     hub: &Arc<Hub>,
-    listeners: Vec<Listener>,
+    listeners: Vec<(Listener, ListenerAuth)>,
 ) -> (Vec<(String, SocketAddr)>, Vec<JoinHandle<()>>) {
     let mut addrs = Vec::new();
     let mut accept_tasks = Vec::new();
-    for mut listener in listeners {
+    for (mut listener, auth) in listeners {
         let name = listener.name().to_owned();
         let address = listener.local_addr();
         addrs.push((name.clone(), address));
         let hub = hub.clone();
         accept_tasks.push(tokio::spawn(async move {
             while let Some(accepted) = listener.accept().await {
-                tokio::spawn(crate::connection::serve(hub.clone(), accepted));
+                tokio::spawn(crate::connection::serve(hub.clone(), accepted, auth));
             }
         }));
-        tracing::debug!(listener = %name, %address, "listening");
+        tracing::debug!(listener = %name, %address, anonymous = auth.anonymous_allowed, "listening");
     }
     (addrs, accept_tasks)
 }

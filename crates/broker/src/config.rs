@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+pub use rookery_auth::AuthConfig;
 use serde::{Deserialize, Serialize};
 
 /// Everything the edge needs to run.
@@ -19,6 +20,8 @@ pub struct BrokerConfig {
     pub limits: Limits,
     /// Seconds between `$SYS` updates; 0 turns `$SYS` off.
     pub sys_interval_s: u64,
+    /// Who may connect and what each client may publish and subscribe to.
+    pub auth: AuthConfig,
 }
 
 impl Default for BrokerConfig {
@@ -28,6 +31,7 @@ impl Default for BrokerConfig {
             listeners: vec![ListenerConfig::default()],
             limits: Limits::default(),
             sys_interval_s: 10,
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -75,6 +79,10 @@ pub struct ListenerConfig {
     pub ws_path: String,
     /// Certificate and key of `tls` and `wss` listeners.
     pub tls: Option<TlsConfig>,
+    /// A verified client certificate's identity (its first CN) is the
+    /// client's username; username and password in CONNECT are ignored
+    /// (Mosquitto's `use_identity_as_username`). Needs `require_client_cert`.
+    pub use_identity_as_username: bool,
 }
 
 impl Default for ListenerConfig {
@@ -86,6 +94,7 @@ impl Default for ListenerConfig {
             proxy_protocol: false,
             ws_path: "/mqtt".into(),
             tls: None,
+            use_identity_as_username: false,
         }
     }
 }

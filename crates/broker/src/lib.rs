@@ -11,6 +11,7 @@
 //! It never decides durability: what is committed is the store's, reached
 //! only through `store`; the edge keeps nothing that must outlive it.
 
+pub mod auth;
 mod broker;
 /// The edge's configuration: listeners and protocol limits.
 pub mod config;

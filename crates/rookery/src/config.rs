@@ -679,6 +679,8 @@ impl Config {
             validate_listener(&key, listener, problem);
         }
 
+        validate_auth(&b.auth, problem);
+
         let l = &b.limits;
         if l.receive_maximum == 0 {
             problem(
@@ -759,6 +761,31 @@ impl Config {
     }
 }
 
+fn validate_auth(auth: &rookery_auth::AuthConfig, problem: &mut impl FnMut(&str, String)) {
+    if let Some(file) = &auth.password_file {
+        check_file("broker.auth.password_file", file, problem);
+    }
+    if let Some(file) = &auth.acl_file {
+        check_file("broker.auth.acl_file", file, problem);
+    }
+    if let Some(jwt) = &auth.jwt {
+        use rookery_auth::JwtAlgorithm;
+        let (key, file) = match jwt.algorithm {
+            JwtAlgorithm::Hs256 => ("broker.auth.jwt.secret_file", &jwt.secret_file),
+            JwtAlgorithm::Rs256 | JwtAlgorithm::Es256 => {
+                ("broker.auth.jwt.public_key_file", &jwt.public_key_file)
+            }
+        };
+        match file {
+            Some(file) => check_file(key, file, problem),
+            None => problem(key, "is needed by the algorithm chosen".into()),
+        }
+        if jwt.username_claim.is_empty() {
+            problem("broker.auth.jwt.username_claim", "must not be empty".into());
+        }
+    }
+}
+
 fn validate_listener(key: &str, listener: &ListenerConfig, problem: &mut impl FnMut(&str, String)) {
     let encrypted = matches!(listener.kind, ListenerKind::Tls | ListenerKind::Wss);
     let kind = listener.kind.as_str();
@@ -788,6 +815,19 @@ fn validate_listener(key: &str, listener: &ListenerConfig, problem: &mut impl Fn
             }
         }
         (None, false) => {}
+    }
+    if listener.use_identity_as_username
+        && !listener
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.require_client_cert)
+    {
+        problem(
+            &format!("{key}.use_identity_as_username"),
+            "needs tls.require_client_cert = true (and client_ca_file): without a verified \
+             certificate there is no identity"
+                .into(),
+        );
     }
     if matches!(listener.kind, ListenerKind::Ws | ListenerKind::Wss)
         && !listener.ws_path.starts_with('/')

@@ -85,7 +85,9 @@ fn serve(args: &cli::ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let result = runtime.block_on(serve::run(loaded.config));
+    let result = runtime.block_on(serve::run(loaded.config, || {
+        config::load(args).map(|loaded| loaded.config)
+    }));
     // Tasks still running (a stalled connection, the metrics server) must
     // not hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

@@ -49,8 +49,13 @@ pub enum ServeError {
     Signals(std::io::Error),
 }
 
-/// Runs until SIGTERM or SIGINT, then shuts down in order.
-pub async fn run(config: Config) -> Result<(), ServeError> {
+/// Runs until SIGTERM or SIGINT, then shuts down in order. On SIGHUP the
+/// configuration is read again with `reload` and what can change without
+/// a restart takes effect.
+pub async fn run(
+    config: Config,
+    reload: impl Fn() -> Result<Config, crate::config::ConfigError>,
+) -> Result<(), ServeError> {
     // Before anything binds: a signal during start-up is then seen once the
     // node is up, and stops it in order, instead of killing it half-started.
     let mut signals = Signals::new().map_err(ServeError::Signals)?;
@@ -119,7 +124,12 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         "rookery ready"
     );
 
-    let signal = signals.recv().await;
+    let signal = loop {
+        match signals.recv().await {
+            "SIGHUP" => reload_settings(broker.as_ref(), &reload),
+            signal => break signal,
+        }
+    };
     tracing::info!(signal, "shutting down; a second signal exits at once");
     tokio::spawn(async move {
         let signal = signals.recv().await;
@@ -240,12 +250,40 @@ async fn shutdown_store(mut store: Arc<StoreNode>, wait: Duration) {
     }
 }
 
-/// SIGTERM and SIGINT (Ctrl-C), as one stream.
+/// SIGHUP: the password, SCRAM, ACL and JWT files are read again (also
+/// from a changed `[broker.auth]`). A reload that fails keeps what is in
+/// force and says why; no connection is dropped either way.
+fn reload_settings(
+    broker: Option<&Broker>,
+    reload: &impl Fn() -> Result<Config, crate::config::ConfigError>,
+) {
+    let config = match reload() {
+        Ok(config) => config,
+        Err(error) => {
+            metrics::counter!("rookery_reloads_total", "result" => "failed").increment(1);
+            tracing::error!(%error, "reload failed: the configuration does not load; nothing changed");
+            return;
+        }
+    };
+    if let Some(broker) = broker
+        && let Err(error) = broker.reload_auth(&config.broker.auth)
+    {
+        metrics::counter!("rookery_reloads_total", "result" => "failed").increment(1);
+        tracing::error!(%error, "reload failed: the auth policy in force stays");
+        return;
+    }
+    metrics::counter!("rookery_reloads_total", "result" => "ok").increment(1);
+    tracing::info!("reloaded: passwords, ACL and JWT keys");
+}
+
+/// SIGTERM, SIGINT (Ctrl-C) and SIGHUP, as one stream.
 struct Signals {
     #[cfg(unix)]
     terminate: tokio::signal::unix::Signal,
     #[cfg(unix)]
     interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -255,6 +293,7 @@ impl Signals {
         Ok(Signals {
             terminate: signal(SignalKind::terminate())?,
             interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
         })
     }
 
@@ -269,6 +308,7 @@ impl Signals {
         tokio::select! {
             _ = self.terminate.recv() => "SIGTERM",
             _ = self.interrupt.recv() => "SIGINT",
+            _ = self.hangup.recv() => "SIGHUP",
         }
     }
 

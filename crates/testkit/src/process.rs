@@ -24,6 +24,8 @@ pub enum Signal {
     Term,
     /// SIGKILL: a crash.
     Kill,
+    /// SIGHUP: reload the configuration.
+    Hup,
 }
 
 impl Signal {
@@ -31,6 +33,7 @@ impl Signal {
         match self {
             Signal::Term => "TERM",
             Signal::Kill => "KILL",
+            Signal::Hup => "HUP",
         }
     }
 }

@@ -3,17 +3,45 @@
 //! edge, and answered with CONNACK.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use rookery_codec::{ConnAck, ConnAckProperties, Connect, Packet, ReasonCode};
+use rookery_auth::{Access, AuthPolicy, Credentials, Principal, scram};
+use rookery_codec::{
+    Auth, AuthProperties, Authentication, ByteString, ConnAck, ConnAckProperties, Connect, Packet,
+    ReasonCode,
+};
 use rookery_store::proto::{self, command_result::Kind as ResultKind};
 use rookery_store::writer::now_ms;
+use tokio::time::Instant;
 
-use super::negotiate::negotiate;
+use super::negotiate::{Granted, negotiate};
 use super::records;
 use super::run::Live;
 use super::session::Session;
 use super::socket::Socket;
+use crate::auth::{Authorizer, ListenerAuth, denial_label, denial_reason};
 use crate::hub::{ClientId, Hub, Mailbox, SessionEntry, sub_entry_from_proto};
+
+/// What the listener knows of a connection before its CONNECT.
+#[derive(Debug, Clone)]
+pub(super) struct Admission {
+    /// How the listener authenticates.
+    pub listener: ListenerAuth,
+    /// The identity of a verified client certificate.
+    pub certificate: Option<String>,
+    /// When the connect timeout ends, authentication exchange included.
+    pub deadline: Instant,
+}
+
+/// How authentication ended.
+enum Identified {
+    /// The client is let in as this principal.
+    Admitted(Principal),
+    /// The client is refused with this reason code.
+    Refused(ReasonCode, &'static str),
+    /// The client left, or broke the exchange; nothing more is sent.
+    Gone,
+}
 
 /// Handles CONNECT; `None` when the connection is refused (CONNACK with the
 /// reason sent).
@@ -21,14 +49,39 @@ pub(super) async fn accept(
     hub: Arc<Hub>,
     mut socket: Socket,
     connect: Box<Connect>,
+    admission: Admission,
 ) -> Option<Live> {
     socket.out.set_version(connect.protocol);
     let limits = &hub.config.limits;
+    let policy = hub.gatekeeper.current();
     let assign_id = || format!("rookery-{:016x}", rand_id());
-    let granted = match negotiate(&connect, limits, assign_id) {
+    let mut granted = match negotiate(&connect, limits, assign_id, policy.scram().is_some()) {
         Ok(granted) => granted,
         Err(reason) => return refuse(&hub, socket, reason).await,
     };
+    let principal = match identify(
+        &hub,
+        &mut socket,
+        &connect,
+        &mut granted,
+        &policy,
+        &admission,
+    )
+    .await
+    {
+        Identified::Admitted(principal) => principal,
+        Identified::Refused(reason, label) => {
+            return refuse_after_delay(&hub, socket, &connect, &policy, reason, label).await;
+        }
+        Identified::Gone => return None,
+    };
+    let authorizer = Authorizer::new(hub.gatekeeper.clone(), principal);
+    if let Some(will) = &connect.will
+        && !authorizer.may(&will.topic, Access::Write)
+    {
+        // A will is a publish the client asks for now: the ACL applies now.
+        return refuse(&hub, socket, ReasonCode::NotAuthorized).await;
+    }
     let command = records::connect(&connect, &granted, &hub.edge_id, now_ms());
     let connected = match hub.store.write_one(command).await {
         Ok(proto::CommandResult {
@@ -73,12 +126,153 @@ pub(super) async fn accept(
         reason_code: ReasonCode::Success,
         properties: granted.connack.clone(),
     })));
-    let mut session = Session::new(&granted, client, connected.epoch, connection_id, limits);
+    let mut session = Session::new(
+        &granted,
+        client,
+        connected.epoch,
+        connection_id,
+        limits,
+        authorizer,
+    );
     if session.persistent || connected.session_present {
         session.outgoing.resume(connected.queue);
     }
     hub.stats.connected();
     Some(Live::new(hub.clone(), socket, session, receiver, mailbox))
+}
+
+/// Who the client is: a SCRAM exchange when CONNECT names SCRAM-SHA-256,
+/// else the credentials CONNECT carries (or the listener's certificate).
+async fn identify(
+    hub: &Hub,
+    socket: &mut Socket,
+    connect: &Connect,
+    granted: &mut Granted,
+    policy: &AuthPolicy,
+    admission: &Admission,
+) -> Identified {
+    if connect.properties.authentication.method.as_deref() == Some(scram::MECHANISM) {
+        return scram_exchange(hub, socket, connect, granted, policy, admission.deadline).await;
+    }
+    let certificate_identity = admission
+        .certificate
+        .as_deref()
+        .filter(|_| admission.listener.identity_as_username);
+    let credentials = Credentials {
+        username: connect.username.as_deref(),
+        password: connect.password.as_deref(),
+        client_id: &granted.client_id,
+        certificate_identity,
+        anonymous_allowed: admission.listener.anonymous_allowed,
+    };
+    match policy.authenticate(&credentials) {
+        Ok(principal) => Identified::Admitted(principal),
+        Err(denial) => Identified::Refused(denial_reason(denial), denial_label(denial)),
+    }
+}
+
+/// MQTT 5 enhanced authentication with SCRAM-SHA-256 (section 4.12):
+/// CONNECT carries client-first, AUTH 0x18 answers server-first, the
+/// client's AUTH 0x18 carries client-final, and CONNACK carries
+/// server-final.
+async fn scram_exchange(
+    hub: &Hub,
+    socket: &mut Socket,
+    connect: &Connect,
+    granted: &mut Granted,
+    policy: &AuthPolicy,
+    deadline: Instant,
+) -> Identified {
+    let bad = Identified::Refused(ReasonCode::BadUserNameOrPassword, "bad_credentials");
+    let Some(verifiers) = policy.scram() else {
+        return Identified::Refused(ReasonCode::BadAuthenticationMethod, "bad_method");
+    };
+    let client_first = connect
+        .properties
+        .authentication
+        .data
+        .as_deref()
+        .unwrap_or_default();
+    let Ok((exchange, server_first)) = verifiers.start(client_first) else {
+        return bad;
+    };
+    socket.out.send(&scram_auth(server_first));
+    if socket.flush(&hub.stats).await.is_err() {
+        return Identified::Gone;
+    }
+    let client_final = match socket
+        .read_during_auth(deadline, hub.config.limits.max_packet_size, &hub.stats)
+        .await
+    {
+        Ok(Some(Packet::Auth(auth)))
+            if auth.reason_code == ReasonCode::ContinueAuthentication
+                && auth.properties.authentication.method.as_deref() == Some(scram::MECHANISM) =>
+        {
+            auth.properties.authentication.data.unwrap_or_default()
+        }
+        Ok(Some(Packet::Auth(_))) => {
+            // MQTT-4.12.0-5: the method may not change during the exchange.
+            return Identified::Refused(ReasonCode::ProtocolError, "protocol_error");
+        }
+        Ok(Some(other)) => {
+            tracing::debug!(peer = %socket.peer, packet = ?other.packet_type(), "packet other than AUTH during authentication");
+            return Identified::Refused(ReasonCode::ProtocolError, "protocol_error");
+        }
+        Ok(None) | Err(_) => return Identified::Gone,
+    };
+    let Ok(success) = exchange.finish(&client_final) else {
+        return bad;
+    };
+    match policy.bind(
+        Principal::user(&success.username, &granted.client_id),
+        false,
+    ) {
+        Ok(principal) => {
+            granted.connack.authentication = Authentication {
+                method: Some(ByteString::from_static(scram::MECHANISM)),
+                data: Some(success.server_final.into()),
+            };
+            Identified::Admitted(principal)
+        }
+        Err(denial) => Identified::Refused(denial_reason(denial), denial_label(denial)),
+    }
+}
+
+/// AUTH 0x18 with SCRAM data.
+fn scram_auth(data: Vec<u8>) -> Packet {
+    Packet::Auth(Auth {
+        reason_code: ReasonCode::ContinueAuthentication,
+        properties: AuthProperties {
+            authentication: Authentication {
+                method: Some(ByteString::from_static(scram::MECHANISM)),
+                data: Some(data.into()),
+            },
+            ..AuthProperties::default()
+        },
+    })
+}
+
+/// A refused authentication: counted, logged with the peer (never the
+/// password), and answered after `failure_delay_ms` so that guessing is
+/// slow.
+async fn refuse_after_delay(
+    hub: &Hub,
+    socket: Socket,
+    connect: &Connect,
+    policy: &AuthPolicy,
+    reason: ReasonCode,
+    label: &'static str,
+) -> Option<Live> {
+    metrics::counter!("rookery_auth_failures_total", "reason" => label).increment(1);
+    tracing::info!(
+        peer = %socket.peer,
+        client_id = %connect.client_id,
+        username = connect.username.as_deref().unwrap_or(""),
+        reason = label,
+        "client refused at CONNECT"
+    );
+    tokio::time::sleep(Duration::from_millis(policy.config().failure_delay_ms)).await;
+    refuse(hub, socket, reason).await
 }
 
 /// Answers CONNECT with a refusal (MQTT-3.2.2-6: no session).

@@ -26,24 +26,27 @@ use std::sync::Arc;
 
 use rookery_codec::DecodeError;
 
+use crate::auth::ListenerAuth;
 use crate::hub::Hub;
 use crate::transport::Accepted;
 
 /// Serves one accepted connection until it ends.
-pub async fn serve(hub: Arc<Hub>, accepted: Accepted) {
+pub async fn serve(hub: Arc<Hub>, accepted: Accepted, listener_auth: ListenerAuth) {
     let Accepted {
         stream,
         peer,
         listener,
-        ..
+        client_cert_subject,
     } = accepted;
     let mut socket = socket::Socket::new(stream, peer);
     let limits = &hub.config.limits;
-    let read = socket.read_connect(
-        std::time::Duration::from_secs(limits.connect_timeout_s),
-        limits.max_packet_size,
-        &hub.stats,
-    );
+    let connect_timeout = std::time::Duration::from_secs(limits.connect_timeout_s);
+    let admission = accept::Admission {
+        listener: listener_auth,
+        certificate: client_cert_subject,
+        deadline: tokio::time::Instant::now() + connect_timeout,
+    };
+    let read = socket.read_connect(connect_timeout, limits.max_packet_size, &hub.stats);
     let connect = match Box::pin(read).await {
         Ok(Some(connect)) => connect,
         Ok(None) => return,
@@ -52,7 +55,7 @@ pub async fn serve(hub: Arc<Hub>, accepted: Accepted) {
             return;
         }
     };
-    let Some(live) = Box::pin(accept::accept(hub.clone(), socket, connect)).await else {
+    let Some(live) = Box::pin(accept::accept(hub.clone(), socket, connect, admission)).await else {
         return;
     };
     let client_id = live.client_id().clone();

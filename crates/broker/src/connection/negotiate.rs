@@ -45,11 +45,13 @@ impl Granted {
 }
 
 /// Decides CONNECT: the grant, or the CONNACK reason code refusing it.
-/// `assign_id` makes an identifier for a client that sent none.
+/// `assign_id` makes an identifier for a client that sent none;
+/// `scram_offered`: SCRAM-SHA-256 verifiers are loaded.
 pub(super) fn negotiate(
     connect: &Connect,
     limits: &Limits,
     assign_id: impl FnOnce() -> String,
+    scram_offered: bool,
 ) -> Result<Granted, ReasonCode> {
     let v5 = connect.protocol.is_v5();
     let mut connack = ConnAckProperties::default();
@@ -67,8 +69,10 @@ pub(super) fn negotiate(
         }
     }
     check_will(connect, limits)?;
-    if connect.properties.authentication.method.is_some() {
-        // No enhanced authentication method is offered (MQTT-4.12.0-1).
+    if let Some(method) = &connect.properties.authentication.method
+        && !(scram_offered && method == rookery_auth::scram::MECHANISM)
+    {
+        // MQTT-4.12.0-1: a method the server does not offer.
         return Err(ReasonCode::BadAuthenticationMethod);
     }
 
@@ -129,6 +133,10 @@ fn check_will(connect: &Connect, limits: &Limits) -> Result<(), ReasonCode> {
         limits.max_topic_levels,
     ) {
         return Err(ReasonCode::TopicNameInvalid);
+    }
+    if super::publish::is_sys_topic(&will.topic) {
+        // $SYS belongs to the broker, for wills as for publishes.
+        return Err(ReasonCode::NotAuthorized);
     }
     Ok(())
 }
@@ -200,6 +208,7 @@ mod tests {
             &connect(ProtocolVersion::V3_1_1, "", false),
             &Limits::default(),
             assigned,
+            false,
         );
         assert_eq!(refused, Err(ReasonCode::ClientIdentifierNotValid));
     }
@@ -210,6 +219,7 @@ mod tests {
             &connect(ProtocolVersion::V3_1, "", true),
             &Limits::default(),
             assigned,
+            false,
         );
         assert_eq!(refused, Err(ReasonCode::ClientIdentifierNotValid));
     }
@@ -220,6 +230,7 @@ mod tests {
             &connect(ProtocolVersion::V5, "", true),
             &Limits::default(),
             assigned,
+            false,
         )
         .unwrap();
         assert_eq!(v5.client_id, "assigned");
@@ -231,6 +242,7 @@ mod tests {
             &connect(ProtocolVersion::V3_1_1, "", true),
             &Limits::default(),
             assigned,
+            false,
         )
         .unwrap();
         assert_eq!(v311.client_id, "assigned");
@@ -254,7 +266,7 @@ mod tests {
             false,
         );
         assert_eq!(
-            negotiate(&will, &limits, assigned),
+            negotiate(&will, &limits, assigned, false),
             Err(ReasonCode::QoSNotSupported)
         );
     }
@@ -272,7 +284,7 @@ mod tests {
             true,
         );
         assert_eq!(
-            negotiate(&will, &limits, assigned),
+            negotiate(&will, &limits, assigned, false),
             Err(ReasonCode::RetainNotSupported)
         );
     }
@@ -290,7 +302,7 @@ mod tests {
             false,
         );
         assert_eq!(
-            negotiate(&will, &limits, assigned),
+            negotiate(&will, &limits, assigned, false),
             Err(ReasonCode::TopicNameInvalid)
         );
     }
@@ -300,9 +312,37 @@ mod tests {
         let mut auth = connect(ProtocolVersion::V5, "c", true);
         auth.properties.authentication.method = Some(ByteString::from("SCRAM-SHA-1"));
         assert_eq!(
-            negotiate(&auth, &Limits::default(), assigned),
+            negotiate(&auth, &Limits::default(), assigned, false),
             Err(ReasonCode::BadAuthenticationMethod)
         );
+    }
+
+    #[test]
+    fn mqtt_4_12_0_1_scram_sha_256_is_taken_only_where_verifiers_are_loaded() {
+        let mut scram = connect(ProtocolVersion::V5, "c", true);
+        scram.properties.authentication.method = Some(ByteString::from("SCRAM-SHA-256"));
+        assert!(negotiate(&scram, &Limits::default(), assigned, true).is_ok());
+        assert_eq!(
+            negotiate(&scram, &Limits::default(), assigned, false),
+            Err(ReasonCode::BadAuthenticationMethod)
+        );
+    }
+
+    #[test]
+    fn a_will_on_sys_is_refused_with_0x87() {
+        for topic in ["$SYS", "$SYS/broker/alert"] {
+            let will = with_will(
+                connect(ProtocolVersion::V5, "c", true),
+                topic,
+                QoS::AtMostOnce,
+                true,
+            );
+            assert_eq!(
+                negotiate(&will, &Limits::default(), assigned, false),
+                Err(ReasonCode::NotAuthorized),
+                "{topic}"
+            );
+        }
     }
 
     #[test]
@@ -313,7 +353,7 @@ mod tests {
         };
         let mut asks = connect(ProtocolVersion::V5, "c", false);
         asks.properties.session_expiry_interval = Some(1000);
-        let granted = negotiate(&asks, &limits, assigned).unwrap();
+        let granted = negotiate(&asks, &limits, assigned, false).unwrap();
         assert_eq!(granted.expiry_s, 100);
         assert_eq!(granted.connack.session_expiry_interval, Some(100));
         assert!(!granted.requested_expiry_zero);
@@ -324,6 +364,7 @@ mod tests {
             &connect(ProtocolVersion::V3_1_1, "c", false),
             &Limits::default(),
             assigned,
+            false,
         )
         .unwrap();
         assert_eq!(persistent.expiry_s, NEVER_EXPIRES);
@@ -331,6 +372,7 @@ mod tests {
             &connect(ProtocolVersion::V3_1_1, "c", true),
             &Limits::default(),
             assigned,
+            false,
         )
         .unwrap();
         assert_eq!(clean.expiry_s, 0);
@@ -344,8 +386,13 @@ mod tests {
             server_keep_alive: Some(30),
             ..Limits::default()
         };
-        let granted =
-            negotiate(&connect(ProtocolVersion::V5, "c", true), &limits, assigned).unwrap();
+        let granted = negotiate(
+            &connect(ProtocolVersion::V5, "c", true),
+            &limits,
+            assigned,
+            false,
+        )
+        .unwrap();
         assert_eq!(granted.keep_alive, 30);
         assert_eq!(granted.connack.server_keep_alive, Some(30));
 
@@ -355,7 +402,7 @@ mod tests {
         };
         let mut none = connect(ProtocolVersion::V5, "c", true);
         none.keep_alive = 0;
-        let granted = negotiate(&none, &capped, assigned).unwrap();
+        let granted = negotiate(&none, &capped, assigned, false).unwrap();
         assert_eq!(granted.keep_alive, 20, "0 asks for none, a maximum is set");
     }
 
@@ -369,11 +416,17 @@ mod tests {
         small.properties.receive_maximum = NonZeroU16::new(5);
         small.properties.topic_alias_maximum = Some(7);
         small.properties.maximum_packet_size = NonZeroU32::new(1000);
-        let granted = negotiate(&small, &limits, assigned).unwrap();
+        let granted = negotiate(&small, &limits, assigned, false).unwrap();
         assert_eq!(granted.window, 5);
         assert_eq!(granted.client_alias_maximum, 7);
         assert_eq!(granted.client_max_packet_size, 1000);
-        let large = negotiate(&connect(ProtocolVersion::V5, "c", true), &limits, assigned).unwrap();
+        let large = negotiate(
+            &connect(ProtocolVersion::V5, "c", true),
+            &limits,
+            assigned,
+            false,
+        )
+        .unwrap();
         assert_eq!(large.window, 32);
     }
 
@@ -384,8 +437,13 @@ mod tests {
             shared_subscriptions: false,
             ..Limits::default()
         };
-        let granted =
-            negotiate(&connect(ProtocolVersion::V5, "c", true), &limits, assigned).unwrap();
+        let granted = negotiate(
+            &connect(ProtocolVersion::V5, "c", true),
+            &limits,
+            assigned,
+            false,
+        )
+        .unwrap();
         let connack = &granted.connack;
         assert_eq!(connack.maximum_qos, Some(QoS::AtLeastOnce));
         assert_eq!(

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use rookery_auth::Access;
 use rookery_codec::{
     AckProperties, ByteString, Packet, PacketId, Publish, QoS, SubAck, Subscribe, UnsubAck,
     Unsubscribe,
@@ -151,7 +152,9 @@ impl Live {
     async fn subscribe(&mut self, packet: Subscribe) -> Result<(), End> {
         let hub = self.hub.clone();
         let v5 = self.socket.out.is_v5();
-        let mut granted = match subscribe::decide(&packet, &hub.config.limits, v5) {
+        let authorizer = &self.session.authorizer;
+        let may_subscribe = |filter: &str| authorizer.may(filter, Access::Subscribe);
+        let mut granted = match subscribe::decide(&packet, &hub.config.limits, v5, may_subscribe) {
             Ok(granted) => granted,
             Err(violation) => {
                 return Err(super::session::violated(violation, &mut self.socket.out));

@@ -20,12 +20,17 @@ pub(super) type EdgeDeliveries = (Arc<str>, Vec<rookery_cluster::proto::Delivery
 pub(super) fn refusal(topic: &str, limits: &Limits) -> Option<ReasonCode> {
     if !topic_within_limits(topic, limits.max_topic_length, limits.max_topic_levels) {
         Some(ReasonCode::TopicNameInvalid)
-    } else if topic.starts_with("$SYS/") || topic == "$SYS" {
+    } else if is_sys_topic(topic) {
         // $SYS belongs to the broker.
         Some(ReasonCode::NotAuthorized)
     } else {
         None
     }
+}
+
+/// Whether `topic` is the broker's own (`$SYS` and below).
+pub(super) fn is_sys_topic(topic: &str) -> bool {
+    topic.starts_with("$SYS/") || topic == "$SYS"
 }
 
 /// Where a publish goes and what it waits for.

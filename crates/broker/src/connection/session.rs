@@ -4,6 +4,7 @@
 //! and returns what the I/O side must do (a store write, routing a
 //! publish); `run` performs it.
 
+use rookery_auth::Access;
 use rookery_codec::{
     Ack, AckProperties, Disconnect, EncodeError, Packet, PacketId, Publish, QoS, ReasonCode,
     Subscribe, Unsubscribe,
@@ -15,6 +16,7 @@ use super::negotiate::Granted;
 use super::outbox::Outbox;
 use super::publish::{self, Reply};
 use super::records::SessionRecords;
+use crate::auth::Authorizer;
 use crate::config::Limits;
 use crate::hub::ClientId;
 use crate::outgoing::{Outgoing, ReadyPublish, Resend, StoredBatch};
@@ -94,6 +96,8 @@ pub(super) struct Session {
     releases: Vec<PacketId>,
     /// An acknowledgement freed a window slot: send more after the read.
     refill_due: bool,
+    /// What the client may publish, subscribe to and be sent.
+    pub authorizer: Authorizer,
 }
 
 impl Session {
@@ -104,6 +108,7 @@ impl Session {
         epoch: u64,
         connection_id: u64,
         limits: &Limits,
+        authorizer: Authorizer,
     ) -> Session {
         Session {
             records: SessionRecords::new(client_id, epoch),
@@ -125,6 +130,7 @@ impl Session {
             receipts: Vec::new(),
             releases: Vec::new(),
             refill_due: false,
+            authorizer,
         }
     }
 
@@ -208,7 +214,12 @@ impl Session {
             }
             Err(violation) => return Err(violated(violation, out)),
         };
-        if let Some(reason) = publish::refusal(&topic, rules.limits) {
+        let refused = publish::refusal(&topic, rules.limits).or_else(|| {
+            // 3.1.1 has no way to say so: the publish is acknowledged and
+            // dropped, as Mosquitto does.
+            (!self.authorizer.may(&topic, Access::Write)).then_some(ReasonCode::NotAuthorized)
+        });
+        if let Some(reason) = refused {
             rules.stats.dropped("refused");
             self.reply(
                 publish.packet_id,
@@ -428,6 +439,13 @@ impl Session {
         publish.packet_id = packet_id;
         let qos = publish.qos;
         let topic = publish.topic.clone();
+        if !self.authorizer.may(&topic, Access::Read) {
+            // Matched by a subscription the ACL allowed, on a topic it does
+            // not: discarded as if it had been sent.
+            stats.dropped("not_authorized");
+            self.discard(packet_id, qos);
+            return;
+        }
         if out.is_v5() {
             self.outgoing.apply_alias(&mut publish);
         }
@@ -438,13 +456,19 @@ impl Session {
                 // discarded as if it had been sent.
                 stats.dropped("packet_too_large");
                 tracing::debug!(client_id = %self.client_id(), %topic, "message larger than the client's maximum packet size dropped");
-                if let Some(packet_id) = packet_id
-                    && self.outgoing.forget(packet_id) == Some(true)
-                {
-                    self.discarded.push((packet_id, qos));
-                }
+                self.discard(packet_id, qos);
             }
             Err(error) => tracing::error!(%error, "could not encode a PUBLISH"),
+        }
+    }
+
+    /// A message not sent is forgotten; a stored one is acknowledged away
+    /// in the store.
+    fn discard(&mut self, packet_id: Option<PacketId>, qos: QoS) {
+        if let Some(packet_id) = packet_id
+            && self.outgoing.forget(packet_id) == Some(true)
+        {
+            self.discarded.push((packet_id, qos));
         }
     }
 }
@@ -490,10 +514,20 @@ mod tests {
         if protocol.is_v5() && !clean_start {
             connect.properties.session_expiry_interval = Some(60);
         }
-        let granted = negotiate(&connect, limits, String::new).unwrap();
+        let granted = negotiate(&connect, limits, String::new, false).unwrap();
         let mut out = Outbox::new();
         out.set_version(protocol);
-        (Session::new(&granted, Arc::from("c"), 1, 1, limits), out)
+        (
+            Session::new(
+                &granted,
+                Arc::from("c"),
+                1,
+                1,
+                limits,
+                Authorizer::unrestricted("c"),
+            ),
+            out,
+        )
     }
 
     fn message(topic: &str, qos: QoS) -> Message {

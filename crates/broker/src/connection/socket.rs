@@ -120,6 +120,38 @@ impl Socket {
         }
     }
 
+    /// The client's next packet during an authentication exchange, read
+    /// before `deadline` (the connect timeout still runs); `None` when the
+    /// client closed.
+    pub async fn read_during_auth(
+        &mut self,
+        deadline: Instant,
+        max_packet_size: u32,
+        stats: &Stats,
+    ) -> Result<Option<Packet>, ConnectReadError> {
+        loop {
+            match rookery_codec::decode(&mut self.read_buf, self.out.version(), max_packet_size) {
+                Ok(Some(packet)) => return Ok(Some(packet)),
+                Ok(None) => {}
+                Err(error) => {
+                    protocol_error(decode_error_label(&error));
+                    return Err(ConnectReadError::Malformed(error));
+                }
+            }
+            let read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.read_buf))
+                .await
+                .map_err(|_| {
+                    metrics::counter!("rookery_connect_timeouts_total").increment(1);
+                    ConnectReadError::TimedOut
+                })?;
+            match read {
+                Ok(0) => return Ok(None),
+                Ok(n) => stats.received(n),
+                Err(error) => return Err(ConnectReadError::Io(error)),
+            }
+        }
+    }
+
     /// Reads what the socket has into the buffer; 0 when it closed.
     pub async fn read(&mut self) -> std::io::Result<usize> {
         self.stream.read_buf(&mut self.read_buf).await

@@ -36,10 +36,12 @@ impl Granted {
 }
 
 /// Decides each filter of a SUBSCRIBE; a violation closes the connection.
+/// `may_subscribe` asks the ACL about each valid filter.
 pub(super) fn decide(
     subscribe: &Subscribe,
     limits: &Limits,
     v5: bool,
+    may_subscribe: impl Fn(&str) -> bool,
 ) -> Result<Granted, Violation> {
     let subscription_id = subscribe
         .properties
@@ -71,6 +73,7 @@ pub(super) fn decide(
         }
         let refused = if valid {
             unsupported(filter, shared.as_ref(), limits)
+                .or_else(|| (!may_subscribe(filter)).then_some(ReasonCode::NotAuthorized))
         } else {
             Some(ReasonCode::TopicFilterInvalid)
         };
@@ -203,7 +206,31 @@ mod tests {
     }
 
     fn codes(packet: &Subscribe, limits: &Limits, v5: bool) -> Vec<ReasonCode> {
-        decide(packet, limits, v5).unwrap().reason_codes
+        decide(packet, limits, v5, allow_all).unwrap().reason_codes
+    }
+
+    fn allow_all(_: &str) -> bool {
+        true
+    }
+
+    #[test]
+    fn a_filter_the_acl_denies_gets_0x87_in_5_0_and_0x80_in_3_1_1() {
+        let packet = subscribe(&[
+            ("test/nosubscribe", options(QoS::AtLeastOnce)),
+            ("test/other", options(QoS::AtLeastOnce)),
+        ]);
+        let deny = |filter: &str| filter != "test/nosubscribe";
+        let v5 = decide(&packet, &Limits::default(), true, deny).unwrap();
+        assert_eq!(
+            v5.reason_codes,
+            vec![ReasonCode::NotAuthorized, ReasonCode::GrantedQoS1]
+        );
+        assert_eq!(v5.accepted.len(), 1);
+        let v311 = decide(&packet, &Limits::default(), false, deny).unwrap();
+        assert_eq!(
+            v311.reason_codes,
+            vec![ReasonCode::UnspecifiedError, ReasonCode::GrantedQoS1]
+        );
     }
 
     #[test]
@@ -213,7 +240,7 @@ mod tests {
             ("a/#/b", options(QoS::AtMostOnce)),
             ("c", options(QoS::ExactlyOnce)),
         ]);
-        let granted = decide(&packet, &Limits::default(), true).unwrap();
+        let granted = decide(&packet, &Limits::default(), true, allow_all).unwrap();
         assert_eq!(
             granted.reason_codes,
             vec![
@@ -242,7 +269,7 @@ mod tests {
             ..Limits::default()
         };
         let packet = subscribe(&[("a", options(QoS::ExactlyOnce))]);
-        let granted = decide(&packet, &limits, true).unwrap();
+        let granted = decide(&packet, &limits, true, allow_all).unwrap();
         assert_eq!(granted.reason_codes, vec![ReasonCode::GrantedQoS1]);
         assert_eq!(granted.accepted[0].1.options.qos, QoS::AtLeastOnce);
     }
@@ -287,14 +314,14 @@ mod tests {
         let mut no_local = options(QoS::AtMostOnce);
         no_local.no_local = true;
         let packet = subscribe(&[("$share/g/a", no_local)]);
-        let violation = decide(&packet, &Limits::default(), true).unwrap_err();
+        let violation = decide(&packet, &Limits::default(), true, allow_all).unwrap_err();
         assert_eq!(violation.reason, ReasonCode::ProtocolError);
         // Even where shared subscriptions are off: the rule comes first.
         let off = Limits {
             shared_subscriptions: false,
             ..Limits::default()
         };
-        assert!(decide(&packet, &off, true).is_err());
+        assert!(decide(&packet, &off, true, allow_all).is_err());
         // An invalid filter is only refused.
         let invalid = subscribe(&[("$share/g/a/#/b", no_local)]);
         assert_eq!(
@@ -311,12 +338,12 @@ mod tests {
         };
         let mut packet = subscribe(&[("a", options(QoS::AtMostOnce))]);
         packet.properties.subscription_identifier = NonZeroU32::new(5);
-        let violation = decide(&packet, &limits, true).unwrap_err();
+        let violation = decide(&packet, &limits, true, allow_all).unwrap_err();
         assert_eq!(
             violation.reason,
             ReasonCode::SubscriptionIdentifiersNotSupported
         );
-        let granted = decide(&packet, &Limits::default(), true).unwrap();
+        let granted = decide(&packet, &Limits::default(), true, allow_all).unwrap();
         assert_eq!(granted.accepted[0].1.subscription_id, 5);
     }
 
@@ -326,7 +353,7 @@ mod tests {
             ("a", options(QoS::AtLeastOnce)),
             ("a/#/b", options(QoS::AtMostOnce)),
         ]);
-        let mut granted = decide(&packet, &Limits::default(), true).unwrap();
+        let mut granted = decide(&packet, &Limits::default(), true, allow_all).unwrap();
         granted.store_failed();
         assert_eq!(
             granted.reason_codes,

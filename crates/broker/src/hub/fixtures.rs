@@ -94,6 +94,9 @@ pub(super) async fn hub_on_a_store() -> (Hub, tempfile::TempDir) {
         String::new(),
         None,
         store,
+        Arc::new(crate::auth::Gatekeeper::with(
+            rookery_auth::AuthPolicy::default(),
+        )),
     );
     (hub, dir)
 }

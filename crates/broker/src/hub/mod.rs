@@ -40,6 +40,7 @@ pub use mailbox::{Mailbox, MailboxReceiver, PendingEnqueue, ToConnection};
 pub use registry::{SessionEntry, SubEntry, Superseded, sub_entry_from_proto, sub_entry_to_proto};
 pub use routing::Routes;
 
+use crate::auth::Gatekeeper;
 use crate::config::BrokerConfig;
 use crate::stats::Stats;
 use crate::store::{Store, StoreUnavailable};
@@ -64,6 +65,8 @@ pub struct Hub {
     pub store: Store,
     /// This edge's counters.
     pub stats: Stats,
+    /// Who may connect, and what each client may do.
+    pub gatekeeper: Arc<Gatekeeper>,
     registry: Registry,
     mirror: ClusterMirror,
     retained: Retained,
@@ -82,6 +85,7 @@ impl Hub {
         forward_address: String,
         forward_source: Option<std::net::IpAddr>,
         store: Store,
+        gatekeeper: Arc<Gatekeeper>,
     ) -> Self {
         let forwarder = rookery_cluster::Forwarder::from_address(forward_source);
         Hub {
@@ -90,6 +94,7 @@ impl Hub {
             forward_address,
             store,
             stats: Stats::default(),
+            gatekeeper,
             registry: Registry::default(),
             mirror: ClusterMirror::default(),
             retained: Retained::default(),
