@@ -168,6 +168,8 @@ pub struct TlsPem {
     pub key: String,
     /// The CA of client certificates, and whether a client must present one.
     pub client_ca: Option<(String, bool)>,
+    /// The client certificate's CN is the username.
+    pub identity_as_username: bool,
 }
 
 /// Paths of a [`TlsPem`] written into the broker's directory.
@@ -666,6 +668,9 @@ fn rookery_listeners(listeners: &[Listener], dir: &Path) -> String {
             .ok();
         }
         table.push_str(" }\n");
+        if pem.identity_as_username {
+            table.push_str("use_identity_as_username = true\n");
+        }
         table
     };
     for listener in listeners {
@@ -694,6 +699,9 @@ fn mosquitto_listener(listener: &Listener, port: u16, dir: &Path) -> String {
         if let Some((ca, required)) = files.client_ca {
             writeln!(conf, "cafile {}", ca.display()).ok();
             writeln!(conf, "require_certificate {required}").ok();
+        }
+        if pem.identity_as_username {
+            writeln!(conf, "use_identity_as_username true").ok();
         }
     };
     match listener {

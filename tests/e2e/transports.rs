@@ -84,6 +84,7 @@ impl Pki {
             cert: self.server_pem.clone(),
             key: self.server_key_pem.clone(),
             client_ca: client_ca.map(|required| (self.ca_pem.clone(), required)),
+            identity_as_username: false,
         }
     }
 
@@ -236,6 +237,37 @@ async fn tls_listener_requiring_client_certificates_refuses_clients_without_one(
         .await
         .expect("TLS handshake with a client certificate");
     round_trip(&broker, listener(&broker, "tls"), Box::new(stream)).await;
+}
+
+/// `use_identity_as_username`: the certificate's CN is the username, and a
+/// client known by its certificate may only use its own client ids, so a
+/// valid certificate does not let it take over another client's session.
+#[tokio::test]
+async fn a_certificate_identity_binds_the_client_id() {
+    let pki = Pki::new();
+    let broker = Broker::start_with(Settings {
+        listeners: vec![Listener::Tls(TlsPem {
+            identity_as_username: true,
+            ..pki.listener(Some(true))
+        })],
+        ..Settings::default()
+    });
+    let addr = listener(&broker, "tls");
+    let mut codes = Vec::new();
+    for client_id in ["e2e client", "e2e client-7", "victim"] {
+        let stream = tls(&broker, "tls", &pki.connector(true))
+            .await
+            .expect("TLS handshake with a client certificate");
+        let mut client = RawClient::over(Box::new(stream), V5, addr);
+        client
+            .send(Packet::Connect(Box::new(connect_packet(V5, client_id))))
+            .await;
+        codes.push(client.expect_connack().await.reason_code);
+    }
+    assert_eq!(codes[..2], [ReasonCode::Success, ReasonCode::Success]);
+    if !skip_on_mosquitto("Mosquitto does not bind client ids to certificate identities") {
+        assert_eq!(codes[2], ReasonCode::NotAuthorized);
+    }
 }
 
 /// MQTT-6.0.0-2 and MQTT-6.0.0-4: a WebSocket listener speaks the `mqtt`

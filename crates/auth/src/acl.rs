@@ -66,12 +66,12 @@ impl Grant {
     }
 
     fn grants(self, access: Access) -> bool {
-        match (self, access) {
-            (Grant::ReadWrite, _) => true,
-            (Grant::Read, Access::Read | Access::Subscribe) => true,
-            (Grant::Write, Access::Write) => true,
-            _ => false,
-        }
+        matches!(
+            (self, access),
+            (Grant::ReadWrite, _)
+                | (Grant::Read, Access::Read | Access::Subscribe)
+                | (Grant::Write, Access::Write)
+        )
     }
 }
 
@@ -126,7 +126,7 @@ impl Acl {
                     acl.users.entry(rest.to_string()).or_default();
                 }
                 "topic" | "pattern" => {
-                    let rule = parse_rule(rest).map_err(|problem| error(problem))?;
+                    let rule = parse_rule(rest).map_err(&error)?;
                     if keyword == "pattern" {
                         acl.patterns.push(rule);
                     } else if let Some(user) = &user {

@@ -123,6 +123,13 @@ impl Broker {
         let mut listeners = Vec::new();
         for listener_config in &config.listeners {
             let auth = ListenerAuth::of(&config.auth, listener_config);
+            if auth.anonymous_allowed && !listener_config.address.ip().is_loopback() {
+                tracing::warn!(
+                    listener = %listener_config.display_name(),
+                    address = %listener_config.address,
+                    "anonymous clients are allowed on a listener off loopback (allow_anonymous = true)"
+                );
+            }
             listeners.push((
                 Listener::bind(listener_config, handshake_timeout).await?,
                 auth,
