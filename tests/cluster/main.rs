@@ -25,6 +25,7 @@ mod harness;
 mod proxy;
 mod traffic;
 
+mod auth;
 mod edges;
 mod exactly_once;
 mod failover;
