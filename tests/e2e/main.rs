@@ -23,6 +23,7 @@ mod harness;
 mod backpressure;
 mod connect;
 mod limits;
+mod passwd;
 mod publish;
 mod retain;
 mod robustness;
