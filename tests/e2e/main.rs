@@ -24,6 +24,7 @@ mod auth;
 mod backpressure;
 mod connect;
 mod limits;
+mod passwd;
 mod publish;
 mod retain;
 mod robustness;

@@ -34,6 +34,41 @@ pub enum Command {
     Serve(ServeArgs),
     /// Looks at or changes the store group of a running cluster.
     Cluster(ClusterArgs),
+    /// Adds or changes a user of a password file ([broker.auth]
+    /// password_file), or deletes one.
+    ///
+    /// The password is read from the terminal without echo (asked twice),
+    /// or from the first line of stdin with --password-stdin. FILE gets an
+    /// argon2id hash and FILE.scram a SCRAM-SHA-256 verifier; other users'
+    /// lines, Mosquitto's $6$ and $7$ hashes among them, are kept unchanged.
+    /// Both files are replaced atomically and are readable by their owner
+    /// only (mode 0600).
+    Passwd(PasswdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PasswdArgs {
+    /// The password file. It must exist unless --create is given.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// The user to add, change or delete.
+    #[arg(value_name = "USER")]
+    pub username: String,
+
+    /// Start FILE and FILE.scram afresh, dropping every other user (as
+    /// mosquitto_passwd -c does).
+    #[arg(short = 'c', long, conflicts_with = "delete")]
+    pub create: bool,
+
+    /// Delete USER from FILE and FILE.scram.
+    #[arg(short = 'D', long)]
+    pub delete: bool,
+
+    /// Read the password from the first line of stdin instead of the
+    /// terminal (for scripts).
+    #[arg(long, conflicts_with = "delete")]
+    pub password_stdin: bool,
 }
 
 #[derive(Debug, Args)]

@@ -3,7 +3,8 @@
 //! It reads the configuration ([`config`]: defaults, TOML file, environment,
 //! flags from [`cli`]), sets up logging ([`logging`]) and the Prometheus
 //! endpoint ([`exporter`]), and wires the store and the edge together
-//! ([`serve`]). It holds no protocol logic: that lives in the library crates.
+//! ([`serve`]); `rookery passwd` edits password files ([`passwd`]). It holds
+//! no protocol logic: that lives in the library crates.
 //!
 //! Exit codes: 0 after a clean shutdown, 1 when the node cannot start or a
 //! second signal cuts shutdown short, 2 for a usage or configuration error.
@@ -13,6 +14,7 @@ mod cli;
 mod config;
 mod exporter;
 mod logging;
+mod passwd;
 mod serve;
 
 use std::process::ExitCode;
@@ -32,6 +34,20 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(&args),
         Command::Cluster(args) => cluster(&args),
+        Command::Passwd(args) => passwd(&args),
+    }
+}
+
+fn passwd(args: &cli::PasswdArgs) -> ExitCode {
+    match passwd::run(args) {
+        Ok(done) => {
+            eprintln!("rookery: {done}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("rookery passwd: {error}");
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }
 
