@@ -36,6 +36,7 @@ fn passwords_only() -> Broker {
         allow_anonymous: false,
         password_file: Some(MOSQUITTO_PASSWORDS.into()),
         acl_file: None,
+        ..Auth::default()
     })
 }
 
@@ -155,6 +156,7 @@ async fn a_subscription_the_acl_denies_gets_0x87_and_3_1_1s_0x80() {
         allow_anonymous: true,
         password_file: None,
         acl_file: Some(PAHO_ACL.into()),
+        ..Auth::default()
     });
     for version in [V3_1_1, V5] {
         let mut client = RawClient::open(broker.addr(), version).await;
@@ -190,6 +192,7 @@ async fn a_wildcard_subscriber_is_not_sent_what_the_acl_denies() {
         allow_anonymous: true,
         password_file: None,
         acl_file: Some(PAHO_ACL.into()),
+        ..Auth::default()
     });
     let mut subscriber = RawClient::v5(broker.addr(), &unique("sub")).await;
     subscriber.subscribe_ok(1, "test/#", QoS::AtLeastOnce).await;
@@ -213,6 +216,7 @@ async fn a_publish_the_acl_denies_is_refused_with_0x87_or_dropped_in_3_1_1() {
         allow_anonymous: true,
         password_file: None,
         acl_file: Some("topic read ro/#\ntopic readwrite rw/#\n".into()),
+        ..Auth::default()
     });
     let mut subscriber = RawClient::v5(broker.addr(), &unique("sub")).await;
     subscriber.subscribe_ok(1, "ro/#", QoS::AtLeastOnce).await;
@@ -240,6 +244,7 @@ async fn a_will_the_acl_denies_is_refused_at_connect() {
         allow_anonymous: true,
         password_file: None,
         acl_file: Some("topic readwrite open/#\n".into()),
+        ..Auth::default()
     });
     for version in [V3_1_1, V5] {
         let mut connect = connect_packet(version, &unique("will"));
@@ -298,6 +303,7 @@ async fn acl_patterns_give_each_user_its_own_topics() {
         allow_anonymous: false,
         password_file: Some(MOSQUITTO_PASSWORDS.into()),
         acl_file: Some("pattern readwrite users/%u/#\n".into()),
+        ..Auth::default()
     });
     let connect = login(V5, &unique("alice"), "alice", "wonderland");
     let (mut alice, _) = RawClient::connect_ok(broker.addr(), connect).await;
@@ -333,6 +339,7 @@ async fn sighup_reloads_the_acl_without_dropping_connections() {
         allow_anonymous: true,
         password_file: None,
         acl_file: Some("topic readwrite #\n".into()),
+        ..Auth::default()
     });
     let mut client = RawClient::v5(broker.addr(), &unique("reload")).await;
     let before = client.publish1(1, "a/b", b"before").await.reason_code;
@@ -375,4 +382,88 @@ async fn wait_for_metric(broker: &Broker, series: &str) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// MQTT 5 enhanced authentication (section 4.12) with SCRAM-SHA-256:
+/// CONNECT carries client-first, AUTH 0x18 server-first, the client's AUTH
+/// 0x18 client-final, and CONNACK server-final, which proves that the
+/// server knows the verifier.
+#[tokio::test]
+async fn mqtt_4_12_scram_sha_256_over_auth_packets_lets_the_user_in() {
+    if skip_unless_rookery("SCRAM-SHA-256 (Mosquitto has no enhanced authentication)") {
+        return;
+    }
+    let password = rookery_auth::password::hash_password(b"secret").expect("a hash");
+    let verifier = rookery_auth::scram::verifier(b"secret").expect("a verifier");
+    let broker = with_auth(Auth {
+        allow_anonymous: false,
+        password_file: Some(format!("carol:{password}\n")),
+        scram_file: Some(format!("carol:{verifier}\n")),
+        ..Auth::default()
+    });
+    let (reason, server_final, expected) = scram_login(&broker, "carol", b"secret").await;
+    assert_eq!(reason, ReasonCode::Success);
+    assert_eq!(server_final, Some(expected), "CONNACK carries server-final");
+
+    let (reason, _, _) = scram_login(&broker, "carol", b"wrong").await;
+    assert_eq!(reason, ReasonCode::BadUserNameOrPassword);
+    let (reason, _, _) = scram_login(&broker, "nobody", b"secret").await;
+    assert_eq!(reason, ReasonCode::BadUserNameOrPassword);
+
+    // MQTT-4.12.0-1: a method the server does not offer.
+    let mut connect = connect_packet(V5, &unique("scram"));
+    connect.properties.authentication.method = Some(ByteString::from("SCRAM-SHA-1"));
+    assert_eq!(
+        connack_code(&broker, connect).await,
+        ReasonCode::BadAuthenticationMethod
+    );
+}
+
+/// One SCRAM login: CONNACK's reason code and Authentication Data, and the
+/// server-final message the client expects.
+async fn scram_login(
+    broker: &Broker,
+    user: &str,
+    password: &[u8],
+) -> (ReasonCode, Option<Vec<u8>>, Vec<u8>) {
+    use rookery_codec::{Auth as AuthPacket, AuthProperties, Authentication, Packet};
+    let client = rookery_auth::scram::ScramClient::new(user, password).expect("a nonce");
+    let method = || Some(ByteString::from_static("SCRAM-SHA-256"));
+    let mut connect = connect_packet(V5, &unique("scram"));
+    connect.properties.authentication = Authentication {
+        method: method(),
+        data: Some(Bytes::from(client.client_first())),
+    };
+    let mut raw = RawClient::open(broker.addr(), V5).await;
+    raw.send(Packet::Connect(Box::new(connect))).await;
+    let server_first = match raw.expect().await {
+        Packet::Auth(auth) => {
+            assert_eq!(auth.reason_code, ReasonCode::ContinueAuthentication);
+            assert_eq!(auth.properties.authentication.method, method());
+            auth.properties.authentication.data.unwrap_or_default()
+        }
+        Packet::ConnAck(connack) => return (connack.reason_code, None, Vec::new()),
+        other => panic!("expected AUTH or CONNACK, got {other:?}"),
+    };
+    let (client_final, expected) = client
+        .client_final(&server_first)
+        .expect("a well-formed server-first message");
+    raw.send(Packet::Auth(AuthPacket {
+        reason_code: ReasonCode::ContinueAuthentication,
+        properties: AuthProperties {
+            authentication: Authentication {
+                method: method(),
+                data: Some(Bytes::from(client_final)),
+            },
+            ..AuthProperties::default()
+        },
+    }))
+    .await;
+    let connack = raw.expect_connack().await;
+    let data = connack
+        .properties
+        .authentication
+        .data
+        .map(|data| data.to_vec());
+    (connack.reason_code, data, expected)
 }

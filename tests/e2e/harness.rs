@@ -112,6 +112,8 @@ pub struct Auth {
     pub password_file: Option<String>,
     /// The ACL file's text.
     pub acl_file: Option<String>,
+    /// SCRAM-SHA-256 verifiers, written beside the password file (Rookery).
+    pub scram_file: Option<String>,
 }
 
 impl Auth {
@@ -124,6 +126,7 @@ impl Auth {
                 path
             })
         };
+        write("passwords.scram", &self.scram_file);
         (
             write("passwords", &self.password_file),
             write("acl", &self.acl_file),

@@ -457,67 +457,82 @@ impl ScramExchange {
     }
 }
 
+/// The client side of SCRAM-SHA-256, as RFC 5802 describes it: for tests
+/// and tools that log in to a broker with enhanced authentication.
+#[derive(Debug)]
+pub struct ScramClient {
+    username: String,
+    password: Vec<u8>,
+    nonce: String,
+    /// The GS2 header: `n,,` (no channel binding).
+    gs2: String,
+}
+
+impl ScramClient {
+    /// A client for `username` with `password` and a fresh random nonce.
+    pub fn new(username: &str, password: &[u8]) -> Result<ScramClient, HashError> {
+        Ok(ScramClient {
+            username: username.to_owned(),
+            password: password.to_vec(),
+            nonce: STANDARD
+                .encode(random::<18>().ok_or_else(|| HashError("no random nonce".into()))?),
+            gs2: "n,,".to_owned(),
+        })
+    }
+
+    fn bare(&self) -> String {
+        let name = self.username.replace('=', "=3D").replace(',', "=2C");
+        format!("n={name},r={}", self.nonce)
+    }
+
+    /// The client-first message (CONNECT's Authentication Data).
+    pub fn client_first(&self) -> Vec<u8> {
+        format!("{}{}", self.gs2, self.bare()).into_bytes()
+    }
+
+    /// Answers the server-first message: the client-final message, and the
+    /// server-final message a server that knows the password sends back.
+    pub fn client_final(&self, server_first: &[u8]) -> Result<(Vec<u8>, Vec<u8>), ScramError> {
+        let malformed = ScramError::Malformed("server-first");
+        let server_first = std::str::from_utf8(server_first).map_err(|_| malformed.clone())?;
+        let mut fields = server_first.split(',');
+        let mut field = |prefix: &str| {
+            fields
+                .next()
+                .and_then(|field| field.strip_prefix(prefix))
+                .ok_or(malformed.clone())
+        };
+        let nonce = field("r=")?;
+        let salt = STANDARD
+            .decode(field("s=")?)
+            .map_err(|_| malformed.clone())?;
+        let iterations: u32 = field("i=")?.parse().map_err(|_| malformed.clone())?;
+        if !nonce.starts_with(&self.nonce) || iterations == 0 {
+            return Err(malformed);
+        }
+        let keys = Verifier::from_password(&self.password, &salt, iterations);
+        let mut salted = [0u8; 32];
+        pbkdf2::pbkdf2_hmac::<Sha256>(&self.password, &salt, iterations, &mut salted);
+        let client_key = hmac(&salted, &[b"Client Key"]);
+        let without_proof = format!("c={},r={nonce}", STANDARD.encode(&self.gs2));
+        let auth = format!("{},{server_first},{without_proof}", self.bare());
+        let signature = hmac(&keys.stored_key, &[auth.as_bytes()]);
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(signature)
+            .map(|(k, s)| k ^ s)
+            .collect();
+        let server = hmac(&keys.server_key, &[auth.as_bytes()]);
+        Ok((
+            format!("{without_proof},p={}", STANDARD.encode(proof)).into_bytes(),
+            format!("v={}", STANDARD.encode(server)).into_bytes(),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A client as RFC 5802 describes it, to test the server against.
-    struct Client {
-        username: String,
-        password: Vec<u8>,
-        nonce: String,
-        /// The GS2 header: `n,,` unless a test changes it.
-        gs2: String,
-    }
-
-    impl Client {
-        fn new(username: &str, password: &[u8]) -> Client {
-            Client {
-                username: username.to_owned(),
-                password: password.to_vec(),
-                nonce: STANDARD.encode(random::<18>().unwrap()),
-                gs2: "n,,".to_owned(),
-            }
-        }
-
-        fn bare(&self) -> String {
-            let name = self.username.replace('=', "=3D").replace(',', "=2C");
-            format!("n={name},r={}", self.nonce)
-        }
-
-        fn first(&self) -> Vec<u8> {
-            format!("{}{}", self.gs2, self.bare()).into_bytes()
-        }
-
-        /// The client-final message and the server signature it expects.
-        fn finish(&self, server_first: &[u8]) -> (Vec<u8>, Vec<u8>) {
-            let server_first = std::str::from_utf8(server_first).unwrap();
-            let mut fields = server_first.split(',');
-            let nonce = fields.next().unwrap().strip_prefix("r=").unwrap();
-            assert!(nonce.starts_with(&self.nonce), "{server_first}");
-            let salt = STANDARD
-                .decode(fields.next().unwrap().strip_prefix("s=").unwrap())
-                .unwrap();
-            let iterations = fields.next().unwrap()[2..].parse().unwrap();
-            let keys = Verifier::from_password(&self.password, &salt, iterations);
-            let mut salted = [0u8; 32];
-            pbkdf2::pbkdf2_hmac::<Sha256>(&self.password, &salt, iterations, &mut salted);
-            let client_key = hmac(&salted, &[b"Client Key"]);
-            let without_proof = format!("c={},r={nonce}", STANDARD.encode(&self.gs2));
-            let auth = format!("{},{server_first},{without_proof}", self.bare());
-            let signature = hmac(&keys.stored_key, &[auth.as_bytes()]);
-            let proof: Vec<u8> = client_key
-                .iter()
-                .zip(signature)
-                .map(|(k, s)| k ^ s)
-                .collect();
-            let server = hmac(&keys.server_key, &[auth.as_bytes()]);
-            (
-                format!("{without_proof},p={}", STANDARD.encode(proof)).into_bytes(),
-                format!("v={}", STANDARD.encode(server)).into_bytes(),
-            )
-        }
-    }
 
     fn verifiers(lines: &[(&str, &str)]) -> ScramVerifiers {
         let text: String = lines
@@ -563,10 +578,10 @@ mod tests {
     fn a_client_with_the_password_is_let_in_and_can_check_the_server() {
         let verifiers = verifiers(&[("alice", "wonderland"), ("a,b=c", "odd name")]);
         for (user, password) in [("alice", "wonderland"), ("a,b=c", "odd name")] {
-            let client = Client::new(user, password.as_bytes());
-            let (exchange, server_first) = verifiers.start(&client.first()).unwrap();
+            let client = ScramClient::new(user, password.as_bytes()).unwrap();
+            let (exchange, server_first) = verifiers.start(&client.client_first()).unwrap();
             assert_eq!(exchange.username(), user);
-            let (client_final, expected_server_final) = client.finish(&server_first);
+            let (client_final, expected_server_final) = client.client_final(&server_first).unwrap();
             let success = exchange.finish(&client_final).unwrap();
             assert_eq!(success.username, user);
             assert_eq!(success.server_final, expected_server_final);
@@ -576,9 +591,9 @@ mod tests {
     #[test]
     fn a_wrong_password_fails() {
         let verifiers = verifiers(&[("alice", "wonderland")]);
-        let client = Client::new("alice", b"wonderlamd");
-        let (exchange, server_first) = verifiers.start(&client.first()).unwrap();
-        let (client_final, _) = client.finish(&server_first);
+        let client = ScramClient::new("alice", b"wonderlamd").unwrap();
+        let (exchange, server_first) = verifiers.start(&client.client_first()).unwrap();
+        let (client_final, _) = client.client_final(&server_first).unwrap();
         assert_eq!(exchange.finish(&client_final), Err(ScramError::Failed));
     }
 
@@ -586,10 +601,10 @@ mod tests {
     fn an_unknown_user_gets_a_steady_plausible_exchange_then_fails() {
         let verifiers = verifiers(&[("alice", "wonderland")]);
         let salt_of = |user: &str| {
-            let client = Client::new(user, b"guess");
-            let (exchange, server_first) = verifiers.start(&client.first()).unwrap();
+            let client = ScramClient::new(user, b"guess").unwrap();
+            let (exchange, server_first) = verifiers.start(&client.client_first()).unwrap();
             let text = String::from_utf8(server_first.clone()).unwrap();
-            let (client_final, _) = client.finish(&server_first);
+            let (client_final, _) = client.client_final(&server_first).unwrap();
             assert_eq!(exchange.finish(&client_final), Err(ScramError::Failed));
             let fields: Vec<&str> = text.split(',').collect();
             assert_eq!(fields.len(), 3, "{text}");
@@ -624,10 +639,10 @@ mod tests {
         assert!(start("n,,n=alice,r=abc,x=extension").is_ok());
 
         // `y`: the client-final message repeats `y,,` in `c=`.
-        let mut client = Client::new("alice", b"pw");
+        let mut client = ScramClient::new("alice", b"pw").unwrap();
         client.gs2 = "y,,".to_owned();
-        let (exchange, server_first) = verifiers.start(&client.first()).unwrap();
-        let (client_final, _) = client.finish(&server_first);
+        let (exchange, server_first) = verifiers.start(&client.client_first()).unwrap();
+        let (client_final, _) = client.client_final(&server_first).unwrap();
         assert!(client_final.starts_with(b"c=eSws,"));
         assert!(exchange.finish(&client_final).is_ok());
     }
@@ -635,10 +650,10 @@ mod tests {
     #[test]
     fn the_client_final_message_must_match_the_exchange() {
         let verifiers = verifiers(&[("alice", "pw")]);
-        let client = Client::new("alice", b"pw");
+        let client = ScramClient::new("alice", b"pw").unwrap();
         let attempt = |edit: &dyn Fn(&str) -> String| {
-            let (exchange, server_first) = verifiers.start(&client.first()).unwrap();
-            let (client_final, _) = client.finish(&server_first);
+            let (exchange, server_first) = verifiers.start(&client.client_first()).unwrap();
+            let (client_final, _) = client.client_final(&server_first).unwrap();
             exchange.finish(edit(std::str::from_utf8(&client_final).unwrap()).as_bytes())
         };
         assert!(attempt(&|m| m.to_owned()).is_ok());
@@ -662,10 +677,10 @@ mod tests {
     #[test]
     fn malformed_messages_are_errors_never_panics() {
         let verifiers = verifiers(&[("alice", "pw")]);
-        let client = Client::new("alice", b"pw");
-        let first = client.first();
+        let client = ScramClient::new("alice", b"pw").unwrap();
+        let first = client.client_first();
         let (_, server_first) = verifiers.start(&first).unwrap();
-        let (last, _) = client.finish(&server_first);
+        let (last, _) = client.client_final(&server_first).unwrap();
         let mut inputs: Vec<Vec<u8>> = vec![
             b"".to_vec(),
             b"\xff\xfe".to_vec(),

@@ -16,6 +16,25 @@ use crate::config::ListenerConfig;
 #[derive(Debug)]
 pub struct Gatekeeper {
     policy: ArcSwap<AuthPolicy>,
+    /// Password checks running at once: argon2id takes tens of
+    /// milliseconds and 19 MiB each, so a flood of CONNECTs waits here
+    /// instead of stalling the runtime or taking memory without bound.
+    checks: tokio::sync::Semaphore,
+}
+
+/// A CONNECT's credentials, owned, to be checked off the runtime's threads.
+#[derive(Debug, Clone)]
+pub struct OfferedCredentials {
+    /// The CONNECT's User Name.
+    pub username: Option<String>,
+    /// The CONNECT's Password.
+    pub password: Option<bytes::Bytes>,
+    /// The client identifier.
+    pub client_id: String,
+    /// A verified certificate's identity, on a listener that uses it.
+    pub certificate_identity: Option<String>,
+    /// Whether the listener lets clients in without credentials.
+    pub anonymous_allowed: bool,
 }
 
 impl Gatekeeper {
@@ -26,9 +45,40 @@ impl Gatekeeper {
 
     /// A gatekeeper holding `policy`.
     pub fn with(policy: AuthPolicy) -> Gatekeeper {
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
         Gatekeeper {
             policy: ArcSwap::from_pointee(policy),
+            checks: tokio::sync::Semaphore::new(cores),
         }
+    }
+
+    /// Decides a CONNECT's credentials with `policy`, on a blocking thread
+    /// when a password must be checked, at most one check per core at once.
+    pub async fn authenticate(
+        &self,
+        policy: Arc<AuthPolicy>,
+        offered: OfferedCredentials,
+    ) -> Result<Principal, Denial> {
+        // Only a password costs a hash; the rest is decided at once.
+        let hashes = offered.password.is_some() && offered.certificate_identity.is_none();
+        let decide = move || {
+            policy.authenticate(&rookery_auth::Credentials {
+                username: offered.username.as_deref(),
+                password: offered.password.as_deref(),
+                client_id: &offered.client_id,
+                certificate_identity: offered.certificate_identity.as_deref(),
+                anonymous_allowed: offered.anonymous_allowed,
+            })
+        };
+        if !hashes {
+            return decide();
+        }
+        let Ok(_slot) = self.checks.acquire().await else {
+            return Err(Denial::NotAuthorized);
+        };
+        tokio::task::spawn_blocking(decide)
+            .await
+            .unwrap_or(Err(Denial::NotAuthorized))
     }
 
     /// Loads `config` again; on failure the policy in force stays.

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rookery_auth::{Access, AuthPolicy, Credentials, Principal, scram};
+use rookery_auth::{Access, AuthPolicy, Principal, scram};
 use rookery_codec::{
     Auth, AuthProperties, Authentication, ByteString, ConnAck, ConnAckProperties, Connect, Packet,
     ReasonCode,
@@ -19,7 +19,7 @@ use super::records;
 use super::run::Live;
 use super::session::Session;
 use super::socket::Socket;
-use crate::auth::{Authorizer, ListenerAuth, denial_label, denial_reason};
+use crate::auth::{Authorizer, ListenerAuth, OfferedCredentials, denial_label, denial_reason};
 use crate::hub::{ClientId, Hub, Mailbox, SessionEntry, sub_entry_from_proto};
 
 /// What the listener knows of a connection before its CONNECT.
@@ -148,24 +148,23 @@ async fn identify(
     socket: &mut Socket,
     connect: &Connect,
     granted: &mut Granted,
-    policy: &AuthPolicy,
+    policy: &Arc<AuthPolicy>,
     admission: &Admission,
 ) -> Identified {
     if connect.properties.authentication.method.as_deref() == Some(scram::MECHANISM) {
         return scram_exchange(hub, socket, connect, granted, policy, admission.deadline).await;
     }
-    let certificate_identity = admission
-        .certificate
-        .as_deref()
-        .filter(|_| admission.listener.identity_as_username);
-    let credentials = Credentials {
-        username: connect.username.as_deref(),
-        password: connect.password.as_deref(),
-        client_id: &granted.client_id,
-        certificate_identity,
+    let offered = OfferedCredentials {
+        username: connect.username.as_deref().map(str::to_owned),
+        password: connect.password.clone(),
+        client_id: granted.client_id.clone(),
+        certificate_identity: admission
+            .certificate
+            .clone()
+            .filter(|_| admission.listener.identity_as_username),
         anonymous_allowed: admission.listener.anonymous_allowed,
     };
-    match policy.authenticate(&credentials) {
+    match hub.gatekeeper.authenticate(policy.clone(), offered).await {
         Ok(principal) => Identified::Admitted(principal),
         Err(denial) => Identified::Refused(denial_reason(denial), denial_label(denial)),
     }
