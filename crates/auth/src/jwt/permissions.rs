@@ -144,12 +144,14 @@ fn parse_topic_lists(lists: &Map<String, Value>) -> Result<Vec<PermissionRule>, 
     Ok(rules)
 }
 
-/// A rule's topic filter. `eq TOPIC` (EMQX: the topic as written, without
-/// placeholders or wildcard matching) is the same as `TOPIC` when it has
-/// neither, and refused otherwise.
+/// A rule's topic filter, with EMQX's placeholders `${clientid}` and
+/// `${username}` left for [`TopicPermissions`] to replace. `eq TOPIC`
+/// (EMQX: the topic as written, matched without wildcards) is the same as
+/// `TOPIC` when it has neither wildcards nor placeholders, and refused
+/// otherwise.
 fn parse_topic(raw: &str) -> Result<String, String> {
     if let Some(literal) = raw.strip_prefix("eq ") {
-        if literal.contains(['+', '#']) || ["${", "%c", "%u"].iter().any(|p| literal.contains(p)) {
+        if literal.contains(['+', '#']) || literal.contains("${") {
             return Err(format!(
                 "`{raw}`: an `eq` topic with wildcards or placeholders is not supported"
             ));
@@ -162,7 +164,14 @@ fn parse_topic(raw: &str) -> Result<String, String> {
             "`{raw}`: only the placeholders ${{clientid}} and ${{username}} are supported"
         ));
     }
-    valid_filter(raw, &plain.replace("%c", "c").replace("%u", "u"))?;
+    // With a placeholder present, `%c` and `%u` would be replaced too
+    // (Mosquitto's patterns share the code); EMQX 5 keeps them as written.
+    if plain != raw && (raw.contains("%c") || raw.contains("%u")) {
+        return Err(format!(
+            "`{raw}`: `%c` or `%u` beside a placeholder is not supported"
+        ));
+    }
+    valid_filter(raw, &plain)?;
     Ok(raw.to_string())
 }
 
