@@ -155,10 +155,22 @@ impl Acl {
         let own = own
             .iter()
             .map(|rule| (rule.grant, Cow::Borrowed(rule.filter.as_str())));
-        let patterns = self.patterns.iter().filter_map(|rule| {
-            substitute(&rule.filter, subject).map(|filter| (rule.grant, filter))
-        });
-        for (grant, filter) in own.chain(patterns) {
+        let patterns = self
+            .patterns
+            .iter()
+            .map(|rule| (rule.grant, substitute(&rule.filter, subject)));
+        for (grant, filter) in own
+            .map(|(grant, filter)| (grant, Some(filter)))
+            .chain(patterns)
+        {
+            let Some(filter) = filter else {
+                // A deny that cannot name this client still denies: a client
+                // id with `/` must not slip past `deny devices/%c/private/#`.
+                if grant == Grant::Deny {
+                    return false;
+                }
+                continue;
+            };
             if !applies(&filter, topic, access) {
                 continue;
             }
@@ -284,7 +296,12 @@ impl TopicPermissions {
                 continue;
             }
             let Some(filter) = expand_placeholders(&rule.filter, subject) else {
-                continue;
+                // As in the ACL file: a deny that cannot name this client
+                // still denies.
+                if rule.allow {
+                    continue;
+                }
+                return false;
             };
             if applies(&filter, topic, access) {
                 return rule.allow;
@@ -382,6 +399,19 @@ mod tests {
             assert!(!acl.allows(subject, "devices/x/y", Access::Write), "{id}");
             assert!(!acl.allows(subject, "devices/#", Access::Subscribe), "{id}");
         }
+    }
+
+    #[test]
+    fn a_deny_pattern_that_cannot_name_the_client_still_denies() {
+        let acl =
+            Acl::parse("pattern deny devices/%c/private/#\ntopic readwrite devices/#\n").unwrap();
+        let slashed = Subject {
+            username: None,
+            client_id: "a/b",
+        };
+        assert!(!acl.allows(slashed, "devices/a/b/private/x", Access::Read));
+        assert!(acl.allows(ANON, "devices/c1/public", Access::Read));
+        assert!(!acl.allows(ANON, "devices/c1/private/x", Access::Read));
     }
 
     #[test]
