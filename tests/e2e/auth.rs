@@ -467,3 +467,81 @@ async fn scram_login(
         .map(|data| data.to_vec());
     (connack.reason_code, data, expected)
 }
+
+/// An HS256 token, as an identity provider would sign it.
+fn hs256_token(secret: &[u8], claims: &serde_json::Value) -> String {
+    use base64::Engine as _;
+    let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = url.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let body = url.encode(claims.to_string());
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let signature = ring::hmac::sign(&key, format!("{header}.{body}").as_bytes());
+    format!("{header}.{body}.{}", url.encode(signature.as_ref()))
+}
+
+/// A JWT in the password field: its `sub` is the username, its EMQX-style
+/// `acl` claim limits the topics, and an expired one is refused with 0x86.
+#[tokio::test]
+async fn a_jwt_in_the_password_authenticates_and_its_acl_claim_limits_topics() {
+    if skip_unless_rookery("JWT authentication (Mosquitto has none)") {
+        return;
+    }
+    let secret = b"a-shared-secret-of-at-least-32-bytes!!";
+    let broker = Broker::start_with(Settings {
+        auth: Some(Auth {
+            allow_anonymous: false,
+            ..Auth::default()
+        }),
+        extra_toml: Some(
+            "[broker.auth.jwt]\nalgorithm = \"hs256\"\nsecret_file = \"{dir}/jwt-secret\"\n\
+             acl_claim = \"acl\"\n"
+                .into(),
+        ),
+        files: vec![("jwt-secret".into(), secret.to_vec())],
+        ..Settings::default()
+    });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    let token = hs256_token(
+        secret,
+        &serde_json::json!({
+            "sub": "dave",
+            "exp": now + 300,
+            "acl": {"pub": ["dave/#"], "sub": ["dave/#"]},
+        }),
+    );
+    let (mut dave, _) =
+        RawClient::connect_ok(broker.addr(), login(V5, &unique("dave"), "ignored", &token)).await;
+    dave.subscribe_ok(1, "dave/#", QoS::AtLeastOnce).await;
+    let denied = subscribe_codes(&mut dave, &[("other/#", QoS::AtLeastOnce)]).await;
+    assert_eq!(denied, vec![ReasonCode::NotAuthorized]);
+    assert_eq!(
+        dave.publish1(2, "other/x", b"no").await.reason_code,
+        ReasonCode::NotAuthorized
+    );
+    assert!(
+        !dave
+            .publish1(3, "dave/x", b"yes")
+            .await
+            .reason_code
+            .is_error()
+    );
+    assert_eq!(&*dave.receive().await.topic, "dave/x");
+
+    let expired = hs256_token(secret, &serde_json::json!({"sub": "dave", "exp": now - 60}));
+    let connect = login(V5, &unique("dave"), "ignored", &expired);
+    assert_eq!(
+        connack_code(&broker, connect).await,
+        ReasonCode::BadUserNameOrPassword
+    );
+    let forged = hs256_token(
+        b"another secret",
+        &serde_json::json!({"sub": "dave", "exp": now + 300}),
+    );
+    let connect = login(V5, &unique("dave"), "ignored", &forged);
+    assert_eq!(
+        connack_code(&broker, connect).await,
+        ReasonCode::BadUserNameOrPassword
+    );
+}

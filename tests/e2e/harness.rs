@@ -100,6 +100,11 @@ pub struct Settings {
     pub auth: Option<Auth>,
     /// The TCP listener's address instead of `127.0.0.1:0` (Rookery only).
     pub listen: Option<&'static str>,
+    /// TOML appended to Rookery's configuration; `{dir}` in it is the
+    /// broker's directory, where [`Settings::files`] are.
+    pub extra_toml: Option<String>,
+    /// Files written into the broker's directory before it starts.
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
 /// `[broker.auth]` for Rookery, `allow_anonymous`, `password_file` and
@@ -366,6 +371,12 @@ impl Broker {
             &self.settings.listeners,
             self.dir.path(),
         ));
+        if let Some(extra) = &self.settings.extra_toml {
+            toml.push_str(&extra.replace("{dir}", &self.dir.path().display().to_string()));
+        }
+        for (name, bytes) in &self.settings.files {
+            std::fs::write(self.dir.path().join(name), bytes).expect("write a broker file");
+        }
         std::fs::write(&config, toml).expect("write rookery.toml");
         let binary = std::env::var_os("ROOKERY_E2E_BIN")
             .map(PathBuf::from)
