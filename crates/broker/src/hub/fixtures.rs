@@ -92,7 +92,7 @@ pub(super) async fn hub_on_a_store() -> (Hub, tempfile::TempDir) {
         Arc::new(BrokerConfig::default()),
         "A".into(),
         String::new(),
-        None,
+        rookery_cluster::Forwarder::default(),
         store,
     );
     (hub, dir)
