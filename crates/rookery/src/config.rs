@@ -392,11 +392,12 @@ impl Config {
         }
         let mut warnings = Vec::new();
         if self.cluster.tls.is_none() && !exposed.is_empty() {
+            let verb = if exposed.len() == 1 { "is" } else { "are" };
             warnings.push(format!(
-                "SECURITY: {} listen beyond loopback without [cluster.tls]: the cluster's ports \
-                 are neither encrypted nor authenticated, and any host that reaches them can \
-                 read queued messages, write to the store, forward publishes to clients and \
-                 change the store group. Set [cluster.tls] (docs/configuration.md) or keep \
+                "SECURITY: {} {verb} reachable beyond loopback and [cluster.tls] is not set: the \
+                 cluster's ports are neither encrypted nor authenticated, and any host that \
+                 reaches them can read queued messages, write to the store (Raft included) and \
+                 push publishes to clients. Set [cluster.tls] (docs/configuration.md) or keep \
                  them on a private network",
                 exposed.join(" and ")
             ));
