@@ -24,7 +24,7 @@ use rookery_store::{AdminToken, ClusterSecurity, ClusterTls};
 use rookery_testkit::{RawClient, TestCa, clean_v5, clean_v311};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
-use crate::harness::{Cluster, Options, TIMEOUT, within};
+use crate::harness::{Cluster, Options, Roles, TIMEOUT, within};
 use crate::traffic::await_route;
 
 /// The admin token every node of the secured cluster reads.
@@ -141,11 +141,12 @@ async fn rookery_cluster(args: Vec<String>) -> (bool, String) {
 /// certificate, to one with a certificate of another CA, or in plaintext.
 /// A membership change with the node certificate but without the admin
 /// token is refused; with it, adding a learner nobody answers for is
-/// refused too, and the group stays as it was.
+/// refused too, and the group stays as it was. A third node then joins
+/// with the token, and the CLI removes it with the token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_with_mutual_tls_serves_its_members_and_no_one_else() {
     let pki = Pki::new();
-    let cluster = Cluster::start_with(
+    let mut cluster = Cluster::start_with(
         2,
         Options {
             cluster_toml: pki.cluster_toml(),
@@ -204,8 +205,53 @@ async fn a_cluster_with_mutual_tls_serves_its_members_and_no_one_else() {
             "without the node's certificate the CLI got in:\n{text}"
         );
         eprintln!("rookery cluster without a certificate: {text}");
+
+        joins_and_removals_carry_the_token(&mut cluster, &pki).await;
     })
     .await;
+}
+
+/// A third node joins the running TLS cluster (AddLearner, then a voter:
+/// its token and certificate, and the leader's probes of it over TLS), and
+/// `rookery cluster --config ... remove 3` takes it out again.
+async fn joins_and_removals_carry_the_token(cluster: &mut Cluster, pki: &Pki) {
+    let added = tokio::task::block_in_place(|| cluster.add_node(Roles::Both));
+    let store = cluster.node(1).store_addr().to_string();
+    let voters =
+        |status: &StatusResponse| -> Vec<u64> { status.voters.iter().map(|m| m.node_id).collect() };
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let status = status_over(pki.member(false).endpoint(&store).expect("endpoint")).await;
+        if status
+            .as_ref()
+            .is_ok_and(|s| voters(s) == [1, 2, added as u64])
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {added} did not become a voter: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let config = cluster.node(1).config_path().display().to_string();
+    let (ok, text) = rookery_cluster(vec![
+        "--config".into(),
+        config,
+        "--store".into(),
+        store.clone(),
+        "remove".into(),
+        added.to_string(),
+    ])
+    .await;
+    assert!(
+        ok,
+        "rookery cluster --config ... remove {added} failed:\n{text}"
+    );
+    let status = status_over(pki.member(false).endpoint(&store).expect("endpoint"))
+        .await
+        .expect("status");
+    assert_eq!(voters(&status), [1, 2], "{status:?}");
 }
 
 /// A client in plaintext, one with no certificate and one with a

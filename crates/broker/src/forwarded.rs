@@ -31,14 +31,6 @@ impl Rejection {
             Rejection::TooLarge => "too_large",
         }
     }
-
-    fn first_time(self) -> bool {
-        rookery_store::once::first_time(match self {
-            Rejection::TopicInvalid => "forward_rejected_topic_invalid",
-            Rejection::SysTopic => "forward_rejected_sys_topic",
-            Rejection::TooLarge => "forward_rejected_too_large",
-        })
-    }
 }
 
 /// Whether this edge refuses a forwarded message, and why.
@@ -100,7 +92,7 @@ pub(crate) fn admit(
         };
         metrics::counter!("rookery_forward_rejected_total", "reason" => rejection.reason())
             .increment(1);
-        if rejection.first_time() {
+        if rookery_store::once::first_time("rookery_forward_rejected_total", rejection.reason()) {
             tracing::warn!(
                 reason = rejection.reason(),
                 topic = %message.topic,

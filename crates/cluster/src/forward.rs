@@ -312,20 +312,14 @@ impl Forwarder {
 /// is told it did not get there (it is not acknowledged), or it is dropped.
 fn over_cap(address: &str, outbound: Outbound, cap: usize) {
     let deliveries = outbound.deliveries.len() as u64;
-    let (outcome, first) = if outbound.done.is_some() {
-        (
-            "refused",
-            rookery_store::once::first_time("forward_queue_full_refused"),
-        )
+    let outcome = if outbound.done.is_some() {
+        "refused"
     } else {
-        (
-            "dropped",
-            rookery_store::once::first_time("forward_queue_full_dropped"),
-        )
+        "dropped"
     };
     metrics::counter!("rookery_forward_queue_full_total", "outcome" => outcome)
         .increment(deliveries);
-    if first {
+    if rookery_store::once::first_time("rookery_forward_queue_full_total", outcome) {
         tracing::warn!(
             edge = %address,
             cap,

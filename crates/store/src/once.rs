@@ -6,16 +6,16 @@
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
-/// The reasons logged so far in this process.
-static LOGGED: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+/// The (what, reason) pairs logged so far in this process.
+static LOGGED: Mutex<BTreeSet<(&'static str, &'static str)>> = Mutex::new(BTreeSet::new());
 
-/// Whether `reason` acts for the first time in this process (then log it
-/// loudly; the metric counts every time).
-pub fn first_time(reason: &'static str) -> bool {
+/// Whether `reason` of `what` (a metric's name, say) acts for the first
+/// time in this process: then log it loudly; the metric counts every time.
+pub fn first_time(what: &'static str, reason: &'static str) -> bool {
     LOGGED
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .insert(reason)
+        .insert((what, reason))
 }
 
 #[cfg(test)]
@@ -24,8 +24,9 @@ mod tests {
 
     #[test]
     fn each_reason_is_first_once() {
-        assert!(first_time("once-test-a"));
-        assert!(!first_time("once-test-a"));
-        assert!(first_time("once-test-b"));
+        assert!(first_time("once-test", "a"));
+        assert!(!first_time("once-test", "a"));
+        assert!(first_time("once-test", "b"));
+        assert!(first_time("once-other-test", "a"));
     }
 }

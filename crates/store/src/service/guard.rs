@@ -34,7 +34,7 @@ const LEARNER_PROBE: Duration = Duration::from_secs(3);
 /// Counts and logs (once per reason) a refused membership change.
 fn refused(reason: &'static str, status: Status) -> Status {
     metrics::counter!("rookery_store_membership_refused_total", "reason" => reason).increment(1);
-    if crate::once::first_time(reason) {
+    if crate::once::first_time("rookery_store_membership_refused_total", reason) {
         tracing::warn!(
             reason,
             why = status.message(),
