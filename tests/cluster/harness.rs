@@ -422,6 +422,13 @@ impl Node {
         self.store
     }
 
+    /// The node's configuration file, as `rookery cluster --config` takes
+    /// it.
+    #[allow(dead_code)] // harness API that not every test of this binary uses
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
     /// The address of the MQTT TCP listener of the current process.
     pub fn mqtt_addr(&self) -> SocketAddr {
         self.listener("tcp").unwrap_or_else(|| {

@@ -32,6 +32,7 @@ mod failover;
 mod membership;
 mod partition;
 mod routing;
+mod security;
 mod state;
 mod takeover;
 mod will;

@@ -56,6 +56,10 @@ pub struct ClusterOptions {
     /// QoS 1/2 publishes are acknowledged only while the store's quorum was
     /// heard from within this bound (or answers a check).
     pub quorum_contact: Duration,
+    /// Mutual TLS on the forwarding listener and on streams to other edges.
+    pub security: rookery_store::ClusterSecurity,
+    /// The bytes one other edge's forwarding link may hold.
+    pub forward_queue_bytes: usize,
 }
 
 impl Default for ClusterOptions {
@@ -65,6 +69,8 @@ impl Default for ClusterOptions {
             forward_advertise: None,
             write_timeout: Duration::from_secs(5),
             quorum_contact: Duration::from_secs(1),
+            security: rookery_store::ClusterSecurity::default(),
+            forward_queue_bytes: rookery_cluster::forward::DEFAULT_QUEUE_BYTES,
         }
     }
 }
@@ -103,15 +109,19 @@ impl Broker {
             .await?;
         // Forwarding streams leave from the address the edge listens on
         // (not the advertised one, which may not be local).
-        let forward_source = cluster
-            .forward_listen
-            .map(|address| address.ip())
-            .filter(|ip| !ip.is_unspecified());
+        let forwarder = rookery_cluster::Forwarder::new(rookery_cluster::ForwardSettings {
+            local_address: cluster
+                .forward_listen
+                .map(|address| address.ip())
+                .filter(|ip| !ip.is_unspecified()),
+            security: cluster.security.clone(),
+            queue_bytes: cluster.forward_queue_bytes,
+        });
         let hub = Arc::new(Hub::new(
             config.clone(),
             edge_id.clone(),
             forward_address.clone(),
-            forward_source,
+            forwarder,
             store.clone(),
             gatekeeper,
         ));
@@ -138,8 +148,18 @@ impl Broker {
 
         let mut background = Vec::new();
         if let Some(listener) = forward_listener {
-            tracing::info!(listener = "forward", address = %forward_address, "listener ready");
-            background.push(tokio::spawn(serve_forwarding(hub.clone(), listener)));
+            // With TLS, a peer without a certificate of the cluster CA is
+            // refused in the handshake, before any batch is read.
+            let server = cluster
+                .security
+                .server()
+                .map_err(|error| BrokerError::Forward(error.to_string()))?;
+            tracing::info!(listener = "forward", address = %forward_address, tls = cluster.security.tls.is_some(), "listener ready");
+            background.push(tokio::spawn(serve_forwarding(
+                hub.clone(),
+                server,
+                listener,
+            )));
         }
         background.push(tokio::spawn(follow_store(hub.clone(), events)));
         background.push(tokio::spawn(renew_lease(hub.clone())));
@@ -195,7 +215,8 @@ impl Broker {
     }
 }
 
-/// Receives what other edges forward to this one's sessions.
+/// Receives what other edges forward to this one's sessions, checked as
+/// this edge checks its own clients' publishes (`forwarded`).
 struct ForwardSink(Arc<Hub>);
 
 impl rookery_cluster::DeliverySink for ForwardSink {
@@ -204,14 +225,19 @@ impl rookery_cluster::DeliverySink for ForwardSink {
         messages: Vec<proto::Message>,
         deliveries: Vec<rookery_cluster::proto::Delivery>,
     ) {
+        let deliveries = crate::forwarded::admit(&messages, deliveries, &self.0.config.limits);
         self.0.deliver_forwarded(messages, deliveries);
     }
 }
 
-async fn serve_forwarding(hub: Arc<Hub>, listener: tokio::net::TcpListener) {
+async fn serve_forwarding(
+    hub: Arc<Hub>,
+    server: tonic::transport::Server,
+    listener: tokio::net::TcpListener,
+) {
     let service = rookery_cluster::forward::service(Arc::new(ForwardSink(hub)));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    if let Err(error) = tonic::transport::Server::builder()
+    if let Err(error) = server
         .tcp_nodelay(true)
         .add_service(service)
         .serve_with_incoming(incoming)

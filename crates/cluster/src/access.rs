@@ -125,11 +125,16 @@ pub struct Peers {
 
 impl Peers {
     /// Store nodes named by `seeds` (`host:port`, names resolved on every
-    /// look), reached from `local_address` when given.
-    pub fn new(seeds: Vec<String>, local_address: Option<std::net::IpAddr>) -> Peers {
+    /// look), reached from `local_address` when given, secured as
+    /// `security` says.
+    pub fn new(
+        seeds: Vec<String>,
+        local_address: Option<std::net::IpAddr>,
+        security: rookery_store::ClusterSecurity,
+    ) -> Peers {
         Peers {
             seeds,
-            channels: Channels::from_address(local_address),
+            channels: Channels::new(local_address, security),
             leader_hint: Mutex::new(None),
         }
     }
@@ -209,7 +214,7 @@ mod tests {
     }
 
     fn edge_only() -> Access {
-        Access::Peers(Arc::new(Peers::new(Vec::new(), None)))
+        Access::Peers(Arc::new(Peers::new(Vec::new(), None, Default::default())))
     }
 
     #[test]

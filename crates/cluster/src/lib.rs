@@ -22,7 +22,7 @@ pub mod membership;
 pub mod writes;
 
 pub use access::{Access, BadStoreAddress, Peers};
-pub use forward::{DeliverySink, Forwarder, LinkFailed, Outbound};
+pub use forward::{DeliverySink, ForwardSettings, Forwarder, LinkFailed, Outbound};
 pub use membership::{Discovery, JoinFailed, Joined, MembershipError, form_or_join};
 pub use writes::{LeaderWrites, MayHaveCommitted, NotProposed, StoreContact, WriteFailed};
 

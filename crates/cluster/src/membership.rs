@@ -285,29 +285,35 @@ async fn join(
     voter: bool,
 ) -> Result<(), JoinFailed> {
     let channel = channel(node.channels(), peer)?;
+    let security = node.channels().security();
     let mut admin = AdminClient::new(channel);
     tracing::info!(
         peer,
         leader = status.leader_id,
         "joining the store group as a learner"
     );
+    // Membership changes carry the cluster's admin token.
+    let mut add = tonic::Request::new(AddLearnerRequest {
+        member: Some(Member {
+            node_id: node.node_id(),
+            address: node.address().to_owned(),
+        }),
+    });
+    security.authorize(&mut add);
     admin
-        .add_learner(AddLearnerRequest {
-            member: Some(Member {
-                node_id: node.node_id(),
-                address: node.address().to_owned(),
-            }),
-        })
+        .add_learner(add)
         .await
         .map_err(JoinFailed::AddLearner)?;
     if voter {
         tracing::info!("becoming a voter of the store group");
+        let mut promote = tonic::Request::new(ChangeMembershipRequest {
+            voters: vec![node.node_id()],
+            remove_others: false,
+            add: true,
+        });
+        security.authorize(&mut promote);
         admin
-            .change_membership(ChangeMembershipRequest {
-                voters: vec![node.node_id()],
-                remove_others: false,
-                add: true,
-            })
+            .change_membership(promote)
             .await
             .map_err(JoinFailed::BecomeVoter)?;
     }

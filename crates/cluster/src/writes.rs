@@ -816,7 +816,7 @@ mod tests {
     /// a seed would have named it). Contact counts as fresh for ever, so no
     /// background quorum check reaches the fakes.
     fn writes_to(leader: Option<&str>, timeout: Duration) -> LeaderWrites {
-        let access = Access::Peers(Arc::new(Peers::new(Vec::new(), None)));
+        let access = Access::Peers(Arc::new(Peers::new(Vec::new(), None, Default::default())));
         access.leader_moved(leader.map(str::to_owned));
         LeaderWrites::new(access, timeout, Duration::MAX)
     }

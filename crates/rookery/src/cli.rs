@@ -75,13 +75,17 @@ pub struct PasswdArgs {
 pub struct ClusterArgs {
     /// The store address (store.listen / store.advertise) of any node of
     /// the cluster; requests that need the leader are forwarded to it.
-    #[arg(
-        long,
-        env = "ROOKERY_STORE",
-        value_name = "HOST:PORT",
-        default_value = "127.0.0.1:7883"
-    )]
-    pub store: String,
+    /// [default: the configuration's store.advertise or store.listen, else
+    /// 127.0.0.1:7883]
+    #[arg(long, env = "ROOKERY_STORE", value_name = "HOST:PORT")]
+    pub store: Option<String>,
+
+    /// A node's configuration file: its [cluster.tls] certificate (needed
+    /// when the cluster uses TLS) and cluster.admin_token_file (needed by
+    /// `remove` when the cluster has one) are used to reach the store. The
+    /// ROOKERY_CLUSTER__... variables apply as for `rookery serve`.
+    #[arg(short, long, env = "ROOKERY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: ClusterCommand,

@@ -14,13 +14,14 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use rookery_broker::{BrokerConfig, ListenerConfig, ListenerKind};
-use rookery_store::StoreConfig;
 use rookery_store::writer::GroupCommit;
+use rookery_store::{AdminToken, ClusterSecurity, ClusterTls, SecurityError, StoreConfig};
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
 
@@ -52,6 +53,9 @@ const ENV_SECTIONS: &[&str] = &["log", "metrics", "store", "cluster", "broker"];
 /// The largest MQTT packet: a 5-byte fixed header and the largest remaining
 /// length, 268,435,455 (MQTT 5.0, 1.5.5).
 const MQTT_MAX_PACKET_SIZE: u32 = 268_435_455 + 5;
+
+/// The smallest byte cap of a forwarding link: a few small publishes.
+const MIN_FORWARD_QUEUE_BYTES: u64 = 64 * 1024;
 
 /// Everything `rookery serve` runs on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,6 +113,17 @@ pub struct ClusterSection {
     /// An edge acknowledges QoS 1/2 publishes only while it has heard from
     /// the store's quorum within this bound (or a check answers at once).
     pub quorum_contact_ms: u64,
+    /// The bytes the forwarding link to one other edge may hold (queued,
+    /// or sent and not yet acknowledged); beyond it QoS 1/2 publishes are
+    /// not acknowledged and QoS 0 ones dropped.
+    pub forward_queue_bytes: u64,
+    /// A file holding the secret that membership changes (joins, `rookery
+    /// cluster remove`) carry; without it they are taken from loopback
+    /// addresses only.
+    pub admin_token_file: Option<PathBuf>,
+    /// Mutual TLS on the store's gRPC port and the forwarding port, and on
+    /// every call to them; plaintext when absent.
+    pub tls: Option<ClusterTlsSection>,
 }
 
 impl Default for ClusterSection {
@@ -122,8 +137,34 @@ impl Default for ClusterSection {
             forward_advertise: None,
             write_timeout_ms: 5000,
             quorum_contact_ms: 1000,
+            forward_queue_bytes: rookery_cluster::forward::DEFAULT_QUEUE_BYTES as u64,
+            admin_token_file: None,
+            tls: None,
         }
     }
+}
+
+/// `[cluster.tls]`: the cluster CA and this node's certificate and key
+/// (PEM). Every node certificate carries `server_name` as a DNS name, and
+/// can serve and be a client (extended key usages serverAuth and
+/// clientAuth).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTlsSection {
+    /// The CA that signs every node's certificate; peers must chain to it.
+    pub ca_file: PathBuf,
+    /// This node's certificate (and any intermediates after it).
+    pub cert_file: PathBuf,
+    /// This node's private key.
+    pub key_file: PathBuf,
+    /// The name peers are verified against, whatever address they are
+    /// reached at.
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+}
+
+fn default_server_name() -> String {
+    rookery_store::security::DEFAULT_SERVER_NAME.to_owned()
 }
 
 impl Default for Config {
@@ -302,14 +343,76 @@ impl Config {
         }
     }
 
-    /// How the edge takes part in the cluster.
+    /// How the edge takes part in the cluster (with no TLS or token: see
+    /// [`Config::cluster_security`]).
     pub fn cluster_options(&self) -> rookery_broker::ClusterOptions {
         rookery_broker::ClusterOptions {
             forward_listen: self.cluster.forward_listen.0,
             forward_advertise: self.cluster.forward_advertise.clone(),
             write_timeout: Duration::from_millis(self.cluster.write_timeout_ms),
             quorum_contact: Duration::from_millis(self.cluster.quorum_contact_ms),
+            security: ClusterSecurity::default(),
+            forward_queue_bytes: usize::try_from(self.cluster.forward_queue_bytes)
+                .unwrap_or(usize::MAX),
         }
+    }
+
+    /// Reads and checks the cluster's TLS files and admin token.
+    pub fn cluster_security(&self) -> Result<ClusterSecurity, SecurityError> {
+        let tls = match &self.cluster.tls {
+            Some(t) => Some(Arc::new(ClusterTls::load(
+                &t.ca_file,
+                &t.cert_file,
+                &t.key_file,
+                &t.server_name,
+            )?)),
+            None => None,
+        };
+        let admin_token = match &self.cluster.admin_token_file {
+            Some(path) => Some(AdminToken::read(path)?),
+            None => None,
+        };
+        Ok(ClusterSecurity { tls, admin_token })
+    }
+
+    /// What to warn about once logging is up: cluster ports reachable from
+    /// other hosts in plaintext, without authentication, and joins that
+    /// will be refused for want of an admin token.
+    fn cluster_warnings(&self) -> Vec<String> {
+        let beyond_loopback = |address: SocketAddr| !address.ip().is_loopback();
+        let mut exposed = Vec::new();
+        if self.has_role(Role::Store) && beyond_loopback(self.store.listen) {
+            exposed.push(format!("store.listen {}", self.store.listen));
+        }
+        if let Some(forward) = self.cluster.forward_listen.0
+            && self.has_role(Role::Edge)
+            && beyond_loopback(forward)
+        {
+            exposed.push(format!("cluster.forward_listen {forward}"));
+        }
+        let mut warnings = Vec::new();
+        if self.cluster.tls.is_none() && !exposed.is_empty() {
+            let verb = if exposed.len() == 1 { "is" } else { "are" };
+            warnings.push(format!(
+                "SECURITY: {} {verb} reachable beyond loopback and [cluster.tls] is not set: the \
+                 cluster's ports are neither encrypted nor authenticated, and any host that \
+                 reaches them can read queued messages, write to the store (Raft included) and \
+                 push publishes to clients. Set [cluster.tls] (docs/configuration.md) or keep \
+                 them on a private network",
+                exposed.join(" and ")
+            ));
+        }
+        if self.cluster.admin_token_file.is_none()
+            && self.has_role(Role::Store)
+            && beyond_loopback(self.store.listen)
+        {
+            warnings.push(
+                "no cluster.admin_token_file: membership changes (a node joining a running \
+                 group, `rookery cluster remove`) are accepted from loopback addresses only"
+                    .to_owned(),
+            );
+        }
+        warnings
     }
 
     /// The store node's settings.
@@ -411,10 +514,9 @@ pub fn load(args: &ServeArgs) -> Result<Loaded, ConfigError> {
         config.broker.edge_id = default_edge_id(config.node_id);
     }
     config.validate()?;
-    Ok(Loaded {
-        config,
-        warnings: ignored_variables(),
-    })
+    let mut warnings = config.cluster_warnings();
+    warnings.extend(ignored_variables());
+    Ok(Loaded { config, warnings })
 }
 
 /// The layers, lowest first.
@@ -648,6 +750,48 @@ impl Config {
         {
             problem("cluster.forward_advertise", "must not be empty".into());
         }
+        if c.forward_queue_bytes < MIN_FORWARD_QUEUE_BYTES {
+            problem(
+                "cluster.forward_queue_bytes",
+                format!(
+                    "is {}; it must be at least {MIN_FORWARD_QUEUE_BYTES}",
+                    c.forward_queue_bytes
+                ),
+            );
+        }
+        self.validate_cluster_security(problem);
+    }
+
+    /// The cluster's TLS files and admin token must be there and usable at
+    /// start, not at the first handshake or join.
+    fn validate_cluster_security(&self, problem: &mut impl FnMut(&str, String)) {
+        let c = &self.cluster;
+        let mut present = true;
+        if let Some(tls) = &c.tls {
+            for (key, path) in [
+                ("cluster.tls.ca_file", &tls.ca_file),
+                ("cluster.tls.cert_file", &tls.cert_file),
+                ("cluster.tls.key_file", &tls.key_file),
+            ] {
+                present &= check_file(key, path, problem);
+            }
+            if present
+                && let Err(error) = ClusterTls::load(
+                    &tls.ca_file,
+                    &tls.cert_file,
+                    &tls.key_file,
+                    &tls.server_name,
+                )
+            {
+                problem("cluster.tls", error.to_string());
+            }
+        }
+        if let Some(path) = &c.admin_token_file
+            && check_file("cluster.admin_token_file", path, problem)
+            && let Err(error) = AdminToken::read(path)
+        {
+            problem("cluster.admin_token_file", error.to_string());
+        }
     }
 
     /// Whether this node plays `role`.
@@ -777,7 +921,9 @@ fn validate_auth(auth: &rookery_auth::AuthConfig, problem: &mut impl FnMut(&str,
             }
         };
         match file {
-            Some(file) => check_file(key, file, problem),
+            Some(file) => {
+                check_file(key, file, problem);
+            }
             None => problem(key, "is needed by the algorithm chosen".into()),
         }
         if jwt.username_claim.is_empty() {
@@ -805,7 +951,9 @@ fn validate_listener(key: &str, listener: &ListenerConfig, problem: &mut impl Fn
             check_file(&format!("{key}.tls.cert_file"), &tls.cert_file, problem);
             check_file(&format!("{key}.tls.key_file"), &tls.key_file, problem);
             match &tls.client_ca_file {
-                Some(ca) => check_file(&format!("{key}.tls.client_ca_file"), ca, problem),
+                Some(ca) => {
+                    check_file(&format!("{key}.tls.client_ca_file"), ca, problem);
+                }
                 None if tls.require_client_cert => problem(
                     &format!("{key}.tls.require_client_cert"),
                     "needs client_ca_file: the CA that client certificates are verified against"
@@ -839,12 +987,19 @@ fn validate_listener(key: &str, listener: &ListenerConfig, problem: &mut impl Fn
     }
 }
 
-/// A TLS file must be there at start, not at the first handshake.
-fn check_file(key: &str, path: &Path, problem: &mut impl FnMut(&str, String)) {
+/// A TLS file must be there at start, not at the first handshake. Whether
+/// it is.
+fn check_file(key: &str, path: &Path, problem: &mut impl FnMut(&str, String)) -> bool {
     match std::fs::metadata(path) {
-        Ok(meta) if meta.is_file() => {}
-        Ok(_) => problem(key, format!("{} is not a file", path.display())),
-        Err(error) => problem(key, format!("{}: {error}", path.display())),
+        Ok(meta) if meta.is_file() => true,
+        Ok(_) => {
+            problem(key, format!("{} is not a file", path.display()));
+            false
+        }
+        Err(error) => {
+            problem(key, format!("{}: {error}", path.display()));
+            false
+        }
     }
 }
 

@@ -569,3 +569,126 @@ fn listeners_can_be_given_as_one_variable() {
         assert_eq!(listeners[1].address, addr("0.0.0.0:1883"));
     });
 }
+
+/// Writes a cluster CA and a node certificate for `rookery-cluster` into
+/// the jail's directory (`ca.pem`, `node.pem`, `node.key`), and a
+/// certificate of another CA (`other.pem`, `other.key`).
+fn cluster_pki(jail: &Jail) {
+    let dir = jail.directory();
+    let ca = rookery_testkit::TestCa::new("test cluster CA");
+    ca.write(&dir.join("ca.pem"));
+    ca.node(&["rookery-cluster"]).write(dir, "node");
+    rookery_testkit::TestCa::new("another CA")
+        .node(&["rookery-cluster"])
+        .write(dir, "other");
+}
+
+const CLUSTER_TLS: &str = r#"
+    [cluster.tls]
+    ca_file = "ca.pem"
+    cert_file = "node.pem"
+    key_file = "node.key"
+"#;
+
+#[test]
+fn cluster_tls_files_must_be_there_and_make_a_working_node() {
+    jail(|jail| {
+        jail.create_file("rookery.toml", CLUSTER_TLS).unwrap();
+        let error = load_with(&["-c", "rookery.toml"]).unwrap_err();
+        for key in ["ca_file", "cert_file", "key_file"] {
+            assert!(error.contains(&format!("cluster.tls.{key}")), "{error}");
+        }
+
+        cluster_pki(jail);
+        let config = load_with(&["-c", "rookery.toml"]).unwrap();
+        let tls = config.cluster.tls.as_ref().unwrap();
+        assert_eq!(tls.server_name, "rookery-cluster", "the default name");
+        assert!(config.cluster_security().unwrap().tls.is_some());
+
+        jail.create_file(
+            "stranger.toml",
+            &CLUSTER_TLS
+                .replace("node.pem", "other.pem")
+                .replace("node.key", "other.key"),
+        )
+        .unwrap();
+        let error = load_with(&["-c", "stranger.toml"]).unwrap_err();
+        assert!(error.contains("cluster.tls: "), "{error}");
+        assert!(error.contains("peers would refuse"), "{error}");
+
+        jail.create_file(
+            "renamed.toml",
+            &format!("{CLUSTER_TLS}server_name = \"rookery.example\"\n"),
+        )
+        .unwrap();
+        let error = load_with(&["-c", "renamed.toml"]).unwrap_err();
+        assert!(error.contains("rookery.example"), "{error}");
+    });
+}
+
+#[test]
+fn the_admin_token_file_must_hold_a_usable_token() {
+    jail(|jail| {
+        jail.set_env("ROOKERY_CLUSTER__ADMIN_TOKEN_FILE", "token");
+        let error = load_with(&[]).unwrap_err();
+        assert!(error.contains("cluster.admin_token_file"), "{error}");
+        jail.create_file("token", "\n").unwrap();
+        let error = load_with(&[]).unwrap_err();
+        assert!(error.contains("empty"), "{error}");
+        jail.create_file("token", "0123456789abcdef0123456789abcdef\n")
+            .unwrap();
+        let config = load_with(&[]).unwrap();
+        assert!(config.cluster_security().unwrap().admin_token.is_some());
+    });
+}
+
+#[test]
+fn a_forward_queue_too_small_for_a_few_publishes_is_rejected() {
+    jail(|jail| {
+        jail.set_env("ROOKERY_CLUSTER__FORWARD_QUEUE_BYTES", "1000");
+        let error = load_with(&[]).unwrap_err();
+        assert!(error.contains("cluster.forward_queue_bytes"), "{error}");
+        assert_eq!(
+            Config::default().cluster.forward_queue_bytes,
+            64 * 1024 * 1024
+        );
+    });
+}
+
+/// Cluster ports beyond loopback without `[cluster.tls]` are warned about
+/// loudly at start; on loopback, or with TLS, they are not.
+#[test]
+fn plaintext_cluster_ports_beyond_loopback_are_warned_about() {
+    jail(|jail| {
+        let warnings = |args: &[&str]| load(&serve_args(args)).unwrap().warnings;
+        assert!(warnings(&[]).is_empty(), "{:?}", warnings(&[]));
+
+        let exposed = warnings(&["--store-listen", "0.0.0.0:7883"]);
+        assert!(exposed[0].starts_with("SECURITY: "), "{exposed:?}");
+        assert!(
+            exposed[0].contains("store.listen 0.0.0.0:7883"),
+            "{exposed:?}"
+        );
+        assert!(
+            exposed
+                .iter()
+                .any(|w| w.contains("cluster.admin_token_file")),
+            "{exposed:?}"
+        );
+
+        jail.set_env("ROOKERY_CLUSTER__FORWARD_LISTEN", "10.1.2.3:7884");
+        let exposed = warnings(&[]);
+        assert!(
+            exposed[0].contains("cluster.forward_listen 10.1.2.3:7884"),
+            "{exposed:?}"
+        );
+
+        cluster_pki(jail);
+        jail.create_file("rookery.toml", CLUSTER_TLS).unwrap();
+        let secured = warnings(&["-c", "rookery.toml", "--store-listen", "0.0.0.0:7883"]);
+        assert!(
+            !secured.iter().any(|w| w.starts_with("SECURITY")),
+            "{secured:?}"
+        );
+    });
+}

@@ -47,6 +47,8 @@ pub enum ServeError {
     Broker(String),
     #[error("cannot listen for signals: {0}")]
     Signals(std::io::Error),
+    #[error("the cluster's TLS or admin token: {0}")]
+    Security(#[from] rookery_store::SecurityError),
 }
 
 /// Runs until SIGTERM or SIGINT, then shuts down in order. On SIGHUP the
@@ -66,8 +68,12 @@ pub async fn run(
         tracing::info!(%address, "metrics ready");
     }
 
+    // Read once: every cluster port and client of this node uses it.
+    let security = config.cluster_security()?;
+
     let store = if config.has_role(Role::Store) {
-        let store_config = config.store_config();
+        let mut store_config = config.store_config();
+        store_config.security = security.clone();
         let store = StoreNode::start(store_config.clone())
             .await
             .map_err(|error| ServeError::StoreStart {
@@ -97,9 +103,12 @@ pub async fn run(
                     .0
                     .map(|address| address.ip())
                     .filter(|ip| !ip.is_unspecified()),
+                security.clone(),
             ))),
         };
-        let started = Broker::start(config.broker.clone(), access, config.cluster_options()).await;
+        let mut options = config.cluster_options();
+        options.security = security.clone();
+        let started = Broker::start(config.broker.clone(), access, options).await;
         match started {
             Ok(broker) => Some(broker),
             Err(error) => {

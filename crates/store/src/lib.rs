@@ -19,7 +19,8 @@
 //! transactions), [`machine`] (the deterministic commands), [`log_store`] and
 //! [`state_machine`] (openraft's storage traits), [`network`] (Raft RPC
 //! client), [`writer`] (group commit), [`service`] (the gRPC services, one
-//! file each) and [`node`].
+//! file each) and [`node`]. [`security`] holds what every cluster port and
+//! client shares: mutual TLS and the admin token.
 
 #![warn(missing_docs)]
 
@@ -30,6 +31,8 @@ pub mod log_store;
 pub mod machine;
 pub mod network;
 pub mod node;
+pub mod once;
+pub mod security;
 pub mod service;
 pub mod state_machine;
 pub mod writer;
@@ -38,6 +41,7 @@ use std::io::Cursor;
 
 pub use error::StoreError;
 pub use node::{StoreConfig, StoreNode};
+pub use security::{AdminToken, ClusterSecurity, ClusterTls, SecurityError};
 
 /// Generated protobuf and gRPC code for `proto/rookery/store/v1`.
 #[allow(

@@ -17,10 +17,11 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::proto::RaftPayload;
 use crate::proto::raft_client::RaftClient;
+use crate::security::ClusterSecurity;
 use crate::{NodeId, TypeConfig};
 
 /// How long a connection attempt to a peer may take before the RPC fails.
@@ -28,23 +29,31 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// gRPC channels by peer address, shared by Raft replication and request
 /// forwarding. A tonic channel reconnects by itself, so one per peer lives as
-/// long as the node.
+/// long as the node. Every channel speaks mutual TLS when the cluster's
+/// security says so, and membership requests carry its admin token.
 #[derive(Debug, Clone, Default)]
 pub struct Channels {
     by_address: Arc<Mutex<HashMap<String, Channel>>>,
     /// The source address of connections to peers: the node's own listen
     /// address, so that peers (and firewalls) see which node calls.
     local_address: Option<IpAddr>,
+    security: ClusterSecurity,
 }
 
 impl Channels {
     /// Channels whose connections leave from `local_address` (`None`: the
-    /// system picks).
-    pub fn from_address(local_address: Option<IpAddr>) -> Self {
+    /// system picks), secured as `security` says.
+    pub fn new(local_address: Option<IpAddr>, security: ClusterSecurity) -> Self {
         Channels {
             by_address: Arc::default(),
             local_address,
+            security,
         }
+    }
+
+    /// The TLS and admin credential these channels use.
+    pub fn security(&self) -> &ClusterSecurity {
+        &self.security
     }
 
     /// The channel to `address`, made (connecting lazily) on first use.
@@ -56,7 +65,9 @@ impl Channels {
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{address}"))?
+        let channel = self
+            .security
+            .endpoint(address)?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .local_address(self.local_address)

@@ -22,6 +22,7 @@ use crate::network::{Channels, Network};
 use crate::proto::{
     self, admin_server::AdminServer, raft_server::RaftServer, store_server::StoreServer,
 };
+use crate::security::ClusterSecurity;
 use crate::service::{AdminService, NodeHandles, RaftService, StoreService};
 use crate::state_machine::StateMachine;
 use crate::writer::{GroupCommit, WriteError, WriteOutcome, Writer, now_ms};
@@ -57,6 +58,9 @@ pub struct StoreConfig {
     /// How often the leader applies a Tick (lease, session, will and retained
     /// expiry); `None` disables the ticker (tests drive time themselves).
     pub tick_interval: Option<Duration>,
+    /// Mutual TLS on the gRPC server and on calls to peers, and the admin
+    /// token of membership changes; neither by default.
+    pub security: ClusterSecurity,
 }
 
 impl StoreConfig {
@@ -73,6 +77,7 @@ impl StoreConfig {
             snapshot_after_entries: 10_000,
             group_commit: GroupCommit::default(),
             tick_interval: Some(Duration::from_millis(500)),
+            security: ClusterSecurity::default(),
         }
     }
 }
@@ -120,7 +125,7 @@ impl StoreNode {
         // Peers see calls come from this node's own address (unless it
         // listens on all of them).
         let source = Some(config.listen.ip()).filter(|ip| !ip.is_unspecified());
-        let channels = Channels::from_address(source);
+        let channels = Channels::new(source, config.security.clone());
 
         let raft_config = Config {
             cluster_name: "rookery-store".into(),
@@ -159,7 +164,12 @@ impl StoreNode {
             applied: applied.clone(),
         };
         let (stop_server, stopped) = oneshot::channel::<()>();
-        let router = tonic::transport::Server::builder()
+        // With TLS, a peer without a certificate signed by the cluster CA is
+        // refused in the handshake, before any service sees a request.
+        let router = config
+            .security
+            .server()
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
             .tcp_nodelay(true)
             .add_service(RaftServer::new(RaftService::new(raft.clone())))
             .add_service(StoreServer::new(StoreService::new(handles.clone())))
@@ -189,7 +199,12 @@ impl StoreNode {
             ))
         });
         let leader_gauges = tokio::spawn(report_leader(raft.clone()));
-        tracing::info!(node_id = config.node_id, %address, "store node started");
+        tracing::info!(
+            node_id = config.node_id,
+            %address,
+            tls = config.security.tls.is_some(),
+            "store node started"
+        );
         Ok(StoreNode {
             node_id: config.node_id,
             address,

@@ -424,3 +424,99 @@ fn wait_for_voters(client: &Client, address: &str, expected: &BTreeSet<u64>) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The attack of issue #15 on a single voter: AddLearner to an address
+/// nobody answers at, then ChangeMembership making it a voter, left the
+/// node unable to elect itself, on restart too. Both are refused now
+/// (FAILED_PRECONDITION, saying why), and the node restarts and leads.
+#[test]
+fn a_node_nobody_answers_for_never_becomes_a_learner_or_a_voter() {
+    let root = tempfile::tempdir().unwrap();
+    let client = Client::new();
+    let mut node = TestNode::start(1, &root.path().join("node-1"), loopback());
+    let mut admin = client.admin(&node.address);
+    client
+        .runtime
+        .block_on(admin.initialize(proto::InitializeRequest {}))
+        .unwrap();
+    client.leader(&[&node]);
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let refused = client
+        .runtime
+        .block_on(admin.add_learner(proto::AddLearnerRequest {
+            member: Some(proto::Member {
+                node_id: 9,
+                address: dead.clone(),
+            }),
+        }))
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains(&dead), "{}", refused.message());
+
+    let refused = client
+        .runtime
+        .block_on(admin.change_membership(proto::ChangeMembershipRequest {
+            voters: vec![9],
+            remove_others: false,
+            add: true,
+        }))
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("majority"),
+        "{}",
+        refused.message()
+    );
+
+    node.kill();
+    node.restart();
+    assert_eq!(client.leader(&[&node]), 1);
+    assert!(client.write_retained(&node.address, "still/writable"));
+}
+
+/// Three voters, one of them dead: removing a live follower would leave
+/// the live leader and the dead node, no majority, and is refused; removing
+/// the dead one leaves two live voters, and is done.
+#[test]
+fn a_removal_that_would_leave_no_replicating_majority_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let (client, mut nodes) = three_voters(root.path());
+    let leader = client.leader(&nodes.iter().collect::<Vec<_>>());
+    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+    let (live, dead) = (followers[0], followers[1]);
+    nodes[(dead - 1) as usize].kill();
+    let leader_address = nodes[(leader - 1) as usize].address.clone();
+    let mut admin = client.admin(&leader_address);
+
+    let refused = client
+        .runtime
+        .block_on(admin.remove_node(proto::RemoveNodeRequest { node_id: live }))
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("majority"),
+        "{}",
+        refused.message()
+    );
+    client
+        .runtime
+        .block_on(admin.remove_node(proto::RemoveNodeRequest { node_id: dead }))
+        .unwrap();
+    wait_for_voters(&client, &leader_address, &BTreeSet::from([leader, live]));
+    assert!(client.write_retained(&leader_address, "after/removing/the/dead"));
+}

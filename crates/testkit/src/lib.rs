@@ -11,6 +11,7 @@
 //!   builders: nothing automatic, every read bounded.
 //! - [`ws`]: a WebSocket read and written as a byte stream, and the client
 //!   side of the MQTT WebSocket handshake.
+//! - [`pki`]: a CA and node certificates for TLS between cluster nodes.
 //!
 //! The kit depends on the codec and ordinary crates only, never on the broker
 //! or the store: whatever uses it sees Rookery from outside, as a client or
@@ -26,6 +27,8 @@
 pub mod client;
 /// Prometheus scraping.
 pub mod metrics;
+/// Certificates for cluster TLS tests.
+pub mod pki;
 /// A child process under test.
 pub mod process;
 /// MQTT over WebSocket, client side.
@@ -39,6 +42,7 @@ pub use client::{
     persistent_v5, persistent_v311, pid, pid_for, publish_packet, subscribe_packet,
 };
 pub use metrics::{HttpError, find_series, http_get, metric, scrape};
+pub use pki::{CertFiles, TestCa, TestCert};
 pub use process::{
     Process, ProcessError, Signal, Watchdog, free_port, parse_ready_line, signal, strip_ansi,
     wait_bounded,

@@ -92,7 +92,7 @@ pub(super) async fn hub_on_a_store() -> (Hub, tempfile::TempDir) {
         Arc::new(BrokerConfig::default()),
         "A".into(),
         String::new(),
-        None,
+        rookery_cluster::Forwarder::default(),
         store,
         Arc::new(crate::auth::Gatekeeper::with(
             rookery_auth::AuthPolicy::default(),

@@ -77,17 +77,16 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// A hub with nothing loaded yet (see [`Hub::load`]). Forwarding streams
-    /// leave from `forward_source` when given.
+    /// A hub with nothing loaded yet (see [`Hub::load`]) that forwards to
+    /// other edges through `forwarder`.
     pub fn new(
         config: Arc<BrokerConfig>,
         edge_id: String,
         forward_address: String,
-        forward_source: Option<std::net::IpAddr>,
+        forwarder: rookery_cluster::Forwarder,
         store: Store,
         gatekeeper: Arc<Gatekeeper>,
     ) -> Self {
-        let forwarder = rookery_cluster::Forwarder::from_address(forward_source);
         Hub {
             config,
             edge_id,

@@ -1,7 +1,10 @@
 //! The Admin service: membership administration (initialize, add a learner,
 //! change the voters, remove a node) and the node's Raft status.
 //!
-//! Membership changes run on the leader: a follower forwards them once.
+//! Membership changes run on the leader: a follower forwards them once,
+//! with its own admin credential. Every node they reach first checks the
+//! caller's credential; the leader also refuses a change that would leave
+//! the group without a replicating majority (`guard`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -12,6 +15,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::NodeHandles;
+use super::guard::{self, VoterChange};
 use crate::proto::{self, AdminResponse, admin_client::AdminClient};
 use crate::{NodeId, TypeConfig};
 
@@ -62,6 +66,13 @@ impl AdminService {
         change: impl AsyncFnOnce() -> Result<ChangeOutcome, Status>,
         at_leader: impl AsyncFnOnce(Channel, Request<T>) -> Result<Response<AdminResponse>, Status>,
     ) -> Result<Response<AdminResponse>, Status> {
+        // The caller's credential is checked here; the leader then checks
+        // this node's, which the forwarded request carries instead.
+        let security = self.node.channels.security().clone();
+        let at_leader = async move |channel, mut request| {
+            security.authorize(&mut request);
+            at_leader(channel, request).await
+        };
         if let Some(leader) = self.other_leader() {
             return self
                 .node
@@ -87,8 +98,9 @@ impl AdminService {
 impl proto::admin_server::Admin for AdminService {
     async fn initialize(
         &self,
-        _request: Request<proto::InitializeRequest>,
+        request: Request<proto::InitializeRequest>,
     ) -> Result<Response<AdminResponse>, Status> {
+        guard::authorize(self.node.channels.security(), &request)?;
         let members = BTreeMap::from([(self.node_id, BasicNode::new(&self.address))]);
         self.node
             .raft
@@ -102,12 +114,14 @@ impl proto::admin_server::Admin for AdminService {
         &self,
         request: Request<proto::AddLearnerRequest>,
     ) -> Result<Response<AdminResponse>, Status> {
+        guard::authorize(self.node.channels.security(), &request)?;
         let member = request
             .get_ref()
             .member
             .clone()
             .ok_or_else(|| Status::invalid_argument("member is required"))?;
         let add = async || {
+            guard::check_learner(&self.node.channels, &member).await?;
             let learner = BasicNode::new(&member.address);
             let added = self.node.raft.add_learner(member.node_id, learner, true);
             Ok(added.await)
@@ -122,14 +136,24 @@ impl proto::admin_server::Admin for AdminService {
         &self,
         request: Request<proto::ChangeMembershipRequest>,
     ) -> Result<Response<AdminResponse>, Status> {
+        guard::authorize(self.node.channels.security(), &request)?;
         let voters: BTreeSet<NodeId> = request.get_ref().voters.iter().copied().collect();
         let retain = !request.get_ref().remove_others;
-        let change = if request.get_ref().add {
-            ChangeMembers::AddVoterIds(voters)
+        let (change, voter_change) = if request.get_ref().add {
+            (
+                ChangeMembers::AddVoterIds(voters.clone()),
+                VoterChange::Add(voters),
+            )
         } else {
-            ChangeMembers::ReplaceAllVoters(voters)
+            (
+                ChangeMembers::ReplaceAllVoters(voters.clone()),
+                VoterChange::Replace(voters),
+            )
         };
-        let change = async || Ok(self.node.raft.change_membership(change, retain).await);
+        let change = async || {
+            guard::check_majority(&self.node, &voter_change).await?;
+            Ok(self.node.raft.change_membership(change, retain).await)
+        };
         self.change_on_leader(request, change, async |channel, request| {
             AdminClient::new(channel).change_membership(request).await
         })
@@ -140,6 +164,7 @@ impl proto::admin_server::Admin for AdminService {
         &self,
         request: Request<proto::RemoveNodeRequest>,
     ) -> Result<Response<AdminResponse>, Status> {
+        guard::authorize(self.node.channels.security(), &request)?;
         let node_id = request.get_ref().node_id;
         let remove = async || {
             let is_voter = {
@@ -153,6 +178,7 @@ impl proto::admin_server::Admin for AdminService {
                 membership.voter_ids().any(|voter| voter == node_id)
             };
             let change = if is_voter {
+                guard::check_majority(&self.node, &VoterChange::Remove(node_id)).await?;
                 ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))
             } else {
                 ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))

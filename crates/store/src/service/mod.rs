@@ -9,6 +9,7 @@
 //! hint cannot make requests circle; the caller gets `UNAVAILABLE` and retries.
 
 mod admin;
+mod guard;
 mod raft;
 mod store;
 
@@ -26,6 +27,7 @@ use crate::writer::Writer;
 use crate::{NodeId, Raft};
 
 pub use admin::AdminService;
+pub use guard::{NoMajority, keeps_majority};
 pub use raft::RaftService;
 pub use store::StoreService;
 
