@@ -18,6 +18,7 @@ mod connection;
 mod hub;
 mod message;
 mod outgoing;
+mod rate;
 mod stats;
 mod store;
 /// Listeners: TCP, TLS, WebSocket and PROXY protocol, as byte streams.
