@@ -12,6 +12,7 @@
 
 mod accept;
 mod inbound;
+mod limits;
 mod negotiate;
 mod outbox;
 mod perform;
@@ -29,16 +30,20 @@ use rookery_codec::DecodeError;
 use crate::hub::Hub;
 use crate::transport::Accepted;
 
+pub(crate) use limits::describe_metrics;
+
 /// Serves one accepted connection until it ends.
 pub async fn serve(hub: Arc<Hub>, accepted: Accepted) {
     let Accepted {
         stream,
         peer,
         listener,
+        // Held until the connection ends: its place in the connection limits.
+        permit: _permit,
         ..
     } = accepted;
-    let mut socket = socket::Socket::new(stream, peer);
     let limits = &hub.config.limits;
+    let mut socket = socket::Socket::new(stream, peer, limits);
     let read = socket.read_connect(
         std::time::Duration::from_secs(limits.connect_timeout_s),
         limits.max_packet_size,
