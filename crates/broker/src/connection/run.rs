@@ -125,6 +125,12 @@ impl Live {
         if let Err(end) = Box::pin(self.send_stored(true)).await {
             return end;
         }
+        // A client need not wait for CONNACK (section 3.1.4): what it sent
+        // behind CONNECT may be read already, and no read will announce it.
+        if let Err(end) = Box::pin(self.handle_packets()).await {
+            let _ = self.socket.flush(&self.hub.stats).await;
+            return end;
+        }
         if Box::pin(self.socket.flush(&self.hub.stats)).await.is_err() {
             return End::ConnectionLost;
         }
