@@ -22,6 +22,7 @@ mod harness;
 
 mod backpressure;
 mod connect;
+mod hostile;
 mod limits;
 mod publish;
 mod retain;
