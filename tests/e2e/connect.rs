@@ -5,10 +5,42 @@ use std::time::{Duration, Instant};
 
 use rookery_codec::ProtocolVersion::{V3_1, V3_1_1, V5};
 use rookery_codec::{Packet, QoS, ReasonCode};
-use rookery_testkit::{RawClient, connect_packet, persistent_v5};
+use rookery_testkit::{RawClient, at, connect_packet, persistent_v5, subscribe_packet};
 
 use crate::clients::{V4Client, v4_options};
 use crate::harness::{limited, shared, skip_on_mosquitto, unique};
+
+/// Section 3.1.4: a client may send packets right after CONNECT without
+/// waiting for CONNACK. A SUBSCRIBE that arrives in the same write as the
+/// CONNECT (read together with it) is answered at once, not when the
+/// client next sends something.
+#[tokio::test]
+async fn a_subscribe_sent_in_the_same_write_as_connect_is_answered() {
+    let broker = shared();
+    let topic = unique("pipelined/t");
+    let mut bytes = bytes::BytesMut::new();
+    for packet in [
+        Packet::Connect(Box::new(connect_packet(V5, &unique("pipelined")))),
+        Packet::Subscribe(subscribe_packet(
+            1,
+            &[(topic.as_str(), at(QoS::AtLeastOnce))],
+        )),
+    ] {
+        packet.encode(V5, &mut bytes).expect("encode");
+    }
+    let mut client = RawClient::open(broker.addr(), V5).await;
+    client.send_bytes(&bytes).await;
+    assert_eq!(
+        client.expect_connack().await.reason_code,
+        ReasonCode::Success
+    );
+    match client.expect().await {
+        Packet::SubAck(suback) => {
+            assert_eq!(suback.reason_codes, vec![ReasonCode::GrantedQoS1]);
+        }
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+}
 
 /// MQTT-3.2.2-2, MQTT-3.2.2-3: Session Present is 0 without a stored session
 /// and 1 when a session is resumed; MQTT-3.1.2-4: Clean Start 1 discards it.

@@ -94,6 +94,15 @@ pub struct Settings {
     pub publisher_pause_ms: Option<u64>,
     /// Seconds between `$SYS` updates.
     pub sys_interval_s: Option<u64>,
+    /// Connections open at once from one address (Rookery only).
+    pub max_connections_per_address: Option<usize>,
+    /// Subscriptions one session may hold (Rookery only).
+    pub max_subscriptions: Option<usize>,
+    /// PUBLISH packets per second one client may send (Rookery only).
+    pub messages_rate: Option<u32>,
+    /// Seconds a client may take no data before it is disconnected
+    /// (Rookery only).
+    pub send_timeout_s: Option<u64>,
     /// Listeners besides the plain TCP one (named `tcp`).
     pub listeners: Vec<Listener>,
     /// Authentication and ACLs, in the files' own (Mosquitto's) formats.
@@ -249,6 +258,19 @@ impl Broker {
     /// The address of the MQTT TCP listener.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The broker's resident memory now, in KiB (`VmRSS` of
+    /// `/proc/PID/status`).
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.process.pid().expect("the broker is running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
     }
 
     /// The address a named listener reported ready (`tcp`, `metrics`, ...),
@@ -573,6 +595,18 @@ fn rookery_config(settings: &Settings, dir: &Path) -> String {
     }
     if let Some(v) = settings.publisher_pause_ms {
         writeln!(limits, "publisher_pause_ms = {v}").ok();
+    }
+    if let Some(v) = settings.max_connections_per_address {
+        writeln!(limits, "max_connections_per_address = {v}").ok();
+    }
+    if let Some(v) = settings.max_subscriptions {
+        writeln!(limits, "max_subscriptions = {v}").ok();
+    }
+    if let Some(v) = settings.messages_rate {
+        writeln!(limits, "messages_rate = {v}").ok();
+    }
+    if let Some(v) = settings.send_timeout_s {
+        writeln!(limits, "send_timeout_s = {v}").ok();
     }
     let mut config = String::new();
     if !broker.is_empty() {

@@ -23,6 +23,7 @@ mod harness;
 mod auth;
 mod backpressure;
 mod connect;
+mod hostile;
 mod limits;
 mod passwd;
 mod publish;

@@ -18,7 +18,7 @@ use crate::config::BrokerConfig;
 use crate::hub::Hub;
 use crate::message::Message;
 use crate::store::{Store, StoreEvent, StoreEvents, StoreUnavailable};
-use crate::transport::{Listener, TransportError};
+use crate::transport::{ConnectionLimits, Listener, ListenerOptions, TransportError};
 
 /// How long the store keeps this edge's clients after its last renewal.
 const LEASE: Duration = Duration::from_secs(10);
@@ -129,7 +129,13 @@ impl Broker {
 
         // Bind every listener before starting anything that holds the store,
         // so a taken port fails the start cleanly.
-        let handshake_timeout = Duration::from_secs(config.limits.connect_timeout_s.max(1));
+        let options = ListenerOptions {
+            handshake_timeout: Duration::from_secs(config.limits.connect_timeout_s.max(1)),
+            max_packet_size: config.limits.max_packet_size,
+            connections: ConnectionLimits::new(&config.limits),
+        };
+        crate::transport::describe_metrics();
+        crate::connection::describe_metrics();
         let mut listeners = Vec::new();
         for listener_config in &config.listeners {
             let auth = ListenerAuth::of(&config.auth, listener_config);
@@ -141,7 +147,7 @@ impl Broker {
                 );
             }
             listeners.push((
-                Listener::bind(listener_config, handshake_timeout).await?,
+                Listener::bind_with(listener_config, options.clone()).await?,
                 auth,
             ));
         }

@@ -83,6 +83,13 @@ pub struct ListenerConfig {
     /// client's username; username and password in CONNECT are ignored
     /// (Mosquitto's `use_identity_as_username`). Needs `require_client_cert`.
     pub use_identity_as_username: bool,
+    /// Connections open at once on this listener; a connection over it is
+    /// closed as soon as it is accepted. 0: no limit.
+    pub max_connections: usize,
+    /// New connections taken per second (bursts of up to one second's
+    /// worth); above it the listener stops accepting for a while and
+    /// connections wait in the kernel's backlog. 0: no limit.
+    pub max_connection_rate: u32,
 }
 
 impl Default for ListenerConfig {
@@ -95,6 +102,8 @@ impl Default for ListenerConfig {
             ws_path: "/mqtt".into(),
             tls: None,
             use_identity_as_username: false,
+            max_connections: 0,
+            max_connection_rate: 0,
         }
     }
 }
@@ -150,6 +159,11 @@ pub struct Limits {
     pub max_inflight: u16,
     /// Messages queued for one session beyond the in-flight window.
     pub max_queued_messages: usize,
+    /// Bytes (topics and payloads) of the messages waiting in memory for one
+    /// online session, in its mailbox and in its own queue each; over it,
+    /// `queue_overflow` applies as when the queue is full. A message larger
+    /// than this still passes an empty queue. 0: no limit.
+    pub max_queued_bytes: usize,
     /// What to drop when the queue is full.
     pub queue_overflow: QueueOverflow,
     /// Backpressure: a publisher whose messages meet a session queue three
@@ -185,6 +199,33 @@ pub struct Limits {
     pub max_session_expiry_s: u32,
     /// Seconds a new connection has to send its CONNECT.
     pub connect_timeout_s: u64,
+    /// Connections open at once on this edge, every listener together;
+    /// one over it is closed as soon as it is accepted. 0: no limit (but
+    /// the process's file descriptors).
+    pub max_connections: usize,
+    /// Connections open at once from one client address (the one a PROXY
+    /// header names, on listeners that take one). 0: no limit.
+    pub max_connections_per_address: usize,
+    /// The longest client identifier accepted, in bytes; a longer one is
+    /// refused with CONNACK 0x85 (0x02 in 3.1.1), as MQTT-3.1.3-5 allows.
+    pub max_client_id_length: usize,
+    /// Subscriptions one session may hold; a SUBSCRIBE filter over it is
+    /// refused with 0x97 Quota exceeded (0x80 in 3.1.1). 0: no limit.
+    pub max_subscriptions: usize,
+    /// PUBLISH packets per second one client may send, on average (bursts
+    /// of one second's worth); above it the client is not read until the
+    /// rate allows (backpressure, nothing dropped). 0: no limit.
+    pub messages_rate: u32,
+    /// Bytes per second one client may send, on average, as
+    /// `messages_rate`. 0: no limit.
+    pub bytes_rate: u64,
+    /// Bytes of packets encoded for one client and not yet written to its
+    /// socket; beyond it, deliveries wait in the session's queue
+    /// (`max_queued_messages`) until the client reads.
+    pub max_output_buffer: usize,
+    /// Seconds a client may take none of the bytes the broker writes to it
+    /// before it is disconnected (a client that stopped reading).
+    pub send_timeout_s: u64,
 }
 
 impl Default for Limits {
@@ -193,6 +234,7 @@ impl Default for Limits {
             receive_maximum: 1024,
             max_inflight: 32,
             max_queued_messages: 1000,
+            max_queued_bytes: 64 * 1024 * 1024,
             queue_overflow: QueueOverflow::DropNewest,
             publisher_pause_ms: 5000,
             max_packet_size: 1024 * 1024,
@@ -208,6 +250,14 @@ impl Default for Limits {
             max_topic_levels: 128,
             max_session_expiry_s: u32::MAX,
             connect_timeout_s: 10,
+            max_connections: 0,
+            max_connections_per_address: 0,
+            max_client_id_length: 128,
+            max_subscriptions: 10_000,
+            messages_rate: 0,
+            bytes_rate: 0,
+            max_output_buffer: 1024 * 1024,
+            send_timeout_s: 30,
         }
     }
 }

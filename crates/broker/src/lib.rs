@@ -20,6 +20,7 @@ mod forwarded;
 mod hub;
 mod message;
 mod outgoing;
+mod rate;
 mod stats;
 mod store;
 /// Listeners: TCP, TLS, WebSocket and PROXY protocol, as byte streams.

@@ -147,6 +147,14 @@ pub struct Delivery {
     pub shared_group: Option<Arc<str>>,
 }
 
+impl Delivery {
+    /// The bytes it holds while queued, as `max_queued_bytes` counts them:
+    /// the message's topic and payload.
+    pub fn queued_bytes(&self) -> usize {
+        self.message.topic.len() + self.message.payload.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

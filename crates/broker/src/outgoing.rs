@@ -40,13 +40,55 @@ struct Inflight {
     shared: Option<Box<Delivery>>,
 }
 
+/// The in-memory queue, and the bytes its messages hold.
+#[derive(Debug, Default)]
+struct MemoryQueue {
+    items: VecDeque<Delivery>,
+    bytes: usize,
+}
+
+impl MemoryQueue {
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn front(&self) -> Option<&Delivery> {
+        self.items.front()
+    }
+
+    fn push_back(&mut self, delivery: Delivery) {
+        self.bytes += delivery.queued_bytes();
+        self.items.push_back(delivery);
+    }
+
+    fn pop_front(&mut self) -> Option<Delivery> {
+        let delivery = self.items.pop_front()?;
+        self.bytes -= delivery.queued_bytes();
+        Some(delivery)
+    }
+
+    /// Whether `size` more bytes fit: within the count and the bytes, or
+    /// into an empty queue whatever their size.
+    fn fits(&self, size: usize, max_queued: usize, max_bytes: usize) -> bool {
+        self.items.len() < max_queued
+            && (self.items.is_empty() || self.bytes.saturating_add(size) <= max_bytes)
+    }
+
+    fn take_all(&mut self) -> VecDeque<Delivery> {
+        self.bytes = 0;
+        std::mem::take(&mut self.items)
+    }
+}
+
 /// A session's messages towards its client: queued, in flight, to resend.
 #[derive(Debug)]
 pub struct Outgoing {
     window: usize,
     max_queued: usize,
+    /// `max_queued_bytes`; `usize::MAX` without a limit.
+    max_queued_bytes: usize,
     overflow: QueueOverflow,
-    memory: VecDeque<Delivery>,
+    memory: MemoryQueue,
     stored_waiting: VecDeque<proto::QueuedMessage>,
     resend: Vec<Resend>,
     /// The highest store queue position seen.
@@ -74,8 +116,9 @@ impl Outgoing {
         Outgoing {
             window: window.max(1),
             max_queued,
+            max_queued_bytes: usize::MAX,
             overflow,
-            memory: VecDeque::new(),
+            memory: MemoryQueue::default(),
             stored_waiting: VecDeque::new(),
             resend: Vec::new(),
             known_seq: None,
@@ -86,6 +129,16 @@ impl Outgoing {
             aliases: HashMap::new(),
             max_packet_size,
         }
+    }
+
+    /// Bounds the bytes of the in-memory queue (`max_queued_bytes`; 0: no
+    /// bound).
+    pub fn with_max_queued_bytes(mut self, max_queued_bytes: usize) -> Self {
+        self.max_queued_bytes = match max_queued_bytes {
+            0 => usize::MAX,
+            bytes => bytes,
+        };
+        self
     }
 
     /// The shared-subscription messages from memory not acknowledged: queued,
@@ -102,7 +155,8 @@ impl Outgoing {
         }
         taken.extend(
             self.memory
-                .drain(..)
+                .take_all()
+                .into_iter()
                 .filter(|delivery| delivery.shared_group.is_some()),
         );
         taken
@@ -118,17 +172,23 @@ impl Outgoing {
         self.max_packet_size
     }
 
-    /// Queues an in-memory message (clean sessions, QoS 0); false when the queue was full and a message (this
-    /// one or the oldest, by policy) was dropped.
+    /// Queues an in-memory message (clean sessions, QoS 0); false when the
+    /// queue was full (`max_queued_messages` or `max_queued_bytes`) and a
+    /// message was dropped: this one, or the oldest (as many as it takes to
+    /// make room), by policy.
     pub fn push(&mut self, delivery: Delivery) -> bool {
-        if self.memory.len() < self.max_queued {
+        let size = delivery.queued_bytes();
+        let (max_queued, max_bytes) = (self.max_queued, self.max_queued_bytes);
+        if self.memory.fits(size, max_queued, max_bytes) {
             self.memory.push_back(delivery);
             return true;
         }
         match self.overflow {
             QueueOverflow::DropNewest => {}
             QueueOverflow::DropOldest => {
-                self.memory.pop_front();
+                while !self.memory.fits(size, max_queued, max_bytes)
+                    && self.memory.pop_front().is_some()
+                {}
                 self.memory.push_back(delivery);
             }
         }
@@ -523,9 +583,48 @@ mod tests {
             assert!(outgoing.push(delivery(QoS::AtLeastOnce)));
             assert!(!outgoing.push(delivery(QoS::ExactlyOnce)));
         }
-        assert_eq!(newest.memory.back().unwrap().qos, QoS::AtLeastOnce);
+        assert_eq!(newest.memory.items.back().unwrap().qos, QoS::AtLeastOnce);
         assert_eq!(oldest.memory.front().unwrap().qos, QoS::AtLeastOnce);
-        assert_eq!(oldest.memory.back().unwrap().qos, QoS::ExactlyOnce);
+        assert_eq!(oldest.memory.items.back().unwrap().qos, QoS::ExactlyOnce);
+    }
+
+    /// `max_queued_bytes` bounds the queue as `max_queued_messages` does:
+    /// by policy, the newest is dropped or the oldest make room; a message
+    /// larger than the bound still passes an empty queue.
+    #[test]
+    fn the_queue_holds_at_most_max_queued_bytes() {
+        let size = shared(QoS::AtMostOnce, b"0123456789").queued_bytes();
+        let bounded =
+            |overflow| Outgoing::new(1, 100, overflow, 0, u32::MAX).with_max_queued_bytes(size * 3);
+        let mut newest = bounded(QueueOverflow::DropNewest);
+        let mut oldest = bounded(QueueOverflow::DropOldest);
+        for outgoing in [&mut newest, &mut oldest] {
+            for payload in [b"first.....", b"second....", b"third....."] {
+                assert!(outgoing.push(shared(QoS::AtMostOnce, payload)));
+            }
+            assert!(!outgoing.push(shared(QoS::AtMostOnce, b"fourth....")));
+            assert_eq!(outgoing.memory.bytes, size * 3);
+        }
+        let payloads = |outgoing: &Outgoing| -> Vec<Vec<u8>> {
+            outgoing
+                .memory
+                .items
+                .iter()
+                .map(|d| d.message.payload.to_vec())
+                .collect()
+        };
+        assert_eq!(payloads(&newest)[2], b"third.....");
+        assert_eq!(payloads(&oldest)[0], b"second....");
+        assert_eq!(payloads(&oldest)[2], b"fourth....");
+
+        // Sent messages free their bytes; one huge message fits alone.
+        let mut outgoing = bounded(QueueOverflow::DropNewest);
+        let huge: &'static [u8] = Box::leak(vec![0u8; size * 10].into_boxed_slice());
+        assert!(outgoing.push(shared(QoS::AtMostOnce, huge)));
+        assert!(!outgoing.push(shared(QoS::AtMostOnce, b"small.....")));
+        assert!(outgoing.next_memory(0).is_some());
+        assert_eq!(outgoing.memory.bytes, 0);
+        assert!(outgoing.push(shared(QoS::AtMostOnce, b"small.....")));
     }
 
     #[test]

@@ -879,6 +879,7 @@ impl Config {
                 "must be at least 1".into(),
             );
         }
+        validate_client_limits(l, problem);
     }
 
     /// Two sockets on one address (other than port 0) cannot both bind.
@@ -984,6 +985,30 @@ fn validate_listener(key: &str, listener: &ListenerConfig, problem: &mut impl Fn
             &format!("{key}.ws_path"),
             format!("`{}` must start with `/`", listener.ws_path),
         );
+    }
+}
+
+/// The limits on what one client may do.
+fn validate_client_limits(l: &rookery_broker::Limits, problem: &mut impl FnMut(&str, String)) {
+    // MQTT-3.1.3-5: a server must allow identifiers of 1 to 23 bytes.
+    if l.max_client_id_length < 23 || l.max_client_id_length > 65535 {
+        problem(
+            "broker.limits.max_client_id_length",
+            format!(
+                "is {}; it must be between 23 (MQTT-3.1.3-5: every server accepts 23 bytes) \
+                 and 65535 (an MQTT string's limit)",
+                l.max_client_id_length
+            ),
+        );
+    }
+    if l.max_output_buffer == 0 {
+        problem(
+            "broker.limits.max_output_buffer",
+            "must be at least 1 (one packet is always written, however large)".into(),
+        );
+    }
+    if l.send_timeout_s == 0 {
+        problem("broker.limits.send_timeout_s", "must be at least 1".into());
     }
 }
 

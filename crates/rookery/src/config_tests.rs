@@ -439,6 +439,9 @@ fn every_impossible_limit_is_reported_at_once() {
                 receive_maximum = 0
                 maximum_qos = 3
                 max_packet_size = 1
+                max_client_id_length = 22
+                max_output_buffer = 0
+                send_timeout_s = 0
             "#,
         )
         .unwrap();
@@ -447,9 +450,50 @@ fn every_impossible_limit_is_reported_at_once() {
             "broker.limits.receive_maximum",
             "broker.limits.maximum_qos",
             "broker.limits.max_packet_size",
+            "broker.limits.max_client_id_length",
+            "broker.limits.max_output_buffer",
+            "broker.limits.send_timeout_s",
         ] {
             assert!(error.contains(key), "{key} missing from: {error}");
         }
+    });
+}
+
+/// The connection limits are read from `[broker.limits]` and from each
+/// listener; all are off by default except the client id length and the
+/// subscription count.
+#[test]
+fn connection_limits_are_read_from_the_limits_and_each_listener() {
+    jail(|jail| {
+        let defaults = Config::default().broker.limits;
+        assert_eq!(defaults.max_connections, 0);
+        assert_eq!(defaults.max_connections_per_address, 0);
+        assert_eq!(defaults.max_client_id_length, 128);
+        assert_eq!(defaults.max_subscriptions, 10_000);
+        jail.create_file(
+            "rookery.toml",
+            r#"
+                [broker.limits]
+                max_connections = 10000
+                max_connections_per_address = 50
+                messages_rate = 100
+                bytes_rate = 65536
+
+                [[broker.listeners]]
+                address = "127.0.0.1:1883"
+                max_connections = 5000
+                max_connection_rate = 200
+            "#,
+        )
+        .unwrap();
+        let config = load_with(&["-c", "rookery.toml"]).unwrap();
+        let limits = &config.broker.limits;
+        assert_eq!(limits.max_connections, 10_000);
+        assert_eq!(limits.max_connections_per_address, 50);
+        assert_eq!(limits.messages_rate, 100);
+        assert_eq!(limits.bytes_rate, 65_536);
+        assert_eq!(config.broker.listeners[0].max_connections, 5000);
+        assert_eq!(config.broker.listeners[0].max_connection_rate, 200);
     });
 }
 

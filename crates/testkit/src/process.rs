@@ -119,6 +119,12 @@ impl Process {
         self.child = Some(child);
     }
 
+    /// The operating system's id of the running process, to read its
+    /// `/proc` entries (memory, open files).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the process was started and has not been stopped or found
     /// exited.
     pub fn is_running(&self) -> bool {

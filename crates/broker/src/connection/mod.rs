@@ -12,6 +12,7 @@
 
 mod accept;
 mod inbound;
+mod limits;
 mod negotiate;
 mod outbox;
 mod perform;
@@ -30,6 +31,8 @@ use crate::auth::ListenerAuth;
 use crate::hub::Hub;
 use crate::transport::Accepted;
 
+pub(crate) use limits::describe_metrics;
+
 /// Serves one accepted connection until it ends.
 pub async fn serve(hub: Arc<Hub>, accepted: Accepted, listener_auth: ListenerAuth) {
     let Accepted {
@@ -37,9 +40,11 @@ pub async fn serve(hub: Arc<Hub>, accepted: Accepted, listener_auth: ListenerAut
         peer,
         listener,
         client_cert_subject,
+        // Held until the connection ends: its place in the connection limits.
+        permit: _permit,
     } = accepted;
-    let mut socket = socket::Socket::new(stream, peer);
     let limits = &hub.config.limits;
+    let mut socket = socket::Socket::new(stream, peer, limits);
     let connect_timeout = std::time::Duration::from_secs(limits.connect_timeout_s);
     let admission = accept::Admission {
         listener: listener_auth,

@@ -55,6 +55,7 @@ pub(super) fn negotiate(
 ) -> Result<Granted, ReasonCode> {
     let v5 = connect.protocol.is_v5();
     let mut connack = ConnAckProperties::default();
+    super::limits::check_client_id(connect, limits)?;
     let mut client_id = connect.client_id.to_string();
     if client_id.is_empty() {
         // MQTT-3.1.3-8: 3.1.1 refuses an empty id with a persistent

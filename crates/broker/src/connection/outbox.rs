@@ -2,6 +2,13 @@
 //! protocol version into one buffer, flushed to the socket by the I/O loop.
 //! Encoding is not I/O, so the protocol core writes here directly and its
 //! unit tests read the packets back.
+//!
+//! The buffer is bounded for deliveries (`max_output_buffer`): past the
+//! bound the core stops taking messages from the session's queue (see
+//! [`Outbox::room_for_more`]) and they wait there, under the queue's own
+//! limit, until a flush makes room. Answers to the client's own packets
+//! (acknowledgements, PINGRESP) are never held back: the client's reads
+//! bound them.
 
 use bytes::BytesMut;
 use rookery_codec::{Disconnect, EncodeError, Packet, ProtocolVersion, Publish};
@@ -14,6 +21,10 @@ const KEPT_WRITE_BUFFER: usize = 64 * 1024;
 pub(super) struct Outbox {
     version: ProtocolVersion,
     buf: BytesMut,
+    /// Deliveries stop being encoded once this many bytes wait.
+    max_pending: usize,
+    /// A delivery was held back for room since the last flush.
+    held_back: bool,
 }
 
 impl Outbox {
@@ -22,7 +33,37 @@ impl Outbox {
         Outbox {
             version: ProtocolVersion::V3_1_1,
             buf: BytesMut::new(),
+            max_pending: usize::MAX,
+            held_back: false,
         }
+    }
+
+    /// Bounds the bytes deliveries may fill the buffer with.
+    pub fn limit_to(&mut self, max_pending: usize) {
+        self.max_pending = max_pending.max(1);
+    }
+
+    /// Whether another delivery may be encoded now: one always fits in an
+    /// empty buffer, however large. When not, remembers that output was
+    /// held back, to send more after the next flush.
+    pub fn room_for_more(&mut self) -> bool {
+        let room = self.buf.len() < self.max_pending;
+        if !room && !self.held_back {
+            self.held_back = true;
+            metrics::counter!("rookery_client_limits_total", "limit" => "max_output_buffer")
+                .increment(1);
+        }
+        room
+    }
+
+    /// Whether deliveries were held back for room and not yet retried.
+    pub fn is_held_back(&self) -> bool {
+        self.held_back
+    }
+
+    /// Deliveries held back are about to be retried.
+    pub fn retry_held_back(&mut self) {
+        self.held_back = false;
     }
 
     /// The protocol version packets are encoded in.
@@ -86,5 +127,59 @@ impl Outbox {
             packets.push(packet);
         }
         packets
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use rookery_codec::{ByteString, PublishProperties, QoS};
+
+    use super::*;
+
+    fn publish(payload: usize) -> Publish {
+        Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: ByteString::from("t"),
+            packet_id: None,
+            properties: PublishProperties::default(),
+            payload: Bytes::from(vec![0u8; payload]),
+        }
+    }
+
+    /// Deliveries fill the buffer up to the bound and no further; one
+    /// always fits in an empty buffer, however large; a flush makes room
+    /// again and is when the held-back deliveries are retried.
+    #[test]
+    fn deliveries_stop_at_max_output_buffer() {
+        let mut out = Outbox::new();
+        out.limit_to(1000);
+        let mut encoded = 0;
+        while out.room_for_more() {
+            out.publish(publish(300), u32::MAX).unwrap_or_default();
+            encoded += 1;
+        }
+        // 4 x ~305 bytes: the fourth starts below 1,000 and ends above it.
+        assert_eq!(encoded, 4);
+        assert!(out.is_held_back());
+        out.written();
+        out.retry_held_back();
+        assert!(out.room_for_more() && !out.is_held_back());
+        out.publish(publish(5000), u32::MAX).unwrap_or_default();
+        assert!(out.pending().len() > 5000, "one packet always fits");
+        assert!(!out.room_for_more());
+    }
+
+    /// Without a bound (the core's tests), nothing is held back.
+    #[test]
+    fn an_unbounded_outbox_always_has_room() {
+        let mut out = Outbox::new();
+        for _ in 0..100 {
+            assert!(out.room_for_more());
+            out.publish(publish(10_000), u32::MAX).unwrap_or_default();
+        }
+        assert!(!out.is_held_back());
     }
 }

@@ -160,6 +160,7 @@ impl Live {
                 return Err(super::session::violated(violation, &mut self.socket.out));
             }
         };
+        self.limit_subscriptions(&mut granted);
         let mut existed = Vec::new();
         if !granted.accepted.is_empty() {
             let client = self.client_id().clone();

@@ -2,7 +2,8 @@
 //! session's mailbox, the publishes waiting on the store and one timer, and
 //! performs what the protocol core asks for. Backpressure lives here: a
 //! publisher whose messages filled other sessions is not read until they
-//! drain.
+//! drain, a client over its publish rate is not read until the rate allows,
+//! and deliveries held back for a full outbox are sent after the flush.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,6 +15,7 @@ use futures::{FutureExt, StreamExt};
 use rookery_codec::ReasonCode;
 use tokio::time::Instant;
 
+use super::limits::PublishRate;
 use super::perform::Completed;
 use super::session::{End, Rules, Session};
 use super::socket::Socket;
@@ -41,6 +43,8 @@ pub(super) struct Live {
     /// is read from it until they drain or `paused_until` passes.
     pub(super) paused_on: Vec<Mailbox>,
     paused_until: Option<Instant>,
+    /// `messages_rate` and `bytes_rate`, when either is set.
+    rate: Option<PublishRate>,
 }
 
 /// What woke the loop.
@@ -56,6 +60,11 @@ enum Input {
     Resumed {
         drained: bool,
     },
+    /// The client is within its publish rate again.
+    Unthrottled,
+    /// Deliveries were held back for room in the outbox, which the last
+    /// flush emptied.
+    Refill,
 }
 
 impl Live {
@@ -68,7 +77,6 @@ impl Live {
         own_mailbox: Mailbox,
     ) -> Self {
         Live {
-            hub,
             socket,
             session,
             mailbox,
@@ -76,6 +84,8 @@ impl Live {
             pending: FuturesOrdered::new(),
             paused_on: Vec::new(),
             paused_until: None,
+            rate: PublishRate::new(&hub.config.limits),
+            hub,
         }
     }
 
@@ -115,6 +125,12 @@ impl Live {
         if let Err(end) = Box::pin(self.send_stored(true)).await {
             return end;
         }
+        // A client need not wait for CONNACK (section 3.1.4): what it sent
+        // behind CONNECT may be read already, and no read will announce it.
+        if let Err(end) = Box::pin(self.handle_packets()).await {
+            let _ = self.socket.flush(&self.hub.stats).await;
+            return end;
+        }
         if Box::pin(self.socket.flush(&self.hub.stats)).await.is_err() {
             return End::ConnectionLost;
         }
@@ -133,12 +149,9 @@ impl Live {
                 self.paused_until = Some(Instant::now().checked_add(pause).unwrap_or(deadline));
                 metrics::counter!("rookery_publisher_pauses_total").increment(1);
             }
-            // One timer: a paused client is not read, so its silence says
-            // nothing about keep alive; the pause's end is what is due then.
-            let due = match self.paused_until {
-                Some(resume_at) if paused => resume_at,
-                _ => deadline,
-            };
+            let (due, held_until) = self.due(paused, deadline);
+            // Left set until a refill runs: another input may come first.
+            let refill = self.socket.out.is_held_back();
             // Moved only when something is due earlier, or after it fired:
             // moving it on every read would take the timer driver's lock per
             // packet.
@@ -146,21 +159,24 @@ impl Live {
                 timer.as_mut().reset(due);
             }
             let input = tokio::select! {
-                read = self.socket.read(), if !paused => Input::Read(read),
+                read = self.socket.read(), if !paused && held_until.is_none() => Input::Read(read),
                 mail = self.mailbox.recv() => Input::Mail(mail),
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => Input::Completed(done),
                 () = &mut timer => if Instant::now() < due {
                     // Set for something earlier that is no longer due.
                     Input::Timer
+                } else if held_until.is_some_and(|until| Instant::now() >= until) {
+                    Input::Unthrottled
                 } else if paused {
                     Input::Resumed { drained: false }
                 } else {
                     Input::KeepAliveExpired
                 },
                 () = room_in(&self.paused_on), if paused => Input::Resumed { drained: true },
+                () = std::future::ready(()), if refill => Input::Refill,
             };
             let heard_from = matches!(input, Input::Read(Ok(n)) if n > 0)
-                || matches!(input, Input::Resumed { .. });
+                || matches!(input, Input::Resumed { .. } | Input::Unthrottled);
             if heard_from && let Some(keep_alive) = keep_alive {
                 deadline = Instant::now() + keep_alive;
             }
@@ -193,12 +209,33 @@ impl Live {
         }
     }
 
+    /// What the loop's one timer is for, and until when the client is held
+    /// for its publish rate. A paused or held client is not read, so its
+    /// silence says nothing about keep alive: the end of the pause or hold
+    /// is what is due then, not `deadline`.
+    fn due(&mut self, paused: bool, deadline: Instant) -> (Instant, Option<Instant>) {
+        let held_until = self.rate.as_mut().and_then(PublishRate::held_until);
+        let due = match self.paused_until {
+            Some(resume_at) if paused => resume_at,
+            _ => deadline,
+        };
+        let due = match held_until {
+            Some(until) if paused => due.min(until),
+            Some(until) => until,
+            None => due,
+        };
+        (due, held_until)
+    }
+
     /// Handles what woke the loop.
     async fn on_input(&mut self, input: Input) -> Result<(), End> {
         match input {
             Input::Read(Ok(0)) | Input::Read(Err(_)) => Err(End::ConnectionLost),
             Input::Read(Ok(n)) => {
                 self.hub.stats.received(n);
+                if let Some(rate) = self.rate.as_mut() {
+                    rate.read(n, self.session.client_id());
+                }
                 Box::pin(self.handle_packets()).await
             }
             Input::Mail(Some(mail)) => self.handle_mail(mail).await,
@@ -226,6 +263,12 @@ impl Live {
                 self.resume(drained);
                 // Packets already read wait in the buffer.
                 Box::pin(self.handle_packets()).await
+            }
+            Input::Unthrottled => Box::pin(self.handle_packets()).await,
+            Input::Refill => {
+                self.socket.out.retry_held_back();
+                self.send_ready();
+                Ok(())
             }
         }
     }
@@ -294,6 +337,11 @@ impl Live {
 
     async fn decode_and_handle(&mut self) -> Result<(), End> {
         loop {
+            if self.is_paused() || self.rate.as_mut().is_some_and(PublishRate::messages_held) {
+                // Paused, or over the message rate: the rest stays in the
+                // buffer.
+                break;
+            }
             let max_packet_size = self.hub.config.limits.max_packet_size;
             let packet = match self.socket.decode(max_packet_size) {
                 Ok(Some(packet)) => packet,
@@ -306,6 +354,7 @@ impl Live {
                 }
             };
             let hub = self.hub.clone();
+            let publish = matches!(packet, rookery_codec::Packet::Publish(_));
             let step = self.session.handle(
                 packet,
                 Live::rules(&hub),
@@ -313,6 +362,9 @@ impl Live {
                 &mut self.socket.out,
             )?;
             self.perform(step).await?;
+            if publish && let Some(rate) = self.rate.as_mut() {
+                rate.published(self.session.client_id());
+            }
             if self.is_paused() {
                 // Backpressure: the rest stays in the buffer.
                 break;

@@ -123,7 +123,8 @@ impl Session {
                 limits.queue_overflow,
                 granted.client_alias_maximum,
                 granted.client_max_packet_size,
-            ),
+            )
+            .with_max_queued_bytes(limits.max_queued_bytes),
             inbound: Inbound::default(),
             discarded: Vec::new(),
             acks: Vec::new(),
@@ -383,7 +384,9 @@ impl Session {
 
     /// Writes what the window allows from the in-memory queue.
     pub fn send_ready(&mut self, now_ms: u64, out: &mut Outbox, stats: &Stats) {
-        while let Some(ready) = self.outgoing.next_memory(now_ms) {
+        while out.room_for_more()
+            && let Some(ready) = self.outgoing.next_memory(now_ms)
+        {
             self.write_publish(ready, out, stats);
         }
     }

@@ -14,11 +14,11 @@ use tokio::time::Instant;
 
 use super::outbox::Outbox;
 use super::{decode_error_label, protocol_error};
+use crate::config::Limits;
+use crate::rate::{LIMIT_LOG_INTERVAL, LogThrottle};
 use crate::stats::Stats;
 use crate::transport::BoxedStream;
 
-/// How long a connection may wait for the socket to take a write.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// What an idle connection keeps for reading: a CONNECT or a small packet
 /// fits; a busy connection grows it (see `Socket::prepare_read`).
 const IDLE_READ_BUFFER: usize = 256;
@@ -48,6 +48,39 @@ pub(super) enum ConnectReadError {
     Io(std::io::Error),
 }
 
+/// Why a write did not complete.
+enum Stalled {
+    /// The socket failed.
+    Io(std::io::Error),
+    /// This many bytes were not taken within the timeout.
+    Unsent(usize),
+}
+
+/// Writes all of `bytes` and flushes, failing when one step takes nothing
+/// for `timeout`: the timer restarts with each part the socket takes.
+async fn write_within(
+    stream: &mut BoxedStream,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<(), Stalled> {
+    let mut written = 0;
+    while written < bytes.len() {
+        match tokio::time::timeout(timeout, stream.write(&bytes[written..])).await {
+            Ok(Ok(0)) => {
+                return Err(Stalled::Io(std::io::ErrorKind::WriteZero.into()));
+            }
+            Ok(Ok(n)) => written += n,
+            Ok(Err(error)) => return Err(Stalled::Io(error)),
+            Err(_) => return Err(Stalled::Unsent(bytes.len() - written)),
+        }
+    }
+    // A WebSocket holds what it was given until flushed.
+    match tokio::time::timeout(timeout, stream.flush()).await {
+        Ok(result) => result.map_err(Stalled::Io),
+        Err(_) => Err(Stalled::Unsent(0)),
+    }
+}
+
 /// One client's socket with its read buffer and outbox.
 pub(super) struct Socket {
     stream: BoxedStream,
@@ -57,16 +90,23 @@ pub(super) struct Socket {
     read_buf: BytesMut,
     /// Packets waiting for the next flush.
     pub out: Outbox,
+    /// How long a write may wait for the client to take data
+    /// (`send_timeout_s`).
+    send_timeout: Duration,
 }
 
 impl Socket {
-    /// Wraps an accepted stream.
-    pub fn new(stream: BoxedStream, peer: SocketAddr) -> Self {
+    /// Wraps an accepted stream, with the output bounds of `limits`
+    /// (`max_output_buffer`, `send_timeout_s`).
+    pub fn new(stream: BoxedStream, peer: SocketAddr, limits: &Limits) -> Self {
+        let mut out = Outbox::new();
+        out.limit_to(limits.max_output_buffer);
         Socket {
             stream,
             peer,
             read_buf: BytesMut::with_capacity(IDLE_READ_BUFFER),
-            out: Outbox::new(),
+            out,
+            send_timeout: Duration::from_secs(limits.send_timeout_s.max(1)),
         }
     }
 
@@ -162,24 +202,28 @@ impl Socket {
         rookery_codec::decode(&mut self.read_buf, self.out.version(), max_packet_size)
     }
 
-    /// Writes the outbox to the socket, within the write timeout.
+    /// Writes the outbox to the socket. A client that takes none of it for
+    /// the send timeout (it stopped reading, and the socket's buffers are
+    /// full) fails the flush, and so its connection; one that reads slowly
+    /// but steadily does not.
     pub async fn flush(&mut self, stats: &Stats) -> std::io::Result<()> {
-        let Socket { stream, out, .. } = self;
-        let pending = out.pending();
+        let pending = self.out.pending();
         if pending.is_empty() {
             return Ok(());
         }
         let len = pending.len();
-        let write = async {
-            stream.write_all(pending).await?;
-            stream.flush().await
-        };
-        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-            Ok(result) => result?,
-            Err(_) => {
+        match write_within(&mut self.stream, pending, self.send_timeout).await {
+            Ok(()) => {}
+            Err(Stalled::Io(error)) => return Err(error),
+            Err(Stalled::Unsent(unsent)) => {
+                static LOG: LogThrottle = LogThrottle::new(LIMIT_LOG_INTERVAL);
+                metrics::counter!("rookery_send_timeouts_total").increment(1);
+                if let Some(held_back) = LOG.allow() {
+                    tracing::warn!(peer = %self.peer, unsent, since_last_log = held_back, "disconnecting a client that took no data for send_timeout_s");
+                }
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    "the client took no data for the write timeout",
+                    "the client took no data for the send timeout",
                 ));
             }
         }

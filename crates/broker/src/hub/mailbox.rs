@@ -40,6 +40,8 @@ struct MailboxShared {
     queue: Mutex<VecDeque<ToConnection>>,
     /// Deliveries waiting: bounded by the session's queue limit.
     deliveries: AtomicUsize,
+    /// Their bytes (`Delivery::queued_bytes`): bounded by `max_queued_bytes`.
+    delivery_bytes: AtomicUsize,
     wake: Notify,
     /// The connection is gone: nothing more is queued.
     closed: AtomicBool,
@@ -124,12 +126,20 @@ impl Mailbox {
         }
     }
 
-    /// Hands a delivery over unless the session's queue is full.
-    pub(super) fn deliver(&self, delivery: Delivery, limit: usize) -> bool {
-        if self.shared.deliveries.load(Ordering::Relaxed) >= limit {
+    /// Hands a delivery over unless the session's queue is full: `limit`
+    /// deliveries waiting, or `byte_limit` bytes (one always fits in an
+    /// empty mailbox).
+    pub(super) fn deliver(&self, delivery: Delivery, limit: usize, byte_limit: usize) -> bool {
+        let waiting = self.shared.deliveries.load(Ordering::Relaxed);
+        let size = delivery.queued_bytes();
+        let bytes = self.shared.delivery_bytes.load(Ordering::Relaxed);
+        if waiting >= limit || (waiting > 0 && bytes.saturating_add(size) > byte_limit) {
             return false;
         }
         self.shared.deliveries.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .delivery_bytes
+            .fetch_add(size, Ordering::Relaxed);
         self.shared.push(ToConnection::Deliver(delivery))
     }
 
@@ -255,8 +265,11 @@ impl MailboxReceiver {
     pub fn try_recv(&mut self) -> Option<ToConnection> {
         let message = self.shared.queue.lock().pop_front()?;
         match message {
-            ToConnection::Deliver(_) => {
+            ToConnection::Deliver(ref delivery) => {
                 self.shared.deliveries.fetch_sub(1, Ordering::Relaxed);
+                self.shared
+                    .delivery_bytes
+                    .fetch_sub(delivery.queued_bytes(), Ordering::Relaxed);
             }
             // Cleared before the queue is read, so a later enqueue notifies
             // again.
@@ -330,10 +343,10 @@ mod tests {
     fn publishers_pause_at_the_mark_and_resume_at_half_of_it() {
         let (mailbox, mut receiver) = Mailbox::new(1, 4, 0);
         for _ in 0..3 {
-            assert!(mailbox.deliver(delivery(), 100));
+            assert!(mailbox.deliver(delivery(), 100, usize::MAX));
         }
         assert!(!mailbox.is_full());
-        assert!(mailbox.deliver(delivery(), 100));
+        assert!(mailbox.deliver(delivery(), 100, usize::MAX));
         assert!(mailbox.is_full());
         assert!(!has_room(&mailbox));
 
@@ -347,6 +360,30 @@ mod tests {
         assert!(!has_room(&mailbox));
         receiver.report_taken(1, Some(0));
         assert!(has_room(&mailbox));
+    }
+
+    /// `max_queued_bytes`: the mailbox takes deliveries up to the byte
+    /// limit (one always, however large) and frees their bytes as the
+    /// connection takes them.
+    #[test]
+    fn the_mailbox_holds_at_most_the_byte_limit() {
+        let (mailbox, mut receiver) = Mailbox::new(1, 0, 0);
+        let size = delivery().queued_bytes();
+        assert!(
+            mailbox.deliver(delivery(), 100, size / 2),
+            "one always fits"
+        );
+        assert!(!mailbox.deliver(delivery(), 100, size / 2));
+        assert!(receiver.try_recv().is_some());
+        for _ in 0..3 {
+            assert!(mailbox.deliver(delivery(), 100, size * 3));
+        }
+        assert!(
+            !mailbox.deliver(delivery(), 100, size * 3),
+            "a fourth is over"
+        );
+        assert!(receiver.try_recv().is_some());
+        assert!(mailbox.deliver(delivery(), 100, size * 3), "room again");
     }
 
     /// A session that did not drain is stalled: nobody pauses for it until

@@ -173,6 +173,16 @@ impl Hub {
         self.registry.subscription_count()
     }
 
+    /// How many subscriptions a session holds, and which of `filters` are
+    /// among them.
+    pub fn subscriptions_held<'a>(
+        &self,
+        client: &ClientId,
+        filters: impl IntoIterator<Item = &'a str>,
+    ) -> (usize, Vec<bool>) {
+        self.registry.held(client, filters)
+    }
+
     /// Every mailbox, for shutdown.
     pub fn mailboxes(&self) -> Vec<Mailbox> {
         self.registry.mailboxes()

@@ -238,6 +238,21 @@ impl Registry {
         self.state.write().unsubscribe(client, filter)
     }
 
+    /// How many subscriptions a session holds, and which of `filters` are
+    /// among them.
+    pub(super) fn held<'a>(
+        &self,
+        client: &ClientId,
+        filters: impl IntoIterator<Item = &'a str>,
+    ) -> (usize, Vec<bool>) {
+        let state = self.state.read();
+        let Some(own) = state.filters.get(client) else {
+            return (0, filters.into_iter().map(|_| false).collect());
+        };
+        let held = filters.into_iter().map(|f| own.contains(f)).collect();
+        (own.len(), held)
+    }
+
     /// Subscriptions in the index, all sessions together.
     pub(super) fn subscription_count(&self) -> usize {
         self.state.read().index.len()

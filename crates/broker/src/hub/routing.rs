@@ -202,8 +202,12 @@ impl Hub {
         let limits = &self.config.limits;
         let limit =
             (limits.max_queued_messages + usize::from(limits.max_inflight)).saturating_mul(2);
+        let byte_limit = match limits.max_queued_bytes {
+            0 => usize::MAX,
+            bytes => bytes,
+        };
         for (mailbox, delivery) in local {
-            if !mailbox.deliver(delivery, limit) {
+            if !mailbox.deliver(delivery, limit, byte_limit) {
                 self.stats.dropped("queue_full");
             }
             add_if_full(full, &mailbox);

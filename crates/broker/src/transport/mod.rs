@@ -7,11 +7,15 @@
 //! or silent client never holds up the others; [`Listener::accept`] hands
 //! out only connections whose handshakes completed, as an [`Accepted`].
 //! Failed handshakes are logged and counted here and go no further.
+//! Connection limits act here too, before any MQTT byte is read: the
+//! edge's, the listener's and the client address's maximum of open
+//! connections, and the listener's accept rate (`admission`).
 //!
 //! This module knows nothing of MQTT packets: above it, a connection reads
 //! and writes bytes. Start reading at [`Listener::bind`]; the wire formats
 //! live in the submodules `proxy`, `tls` and `ws`.
 
+mod admission;
 mod proxy;
 mod tls;
 mod ws;
@@ -32,6 +36,8 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::config::{ListenerConfig, ListenerKind};
+pub use admission::{ConnectionLimits, ConnectionPermit, describe_metrics};
+use admission::{Gate, Refusal};
 use proxy::ProxyError;
 use tls::TlsSetup;
 
@@ -56,6 +62,9 @@ pub struct Accepted {
     /// Subject of a verified client certificate (first CN or the subject as
     /// a string), if any.
     pub client_cert_subject: Option<String>,
+    /// The connection's place in the connection limits: keep it as long
+    /// as the connection lives.
+    pub permit: ConnectionPermit,
 }
 
 impl fmt::Debug for Accepted {
@@ -138,6 +147,30 @@ const MAX_PENDING_HANDSHAKES: usize = 4096;
 /// at once and spin the loop.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
+/// What every listener of an edge shares.
+#[derive(Debug, Clone)]
+pub struct ListenerOptions {
+    /// How long a connection's handshakes (PROXY header, TLS, WebSocket
+    /// upgrade) may take.
+    pub handshake_timeout: Duration,
+    /// The largest MQTT packet accepted: a WebSocket frame or message
+    /// larger than this is refused as soon as its header says so.
+    pub max_packet_size: u32,
+    /// The edge's connection counts, shared by its listeners.
+    pub connections: Arc<ConnectionLimits>,
+}
+
+impl ListenerOptions {
+    /// Options with no limit but the handshake timeout.
+    pub fn unlimited(handshake_timeout: Duration) -> Self {
+        ListenerOptions {
+            handshake_timeout,
+            max_packet_size: rookery_codec::MAX_PACKET_SIZE,
+            connections: ConnectionLimits::unlimited(),
+        }
+    }
+}
+
 /// One listening socket and the handshakes it has in progress.
 pub struct Listener {
     name: Arc<str>,
@@ -146,6 +179,7 @@ pub struct Listener {
     socket: Option<TcpListener>,
     handshakes: JoinSet<Option<Accepted>>,
     handshake: Arc<Handshake>,
+    gate: Gate,
 }
 
 impl fmt::Debug for Listener {
@@ -156,16 +190,25 @@ impl fmt::Debug for Listener {
             .field("open", &self.socket.is_some())
             .field("handshakes", &self.handshakes.len())
             .field("handshake", &self.handshake)
+            .field("gate", &self.gate)
             .finish()
     }
 }
 
 impl Listener {
-    /// Binds the socket and loads TLS material now, so a bad certificate
-    /// path or a taken port fails at startup with a clear error.
+    /// [`Listener::bind_with`] without connection limits.
     pub async fn bind(
         config: &ListenerConfig,
         handshake_timeout: Duration,
+    ) -> Result<Listener, TransportError> {
+        Listener::bind_with(config, ListenerOptions::unlimited(handshake_timeout)).await
+    }
+
+    /// Binds the socket and loads TLS material now, so a bad certificate
+    /// path or a taken port fails at startup with a clear error.
+    pub async fn bind_with(
+        config: &ListenerConfig,
+        options: ListenerOptions,
     ) -> Result<Listener, TransportError> {
         let name: Arc<str> = config.display_name().into();
         let kind = config.kind.as_str();
@@ -215,21 +258,27 @@ impl Listener {
             kind,
             address = %local_addr,
             proxy_protocol = config.proxy_protocol,
+            max_connections = config.max_connections,
+            max_connection_rate = config.max_connection_rate,
             "listening"
         );
 
+        let gate = Gate::new(Arc::clone(&name), config, options.connections);
         Ok(Listener {
             handshake: Arc::new(Handshake {
                 listener: Arc::clone(&name),
                 proxy_protocol: config.proxy_protocol,
                 tls,
                 ws_path,
-                timeout: handshake_timeout,
+                ws_max_message: usize::try_from(options.max_packet_size).unwrap_or(usize::MAX),
+                timeout: options.handshake_timeout,
+                connections: Arc::clone(gate.edge()),
             }),
             name,
             local_addr,
             socket: Some(socket),
             handshakes: JoinSet::new(),
+            gate,
         })
     }
 
@@ -252,12 +301,14 @@ impl Listener {
     ///
     /// Sockets are taken from the backlog, and their handshakes started,
     /// while this is awaited: call it in a loop, handing each connection to
-    /// a task of its own. Cancel-safe: dropping the future loses no
-    /// connection.
+    /// a task of its own. A socket over a connection limit is closed at
+    /// once; over the accept rate, sockets are left in the backlog for a
+    /// while. Cancel-safe: dropping the future loses no connection.
     pub async fn accept(&mut self) -> Option<Accepted> {
         loop {
             let socket = self.socket.as_ref()?;
-            let room = self.handshakes.len() < MAX_PENDING_HANDSHAKES;
+            let paused_until = self.gate.paused_until();
+            let room = self.handshakes.len() < MAX_PENDING_HANDSHAKES && paused_until.is_none();
             tokio::select! {
                 Some(done) = self.handshakes.join_next() => match done {
                     Ok(Some(accepted)) => return Some(accepted),
@@ -269,11 +320,15 @@ impl Listener {
                 },
                 incoming = socket.accept(), if room => match incoming {
                     Ok((tcp, peer)) => {
-                        let handshake = Arc::clone(&self.handshake);
-                        self.handshakes.spawn(handshake.run(tcp, peer));
+                        // Refused: the socket is dropped (closed) unread.
+                        if let Some(permit) = self.gate.admit(peer) {
+                            let handshake = Arc::clone(&self.handshake);
+                            self.handshakes.spawn(handshake.run(tcp, peer, permit));
+                        }
                     }
                     Err(e) => after_accept_error(&self.name, e).await,
                 },
+                () = sleep_until_some(paused_until), if paused_until.is_some() => {}
             }
         }
     }
@@ -286,6 +341,15 @@ impl Listener {
         }
         // Dropping the set aborts its tasks.
         self.handshakes = JoinSet::new();
+    }
+}
+
+/// Sleeps until `until`; never resolves for `None` (its select branch is
+/// disabled then anyway).
+async fn sleep_until_some(until: Option<tokio::time::Instant>) {
+    match until {
+        Some(until) => tokio::time::sleep_until(until).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -315,7 +379,11 @@ struct Handshake {
     tls: Option<TlsSetup>,
     /// `Some` for WebSocket listeners: the path clients must request.
     ws_path: Option<String>,
+    /// The largest WebSocket frame or message taken (`max_packet_size`).
+    ws_max_message: usize,
     timeout: Duration,
+    /// Where the client's address is counted.
+    connections: Arc<ConnectionLimits>,
 }
 
 impl fmt::Debug for Handshake {
@@ -324,6 +392,7 @@ impl fmt::Debug for Handshake {
             .field("proxy_protocol", &self.proxy_protocol)
             .field("tls", &self.tls.is_some())
             .field("ws_path", &self.ws_path)
+            .field("ws_max_message", &self.ws_max_message)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -340,6 +409,10 @@ enum HandshakeError {
     Tls(io::Error),
     #[error("WebSocket upgrade: {0}")]
     WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    /// Not a handshake failure: a connection limit refused the client's
+    /// address (counted and logged apart).
+    #[error("connection limit")]
+    Limited(Refusal),
 }
 
 impl HandshakeError {
@@ -350,6 +423,7 @@ impl HandshakeError {
             HandshakeError::Proxy(_) => "proxy",
             HandshakeError::Tls(_) => "tls",
             HandshakeError::WebSocket(_) => "websocket",
+            HandshakeError::Limited(_) => "limited",
         }
     }
 }
@@ -357,11 +431,17 @@ impl HandshakeError {
 impl Handshake {
     /// The task of one accepted socket: its handshakes within the timeout,
     /// or a logged and counted failure.
-    async fn run(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) -> Option<Accepted> {
+    async fn run(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        permit: ConnectionPermit,
+    ) -> Option<Accepted> {
         if let Err(error) = tcp.set_nodelay(true) {
             debug!(listener = %self.listener, %peer, %error, "cannot set TCP_NODELAY");
         }
-        let outcome = match tokio::time::timeout(self.timeout, self.establish(tcp, peer)).await {
+        let establish = self.establish(tcp, peer, permit);
+        let outcome = match tokio::time::timeout(self.timeout, establish).await {
             Ok(outcome) => outcome,
             Err(_elapsed) => Err(HandshakeError::Timeout),
         };
@@ -369,6 +449,10 @@ impl Handshake {
             Ok(accepted) => {
                 debug!(listener = %self.listener, peer = %accepted.peer, "connection accepted");
                 Some(accepted)
+            }
+            Err(HandshakeError::Limited(refusal)) => {
+                admission::refused(&self.listener, &self.connections, refusal, peer);
+                None
             }
             Err(error) => {
                 let reason = error.reason();
@@ -388,12 +472,18 @@ impl Handshake {
         &self,
         mut tcp: TcpStream,
         socket_peer: SocketAddr,
+        mut permit: ConnectionPermit,
     ) -> Result<Accepted, HandshakeError> {
         let peer = if self.proxy_protocol {
             proxy::read_header(&mut tcp).await?.unwrap_or(socket_peer)
         } else {
             socket_peer
         };
+        // Counted by the client's address, before TLS or anything else
+        // costs this process work.
+        permit
+            .claim_address(peer.ip())
+            .map_err(HandshakeError::Limited)?;
         let mut client_cert_subject = None;
         let stream: BoxedStream = match (&self.tls, &self.ws_path) {
             (None, None) => Box::new(tcp),
@@ -402,11 +492,11 @@ impl Handshake {
                 client_cert_subject = tls::client_subject(&tls);
                 Box::new(tls)
             }
-            (None, Some(path)) => Box::new(ws::accept(tcp, path).await?),
+            (None, Some(path)) => Box::new(ws::accept(tcp, path, self.ws_max_message).await?),
             (Some(tls), Some(path)) => {
                 let tls = tls.accept(tcp).await.map_err(HandshakeError::Tls)?;
                 client_cert_subject = tls::client_subject(&tls);
-                Box::new(ws::accept(tls, path).await?)
+                Box::new(ws::accept(tls, path, self.ws_max_message).await?)
             }
         };
         Ok(Accepted {
@@ -414,6 +504,7 @@ impl Handshake {
             peer,
             listener: Arc::clone(&self.listener),
             client_cert_subject,
+            permit,
         })
     }
 }

@@ -5,6 +5,11 @@
 //! Bytes are bytes: an MQTT packet may span several WebSocket frames and one
 //! frame may hold several packets [MQTT-6.0.0-2], so the adapter keeps no
 //! packet boundaries at all. Text frames end the connection [MQTT-6.0.0-1].
+//!
+//! A frame or message larger than the largest MQTT packet accepted is
+//! refused as soon as its size is known (a frame's header; an unfinished
+//! message's fragments as they arrive), so a client cannot make the server
+//! hold more than that for it.
 
 use std::fmt;
 use std::io;
@@ -17,18 +22,32 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderMap, HeaderValue, StatusCode, header};
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 /// Subprotocols accepted, best first: `mqtt` is the standard name,
 /// `mqttv3.1` what some 3.1 clients still send (Mosquitto accepts both).
 const SUBPROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
 
+/// The WebSocket settings of a listener whose clients send MQTT packets of
+/// at most `max_message` bytes: no frame and no message (however it is
+/// fragmented) larger than that.
+pub(super) fn config(max_message: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
+}
+
 /// Runs the server side of the WebSocket upgrade over `stream`: the request
 /// must be for `path`; the subprotocol chosen is echoed. A request for
 /// another path is answered 404, one offering only foreign subprotocols 400.
-pub(super) async fn accept<S>(stream: S, path: &str) -> Result<WsStream<S>, WsError>
+/// Frames and messages larger than `max_message` bytes end the connection.
+pub(super) async fn accept<S>(
+    stream: S,
+    path: &str,
+    max_message: usize,
+) -> Result<WsStream<S>, WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -51,7 +70,9 @@ where
         }
         Ok(response)
     };
-    let inner = tokio_tungstenite::accept_hdr_async(stream, check).await?;
+    let inner =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config(max_message)))
+            .await?;
     Ok(WsStream::new(inner))
 }
 
@@ -183,6 +204,14 @@ where
                 }
                 Some(Err(e)) => {
                     this.read_done = true;
+                    if let WsError::Capacity(_) = e {
+                        // A frame or message over the limit: say so (1009).
+                        this.start_close(
+                            cx,
+                            CloseCode::Size,
+                            "larger than the maximum packet size",
+                        );
+                    }
                     return Poll::Ready(Err(io_error(e)));
                 }
             }
@@ -236,8 +265,14 @@ mod tests {
 
     /// A server-side adapter and the raw client WebSocket talking to it.
     async fn pair() -> (WsStream<DuplexStream>, WebSocketStream<DuplexStream>) {
+        pair_with(None).await
+    }
+
+    async fn pair_with(
+        config: Option<WebSocketConfig>,
+    ) -> (WsStream<DuplexStream>, WebSocketStream<DuplexStream>) {
         let (server, client) = tokio::io::duplex(64 * 1024);
-        let server = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+        let server = WebSocketStream::from_raw_socket(server, Role::Server, config).await;
         let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
         (WsStream::new(server), client)
     }
@@ -333,6 +368,51 @@ mod tests {
         }
         // Later reads see the end, not another error.
         assert_eq!(server.read(&mut buf).await.unwrap(), 0);
+    }
+
+    /// A frame announcing more than the limit is refused from its header,
+    /// before its payload is read, with close code 1009.
+    #[tokio::test]
+    async fn a_frame_over_the_limit_is_refused_at_its_header() {
+        let (mut server, client) = pair_with(Some(config(1024))).await;
+        let mut raw = client.into_inner();
+        // FIN + binary, masked, 64-bit length 10 MiB, mask key 0; no payload.
+        let mut header = vec![0x82, 0xff];
+        header.extend_from_slice(&(10u64 << 20).to_be_bytes());
+        header.extend_from_slice(&[0, 0, 0, 0]);
+        raw.write_all(&header).await.unwrap();
+        let mut buf = [0u8; 8];
+        let err = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        // The close frame: 0x88, length, then code 1009.
+        let mut close = [0u8; 4];
+        raw.read_exact(&mut close).await.unwrap();
+        assert_eq!(close[0], 0x88);
+        assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1009);
+    }
+
+    /// Fragments of one message count together: an unfinished message over
+    /// the limit is refused while it is still arriving.
+    #[tokio::test]
+    async fn an_unfinished_message_over_the_limit_is_refused() {
+        let (mut server, mut client) = pair_with(Some(config(1024))).await;
+        let fragment = |first: bool, payload: Vec<u8>| {
+            use tokio_tungstenite::tungstenite::protocol::frame::{
+                Frame,
+                coding::{Data, OpCode},
+            };
+            let opcode = if first {
+                OpCode::Data(Data::Binary)
+            } else {
+                OpCode::Data(Data::Continue)
+            };
+            Message::Frame(Frame::message(payload, opcode, false))
+        };
+        client.send(fragment(true, vec![0x30; 600])).await.unwrap();
+        client.send(fragment(false, vec![0; 600])).await.unwrap();
+        let mut buf = [0u8; 8];
+        let err = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 
     #[tokio::test]
