@@ -16,7 +16,7 @@ use crate::harness::{Auth, Broker, Settings, skip_on_mosquitto, skip_unless_rook
 /// Written by Debian's `mosquitto_passwd` 2.0.11: alice's password is
 /// `wonderland` (`$7$`, PBKDF2-SHA512, the default) and bob's `builder`
 /// (`-H sha512`, `$6$`).
-const MOSQUITTO_PASSWORDS: &str = "\
+pub(crate) const MOSQUITTO_PASSWORDS: &str = "\
 alice:$7$101$W+Feu/tqMcJj+0HQ$/z+tcJQrATfaFMRTStwpIjMBFCJFVFzws4u/uLu9muor3swwRv8gvXHnuDBciSZpNZ5sjzQ7CT+iv8ujILC8gA==
 bob:$6$9bvuSjvGI3AU6q9Z$Bvjj58Ae31dWtQPDhlii+/XhCsDmCEp69FRwrae/fhQbP3176Qjqbajr2OGAPkLYrKL38LBdKUSl0e5hirj1GQ==
 ";

@@ -103,6 +103,8 @@ pub struct Settings {
     /// Seconds a client may take no data before it is disconnected
     /// (Rookery only).
     pub send_timeout_s: Option<u64>,
+    /// Bytes a session's mailbox and queue may each hold.
+    pub max_queued_bytes: Option<usize>,
     /// Listeners besides the plain TCP one (named `tcp`).
     pub listeners: Vec<Listener>,
     /// Authentication and ACLs, in the files' own (Mosquitto's) formats.
@@ -604,6 +606,9 @@ fn rookery_config(settings: &Settings, dir: &Path) -> String {
     }
     if let Some(v) = settings.messages_rate {
         writeln!(limits, "messages_rate = {v}").ok();
+    }
+    if let Some(v) = settings.max_queued_bytes {
+        writeln!(limits, "max_queued_bytes = {v}").ok();
     }
     if let Some(v) = settings.send_timeout_s {
         writeln!(limits, "send_timeout_s = {v}").ok();

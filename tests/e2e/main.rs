@@ -30,6 +30,7 @@ mod publish;
 mod retain;
 mod robustness;
 mod session;
+mod siege;
 mod transports;
 mod v5;
 mod will;
