@@ -270,6 +270,64 @@ async fn a_certificate_identity_binds_the_client_id() {
     }
 }
 
+/// SIGHUP reloads a TLS listener's certificate: new handshakes get the new
+/// one, the connection already open stays, and a broken key file keeps
+/// the certificate in force.
+#[tokio::test]
+async fn sighup_reloads_a_tls_listeners_certificate_without_dropping_connections() {
+    if skip_unless_rookery("reloading Rookery's certificates") {
+        return;
+    }
+    let (old, new) = (Pki::new(), Pki::new());
+    let broker = Broker::start_with(Settings {
+        listeners: vec![Listener::Tls(old.listener(None))],
+        ..Settings::default()
+    });
+    let addr = listener(&broker, "tls");
+    let stream = tls(&broker, "tls", &old.connector(false))
+        .await
+        .expect("TLS handshake with the first certificate");
+    let mut open = RawClient::over(Box::new(stream), V5, addr);
+    open.send(Packet::Connect(Box::new(connect_packet(
+        V5,
+        &unique("tls-open"),
+    ))))
+    .await;
+    open.expect_connack().await;
+
+    std::fs::write(broker.dir().join("tls.crt"), &new.server_pem).expect("new certificate");
+    std::fs::write(broker.dir().join("tls.key"), &new.server_key_pem).expect("new key");
+    broker.signal(rookery_testkit::Signal::Hup);
+    wait_for_reload(&broker, "ok").await;
+    tls(&broker, "tls", &new.connector(false))
+        .await
+        .expect("TLS handshake with the reloaded certificate");
+    assert!(
+        tls(&broker, "tls", &old.connector(false)).await.is_err(),
+        "the old certificate is no longer served"
+    );
+    open.ping().await;
+
+    std::fs::write(broker.dir().join("tls.key"), "not a key").expect("break the key");
+    broker.signal(rookery_testkit::Signal::Hup);
+    wait_for_reload(&broker, "failed").await;
+    tls(&broker, "tls", &new.connector(false))
+        .await
+        .expect("the certificate in force stays after a failed reload");
+}
+
+async fn wait_for_reload(broker: &Broker, result: &str) {
+    let series = format!("rookery_reloads_total{{result=\"{result}\"}}");
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while broker.metric(&series).await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} never counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// MQTT-6.0.0-2 and MQTT-6.0.0-4: a WebSocket listener speaks the `mqtt`
 /// subprotocol and reassembles a packet split over frames.
 #[tokio::test]

@@ -14,11 +14,13 @@ use rookery_store::writer::now_ms;
 use tokio::task::JoinHandle;
 
 use crate::auth::{Gatekeeper, ListenerAuth};
-use crate::config::BrokerConfig;
+use crate::config::{BrokerConfig, ListenerConfig};
 use crate::hub::Hub;
 use crate::message::Message;
 use crate::store::{Store, StoreEvent, StoreEvents, StoreUnavailable};
-use crate::transport::{ConnectionLimits, Listener, ListenerOptions, TransportError};
+use crate::transport::{
+    ConnectionLimits, Listener, ListenerOptions, TlsCertificates, TransportError,
+};
 
 /// How long the store keeps this edge's clients after its last renewal.
 const LEASE: Duration = Duration::from_secs(10);
@@ -81,6 +83,8 @@ impl Default for ClusterOptions {
 pub struct Broker {
     hub: Arc<Hub>,
     addrs: Vec<(String, SocketAddr)>,
+    /// The TLS listeners' certificates, for reloads.
+    certificates: Vec<TlsCertificates>,
     accept_tasks: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
 }
@@ -173,11 +177,16 @@ impl Broker {
             background.push(tokio::spawn(publish_sys(hub.clone())));
         }
 
+        let certificates = listeners
+            .iter()
+            .filter_map(|(listener, _)| listener.certificates())
+            .collect();
         let (addrs, accept_tasks) = accept_connections(&hub, listeners);
         tracing::info!(edge_id, "broker started");
         Ok(Broker {
             hub,
             addrs,
+            certificates,
             accept_tasks,
             background,
         })
@@ -191,6 +200,27 @@ impl Broker {
     /// Loads the password, SCRAM, ACL and JWT files of `auth` again, for
     /// new connections and for every later check of connected clients; on
     /// failure the policy in force stays and the error says why.
+    /// Reads the certificate, key and client CA files of every TLS
+    /// listener in `listeners` (matched by name) again; connections open
+    /// keep theirs, new handshakes use the new ones. All are read before
+    /// any is swapped: on failure nothing changes and the error says why.
+    pub fn reload_certificates(&self, listeners: &[ListenerConfig]) -> Result<(), TransportError> {
+        let mut loaded = Vec::new();
+        for certificates in &self.certificates {
+            let settings = listeners
+                .iter()
+                .find(|config| config.display_name() == certificates.listener())
+                .and_then(|config| config.tls.as_ref());
+            if let Some(settings) = settings {
+                loaded.push((certificates, certificates.load(settings)?));
+            }
+        }
+        for (certificates, new) in loaded {
+            certificates.install(new);
+        }
+        Ok(())
+    }
+
     pub fn reload_auth(
         &self,
         auth: &rookery_auth::AuthConfig,

@@ -259,8 +259,8 @@ async fn shutdown_store(mut store: Arc<StoreNode>, wait: Duration) {
     }
 }
 
-/// SIGHUP: the password, SCRAM, ACL and JWT files are read again (also
-/// from a changed `[broker.auth]`). A reload that fails keeps what is in
+/// SIGHUP: the password, SCRAM, ACL and JWT files and the TLS listeners'
+/// certificates are read again (also from a changed `[broker.auth]`). A reload that fails keeps what is in
 /// force and says why; no connection is dropped either way.
 fn reload_settings(
     broker: Option<&Broker>,
@@ -274,15 +274,20 @@ fn reload_settings(
             return;
         }
     };
-    if let Some(broker) = broker
-        && let Err(error) = broker.reload_auth(&config.broker.auth)
-    {
-        metrics::counter!("rookery_reloads_total", "result" => "failed").increment(1);
-        tracing::error!(%error, "reload failed: the auth policy in force stays");
-        return;
+    if let Some(broker) = broker {
+        if let Err(error) = broker.reload_auth(&config.broker.auth) {
+            metrics::counter!("rookery_reloads_total", "result" => "failed").increment(1);
+            tracing::error!(%error, "reload failed: the auth policy in force stays");
+            return;
+        }
+        if let Err(error) = broker.reload_certificates(&config.broker.listeners) {
+            metrics::counter!("rookery_reloads_total", "result" => "failed").increment(1);
+            tracing::error!(%error, "reload failed: the listeners' certificates in force stay");
+            return;
+        }
     }
     metrics::counter!("rookery_reloads_total", "result" => "ok").increment(1);
-    tracing::info!("reloaded: passwords, ACL and JWT keys");
+    tracing::info!("reloaded: passwords, ACL, JWT keys and listener certificates");
 }
 
 /// SIGTERM, SIGINT (Ctrl-C) and SIGHUP, as one stream.

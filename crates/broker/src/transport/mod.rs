@@ -35,7 +35,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::config::{ListenerConfig, ListenerKind};
+use arc_swap::ArcSwap;
+
+use crate::config::{ListenerConfig, ListenerKind, TlsConfig};
 pub use admission::{ConnectionLimits, ConnectionPermit, describe_metrics};
 use admission::{Gate, Refusal};
 use proxy::ProxyError;
@@ -222,7 +224,15 @@ impl Listener {
                         kind,
                     })?;
                 let advertise_mqtt = config.kind == ListenerKind::Tls;
-                Some(TlsSetup::load(&name, settings, advertise_mqtt)?)
+                Some(TlsCertificates {
+                    listener: Arc::clone(&name),
+                    advertise_mqtt,
+                    setup: Arc::new(ArcSwap::from_pointee(TlsSetup::load(
+                        &name,
+                        settings,
+                        advertise_mqtt,
+                    )?)),
+                })
             }
             ListenerKind::Tcp | ListenerKind::Ws => {
                 if config.tls.is_some() {
@@ -280,6 +290,11 @@ impl Listener {
             handshakes: JoinSet::new(),
             gate,
         })
+    }
+
+    /// The certificates of a `tls` or `wss` listener, to reload them.
+    pub fn certificates(&self) -> Option<TlsCertificates> {
+        self.handshake.tls.clone()
     }
 
     /// The address bound (with the port the system chose, for port 0).
@@ -373,10 +388,41 @@ async fn after_accept_error(listener: &Arc<str>, error: io::Error) {
 }
 
 /// What every connection of one listener goes through before MQTT.
+/// A TLS listener's certificate, key and client CAs, swapped whole on
+/// reload: a handshake in progress finishes with the ones it started with.
+#[derive(Debug, Clone)]
+pub struct TlsCertificates {
+    listener: Arc<str>,
+    advertise_mqtt: bool,
+    setup: Arc<ArcSwap<TlsSetup>>,
+}
+
+impl TlsCertificates {
+    /// The listener these are for.
+    pub fn listener(&self) -> &str {
+        &self.listener
+    }
+
+    /// Reads and checks `settings`' files, without putting them in force.
+    pub fn load(&self, settings: &TlsConfig) -> Result<LoadedCertificates, TransportError> {
+        TlsSetup::load(&self.listener, settings, self.advertise_mqtt).map(LoadedCertificates)
+    }
+
+    /// Puts `loaded` in force: new handshakes use it.
+    pub fn install(&self, loaded: LoadedCertificates) {
+        self.setup.store(Arc::new(loaded.0));
+    }
+}
+
+/// Certificates read and checked by [`TlsCertificates::load`], not yet in
+/// force.
+#[derive(Debug)]
+pub struct LoadedCertificates(TlsSetup);
+
 struct Handshake {
     listener: Arc<str>,
     proxy_protocol: bool,
-    tls: Option<TlsSetup>,
+    tls: Option<TlsCertificates>,
     /// `Some` for WebSocket listeners: the path clients must request.
     ws_path: Option<String>,
     /// The largest WebSocket frame or message taken (`max_packet_size`).
@@ -488,13 +534,15 @@ impl Handshake {
         let stream: BoxedStream = match (&self.tls, &self.ws_path) {
             (None, None) => Box::new(tcp),
             (Some(tls), None) => {
-                let tls = tls.accept(tcp).await.map_err(HandshakeError::Tls)?;
+                let setup = tls.setup.load_full();
+                let tls = setup.accept(tcp).await.map_err(HandshakeError::Tls)?;
                 client_cert_subject = tls::client_subject(&tls);
                 Box::new(tls)
             }
             (None, Some(path)) => Box::new(ws::accept(tcp, path, self.ws_max_message).await?),
             (Some(tls), Some(path)) => {
-                let tls = tls.accept(tcp).await.map_err(HandshakeError::Tls)?;
+                let setup = tls.setup.load_full();
+                let tls = setup.accept(tcp).await.map_err(HandshakeError::Tls)?;
                 client_cert_subject = tls::client_subject(&tls);
                 Box::new(ws::accept(tls, path, self.ws_max_message).await?)
             }
