@@ -73,7 +73,10 @@ pub(super) fn decide(
         }
         let refused = if valid {
             unsupported(filter, shared.as_ref(), limits)
-                .or_else(|| (!may_subscribe(filter)).then_some(ReasonCode::NotAuthorized))
+                // 0x80, not 0x87, in 5.0 too: both are allowed (3.9.3), and
+                // clients that check SUBACK codes against 3.1.1's list (the
+                // Eclipse Paho test client among them) reject 0x87.
+                .or_else(|| (!may_subscribe(filter)).then_some(ReasonCode::UnspecifiedError))
         } else {
             Some(ReasonCode::TopicFilterInvalid)
         };
@@ -214,7 +217,7 @@ mod tests {
     }
 
     #[test]
-    fn a_filter_the_acl_denies_gets_0x87_in_5_0_and_0x80_in_3_1_1() {
+    fn a_filter_the_acl_denies_gets_0x80_in_5_0_and_3_1_1() {
         let packet = subscribe(&[
             ("test/nosubscribe", options(QoS::AtLeastOnce)),
             ("test/other", options(QoS::AtLeastOnce)),
@@ -223,7 +226,7 @@ mod tests {
         let v5 = decide(&packet, &Limits::default(), true, deny).unwrap();
         assert_eq!(
             v5.reason_codes,
-            vec![ReasonCode::NotAuthorized, ReasonCode::GrantedQoS1]
+            vec![ReasonCode::UnspecifiedError, ReasonCode::GrantedQoS1]
         );
         assert_eq!(v5.accepted.len(), 1);
         let v311 = decide(&packet, &Limits::default(), false, deny).unwrap();
