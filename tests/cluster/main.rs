@@ -25,6 +25,7 @@ mod harness;
 mod proxy;
 mod traffic;
 
+mod caps;
 mod edges;
 mod exactly_once;
 mod failover;

@@ -96,6 +96,8 @@ pub struct Settings {
     pub sys_interval_s: Option<u64>,
     /// Listeners besides the plain TCP one (named `tcp`).
     pub listeners: Vec<Listener>,
+    /// More `[broker.limits]` keys, as `key = value` lines (Rookery only).
+    pub rookery_limits: Vec<String>,
 }
 
 /// A listener besides the plain TCP one; [`Broker::listener`] finds it by
@@ -217,6 +219,16 @@ impl Broker {
     /// of its restarts.
     pub fn log(&self) -> String {
         self.process.log()
+    }
+
+    /// The broker's resident memory now, in bytes (`VmRSS` of
+    /// `/proc/PID/status`); `None` when it is not running.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.process.pid()?)).ok()?;
+        let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
     }
 
     /// Kills the broker with SIGKILL, as a crash would, and reaps it.
@@ -514,6 +526,9 @@ fn rookery_config(settings: &Settings) -> String {
     }
     if let Some(v) = settings.publisher_pause_ms {
         writeln!(limits, "publisher_pause_ms = {v}").ok();
+    }
+    for line in &settings.rookery_limits {
+        writeln!(limits, "{line}").ok();
     }
     let mut config = String::new();
     if !broker.is_empty() {

@@ -27,6 +27,7 @@ mod publish;
 mod retain;
 mod robustness;
 mod session;
+mod store_limits;
 mod transports;
 mod v5;
 mod will;

@@ -109,6 +109,10 @@ pub struct ClusterSection {
     /// An edge acknowledges QoS 1/2 publishes only while it has heard from
     /// the store's quorum within this bound (or a check answers at once).
     pub quorum_contact_ms: u64,
+    /// Bytes of store writes an edge may have without an answer yet; at
+    /// the limit, clients with writes outstanding are not read until it
+    /// falls (backpressure). 0: no bound.
+    pub max_write_bytes_in_flight: usize,
 }
 
 impl Default for ClusterSection {
@@ -122,6 +126,7 @@ impl Default for ClusterSection {
             forward_advertise: None,
             write_timeout_ms: 5000,
             quorum_contact_ms: 1000,
+            max_write_bytes_in_flight: rookery_broker::DEFAULT_MAX_WRITE_BYTES_IN_FLIGHT,
         }
     }
 }
@@ -264,6 +269,9 @@ pub struct StoreSection {
     /// How often the leader checks for expired leases, sessions, wills and
     /// retained messages.
     pub tick_interval_ms: u64,
+    /// Writes one edge's write stream may have waiting to commit on this
+    /// node; at the limit the stream is not read until one commits.
+    pub max_submit_in_flight: usize,
 }
 
 impl Default for StoreSection {
@@ -284,6 +292,7 @@ impl Default for StoreSection {
             election_timeout_max_ms: millis(store.election_timeout.1),
             snapshot_after_entries: store.snapshot_after_entries,
             tick_interval_ms: store.tick_interval.map_or(500, millis),
+            max_submit_in_flight: store.max_submit_in_flight,
         }
     }
 }
@@ -309,6 +318,7 @@ impl Config {
             forward_advertise: self.cluster.forward_advertise.clone(),
             write_timeout: Duration::from_millis(self.cluster.write_timeout_ms),
             quorum_contact: Duration::from_millis(self.cluster.quorum_contact_ms),
+            max_write_bytes_in_flight: self.cluster.max_write_bytes_in_flight,
         }
     }
 
@@ -331,6 +341,7 @@ impl Config {
             GroupCommit::Off
         };
         store.tick_interval = Some(Duration::from_millis(s.tick_interval_ms));
+        store.max_submit_in_flight = s.max_submit_in_flight;
         store
     }
 }
@@ -592,6 +603,9 @@ impl Config {
         if s.tick_interval_ms == 0 {
             problem("store.tick_interval_ms", "must be at least 1".into());
         }
+        if s.max_submit_in_flight == 0 {
+            problem("store.max_submit_in_flight", "must be at least 1".into());
+        }
         if s.advertise.as_deref().is_some_and(|a| a.trim().is_empty()) {
             problem(
                 "store.advertise",
@@ -731,6 +745,12 @@ impl Config {
             problem(
                 "broker.limits.connect_timeout_s",
                 "must be at least 1".into(),
+            );
+        }
+        if l.persistent_client_expiration == Some(0) {
+            problem(
+                "broker.limits.persistent_client_expiration",
+                "must be at least 1 second; leave it out for sessions that never expire".into(),
             );
         }
     }

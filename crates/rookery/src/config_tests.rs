@@ -569,3 +569,66 @@ fn listeners_can_be_given_as_one_variable() {
         assert_eq!(listeners[1].address, addr("0.0.0.0:1883"));
     });
 }
+
+#[test]
+fn the_store_and_retained_limits_load_and_reach_the_store_and_the_edge() {
+    jail(|jail| {
+        jail.create_file(
+            "rookery.toml",
+            r#"
+                [broker.limits]
+                max_retained_messages = 10
+                max_retained_bytes = 2048
+                max_persistent_sessions = 5
+                persistent_client_expiration = 3600
+
+                [cluster]
+                max_write_bytes_in_flight = 4096
+
+                [store]
+                max_submit_in_flight = 16
+            "#,
+        )
+        .unwrap();
+        let config = load_with(&["-c", "rookery.toml"]).unwrap();
+        let limits = &config.broker.limits;
+        assert_eq!(limits.max_retained_messages, 10);
+        assert_eq!(limits.max_retained_bytes, 2048);
+        assert_eq!(limits.max_persistent_sessions, 5);
+        assert_eq!(limits.persistent_client_expiration, Some(3600));
+        assert_eq!(config.cluster_options().max_write_bytes_in_flight, 4096);
+        assert_eq!(config.store_config().max_submit_in_flight, 16);
+    });
+    jail(|_| {
+        let defaults = load_with(&[]).unwrap();
+        assert_eq!(defaults.broker.limits.persistent_client_expiration, None);
+        assert_eq!(
+            defaults.store_config().max_submit_in_flight,
+            rookery_store::node::DEFAULT_MAX_SUBMIT_IN_FLIGHT
+        );
+    });
+}
+
+#[test]
+fn a_zero_expiration_and_a_zero_submit_limit_are_refused() {
+    jail(|jail| {
+        jail.create_file(
+            "rookery.toml",
+            r#"
+                [broker.limits]
+                persistent_client_expiration = 0
+
+                [store]
+                max_submit_in_flight = 0
+            "#,
+        )
+        .unwrap();
+        let error = load_with(&["-c", "rookery.toml"]).unwrap_err();
+        for key in [
+            "broker.limits.persistent_client_expiration",
+            "store.max_submit_in_flight",
+        ] {
+            assert!(error.contains(key), "{key} missing from: {error}");
+        }
+    });
+}

@@ -116,6 +116,12 @@ impl Process {
         self.child = Some(child);
     }
 
+    /// The operating system's id of the process while it runs (to read its
+    /// `/proc/PID/status`, say).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the process was started and has not been stopped or found
     /// exited.
     pub fn is_running(&self) -> bool {

@@ -9,12 +9,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::FuturesOrdered;
+use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::{FutureExt, StreamExt};
 use rookery_codec::ReasonCode;
 use tokio::time::Instant;
 
 use super::perform::Completed;
+use super::retain_publish::Behind;
+use super::retained_feed::RetainedFeed;
 use super::session::{End, Rules, Session};
 use super::socket::Socket;
 use super::{decode_error_label, protocol_error};
@@ -41,6 +43,13 @@ pub(super) struct Live {
     /// is read from it until they drain or `paused_until` passes.
     pub(super) paused_on: Vec<Mailbox>,
     paused_until: Option<Instant>,
+    /// Store writes of QoS 0 retained publishes, not waited for.
+    pub(super) behind: FuturesUnordered<Behind>,
+    /// Backpressure: the store's writes hold this client (see
+    /// `held_by_store`); counted once per hold.
+    store_held: bool,
+    /// Retained messages still to send after SUBACK, a page at a time.
+    pub(super) retained: RetainedFeed,
 }
 
 /// What woke the loop.
@@ -56,6 +65,11 @@ enum Input {
     Resumed {
         drained: bool,
     },
+    /// A store write not waited for finished, or the store's write budget
+    /// has room again: the client may be read again.
+    StoreRoom,
+    /// The session's queue has room for the next page of retained messages.
+    RetainedPage,
 }
 
 impl Live {
@@ -76,6 +90,9 @@ impl Live {
             pending: FuturesOrdered::new(),
             paused_on: Vec::new(),
             paused_until: None,
+            behind: FuturesUnordered::new(),
+            store_held: false,
+            retained: RetainedFeed::default(),
         }
     }
 
@@ -145,8 +162,20 @@ impl Live {
             if timer.is_elapsed() || due < timer.deadline() {
                 timer.as_mut().reset(due);
             }
-            let input = tokio::select! {
-                read = self.socket.read(), if !paused => Input::Read(read),
+            let held = self.held_by_store();
+            if held && !self.store_held {
+                super::retain_publish::count_store_hold();
+            }
+            // Released (a write finished): the packets it left unread in the
+            // buffer are handled now, not when the client sends more.
+            let released = self.store_held && !held;
+            self.store_held = held;
+            let retained_due = self.retained_due();
+            let input = if released {
+                Input::StoreRoom
+            } else {
+                tokio::select! {
+                read = self.socket.read(), if !paused && !held => Input::Read(read),
                 mail = self.mailbox.recv() => Input::Mail(mail),
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => Input::Completed(done),
                 () = &mut timer => if Instant::now() < due {
@@ -154,13 +183,21 @@ impl Live {
                     Input::Timer
                 } else if paused {
                     Input::Resumed { drained: false }
+                } else if held {
+                    // Not read while the store holds it: its silence says
+                    // nothing about keep alive.
+                    Input::StoreRoom
                 } else {
                     Input::KeepAliveExpired
                 },
                 () = room_in(&self.paused_on), if paused => Input::Resumed { drained: true },
+                Some(()) = self.behind.next(), if !self.behind.is_empty() => Input::StoreRoom,
+                () = self.hub.store.budget().room(), if held => Input::StoreRoom,
+                () = std::future::ready(()), if retained_due => Input::RetainedPage,
+                }
             };
             let heard_from = matches!(input, Input::Read(Ok(n)) if n > 0)
-                || matches!(input, Input::Resumed { .. });
+                || matches!(input, Input::Resumed { .. } | Input::StoreRoom);
             if heard_from && let Some(keep_alive) = keep_alive {
                 deadline = Instant::now() + keep_alive;
             }
@@ -227,6 +264,14 @@ impl Live {
                 // Packets already read wait in the buffer.
                 Box::pin(self.handle_packets()).await
             }
+            Input::StoreRoom => {
+                if self.is_paused() || self.held_by_store() {
+                    return Ok(());
+                }
+                // Packets already read wait in the buffer.
+                Box::pin(self.handle_packets()).await
+            }
+            Input::RetainedPage => Box::pin(self.next_retained_page()).await,
         }
     }
 
@@ -313,7 +358,7 @@ impl Live {
                 &mut self.socket.out,
             )?;
             self.perform(step).await?;
-            if self.is_paused() {
+            if self.is_paused() || self.held_by_store() {
                 // Backpressure: the rest stays in the buffer.
                 break;
             }
@@ -336,6 +381,7 @@ impl Live {
     async fn finish(&mut self, end: End) {
         // Acknowledged by the client: not to be sent again.
         self.submit_last_records();
+        self.finish_behind();
         let limits = &self.hub.config.limits;
         let (publish_will, expiry_s) = match end {
             // The store knows already (takeover), or the session stays with
