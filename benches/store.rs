@@ -324,6 +324,7 @@ fn connect_command(client_id: &str) -> Command {
             expiry_interval_s: 3600,
             will: None,
             protocol_version: 5,
+            max_persistent_sessions: 0,
         })),
     }
 }

@@ -26,6 +26,7 @@ mod proxy;
 mod traffic;
 
 mod auth;
+mod caps;
 mod edges;
 mod exactly_once;
 mod failover;

@@ -116,6 +116,8 @@ pub struct Settings {
     pub extra_toml: Option<String>,
     /// Files written into the broker's directory before it starts.
     pub files: Vec<(String, Vec<u8>)>,
+    /// More `[broker.limits]` keys, as `key = value` lines (Rookery only).
+    pub rookery_limits: Vec<String>,
 }
 
 /// `[broker.auth]` for Rookery, `allow_anonymous`, `password_file` and
@@ -294,6 +296,16 @@ impl Broker {
     /// of its restarts.
     pub fn log(&self) -> String {
         self.process.log()
+    }
+
+    /// The broker's resident memory now, in bytes (`VmRSS` of
+    /// `/proc/PID/status`); `None` when it is not running.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.process.pid()?)).ok()?;
+        let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
     }
 
     /// Kills the broker with SIGKILL, as a crash would, and reaps it.
@@ -612,6 +624,9 @@ fn rookery_config(settings: &Settings, dir: &Path) -> String {
     }
     if let Some(v) = settings.send_timeout_s {
         writeln!(limits, "send_timeout_s = {v}").ok();
+    }
+    for line in &settings.rookery_limits {
+        writeln!(limits, "{line}").ok();
     }
     let mut config = String::new();
     if !broker.is_empty() {

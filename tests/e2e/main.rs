@@ -31,6 +31,7 @@ mod retain;
 mod robustness;
 mod session;
 mod siege;
+mod store_limits;
 mod transports;
 mod v5;
 mod will;

@@ -62,7 +62,15 @@ pub struct ClusterOptions {
     pub security: rookery_store::ClusterSecurity,
     /// The bytes one other edge's forwarding link may hold.
     pub forward_queue_bytes: usize,
+    /// Bytes of store writes this edge may have without an answer before
+    /// the clients with writes outstanding stop being read; 0: no bound.
+    pub max_write_bytes_in_flight: usize,
 }
+
+/// The default of [`ClusterOptions::max_write_bytes_in_flight`]: 64 MiB,
+/// hundreds of thousands of small writes (group commit's best case) and
+/// still 64 publishes of the largest default packet.
+pub const DEFAULT_MAX_WRITE_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
 
 impl Default for ClusterOptions {
     fn default() -> Self {
@@ -73,6 +81,7 @@ impl Default for ClusterOptions {
             quorum_contact: Duration::from_secs(1),
             security: rookery_store::ClusterSecurity::default(),
             forward_queue_bytes: rookery_cluster::forward::DEFAULT_QUEUE_BYTES,
+            max_write_bytes_in_flight: DEFAULT_MAX_WRITE_BYTES_IN_FLIGHT,
         }
     }
 }
@@ -103,7 +112,12 @@ impl Broker {
         let edge_id = format!("{}.{}", config.edge_id, now_ms());
         let gatekeeper = Arc::new(Gatekeeper::load(&config.auth)?);
         let config = Arc::new(config);
-        let store = Store::new(store, cluster.write_timeout, cluster.quorum_contact);
+        let store = Store::new(
+            store,
+            cluster.write_timeout,
+            cluster.quorum_contact,
+            cluster.max_write_bytes_in_flight,
+        );
         let (forward_listener, forward_address) = bind_forwarding(&cluster).await?;
         // Events first: nothing committed after the route table is read
         // below is missed.
@@ -327,8 +341,10 @@ async fn follow_store(hub: Arc<Hub>, mut events: StoreEvents) {
 /// routed like any other, stored where it must be.
 pub(crate) async fn publish_internal(hub: &Hub, message: Arc<Message>, store_retained: bool) {
     let mut routes = hub.route(&message);
-    if message.retain {
-        hub.retain(&message);
+    match (message.retain, store_retained) {
+        (true, true) => hub.retain_locally(&message),
+        (true, false) => hub.retain(&message),
+        (false, _) => {}
     }
     // `$SYS` is this node's own: its subscribers on other edges read theirs.
     if !message.topic.starts_with("$SYS/") {
@@ -342,7 +358,10 @@ pub(crate) async fn publish_internal(hub: &Hub, message: Arc<Message>, store_ret
     );
     if !commands.is_empty() {
         match hub.store.write(commands).await {
-            Ok(results) => hub.count_store_drops(&results),
+            Ok(results) => {
+                hub.count_store_drops(&results);
+                hub.retained_outcome(&message, &results);
+            }
             Err(error) => {
                 tracing::warn!(%error, topic = %message.topic, "storing a message failed")
             }

@@ -226,6 +226,24 @@ pub struct Limits {
     /// Seconds a client may take none of the bytes the broker writes to it
     /// before it is disconnected (a client that stopped reading).
     pub send_timeout_s: u64,
+    /// The most topics with a retained message, cluster-wide; a retained
+    /// publish to a new topic beyond it is refused (0x97 to a 5.0 QoS 1/2
+    /// publisher; otherwise the message is delivered but not retained).
+    /// Replacing or clearing a retained topic always works. 0: no cap.
+    pub max_retained_messages: u64,
+    /// The most bytes (topic plus payload) of retained messages,
+    /// cluster-wide, refused the same way. 0: no cap.
+    pub max_retained_bytes: u64,
+    /// The most persistent sessions (expiry above 0), online or offline,
+    /// cluster-wide; a CONNECT that would create one more is refused with
+    /// 0x97 Quota exceeded (0x03 Server unavailable in 3.1.1). Resuming an
+    /// existing one always works. 0: no cap.
+    pub max_persistent_sessions: u64,
+    /// Seconds an MQTT 3.1/3.1.1 persistent session (clean session 0) is
+    /// kept after its client disconnects, as Mosquitto's option of that
+    /// name; unset, it is kept until the client cleans it (3.1.1's rule).
+    /// 5.0 clients set their own Session Expiry Interval.
+    pub persistent_client_expiration: Option<u32>,
 }
 
 impl Default for Limits {
@@ -258,6 +276,10 @@ impl Default for Limits {
             bytes_rate: 0,
             max_output_buffer: 1024 * 1024,
             send_timeout_s: 30,
+            max_retained_messages: 1_000_000,
+            max_retained_bytes: 1024 * 1024 * 1024,
+            max_persistent_sessions: 1_000_000,
+            persistent_client_expiration: None,
         }
     }
 }

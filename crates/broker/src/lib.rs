@@ -25,7 +25,8 @@ mod stats;
 mod store;
 /// Listeners: TCP, TLS, WebSocket and PROXY protocol, as byte streams.
 pub mod transport;
+mod write_budget;
 
-pub use broker::{Broker, BrokerError, ClusterOptions};
+pub use broker::{Broker, BrokerError, ClusterOptions, DEFAULT_MAX_WRITE_BYTES_IN_FLIGHT};
 pub use config::{BrokerConfig, Limits, ListenerConfig, ListenerKind, QueueOverflow, TlsConfig};
 pub use store::StoreUnavailable;

@@ -14,9 +14,12 @@ use rookery_cluster::{
     Access, BadStoreAddress, LeaderWrites, MayHaveCommitted, Peers, StoreContact, WriteFailed,
 };
 use rookery_store::StoreError;
-use rookery_store::machine::{self, Event};
+use rookery_store::machine::{self, Event, RetainedPage};
 use rookery_store::proto::{self, Command, CommandResult, edge_event, store_client::StoreClient};
+use rookery_store::writer::encoded_size;
 use tokio::sync::{broadcast, mpsc};
+
+use crate::write_budget::WriteBudget;
 
 /// How long an edge-only node waits for a store node to follow.
 const FOLLOW_TIMEOUT: Duration = Duration::from_secs(10);
@@ -87,6 +90,8 @@ impl From<tonic::Status> for StoreUnavailable {
 #[derive(Debug, Clone)]
 pub struct Store {
     access: Access,
+    /// Writes in flight from this edge (backpressure, see `write_budget`).
+    budget: Arc<WriteBudget>,
     /// On an edge-only node: the store node whose state it reads and
     /// follows.
     home: Arc<Mutex<Option<String>>>,
@@ -116,11 +121,18 @@ impl Store {
     /// The store through `access`. `write_timeout` bounds each write (a
     /// store without a quorum); `contact_bound`: how long after the quorum
     /// was last heard from this edge still acknowledges QoS 1/2 publishes
-    /// without checking again.
-    pub fn new(access: Access, write_timeout: Duration, contact_bound: Duration) -> Self {
+    /// without checking again. `max_write_bytes_in_flight`: the budget of
+    /// writes without an answer yet (0: none).
+    pub fn new(
+        access: Access,
+        write_timeout: Duration,
+        contact_bound: Duration,
+        max_write_bytes_in_flight: usize,
+    ) -> Self {
         let writes = LeaderWrites::new(access.clone(), write_timeout, contact_bound);
         Store {
             access,
+            budget: WriteBudget::new(max_write_bytes_in_flight),
             home: Arc::default(),
             writes,
             contact_bound,
@@ -131,6 +143,11 @@ impl Store {
     /// How long a write may take.
     pub fn write_timeout(&self) -> Duration {
         self.write_timeout
+    }
+
+    /// The budget of writes in flight from this edge.
+    pub fn budget(&self) -> &WriteBudget {
+        &self.budget
     }
 
     /// Whether the store's quorum is within reach: heard from within the
@@ -160,9 +177,12 @@ impl Store {
         commands: Vec<Command>,
     ) -> impl Future<Output = Result<Vec<CommandResult>, StoreUnavailable>> + Send + 'static {
         metrics::counter!("rookery_store_writes_total").increment(1);
+        let charge = self.budget.charge(encoded_size(&commands));
         let outcome = self.writes.submit(commands);
         async move {
-            outcome.await.map_err(|error| {
+            let outcome = outcome.await;
+            drop(charge);
+            outcome.map_err(|error| {
                 metrics::counter!("rookery_store_write_failures_total").increment(1);
                 StoreUnavailable::Write(error)
             })
@@ -269,10 +289,49 @@ impl Store {
                 .get_retained(proto::GetRetainedRequest {
                     filter: filter.to_owned(),
                     local: true,
+                    ..proto::GetRetainedRequest::default()
                 })
                 .await?
                 .into_inner()
                 .messages),
+        }
+    }
+
+    /// A page of the retained messages `filter` matches, in topic order:
+    /// at most `limit`, from the first topic after `after`.
+    pub async fn retained_page(
+        &self,
+        filter: &str,
+        after: Option<&str>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<RetainedPage, StoreUnavailable> {
+        match &self.access {
+            Access::Replica(node) => Ok(machine::read_retained_page(
+                node.local_db(),
+                filter,
+                after,
+                limit,
+                limit.saturating_mul(machine::RETAINED_SCAN_PER_MATCH),
+                now_ms,
+            )?),
+            Access::Peers(_) => {
+                let request = proto::GetRetainedRequest {
+                    filter: filter.to_owned(),
+                    local: true,
+                    limit: u32::try_from(limit).unwrap_or(u32::MAX).max(1),
+                    after: after.unwrap_or_default().to_owned(),
+                };
+                let page = self
+                    .home_client()?
+                    .get_retained(request)
+                    .await?
+                    .into_inner();
+                Ok(RetainedPage {
+                    messages: page.messages,
+                    resume_after: page.more.then_some(page.resume_after),
+                })
+            }
         }
     }
 

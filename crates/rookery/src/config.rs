@@ -124,6 +124,10 @@ pub struct ClusterSection {
     /// Mutual TLS on the store's gRPC port and the forwarding port, and on
     /// every call to them; plaintext when absent.
     pub tls: Option<ClusterTlsSection>,
+    /// Bytes of store writes an edge may have without an answer yet; at
+    /// the limit, clients with writes outstanding are not read until it
+    /// falls (backpressure). 0: no bound.
+    pub max_write_bytes_in_flight: usize,
 }
 
 impl Default for ClusterSection {
@@ -140,6 +144,7 @@ impl Default for ClusterSection {
             forward_queue_bytes: rookery_cluster::forward::DEFAULT_QUEUE_BYTES as u64,
             admin_token_file: None,
             tls: None,
+            max_write_bytes_in_flight: rookery_broker::DEFAULT_MAX_WRITE_BYTES_IN_FLIGHT,
         }
     }
 }
@@ -305,6 +310,9 @@ pub struct StoreSection {
     /// How often the leader checks for expired leases, sessions, wills and
     /// retained messages.
     pub tick_interval_ms: u64,
+    /// Writes one edge's write stream may have waiting to commit on this
+    /// node; at the limit the stream is not read until one commits.
+    pub max_submit_in_flight: usize,
 }
 
 impl Default for StoreSection {
@@ -325,6 +333,7 @@ impl Default for StoreSection {
             election_timeout_max_ms: millis(store.election_timeout.1),
             snapshot_after_entries: store.snapshot_after_entries,
             tick_interval_ms: store.tick_interval.map_or(500, millis),
+            max_submit_in_flight: store.max_submit_in_flight,
         }
     }
 }
@@ -354,6 +363,7 @@ impl Config {
             security: ClusterSecurity::default(),
             forward_queue_bytes: usize::try_from(self.cluster.forward_queue_bytes)
                 .unwrap_or(usize::MAX),
+            max_write_bytes_in_flight: self.cluster.max_write_bytes_in_flight,
         }
     }
 
@@ -434,6 +444,7 @@ impl Config {
             GroupCommit::Off
         };
         store.tick_interval = Some(Duration::from_millis(s.tick_interval_ms));
+        store.max_submit_in_flight = s.max_submit_in_flight;
         store
     }
 }
@@ -694,6 +705,9 @@ impl Config {
         if s.tick_interval_ms == 0 {
             problem("store.tick_interval_ms", "must be at least 1".into());
         }
+        if s.max_submit_in_flight == 0 {
+            problem("store.max_submit_in_flight", "must be at least 1".into());
+        }
         if s.advertise.as_deref().is_some_and(|a| a.trim().is_empty()) {
             problem(
                 "store.advertise",
@@ -880,6 +894,12 @@ impl Config {
             );
         }
         validate_client_limits(l, problem);
+        if l.persistent_client_expiration == Some(0) {
+            problem(
+                "broker.limits.persistent_client_expiration",
+                "must be at least 1 second; leave it out for sessions that never expire".into(),
+            );
+        }
     }
 
     /// Two sockets on one address (other than port 0) cannot both bind.

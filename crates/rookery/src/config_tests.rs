@@ -699,6 +699,45 @@ fn a_forward_queue_too_small_for_a_few_publishes_is_rejected() {
     });
 }
 
+#[test]
+fn the_store_and_retained_limits_load_and_reach_the_store_and_the_edge() {
+    jail(|jail| {
+        jail.create_file(
+            "rookery.toml",
+            r#"
+                [broker.limits]
+                max_retained_messages = 10
+                max_retained_bytes = 2048
+                max_persistent_sessions = 5
+                persistent_client_expiration = 3600
+
+                [cluster]
+                max_write_bytes_in_flight = 4096
+
+                [store]
+                max_submit_in_flight = 16
+            "#,
+        )
+        .unwrap();
+        let config = load_with(&["-c", "rookery.toml"]).unwrap();
+        let limits = &config.broker.limits;
+        assert_eq!(limits.max_retained_messages, 10);
+        assert_eq!(limits.max_retained_bytes, 2048);
+        assert_eq!(limits.max_persistent_sessions, 5);
+        assert_eq!(limits.persistent_client_expiration, Some(3600));
+        assert_eq!(config.cluster_options().max_write_bytes_in_flight, 4096);
+        assert_eq!(config.store_config().max_submit_in_flight, 16);
+    });
+    jail(|_| {
+        let defaults = load_with(&[]).unwrap();
+        assert_eq!(defaults.broker.limits.persistent_client_expiration, None);
+        assert_eq!(
+            defaults.store_config().max_submit_in_flight,
+            rookery_store::node::DEFAULT_MAX_SUBMIT_IN_FLIGHT
+        );
+    });
+}
+
 /// Cluster ports beyond loopback without `[cluster.tls]` are warned about
 /// loudly at start; on loopback, or with TLS, they are not.
 #[test]
@@ -734,5 +773,29 @@ fn plaintext_cluster_ports_beyond_loopback_are_warned_about() {
             !secured.iter().any(|w| w.starts_with("SECURITY")),
             "{secured:?}"
         );
+    });
+}
+
+#[test]
+fn a_zero_expiration_and_a_zero_submit_limit_are_refused() {
+    jail(|jail| {
+        jail.create_file(
+            "rookery.toml",
+            r#"
+                [broker.limits]
+                persistent_client_expiration = 0
+
+                [store]
+                max_submit_in_flight = 0
+            "#,
+        )
+        .unwrap();
+        let error = load_with(&["-c", "rookery.toml"]).unwrap_err();
+        for key in [
+            "broker.limits.persistent_client_expiration",
+            "store.max_submit_in_flight",
+        ] {
+            assert!(error.contains(key), "{key} missing from: {error}");
+        }
     });
 }

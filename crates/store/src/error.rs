@@ -21,6 +21,9 @@ pub enum StoreError {
         /// Why it does not decode.
         source: prost::DecodeError,
     },
+    /// A stored total (`counters` family) is not an 8-byte integer.
+    #[error("corrupt counter {0}")]
+    CorruptCounter(&'static str),
     /// A Raft log entry, vote or snapshot meta does not (de)serialize.
     #[error("serialization: {0}")]
     Serialization(#[from] postcard::Error),

@@ -34,10 +34,14 @@ pub mod cf {
     pub const WILLS: &str = "wills";
     /// due time, kind, subject → empty: what a Tick must look at.
     pub const TIMERS: &str = "timers";
+    /// counter name → u64 (big-endian): totals the caps are checked against
+    /// (retained topics and bytes, persistent sessions), kept with every
+    /// change so that a cap costs no scan.
+    pub const COUNTERS: &str = "counters";
 
     /// The state machine's column families, in snapshot order. The index of a
     /// family here is its tag in the snapshot format: append only.
-    pub const STATE: [&str; 13] = [
+    pub const STATE: [&str; 14] = [
         SM_META,
         SESSIONS,
         SUBSCRIPTIONS,
@@ -51,6 +55,7 @@ pub mod cf {
         EDGE_SESSIONS,
         WILLS,
         TIMERS,
+        COUNTERS,
     ];
 
     /// Raft log entries, by index.

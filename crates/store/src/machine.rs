@@ -16,6 +16,8 @@ use crate::proto::{
     QueuedMessage, Route, Session, StoredMessage, Subscription, SubscriptionOptions, Will,
     command::Kind as CommandKind, command_result::Kind as ResultKind, edge_event,
 };
+use quota::RetainedChange;
+pub use quota::{Counter, read_counter, retained_size};
 
 /// Session Expiry Interval meaning "never expires" (MQTT-3.1.2-11 / 3.3.2.3.2).
 pub const NEVER_EXPIRES: u32 = u32::MAX;
@@ -164,12 +166,7 @@ impl Machine<'_, '_> {
                 self.txn.delete(cf::INCOMING, key);
                 Ok(ResultKind::Acknowledged(proto::Acknowledged { matched }))
             }
-            CommandKind::SetRetained(set) => {
-                if let Some(message) = &set.message {
-                    self.set_retained(message);
-                }
-                Ok(applied())
-            }
+            CommandKind::SetRetained(set) => self.set_retained(set),
             CommandKind::WillPublished(done) => {
                 let key = will_key(&done.client_id, done.will_id);
                 self.txn.delete(cf::WILLS, key);
@@ -205,6 +202,15 @@ impl Machine<'_, '_> {
 
     fn connect(&mut self, connect: &proto::Connect) -> Result<ResultKind, StoreError> {
         let mut previous = self.session(&connect.client_id)?;
+        if self.persistent_sessions_full(
+            previous.as_ref(),
+            connect.expiry_interval_s,
+            connect.max_persistent_sessions,
+        )? {
+            // Refused before anything changes: a connection holding the
+            // client id keeps it.
+            return Ok(ResultKind::QuotaExceeded(proto::QuotaExceeded {}));
+        }
         let mut previous_edge_id = String::new();
         // A session with expiry 0 ends with its connection, which a takeover
         // closes: the new connection cannot resume it.
@@ -278,7 +284,7 @@ impl Machine<'_, '_> {
             keys::edge_session(&session.edge_id, &session.client_id),
             Vec::new(),
         );
-        self.save_session(&session);
+        self.save_session_counted(&session)?;
 
         let queue = self.take_deliverable_queue(&session.client_id)?;
         Ok(ResultKind::Connected(proto::Connected {
@@ -349,8 +355,7 @@ impl Machine<'_, '_> {
         }
         let routes_after = self.routes_of(session, &subscriptions);
         self.replace_routes(routes_before, routes_after);
-        self.save_session(session);
-        Ok(())
+        self.save_session_counted(session)
     }
 
     /// Removes the routes that point at the session's edge and forgets which
@@ -416,8 +421,7 @@ impl Machine<'_, '_> {
         if let Some(timer) = self.session_timer(session) {
             self.txn.delete(cf::TIMERS, timer);
         }
-        self.txn.delete(cf::SESSIONS, keys::client(client_id));
-        Ok(())
+        self.delete_session_counted(client_id)
     }
 
     /// Removes the wills still waiting for their delay, with their timers,
@@ -571,6 +575,7 @@ impl Machine<'_, '_> {
                         && message.expires_at_ms != 0
                         && message.expires_at_ms <= self.now_ms
                     {
+                        self.count_retained(Some(&message), None, 0, 0)?;
                         self.txn.delete(cf::RETAINED, key);
                     }
                 }
@@ -812,13 +817,22 @@ impl Machine<'_, '_> {
         }))
     }
 
-    fn set_retained(&mut self, message: &Message) {
-        self.events.push(Event::Retained(message.clone()));
+    fn set_retained(&mut self, set: &proto::SetRetained) -> Result<ResultKind, StoreError> {
+        let Some(message) = &set.message else {
+            return Ok(applied());
+        };
         let key = message.topic.as_bytes().to_vec();
+        let old = self.txn.get_message::<Message>(cf::RETAINED, &key)?;
         // MQTT-3.3.1-6/7: an empty retained payload clears the topic.
-        if message.payload.is_empty() {
+        let new = (!message.payload.is_empty()).then_some(message);
+        let change = self.count_retained(old.as_ref(), new, set.max_messages, set.max_bytes)?;
+        if change == RetainedChange::Refuse {
+            return Ok(ResultKind::QuotaExceeded(proto::QuotaExceeded {}));
+        }
+        self.events.push(Event::Retained(message.clone()));
+        if new.is_none() {
             self.txn.delete(cf::RETAINED, key);
-            return;
+            return Ok(applied());
         }
         if message.expires_at_ms != 0 {
             self.txn.put(
@@ -832,6 +846,7 @@ impl Machine<'_, '_> {
             );
         }
         self.txn.put_message(cf::RETAINED, key, message);
+        Ok(applied())
     }
 
     fn unreference(&mut self, message_id: u64) -> Result<(), StoreError> {
@@ -1033,6 +1048,36 @@ pub fn read_retained(
     filter: &str,
     now_ms: u64,
 ) -> Result<Vec<Message>, StoreError> {
+    let page = read_retained_page(reader, filter, None, usize::MAX, usize::MAX, now_ms)?;
+    Ok(page.messages)
+}
+
+/// Records a page of retained messages reads per message it may return: a
+/// page of a filter that matches few of the topics it must read stops there
+/// and says where to go on.
+pub const RETAINED_SCAN_PER_MATCH: usize = 8;
+
+/// One page of the retained messages a filter matches, in topic order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RetainedPage {
+    /// The matching, unexpired messages of this page.
+    pub messages: Vec<Message>,
+    /// Where the next page starts (after this topic), or `None`: no more.
+    pub resume_after: Option<String>,
+}
+
+/// Retained messages matching `filter` from the first topic after `after`,
+/// in topic order: at most `limit` of them, reading at most `scan` records
+/// (a filter with a leading wildcard reads topics it does not match), so
+/// that one page costs a bounded amount whatever the filter.
+pub fn read_retained_page(
+    reader: &impl Reader,
+    filter: &str,
+    after: Option<&str>,
+    limit: usize,
+    scan: usize,
+    now_ms: u64,
+) -> Result<RetainedPage, StoreError> {
     let mut literal = filter
         .find(['+', '#'])
         .map_or(filter, |wildcard| &filter[..wildcard]);
@@ -1041,21 +1086,48 @@ pub fn read_retained(
     if filter.ends_with('#') {
         literal = literal.strip_suffix('/').unwrap_or(literal);
     }
-    let mut messages = Vec::new();
-    for (key, value) in reader.scan_prefix(cf::RETAINED, literal.as_bytes())? {
-        let Ok(topic) = std::str::from_utf8(&key) else {
+    let end = keys::prefix_end(literal.as_bytes());
+    // The smallest key after `after` is `after` followed by a zero byte.
+    let start = match after {
+        Some(after) if after.as_bytes() >= literal.as_bytes() => {
+            let mut start = after.as_bytes().to_vec();
+            start.push(0);
+            start
+        }
+        _ => literal.as_bytes().to_vec(),
+    };
+    let (limit, scan) = (limit.max(1), scan.max(1));
+    let records = reader.scan_range(cf::RETAINED, &start, end.as_deref(), scan)?;
+    let read_all = records.len() < scan;
+    let mut page = RetainedPage::default();
+    let mut last = None;
+    for (key, value) in records {
+        if page.messages.len() >= limit {
+            // Full: the next page starts after the last topic taken.
+            return Ok(RetainedPage {
+                resume_after: last,
+                ..page
+            });
+        }
+        let Ok(topic) = String::from_utf8(key) else {
             continue;
         };
-        if !topic_matches(filter, topic) {
-            continue;
+        if topic_matches(filter, &topic) {
+            let message: Message = decode(cf::RETAINED, &value)?;
+            if message.expires_at_ms == 0 || message.expires_at_ms > now_ms {
+                page.messages.push(message);
+            }
         }
-        let message: Message = decode(cf::RETAINED, &value)?;
-        if message.expires_at_ms == 0 || message.expires_at_ms > now_ms {
-            messages.push(message);
-        }
+        last = Some(topic);
     }
-    Ok(messages)
+    if !read_all {
+        page.resume_after = last;
+    }
+    Ok(page)
 }
+
+#[path = "quota.rs"]
+mod quota;
 
 #[cfg(test)]
 #[path = "machine_tests.rs"]

@@ -186,6 +186,7 @@ fn connect(client_id: &str, edge_id: &str, expiry_interval_s: u32) -> proto::Con
         expiry_interval_s,
         will: None,
         protocol_version: 5,
+        max_persistent_sessions: 0,
     }
 }
 
@@ -345,8 +346,14 @@ fn release_incoming(client_id: &str, epoch: u64, packet_id: u32) -> CommandKind 
 }
 
 fn set_retained(message: Message) -> CommandKind {
+    set_retained_capped(message, 0, 0)
+}
+
+fn set_retained_capped(message: Message, max_messages: u64, max_bytes: u64) -> CommandKind {
     CommandKind::SetRetained(proto::SetRetained {
         message: Some(message),
+        max_messages,
+        max_bytes,
     })
 }
 
@@ -1984,4 +1991,258 @@ fn the_queue_reads_from_a_position_in_bounded_pieces() {
             .unwrap()
             .is_empty()
     );
+}
+
+// ---------------------------------------------------------------------------
+// Caps: retained messages and persistent sessions
+
+fn quota_exceeded() -> ResultKind {
+    ResultKind::QuotaExceeded(proto::QuotaExceeded {})
+}
+
+fn counter(store: &Harness, counter: Counter) -> u64 {
+    read_counter(&*store.db, counter).unwrap()
+}
+
+/// A retained message for a new topic beyond `max_messages` is refused and
+/// changes nothing (no record, no event for the edges); replacing or
+/// clearing an existing topic always applies, and clearing makes room.
+#[test]
+fn a_new_retained_topic_beyond_the_count_cap_is_refused_and_an_existing_one_replaced() {
+    let mut store = Harness::new();
+    let capped = |topic: &str, payload: &str| set_retained_capped(message(topic, payload), 2, 0);
+    assert_eq!(store.apply_one(T0, capped("a", "1")), applied());
+    assert_eq!(store.apply_one(T0, capped("b", "1")), applied());
+    store.take_events();
+
+    assert_eq!(store.apply_one(T0, capped("c", "1")), quota_exceeded());
+    assert!(store.take_events().is_empty(), "nothing to tell the edges");
+    assert_eq!(store.retained("#", T0), vec!["a", "b"]);
+
+    let bigger = "a much longer payload than before";
+    assert_eq!(store.apply_one(T0, capped("a", bigger)), applied());
+    assert_eq!(store.apply_one(T0, capped("b", "")), applied());
+    assert_eq!(store.retained("#", T0), vec!["a"]);
+    assert_eq!(store.apply_one(T0, capped("c", "1")), applied());
+    assert_eq!(store.retained("#", T0), vec!["a", "c"]);
+    assert_eq!(counter(&store, Counter::RetainedMessages), 2);
+    assert_eq!(
+        counter(&store, Counter::RetainedBytes),
+        (1 + bigger.len() + 2) as u64
+    );
+}
+
+/// `max_bytes` counts topic and payload: a new topic that would go beyond
+/// it is refused, one that fits exactly is taken.
+#[test]
+fn a_new_retained_topic_beyond_the_byte_cap_is_refused() {
+    let mut store = Harness::new();
+    let capped = |topic: &str, payload: &str| set_retained_capped(message(topic, payload), 0, 10);
+    assert_eq!(store.apply_one(T0, capped("a", "1234")), applied());
+    assert_eq!(store.apply_one(T0, capped("b", "12345")), quota_exceeded());
+    assert_eq!(store.apply_one(T0, capped("b", "1234")), applied());
+    assert_eq!(counter(&store, Counter::RetainedBytes), 10);
+    // Within one entry, each command sees the count the earlier ones left.
+    let results = store.apply(
+        T0,
+        vec![capped("a", ""), capped("c", "1234"), capped("d", "1")],
+    );
+    assert_eq!(results, vec![applied(), applied(), quota_exceeded()]);
+}
+
+/// An expired retained message swept by a Tick frees its room.
+#[test]
+fn an_expired_retained_message_frees_its_room() {
+    let mut store = Harness::new();
+    store.apply_one(
+        T0,
+        set_retained_capped(expiring(message("a", "x"), T0 + 1_000), 1, 0),
+    );
+    assert_eq!(
+        store.apply_one(T0, set_retained_capped(message("b", "x"), 1, 0)),
+        quota_exceeded()
+    );
+    store.tick(T0 + 1_000);
+    assert_eq!(counter(&store, Counter::RetainedMessages), 0);
+    assert_eq!(
+        store.apply_one(T0 + 1_001, set_retained_capped(message("b", "x"), 1, 0)),
+        applied()
+    );
+}
+
+fn capped_connect(client_id: &str, expiry_interval_s: u32, max: u64) -> CommandKind {
+    CommandKind::Connect(proto::Connect {
+        max_persistent_sessions: max,
+        ..connect(client_id, "e1", expiry_interval_s)
+    })
+}
+
+fn connected(result: ResultKind) -> proto::Connected {
+    match result {
+        ResultKind::Connected(connected) => connected,
+        other => panic!("expected Connected, got {other:?}"),
+    }
+}
+
+/// A connect that would make one persistent session more than the cap is
+/// refused; sessions that end with their connection are not counted, and a
+/// persistent session is always resumed, or replaced by a clean start.
+#[test]
+fn a_new_persistent_session_beyond_the_cap_is_refused_but_resuming_one_is_not() {
+    let mut store = Harness::new();
+    let c1 = connected(store.apply_one(T0, capped_connect("c1", 60, 2)));
+    connected(store.apply_one(T0, capped_connect("c2", NEVER_EXPIRES, 2)));
+    assert_eq!(counter(&store, Counter::PersistentSessions), 2);
+
+    assert_eq!(
+        store.apply_one(T0, capped_connect("c3", 60, 2)),
+        quota_exceeded()
+    );
+    assert_eq!(store.session("c3"), GetSessionResponse::default());
+    connected(store.apply_one(T0, capped_connect("c3", 0, 2)));
+
+    store.apply_one(T0, disconnect("c1", c1.epoch, 60, false));
+    let resumed = connected(store.apply_one(T0 + 1, capped_connect("c1", 60, 2)));
+    assert!(resumed.session_present);
+    let restarted = CommandKind::Connect(proto::Connect {
+        clean_start: true,
+        max_persistent_sessions: 2,
+        ..connect("c1", "e1", 60)
+    });
+    let restarted = connected(store.apply_one(T0 + 2, restarted));
+    assert!(!restarted.session_present);
+    assert_eq!(counter(&store, Counter::PersistentSessions), 2);
+
+    // c1 ends (expiry 0 at DISCONNECT): room for one more.
+    store.apply_one(T0 + 3, disconnect("c1", restarted.epoch, 0, false));
+    assert_eq!(counter(&store, Counter::PersistentSessions), 1);
+    connected(store.apply_one(T0 + 4, capped_connect("c4", 60, 2)));
+}
+
+/// A refused connect changes nothing: the connection holding the client id
+/// is not taken over.
+#[test]
+fn a_refused_connect_leaves_the_online_session_alone() {
+    let mut store = Harness::new();
+    connected(store.apply_one(T0, capped_connect("full", 60, 1)));
+    let online = connected(store.apply_one(T0, capped_connect("c", 0, 1)));
+    store.take_events();
+    assert_eq!(
+        store.apply_one(T0, capped_connect("c", 60, 1)),
+        quota_exceeded()
+    );
+    assert!(store.take_events().is_empty(), "no takeover");
+    assert_eq!(store.session_record("c").epoch, online.epoch);
+}
+
+/// A persistent session that expires frees its room (3.1.1 persistent
+/// sessions with `persistent_client_expiration` expire this way too).
+#[test]
+fn an_expired_session_frees_its_room() {
+    let mut store = Harness::new();
+    let c1 = connected(store.apply_one(T0, capped_connect("c1", 10, 1)));
+    store.apply_one(T0, disconnect("c1", c1.epoch, 10, false));
+    assert_eq!(
+        store.apply_one(T0, capped_connect("c2", 10, 1)),
+        quota_exceeded()
+    );
+    store.tick(T0 + 10_000);
+    assert_eq!(store.session("c1"), GetSessionResponse::default());
+    assert_eq!(counter(&store, Counter::PersistentSessions), 0);
+    connected(store.apply_one(T0 + 10_001, capped_connect("c2", 10, 1)));
+}
+
+/// A store written before the totals were kept (or a snapshot from such a
+/// node) has none: they are counted from the records once, and every
+/// replica counts the same.
+#[test]
+fn missing_totals_are_counted_from_the_records() {
+    let mut store = Harness::new();
+    store.connect(T0, connect("p1", "e1", 60));
+    store.connect(T0, connect("p2", "e1", NEVER_EXPIRES));
+    store.connect(T0, connect("clean", "e1", 0));
+    store.apply(
+        T0,
+        vec![
+            set_retained(message("a", "12")),
+            set_retained(message("bb", "3")),
+        ],
+    );
+    for (key, _) in store.family(cf::COUNTERS) {
+        store
+            .db
+            .raw()
+            .delete_cf(store.db.cf(cf::COUNTERS).unwrap(), key)
+            .unwrap();
+    }
+    assert_eq!(counter(&store, Counter::PersistentSessions), 2);
+    assert_eq!(counter(&store, Counter::RetainedMessages), 2);
+    assert_eq!(counter(&store, Counter::RetainedBytes), 6);
+    assert_eq!(
+        store.apply_one(T0, capped_connect("p3", 60, 2)),
+        quota_exceeded()
+    );
+    assert_eq!(
+        store.apply_one(T0, set_retained_capped(message("c", "x"), 2, 0)),
+        quota_exceeded()
+    );
+    store.connect(T0, connect("p1", "e1", 0));
+    assert_eq!(counter(&store, Counter::PersistentSessions), 1);
+}
+
+fn page_topics(page: &RetainedPage) -> Vec<&str> {
+    page.messages.iter().map(|m| m.topic.as_str()).collect()
+}
+
+/// Retained messages are read a page at a time, in topic order, each page
+/// going on after the last topic of the one before; a page reads a bounded
+/// number of records, so a filter that matches few of them still returns
+/// (perhaps empty-handed) and says where to go on.
+#[test]
+fn retained_messages_are_read_in_pages_that_resume_after_the_last_topic() {
+    let mut store = Harness::new();
+    let mut topics: Vec<String> = (0..10).map(|n| format!("t/{n}")).collect();
+    topics.push("$SYS/x".into());
+    topics.push("u/x".into());
+    store.apply(
+        T0,
+        topics
+            .iter()
+            .map(|t| set_retained(message(t, "m")))
+            .collect(),
+    );
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = read_retained_page(&*store.db, "#", after.as_deref(), 3, 100, T0).unwrap();
+        assert!(page.messages.len() <= 3);
+        seen.extend(page_topics(&page).into_iter().map(str::to_owned));
+        pages += 1;
+        match page.resume_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let mut expected: Vec<String> = topics
+        .iter()
+        .filter(|t| !t.starts_with('$'))
+        .cloned()
+        .collect();
+    expected.sort();
+    assert_eq!(seen, expected, "every topic once, in order, no $ topic");
+    assert_eq!(pages, 4);
+
+    // `+/x` matches 1 of 12: with a scan of 4 records, the first page is empty
+    // but says where to go on.
+    let first = read_retained_page(&*store.db, "+/x", None, 3, 4, T0).unwrap();
+    assert!(first.messages.is_empty());
+    let mut after = first.resume_after;
+    let mut found = Vec::new();
+    while let Some(from) = after {
+        let page = read_retained_page(&*store.db, "+/x", Some(&from), 3, 4, T0).unwrap();
+        found.extend(page_topics(&page).into_iter().map(str::to_owned));
+        after = page.resume_after;
+    }
+    assert_eq!(found, vec!["u/x"]);
 }

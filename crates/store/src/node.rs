@@ -61,6 +61,10 @@ pub struct StoreConfig {
     /// Mutual TLS on the gRPC server and on calls to peers, and the admin
     /// token of membership changes; neither by default.
     pub security: ClusterSecurity,
+    /// Writes one edge's `Submit` stream may have waiting for their commit;
+    /// at the limit the stream is not read until one completes, so a flood
+    /// holds its sender back instead of queuing here without bound.
+    pub max_submit_in_flight: usize,
 }
 
 impl StoreConfig {
@@ -78,9 +82,15 @@ impl StoreConfig {
             group_commit: GroupCommit::default(),
             tick_interval: Some(Duration::from_millis(500)),
             security: ClusterSecurity::default(),
+            max_submit_in_flight: DEFAULT_MAX_SUBMIT_IN_FLIGHT,
         }
     }
 }
+
+/// The default of [`StoreConfig::max_submit_in_flight`]: twice what one
+/// Raft entry carries at most, so that group commit always has a full next
+/// entry queued while the previous one commits.
+pub const DEFAULT_MAX_SUBMIT_IN_FLIGHT: usize = 8192;
 
 /// A running store node: Raft, its database, its gRPC server and its tasks.
 pub struct StoreNode {
@@ -172,7 +182,10 @@ impl StoreNode {
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
             .tcp_nodelay(true)
             .add_service(RaftServer::new(RaftService::new(raft.clone())))
-            .add_service(StoreServer::new(StoreService::new(handles.clone())))
+            .add_service(StoreServer::new(StoreService::new(
+                handles.clone(),
+                config.max_submit_in_flight,
+            )))
             .add_service(AdminServer::new(AdminService::new(
                 handles,
                 config.node_id,

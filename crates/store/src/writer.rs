@@ -208,6 +208,12 @@ fn reply_all(
     }
 }
 
+/// The encoded size of a write's commands, in bytes: what it weighs in the
+/// queues on its way to the log.
+pub fn encoded_size(commands: &[Command]) -> usize {
+    commands.iter().map(prost::Message::encoded_len).sum()
+}
+
 /// Milliseconds since the Unix epoch on the proposing node's clock.
 pub fn now_ms() -> u64 {
     SystemTime::now()

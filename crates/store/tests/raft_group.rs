@@ -173,6 +173,7 @@ impl Client {
             let request = proto::GetRetainedRequest {
                 filter: "#".into(),
                 local: false,
+                ..proto::GetRetainedRequest::default()
             };
             match self.runtime.block_on(store.get_retained(request)) {
                 Ok(response) => {

@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::mem;
+use std::ops::ControlFlow;
 
 use crate::matching::split_level;
 use crate::shared::SharedFilter;
@@ -188,9 +189,24 @@ impl<V> RetainedIndex<V> {
     /// keeps a small stack (one entry per wildcard level being walked), which
     /// may allocate: this runs once per subscription, not per message.
     pub fn for_each_match<'a>(&'a self, filter: &str, mut f: impl FnMut(&'a str, &'a V)) {
+        // Never stopped early: nothing to report.
+        let _ = self.for_each_match_while(filter, |topic, value| {
+            f(topic, value);
+            ControlFlow::Continue(())
+        });
+    }
+
+    /// As [`RetainedIndex::for_each_match`], stopping as soon as `f` says
+    /// so (a caller that wants only the first few matches does not walk the
+    /// rest). Whether it stopped early.
+    pub fn for_each_match_while<'a>(
+        &'a self,
+        filter: &str,
+        mut f: impl FnMut(&'a str, &'a V) -> ControlFlow<()>,
+    ) -> ControlFlow<()> {
         let filter = SharedFilter::parse(filter).map_or(filter, |shared| shared.filter);
         let mut stack: Vec<Frame<'a, '_, V>> = Vec::new();
-        descend(&self.root, Some(filter), true, &mut stack, &mut f);
+        descend(&self.root, Some(filter), true, &mut stack, &mut f)?;
         while let Some(frame) = stack.last_mut() {
             match frame {
                 Frame::Plus {
@@ -201,7 +217,7 @@ impl<V> RetainedIndex<V> {
                     let rest = *rest;
                     let root = *root;
                     match next_child(children, root) {
-                        Some(child) => descend(child, rest, false, &mut stack, &mut f),
+                        Some(child) => descend(child, rest, false, &mut stack, &mut f)?,
                         None => {
                             stack.pop();
                         }
@@ -209,7 +225,7 @@ impl<V> RetainedIndex<V> {
                 }
                 Frame::Subtree { children, root } => match next_child(children, *root) {
                     Some(child) => {
-                        emit(child, &mut f);
+                        emit(child, &mut f)?;
                         if !child.children.is_empty() {
                             stack.push(Frame::Subtree {
                                 children: child.children.iter(),
@@ -223,6 +239,7 @@ impl<V> RetainedIndex<V> {
                 },
             }
         }
+        ControlFlow::Continue(())
     }
 }
 
@@ -244,22 +261,21 @@ fn descend<'a, 'f, V>(
     mut rest: Option<&'f str>,
     mut root: bool,
     stack: &mut Vec<Frame<'a, 'f, V>>,
-    f: &mut impl FnMut(&'a str, &'a V),
-) {
+    f: &mut impl FnMut(&'a str, &'a V) -> ControlFlow<()>,
+) -> ControlFlow<()> {
     loop {
         let Some(remaining) = rest else {
-            emit(node, f);
-            return;
+            return emit(node, f);
         };
         let (level, next) = split_level(remaining);
         if level == "#" && next.is_none() {
             // `#` matches the parent level too: `a/#` matches `a`.
-            emit(node, f);
+            emit(node, f)?;
             stack.push(Frame::Subtree {
                 children: node.children.iter(),
                 root,
             });
-            return;
+            return ControlFlow::Continue(());
         }
         if level == "+" {
             stack.push(Frame::Plus {
@@ -267,7 +283,7 @@ fn descend<'a, 'f, V>(
                 rest: next,
                 root,
             });
-            return;
+            return ControlFlow::Continue(());
         }
         match node.children.get(level) {
             Some(child) => {
@@ -275,14 +291,18 @@ fn descend<'a, 'f, V>(
                 rest = next;
                 root = false;
             }
-            None => return,
+            None => return ControlFlow::Continue(()),
         }
     }
 }
 
-fn emit<'a, V>(node: &'a Node<V>, f: &mut impl FnMut(&'a str, &'a V)) {
-    if let Some((topic, value)) = &node.retained {
-        f(topic, value);
+fn emit<'a, V>(
+    node: &'a Node<V>,
+    f: &mut impl FnMut(&'a str, &'a V) -> ControlFlow<()>,
+) -> ControlFlow<()> {
+    match &node.retained {
+        Some((topic, value)) => f(topic, value),
+        None => ControlFlow::Continue(()),
     }
 }
 
@@ -387,6 +407,29 @@ mod tests {
         assert!(index.remove("$SYS/up").is_some());
         assert_eq!(index.root.weight(), 0);
         assert!(index.is_empty());
+    }
+
+    #[test]
+    fn a_walk_stops_as_soon_as_the_caller_says_so() {
+        let index = sample();
+        let mut seen = 0;
+        let stopped = index.for_each_match_while("#", |_, _| {
+            seen += 1;
+            if seen == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        assert_eq!(stopped, ControlFlow::Break(()));
+        assert_eq!(seen, 2);
+        let mut all = 0;
+        let finished = index.for_each_match_while("sport/#", |_, _| {
+            all += 1;
+            ControlFlow::Continue(())
+        });
+        assert_eq!(finished, ControlFlow::Continue(()));
+        assert_eq!(all, 4);
     }
 
     #[test]

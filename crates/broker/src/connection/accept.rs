@@ -82,11 +82,23 @@ pub(super) async fn accept(
         // A will is a publish the client asks for now: the ACL applies now.
         return refuse(&hub, socket, ReasonCode::NotAuthorized).await;
     }
-    let command = records::connect(&connect, &granted, &hub.edge_id, now_ms());
+    let command = records::connect(
+        &connect,
+        &granted,
+        &hub.edge_id,
+        now_ms(),
+        limits.max_persistent_sessions,
+    );
     let connected = match hub.store.write_one(command).await {
         Ok(proto::CommandResult {
             kind: Some(ResultKind::Connected(connected)),
         }) => connected,
+        Ok(proto::CommandResult {
+            kind: Some(ResultKind::QuotaExceeded(_)),
+        }) => {
+            persistent_sessions_full(&granted.client_id, limits.max_persistent_sessions);
+            return refuse(&hub, socket, ReasonCode::QuotaExceeded).await;
+        }
         Ok(other) => {
             tracing::error!(?other, "unexpected store answer to Connect");
             return refuse(&hub, socket, ReasonCode::UnspecifiedError).await;
@@ -285,6 +297,21 @@ async fn refuse(hub: &Hub, mut socket: Socket, reason: ReasonCode) -> Option<Liv
     })));
     let _ = socket.flush(&hub.stats).await;
     None
+}
+
+/// Counts a CONNECT refused for want of room for one more persistent
+/// session, and says so once.
+fn persistent_sessions_full(client_id: &str, max: u64) {
+    static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    metrics::counter!("rookery_persistent_sessions_refused_total").increment(1);
+    if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            client_id,
+            max_persistent_sessions = max,
+            "a CONNECT for a new persistent session was refused: the store holds as many as \
+             allowed (logged once; counted in rookery_persistent_sessions_refused_total)"
+        );
+    }
 }
 
 /// A random 64-bit value for assigned client identifiers.

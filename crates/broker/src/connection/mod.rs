@@ -18,6 +18,8 @@ mod outbox;
 mod perform;
 mod publish;
 mod records;
+mod retain_publish;
+mod retained_feed;
 mod run;
 mod session;
 mod socket;

@@ -82,7 +82,9 @@ pub(super) fn negotiate(
     } else if connect.clean_start {
         0
     } else {
-        NEVER_EXPIRES
+        // 3.x has no expiry: kept until cleaned, or Mosquitto's
+        // `persistent_client_expiration` after the client disconnects.
+        limits.persistent_client_expiration.unwrap_or(NEVER_EXPIRES)
     };
     let expiry_s = requested_expiry.min(limits.max_session_expiry_s);
     if v5 && expiry_s != requested_expiry {
@@ -379,6 +381,41 @@ mod tests {
         assert_eq!(clean.expiry_s, 0);
         assert!(clean.requested_expiry_zero);
         assert!(!clean.persistent());
+    }
+
+    /// Mosquitto's `persistent_client_expiration`: a 3.x persistent session
+    /// expires that long after its client disconnects; 5.0 clients keep
+    /// their own Session Expiry Interval.
+    #[test]
+    fn persistent_client_expiration_bounds_3_x_persistent_sessions_only() {
+        let limits = Limits {
+            persistent_client_expiration: Some(60),
+            ..Limits::default()
+        };
+        for version in [ProtocolVersion::V3_1, ProtocolVersion::V3_1_1] {
+            let granted =
+                negotiate(&connect(version, "c", false), &limits, assigned, false).unwrap();
+            assert_eq!(granted.expiry_s, 60, "{version:?}");
+            assert!(granted.persistent());
+            assert_eq!(
+                granted.connack,
+                ConnAckProperties::default(),
+                "3.x is told nothing"
+            );
+        }
+        let clean = negotiate(
+            &connect(ProtocolVersion::V3_1_1, "c", true),
+            &limits,
+            assigned,
+            false,
+        );
+        assert_eq!(clean.unwrap().expiry_s, 0);
+        let mut v5 = connect(ProtocolVersion::V5, "c", false);
+        v5.properties.session_expiry_interval = Some(NEVER_EXPIRES);
+        assert_eq!(
+            negotiate(&v5, &limits, assigned, false).unwrap().expiry_s,
+            NEVER_EXPIRES
+        );
     }
 
     #[test]

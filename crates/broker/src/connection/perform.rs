@@ -14,6 +14,7 @@ use rookery_store::proto::{self, command_result::Kind as ResultKind};
 use rookery_store::writer::now_ms;
 
 use super::publish::{EdgeDeliveries, Outcome, Plan, Reply};
+use super::retain_publish::Claim;
 use super::run::Live;
 use super::session::{End, Step};
 use super::subscribe;
@@ -72,7 +73,15 @@ impl Live {
         }
         let client_id = self.client_id().clone();
         let message = Arc::new(Message::from_publish(&publish, topic, client_id, now_ms()));
-        let retain = message.retain;
+        let retain = match self.claim_retained(&message, qos, v5).await {
+            Claim::Unneeded => message.retain,
+            Claim::Claimed => false,
+            Claim::Refused(reply) => {
+                return self
+                    .session
+                    .reply(packet_id, qos, reply, &mut self.socket.out);
+            }
+        };
         let mut plan = Plan::new(hub.route(&message), qos, packet_id, self.session.persistent);
         // Sessions online on other edges get it now; a QoS 1/2 publisher's
         // acknowledgement waits until each of those edges has it.
@@ -80,7 +89,7 @@ impl Live {
         let forward_now = std::mem::take(&mut plan.forward_now);
         let confirmations = hub.forward(&message, forward_now, qos != QoS::AtMostOnce);
         if retain {
-            hub.retain(&message);
+            hub.retain_locally(&message);
         }
         if let Some(id) = packet_id.filter(|_| qos == QoS::ExactlyOnce) {
             self.session.inbound.hold_qos2(id);
@@ -103,12 +112,7 @@ impl Live {
             // The QoS 0 path never waits on the store: the retained copy is
             // written behind it.
             hub.deliver_local(plan.local, &mut self.paused_on);
-            let store = hub.store.clone();
-            tokio::spawn(async move {
-                if let Err(error) = store.write(commands).await {
-                    tracing::warn!(%error, "storing a retained message failed");
-                }
-            });
+            self.write_behind(commands, message);
             return Ok(());
         }
         let enqueuing = PendingEnqueue::new(plan.durable_mailboxes, &mut self.paused_on);
@@ -200,15 +204,7 @@ impl Live {
             reason_codes: granted.reason_codes,
             properties: AckProperties::default(),
         }));
-        let now = now_ms();
-        let retained = subscribe::retained_deliveries(&granted.accepted, &existed, |filter| {
-            hub.retained_for(filter, now)
-        });
-        for delivery in retained {
-            if !self.session.outgoing.push(delivery) {
-                hub.stats.dropped("queue_full");
-            }
-        }
+        self.send_retained(&granted.accepted, &existed);
         self.send_ready();
         Ok(())
     }
@@ -231,6 +227,7 @@ impl Live {
                 return Err(End::ServerClosed);
             }
         };
+        self.retained.forget(&packet.filters);
         let client = self.client_id().clone();
         let reason_codes = subscribe::unsubscribe_codes(&packet.filters, &existed, |filter| {
             hub.unsubscribe(&client, filter).is_some()
@@ -418,6 +415,9 @@ impl Commit {
         let outcome = match written {
             Ok(results) => {
                 hub.count_store_drops(&results);
+                // A 3.x or replacing publisher's retained copy refused at a
+                // cap: the message itself is delivered all the same.
+                hub.retained_outcome(&message, &results);
                 Outcome::of_results(&results)
             }
             Err(error) => Outcome::of_failed_write(error.may_have_committed(), forwarded_any),

@@ -17,12 +17,14 @@ pub(super) fn command(kind: Kind) -> proto::Command {
 }
 
 /// Takes the client id over in the store: a new epoch, the session as
-/// stored, and the will to keep.
+/// stored, and the will to keep; refused if it would make more persistent
+/// sessions than `max_persistent_sessions` (0: no cap).
 pub(super) fn connect(
     connect: &Connect,
     granted: &Granted,
     edge_id: &str,
     now_ms: u64,
+    max_persistent_sessions: u64,
 ) -> proto::Command {
     let will = connect.will.as_ref().map(|will| {
         let mut properties = will.properties.message.clone();
@@ -48,6 +50,7 @@ pub(super) fn connect(
         expiry_interval_s: granted.expiry_s,
         will,
         protocol_version: u32::from(connect.protocol.level()),
+        max_persistent_sessions,
     }))
 }
 

@@ -10,13 +10,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::FuturesOrdered;
+use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::{FutureExt, StreamExt};
 use rookery_codec::ReasonCode;
 use tokio::time::Instant;
 
 use super::limits::PublishRate;
 use super::perform::Completed;
+use super::retain_publish::Behind;
+use super::retained_feed::RetainedFeed;
 use super::session::{End, Rules, Session};
 use super::socket::Socket;
 use super::{decode_error_label, protocol_error};
@@ -45,6 +47,13 @@ pub(super) struct Live {
     paused_until: Option<Instant>,
     /// `messages_rate` and `bytes_rate`, when either is set.
     rate: Option<PublishRate>,
+    /// Store writes of QoS 0 retained publishes, not waited for.
+    pub(super) behind: FuturesUnordered<Behind>,
+    /// Backpressure: the store's writes hold this client (see
+    /// `held_by_store`); counted once per hold.
+    store_held: bool,
+    /// Retained messages still to send after SUBACK, a page at a time.
+    pub(super) retained: RetainedFeed,
 }
 
 /// What woke the loop.
@@ -65,6 +74,11 @@ enum Input {
     /// Deliveries were held back for room in the outbox, which the last
     /// flush emptied.
     Refill,
+    /// A store write not waited for finished, or the store's write budget
+    /// has room again: the client may be read again.
+    StoreRoom,
+    /// The session's queue has room for the next page of retained messages.
+    RetainedPage,
 }
 
 impl Live {
@@ -84,6 +98,9 @@ impl Live {
             pending: FuturesOrdered::new(),
             paused_on: Vec::new(),
             paused_until: None,
+            behind: FuturesUnordered::new(),
+            store_held: false,
+            retained: RetainedFeed::default(),
             rate: PublishRate::new(&hub.config.limits),
             hub,
         }
@@ -158,8 +175,20 @@ impl Live {
             if timer.is_elapsed() || due < timer.deadline() {
                 timer.as_mut().reset(due);
             }
-            let input = tokio::select! {
-                read = self.socket.read(), if !paused && held_until.is_none() => Input::Read(read),
+            let held = self.held_by_store();
+            if held && !self.store_held {
+                super::retain_publish::count_store_hold();
+            }
+            // Released (a write finished): the packets it left unread in the
+            // buffer are handled now, not when the client sends more.
+            let released = self.store_held && !held;
+            self.store_held = held;
+            let retained_due = self.retained_due();
+            let input = if released {
+                Input::StoreRoom
+            } else {
+                tokio::select! {
+                read = self.socket.read(), if !paused && !held && held_until.is_none() => Input::Read(read),
                 mail = self.mailbox.recv() => Input::Mail(mail),
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => Input::Completed(done),
                 () = &mut timer => if Instant::now() < due {
@@ -169,14 +198,25 @@ impl Live {
                     Input::Unthrottled
                 } else if paused {
                     Input::Resumed { drained: false }
+                } else if held {
+                    // Not read while the store holds it: its silence says
+                    // nothing about keep alive.
+                    Input::StoreRoom
                 } else {
                     Input::KeepAliveExpired
                 },
                 () = room_in(&self.paused_on), if paused => Input::Resumed { drained: true },
                 () = std::future::ready(()), if refill => Input::Refill,
+                Some(()) = self.behind.next(), if !self.behind.is_empty() => Input::StoreRoom,
+                () = self.hub.store.budget().room(), if held => Input::StoreRoom,
+                () = std::future::ready(()), if retained_due => Input::RetainedPage,
+                }
             };
             let heard_from = matches!(input, Input::Read(Ok(n)) if n > 0)
-                || matches!(input, Input::Resumed { .. } | Input::Unthrottled);
+                || matches!(
+                    input,
+                    Input::Resumed { .. } | Input::Unthrottled | Input::StoreRoom
+                );
             if heard_from && let Some(keep_alive) = keep_alive {
                 deadline = Instant::now() + keep_alive;
             }
@@ -270,6 +310,14 @@ impl Live {
                 self.send_ready();
                 Ok(())
             }
+            Input::StoreRoom => {
+                if self.is_paused() || self.held_by_store() {
+                    return Ok(());
+                }
+                // Packets already read wait in the buffer.
+                Box::pin(self.handle_packets()).await
+            }
+            Input::RetainedPage => Box::pin(self.next_retained_page()).await,
         }
     }
 
@@ -365,7 +413,7 @@ impl Live {
             if publish && let Some(rate) = self.rate.as_mut() {
                 rate.published(self.session.client_id());
             }
-            if self.is_paused() {
+            if self.is_paused() || self.held_by_store() {
                 // Backpressure: the rest stays in the buffer.
                 break;
             }
@@ -388,6 +436,7 @@ impl Live {
     async fn finish(&mut self, end: End) {
         // Acknowledged by the client: not to be sent again.
         self.submit_last_records();
+        self.finish_behind();
         let limits = &self.hub.config.limits;
         let (publish_will, expiry_s) = match end {
             // The store knows already (takeover), or the session stays with

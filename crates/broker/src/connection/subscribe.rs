@@ -124,41 +124,44 @@ fn unsupported(
     }
 }
 
-/// The retained messages that follow a SUBACK (MQTT-3.8.4-4's order) for
-/// each accepted filter, as its Retain Handling asks: `existed` says which
-/// subscriptions the session had already. Never for shared subscriptions.
-pub(super) fn retained_deliveries(
-    accepted: &[(ByteString, SubEntry)],
+/// The accepted subscriptions that receive the retained messages they match
+/// after the SUBACK (MQTT-3.8.4-4's order), as each one's Retain Handling
+/// asks: `existed` says which subscriptions the session had already. Never
+/// shared subscriptions.
+pub(super) fn retained_subscriptions<'a>(
+    accepted: &'a [(ByteString, SubEntry)],
     existed: &[bool],
-    mut retained_for: impl FnMut(&str) -> Vec<Arc<Message>>,
-) -> Vec<Delivery> {
-    let mut deliveries = Vec::new();
-    for (index, (filter, entry)) in accepted.iter().enumerate() {
-        let existed = existed.get(index).copied().unwrap_or(false);
-        let send = match entry.options.retain_handling {
-            RetainHandling::SendAtSubscribe => true,
-            RetainHandling::SendIfNew => !existed,
-            RetainHandling::DoNotSend => false,
-        };
-        if !send || SharedFilter::parse(filter).is_some() {
-            continue;
-        }
-        for message in retained_for(filter) {
-            deliveries.push(Delivery {
-                qos: message.qos.min(entry.options.qos),
-                // MQTT-3.3.1-9: sent because retained, so RETAIN is 1.
-                retain: true,
-                subscription_ids: if entry.subscription_id != 0 {
-                    vec![entry.subscription_id]
-                } else {
-                    Vec::new()
-                },
-                message,
-                shared_group: None,
-            });
-        }
+) -> Vec<&'a (ByteString, SubEntry)> {
+    accepted
+        .iter()
+        .enumerate()
+        .filter(|(index, (filter, entry))| {
+            let existed = existed.get(*index).copied().unwrap_or(false);
+            let send = match entry.options.retain_handling {
+                RetainHandling::SendAtSubscribe => true,
+                RetainHandling::SendIfNew => !existed,
+                RetainHandling::DoNotSend => false,
+            };
+            send && SharedFilter::parse(filter).is_none()
+        })
+        .map(|(_, subscription)| subscription)
+        .collect()
+}
+
+/// A retained message as a subscription receives it after SUBACK.
+pub(super) fn retained_delivery(message: Arc<Message>, entry: &SubEntry) -> Delivery {
+    Delivery {
+        qos: message.qos.min(entry.options.qos),
+        // MQTT-3.3.1-9: sent because retained, so RETAIN is 1.
+        retain: true,
+        subscription_ids: if entry.subscription_id != 0 {
+            vec![entry.subscription_id]
+        } else {
+            Vec::new()
+        },
+        message,
+        shared_group: None,
     }
-    deliveries
 }
 
 /// UNSUBACK's reason code for each filter: success where the store or this
@@ -413,22 +416,19 @@ mod tests {
             ),
         ];
         let existed = [true, true, false, false, false];
-        let mut asked = Vec::new();
-        let deliveries = retained_deliveries(&accepted, &existed, |filter| {
-            asked.push(filter.to_owned());
-            vec![retained_message(QoS::ExactlyOnce)]
-        });
+        let sent: Vec<&str> = retained_subscriptions(&accepted, &existed)
+            .into_iter()
+            .map(|(filter, _)| filter.as_ref())
+            .collect();
         assert_eq!(
-            asked,
+            sent,
             vec!["a", "c"],
             "existing b, d and the shared e get none"
         );
-        assert_eq!(deliveries.len(), 2);
-        for delivery in &deliveries {
-            assert!(delivery.retain, "sent because retained");
-            assert_eq!(delivery.qos, QoS::AtLeastOnce, "at most the granted QoS");
-            assert_eq!(delivery.subscription_ids, vec![9]);
-        }
+        let delivery = retained_delivery(retained_message(QoS::ExactlyOnce), &accepted[0].1);
+        assert!(delivery.retain, "sent because retained");
+        assert_eq!(delivery.qos, QoS::AtLeastOnce, "at most the granted QoS");
+        assert_eq!(delivery.subscription_ids, vec![9]);
     }
 
     #[test]

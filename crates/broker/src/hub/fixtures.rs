@@ -87,6 +87,7 @@ pub(super) async fn hub_on_a_store() -> (Hub, tempfile::TempDir) {
         rookery_cluster::Access::Replica(Arc::new(node)),
         std::time::Duration::from_secs(5),
         std::time::Duration::from_secs(1),
+        crate::DEFAULT_MAX_WRITE_BYTES_IN_FLIGHT,
     );
     let hub = Hub::new(
         Arc::new(BrokerConfig::default()),

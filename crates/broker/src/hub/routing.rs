@@ -226,12 +226,8 @@ impl Hub {
     ) -> Vec<proto::Command> {
         let stored = (retain || !durable.is_empty()).then(|| message.to_proto());
         let mut commands = Vec::new();
-        if retain {
-            commands.push(proto::Command {
-                kind: Some(proto::command::Kind::SetRetained(proto::SetRetained {
-                    message: stored.clone(),
-                })),
-            });
+        if retain && let Some(stored) = &stored {
+            commands.push(self.set_retained_command(stored.clone()));
         }
         if !durable.is_empty() || incoming.is_some() {
             let queued = if durable.is_empty() { None } else { stored };

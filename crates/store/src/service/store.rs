@@ -9,8 +9,10 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures::Stream;
+use futures::stream::FuturesUnordered;
+use futures::{Stream, StreamExt};
 use openraft::BasicNode;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::sync::{broadcast, mpsc};
@@ -21,8 +23,8 @@ use super::NodeHandles;
 use crate::machine::{self, Event};
 use crate::proto::{self, EdgeEvent, RouteEvent, store_client::StoreClient};
 use crate::state_machine::{Applied, applied_index};
-use crate::writer::{WriteError, now_ms};
-use crate::{NodeId, StoreError};
+use crate::writer::{WriteError, Writer, now_ms};
+use crate::{NodeId, Raft, StoreError};
 
 /// Events a watch stream may queue for a slow reader before it is cut off.
 const WATCH_BUFFER: usize = 1024;
@@ -99,16 +101,96 @@ fn internal(error: StoreError) -> Status {
     Status::internal(error.to_string())
 }
 
+/// What one write of a submit stream resolves to.
+type SubmitAnswer = Pin<Box<dyn Future<Output = proto::SubmitResponse> + Send>>;
+
+/// Serves one edge's submit stream. Each write is queued with the writer as
+/// it is read (so writes commit in arrival order) and answered when it
+/// commits; replies carry the request's id, so they may leave in any order.
+/// At most `max_in_flight` writes and quorum checks wait at once, all in this
+/// one task: at the limit the stream is not read until one completes, and
+/// HTTP/2 flow control then holds the sending edge back, instead of a task
+/// per request queuing without bound.
+async fn serve_submit(
+    mut requests: tonic::Streaming<proto::SubmitRequest>,
+    writer: Writer,
+    raft: Raft,
+    sender: mpsc::Sender<Result<proto::SubmitResponse, Status>>,
+    max_in_flight: usize,
+) {
+    let mut in_flight: FuturesUnordered<SubmitAnswer> = FuturesUnordered::new();
+    let mut reading = true;
+    let mut held_back = false;
+    loop {
+        let room = in_flight.len() < max_in_flight.max(1);
+        if !room && !held_back {
+            submit_held_back(max_in_flight);
+        }
+        held_back = !room;
+        tokio::select! {
+            request = requests.message(), if reading && room => match request {
+                Ok(Some(request)) => in_flight.push(answer(request, &writer, &raft)),
+                Ok(None) => reading = false,
+                Err(status) => {
+                    tracing::debug!(%status, "a submit stream ended");
+                    reading = false;
+                }
+            },
+            Some(reply) = in_flight.next() => {
+                if sender.send(Ok(reply)).await.is_err() {
+                    return;
+                }
+            }
+            else => return,
+        }
+    }
+}
+
+/// Queues one request of a submit stream and resolves to its reply.
+fn answer(request: proto::SubmitRequest, writer: &Writer, raft: &Raft) -> SubmitAnswer {
+    let id = request.id;
+    if request.commands.is_empty() {
+        // No write: the edge asks whether this leader still has a quorum (a
+        // read index, nothing in the log).
+        let raft = raft.clone();
+        return Box::pin(async move {
+            quorum_response(id, raft.ensure_linearizable().await.map(|_| ()))
+        });
+    }
+    // Queued here, in arrival order, before the next request is read.
+    let outcome = writer.submit(request.commands);
+    Box::pin(async move { submit_response(id, outcome.await) })
+}
+
+/// Counts a submit stream that reached its limit, and says so once.
+fn submit_held_back(max_in_flight: usize) {
+    static LOGGED: AtomicBool = AtomicBool::new(false);
+    metrics::counter!("rookery_store_submit_held_back_total").increment(1);
+    if !LOGGED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            max_in_flight,
+            "an edge's write stream reached store.max_submit_in_flight writes waiting to \
+             commit; it is read again as they commit (logged once; counted in \
+             rookery_store_submit_held_back_total)"
+        );
+    }
+}
+
 /// The Store service, the session API edges call.
 #[derive(Debug)]
 pub struct StoreService {
     node: NodeHandles,
+    max_submit_in_flight: usize,
 }
 
 impl StoreService {
-    /// The service over this node's handles.
-    pub fn new(node: NodeHandles) -> Self {
-        StoreService { node }
+    /// The service over this node's handles; each submit stream may have
+    /// `max_submit_in_flight` writes waiting to commit.
+    pub fn new(node: NodeHandles, max_submit_in_flight: usize) -> Self {
+        StoreService {
+            node,
+            max_submit_in_flight,
+        }
     }
 
     /// Waits until this node may serve a linearizable read, or names the
@@ -161,41 +243,14 @@ impl proto::store_server::Store for StoreService {
         &self,
         request: Request<tonic::Streaming<proto::SubmitRequest>>,
     ) -> Result<Response<Self::SubmitStream>, Status> {
-        let mut requests = request.into_inner();
-        let writer = self.node.writer.clone();
-        let raft = self.node.raft.clone();
         let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
-        tokio::spawn(async move {
-            loop {
-                let request = match requests.message().await {
-                    Ok(Some(request)) => request,
-                    Ok(None) => return,
-                    Err(status) => {
-                        tracing::debug!(%status, "a submit stream ended");
-                        return;
-                    }
-                };
-                let sender = sender.clone();
-                let id = request.id;
-                if request.commands.is_empty() {
-                    // No write: the edge asks whether this leader still has
-                    // a quorum (a read index, nothing in the log).
-                    let raft = raft.clone();
-                    tokio::spawn(async move {
-                        let reply =
-                            quorum_response(id, raft.ensure_linearizable().await.map(|_| ()));
-                        let _ = sender.send(Ok(reply)).await;
-                    });
-                    continue;
-                }
-                // Queued here, in arrival order, before the next is read.
-                let outcome = writer.submit(request.commands);
-                tokio::spawn(async move {
-                    let reply = submit_response(id, outcome.await);
-                    let _ = sender.send(Ok(reply)).await;
-                });
-            }
-        });
+        tokio::spawn(serve_submit(
+            request.into_inner(),
+            self.node.writer.clone(),
+            self.node.raft.clone(),
+            sender,
+            self.max_submit_in_flight,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
@@ -252,9 +307,31 @@ impl proto::store_server::Store for StoreService {
                 })
                 .await;
         }
-        let messages = machine::read_retained(&*self.node.db, &request.get_ref().filter, now_ms())
-            .map_err(internal)?;
-        Ok(Response::new(proto::GetRetainedResponse { messages }))
+        let request = request.get_ref();
+        if request.limit == 0 {
+            let messages = machine::read_retained(&*self.node.db, &request.filter, now_ms())
+                .map_err(internal)?;
+            return Ok(Response::new(proto::GetRetainedResponse {
+                messages,
+                ..proto::GetRetainedResponse::default()
+            }));
+        }
+        let limit = usize::try_from(request.limit).unwrap_or(usize::MAX);
+        let after = (!request.after.is_empty()).then_some(request.after.as_str());
+        let page = machine::read_retained_page(
+            &*self.node.db,
+            &request.filter,
+            after,
+            limit,
+            limit.saturating_mul(machine::RETAINED_SCAN_PER_MATCH),
+            now_ms(),
+        )
+        .map_err(internal)?;
+        Ok(Response::new(proto::GetRetainedResponse {
+            messages: page.messages,
+            more: page.resume_after.is_some(),
+            resume_after: page.resume_after.unwrap_or_default(),
+        }))
     }
 
     type WatchRoutesStream = EventStream<RouteEvent>;

@@ -13,6 +13,7 @@ pub fn set_retained(topic: &str) -> Command {
                 retain: true,
                 ..proto::Message::default()
             }),
+            ..SetRetained::default()
         })),
     }
 }
