@@ -80,6 +80,14 @@ async fn the_caps_hold_across_edges_and_an_edge_only_node_pages_retained_message
             .map(|(topic, payload)| ((*topic).to_owned(), payload.as_bytes().to_vec()))
             .collect();
         assert_eq!(received, expected);
+        assert!(
+            cluster
+                .node(3)
+                .metric("rookery_retained_paged_subscriptions_total")
+                .await
+                >= 1.0,
+            "three retained messages for a queue of two are paged"
+        );
 
         let (_first, _) =
             RawClient::connect_ok(cluster.node(1).mqtt_addr(), persistent_v5("cap-p1", 600)).await;

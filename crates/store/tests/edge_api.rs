@@ -308,3 +308,74 @@ async fn a_dead_edges_clients_have_their_wills_published_by_a_live_edge() {
     assert!(session.expires_at_ms > 0);
     node.shutdown().await;
 }
+
+/// A leader reads an edge's write stream only while fewer than
+/// `max_submit_in_flight` of its writes wait to commit (a flood is held back
+/// at the sender instead of queued here): at a limit of 2, a stream of 300
+/// writes and quorum checks is still answered in full, each write once,
+/// and every one committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_stream_at_its_in_flight_limit_answers_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StoreConfig::new(1, dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap());
+    config.tick_interval = None;
+    config.max_submit_in_flight = 2;
+    let node = StoreNode::start(config).await.unwrap();
+    let endpoint = format!("http://{}", node.address());
+    AdminClient::connect(endpoint.clone())
+        .await
+        .unwrap()
+        .initialize(proto::InitializeRequest {})
+        .await
+        .unwrap();
+    let mut store = StoreClient::connect(endpoint).await.unwrap();
+    tokio::time::timeout(WAIT, async {
+        while store
+            .write(proto::WriteRequest {
+                commands: vec![register_edge("e0")],
+            })
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap();
+
+    const WRITES: u64 = 300;
+    let (requests, outgoing) = tokio::sync::mpsc::channel(WRITES as usize);
+    for id in 1..=WRITES {
+        // Every tenth request is a quorum check (no commands).
+        let commands = if id % 10 == 0 {
+            Vec::new()
+        } else {
+            vec![register_edge(&format!("e{id}"))]
+        };
+        requests
+            .send(proto::SubmitRequest { id, commands })
+            .await
+            .unwrap();
+    }
+    drop(requests);
+    let mut replies = store
+        .submit(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut answered = std::collections::BTreeSet::new();
+    while let Some(reply) = tokio::time::timeout(WAIT, replies.next()).await.unwrap() {
+        let reply = reply.unwrap();
+        assert!(reply.error.is_empty(), "{reply:?}");
+        assert!(answered.insert(reply.id), "{} answered twice", reply.id);
+    }
+    assert_eq!(answered, (1..=WRITES).collect());
+    let edges = store
+        .list_edges(proto::ListEdgesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .edges;
+    assert_eq!(edges.len() as u64, 1 + WRITES - WRITES / 10);
+    node.shutdown().await;
+}

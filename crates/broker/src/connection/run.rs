@@ -183,6 +183,9 @@ impl Live {
             // buffer are handled now, not when the client sends more.
             let released = self.store_held && !held;
             self.store_held = held;
+            // Waited on only while spent: held for its own writes alone, the
+            // client waits for those.
+            let budget_spent = held && self.hub.store.budget().is_congested();
             let retained_due = self.retained_due();
             let input = if released {
                 Input::StoreRoom
@@ -208,7 +211,7 @@ impl Live {
                 () = room_in(&self.paused_on), if paused => Input::Resumed { drained: true },
                 () = std::future::ready(()), if refill => Input::Refill,
                 Some(()) = self.behind.next(), if !self.behind.is_empty() => Input::StoreRoom,
-                () = self.hub.store.budget().room(), if held => Input::StoreRoom,
+                () = self.hub.store.budget().room(), if budget_spent => Input::StoreRoom,
                 () = std::future::ready(()), if retained_due => Input::RetainedPage,
                 }
             };
