@@ -27,6 +27,7 @@ mod publish;
 mod retain;
 mod robustness;
 mod session;
+mod subscribe;
 mod transports;
 mod v5;
 mod will;

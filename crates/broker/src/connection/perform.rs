@@ -72,6 +72,8 @@ impl Live {
         let client_id = self.client_id().clone();
         let message = Arc::new(Message::from_publish(&publish, topic, client_id, now_ms()));
         let retain = message.retain;
+        // The SUBSCRIBEs read before this publish take effect first.
+        hub.subscribes_settled().await;
         let mut plan = Plan::new(hub.route(&message), qos, packet_id, self.session.persistent);
         // Sessions online on other edges get it now; a QoS 1/2 publisher's
         // acknowledgement waits until each of those edges has it.
@@ -168,6 +170,8 @@ impl Live {
                 .iter()
                 .map(|(filter, entry)| hub.subscribe(&client, filter, *entry))
                 .collect();
+            // In effect: publishes need not wait for it any longer.
+            self.arriving = None;
             let command = self.session.records.subscribe(&granted.accepted);
             match hub.store.write(vec![command]).await {
                 Ok(results) => match results.into_iter().next().and_then(|r| r.kind) {

@@ -15,10 +15,10 @@ use rookery_codec::ReasonCode;
 use tokio::time::Instant;
 
 use super::perform::Completed;
-use super::session::{End, Rules, Session};
+use super::session::{End, Rules, Session, Step};
 use super::socket::Socket;
 use super::{decode_error_label, protocol_error};
-use crate::hub::{ClientId, Hub, Mailbox, MailboxReceiver, ToConnection};
+use crate::hub::{ArrivalTicket, ClientId, Hub, Mailbox, MailboxReceiver, ToConnection};
 
 /// The timer's deadline while nothing is due: a connection without keep
 /// alive is never timed out.
@@ -41,6 +41,10 @@ pub(super) struct Live {
     /// is read from it until they drain or `paused_until` passes.
     pub(super) paused_on: Vec<Mailbox>,
     paused_until: Option<Instant>,
+    /// Held from the read that brought a SUBSCRIBE until its filters are
+    /// in the index, or until this connection waits on anything: publishes
+    /// matched meanwhile wait for it (see `hub::arrivals`).
+    pub(super) arriving: Option<ArrivalTicket>,
 }
 
 /// What woke the loop.
@@ -76,6 +80,7 @@ impl Live {
             pending: FuturesOrdered::new(),
             paused_on: Vec::new(),
             paused_until: None,
+            arriving: None,
         }
     }
 
@@ -199,6 +204,7 @@ impl Live {
             Input::Read(Ok(0)) | Input::Read(Err(_)) => Err(End::ConnectionLost),
             Input::Read(Ok(n)) => {
                 self.hub.stats.received(n);
+                self.order_after_earlier_reads().await;
                 Box::pin(self.handle_packets()).await
             }
             Input::Mail(Some(mail)) => self.handle_mail(mail).await,
@@ -227,6 +233,25 @@ impl Live {
                 // Packets already read wait in the buffer.
                 Box::pin(self.handle_packets()).await
             }
+        }
+    }
+
+    /// Clients count on a subscription routing as soon as the server has
+    /// read the SUBSCRIBE, even for a PUBLISH that another client sends an
+    /// instant later (Mosquitto, one thread, does that; MQTT orders nothing
+    /// between connections). A SUBSCRIBE just read holds a ticket that
+    /// publishes matched meanwhile wait for (`hub::arrivals`). A PUBLISH just
+    /// read lets the connections woken with it read first: the runtime
+    /// polls the last task woken first, so without this yield a publisher
+    /// woken together with a subscriber is matched before the subscriber
+    /// has read anything.
+    async fn order_after_earlier_reads(&mut self) {
+        let buffered = self.socket.buffered();
+        if buffered.subscribe() && self.arriving.is_none() {
+            self.arriving = Some(self.hub.subscribe_arriving());
+        }
+        if buffered.publish() {
+            tokio::task::yield_now().await;
         }
     }
 
@@ -284,6 +309,7 @@ impl Live {
     /// acknowledgements lead to.
     async fn handle_packets(&mut self) -> Result<(), End> {
         let handled = self.decode_and_handle().await;
+        self.arriving = None;
         if handled.is_err() {
             // Acknowledged by the client before it went: not sent again.
             self.submit_last_records();
@@ -312,6 +338,11 @@ impl Live {
                 self.pending.len(),
                 &mut self.socket.out,
             )?;
+            if !matches!(step, Step::Handled | Step::Subscribe(_)) {
+                // It may wait (on the store, on other SUBSCRIBEs): publishes
+                // elsewhere must not wait on that.
+                self.arriving = None;
+            }
             self.perform(step).await?;
             if self.is_paused() {
                 // Backpressure: the rest stays in the buffer.
