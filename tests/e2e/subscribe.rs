@@ -7,7 +7,7 @@ use rookery_codec::ProtocolVersion::{self, V3_1_1, V5};
 use rookery_codec::{Packet, QoS, ReasonCode};
 use rookery_testkit::{RawClient, Read, at, pid, publish_packet, subscribe_packet};
 
-use crate::harness::{Broker, unique};
+use crate::harness::{Broker, Shared, shared, unique};
 
 /// How long both connections rest between rounds: each round starts from
 /// idle connections, as after a CONNACK or SUBACK.
@@ -112,4 +112,52 @@ async fn subscribe_then_publish_at_once(broker: &Broker, version: ProtocolVersio
 async fn take(b: &mut RawClient, message: &rookery_codec::Publish, topic: &str) -> bool {
     b.ack(message).await;
     &message.topic[..] == topic
+}
+
+/// The 5.0 reason codes a server may close with for an empty filter: it
+/// parses, so by section 1.2's definitions it is a Protocol Error (0x82,
+/// what Rookery sends); Mosquitto says Malformed Packet (0x81).
+const EMPTY_FILTER_REASONS: [ReasonCode; 2] =
+    [ReasonCode::ProtocolError, ReasonCode::MalformedPacket];
+
+/// MQTT-4.7.3-1: topic filters are at least one character long. A
+/// SUBSCRIBE with an empty filter closes the connection (MQTT-4.13.1-1;
+/// 3.1.1: MQTT-4.8.0-1) instead of being answered, even next to a valid
+/// filter.
+#[tokio::test]
+async fn mqtt_4_7_3_1_a_subscribe_with_an_empty_topic_filter_closes_the_connection() {
+    let broker = shared();
+    // Packet identifier 1, then the filters: "" alone, or "a" and "".
+    let cases: [(ProtocolVersion, &[u8]); 4] = [
+        (V3_1_1, &[0x82, 0x05, 0, 1, 0, 0, 1]),
+        (V3_1_1, &[0x82, 0x09, 0, 1, 0, 1, b'a', 1, 0, 0, 1]),
+        (V5, &[0x82, 0x06, 0, 1, 0, 0, 0, 1]),
+        (V5, &[0x82, 0x0A, 0, 1, 0, 0, 1, b'a', 1, 0, 0, 1]),
+    ];
+    for (version, subscribe) in cases {
+        let mut client = connected(&broker, version, "empty-sub").await;
+        client.send_bytes(subscribe).await;
+        client.expect_closed_with(&EMPTY_FILTER_REASONS).await;
+    }
+}
+
+/// MQTT-4.7.3-1 for UNSUBSCRIBE: an empty filter closes the connection.
+#[tokio::test]
+async fn mqtt_4_7_3_1_an_unsubscribe_with_an_empty_topic_filter_closes_the_connection() {
+    let broker = shared();
+    let cases: [(ProtocolVersion, &[u8]); 2] = [
+        (V3_1_1, &[0xA2, 0x04, 0, 1, 0, 0]),
+        (V5, &[0xA2, 0x05, 0, 1, 0, 0, 0]),
+    ];
+    for (version, unsubscribe) in cases {
+        let mut client = connected(&broker, version, "empty-unsub").await;
+        client.send_bytes(unsubscribe).await;
+        client.expect_closed_with(&EMPTY_FILTER_REASONS).await;
+    }
+}
+
+/// A client of `version` connected with a clean session.
+async fn connected(broker: &Shared, version: ProtocolVersion, name: &str) -> RawClient {
+    let connect = rookery_testkit::connect_packet(version, &unique(name));
+    RawClient::connect_ok(broker.addr(), connect).await.0
 }
