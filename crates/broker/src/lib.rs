@@ -23,6 +23,13 @@ mod store;
 /// Listeners: TCP, TLS, WebSocket and PROXY protocol, as byte streams.
 pub mod transport;
 
+/// The entry points of the fuzz targets in `crates/broker/fuzz`; only with
+/// the `fuzzing` feature, which nothing else enables.
+#[cfg(feature = "fuzzing")]
+pub mod fuzz {
+    pub use crate::connection::fuzz::drive as drive_connection;
+}
+
 pub use broker::{Broker, BrokerError, ClusterOptions};
 pub use config::{BrokerConfig, Limits, ListenerConfig, ListenerKind, QueueOverflow, TlsConfig};
 pub use store::StoreUnavailable;

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::perform::Completed;
 use super::session::{End, Rules, Session, Step};
 use super::socket::Socket;
-use super::{decode_error_label, protocol_error};
+use super::{decode_error_label, disconnect_reason, protocol_error};
 use crate::hub::{ArrivalTicket, ClientId, Hub, Mailbox, MailboxReceiver, ToConnection};
 
 /// The timer's deadline while nothing is due: a connection without keep
@@ -327,7 +327,7 @@ impl Live {
                 Err(error) => {
                     protocol_error(decode_error_label(&error));
                     tracing::debug!(client_id = %self.client_id(), peer = %self.socket.peer, %error, "malformed packet");
-                    self.socket.out.disconnect(error.reason_code());
+                    self.socket.out.disconnect(disconnect_reason(&error));
                     return Err(End::ServerClosed);
                 }
             };
