@@ -32,6 +32,7 @@ mod robustness;
 mod session;
 mod siege;
 mod store_limits;
+mod subscribe;
 mod transports;
 mod v5;
 mod will;

@@ -27,6 +27,13 @@ mod store;
 pub mod transport;
 mod write_budget;
 
+/// The entry points of the fuzz targets in `crates/broker/fuzz`; only with
+/// the `fuzzing` feature, which nothing else enables.
+#[cfg(feature = "fuzzing")]
+pub mod fuzz {
+    pub use crate::connection::fuzz::drive as drive_connection;
+}
+
 pub use broker::{Broker, BrokerError, ClusterOptions, DEFAULT_MAX_WRITE_BYTES_IN_FLIGHT};
 pub use config::{BrokerConfig, Limits, ListenerConfig, ListenerKind, QueueOverflow, TlsConfig};
 pub use store::StoreUnavailable;

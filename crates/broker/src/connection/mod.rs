@@ -11,6 +11,8 @@
 //! are built in `records`.
 
 mod accept;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod fuzz;
 mod inbound;
 mod limits;
 mod negotiate;
@@ -27,7 +29,7 @@ mod subscribe;
 
 use std::sync::Arc;
 
-use rookery_codec::DecodeError;
+use rookery_codec::{DecodeError, PacketType, ReasonCode};
 
 use crate::auth::ListenerAuth;
 use crate::hub::Hub;
@@ -85,7 +87,44 @@ fn decode_error_label(error: &DecodeError) -> &'static str {
     }
 }
 
+/// The DISCONNECT reason code for a malformed packet after CONNECT. The
+/// codec's code is the one for the packet's own rule, but a CONNECT's
+/// protocol name or level (0x84) only has a code in CONNACK: a CONNECT once
+/// connected is a Protocol Error anyway (MQTT-3.1.0-2).
+fn disconnect_reason(error: &DecodeError) -> ReasonCode {
+    let reason = error.reason_code();
+    if reason.allowed_in(PacketType::Disconnect) {
+        reason
+    } else {
+        ReasonCode::ProtocolError
+    }
+}
+
 /// Whether a topic name or filter is within the configured length and depth.
 fn topic_within_limits(topic: &str, max_length: usize, max_levels: usize) -> bool {
     topic.len() <= max_length && topic.split('/').count() <= max_levels
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `connection` fuzz target: a second CONNECT with an
+    /// unknown protocol level was answered with DISCONNECT 0x84, a code
+    /// DISCONNECT cannot carry (its client could not even decode it).
+    #[test]
+    fn mqtt_3_1_0_2_a_malformed_second_connect_is_a_protocol_error_not_0x84() {
+        for error in [
+            DecodeError::UnsupportedProtocolVersion(9),
+            DecodeError::InvalidProtocolName,
+        ] {
+            assert_eq!(disconnect_reason(&error), ReasonCode::ProtocolError);
+        }
+        assert_eq!(
+            disconnect_reason(&DecodeError::Truncated),
+            ReasonCode::MalformedPacket
+        );
+        let too_large = DecodeError::PacketTooLarge { size: 9, max: 8 };
+        assert_eq!(disconnect_reason(&too_large), ReasonCode::PacketTooLarge);
+    }
 }

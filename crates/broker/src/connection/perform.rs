@@ -82,6 +82,8 @@ impl Live {
                     .reply(packet_id, qos, reply, &mut self.socket.out);
             }
         };
+        // The SUBSCRIBEs read before this publish take effect first.
+        self.hub.subscribes_settled().await;
         let mut plan = Plan::new(hub.route(&message), qos, packet_id, self.session.persistent);
         // Sessions online on other edges get it now; a QoS 1/2 publisher's
         // acknowledgement waits until each of those edges has it.
@@ -176,6 +178,8 @@ impl Live {
                 .iter()
                 .map(|(filter, entry)| hub.subscribe(&client, filter, *entry))
                 .collect();
+            // In effect: publishes need not wait for it any longer.
+            self.arriving = None;
             let command = self.session.records.subscribe(&granted.accepted);
             match hub.store.write(vec![command]).await {
                 Ok(results) => match results.into_iter().next().and_then(|r| r.kind) {

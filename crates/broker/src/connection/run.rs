@@ -19,10 +19,10 @@ use super::limits::PublishRate;
 use super::perform::Completed;
 use super::retain_publish::Behind;
 use super::retained_feed::RetainedFeed;
-use super::session::{End, Rules, Session};
+use super::session::{End, Rules, Session, Step};
 use super::socket::Socket;
-use super::{decode_error_label, protocol_error};
-use crate::hub::{ClientId, Hub, Mailbox, MailboxReceiver, ToConnection};
+use super::{decode_error_label, disconnect_reason, protocol_error};
+use crate::hub::{ArrivalTicket, ClientId, Hub, Mailbox, MailboxReceiver, ToConnection};
 
 /// The timer's deadline while nothing is due: a connection without keep
 /// alive is never timed out.
@@ -54,6 +54,10 @@ pub(super) struct Live {
     store_held: bool,
     /// Retained messages still to send after SUBACK, a page at a time.
     pub(super) retained: RetainedFeed,
+    /// Held from the read that brought a SUBSCRIBE until its filters are
+    /// in the index, or until this connection waits on anything: publishes
+    /// matched meanwhile wait for it (see `hub::arrivals`).
+    pub(super) arriving: Option<ArrivalTicket>,
 }
 
 /// What woke the loop.
@@ -98,6 +102,7 @@ impl Live {
             pending: FuturesOrdered::new(),
             paused_on: Vec::new(),
             paused_until: None,
+            arriving: None,
             behind: FuturesUnordered::new(),
             store_held: false,
             retained: RetainedFeed::default(),
@@ -279,6 +284,7 @@ impl Live {
                 if let Some(rate) = self.rate.as_mut() {
                     rate.read(n, self.session.client_id());
                 }
+                self.order_after_earlier_reads().await;
                 Box::pin(self.handle_packets()).await
             }
             Input::Mail(Some(mail)) => self.handle_mail(mail).await,
@@ -321,6 +327,25 @@ impl Live {
                 Box::pin(self.handle_packets()).await
             }
             Input::RetainedPage => Box::pin(self.next_retained_page()).await,
+        }
+    }
+
+    /// Clients count on a subscription routing as soon as the server has
+    /// read the SUBSCRIBE, even for a PUBLISH that another client sends an
+    /// instant later (Mosquitto, one thread, does that; MQTT orders nothing
+    /// between connections). A SUBSCRIBE just read holds a ticket that
+    /// publishes matched meanwhile wait for (`hub::arrivals`). A PUBLISH just
+    /// read lets the connections woken with it read first: the runtime
+    /// polls the last task woken first, so without this yield a publisher
+    /// woken together with a subscriber is matched before the subscriber
+    /// has read anything.
+    async fn order_after_earlier_reads(&mut self) {
+        let buffered = self.socket.buffered();
+        if buffered.subscribe() && self.arriving.is_none() {
+            self.arriving = Some(self.hub.subscribe_arriving());
+        }
+        if buffered.publish() {
+            tokio::task::yield_now().await;
         }
     }
 
@@ -378,6 +403,7 @@ impl Live {
     /// acknowledgements lead to.
     async fn handle_packets(&mut self) -> Result<(), End> {
         let handled = self.decode_and_handle().await;
+        self.arriving = None;
         if handled.is_err() {
             // Acknowledged by the client before it went: not sent again.
             self.submit_last_records();
@@ -400,7 +426,7 @@ impl Live {
                 Err(error) => {
                     protocol_error(decode_error_label(&error));
                     tracing::debug!(client_id = %self.client_id(), peer = %self.socket.peer, %error, "malformed packet");
-                    self.socket.out.disconnect(error.reason_code());
+                    self.socket.out.disconnect(disconnect_reason(&error));
                     return Err(End::ServerClosed);
                 }
             };
@@ -412,6 +438,11 @@ impl Live {
                 self.pending.len(),
                 &mut self.socket.out,
             )?;
+            if !matches!(step, Step::Handled | Step::Subscribe(_)) {
+                // It may wait (on the store, on other SUBSCRIBEs): publishes
+                // elsewhere must not wait on that.
+                self.arriving = None;
+            }
             self.perform(step).await?;
             if publish && let Some(rate) = self.rate.as_mut() {
                 rate.published(self.session.client_id());

@@ -164,8 +164,15 @@ impl Session {
                 Ok(Step::Handled)
             }
             Packet::PubRel(ack) => Ok(self.release(ack.packet_id, out.is_v5())),
-            Packet::Subscribe(subscribe) => Ok(Step::Subscribe(subscribe)),
-            Packet::Unsubscribe(unsubscribe) => Ok(Step::Unsubscribe(unsubscribe)),
+            Packet::Subscribe(subscribe) => {
+                let filters = subscribe.subscriptions.iter().map(|s| &s.filter);
+                filters_not_empty(filters, out)?;
+                Ok(Step::Subscribe(subscribe))
+            }
+            Packet::Unsubscribe(unsubscribe) => {
+                filters_not_empty(&unsubscribe.filters, out)?;
+                Ok(Step::Unsubscribe(unsubscribe))
+            }
             Packet::PingReq => {
                 out.send(&Packet::PingResp);
                 Ok(Step::Handled)
@@ -476,6 +483,24 @@ impl Session {
     }
 }
 
+/// MQTT-4.7.3-1: a topic filter is at least one character long. An empty
+/// one parses (a zero-length string) but the protocol does not allow it: a
+/// Protocol Error (MQTT 5.0 section 1.2), which closes the connection
+/// (MQTT-4.13.1-1; 3.1.1: MQTT-4.8.0-1), not a SUBACK 0x8F, which is for a
+/// well-formed filter the server refuses.
+fn filters_not_empty<'a>(
+    filters: impl IntoIterator<Item = &'a rookery_codec::ByteString>,
+    out: &mut Outbox,
+) -> Result<(), End> {
+    if filters.into_iter().any(|filter| filter.is_empty()) {
+        return Err(violated(
+            Violation::new(ReasonCode::ProtocolError, "empty_topic_filter"),
+            out,
+        ));
+    }
+    Ok(())
+}
+
 /// A rule the client broke: counted, told to a 5.0 client, and the
 /// connection ends.
 pub(super) fn violated(violation: Violation, out: &mut Outbox) -> End {
@@ -627,6 +652,69 @@ mod tests {
                 ReasonCode::ProtocolError
             ))]
         );
+    }
+
+    fn subscribe_to(filters: &[&str]) -> Packet {
+        Packet::Subscribe(Subscribe {
+            packet_id: pid(1),
+            subscriptions: filters
+                .iter()
+                .map(|filter| rookery_codec::Subscription {
+                    filter: ByteString::from(*filter),
+                    options: rookery_codec::SubscriptionOptions::default(),
+                })
+                .collect(),
+            properties: Default::default(),
+        })
+    }
+
+    fn unsubscribe_from(filters: &[&str]) -> Packet {
+        Packet::Unsubscribe(Unsubscribe {
+            packet_id: pid(1),
+            filters: filters.iter().map(|f| ByteString::from(*f)).collect(),
+            properties: Default::default(),
+        })
+    }
+
+    #[test]
+    fn mqtt_4_7_3_1_an_empty_filter_in_subscribe_or_unsubscribe_closes_with_0x82() {
+        for packet in [
+            subscribe_to(&[""]),
+            subscribe_to(&["a", ""]),
+            unsubscribe_from(&[""]),
+            unsubscribe_from(&["a", ""]),
+        ] {
+            let (mut session, mut out) = connected(ProtocolVersion::V5, true, &Limits::default());
+            assert_eq!(
+                handle(&mut session, packet.clone(), &mut out).unwrap_err(),
+                End::ServerClosed,
+                "{packet:?}"
+            );
+            assert_eq!(
+                out.take_packets(),
+                vec![Packet::Disconnect(Disconnect::new(
+                    ReasonCode::ProtocolError
+                ))]
+            );
+            // 3.1.1 has no DISCONNECT from the server: the connection closes.
+            let (mut session, mut out) =
+                connected(ProtocolVersion::V3_1_1, true, &Limits::default());
+            assert_eq!(
+                handle(&mut session, packet, &mut out).unwrap_err(),
+                End::ServerClosed
+            );
+            assert!(out.take_packets().is_empty());
+        }
+    }
+
+    #[test]
+    fn mqtt_4_7_3_1_filters_of_one_character_are_handed_on() {
+        let (mut session, mut out) = connected(ProtocolVersion::V5, true, &Limits::default());
+        let subscribe = handle(&mut session, subscribe_to(&["a", "#"]), &mut out);
+        assert!(matches!(subscribe, Ok(Step::Subscribe(_))));
+        let unsubscribe = handle(&mut session, unsubscribe_from(&["+"]), &mut out);
+        assert!(matches!(unsubscribe, Ok(Step::Unsubscribe(_))));
+        assert!(out.take_packets().is_empty());
     }
 
     #[test]

@@ -26,6 +26,9 @@ const IDLE_READ_BUFFER: usize = 256;
 const BUSY_READ_BUFFER: usize = 16 * 1024;
 /// How long a closing connection keeps reading, see `Socket::linger`.
 const LINGER: Duration = Duration::from_secs(1);
+/// Control packet types (MQTT 2.1.2).
+const PUBLISH_TYPE: u8 = 3;
+const SUBSCRIBE_TYPE: u8 = 8;
 
 /// Why no CONNECT was read.
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +200,11 @@ impl Socket {
         self.stream.read_buf(&mut self.read_buf).await
     }
 
+    /// The kinds of packet read and not yet handled.
+    pub fn buffered(&self) -> Buffered {
+        Buffered::scan(&self.read_buf)
+    }
+
     /// The next whole packet in the buffer, if one is there.
     pub fn decode(&mut self, max_packet_size: u32) -> Result<Option<Packet>, DecodeError> {
         rookery_codec::decode(&mut self.read_buf, self.out.version(), max_packet_size)
@@ -272,5 +280,92 @@ impl Socket {
                 break;
             }
         }
+    }
+}
+
+/// Which control packet types a read buffer holds (bit n: type n), from
+/// their fixed headers only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Buffered(u16);
+
+impl Buffered {
+    /// Walks the fixed headers of `buf`. A partial packet at the end counts
+    /// if its type byte is there (it is not decoded yet either way); a
+    /// malformed length ends the walk (the decoder says so).
+    fn scan(mut buf: &[u8]) -> Buffered {
+        let mut types = 0u16;
+        while let Some(&first) = buf.first() {
+            types |= 1 << (first >> 4);
+            let mut length = 0usize;
+            let mut header = 1;
+            loop {
+                let Some(&byte) = buf.get(header) else {
+                    return Buffered(types);
+                };
+                length |= usize::from(byte & 0x7f) << (7 * (header - 1));
+                header += 1;
+                if byte & 0x80 == 0 {
+                    break;
+                }
+                if header > 4 {
+                    return Buffered(types);
+                }
+            }
+            match buf.get(header + length..) {
+                Some(next) => buf = next,
+                None => break,
+            }
+        }
+        Buffered(types)
+    }
+
+    /// Whether a PUBLISH is among them.
+    pub fn publish(self) -> bool {
+        self.0 & 1 << PUBLISH_TYPE != 0
+    }
+
+    /// Whether a SUBSCRIBE is among them.
+    pub fn subscribe(self) -> bool {
+        self.0 & 1 << SUBSCRIBE_TYPE != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Buffered;
+
+    #[test]
+    fn a_subscribe_is_found_behind_other_packets() {
+        let pingreq = [0xC0, 0x00];
+        let puback = [0x40, 0x02, 0x00, 0x01];
+        let subscribe = [0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x01];
+        let buf = [&pingreq[..], &puback[..], &subscribe[..]].concat();
+        assert!(Buffered::scan(&buf).subscribe());
+        assert!(!Buffered::scan(&buf[..6]).subscribe(), "PINGREQ and PUBACK");
+        assert!(
+            Buffered::scan(&buf[..7]).subscribe(),
+            "a SUBSCRIBE's first byte"
+        );
+        assert!(!Buffered::scan(&buf).publish());
+    }
+
+    #[test]
+    fn a_long_publish_is_skipped_by_its_remaining_length() {
+        // 200 bytes of payload: a two-byte remaining length (0xC8 0x01).
+        let mut publish = vec![0x32, 0xC8, 0x01];
+        publish.extend(std::iter::repeat_n(0x82, 200));
+        let alone = Buffered::scan(&publish);
+        assert!(alone.publish());
+        assert!(!alone.subscribe(), "SUBSCRIBE's byte inside a payload");
+        publish.extend([0x82, 0x00]);
+        assert!(Buffered::scan(&publish).subscribe());
+    }
+
+    #[test]
+    fn a_malformed_length_ends_the_walk() {
+        let malformed = Buffered::scan(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01, 0x82]);
+        assert!(malformed.publish());
+        assert!(!malformed.subscribe());
+        assert_eq!(Buffered::scan(&[]), Buffered(0));
     }
 }

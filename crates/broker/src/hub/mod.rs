@@ -13,6 +13,8 @@
 //!   the other edges listen.
 //! - `mailbox`: the way into a connection's task, and backpressure.
 //! - `retained`: the retained messages.
+//! - `arrivals`: SUBSCRIBEs read but not yet in the index, which a publish
+//!   matched meanwhile waits for.
 //!
 //! Lock order (a lock is only taken while holding those before it):
 //! 1. the registry's `RwLock` (sessions, filters and index together);
@@ -21,9 +23,11 @@
 //!    (under the registry's read lock while matching).
 //!
 //! Everything else is a leaf taken alone: the mirror's edge addresses, the
-//! retained messages, a mailbox's queue. Nothing holding a lock of the
-//! second rank or a leaf takes the registry's, so no cycle can form.
+//! retained messages, a mailbox's queue, the arrivals' tickets. Nothing
+//! holding a lock of the second rank or a leaf takes the registry's, so no
+//! cycle can form.
 
+mod arrivals;
 mod mailbox;
 mod mirror;
 mod registry;
@@ -35,7 +39,9 @@ mod fixtures;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+pub use arrivals::ArrivalTicket;
 pub use mailbox::{Mailbox, MailboxReceiver, PendingEnqueue, ToConnection};
 pub use registry::{SessionEntry, SubEntry, Superseded, sub_entry_from_proto, sub_entry_to_proto};
 pub use routing::Routes;
@@ -44,6 +50,7 @@ use crate::auth::Gatekeeper;
 use crate::config::BrokerConfig;
 use crate::stats::Stats;
 use crate::store::{Store, StoreUnavailable};
+use arrivals::Arrivals;
 use mirror::ClusterMirror;
 use registry::Registry;
 use retained::Retained;
@@ -51,6 +58,12 @@ use routing::SharedCursors;
 
 /// A client identifier, shared by the registry's maps and the index.
 pub type ClientId = Arc<str>;
+
+/// The longest a publish waits for a SUBSCRIBE read before it to take
+/// effect. Its connection holds the wait only while it decodes and checks
+/// the packets it read, never across I/O, so only a starved thread reaches
+/// this.
+const SUBSCRIBE_WAIT: Duration = Duration::from_millis(10);
 
 /// What every connection of this edge shares (see the module's doc).
 #[derive(Debug)]
@@ -74,6 +87,7 @@ pub struct Hub {
     forwarder: rookery_cluster::Forwarder,
     shared_cursors: SharedCursors,
     next_connection: AtomicU64,
+    arrivals: Arc<Arrivals>,
 }
 
 impl Hub {
@@ -100,6 +114,7 @@ impl Hub {
             forwarder,
             shared_cursors: SharedCursors::default(),
             next_connection: AtomicU64::new(1),
+            arrivals: Arc::default(),
         }
     }
 
@@ -161,6 +176,21 @@ impl Hub {
     /// Adds or replaces a session's subscription; the one it replaced.
     pub fn subscribe(&self, client: &ClientId, filter: &str, entry: SubEntry) -> Option<SubEntry> {
         self.registry.subscribe(client, filter, entry)
+    }
+
+    /// A ticket for a SUBSCRIBE just read from a socket: publishes matched
+    /// from now on wait for it (see [`Hub::subscribes_settled`]). Return it
+    /// (drop it) once its filters are in the index, or before the
+    /// connection waits on anything.
+    pub fn subscribe_arriving(&self) -> ArrivalTicket {
+        self.arrivals.draw()
+    }
+
+    /// Waits, at most [`SUBSCRIBE_WAIT`], until the SUBSCRIBEs this edge
+    /// has read so far are in the index, so that a publish matched next
+    /// reaches them.
+    pub async fn subscribes_settled(&self) {
+        self.arrivals.settled(SUBSCRIBE_WAIT).await;
     }
 
     /// Removes a session's subscription; the one removed.
