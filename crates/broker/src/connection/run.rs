@@ -15,7 +15,7 @@ use rookery_codec::ReasonCode;
 use tokio::time::Instant;
 
 use super::perform::Completed;
-use super::retain_publish::Behind;
+use super::retain_publish::{Behind, StoreHold};
 use super::retained_feed::RetainedFeed;
 use super::session::{End, Rules, Session};
 use super::socket::Socket;
@@ -45,9 +45,9 @@ pub(super) struct Live {
     paused_until: Option<Instant>,
     /// Store writes of QoS 0 retained publishes, not waited for.
     pub(super) behind: FuturesUnordered<Behind>,
-    /// Backpressure: the store's writes hold this client (see
-    /// `held_by_store`); counted once per hold.
-    store_held: bool,
+    /// Backpressure: the store's writes held this client at the last turn
+    /// (see `store_hold`).
+    pub(super) store_held: bool,
     /// Retained messages still to send after SUBACK, a page at a time.
     pub(super) retained: RetainedFeed,
 }
@@ -162,41 +162,37 @@ impl Live {
             if timer.is_elapsed() || due < timer.deadline() {
                 timer.as_mut().reset(due);
             }
-            let held = self.held_by_store();
-            if held && !self.store_held {
-                super::retain_publish::count_store_hold();
-            }
-            // Released (a write finished): the packets it left unread in the
-            // buffer are handled now, not when the client sends more.
-            let released = self.store_held && !held;
-            self.store_held = held;
-            // Waited on only while spent: held for its own writes alone, the
-            // client waits for those.
-            let budget_spent = held && self.hub.store.budget().is_congested();
+            let StoreHold {
+                held,
+                released,
+                budget_spent,
+            } = self.store_hold();
             let retained_due = self.retained_due();
             let input = if released {
+                // The packets the hold left in the buffer are handled now,
+                // not when the client sends more.
                 Input::StoreRoom
             } else {
                 tokio::select! {
-                read = self.socket.read(), if !paused && !held => Input::Read(read),
-                mail = self.mailbox.recv() => Input::Mail(mail),
-                Some(done) = self.pending.next(), if !self.pending.is_empty() => Input::Completed(done),
-                () = &mut timer => if Instant::now() < due {
-                    // Set for something earlier that is no longer due.
-                    Input::Timer
-                } else if paused {
-                    Input::Resumed { drained: false }
-                } else if held {
-                    // Not read while the store holds it: its silence says
-                    // nothing about keep alive.
-                    Input::StoreRoom
-                } else {
-                    Input::KeepAliveExpired
-                },
-                () = room_in(&self.paused_on), if paused => Input::Resumed { drained: true },
-                Some(()) = self.behind.next(), if !self.behind.is_empty() => Input::StoreRoom,
-                () = self.hub.store.budget().room(), if budget_spent => Input::StoreRoom,
-                () = std::future::ready(()), if retained_due => Input::RetainedPage,
+                    read = self.socket.read(), if !paused && !held => Input::Read(read),
+                    mail = self.mailbox.recv() => Input::Mail(mail),
+                    Some(done) = self.pending.next(), if !self.pending.is_empty() => Input::Completed(done),
+                    () = &mut timer => if Instant::now() < due {
+                        // Set for something earlier that is no longer due.
+                        Input::Timer
+                    } else if paused {
+                        Input::Resumed { drained: false }
+                    } else if held {
+                        // Not read while the store holds it: its silence
+                        // says nothing about keep alive.
+                        Input::StoreRoom
+                    } else {
+                        Input::KeepAliveExpired
+                    },
+                    () = room_in(&self.paused_on), if paused => Input::Resumed { drained: true },
+                    Some(()) = self.behind.next(), if !self.behind.is_empty() => Input::StoreRoom,
+                    () = self.hub.store.budget().room(), if budget_spent => Input::StoreRoom,
+                    () = std::future::ready(()), if retained_due => Input::RetainedPage,
                 }
             };
             let heard_from = matches!(input, Input::Read(Ok(n)) if n > 0)
