@@ -257,6 +257,12 @@ async fn an_expired_3_1_1_persistent_session_is_gone_after_persistent_client_exp
     let mut publisher = RawClient::v311(broker.addr(), "old-pub").await;
     publisher.publish1(1, "old/t", b"after").await;
     client.expect_nothing().await;
+    assert_eq!(
+        broker
+            .metric(r#"rookery_store_sessions_expired_total{protocol="3"}"#)
+            .await,
+        1.0
+    );
 }
 
 /// With `max_persistent_sessions = 2`, a CONNECT that would create a third

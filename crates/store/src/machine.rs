@@ -563,6 +563,7 @@ impl Machine<'_, '_> {
                     if let Some(session) = self.session(&subject)?
                         && self.expired(&session)
                     {
+                        quota::count_expired(&session);
                         self.end_session(&session)?;
                     }
                 }

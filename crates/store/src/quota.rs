@@ -7,6 +7,8 @@
 //! that is missing (a store written before it was kept) is counted once from
 //! the records, which every replica holds identically at the same index.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::StoreError;
 use crate::db::{Reader, decode};
 use crate::keys::cf;
@@ -76,6 +78,27 @@ pub fn read_counter(reader: &impl Reader, counter: Counter) -> Result<u64, Store
         }
     }
     Ok(total)
+}
+
+/// Counts a session that ended at its expiry (every replica counts the
+/// sessions it applies the end of), and says once that 3.x sessions do
+/// (Mosquitto's `persistent_client_expiration`, which they only have here).
+pub fn count_expired(session: &Session) {
+    static LOGGED: AtomicBool = AtomicBool::new(false);
+    let protocol = if session.protocol_version >= 5 {
+        "5"
+    } else {
+        "3"
+    };
+    metrics::counter!("rookery_store_sessions_expired_total", "protocol" => protocol).increment(1);
+    if protocol == "3" && !LOGGED.swap(true, Ordering::Relaxed) {
+        tracing::info!(
+            client_id = %session.client_id,
+            expiry_interval_s = session.expiry_interval_s,
+            "an MQTT 3.x persistent session expired after persistent_client_expiration \
+             (logged once; counted in rookery_store_sessions_expired_total{{protocol=\"3\"}})"
+        );
+    }
 }
 
 /// What `SetRetained` may do with its message, by the caps it carries.

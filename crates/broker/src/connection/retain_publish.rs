@@ -41,8 +41,21 @@ pub(super) enum Claim {
     Refused(Reply),
 }
 
+/// How the store's backpressure stands for a client at one turn of its loop.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct StoreHold {
+    /// The client is not read (`held_by_store`).
+    pub held: bool,
+    /// It was held at the last turn and is not now.
+    pub released: bool,
+    /// Held while the edge's write budget is spent: the budget's room is
+    /// worth waiting for (held for its own writes alone, the client waits
+    /// for those instead).
+    pub budget_spent: bool,
+}
+
 /// Counts a client held back by its store writes, and says so once.
-pub(super) fn count_store_hold() {
+fn count_store_hold() {
     static LOGGED: AtomicBool = AtomicBool::new(false);
     metrics::counter!("rookery_store_backpressure_pauses_total").increment(1);
     if !LOGGED.swap(true, Ordering::Relaxed) {
@@ -112,6 +125,22 @@ impl Live {
         let limit = usize::from(self.hub.config.limits.receive_maximum).max(1);
         let outstanding = !self.behind.is_empty() || !self.pending.is_empty();
         self.behind.len() >= limit || (outstanding && self.hub.store.budget().is_congested())
+    }
+
+    /// Where the store's backpressure leaves this client now; a new hold is
+    /// counted.
+    pub(super) fn store_hold(&mut self) -> StoreHold {
+        let held = self.held_by_store();
+        if held && !self.store_held {
+            count_store_hold();
+        }
+        let released = self.store_held && !held;
+        self.store_held = held;
+        StoreHold {
+            held,
+            released,
+            budget_spent: held && self.hub.store.budget().is_congested(),
+        }
     }
 
     /// The connection ends: its writes behind still finish (their outcome

@@ -131,6 +131,9 @@ impl Live {
             return Ok(());
         }
         let (filter, entry, after) = (cursor.filter.clone(), cursor.entry, cursor.after.clone());
+        // Pages follow one another while the queue has room, and a page read
+        // from this process's replica never waits: let other tasks run.
+        tokio::task::yield_now().await;
         let read = self
             .hub
             .store

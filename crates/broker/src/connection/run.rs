@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::limits::PublishRate;
 use super::perform::Completed;
-use super::retain_publish::Behind;
+use super::retain_publish::{Behind, StoreHold};
 use super::retained_feed::RetainedFeed;
 use super::session::{End, Rules, Session, Step};
 use super::socket::Socket;
@@ -49,9 +49,9 @@ pub(super) struct Live {
     rate: Option<PublishRate>,
     /// Store writes of QoS 0 retained publishes, not waited for.
     pub(super) behind: FuturesUnordered<Behind>,
-    /// Backpressure: the store's writes hold this client (see
-    /// `held_by_store`); counted once per hold.
-    store_held: bool,
+    /// Backpressure: the store's writes held this client at the last turn
+    /// (see `store_hold`).
+    pub(super) store_held: bool,
     /// Retained messages still to send after SUBACK, a page at a time.
     pub(super) retained: RetainedFeed,
     /// Held from the read that brought a SUBSCRIBE until its filters are
@@ -180,19 +180,15 @@ impl Live {
             if timer.is_elapsed() || due < timer.deadline() {
                 timer.as_mut().reset(due);
             }
-            let held = self.held_by_store();
-            if held && !self.store_held {
-                super::retain_publish::count_store_hold();
-            }
-            // Released (a write finished): the packets it left unread in the
-            // buffer are handled now, not when the client sends more.
-            let released = self.store_held && !held;
-            self.store_held = held;
-            // Waited on only while spent: held for its own writes alone, the
-            // client waits for those.
-            let budget_spent = held && self.hub.store.budget().is_congested();
+            let StoreHold {
+                held,
+                released,
+                budget_spent,
+            } = self.store_hold();
             let retained_due = self.retained_due();
             let input = if released {
+                // The packets the hold left in the buffer are handled now,
+                // not when the client sends more.
                 Input::StoreRoom
             } else {
                 tokio::select! {
