@@ -160,6 +160,17 @@ fn spawn_connection_attacks(
     tasks
 }
 
+/// bob, logged in from `source`.
+async fn bob_from(source: Ipv4Addr, addr: SocketAddr, id: &str) -> Option<RawClient> {
+    let stream = connect_from(source, addr).await?;
+    let mut client = RawClient::over(Box::new(stream), V5, addr);
+    client
+        .send(Packet::Connect(Box::new(login(id, "bob", "builder"))))
+        .await;
+    client.expect_connack().await;
+    Some(client)
+}
+
 /// bob: tries what the ACL forbids, then floods his own topic; and bob's
 /// subscribers that never read.
 fn spawn_account_attacks(
@@ -172,18 +183,9 @@ fn spawn_account_attacks(
         let stop = stop.clone();
         let source = Ipv4Addr::new(127, 0, 4, 1 + i as u8);
         tasks.push(tokio::spawn(async move {
-            let Some(stream) = connect_from(source, addr).await else {
+            let Some(mut client) = bob_from(source, addr, &format!("bob-sink-{i}")).await else {
                 return;
             };
-            let mut client = RawClient::over(Box::new(stream), V5, addr);
-            client
-                .send(Packet::Connect(Box::new(login(
-                    &format!("bob-sink-{i}"),
-                    "bob",
-                    "builder",
-                ))))
-                .await;
-            client.expect_connack().await;
             client.subscribe(1, "bad/#", at(QoS::AtMostOnce)).await;
             // Never reads again: the broker must not hold its output
             // without bound.
@@ -198,18 +200,9 @@ fn spawn_account_attacks(
         let refusals = refusals.clone();
         let source = Ipv4Addr::new(127, 0, 5, 1 + i as u8);
         tasks.push(tokio::spawn(async move {
-            let Some(stream) = connect_from(source, addr).await else {
+            let Some(mut client) = bob_from(source, addr, &format!("bob-{i}")).await else {
                 return;
             };
-            let mut client = RawClient::over(Box::new(stream), V5, addr);
-            client
-                .send(Packet::Connect(Box::new(login(
-                    &format!("bob-{i}"),
-                    "bob",
-                    "builder",
-                ))))
-                .await;
-            client.expect_connack().await;
             for (id, filter) in [(1, "#"), (2, "good/#"), (3, "$SYS/#")] {
                 let suback = client.subscribe(id, filter, at(QoS::AtLeastOnce)).await;
                 if suback.reason_codes == [ReasonCode::UnspecifiedError] {

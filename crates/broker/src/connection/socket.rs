@@ -149,17 +149,32 @@ impl Socket {
                     return Err(ConnectReadError::Malformed(error));
                 }
             }
-            let read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.read_buf))
-                .await
-                .map_err(|_| {
-                    metrics::counter!("rookery_connect_timeouts_total").increment(1);
-                    ConnectReadError::TimedOut
-                })?;
-            match read {
-                Ok(0) => return Ok(None),
-                Ok(n) => stats.received(n),
-                Err(error) => return Err(ConnectReadError::Io(error)),
+            if !self.read_before(deadline, stats).await? {
+                return Ok(None);
             }
+        }
+    }
+
+    /// Reads more of what the client sends before the connect timeout's
+    /// `deadline`; false when the client closed.
+    async fn read_before(
+        &mut self,
+        deadline: Instant,
+        stats: &Stats,
+    ) -> Result<bool, ConnectReadError> {
+        let read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.read_buf))
+            .await
+            .map_err(|_| {
+                metrics::counter!("rookery_connect_timeouts_total").increment(1);
+                ConnectReadError::TimedOut
+            })?;
+        match read {
+            Ok(0) => Ok(false),
+            Ok(n) => {
+                stats.received(n);
+                Ok(true)
+            }
+            Err(error) => Err(ConnectReadError::Io(error)),
         }
     }
 
@@ -181,16 +196,8 @@ impl Socket {
                     return Err(ConnectReadError::Malformed(error));
                 }
             }
-            let read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.read_buf))
-                .await
-                .map_err(|_| {
-                    metrics::counter!("rookery_connect_timeouts_total").increment(1);
-                    ConnectReadError::TimedOut
-                })?;
-            match read {
-                Ok(0) => return Ok(None),
-                Ok(n) => stats.received(n),
-                Err(error) => return Err(ConnectReadError::Io(error)),
+            if !self.read_before(deadline, stats).await? {
+                return Ok(None);
             }
         }
     }
