@@ -4,7 +4,11 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read when the script runs, not baked in when it is compiled: a build
+    // script binary reused from a copied target directory (cargo's hashes do
+    // not depend on where the workspace is) would read another checkout's
+    // protos.
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let protos = [
         root.join("rookery/store/v1/state.proto"),
         root.join("rookery/store/v1/service.proto"),
