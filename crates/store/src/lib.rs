@@ -26,6 +26,7 @@
 
 pub mod db;
 pub mod error;
+pub mod handover;
 pub mod keys;
 pub mod log_store;
 pub mod machine;

@@ -25,7 +25,8 @@ use crate::proto::{
 use crate::security::ClusterSecurity;
 use crate::service::{AdminService, NodeHandles, RaftService, StoreService};
 use crate::state_machine::StateMachine;
-use crate::writer::{GroupCommit, WriteError, WriteOutcome, Writer, now_ms};
+use crate::handover::{HandOverError, HandedOver, Leadership};
+use crate::writer::{GroupCommit, Refusal, Refused, WriteError, WriteOutcome, Writer, now_ms};
 use crate::{NodeId, Raft, StoreError};
 
 /// How long a stopping node lets in-flight gRPC calls finish.
@@ -106,6 +107,7 @@ pub struct StoreNode {
     leader_gauges: JoinHandle<()>,
     snapshots_installed: Arc<AtomicU64>,
     channels: Channels,
+    handles: NodeHandles,
 }
 
 impl std::fmt::Debug for StoreNode {
@@ -166,12 +168,15 @@ impl StoreNode {
             .clone()
             .unwrap_or_else(|| bound.to_string());
         let writer = Writer::spawn(raft.clone(), config.group_commit);
+        let leadership = Arc::new(Leadership::default());
+        tokio::spawn(leadership.clone().follow(raft.clone()));
         let handles = NodeHandles {
             raft: raft.clone(),
             db: db.clone(),
             writer: writer.clone(),
             channels: channels.clone(),
             applied: applied.clone(),
+            leadership,
         };
         let (stop_server, stopped) = oneshot::channel::<()>();
         // With TLS, a peer without a certificate signed by the cluster CA is
@@ -187,7 +192,7 @@ impl StoreNode {
                 config.max_submit_in_flight,
             )))
             .add_service(AdminServer::new(AdminService::new(
-                handles,
+                handles.clone(),
                 config.node_id,
                 address.clone(),
             )));
@@ -231,6 +236,7 @@ impl StoreNode {
             leader_gauges,
             snapshots_installed,
             channels,
+            handles,
         })
     }
 
@@ -289,6 +295,57 @@ impl StoreNode {
         commands: Vec<proto::Command>,
     ) -> impl Future<Output = Result<WriteOutcome, WriteError>> + Send + 'static {
         self.writer.submit(commands)
+    }
+
+    /// Queues a write now, as [`StoreNode::submit`] does, unless this node
+    /// does not take writes now (it does not lead, or hands over): then the
+    /// commands come back at once, never proposed.
+    pub fn try_submit(
+        &self,
+        commands: Vec<proto::Command>,
+    ) -> Result<impl Future<Output = Result<WriteOutcome, WriteError>> + Send + 'static, Refused>
+    {
+        self.writer.try_submit(commands)
+    }
+
+    /// Why this node would refuse a write now, if it would.
+    pub fn refusal(&self) -> Option<Refusal> {
+        self.writer.refusal()
+    }
+
+    /// Hands this node's leadership to voter `to` (`None`: the one furthest
+    /// along the log) within `within`; see [`crate::handover`]. An operator
+    /// moves the leadership this way; the node goes on as a follower.
+    pub async fn hand_over(
+        &self,
+        to: Option<NodeId>,
+        within: Duration,
+    ) -> Result<HandedOver, HandOverError> {
+        crate::handover::hand_over(&self.handles, to, within).await
+    }
+
+    /// Prepares a planned stop: the node takes no write from now on (edges
+    /// send theirs to the next leader), lets those it took commit and, if it
+    /// leads, hands the leadership to another voter, all within `within`.
+    /// `Ok(None)` when it did not lead (or was the only voter).
+    pub async fn drain(&self, within: Duration) -> Result<Option<HandedOver>, HandOverError> {
+        self.writer.close();
+        let leads = self.raft.metrics().borrow().state.is_leader();
+        if leads {
+            match self.hand_over(None, within).await {
+                Ok(handed) => return Ok(Some(handed)),
+                // Alone: nobody to hand over to; what it took still commits.
+                Err(HandOverError::NoOtherVoter) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        if tokio::time::timeout(within, self.writer.settled())
+            .await
+            .is_err()
+        {
+            return Err(HandOverError::Unsettled(within));
+        }
+        Ok(None)
     }
 
     /// Reads from this node's applied state without a leadership check.
