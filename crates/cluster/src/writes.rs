@@ -1011,6 +1011,7 @@ mod tests {
 
     use super::*;
     use crate::access::Peers;
+    use rookery_store::writer::Refusal;
 
     /// What a fake leader does with the writes it reads.
     #[derive(Debug, Clone)]
@@ -1026,6 +1027,11 @@ mod tests {
         BreaksAfterReading,
         /// Reads every write and answers none.
         Silent,
+        /// Commits this many writes, then stops reading the stream and ends
+        /// it saying that every write it did not answer was never proposed
+        /// and that `successor` leads (as a store node that stops leading,
+        /// or hands over, does); later streams are refused alike.
+        GivesBackAfter { commits: usize, successor: String },
     }
 
     /// A store leader on 127.0.0.1 that speaks the `Submit` stream only and
@@ -1039,6 +1045,14 @@ mod tests {
         received: Arc<Mutex<Vec<u64>>>,
         /// Write streams opened.
         streams: Arc<AtomicUsize>,
+    }
+
+    /// The status a store node ends a write stream with when it stops
+    /// taking writes, naming `successor` as the leader.
+    fn given_back(successor: &str) -> Status {
+        rookery_store::service::unproposed_status(&Refusal::NotLeader {
+            leader: Some((2, openraft::BasicNode::new(successor))),
+        })
     }
 
     impl FakeLeader {
@@ -1114,8 +1128,16 @@ mod tests {
             &self,
             request: Request<Streaming<SubmitRequest>>,
         ) -> Result<Response<Self::SubmitStream>, Status> {
-            if matches!(self.conduct, Conduct::RefusesStreams) {
-                return Err(Status::unavailable("this fake refuses write streams"));
+            match &self.conduct {
+                Conduct::RefusesStreams => {
+                    return Err(Status::unavailable("this fake refuses write streams"));
+                }
+                Conduct::GivesBackAfter { commits, successor }
+                    if self.received.lock().len() >= *commits =>
+                {
+                    return Err(given_back(successor));
+                }
+                _ => {}
             }
             self.streams.fetch_add(1, Ordering::SeqCst);
             let mut requests = request.into_inner();
@@ -1133,6 +1155,14 @@ mod tests {
                         id: request.id,
                         ..SubmitResponse::default()
                     };
+                    if let Conduct::GivesBackAfter { commits: n, successor } = &fake.conduct
+                        && commits >= *n
+                    {
+                        // Read no further; what was read after the last
+                        // commit is given back unanswered.
+                        let _ = replies.send(Err(given_back(successor))).await;
+                        return;
+                    }
                     if !numbers.is_empty() {
                         fake.received.lock().extend(&numbers);
                         let commit = match &fake.conduct {
@@ -1143,6 +1173,7 @@ mod tests {
                                 let _ = replies.send(Err(broken)).await;
                                 return;
                             }
+                            Conduct::GivesBackAfter { .. } => true,
                             Conduct::Silent | Conduct::RefusesStreams => continue,
                         };
                         if commit {
@@ -1285,6 +1316,54 @@ mod tests {
         assert_eq!((old.streams(), successor.streams()), (1, 1));
     }
 
+    /// A leader that stops taking writes (it hands its leadership over, or
+    /// no longer leads) answers what it took, gives the rest of the stream
+    /// back unproposed and names its successor: every write of a session
+    /// that queued them without waiting commits, none fails, and they
+    /// commit in submission order across the two leaders.
+    #[tokio::test]
+    async fn writes_given_back_by_a_leader_that_steps_down_commit_on_its_successor_in_order() {
+        let successor = FakeLeader::new(Conduct::Commits);
+        let successor_address = successor.serve().await;
+        let old = FakeLeader::new(Conduct::GivesBackAfter {
+            commits: 20,
+            successor: successor_address,
+        });
+        let writes = writes_to(Some(&old.serve().await), Duration::from_secs(10));
+
+        let first: Vec<_> = (0..50).map(|n| writes.submit(write(n))).collect();
+        let mut outcomes = futures::future::join_all(first).await;
+        let second: Vec<_> = (50..100).map(|n| writes.submit(write(n))).collect();
+        outcomes.extend(futures::future::join_all(second).await);
+
+        assert_eq!(old.received(), (0..20).collect::<Vec<_>>());
+        assert_eq!(successor.received(), (20..100).collect::<Vec<_>>());
+        for (n, outcome) in (0u64..).zip(outcomes) {
+            match outcome {
+                Ok(results) => assert_eq!(results, vec![committed(n)]),
+                Err(failed) => panic!("write {n} failed: {failed}"),
+            }
+        }
+    }
+
+    /// A write held for a leader that never comes is given up before its
+    /// caller's timeout, as never proposed, with the last reason it was not
+    /// taken.
+    #[tokio::test]
+    async fn a_write_no_leader_takes_is_given_up_as_never_proposed_in_time() {
+        let nobody = FakeLeader::new(Conduct::GivesBackAfter {
+            commits: 0,
+            successor: String::new(),
+        });
+        let timeout = Duration::from_millis(500);
+        let writes = writes_to(Some(&nobody.serve().await), timeout);
+        let started = Instant::now();
+        let failed = writes.submit(write(1)).await.unwrap_err();
+        assert!(started.elapsed() < timeout, "{:?}", started.elapsed());
+        assert!(!failed.may_have_committed(), "{failed}");
+        assert!(nobody.received().is_empty());
+    }
+
     #[tokio::test]
     async fn a_write_with_no_leader_to_go_to_was_never_proposed() {
         let writes = writes_to(None, Duration::from_millis(100));
@@ -1296,10 +1375,12 @@ mod tests {
         assert!(!failed.may_have_committed());
     }
 
+    /// Tried again until its deadline (the leader may come back, or
+    /// another be found), then refused with why.
     #[tokio::test]
     async fn a_write_whose_stream_the_leader_refused_was_never_proposed() {
         let leader = FakeLeader::new(Conduct::RefusesStreams);
-        let writes = writes_to(Some(&leader.serve().await), Duration::from_secs(10));
+        let writes = writes_to(Some(&leader.serve().await), Duration::from_millis(500));
         let failed = writes.submit(write(1)).await.unwrap_err();
         assert!(
             matches!(

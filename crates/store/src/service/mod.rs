@@ -56,7 +56,7 @@ pub enum Unproposed {
 }
 
 /// The status that refuses a write, or ends a write stream, for `refusal`.
-pub(crate) fn unproposed_status(refusal: &crate::writer::Refusal) -> Status {
+pub fn unproposed_status(refusal: &crate::writer::Refusal) -> Status {
     use crate::writer::Refusal;
     let mut status = Status::unavailable(format!("not proposed: {refusal}"));
     let (why, leader) = match refusal {
