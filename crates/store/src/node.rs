@@ -93,6 +93,14 @@ impl StoreConfig {
 /// entry queued while the previous one commits.
 pub const DEFAULT_MAX_SUBMIT_IN_FLIGHT: usize = 8192;
 
+/// What a shutdown stops.
+struct Stopping {
+    stop_server: oneshot::Sender<()>,
+    server: JoinHandle<()>,
+    ticker: Option<JoinHandle<()>>,
+    leader_gauges: JoinHandle<()>,
+}
+
 /// A running store node: Raft, its database, its gRPC server and its tasks.
 pub struct StoreNode {
     node_id: NodeId,
@@ -101,10 +109,8 @@ pub struct StoreNode {
     db: Arc<Db>,
     writer: Writer,
     applied: broadcast::Sender<Arc<crate::state_machine::Applied>>,
-    stop_server: Option<oneshot::Sender<()>>,
-    server: JoinHandle<()>,
-    ticker: Option<JoinHandle<()>>,
-    leader_gauges: JoinHandle<()>,
+    /// Taken by the first shutdown.
+    stopping: std::sync::Mutex<Option<Stopping>>,
     snapshots_installed: Arc<AtomicU64>,
     channels: Channels,
     handles: NodeHandles,
@@ -230,10 +236,12 @@ impl StoreNode {
             db,
             writer,
             applied,
-            stop_server: Some(stop_server),
-            server,
-            ticker,
-            leader_gauges,
+            stopping: std::sync::Mutex::new(Some(Stopping {
+                stop_server,
+                server,
+                ticker,
+                leader_gauges,
+            })),
             snapshots_installed,
             channels,
             handles,
@@ -363,21 +371,28 @@ impl StoreNode {
         self.applied.subscribe()
     }
 
-    /// Stops serving, then stops Raft.
-    pub async fn shutdown(mut self) {
-        if let Some(ticker) = self.ticker.take() {
+    /// Stops serving, then stops Raft. Whatever still holds the node gets
+    /// errors from then on; a second call does nothing.
+    pub async fn shutdown(&self) {
+        let Some(mut stopping) = self
+            .stopping
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        else {
+            return;
+        };
+        if let Some(ticker) = stopping.ticker.take() {
             ticker.abort();
         }
-        self.leader_gauges.abort();
-        if let Some(stop) = self.stop_server.take() {
-            let _ = stop.send(());
-        }
+        stopping.leader_gauges.abort();
+        let _ = stopping.stop_server.send(());
         // Open streams (watches) would hold a graceful stop forever.
-        if tokio::time::timeout(SERVER_STOP_GRACE, &mut self.server)
+        if tokio::time::timeout(SERVER_STOP_GRACE, &mut stopping.server)
             .await
             .is_err()
         {
-            self.server.abort();
+            stopping.server.abort();
         }
         if let Err(error) = self.raft.shutdown().await {
             tracing::warn!(%error, "raft shutdown");
