@@ -33,6 +33,7 @@ mod failover;
 mod membership;
 mod partition;
 mod probes;
+mod rolling;
 mod routing;
 mod security;
 mod state;
