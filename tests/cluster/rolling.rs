@@ -746,3 +746,91 @@ fn report_and_check(
             .collect::<Vec<_>>()
     );
 }
+
+/// A client with a will, on `node`, its session kept `expiry_s` after it
+/// disconnects.
+async fn will_holder(
+    addr: SocketAddr,
+    client_id: &str,
+    topic: &str,
+    delay_s: u32,
+    expiry_s: u32,
+) -> RawClient {
+    let mut connect = persistent_v5(client_id, expiry_s);
+    connect.will = Some(rookery_codec::Will {
+        topic: rookery_codec::ByteString::from(topic),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: rookery_codec::WillProperties {
+            will_delay_interval: Some(delay_s),
+            ..rookery_codec::WillProperties::default()
+        },
+    });
+    let (mut client, _) = RawClient::connect_ok(addr, connect).await;
+    client.try_ping().await.expect("connected");
+    client
+}
+
+/// A drained node closes its clients' connections as a server does
+/// (MQTT-3.1.2-8: their wills are published): a will without delay goes
+/// out at once, not when the node's lease would have lapsed (10 s), and a
+/// delayed will is not published when its client resumes its session on
+/// another node within the delay (MQTT-3.1.3-9).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_nodes_wills_go_out_at_once_unless_their_clients_resume_within_the_delay() {
+    let mut cluster = Cluster::start(3);
+    within(Duration::from_secs(90), async {
+        let (drained, watching, elsewhere) = (1, 2, 3);
+        let (mut watcher, _) = RawClient::connect_ok(
+            cluster.node(watching).mqtt_addr(),
+            rookery_testkit::clean_v5("drain-will-watcher"),
+        )
+        .await;
+        watcher
+            .subscribe_amid_traffic(1, "drain-will/#", QoS::AtLeastOnce)
+            .await;
+        // A will goes out from whichever edge the store hands it to.
+        for from in [drained, elsewhere] {
+            let from = cluster.node(from).mqtt_addr();
+            await_route(from, &mut watcher, "drain-will/probe").await;
+        }
+        let addr = cluster.node(drained).mqtt_addr();
+        let mut now = will_holder(addr, "drain-will-now", "drain-will/now", 0, 60).await;
+        let mut later = will_holder(addr, "drain-will-later", "drain-will/later", 3, 60).await;
+
+        let began = Instant::now();
+        // Waits for the exit (a few hundred ms); what the node sends
+        // meanwhile waits in the clients' sockets.
+        let status = cluster.node_mut(drained).sigterm();
+        assert!(status.is_some_and(|s| s.success()), "{status:?}");
+        now.expect_disconnect(ReasonCode::ServerShuttingDown).await;
+        later.expect_disconnect(ReasonCode::ServerShuttingDown).await;
+        // Resumed elsewhere at once: its delayed will is cancelled.
+        let mut resume = persistent_v5("drain-will-later", 60);
+        resume.will = None;
+        let (_resumed, connack) =
+            RawClient::connect_ok(cluster.node(elsewhere).mqtt_addr(), resume).await;
+        assert!(connack.session_present);
+
+        let will = watcher
+            .read_until(FAILOVER, "the will without delay", |p| match p {
+                Packet::Publish(p) if p.topic.starts_with("drain-will/") => Some(p.clone()),
+                _ => None,
+            })
+            .await
+            .expect("a will");
+        let arrived = began.elapsed();
+        eprintln!("the will arrived {arrived:?} after SIGTERM");
+        assert_eq!(will.topic, "drain-will/now", "{will:?}");
+        assert!(arrived < Duration::from_secs(3), "{arrived:?}");
+        watcher.try_puback(&will).await.expect("PUBACK the will");
+        // Past the delay: the resumed session's will stays unpublished.
+        match watcher.read(Duration::from_secs(5)).await {
+            Read::Nothing => {}
+            Read::Packet(Packet::Publish(p)) => panic!("unexpected publish: {p:?}"),
+            other => panic!("the watcher's connection: {other:?}"),
+        }
+    })
+    .await;
+}

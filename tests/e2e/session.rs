@@ -9,7 +9,7 @@ use rookery_codec::ProtocolVersion::V3_1_1;
 use rookery_codec::{Disconnect, Packet, QoS, ReasonCode};
 use rookery_testkit::{RawClient, connect_packet, persistent_v5, publish_packet};
 
-use crate::harness::{Broker, shared, skip_on_mosquitto, unique};
+use crate::harness::{Broker, Settings, shared, skip_on_mosquitto, skip_unless_rookery, unique};
 
 /// MQTT-3.1.2-23 (section 3.1.2.11.2): without a Session Expiry Interval (0)
 /// the session ends when the connection closes.
@@ -194,6 +194,36 @@ async fn sigterm_sends_disconnect_0x8b_to_v5_clients_and_exits_cleanly() {
     v5.expect_disconnect(ReasonCode::ServerShuttingDown).await;
     assert!(v311.expect_closed().await.is_empty());
     assert!(status.success(), "exit status {status}");
+}
+
+/// With `broker.server_reference` set, SIGTERM sends 5.0 clients
+/// DISCONNECT 0x9C (Use another server) naming that server, so that they
+/// reconnect there; a 3.1.1 client's connection is closed. The broker exits
+/// 0 promptly (no client, no peer: nothing to wait for).
+#[tokio::test]
+async fn sigterm_sends_v5_clients_to_the_server_reference() {
+    if skip_unless_rookery("broker.server_reference") {
+        return;
+    }
+    let mut broker = Broker::start_with(Settings {
+        extra_toml: Some("[broker]\nserver_reference = \"mqtt-b.example:1883\"\n".into()),
+        ..Settings::default()
+    });
+    let mut v5 = RawClient::v5(broker.addr(), "ref-5").await;
+    let mut v311 = RawClient::v311(broker.addr(), "ref-4").await;
+    let started = std::time::Instant::now();
+    let status = broker
+        .sigterm()
+        .expect("the broker exited within the timeout");
+    let took = started.elapsed();
+    let disconnect = v5.expect_disconnect(ReasonCode::UseAnotherServer).await;
+    assert_eq!(
+        disconnect.properties.server_reference.as_deref(),
+        Some("mqtt-b.example:1883")
+    );
+    assert!(v311.expect_closed().await.is_empty());
+    assert!(status.success(), "exit status {status}");
+    assert!(took < Duration::from_secs(3), "SIGTERM to exit: {took:?}");
 }
 
 /// After SIGTERM a restart on the same data directory resumes the persistent
