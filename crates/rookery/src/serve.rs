@@ -180,7 +180,7 @@ pub async fn run(
         tracing::warn!(signal, "second signal: exiting without finishing shutdown");
         std::process::exit(FORCED_EXIT);
     });
-    drain(broker, store, std::time::Instant::now() + grace).await;
+    drain(broker, store, std::time::Instant::now(), grace).await;
     if let Some(http) = http {
         http.stop();
     }
@@ -188,17 +188,21 @@ pub async fn run(
     Ok(())
 }
 
-/// A planned stop, by `deadline`: the edge first (its clients go, their
-/// sessions' last writes and the lease's release reach the store), then
-/// the store (no more writes; a leader hands over), then both stop.
+/// A planned stop, within `grace` of `started`: the edge first (its
+/// clients go, their sessions' last writes and the lease's release reach
+/// the store), then the store (no more writes; a leader hands over), then
+/// both stop. The edge leaves the store a part of the grace period, so
+/// that clients that do not go cannot keep the leadership from moving.
 async fn drain(
     mut broker: Option<Broker>,
     store: Option<Arc<StoreNode>>,
-    deadline: std::time::Instant,
+    started: std::time::Instant,
+    grace: Duration,
 ) {
-    let started = std::time::Instant::now();
+    let deadline = started + grace;
+    let store_share = (grace / 4).min(Duration::from_secs(3));
     if let Some(broker) = broker.as_mut() {
-        let drained = broker.drain(deadline).await;
+        let drained = broker.drain(deadline - store_share).await;
         if drained.left > 0 {
             tracing::warn!(
                 clients = drained.clients,
@@ -236,10 +240,7 @@ async fn drain(
     if let Some(store) = store {
         store.shutdown().await;
     }
-    tracing::info!(
-        took_ms = started.elapsed().as_millis() as u64,
-        "drained"
-    );
+    tracing::info!(took_ms = started.elapsed().as_millis() as u64, "drained");
 }
 
 /// Installs the metrics recorder and serves metrics, probes and the admin

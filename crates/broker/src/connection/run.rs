@@ -384,10 +384,13 @@ impl Live {
                 Ok(())
             }
             ToConnection::Queued => Box::pin(self.send_stored(true)).await,
-            ToConnection::Close(reason @ (ReasonCode::ServerShuttingDown | ReasonCode::UseAnotherServer)) => {
+            ToConnection::Close(
+                reason @ (ReasonCode::ServerShuttingDown | ReasonCode::UseAnotherServer),
+            ) => {
                 // The edge drains: the publishes read so far are answered
-                // first, so that the client need not send them again.
-                self.settle_pending().await;
+                // first, so that the client need not send them again. One
+                // whose outcome closes the connection has said why already.
+                self.settle_pending().await?;
                 match (reason, &self.hub.config.server_reference) {
                     (ReasonCode::UseAnotherServer, Some(server)) => {
                         self.socket.out.disconnect_to(reason, server);
@@ -473,13 +476,13 @@ impl Live {
     }
 
     /// Answers every publish waiting on the store or on other edges (each
-    /// bounded by the store's write timeout).
-    async fn settle_pending(&mut self) {
+    /// bounded by the store's write timeout); an answer that ends the
+    /// connection ends it.
+    async fn settle_pending(&mut self) -> Result<(), End> {
         while let Some(done) = self.pending.next().await {
-            if self.complete(done).is_err() {
-                return;
-            }
+            self.complete(done)?;
         }
+        Ok(())
     }
 
     /// Records how the connection ended: in the store (will, expiry) and in
