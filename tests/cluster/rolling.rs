@@ -854,3 +854,114 @@ async fn a_drained_nodes_wills_go_out_at_once_unless_their_clients_resume_within
     })
     .await;
 }
+
+/// An edge-only node reaches the store through its seeds. When the store
+/// leader restarts, that node's clients stay connected and none of their
+/// publishes is refused (the edge holds its writes until it finds the next
+/// leader), nothing acknowledged is lost, no QoS 2 message arrives twice,
+/// and the leader exits promptly (the streams edges follow it by end first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_only_nodes_clients_ride_through_a_store_leader_restart() {
+    use crate::harness::{Options, Roles};
+    let mut cluster = Cluster::start_with(
+        4,
+        Options {
+            roles: vec![Roles::Both, Roles::Both, Roles::Both, Roles::Edge],
+            ..Options::default()
+        },
+    );
+    within(Duration::from_secs(120), async {
+        let nodes = Nodes::of(&cluster, 4);
+        let edge = 4;
+        let mut subscribers = Vec::new();
+        for (qos, level) in [(QoS::AtLeastOnce, 1), (QoS::ExactlyOnce, 2)] {
+            let client_id = format!("edge-sub-q{level}");
+            let (mut client, _) =
+                RawClient::connect_ok(nodes.addr(edge), persistent_v5(&client_id, EXPIRY_S)).await;
+            let record = Arc::new(Mutex::new(Record::default()));
+            record.lock().unwrap().connections.push(Connection {
+                node: edge,
+                at: Instant::now(),
+                session_present: false,
+                ended: None,
+            });
+            let filter = format!("edge/q{level}/#");
+            client
+                .send(Packet::Subscribe(subscribe_packet(
+                    1,
+                    &[(&filter, at(qos))],
+                )))
+                .await;
+            assert!(matches!(client.expect().await, Packet::SubAck(_)));
+            subscribers.push(subscriber(
+                nodes.clone(),
+                edge,
+                client,
+                qos,
+                format!("edge/q{level}/m"),
+                client_id,
+                record,
+            ));
+        }
+        let publishers: Vec<Client> = [(QoS::AtLeastOnce, 1), (QoS::ExactlyOnce, 2)]
+            .into_iter()
+            .map(|(qos, level)| {
+                publisher(
+                    nodes.clone(),
+                    edge,
+                    qos,
+                    format!("edge/q{level}/m"),
+                    format!("edge-pub-q{level}"),
+                )
+            })
+            .collect();
+        traffic_flows(&subscribers, 20).await;
+
+        let leader = cluster.leader().await;
+        let began = Instant::now();
+        let status = cluster.node_mut(leader).sigterm();
+        let exited = began.elapsed();
+        assert!(status.is_some_and(|s| s.success()), "{status:?}");
+        cluster.node_mut(leader).restart();
+        traffic_flows(&subscribers, 20).await;
+        eprintln!("store leader node {leader} exited {exited:?} after SIGTERM");
+        assert!(exited < Duration::from_secs(2), "{exited:?}");
+
+        let mut problems = Vec::new();
+        let mut acked = Vec::new();
+        for publisher in publishers {
+            let (name, _, record) = publisher.stop().await;
+            if !record.refused.is_empty() {
+                problems.push(format!("{name}: refused {:?}", record.refused));
+            }
+            if record.connections.iter().any(|c| c.ended.is_some()) {
+                problems.push(format!("{name} was disconnected: {:?}", record.connections));
+            }
+            acked.push(record.acked.iter().copied().collect::<BTreeSet<u64>>());
+        }
+        for (subscriber, acked) in subscribers.iter().zip(&acked) {
+            let arrived = async {
+                while !acked.is_subset(&subscriber.record().handed.iter().copied().collect()) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            };
+            let _ = tokio::time::timeout(FAILOVER, arrived).await;
+        }
+        for (subscriber, acked) in subscribers.into_iter().zip(&acked) {
+            let (name, qos, record) = subscriber.stop().await;
+            let handed: BTreeSet<u64> = record.handed.iter().copied().collect();
+            let lost: BTreeSet<u64> = acked.difference(&handed).copied().collect();
+            if !lost.is_empty() {
+                problems.push(format!("{name} lost {}", ranges(&lost)));
+            }
+            if qos == QoS::ExactlyOnce && handed.len() != record.handed.len() {
+                problems.push(format!("{name} was handed QoS 2 messages twice"));
+            }
+            if record.connections.iter().any(|c| c.ended.is_some()) {
+                problems.push(format!("{name} was disconnected: {:?}", record.connections));
+            }
+        }
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    })
+    .await;
+}

@@ -183,6 +183,7 @@ impl StoreNode {
             channels: channels.clone(),
             applied: applied.clone(),
             leadership,
+            stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
         };
         let (stop_server, stopped) = oneshot::channel::<()>();
         // With TLS, a peer without a certificate signed by the cluster CA is
@@ -340,13 +341,16 @@ impl StoreNode {
         self.writer.close();
         let leads = self.raft.metrics().borrow().state.is_leader();
         if leads {
-            match self.hand_over(None, within).await {
+            let handed = self.hand_over(None, within).await;
+            self.end_streams();
+            match handed {
                 Ok(handed) => return Ok(Some(handed)),
                 // Alone: nobody to hand over to; what it took still commits.
                 Err(HandOverError::NoOtherVoter) => {}
                 Err(error) => return Err(error),
             }
         }
+        self.end_streams();
         if tokio::time::timeout(within, self.writer.settled())
             .await
             .is_err()
@@ -354,6 +358,12 @@ impl StoreNode {
             return Err(HandOverError::Unsettled(within));
         }
         Ok(None)
+    }
+
+    /// Ends the node's event streams (`Follow`, `WatchRoutes`,
+    /// `WatchEdge`): their edges follow another store node.
+    fn end_streams(&self) {
+        self.handles.stopping.send_replace(true);
     }
 
     /// Reads from this node's applied state without a leadership check.
@@ -386,6 +396,7 @@ impl StoreNode {
             ticker.abort();
         }
         stopping.leader_gauges.abort();
+        self.end_streams();
         let _ = stopping.stop_server.send(());
         // Open streams (watches) would hold a graceful stop forever.
         if tokio::time::timeout(SERVER_STOP_GRACE, &mut stopping.server)

@@ -108,6 +108,8 @@ pub struct NodeHandles {
     pub applied: broadcast::Sender<Arc<Applied>>,
     /// Since when this node leads; one leadership hand-over at a time.
     pub leadership: Arc<crate::handover::Leadership>,
+    /// Set when the node stops: its event streams end.
+    pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for NodeHandles {

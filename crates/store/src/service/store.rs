@@ -78,22 +78,40 @@ fn submit_response(
 }
 
 /// The next applied entry for a stream, or `None` once the stream must end:
-/// the store stopped, or the watcher fell behind, or (with `ends_on_reset`,
-/// for streams that mirror state) a snapshot replaced the state; the client
-/// is told to watch again.
+/// the store stopped or is stopping, or the watcher fell behind, or (with
+/// `ends_on_reset`, for streams that mirror state) a snapshot replaced the
+/// state; the client is told to watch again (here or elsewhere).
 async fn next_applied<T>(
     applied: &mut broadcast::Receiver<Arc<Applied>>,
+    stopping: &mut tokio::sync::watch::Receiver<bool>,
     sender: &mpsc::Sender<Result<T, Status>>,
     ends_on_reset: bool,
 ) -> Option<Arc<Applied>> {
-    let why = match applied.recv().await {
-        Ok(next) if ends_on_reset && next.reset => "the store installed a snapshot; watch again",
-        Ok(next) => return Some(next),
-        Err(broadcast::error::RecvError::Lagged(_)) => "the watcher fell behind; watch again",
-        Err(broadcast::error::RecvError::Closed) => return None,
+    let why = tokio::select! {
+        received = applied.recv() => match received {
+            Ok(next) if ends_on_reset && next.reset => {
+                Status::aborted("the store installed a snapshot; watch again")
+            }
+            Ok(next) => return Some(next),
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                Status::aborted("the watcher fell behind; watch again")
+            }
+            Err(broadcast::error::RecvError::Closed) => return None,
+        },
+        // A node that stops ends its streams first, so that their edges
+        // follow another node at once (and the server stops without
+        // waiting for them).
+        () = stopped(stopping) => Status::unavailable("this store node is stopping; watch another"),
     };
-    let _ = sender.send(Err(Status::aborted(why))).await;
+    let _ = sender.send(Err(why)).await;
     None
+}
+
+/// Resolves once the node stops (never if it cannot tell).
+async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
+    if stopping.wait_for(|stopping| *stopping).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 fn internal(error: StoreError) -> Status {
@@ -399,6 +417,7 @@ impl proto::store_server::Store for StoreService {
         _request: Request<proto::WatchRoutesRequest>,
     ) -> Result<Response<Self::WatchRoutesStream>, Status> {
         let mut applied = self.node.applied.subscribe();
+        let mut stopping = self.node.stopping.subscribe();
         let start_index = applied_index(&self.node.db).map_err(internal)?;
         let routes = machine::read_routes(&*self.node.db).map_err(internal)?;
         let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
@@ -410,7 +429,8 @@ impl proto::store_server::Store for StoreService {
         }));
         tokio::spawn(async move {
             loop {
-                let Some(next) = next_applied(&mut applied, &sender, true).await else {
+                let Some(next) = next_applied(&mut applied, &mut stopping, &sender, true).await
+                else {
                     return;
                 };
                 if next.log_index <= start_index {
@@ -451,13 +471,15 @@ impl proto::store_server::Store for StoreService {
         // Subscribed before `ready` goes out: what the edge reads after it
         // cannot miss a change.
         let mut applied = self.node.applied.subscribe();
+        let mut stopping = self.node.stopping.subscribe();
         let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
         let _ = sender.try_send(Ok(proto::FollowEvent {
             kind: Some(Follow::Ready(true)),
         }));
         tokio::spawn(async move {
             loop {
-                let Some(next) = next_applied(&mut applied, &sender, true).await else {
+                let Some(next) = next_applied(&mut applied, &mut stopping, &sender, true).await
+                else {
                     return;
                 };
                 for change in &next.events {
@@ -512,10 +534,12 @@ impl proto::store_server::Store for StoreService {
     ) -> Result<Response<Self::WatchEdgeStream>, Status> {
         let edge_id = request.into_inner().edge_id;
         let mut applied = self.node.applied.subscribe();
+        let mut stopping = self.node.stopping.subscribe();
         let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
         tokio::spawn(async move {
             loop {
-                let Some(next) = next_applied(&mut applied, &sender, false).await else {
+                let Some(next) = next_applied(&mut applied, &mut stopping, &sender, false).await
+                else {
                     return;
                 };
                 for change in &next.events {
