@@ -111,6 +111,8 @@ pub struct Broker {
     sys: Option<JoinHandle<()>>,
     /// When the drain ended, once it has.
     drained_at: Option<Instant>,
+    /// Whether other edges forward to this one.
+    forwarding: bool,
 }
 
 /// What a drain did.
@@ -200,6 +202,7 @@ impl Broker {
         }
 
         let mut background = Vec::new();
+        let forwarding = forward_listener.is_some();
         if let Some(listener) = forward_listener {
             // With TLS, a peer without a certificate of the cluster CA is
             // refused in the handshake, before any batch is read.
@@ -233,6 +236,7 @@ impl Broker {
             lease,
             sys,
             drained_at: None,
+            forwarding,
         })
     }
 
@@ -369,7 +373,9 @@ impl Broker {
                 Instant::now()
             }
         };
-        tokio::time::sleep_until((drained_at + FORWARD_LINGER).into()).await;
+        if self.forwarding {
+            tokio::time::sleep_until((drained_at + FORWARD_LINGER).into()).await;
+        }
         for task in &self.background {
             task.abort();
         }

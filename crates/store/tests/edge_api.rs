@@ -379,3 +379,82 @@ async fn a_write_stream_at_its_in_flight_limit_answers_every_write() {
     assert_eq!(edges.len() as u64, 1 + WRITES - WRITES / 10);
     node.shutdown().await;
 }
+
+/// A draining node takes no more writes, and says so in a way an edge can
+/// act on: every write it took is answered, an open write stream then ends
+/// with a status saying that whatever it did not answer was never
+/// proposed, a new stream is refused alike, and an in-process write comes
+/// back unproposed with its commands. Nothing it refused was applied.
+#[tokio::test]
+async fn a_draining_node_answers_what_it_took_and_gives_back_the_rest_unproposed() {
+    use rookery_store::service::{Unproposed, unproposed};
+    use rookery_store::writer::Refusal;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (node, mut store) = single_voter(dir.path(), None).await;
+    let (requests, outgoing) = tokio::sync::mpsc::channel(16);
+    let mut replies = store
+        .submit(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+        .await
+        .unwrap()
+        .into_inner();
+    requests
+        .send(proto::SubmitRequest {
+            id: 1,
+            commands: vec![register_edge("before")],
+        })
+        .await
+        .unwrap();
+    let taken = tokio::time::timeout(WAIT, replies.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((taken.id, taken.error.as_str()), (1, ""));
+
+    // Alone in its group: nobody to hand over to, nothing left to settle.
+    assert_eq!(node.drain(WAIT).await, Ok(None));
+
+    // The open stream ends, giving back what it had not answered.
+    let _ = requests
+        .send(proto::SubmitRequest {
+            id: 2,
+            commands: vec![register_edge("after")],
+        })
+        .await;
+    let ended = tokio::time::timeout(WAIT, replies.next())
+        .await
+        .unwrap()
+        .expect("the stream ends with a status")
+        .expect_err("no answer to a write sent after the drain");
+    assert_eq!(unproposed(&ended), Some(Unproposed::HandingOver), "{ended}");
+    let refused = store
+        .submit(tokio_stream::iter(Vec::<proto::SubmitRequest>::new()))
+        .await
+        .expect_err("a new stream is refused");
+    assert_eq!(
+        unproposed(&refused),
+        Some(Unproposed::HandingOver),
+        "{refused}"
+    );
+    let back = node
+        .try_submit(vec![register_edge("local")])
+        .err()
+        .expect("refused in process too");
+    assert_eq!(back.refusal, Refusal::HandingOver);
+    assert_eq!(back.commands, vec![register_edge("local")]);
+
+    let edges: Vec<String> = store
+        .list_edges(proto::ListEdgesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .edges
+        .into_iter()
+        .map(|edge| edge.edge_id)
+        .collect();
+    assert!(edges.contains(&"before".to_owned()), "{edges:?}");
+    assert!(!edges.contains(&"after".to_owned()), "{edges:?}");
+    assert!(!edges.contains(&"local".to_owned()), "{edges:?}");
+    node.shutdown().await;
+}
