@@ -39,6 +39,13 @@ const LEASE_MARGIN: Duration = Duration::from_millis(100);
 /// The bound on one TimeoutNow call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long a voter may take to catch up and start an election before the
+/// next one is asked instead.
+const CANDIDATE_WAIT: Duration = Duration::from_secs(2);
+
+/// Calls a voter that cannot be reached gets before the next is asked.
+const UNREACHABLE_TRIES: u32 = 3;
+
 /// Pause before asking the chosen voter again after it refused.
 const ASK_AGAIN: Duration = Duration::from_millis(20);
 
@@ -183,23 +190,20 @@ pub async fn hand_over(
     }
     let term = metrics.current_term;
     let voters: BTreeSet<NodeId> = metrics.membership_config.membership().voter_ids().collect();
-    let target = match to {
+    // Furthest along first: a voter that is down (restarting) lags, and one
+    // that cannot be reached gives way to the next.
+    let candidates = match to {
         Some(id) if id == me => return Ok(leader_of(&metrics, started)),
-        Some(id) if voters.contains(&id) => id,
+        Some(id) if voters.contains(&id) => vec![id],
         Some(id) => return Err(HandOverError::NotAVoter(id)),
-        None => furthest_voter(&metrics, &voters).ok_or(HandOverError::NoOtherVoter)?,
+        None => ranked_voters(&metrics, &voters),
     };
-    let Some(address) = metrics
-        .membership_config
-        .membership()
-        .get_node(&target)
-        .map(|node| node.addr.clone())
-    else {
-        return Err(HandOverError::NotAVoter(target));
+    let Some(&first) = candidates.first() else {
+        return Err(HandOverError::NoOtherVoter);
     };
     tracing::info!(
         from = me,
-        to = target,
+        to = first,
         term,
         "handing the store leadership over"
     );
@@ -241,40 +245,30 @@ pub async fn hand_over(
     };
 
     let last_log_index = node.raft.metrics().borrow().last_log_index.unwrap_or(0);
-    let mut watch = node.raft.metrics();
-    let caught_up = tokio::time::timeout_at(
-        deadline,
-        watch.wait_for(|m| matched_index(m, target) >= last_log_index),
-    )
-    .await
-    .is_ok_and(|result| result.is_ok());
-    if !caught_up {
-        return Err(HandOverError::Behind {
-            node: target,
-            within,
-        });
-    }
-
     let request = TimeoutNowRequest {
         term,
         leader_id: me,
         last_log_index,
     };
-    loop {
-        match ask_to_elect(node, &address, request).await {
+    let mut started_election = Err(HandOverError::NoOtherVoter);
+    for (k, &target) in candidates.iter().enumerate() {
+        // A live voter catches up and answers in milliseconds: one that does
+        // not within `CANDIDATE_WAIT` gives way while others remain.
+        let until = if k + 1 < candidates.len() {
+            deadline.min(Instant::now() + CANDIDATE_WAIT)
+        } else {
+            deadline
+        };
+        started_election = elect(node, &metrics, target, request, until).await;
+        match &started_election {
             Ok(()) => break,
-            Err(reason) if Instant::now() + ASK_AGAIN >= deadline => {
-                return Err(HandOverError::NotStarted {
-                    node: target,
-                    reason,
-                });
-            }
-            Err(reason) => {
-                tracing::debug!(to = target, %reason, "the voter did not start an election yet");
-                tokio::time::sleep(ASK_AGAIN).await;
+            Err(why) => {
+                tracing::info!(to = target, %why, "this voter does not take the leadership")
             }
         }
     }
+    started_election?;
+    let mut watch = node.raft.metrics();
 
     let elected = tokio::time::timeout_at(
         deadline,
@@ -296,6 +290,68 @@ pub async fn hand_over(
         "the store leadership was handed over"
     );
     Ok(handed)
+}
+
+/// Has `target` start an election, by `deadline`, once it holds the log up
+/// to `request.last_log_index`.
+async fn elect(
+    node: &NodeHandles,
+    metrics: &RaftMetrics<NodeId, BasicNode>,
+    target: NodeId,
+    request: TimeoutNowRequest,
+    deadline: Instant,
+) -> Result<(), HandOverError> {
+    let Some(address) = metrics
+        .membership_config
+        .membership()
+        .get_node(&target)
+        .map(|node| node.addr.clone())
+    else {
+        return Err(HandOverError::NotAVoter(target));
+    };
+    let within = deadline.saturating_duration_since(Instant::now());
+    let mut watch = node.raft.metrics();
+    let caught_up = tokio::time::timeout_at(
+        deadline,
+        watch.wait_for(|m| matched_index(m, target) >= request.last_log_index),
+    )
+    .await
+    .is_ok_and(|result| result.is_ok());
+    if !caught_up {
+        return Err(HandOverError::Behind {
+            node: target,
+            within,
+        });
+    }
+    let mut unreachable = 0;
+    loop {
+        let reason = match ask_to_elect(node, &address, request).await {
+            Ok(()) => return Ok(()),
+            Err(Asked::Refused(reason)) => reason,
+            Err(Asked::Unreachable(reason)) => {
+                unreachable += 1;
+                reason
+            }
+        };
+        // A voter that answered may just lag; one that cannot be reached is
+        // most likely down.
+        if unreachable >= UNREACHABLE_TRIES || Instant::now() + ASK_AGAIN >= deadline {
+            return Err(HandOverError::NotStarted {
+                node: target,
+                reason,
+            });
+        }
+        tracing::debug!(to = target, %reason, "the voter did not start an election yet");
+        tokio::time::sleep(ASK_AGAIN).await;
+    }
+}
+
+/// Why a voter did not start an election when asked.
+enum Asked {
+    /// It answered no (it may not hold the log yet, or not know the term).
+    Refused(String),
+    /// It could not be asked.
+    Unreachable(String),
 }
 
 /// Sleeps until `until`, or `deadline` if that is earlier.
@@ -328,17 +384,19 @@ fn matched_index(metrics: &RaftMetrics<NodeId, BasicNode>, node: NodeId) -> u64 
         .map_or(0, |log_id| log_id.index)
 }
 
-/// The voter other than this node that the leader's replication has taken
-/// furthest along the log (the lowest id on a tie).
-fn furthest_voter(
+/// The voters other than this node, those the leader's replication has
+/// taken furthest along the log first (the lowest id first on a tie).
+fn ranked_voters(
     metrics: &RaftMetrics<NodeId, BasicNode>,
     voters: &BTreeSet<NodeId>,
-) -> Option<NodeId> {
-    voters
+) -> Vec<NodeId> {
+    let mut ranked: Vec<NodeId> = voters
         .iter()
         .copied()
         .filter(|voter| *voter != metrics.id)
-        .max_by_key(|voter| (matched_index(metrics, *voter), std::cmp::Reverse(*voter)))
+        .collect();
+    ranked.sort_by_key(|voter| (std::cmp::Reverse(matched_index(metrics, *voter)), *voter));
+    ranked
 }
 
 /// Asks the voter at `address` to start an election now.
@@ -346,14 +404,22 @@ async fn ask_to_elect(
     node: &NodeHandles,
     address: &str,
     request: TimeoutNowRequest,
-) -> Result<(), String> {
-    let channel = node.channels.get(address).map_err(|e| e.to_string())?;
+) -> Result<(), Asked> {
+    let channel = node
+        .channels
+        .get(address)
+        .map_err(|e| Asked::Unreachable(e.to_string()))?;
     let mut client = RaftClient::new(channel);
     match tokio::time::timeout(CALL_TIMEOUT, client.timeout_now(request)).await {
         Ok(Ok(reply)) if reply.get_ref().refused.is_empty() => Ok(()),
-        Ok(Ok(reply)) => Err(reply.into_inner().refused),
-        Ok(Err(status)) => Err(status.message().to_owned()),
-        Err(_) => Err(format!("no answer within {CALL_TIMEOUT:?}")),
+        Ok(Ok(reply)) => Err(Asked::Refused(reply.into_inner().refused)),
+        Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+            Err(Asked::Unreachable(status.message().to_owned()))
+        }
+        Ok(Err(status)) => Err(Asked::Refused(status.message().to_owned())),
+        Err(_) => Err(Asked::Unreachable(format!(
+            "no answer within {CALL_TIMEOUT:?}"
+        ))),
     }
 }
 
