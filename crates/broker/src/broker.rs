@@ -152,10 +152,9 @@ impl Broker {
             max_packet_size: config.limits.max_packet_size,
             connections: ConnectionLimits::new(&config.limits),
         };
-        crate::transport::describe_metrics();
-        crate::connection::describe_metrics();
         let mut listeners = Vec::new();
         for listener_config in &config.listeners {
+            hub.stats.register_listener(&listener_config.display_name());
             let auth = ListenerAuth::of(&config.auth, listener_config);
             if auth.anonymous_allowed && !listener_config.address.ip().is_loopback() {
                 tracing::warn!(

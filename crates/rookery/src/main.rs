@@ -10,11 +10,13 @@
 //! second signal cuts shutdown short, 2 for a usage or configuration error.
 
 mod admin;
+mod catalog;
 mod cli;
 mod config;
 mod exporter;
 mod logging;
 mod passwd;
+mod process;
 mod serve;
 
 use std::process::ExitCode;

@@ -32,6 +32,7 @@ pub mod machine;
 pub mod network;
 pub mod node;
 pub mod once;
+mod report;
 pub mod security;
 pub mod service;
 pub mod state_machine;

@@ -42,6 +42,10 @@ struct LogWrite {
 pub struct LogStore {
     db: Arc<Db>,
     writer: Arc<LogWriter>,
+    /// `rookery_store_raft_committed_index`.
+    committed: metrics::Gauge,
+    /// `rookery_store_raft_entry_bytes`.
+    entry_bytes: metrics::Histogram,
 }
 
 /// The writer thread's queue and handle. Dropping the last `LogStore` clone
@@ -91,9 +95,13 @@ impl LogStore {
             queue: Some(sender),
             thread: Some(thread),
         };
+        let committed = metrics::gauge!("rookery_store_raft_committed_index");
+        committed.set(0.0);
         Ok(LogStore {
             db,
             writer: Arc::new(writer),
+            committed,
+            entry_bytes: metrics::histogram!("rookery_store_raft_entry_bytes"),
         })
     }
 
@@ -140,7 +148,10 @@ fn writer_gone() -> StoreError {
 }
 
 fn write_loop(db: &Db, queue: &mpsc::Receiver<LogWrite>) {
+    let writes_per_sync = metrics::histogram!("rookery_store_log_writes_per_sync");
+    let sync_duration = metrics::histogram!("rookery_store_log_sync_duration_seconds");
     while let Ok(first) = queue.recv() {
+        let started = std::time::Instant::now();
         let mut writes = vec![first];
         while writes.len() < MAX_WRITES_PER_SYNC {
             match queue.try_recv() {
@@ -163,7 +174,8 @@ fn write_loop(db: &Db, queue: &mpsc::Receiver<LogWrite>) {
             }
             completions.push(write.completion);
         }
-        metrics::histogram!("rookery_store_log_writes_per_sync").record(completions.len() as f64);
+        sync_duration.record(started.elapsed().as_secs_f64());
+        writes_per_sync.record(completions.len() as f64);
         for completion in completions {
             let result = outcome.clone().map_err(std::io::Error::other);
             match completion {
@@ -256,6 +268,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let batch = self
             .meta_batch(COMMITTED, &committed)
             .map_err(StoreError::write)?;
+        self.committed
+            .set(committed.map_or(0, |id| id.index) as f64);
         self.db
             .raw()
             .write(batch)
@@ -263,10 +277,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        Ok(self
+        let committed = self
             .get_meta::<Option<LogId<NodeId>>>(COMMITTED)
             .map_err(StoreError::read)?
-            .flatten())
+            .flatten();
+        self.committed
+            .set(committed.map_or(0, |id| id.index) as f64);
+        Ok(committed)
     }
 
     async fn append<I>(
@@ -283,6 +300,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for entry in entries {
             let bytes =
                 postcard::to_allocvec(&entry).map_err(|e| StoreError::from(e).write_logs())?;
+            self.entry_bytes.record(bytes.len() as f64);
             batch.put_cf(family, index_key(entry.log_id.index), bytes);
         }
         // Returns at once; openraft learns of durability through the callback.

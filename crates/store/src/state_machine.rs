@@ -373,6 +373,11 @@ fn install(db: &Db, meta: &Meta, data: &[u8]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The size of the snapshot kept on disk; 0 when there is none.
+pub(crate) fn snapshot_size(dir: &Path) -> u64 {
+    std::fs::metadata(snapshot_paths(dir).1).map_or(0, |metadata| metadata.len())
+}
+
 fn snapshot_paths(dir: &Path) -> (PathBuf, PathBuf) {
     (dir.join("current.meta"), dir.join("current.data"))
 }

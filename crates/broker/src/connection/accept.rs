@@ -31,6 +31,8 @@ pub(super) struct Admission {
     pub certificate: Option<String>,
     /// When the connect timeout ends, authentication exchange included.
     pub deadline: Instant,
+    /// The listener's name (`rookery_clients_connected{listener}`).
+    pub listener_name: Arc<str>,
 }
 
 /// How authentication ended.
@@ -149,8 +151,17 @@ pub(super) async fn accept(
     if session.persistent || connected.session_present {
         session.outgoing.resume(connected.queue);
     }
-    hub.stats.connected();
-    Some(Live::new(hub.clone(), socket, session, receiver, mailbox))
+    let client_gauge = hub
+        .stats
+        .connected(&admission.listener_name, connect.protocol);
+    Some(Live::new(
+        hub.clone(),
+        socket,
+        session,
+        receiver,
+        mailbox,
+        client_gauge,
+    ))
 }
 
 /// Who the client is: a SCRAM exchange when CONNECT names SCRAM-SHA-256,
