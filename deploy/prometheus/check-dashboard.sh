@@ -38,8 +38,9 @@ work=$(mktemp -d -t rookery-check-dashboard.XXXXXX)
 pids=()
 cleanup() {
     local status=$?
-    for pid in "${pids[@]}"; do
-        kill "$pid" 2>/dev/null || true
+    # Newest first: the load, then Prometheus, then the nodes.
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+        kill "${pids[i]}" 2>/dev/null || true
     done
     for pid in "${pids[@]}"; do
         wait "$pid" 2>/dev/null || true

@@ -23,8 +23,11 @@ pub enum Kind {
 /// Which part of a node records a metric: a node exports only its roles'.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Owner {
-    /// Every node: the process, its build, its data directory.
+    /// Every node: its build, start, reloads.
     Node,
+    /// Every node, read when `/metrics` is scraped (`process.rs`), never
+    /// through the recorder: the process and its data directory.
+    Process,
     /// Nodes with the edge role (MQTT listeners, forwarding).
     Edge,
     /// Nodes with the store role (a Raft replica).
@@ -127,7 +130,7 @@ const fn histogram(
     }
 }
 
-use Owner::{Edge, Node, Store};
+use Owner::{Edge, Node, Process, Store};
 
 /// Every metric, grouped as docs/operations-metrics.md groups them.
 pub const METRICS: &[Metric] = &[
@@ -164,55 +167,55 @@ pub const METRICS: &[Metric] = &[
     ),
     counter(
         "process_cpu_seconds_total",
-        Node,
+        Process,
         "CPU time this process has used, user and system, in seconds",
         &[],
     ),
     gauge(
         "process_resident_memory_bytes",
-        Node,
+        Process,
         "Resident memory of this process, in bytes",
         &[],
     ),
     gauge(
         "process_virtual_memory_bytes",
-        Node,
+        Process,
         "Virtual memory of this process, in bytes",
         &[],
     ),
     gauge(
         "process_open_fds",
-        Node,
+        Process,
         "File descriptors this process has open (sockets included)",
         &[],
     ),
     gauge(
         "process_max_fds",
-        Node,
+        Process,
         "The most file descriptors this process may open (its soft limit)",
         &[],
     ),
     gauge(
         "process_threads",
-        Node,
+        Process,
         "Threads of this process",
         &[],
     ),
     gauge(
         "process_start_time_seconds",
-        Node,
+        Process,
         "When this process started, in seconds since the Unix epoch, as the kernel counts it",
         &[],
     ),
     gauge(
         "rookery_data_dir_filesystem_avail_bytes",
-        Node,
+        Process,
         "Bytes free for this process on the filesystem holding the data directory",
         &[],
     ),
     gauge(
         "rookery_data_dir_filesystem_size_bytes",
-        Node,
+        Process,
         "Size in bytes of the filesystem holding the data directory",
         &[],
     ),

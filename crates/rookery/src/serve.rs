@@ -63,7 +63,7 @@ pub async fn run(
     let mut signals = Signals::new().map_err(ServeError::Signals)?;
 
     if let Some(address) = config.metrics.listen.0 {
-        crate::exporter::install(address)
+        crate::exporter::install(address, &config.metric_owners())
             .map_err(|message| ServeError::Metrics { address, message })?;
         tracing::info!(%address, "metrics ready");
     }

@@ -44,6 +44,8 @@ pub struct LogStore {
     writer: Arc<LogWriter>,
     /// `rookery_store_raft_committed_index`.
     committed: metrics::Gauge,
+    /// `rookery_store_raft_last_log_index`.
+    last_log: metrics::Gauge,
     /// `rookery_store_raft_entry_bytes`.
     entry_bytes: metrics::Histogram,
 }
@@ -101,6 +103,7 @@ impl LogStore {
             db,
             writer: Arc::new(writer),
             committed,
+            last_log: metrics::gauge!("rookery_store_raft_last_log_index"),
             entry_bytes: metrics::histogram!("rookery_store_raft_entry_bytes"),
         })
     }
@@ -240,9 +243,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         let last_purged_log_id: Option<LogId<NodeId>> =
             self.get_meta(LAST_PURGED).map_err(StoreError::read_logs)?;
+        let last_log_id = last.or(last_purged_log_id);
+        self.last_log
+            .set(last_log_id.map_or(0, |id| id.index) as f64);
         Ok(LogState {
             last_purged_log_id,
-            last_log_id: last.or(last_purged_log_id),
+            last_log_id,
         })
     }
 
@@ -297,11 +303,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let family = self.db.cf(cf::LOG).map_err(StoreError::write_logs)?;
         let mut batch = WriteBatch::default();
+        let mut last = None;
         for entry in entries {
+            last = Some(entry.log_id.index);
             let bytes =
                 postcard::to_allocvec(&entry).map_err(|e| StoreError::from(e).write_logs())?;
             self.entry_bytes.record(bytes.len() as f64);
             batch.put_cf(family, index_key(entry.log_id.index), bytes);
+        }
+        if let Some(last) = last {
+            self.last_log.set(last as f64);
         }
         // Returns at once; openraft learns of durability through the callback.
         self.writer
@@ -319,7 +330,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         batch.delete_cf(family, index_key(u64::MAX));
         self.write_durably(batch)
             .await
-            .map_err(StoreError::write_logs)
+            .map_err(StoreError::write_logs)?;
+        self.last_log
+            .set(log_id.index.saturating_sub(1) as f64);
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {

@@ -1,7 +1,10 @@
 //! What a store node tells Prometheus: its Raft state as openraft reports
-//! it (leader, term, log indexes, each follower's lag, how long ago a
-//! quorum last acknowledged its leadership), the sizes of its log and
-//! snapshot, and the cluster-wide totals its state machine keeps.
+//! it (leader, term, snapshot index and log length, each follower's lag, how
+//! long ago a quorum last acknowledged its leadership), the sizes of its log
+//! and snapshot, and the cluster-wide totals its state machine keeps. The
+//! last log, committed and applied indexes are set where they change (the
+//! log store and the state machine), so that they never disagree by the
+//! report's delay.
 //!
 //! `rookery_store_is_leader` is honest: 1 only while this node leads *and*
 //! a quorum acknowledged it within the longest election timeout. A leader
@@ -33,8 +36,6 @@ struct Gauges {
     is_leader: Gauge,
     term: Gauge,
     quorum_ack_age: Gauge,
-    last_log_index: Gauge,
-    applied_index: Gauge,
     snapshot_index: Gauge,
     log_entries: Gauge,
     lag: BTreeMap<NodeId, Gauge>,
@@ -56,8 +57,6 @@ impl Gauges {
             is_leader: metrics::gauge!("rookery_store_is_leader"),
             term: metrics::gauge!("rookery_store_term"),
             quorum_ack_age: metrics::gauge!("rookery_store_quorum_ack_age_seconds"),
-            last_log_index: metrics::gauge!("rookery_store_raft_last_log_index"),
-            applied_index: metrics::gauge!("rookery_store_raft_applied_index"),
             snapshot_index: metrics::gauge!("rookery_store_raft_snapshot_index"),
             log_entries: metrics::gauge!("rookery_store_raft_log_entries"),
             lag: BTreeMap::new(),
@@ -92,9 +91,6 @@ impl Gauges {
             .set(ack_age.map_or(f64::NAN, |age| age.as_secs_f64()));
 
         let last_log = metrics.last_log_index.unwrap_or(0);
-        self.last_log_index.set(last_log as f64);
-        self.applied_index
-            .set(metrics.last_applied.map_or(0, |id| id.index) as f64);
         self.snapshot_index
             .set(metrics.snapshot.map_or(0, |id| id.index) as f64);
         // Entries after the purged one are what the log holds.

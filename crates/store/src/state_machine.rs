@@ -52,6 +52,8 @@ pub struct StateMachine {
     applied: broadcast::Sender<Arc<Applied>>,
     snapshots_built: Arc<AtomicU64>,
     snapshots_installed: Arc<AtomicU64>,
+    /// `rookery_store_raft_applied_index`, set as entries are applied.
+    applied_index: metrics::Gauge,
 }
 
 impl Debug for StateMachine {
@@ -77,6 +79,7 @@ impl StateMachine {
             applied,
             snapshots_built: Arc::new(AtomicU64::new(0)),
             snapshots_installed: Arc::new(AtomicU64::new(0)),
+            applied_index: metrics::gauge!("rookery_store_raft_applied_index"),
         })
     }
 
@@ -121,6 +124,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .read_meta::<Option<LogId<NodeId>>>(APPLIED)
             .map_err(StoreError::read_state_machine)?
             .flatten();
+        self.applied_index
+            .set(applied.map_or(0, |id| id.index) as f64);
         let membership = self
             .read_meta(MEMBERSHIP)
             .map_err(StoreError::read_state_machine)?
@@ -165,6 +170,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .raw()
                 .write(batch)
                 .map_err(|e| StoreError::from(e).write_state_machine())?;
+            self.applied_index.set(entry.log_id.index as f64);
             if !events.is_empty() {
                 self.publish(Applied {
                     log_index: entry.log_id.index,
@@ -205,6 +211,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         tracing::info!(log_index, bytes = data.len(), "installed a snapshot");
         self.snapshots_installed.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("rookery_store_snapshots_installed_total").increment(1);
+        self.applied_index.set(log_index as f64);
         self.publish(Applied {
             log_index,
             events: Vec::new(),
