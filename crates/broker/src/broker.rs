@@ -205,6 +205,13 @@ impl Broker {
         })
     }
 
+    /// What the node's readiness probe asks of this edge.
+    pub fn probe(&self) -> EdgeProbe {
+        EdgeProbe {
+            store: self.hub.store.clone(),
+        }
+    }
+
     /// Bound addresses, one per listener, in configuration order.
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
         self.addrs.clone()
@@ -261,6 +268,23 @@ impl Broker {
         for task in &self.background {
             task.abort();
         }
+    }
+}
+
+/// A running edge's readiness, outliving neither the edge nor its shutdown
+/// (it holds only the edge's store client).
+#[derive(Debug, Clone)]
+pub struct EdgeProbe {
+    store: Store,
+}
+
+impl EdgeProbe {
+    /// Whether the store's quorum is within reach: heard from within the
+    /// quorum-contact bound, or answering a check now (bounded by the write
+    /// timeout). The route table is loaded before the edge starts, and kept
+    /// current from then on.
+    pub async fn reaches_store_quorum(&self) -> bool {
+        self.store.in_contact().await
     }
 }
 

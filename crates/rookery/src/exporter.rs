@@ -1,32 +1,68 @@
-//! The Prometheus endpoint and the process-level metrics.
+//! The Prometheus recorder, the catalog's descriptions and buckets, and
+//! the process-level metrics.
 //!
-//! Every crate records through the `metrics` facade; installing the exporter
-//! here is what makes those records visible at `http://ADDR/metrics`. The
-//! catalog (`catalog.rs`) gives every metric its HELP text and each
-//! histogram its buckets, and the metrics of this node's roles are
-//! registered at start.
+//! Every crate records through the `metrics` facade; installing the recorder
+//! here is what makes those records visible: the node's HTTP listener
+//! renders the returned handle at `/metrics`. The catalog (`catalog.rs`)
+//! gives every metric its HELP text and each histogram its buckets, and the
+//! metrics of this node's roles are registered at start; the process and
+//! data-directory figures (`process.rs`) are read at each scrape.
 
-use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::catalog::{self, Kind, Owner};
+use crate::process::Collector;
 
 /// How often `rookery_uptime_seconds` is refreshed.
 const UPTIME_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Serves `/metrics` at `address` and starts the process metrics. Must run
-/// inside the Tokio runtime, which then serves the endpoint. `owners`: the
-/// parts this node runs (always [`Owner::Node`], and its roles).
-pub fn install(address: SocketAddr, owners: &[Owner]) -> Result<(), String> {
-    builder()?
-        .with_http_listener(address)
-        .install()
+/// How often histogram samples are folded into their buckets (the
+/// exporter's own listener did this every 5 s).
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What `/metrics` renders: the recorder's metrics, then the process and
+/// data-directory figures read now.
+#[derive(Debug, Clone)]
+pub struct MetricsHandle {
+    recorder: PrometheusHandle,
+    process: Collector,
+}
+
+impl MetricsHandle {
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut text = self.recorder.render();
+        self.process.render(&mut text);
+        text
+    }
+}
+
+/// Installs the global recorder, registers the metrics of `owners` (always
+/// [`Owner::Node`], and the node's roles) and starts the node's own
+/// metrics; `data_dir`'s filesystem is measured at each scrape. Must run
+/// inside the Tokio runtime.
+pub fn install(owners: &[Owner], data_dir: PathBuf) -> Result<MetricsHandle, String> {
+    let handle = builder()?
+        .install_recorder()
         .map_err(|error| error.to_string())?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut timer = tokio::time::interval(UPKEEP_INTERVAL);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            timer.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     describe_and_register(owners);
     node_metrics();
-    Ok(())
+    Ok(MetricsHandle {
+        recorder: handle,
+        process: Collector::new(data_dir),
+    })
 }
 
 /// The recorder's settings: histograms with the catalog's buckets (never

@@ -1,8 +1,9 @@
 //! `rookery`: the binary of the Rookery MQTT broker.
 //!
 //! It reads the configuration ([`config`]: defaults, TOML file, environment,
-//! flags from [`cli`]), sets up logging ([`logging`]) and the Prometheus
-//! endpoint ([`exporter`]), and wires the store and the edge together
+//! flags from [`cli`]), sets up logging ([`logging`]), the metrics recorder
+//! ([`exporter`]) and the HTTP listener with the probes ([`http`],
+//! [`health`]), and wires the store and the edge together
 //! ([`serve`]); `rookery passwd` edits password files ([`passwd`]). It holds
 //! no protocol logic: that lives in the library crates.
 //!
@@ -14,6 +15,8 @@ mod catalog;
 mod cli;
 mod config;
 mod exporter;
+mod health;
+mod http;
 mod logging;
 mod passwd;
 mod process;
