@@ -31,6 +31,7 @@ mod edges;
 mod exactly_once;
 mod failover;
 mod membership;
+mod metrics;
 mod partition;
 mod probes;
 mod routing;

@@ -186,6 +186,7 @@ impl Broker {
         }
         background.push(tokio::spawn(follow_store(hub.clone(), events)));
         background.push(tokio::spawn(renew_lease(hub.clone())));
+        background.push(tokio::spawn(report_gauges(hub.clone())));
         if config.sys_interval_s > 0 {
             background.push(tokio::spawn(publish_sys(hub.clone())));
         }
@@ -392,6 +393,21 @@ pub(crate) async fn publish_internal(hub: &Hub, message: Arc<Message>, store_ret
     }
     // Wills and $SYS have no connection to pause.
     hub.deliver_local(routes.local, &mut Vec::new());
+}
+
+/// How often the gauges read from the hub are refreshed.
+const GAUGES_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps the gauges that are read from the hub current: the subscription
+/// index changes with every session that ends and every route mirrored
+/// from another edge, not only with this edge's SUBSCRIBEs.
+async fn report_gauges(hub: Arc<Hub>) {
+    let mut interval = tokio::time::interval(GAUGES_EVERY);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        hub.stats.set_subscriptions(hub.subscription_count());
+    }
 }
 
 async fn publish_sys(hub: Arc<Hub>) {

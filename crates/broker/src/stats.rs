@@ -42,6 +42,7 @@ struct Handles {
     bytes_sent: Counter,
     dropped: Dropped,
     retained: Gauge,
+    subscriptions: Gauge,
     inflight: Gauge,
     queued: Gauge,
 }
@@ -101,12 +102,14 @@ impl Default for Stats {
                 expired: dropped("expired"),
             },
             retained: metrics::gauge!("rookery_retained_messages"),
+            subscriptions: metrics::gauge!("rookery_subscriptions"),
             inflight: metrics::gauge!("rookery_messages_inflight"),
             queued: metrics::gauge!("rookery_messages_queued"),
         };
         // Present from the start, so that a dashboard or an alert built on
         // them finds them before the first message.
         handles.retained.set(0.0);
+        handles.subscriptions.set(0.0);
         handles.inflight.set(0.0);
         handles.queued.set(0.0);
         Stats {
@@ -202,6 +205,11 @@ impl Stats {
         self.retained_messages
             .store(count as u64, Ordering::Relaxed);
         self.handles.retained.set(count as f64);
+    }
+
+    /// The number of subscriptions in the edge's index now.
+    pub fn set_subscriptions(&self, count: usize) {
+        self.handles.subscriptions.set(count as f64);
     }
 
     /// A connection's in-flight and queued messages changed by these

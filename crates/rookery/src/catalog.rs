@@ -166,6 +166,12 @@ pub const METRICS: &[Metric] = &[
         }],
     ),
     counter(
+        "rookery_admin_api_refused_total",
+        Node,
+        "Admin API requests on a listener off loopback refused for want of a valid bearer token",
+        &[],
+    ),
+    counter(
         "process_cpu_seconds_total",
         Process,
         "CPU time this process has used, user and system, in seconds",
