@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::harness::{Cluster, Options, Roles};
+use crate::harness::{Cluster, FAILOVER, Node, Options, Roles};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -222,7 +222,9 @@ fn rule_expressions() -> Vec<String> {
 /// `_sum` and `_count` each), and the metric families that have a TYPE line
 /// but no HELP line.
 fn exported(scrape: &str) -> (BTreeSet<String>, Vec<String>) {
-    let body = scrape.split_once("\r\n\r\n").map_or(scrape, |(_, body)| body);
+    let body = scrape
+        .split_once("\r\n\r\n")
+        .map_or(scrape, |(_, body)| body);
     let mut samples = BTreeSet::new();
     let mut helped = BTreeSet::new();
     let mut typed = Vec::new();
@@ -259,14 +261,19 @@ fn the_promql_parser_finds_selected_metrics_only() {
         ["a_total", "b_total"]
     );
     assert_eq!(
-        names(r#"predict_linear(free_bytes[6h], 24 * 3600) < 0 and free_bytes / size_bytes < 0.4 or up{job="x"} == 0"#),
+        names(
+            r#"predict_linear(free_bytes[6h], 24 * 3600) < 0 and free_bytes / size_bytes < 0.4 or up{job="x"} == 0"#
+        ),
         ["free_bytes", "size_bytes", "up"]
     );
     assert_eq!(
         names(r#"label_replace(m, "dst", "$1", "src", "(.*)") unless max without (x) (n)"#),
         ["m", "n"]
     );
-    assert_eq!(names("count(rookery_build_info) * 1e3 - nan"), ["rookery_build_info"]);
+    assert_eq!(
+        names("count(rookery_build_info) * 1e3 - nan"),
+        ["rookery_build_info"]
+    );
 }
 
 #[test]
@@ -293,7 +300,10 @@ async fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
         },
     );
     let mut used: BTreeSet<String> = BTreeSet::new();
-    for expr in dashboard_expressions().iter().chain(rule_expressions().iter()) {
+    for expr in dashboard_expressions()
+        .iter()
+        .chain(rule_expressions().iter())
+    {
         used.extend(metric_names(expr));
     }
     // Prometheus' own: whether the scrape succeeded.
@@ -348,4 +358,68 @@ async fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
     assert!(edge_only.contains("rookery_store_quorum_contact_age_seconds"));
     assert!(!edge_only.contains("rookery_store_is_leader"));
     assert!(!edge_only.contains("rookery_store_raft_applied_index"));
+}
+
+/// Polls a node's `series` until `accept` takes its value; panics with the
+/// last value after [`FAILOVER`].
+async fn until(node: &Node, series: &str, accept: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + FAILOVER;
+    loop {
+        let value = node.metric(series).await;
+        if accept(value) {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} is still {value} after {FAILOVER:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `rookery_store_is_leader` counts a leader only while a majority backs
+/// it: a leader whose followers are gone keeps Raft's leader state but
+/// reports 0 within the election timeout, its quorum acknowledgement age
+/// and its edge's quorum contact age grow, and once the followers are back
+/// exactly one node reports 1 again. (It stayed 1 before, so an alert on
+/// "no leader" missed the outage.)
+#[tokio::test]
+async fn a_leader_that_lost_its_majority_stops_counting_as_leader() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.leader().await;
+    assert_eq!(
+        cluster.node(leader).metric("rookery_store_is_leader").await,
+        1.0
+    );
+    let followers: Vec<usize> = (1..=3).filter(|i| *i != leader).collect();
+    for &i in &followers {
+        cluster.node_mut(i).kill9();
+    }
+    let node = cluster.node(leader);
+    until(node, "rookery_store_is_leader", |v| v == 0.0).await;
+    // Still the leader as far as it knows: no one else was elected.
+    assert_eq!(
+        node.metric("rookery_store_leader_id").await,
+        leader as f64,
+        "{}",
+        node.log()
+    );
+    until(node, "rookery_store_quorum_ack_age_seconds", |v| v > 1.0).await;
+    until(node, "rookery_store_quorum_contact_age_seconds", |v| {
+        v > 2.0
+    })
+    .await;
+
+    cluster.restart(&followers);
+    let leader = cluster.leader().await;
+    let node = cluster.node(leader);
+    until(node, "rookery_store_quorum_contact_age_seconds", |v| {
+        v < 2.0
+    })
+    .await;
+    let mut leading = 0.0;
+    for i in 1..=3 {
+        leading += cluster.node(i).metric("rookery_store_is_leader").await;
+    }
+    assert_eq!(leading, 1.0);
 }

@@ -83,9 +83,7 @@ fn by_qos(name: &'static str) -> [Counter; 3] {
 
 impl Default for Stats {
     fn default() -> Self {
-        let dropped = |reason: &'static str| {
-            metrics::counter!("rookery_messages_dropped_total", "reason" => reason)
-        };
+        let dropped = |reason: &'static str| metrics::counter!("rookery_messages_dropped_total", "reason" => reason);
         let handles = Handles {
             messages_received: by_qos("rookery_messages_received_total"),
             messages_sent: by_qos("rookery_messages_sent_total"),

@@ -494,7 +494,10 @@ async fn keep_contact(
         let Some(queue) = queue.upgrade() else {
             return;
         };
-        let confirmed_ms = contact.confirmed_at_ms.load(Ordering::Acquire).max(started_ms);
+        let confirmed_ms = contact
+            .confirmed_at_ms
+            .load(Ordering::Acquire)
+            .max(started_ms);
         age.set(now_ms().saturating_sub(confirmed_ms) as f64 / 1000.0);
         let writes = LeaderWrites {
             queue,

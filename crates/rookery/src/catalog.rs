@@ -201,12 +201,7 @@ pub const METRICS: &[Metric] = &[
         "The most file descriptors this process may open (its soft limit)",
         &[],
     ),
-    gauge(
-        "process_threads",
-        Process,
-        "Threads of this process",
-        &[],
-    ),
+    gauge("process_threads", Process, "Threads of this process", &[]),
     gauge(
         "process_start_time_seconds",
         Process,
@@ -869,7 +864,10 @@ mod tests {
         let uptime = find("rookery_uptime_seconds").unwrap();
         assert_eq!(label_sets(uptime), vec![Vec::new()]);
         let connected = find("rookery_clients_connected").unwrap();
-        assert!(label_sets(connected).is_empty(), "listener names are configured");
+        assert!(
+            label_sets(connected).is_empty(),
+            "listener names are configured"
+        );
     }
 
     fn workspace() -> PathBuf {

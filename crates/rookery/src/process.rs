@@ -36,7 +36,11 @@ impl Collector {
     pub fn render(&self, out: &mut String) {
         if let Some(stat) = read("/proc/self/stat").and_then(|text| parse_stat(&text)) {
             sample(out, "process_cpu_seconds_total", stat.cpu_seconds);
-            sample(out, "process_virtual_memory_bytes", stat.virtual_bytes as f64);
+            sample(
+                out,
+                "process_virtual_memory_bytes",
+                stat.virtual_bytes as f64,
+            );
             sample(out, "process_threads", stat.threads as f64);
             if let Some(boot) = read("/proc/stat").and_then(|text| parse_boot_time(&text)) {
                 sample(
@@ -177,7 +181,8 @@ mod tests {
                       Max processes             63704                63704                processes \n\
                       Max open files            20000                40000                files     \n";
         assert_eq!(parse_max_fds(limits), Some(20000.0));
-        let unlimited = "Max open files            unlimited            unlimited            files\n";
+        let unlimited =
+            "Max open files            unlimited            unlimited            files\n";
         assert_eq!(parse_max_fds(unlimited), Some(f64::INFINITY));
         assert_eq!(
             parse_boot_time("cpu  1 2 3\nbtime 1796416044\nprocesses 9\n"),

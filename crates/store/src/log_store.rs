@@ -331,8 +331,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.write_durably(batch)
             .await
             .map_err(StoreError::write_logs)?;
-        self.last_log
-            .set(log_id.index.saturating_sub(1) as f64);
+        self.last_log.set(log_id.index.saturating_sub(1) as f64);
         Ok(())
     }
 

@@ -103,7 +103,12 @@ impl Gauges {
 
     /// The leader's view of how far each follower's log is behind its own;
     /// NaN on a node that does not lead (it has no view).
-    fn update_lag(&mut self, metrics: &RaftMetrics<NodeId, BasicNode>, last_log: u64, running: bool) {
+    fn update_lag(
+        &mut self,
+        metrics: &RaftMetrics<NodeId, BasicNode>,
+        last_log: u64,
+        running: bool,
+    ) {
         let replication = metrics.replication.as_ref().filter(|_| running);
         // Followers no longer replicated to (or every one, when this node
         // does not lead) have no figure.
