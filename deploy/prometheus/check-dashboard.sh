@@ -10,15 +10,17 @@
 #
 # Passes when every panel query returns data, the dashboard's variables find
 # values, every rule evaluates without error, `promtool check rules` passes on
-# the rules and `promtool check metrics` on each node's /metrics.
+# the rules and `promtool check metrics` on each node's /metrics; then two
+# nodes are killed and the node-down, no-leader and out-of-touch alerts must
+# become pending or firing.
 #
 #   deploy/prometheus/check-dashboard.sh [ROOKERY_BINARY]
 #
 # The binary defaults to $CARGO_TARGET_DIR/debug/rookery (else
 # target/debug/rookery). Needs prometheus, promtool, mosquitto_pub,
 # mosquitto_sub, curl and python3. Everything listens on 127.0.0.1 only and
-# lives in a temporary directory; the whole check takes about a minute and a
-# half and is bounded; it stops only the processes it started.
+# lives in a temporary directory; the whole check takes about two minutes and
+# is bounded; it stops only the processes it started.
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -226,5 +228,27 @@ for i in 0 1 2; do
     curl -sf "http://$(http "$i")/metrics" | promtool check metrics
     echo "node $((i + 1)): clean"
 done
+
+step "an outage: nodes 2 and 3 killed, the alerts that must see it do"
+# Node 1 is left alone, without its store majority: whether it led or not,
+# no node can commit now, and its edge loses touch with the quorum.
+kill -KILL "${pids[1]}" "${pids[2]}"
+{ wait "${pids[1]}" "${pids[2]}"; } 2>/dev/null || true
+python3 - "$prometheus_address" <<'EOF'
+import json, sys, time, urllib.request
+expected = {"RookeryNodeDown", "RookeryStoreNoLeader", "RookeryEdgeOutOfTouchWithStore"}
+deadline = time.monotonic() + 40
+while True:
+    answer = json.load(urllib.request.urlopen(f"http://{sys.argv[1]}/api/v1/alerts", timeout=10))
+    active = {alert["labels"]["alertname"]: alert["state"] for alert in answer["data"]["alerts"]}
+    if expected <= active.keys() or time.monotonic() > deadline:
+        break
+    time.sleep(1)
+print("active alerts:", ", ".join(f"{name} ({state})" for name, state in sorted(active.items())))
+missing = expected - active.keys()
+if missing:
+    print("not raised:", ", ".join(sorted(missing)))
+    sys.exit(1)
+EOF
 
 step "passed"
