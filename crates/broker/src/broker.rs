@@ -206,6 +206,13 @@ impl Broker {
         })
     }
 
+    /// A handle for the operations API: what this edge knows of its clients.
+    pub fn inspector(&self) -> Inspector {
+        Inspector {
+            hub: self.hub.clone(),
+        }
+    }
+
     /// Bound addresses, one per listener, in configuration order.
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
         self.addrs.clone()
@@ -277,6 +284,49 @@ impl rookery_cluster::DeliverySink for ForwardSink {
     ) {
         let deliveries = crate::forwarded::admit(&messages, deliveries, &self.0.config.limits);
         self.0.deliver_forwarded(messages, deliveries);
+    }
+
+    fn inspect(&self, client_id: &str) -> rookery_cluster::proto::InspectResponse {
+        inspect(&self.0, client_id)
+    }
+}
+
+/// What this edge knows of a client's connection (`rookery ctl clients
+/// show`): nothing when the client has no connection here.
+fn inspect(hub: &Hub, client_id: &str) -> rookery_cluster::proto::InspectResponse {
+    let Some(session) = hub.session(client_id) else {
+        return rookery_cluster::proto::InspectResponse::default();
+    };
+    let Some(mailbox) = session.mailbox else {
+        return rookery_cluster::proto::InspectResponse::default();
+    };
+    let (in_flight, queued, stored) = mailbox.figures();
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    rookery_cluster::proto::InspectResponse {
+        online: true,
+        epoch: session.epoch,
+        in_flight: count(in_flight),
+        queued: count(queued),
+        stored: count(stored),
+    }
+}
+
+/// A handle on a running edge for the operations API: what it knows of its
+/// clients' connections. Cheap to clone; it outlives nothing it inspects.
+#[derive(Debug, Clone)]
+pub struct Inspector {
+    hub: Arc<Hub>,
+}
+
+impl Inspector {
+    /// This edge's id (its configured name and incarnation).
+    pub fn edge_id(&self) -> &str {
+        &self.hub.edge_id
+    }
+
+    /// The client's connection on this edge, if it has one here.
+    pub fn inspect(&self, client_id: &str) -> rookery_cluster::proto::InspectResponse {
+        inspect(&self.hub, client_id)
     }
 }
 
@@ -499,6 +549,21 @@ pub(crate) async fn on_store_event(hub: &Hub, event: StoreEvent) {
                 && let Some(mailbox) = session.mailbox
             {
                 mailbox.close(ReasonCode::SessionTakenOver);
+            }
+        }
+        StoreEvent::Edge(edge_event::Kind::SessionKicked(kicked)) => {
+            // As a takeover: the connection holding that epoch (or an older
+            // one) closes; one that connected since stays.
+            if let Some(session) = hub.session(&kicked.client_id)
+                && session.epoch <= kicked.epoch
+                && let Some(mailbox) = session.mailbox
+            {
+                tracing::info!(
+                    client_id = kicked.client_id,
+                    session_deleted = kicked.session_ended,
+                    "an operator disconnects the client"
+                );
+                mailbox.close(ReasonCode::AdministrativeAction);
             }
         }
         StoreEvent::Edge(edge_event::Kind::MessagesQueued(queued)) => {

@@ -34,6 +34,8 @@ pub mod fuzz {
     pub use crate::connection::fuzz::drive as drive_connection;
 }
 
-pub use broker::{Broker, BrokerError, ClusterOptions, DEFAULT_MAX_WRITE_BYTES_IN_FLIGHT};
+pub use broker::{
+    Broker, BrokerError, ClusterOptions, DEFAULT_MAX_WRITE_BYTES_IN_FLIGHT, Inspector,
+};
 pub use config::{BrokerConfig, Limits, ListenerConfig, ListenerKind, QueueOverflow, TlsConfig};
 pub use store::StoreUnavailable;

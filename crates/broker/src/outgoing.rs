@@ -167,6 +167,11 @@ impl Outgoing {
         self.memory.len()
     }
 
+    /// Messages sent and not yet acknowledged (the window in use).
+    pub fn in_flight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
     /// The largest packet the client accepts.
     pub fn max_packet_size(&self) -> u32 {
         self.max_packet_size
