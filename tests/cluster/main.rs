@@ -32,6 +32,7 @@ mod exactly_once;
 mod failover;
 mod membership;
 mod partition;
+mod probes;
 mod routing;
 mod security;
 mod state;

@@ -118,6 +118,9 @@ pub struct Settings {
     pub files: Vec<(String, Vec<u8>)>,
     /// More `[broker.limits]` keys, as `key = value` lines (Rookery only).
     pub rookery_limits: Vec<String>,
+    /// The HTTP listener's address instead of a free loopback port
+    /// (Rookery only); its port must be free.
+    pub http_listen: Option<SocketAddr>,
 }
 
 /// `[broker.auth]` for Rookery, `allow_anonymous`, `password_file` and
@@ -354,10 +357,11 @@ impl Broker {
             .collect();
         let (mut command, metrics, mosquitto_ports) = match target() {
             Target::Rookery => {
-                // The Prometheus exporter cannot report a port the OS chose,
-                // so the harness picks one.
-                let metrics =
-                    SocketAddr::from((Ipv4Addr::LOCALHOST, free_port(Ipv4Addr::LOCALHOST)));
+                // Chosen here, so that the address is known before the log
+                // says it.
+                let metrics = self.settings.http_listen.unwrap_or_else(|| {
+                    SocketAddr::from((Ipv4Addr::LOCALHOST, free_port(Ipv4Addr::LOCALHOST)))
+                });
                 (self.rookery_command(metrics), Some(metrics), None)
             }
             Target::Mosquitto => {

@@ -209,7 +209,14 @@ impl Broker {
     /// A handle for the operations API: what this edge knows of its clients.
     pub fn inspector(&self) -> Inspector {
         Inspector {
-            hub: self.hub.clone(),
+            hub: Arc::downgrade(&self.hub),
+        }
+    }
+
+    /// What the node's readiness probe asks of this edge.
+    pub fn probe(&self) -> EdgeProbe {
+        EdgeProbe {
+            store: self.hub.store.clone(),
         }
     }
 
@@ -272,6 +279,23 @@ impl Broker {
     }
 }
 
+/// A running edge's readiness, outliving neither the edge nor its shutdown
+/// (it holds only the edge's store client).
+#[derive(Debug, Clone)]
+pub struct EdgeProbe {
+    store: Store,
+}
+
+impl EdgeProbe {
+    /// Whether the store's quorum is within reach: heard from within the
+    /// quorum-contact bound, or answering a check now (bounded by the write
+    /// timeout). The route table is loaded before the edge starts, and kept
+    /// current from then on.
+    pub async fn reaches_store_quorum(&self) -> bool {
+        self.store.in_contact().await
+    }
+}
+
 /// Receives what other edges forward to this one's sessions, checked as
 /// this edge checks its own clients' publishes (`forwarded`).
 struct ForwardSink(Arc<Hub>);
@@ -312,21 +336,25 @@ fn inspect(hub: &Hub, client_id: &str) -> rookery_cluster::proto::InspectRespons
 }
 
 /// A handle on a running edge for the operations API: what it knows of its
-/// clients' connections. Cheap to clone; it outlives nothing it inspects.
+/// clients' connections. Cheap to clone; it keeps nothing alive (a stopped
+/// edge lets its store go, and is then seen holding no client).
 #[derive(Debug, Clone)]
 pub struct Inspector {
-    hub: Arc<Hub>,
+    hub: std::sync::Weak<Hub>,
 }
 
 impl Inspector {
-    /// This edge's id (its configured name and incarnation).
-    pub fn edge_id(&self) -> &str {
-        &self.hub.edge_id
+    /// This edge's id (its configured name and incarnation), while it runs.
+    pub fn edge_id(&self) -> Option<String> {
+        self.hub.upgrade().map(|hub| hub.edge_id.clone())
     }
 
     /// The client's connection on this edge, if it has one here.
     pub fn inspect(&self, client_id: &str) -> rookery_cluster::proto::InspectResponse {
-        inspect(&self.hub, client_id)
+        match self.hub.upgrade() {
+            Some(hub) => inspect(&hub, client_id),
+            None => rookery_cluster::proto::InspectResponse::default(),
+        }
     }
 }
 

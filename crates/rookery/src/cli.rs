@@ -28,7 +28,7 @@ pub enum Command {
     ///
     /// With no options it listens for MQTT on 127.0.0.1:1883 only, keeps its
     /// data in ./rookery-data and serves Prometheus metrics on
-    /// 127.0.0.1:9883. Settings come from, lowest first: defaults, the
+    /// 127.0.0.1:9883 (with /healthz, /readyz and the admin API). Settings come from, lowest first: defaults, the
     /// --config file, ROOKERY_<SECTION>__<KEY> environment variables, then
     /// these flags (each also readable from the variable shown).
     Serve(ServeArgs),
@@ -386,9 +386,19 @@ pub struct ServeArgs {
     #[arg(long, env = "ROOKERY_LOG_FORMAT", value_name = "FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
 
-    /// Serve Prometheus metrics at http://ADDR/metrics, or `off`.
+    /// The node's HTTP listener, or `off`: Prometheus metrics at /metrics,
+    /// the probes /healthz and /readyz, and the admin API under /api/v1/.
     /// [default: 127.0.0.1:9883]
-    #[arg(long, env = "ROOKERY_METRICS_LISTEN", value_name = "ADDR|off")]
+    #[arg(long, env = "ROOKERY_HTTP_LISTEN", value_name = "ADDR|off")]
+    pub http_listen: Option<OptionalAddr>,
+
+    /// The old name of --http-listen, still accepted.
+    #[arg(
+        long,
+        env = "ROOKERY_METRICS_LISTEN",
+        value_name = "ADDR|off",
+        hide = true
+    )]
     pub metrics_listen: Option<OptionalAddr>,
 
     /// The store's gRPC address (Raft and session API). A single node only

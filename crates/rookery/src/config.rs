@@ -41,6 +41,7 @@ pub const FLAG_VARIABLES: &[&str] = &[
     "LOG_LEVEL",
     "LOG_FORMAT",
     "METRICS_LISTEN",
+    "HTTP_LISTEN",
     "STORE_LISTEN",
 ];
 
@@ -48,7 +49,7 @@ pub const FLAG_VARIABLES: &[&str] = &[
 /// Other `ROOKERY_*` variables are ignored, not rejected: Kubernetes gives
 /// every pod `ROOKERY_SERVICE_HOST`, `ROOKERY_PORT`, ... for a service named
 /// `rookery`.
-const ENV_SECTIONS: &[&str] = &["log", "metrics", "store", "cluster", "broker"];
+const ENV_SECTIONS: &[&str] = &["log", "http", "metrics", "store", "cluster", "broker"];
 
 /// The largest MQTT packet: a 5-byte fixed header and the largest remaining
 /// length, 268,435,455 (MQTT 5.0, 1.5.5).
@@ -68,6 +69,9 @@ pub struct Config {
     /// What this node runs: a store replica, an edge, or both (the default).
     pub roles: Vec<Role>,
     pub log: LogConfig,
+    /// The node's HTTP listener: metrics, probes and the admin API.
+    pub http: HttpConfig,
+    /// The old name of `[http] listen`, still read.
     pub metrics: MetricsConfig,
     pub store: StoreSection,
     /// How the node finds and joins its cluster.
@@ -180,6 +184,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./rookery-data"),
             roles: vec![Role::Store, Role::Edge],
             log: LogConfig::default(),
+            http: HttpConfig::default(),
             metrics: MetricsConfig::default(),
             store: StoreSection::default(),
             cluster: ClusterSection::default(),
@@ -228,20 +233,34 @@ pub enum LogFormat {
     Json,
 }
 
-/// The Prometheus endpoint.
+/// The node's HTTP listener: `/metrics`, the probes `/healthz` and
+/// `/readyz`, and the admin API under `/api/v1/`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct MetricsConfig {
-    /// Where `/metrics` is served, or `off`.
+pub struct HttpConfig {
+    /// Where the HTTP listener binds, or `off`.
     pub listen: OptionalAddr,
+    /// The bearer token the admin API requires when `listen` is off
+    /// loopback (without one, the API refuses every request there).
+    /// Unset: `cluster.admin_token_file`, when that is set.
+    pub admin_token_file: Option<PathBuf>,
 }
 
-impl Default for MetricsConfig {
+impl Default for HttpConfig {
     fn default() -> Self {
-        MetricsConfig {
+        HttpConfig {
             listen: OptionalAddr(Some(SocketAddr::from(([127, 0, 0, 1], 9883)))),
+            admin_token_file: None,
         }
     }
+}
+
+/// `[metrics] listen`: the name `[http] listen` had before the listener
+/// also served probes and the admin API. Kept so that old files work.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub listen: Option<OptionalAddr>,
 }
 
 /// A socket address that can be turned off: written as `127.0.0.1:9883` or
@@ -524,10 +543,31 @@ pub fn load(args: &ServeArgs) -> Result<Loaded, ConfigError> {
     if figment.find_value("broker.edge_id").is_err() {
         config.broker.edge_id = default_edge_id(config.node_id);
     }
+    let renamed = take_old_metrics_listen(&mut config, figment.find_value("http.listen").is_ok());
     config.validate()?;
     let mut warnings = config.cluster_warnings();
+    warnings.extend(renamed);
     warnings.extend(ignored_variables());
     Ok(Loaded { config, warnings })
+}
+
+/// Moves `[metrics] listen` (the old name) to `[http] listen`, with a
+/// warning. Where both are set, `http.listen` wins (so a flag overrides
+/// an old file).
+fn take_old_metrics_listen(config: &mut Config, http_listen_given: bool) -> Option<String> {
+    let old = config.metrics.listen.take()?;
+    if http_listen_given {
+        return (old != config.http.listen).then(|| {
+            format!(
+                "metrics.listen ({old}) is ignored: http.listen ({}), its new name, is set too",
+                config.http.listen
+            )
+        });
+    }
+    config.http.listen = old;
+    Some(
+        "[metrics] listen is now [http] listen (it also serves /healthz, /readyz and the admin API); the old name still works".into(),
+    )
 }
 
 /// The layers, lowest first.
@@ -603,8 +643,9 @@ fn merge_flags(mut figment: Figment, args: &ServeArgs) -> Figment {
     if let Some(format) = args.log_format {
         figment = figment.merge(Serialized::default("log.format", format));
     }
-    if let Some(listen) = args.metrics_listen {
-        figment = figment.merge(Serialized::default("metrics.listen", listen));
+    // `--http-listen` wins over its old name `--metrics-listen`.
+    if let Some(listen) = args.http_listen.or(args.metrics_listen) {
+        figment = figment.merge(Serialized::default("http.listen", listen));
     }
     if let Some(listen) = args.store_listen {
         figment = figment.merge(Serialized::default("store.listen", listen));
@@ -905,8 +946,8 @@ impl Config {
     /// Two sockets on one address (other than port 0) cannot both bind.
     fn validate_addresses(&self, problem: &mut impl FnMut(&str, String)) {
         let mut sockets: Vec<(String, SocketAddr)> = Vec::new();
-        if let Some(metrics) = self.metrics.listen.0 {
-            sockets.push(("metrics.listen".into(), metrics));
+        if let Some(http) = self.http.listen.0 {
+            sockets.push(("http.listen".into(), http));
         }
         sockets.push(("store.listen".into(), self.store.listen));
         if let Some(forward) = self.cluster.forward_listen.0 {

@@ -57,7 +57,7 @@ fn with_no_layer_the_defaults_are_a_loopback_broker() {
         assert_eq!(config.broker.listeners.len(), 1);
         assert_eq!(config.broker.listeners[0].kind, ListenerKind::Tcp);
         assert_eq!(config.broker.listeners[0].address, addr("127.0.0.1:1883"));
-        assert_eq!(config.metrics.listen.0, Some(addr("127.0.0.1:9883")));
+        assert_eq!(config.http.listen.0, Some(addr("127.0.0.1:9883")));
         assert_eq!(config.store.listen, addr("127.0.0.1:7883"));
         assert_eq!(config.log.level, "info,openraft=warn");
         assert_eq!(config.log.format, LogFormat::Text);
@@ -138,7 +138,7 @@ fn a_flags_own_variable_counts_as_the_flag() {
         let config = load_with(&[]).unwrap();
         assert_eq!(config.data_dir, PathBuf::from("from-variable"));
         assert_eq!(config.node_id, 3);
-        assert_eq!(config.metrics.listen.0, None);
+        assert_eq!(config.http.listen.0, None);
         let listeners: Vec<_> = config
             .broker
             .listeners
@@ -287,14 +287,11 @@ fn metrics_can_be_turned_off_in_the_file_or_by_flag() {
     jail(|jail| {
         jail.create_file("off.toml", "[metrics]\nlisten = \"off\"\n")
             .unwrap();
-        assert_eq!(
-            load_with(&["-c", "off.toml"]).unwrap().metrics.listen.0,
-            None
-        );
+        assert_eq!(load_with(&["-c", "off.toml"]).unwrap().http.listen.0, None);
         assert_eq!(
             load_with(&["--metrics-listen", "off"])
                 .unwrap()
-                .metrics
+                .http
                 .listen
                 .0,
             None
@@ -302,7 +299,7 @@ fn metrics_can_be_turned_off_in_the_file_or_by_flag() {
         assert_eq!(
             load_with(&["-c", "off.toml", "--metrics-listen", "127.0.0.1:19883"])
                 .unwrap()
-                .metrics
+                .http
                 .listen
                 .0,
             Some(addr("127.0.0.1:19883"))
@@ -312,6 +309,29 @@ fn metrics_can_be_turned_off_in_the_file_or_by_flag() {
         let error = load_with(&["-c", "bad.toml"]).unwrap_err();
         assert!(error.contains("metrics.listen"), "{error}");
         assert!(error.contains("everywhere"), "{error}");
+        jail.create_file("http.toml", "[http]\nlisten = \"127.0.0.1:19884\"\n")
+            .unwrap();
+        assert_eq!(
+            load_with(&["-c", "http.toml"]).unwrap().http.listen.0,
+            Some(addr("127.0.0.1:19884"))
+        );
+        assert_eq!(
+            load_with(&["-c", "http.toml", "--http-listen", "off"])
+                .unwrap()
+                .http
+                .listen
+                .0,
+            None
+        );
+        jail.create_file(
+            "both.toml",
+            "[http]\nlisten = \"127.0.0.1:19884\"\n[metrics]\nlisten = \"127.0.0.1:19885\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            load_with(&["-c", "both.toml"]).unwrap().http.listen.0,
+            Some(addr("127.0.0.1:19884"))
+        );
     });
 }
 
@@ -502,7 +522,7 @@ fn two_sockets_on_one_address_are_rejected() {
     jail(|_| {
         let error = load_with(&["--listen", "127.0.0.1:9883"]).unwrap_err();
         assert!(error.contains("broker.listeners[0].address"), "{error}");
-        assert!(error.contains("metrics.listen"), "{error}");
+        assert!(error.contains("http.listen"), "{error}");
         // Port 0 picks a fresh port each time.
         assert!(
             load_with(&[

@@ -1,23 +1,35 @@
-//! The Prometheus endpoint and the process-level metrics.
+//! The Prometheus recorder and the process-level metrics.
 //!
-//! Every crate records through the `metrics` facade; installing the exporter
-//! here is what makes those records visible at `http://ADDR/metrics`.
+//! Every crate records through the `metrics` facade; installing the recorder
+//! here is what makes those records visible: the node's HTTP listener
+//! renders the returned handle at `/metrics`.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// How often `rookery_uptime_seconds` is refreshed.
 const UPTIME_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Serves `/metrics` at `address` and starts the process metrics. Must run
-/// inside the Tokio runtime, which then serves the endpoint.
-pub fn install(address: SocketAddr) -> Result<(), String> {
-    PrometheusBuilder::new()
-        .with_http_listener(address)
-        .install()
+/// How often histogram samples are folded into their buckets (the
+/// exporter's own listener did this every 5 s).
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Installs the global recorder and starts the process metrics. Must run
+/// inside the Tokio runtime.
+pub fn install() -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
         .map_err(|error| error.to_string())?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut timer = tokio::time::interval(UPKEEP_INTERVAL);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            timer.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
 
     metrics::describe_gauge!(
         "rookery_build_info",
@@ -51,5 +63,5 @@ pub fn install(address: SocketAddr) -> Result<(), String> {
             uptime.set(started.elapsed().as_secs_f64());
         }
     });
-    Ok(())
+    Ok(handle)
 }

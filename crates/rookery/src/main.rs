@@ -1,13 +1,13 @@
 //! `rookery`: the binary of the Rookery MQTT broker.
 //!
 //! It reads the configuration ([`config`]: defaults, TOML file, environment,
-//! flags from [`cli`]), sets up logging ([`logging`]) and the Prometheus
-//! endpoint ([`exporter`]), and wires the store and the edge together
+//! flags from [`cli`]), sets up logging ([`logging`]), the metrics recorder
+//! ([`exporter`]) and the HTTP listener with the probes and the operations
+//! API ([`http`], [`health`]), and wires the store and the edge together
 //! ([`serve`]); `rookery passwd` edits password files ([`passwd`]),
-//! `rookery ctl` is the operations API's client ([`ctl`], the API in
-//! [`http`]) and `rookery restore` starts a new group from a backup
-//! ([`restore`]). It holds no protocol logic: that lives in the library
-//! crates.
+//! `rookery ctl` is the operations API's client ([`ctl`]) and `rookery
+//! restore` starts a new group from a backup ([`restore`]). It holds no
+//! protocol logic: that lives in the library crates.
 //!
 //! Exit codes: 0 after a clean shutdown, 1 when the node cannot start or a
 //! second signal cuts shutdown short, 2 for a usage or configuration error.
@@ -17,6 +17,7 @@ mod cli;
 mod config;
 mod ctl;
 mod exporter;
+mod health;
 mod http;
 mod logging;
 mod passwd;

@@ -1,6 +1,6 @@
 //! `rookery serve`: the embedded store and the edge in one process.
 //!
-//! Start order: metrics endpoint, store node (forming a single-voter group
+//! Start order: the HTTP listener (metrics, probes), store node (forming a single-voter group
 //! on a new data directory, resuming on an old one), wait for the store to
 //! lead, then the broker's listeners. Stop order, on SIGTERM or SIGINT: the
 //! broker (clients are told the server is shutting down), then the store.
@@ -15,6 +15,8 @@ use rookery_cluster::{Access, Peers};
 use rookery_store::{NodeId, StoreNode};
 
 use crate::config::{Config, Role};
+use crate::health::Health;
+use crate::http::{HttpServer, HttpState};
 
 /// How long a store may take to elect itself leader of its own group.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
@@ -30,11 +32,15 @@ const FORCED_EXIT: i32 = 1;
 /// Why the node could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot serve metrics on {address}: {message}")]
-    Metrics {
+    #[error("cannot serve HTTP (metrics, probes, admin API) on {address}: {message}")]
+    Http {
         address: std::net::SocketAddr,
         message: String,
     },
+    #[error("the http.admin_token_file: {0}")]
+    HttpToken(rookery_store::SecurityError),
+    #[error("the store failed and cannot go on: {0}")]
+    StoreFailed(String),
     #[error("cannot start the store in {} (store.listen {listen}): {message}", data_dir.display())]
     StoreStart {
         data_dir: PathBuf,
@@ -62,14 +68,25 @@ pub async fn run(
     // node is up, and stops it in order, instead of killing it half-started.
     let mut signals = Signals::new().map_err(ServeError::Signals)?;
 
-    if let Some(address) = config.metrics.listen.0 {
-        crate::exporter::install(address)
-            .map_err(|message| ServeError::Metrics { address, message })?;
-        tracing::info!(%address, "metrics ready");
-    }
-
     // Read once: every cluster port and client of this node uses it.
     let security = config.cluster_security()?;
+
+    let health = Health::new();
+    let api = crate::http::api::ApiState::new(
+        config.has_role(Role::Store),
+        config.cluster.seeds.clone(),
+        security.clone(),
+        config
+            .cluster
+            .forward_listen
+            .0
+            .map(|address| address.ip())
+            .filter(|ip| !ip.is_unspecified()),
+    );
+    let http = match config.http.listen.0 {
+        Some(address) => Some(start_http(address, &config, health.clone(), api.clone()).await?),
+        None => None,
+    };
 
     let store = if config.has_role(Role::Store) {
         let mut store_config = config.store_config();
@@ -85,7 +102,10 @@ pub async fn run(
             store.shutdown().await;
             return Err(error);
         }
-        Some(Arc::new(store))
+        let store = Arc::new(store);
+        health.watch_store(store.clone());
+        api.attach_store(&store);
+        Some(store)
     } else {
         None
     };
@@ -126,6 +146,11 @@ pub async fn run(
     for (listener, address) in broker.iter().flat_map(Broker::local_addrs) {
         tracing::info!(listener = %listener, address = %address, "listener ready");
     }
+    if let Some(broker) = &broker {
+        health.watch_edge(broker.probe());
+        api.attach_edge(broker.inspector());
+    }
+    health.started();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         node_id = config.node_id,
@@ -133,12 +158,33 @@ pub async fn run(
         "rookery ready"
     );
 
-    let signal = loop {
-        match signals.recv().await {
-            "SIGHUP" => reload_settings(broker.as_ref(), &reload),
-            signal => break signal,
+    let stopped = loop {
+        tokio::select! {
+            signal = signals.recv() => match signal {
+                "SIGHUP" => reload_settings(broker.as_ref(), &reload),
+                signal => break Ok(signal),
+            },
+            why = store_failure(store.as_deref()) => break Err(why),
         }
     };
+    let signal = match stopped {
+        Ok(signal) => signal,
+        Err(why) => {
+            // Nothing can be written any more: every client would be
+            // refused. Exiting non-zero lets the orchestrator restart the
+            // node, which recovers once the cause (a full disk) is gone.
+            health.fail(format!("the store stopped: {why}"));
+            tracing::error!(%why, "the store's Raft core stopped; exiting so that the node is restarted");
+            if let Some(broker) = broker {
+                broker.shutdown().await;
+            }
+            if let Some(store) = store {
+                shutdown_store(store, STORE_RELEASE_WAIT_FAILED_START).await;
+            }
+            return Err(ServeError::StoreFailed(why));
+        }
+    };
+    health.begin_drain();
     tracing::info!(signal, "shutting down; a second signal exits at once");
     tokio::spawn(async move {
         let signal = signals.recv().await;
@@ -152,8 +198,64 @@ pub async fn run(
     if let Some(store) = store {
         shutdown_store(store, STORE_RELEASE_WAIT).await;
     }
+    if let Some(http) = http {
+        http.stop();
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Installs the metrics recorder and serves metrics, probes and the admin
+/// API at `address`.
+async fn start_http(
+    address: std::net::SocketAddr,
+    config: &Config,
+    health: Arc<Health>,
+    api: crate::http::api::ApiState,
+) -> Result<HttpServer, ServeError> {
+    let token_file = config
+        .http
+        .admin_token_file
+        .as_ref()
+        .or(config.cluster.admin_token_file.as_ref());
+    let admin_token = token_file
+        .map(|path| rookery_store::AdminToken::read(path))
+        .transpose()
+        .map_err(ServeError::HttpToken)?;
+    let metrics =
+        crate::exporter::install().map_err(|message| ServeError::Http { address, message })?;
+    let state = HttpState {
+        health,
+        metrics,
+        admin_token,
+        loopback: address.ip().is_loopback(),
+        api,
+    };
+    let server = HttpServer::start(address, state)
+        .await
+        .map_err(|error| ServeError::Http {
+            address,
+            message: error.to_string(),
+        })?;
+    tracing::info!(listener = "http", address = %server.address, "listener ready");
+    Ok(server)
+}
+
+/// Resolves when the store replica's Raft core has stopped on its own (a
+/// storage error such as a full disk), with why; never without a store.
+async fn store_failure(store: Option<&StoreNode>) -> String {
+    let Some(store) = store else {
+        return std::future::pending().await;
+    };
+    let mut watch = store.raft().metrics();
+    loop {
+        if let Err(fatal) = &watch.borrow_and_update().running_state {
+            return fatal.to_string();
+        }
+        if watch.changed().await.is_err() {
+            return "the Raft core ended".into();
+        }
+    }
 }
 
 /// Puts the node in its group: resumes the one its data directory belongs

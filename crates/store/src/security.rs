@@ -372,10 +372,15 @@ impl AdminToken {
         let presented = request
             .metadata()
             .get(AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "));
-        match presented {
-            Some(token) => bool::from(sha256(token.as_bytes()).ct_eq(&self.digest)),
+            .and_then(|value| value.to_str().ok());
+        presented.is_some_and(|value| self.admits_header(value))
+    }
+
+    /// Whether an `authorization` header's value (`Bearer <token>`) carries
+    /// this token; the HTTP admin API checks its requests with it.
+    pub fn admits_header(&self, value: &str) -> bool {
+        match value.strip_prefix("Bearer ") {
+            Some(token) => bool::from(sha256(token.trim().as_bytes()).ct_eq(&self.digest)),
             None => false,
         }
     }

@@ -41,7 +41,7 @@ pub use client::{
     ClientError, Ended, Io, RawClient, Read, at, clean_v5, clean_v311, connect_packet,
     persistent_v5, persistent_v311, pid, pid_for, publish_packet, subscribe_packet,
 };
-pub use metrics::{HttpError, find_series, http_get, metric, scrape};
+pub use metrics::{HttpError, find_series, http_get, http_request, http_status, metric, scrape};
 pub use pki::{CertFiles, TestCa, TestCert};
 pub use process::{
     Process, ProcessError, Signal, Watchdog, free_port, parse_ready_line, signal, strip_ansi,

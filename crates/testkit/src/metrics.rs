@@ -15,7 +15,7 @@ use crate::TIMEOUT;
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     /// The connection, the request or the response failed.
-    #[error("GET {url}: {source}")]
+    #[error("{url}: {source}")]
     Io {
         /// What was asked for.
         url: String,
@@ -23,7 +23,7 @@ pub enum HttpError {
         source: io::Error,
     },
     /// No whole answer within the bound.
-    #[error("GET {url}: no answer in {limit:?}")]
+    #[error("{url}: no answer in {limit:?}")]
     Timeout {
         /// What was asked for.
         url: String,
@@ -31,7 +31,7 @@ pub enum HttpError {
         limit: Duration,
     },
     /// The answer was not `200 OK`.
-    #[error("GET {url}: not 200 OK:\n{response}")]
+    #[error("{url}: not 200 OK:\n{response}")]
     NotOk {
         /// What was asked for.
         url: String,
@@ -43,10 +43,26 @@ pub enum HttpError {
 /// A plain HTTP/1.1 GET bounded by [`TIMEOUT`]; the whole response (status
 /// line, headers, body), whatever its status.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Result<String, HttpError> {
-    let url = format!("http://{addr}{path}");
+    http_request(addr, "GET", path, &[]).await
+}
+
+/// An HTTP/1.1 request without a body, with `headers` (`("Authorization",
+/// "Bearer ...")`), bounded by [`TIMEOUT`]; the whole response.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<String, HttpError> {
+    let url = format!("{method} http://{addr}{path}");
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let mut request =
+            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
         stream.write_all(request.as_bytes()).await?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await?;
@@ -62,6 +78,15 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<String, HttpError>
     }
 }
 
+/// The status code of a whole HTTP/1.1 response; 0 if it has none.
+pub fn http_status(response: &str) -> u16 {
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The `/metrics` response of the exporter at `addr`, which must be
 /// `200 OK`.
 pub async fn scrape(addr: SocketAddr) -> Result<String, HttpError> {
@@ -70,7 +95,7 @@ pub async fn scrape(addr: SocketAddr) -> Result<String, HttpError> {
         Ok(response)
     } else {
         Err(HttpError::NotOk {
-            url: format!("http://{addr}/metrics"),
+            url: format!("GET http://{addr}/metrics"),
             response,
         })
     }

@@ -5,6 +5,7 @@
 mod client;
 mod table;
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use serde_json::{Value, json};
@@ -95,15 +96,32 @@ fn client(args: &CtlArgs) -> Result<Client, String> {
     };
     let url = match (&args.url, &config) {
         (Some(url), _) => url.clone(),
-        (None, Some(config)) => crate::http::api_url(config).unwrap_or_else(|| DEFAULT_URL.to_owned()),
+        (None, Some(config)) => api_url(config).unwrap_or_else(|| DEFAULT_URL.to_owned()),
         (None, None) => DEFAULT_URL.to_owned(),
     };
     let token_file = args
         .token_file
         .clone()
-        .or_else(|| config.as_ref().and_then(crate::http::admin_token_file));
+        .or_else(|| {
+            let config = config.as_ref()?;
+            // As the node reads it: the HTTP token, else the cluster's.
+            (config.http.admin_token_file.clone()).or(config.cluster.admin_token_file.clone())
+        });
     let token = token_file.as_deref().map(read_token).transpose()?;
     Client::new(&url, token)
+}
+
+/// The API's URL on the node `config` describes: its HTTP listener, on
+/// loopback when it listens on every address; `None` when it is off.
+fn api_url(config: &crate::config::Config) -> Option<String> {
+    let mut address = config.http.listen.0?;
+    if address.ip().is_unspecified() {
+        address.set_ip(match address.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    Some(format!("http://{address}"))
 }
 
 /// The first line of a token file.

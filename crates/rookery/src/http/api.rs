@@ -17,7 +17,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use std::collections::BTreeMap;
@@ -47,19 +47,24 @@ const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(120);
 const INSPECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the API works with: the way to the store, and this node's own
-/// store replica and edge when it has them.
+/// store replica and edge once they have started (the HTTP listener starts
+/// first, so that the probes answer while the node starts).
 #[derive(Clone)]
 pub struct ApiState {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    store: StoreAccess,
+    /// The node runs a store replica (not necessarily started yet).
+    store_role: bool,
+    /// The store nodes the seeds name, for a node without a replica.
+    seeds: Arc<Peers>,
     security: ClusterSecurity,
     /// Where connections to other edges leave from.
     forward_local_address: Option<IpAddr>,
-    replica: Option<Arc<StoreNode>>,
-    edge: Option<Inspector>,
+    /// Weak: the API must not hold a stopping node's store or edge.
+    replica: OnceLock<Weak<StoreNode>>,
+    edge: OnceLock<Inspector>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -68,71 +73,79 @@ impl std::fmt::Debug for ApiState {
     }
 }
 
-/// Which store node's Admin service answers.
-enum StoreAccess {
-    /// This node's own replica, at its store address.
-    Replica(Arc<StoreNode>),
-    /// The store nodes an edge-only node's seeds name, tried in turn.
-    Seeds(Arc<Peers>),
-}
-
 impl ApiState {
-    /// The API of a node with a store replica (`replica`) or, without one,
-    /// reaching the store through `seeds`; `edge` is this node's edge, if
-    /// it runs one.
+    /// The API of a node that runs a store replica (`store_role`) or
+    /// reaches the store through `seeds`, with the cluster's `security`.
     pub fn new(
-        replica: Option<Arc<StoreNode>>,
+        store_role: bool,
         seeds: Vec<String>,
         security: ClusterSecurity,
         forward_local_address: Option<IpAddr>,
-        edge: Option<Inspector>,
     ) -> ApiState {
-        let store = match &replica {
-            Some(node) => StoreAccess::Replica(node.clone()),
-            None => StoreAccess::Seeds(Arc::new(Peers::new(
-                seeds,
-                forward_local_address,
-                security.clone(),
-            ))),
-        };
         ApiState {
             inner: Arc::new(Inner {
-                store,
+                store_role,
+                seeds: Arc::new(Peers::new(
+                    seeds,
+                    forward_local_address,
+                    security.clone(),
+                )),
                 security,
                 forward_local_address,
-                replica,
-                edge,
+                replica: OnceLock::new(),
+                edge: OnceLock::new(),
             }),
+        }
+    }
+
+    /// This node's store replica has started.
+    pub fn attach_store(&self, replica: &Arc<StoreNode>) {
+        let _ = self.inner.replica.set(Arc::downgrade(replica));
+    }
+
+    /// This node's edge has started.
+    pub fn attach_edge(&self, edge: Inspector) {
+        let _ = self.inner.edge.set(edge);
+    }
+
+    /// This node's store replica, while it runs.
+    fn replica(&self) -> Result<Option<Arc<StoreNode>>, ApiError> {
+        match self.inner.replica.get() {
+            Some(replica) => replica
+                .upgrade()
+                .map(Some)
+                .ok_or_else(|| ApiError::unavailable("this node's store replica has stopped")),
+            None if self.inner.store_role => Err(ApiError::unavailable(
+                "this node's store replica has not started yet",
+            )),
+            None => Ok(None),
         }
     }
 
     /// The store nodes to ask, in order.
     async fn store_channels(&self) -> Result<Vec<(String, Channel)>, ApiError> {
-        match &self.inner.store {
-            StoreAccess::Replica(node) => {
-                let address = node.address().to_owned();
-                let channel = node
-                    .channels()
-                    .get(&address)
-                    .map_err(|error| ApiError::unavailable(format!("{address}: {error}")))?;
-                Ok(vec![(address, channel)])
-            }
-            StoreAccess::Seeds(peers) => {
-                let addresses = peers.addresses().await;
-                if addresses.is_empty() {
-                    return Err(ApiError::unavailable(
-                        "no store node: the cluster seeds resolve to no address",
-                    ));
-                }
-                Ok(addresses
-                    .into_iter()
-                    .filter_map(|address| {
-                        let channel = peers.channel(&address).ok()?;
-                        Some((address, channel))
-                    })
-                    .collect())
-            }
+        if let Some(node) = self.replica()? {
+            let address = node.address().to_owned();
+            let channel = node
+                .channels()
+                .get(&address)
+                .map_err(|error| ApiError::unavailable(format!("{address}: {error}")))?;
+            return Ok(vec![(address, channel)]);
         }
+        let seeds = &self.inner.seeds;
+        let addresses = seeds.addresses().await;
+        if addresses.is_empty() {
+            return Err(ApiError::unavailable(
+                "no store node: the cluster seeds resolve to no address",
+            ));
+        }
+        Ok(addresses
+            .into_iter()
+            .filter_map(|address| {
+                let channel = seeds.channel(&address).ok()?;
+                Some((address, channel))
+            })
+            .collect())
     }
 
     /// Calls the store's Admin service with `message`, on each store node
@@ -167,8 +180,8 @@ impl ApiState {
         edge: &proto::Edge,
         client_id: &str,
     ) -> Result<rookery_cluster::proto::InspectResponse, String> {
-        if let Some(local) = &self.inner.edge
-            && local.edge_id() == edge.edge_id
+        if let Some(local) = self.inner.edge.get()
+            && local.edge_id().as_deref() == Some(edge.edge_id.as_str())
         {
             return Ok(local.inspect(client_id));
         }
@@ -188,29 +201,26 @@ impl ApiState {
     }
 }
 
-/// The routes, under `/api/v1/`.
-pub fn router(state: ApiState) -> Router {
+/// The routes, relative to `/api/v1/` where the HTTP listener nests them
+/// (behind its token guard).
+pub fn router<S: Clone + Send + Sync + 'static>(state: ApiState) -> Router<S> {
     Router::new()
-        .route("/api/v1/cluster", get(cluster_status))
-        .route("/api/v1/cluster/voters", post(add_voter))
-        .route("/api/v1/cluster/learners", post(add_learner))
-        .route("/api/v1/cluster/nodes/{id}", delete(remove_node))
-        .route("/api/v1/clients", get(list_clients))
-        .route("/api/v1/clients/{id}", get(show_client).delete(kick_client))
-        .route("/api/v1/sessions", get(list_sessions))
+        .route("/cluster", get(cluster_status))
+        .route("/cluster/voters", post(add_voter))
+        .route("/cluster/learners", post(add_learner))
+        .route("/cluster/nodes/{id}", delete(remove_node))
+        .route("/clients", get(list_clients))
+        .route("/clients/{id}", get(show_client).delete(kick_client))
+        .route("/sessions", get(list_sessions))
+        .route("/sessions/{id}", get(show_session).delete(delete_session))
+        .route("/subscriptions", get(list_subscriptions))
+        .route("/retained", get(list_retained))
         .route(
-            "/api/v1/sessions/{id}",
-            get(show_session).delete(delete_session),
-        )
-        .route("/api/v1/subscriptions", get(list_subscriptions))
-        .route("/api/v1/retained", get(list_retained))
-        .route(
-            "/api/v1/retained/{*topic}",
+            "/retained/{*topic}",
             get(get_retained).delete(delete_retained),
         )
-        .route("/api/v1/log-level", get(log_level).put(set_log_level))
-        .route("/api/v1/backup", post(backup))
-        .fallback(not_found)
+        .route("/log-level", get(log_level).put(set_log_level))
+        .route("/backup", post(backup))
         .with_state(state)
 }
 
@@ -294,10 +304,6 @@ impl IntoResponse for Json {
 }
 
 type Answer = Result<Json, ApiError>;
-
-async fn not_found() -> ApiError {
-    ApiError::not_found("no such route; see docs/operations-ctl.md for the API")
-}
 
 /// A JSON body of type `T`.
 fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
@@ -686,7 +692,7 @@ struct BackupBody {
 
 async fn backup(State(state): State<ApiState>, request: Bytes) -> Answer {
     let BackupBody { dir } = body(&request)?;
-    let Some(node) = state.inner.replica.clone() else {
+    let Some(node) = state.replica()? else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "this node has no store replica to back up; ask a store node",
