@@ -53,12 +53,7 @@ async fn rookery(args: &[&str]) -> Run {
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     };
-    eprintln!(
-        "$ rookery {}\n{}{}",
-        args.join(" "),
-        run.stdout,
-        run.stderr
-    );
+    eprintln!("$ rookery {}\n{}{}", args.join(" "), run.stdout, run.stderr);
     run
 }
 
@@ -104,10 +99,7 @@ async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) ->
         if let Some(value) = check().await {
             return value;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {FAILOVER:?}"
-        );
+        assert!(Instant::now() < deadline, "{what}: not within {FAILOVER:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -143,10 +135,11 @@ fn first_column(table: &str) -> (Vec<String>, Option<String>) {
     for (n, line) in table.lines().enumerate() {
         if let Some(next) = line.strip_prefix("more: --cursor ") {
             cursor = Some(next.trim().to_owned());
-        } else if n > 0 && line != "(none)" {
-            if let Some(first) = line.split_whitespace().next() {
-                items.push(first.to_owned());
-            }
+        } else if n > 0
+            && line != "(none)"
+            && let Some(first) = line.split_whitespace().next()
+        {
+            items.push(first.to_owned());
         }
     }
     (items, cursor)
@@ -154,7 +147,10 @@ fn first_column(table: &str) -> (Vec<String>, Option<String>) {
 
 /// The `items` of a page printed with --json.
 fn items(page: &Value) -> &[Value] {
-    page["items"].as_array().map(Vec::as_slice).unwrap_or_default()
+    page["items"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
 }
 
 /// Publishes a retained QoS 1 message and waits for its PUBACK.
@@ -220,8 +216,7 @@ async fn ctl_runs_every_command_against_a_live_cluster() {
 
         // ---- clients ---------------------------------------------------
         let (mut kicked, _) =
-            RawClient::connect_ok(cluster.node(1).mqtt_addr(), persistent_v5("kick-me", 600))
-                .await;
+            RawClient::connect_ok(cluster.node(1).mqtt_addr(), persistent_v5("kick-me", 600)).await;
         kicked.subscribe_ok(1, "kick/#", QoS::AtLeastOnce).await;
         let (mut watcher, _) =
             RawClient::connect_ok(cluster.node(2).mqtt_addr(), clean_v5("watch-me")).await;
@@ -267,7 +262,10 @@ async fn ctl_runs_every_command_against_a_live_cluster() {
         assert_eq!(shown["protocol"], "5.0", "{shown}");
         assert_eq!(shown["listener"], "tcp", "{shown}");
         assert_eq!(shown["keep_alive_s"], 60, "{shown}");
-        assert!(shown["address"].as_str().is_some_and(|a| a.contains(':')), "{shown}");
+        assert!(
+            shown["address"].as_str().is_some_and(|a| a.contains(':')),
+            "{shown}"
+        );
         assert!(shown["connected_at"].is_string(), "{shown}");
         assert_eq!(shown["subscriptions"][0]["filter"], "w/#", "{shown}");
         let table = ctl_ok(n1, &["clients", "show", "watch-me"]).await;
@@ -279,18 +277,21 @@ async fn ctl_runs_every_command_against_a_live_cluster() {
         // its session.
         let kick = ctl_ok(n3, &["clients", "kick", "kick-me"]).await;
         assert!(kick.starts_with("kicked client kick-me"), "{kick}");
-        kicked.expect_disconnect(ReasonCode::AdministrativeAction).await;
+        kicked
+            .expect_disconnect(ReasonCode::AdministrativeAction)
+            .await;
         let (mut back, connack) =
-            RawClient::connect_ok(cluster.node(2).mqtt_addr(), persistent_v5("kick-me", 600))
-                .await;
+            RawClient::connect_ok(cluster.node(2).mqtt_addr(), persistent_v5("kick-me", 600)).await;
         assert!(connack.session_present, "the kicked client's session stays");
         back.try_ping().await.expect("the kicked client is back");
         ctl_fails(n3, &["clients", "kick", "nobody"], 404).await;
 
         // ---- sessions ----------------------------------------------------
-        let (offline, _) =
-            RawClient::connect_ok(cluster.node(1).mqtt_addr(), persistent_v5("offline-1", 3600))
-                .await;
+        let (offline, _) = RawClient::connect_ok(
+            cluster.node(1).mqtt_addr(),
+            persistent_v5("offline-1", 3600),
+        )
+        .await;
         let mut offline = offline;
         offline.subscribe_ok(1, "off/#", QoS::AtLeastOnce).await;
         offline.disconnect().await;
@@ -300,7 +301,9 @@ async fn ctl_runs_every_command_against_a_live_cluster() {
         local.publish1(1, "off/1", b"waiting").await;
         let listed = eventually("offline-1 listed with its queued message", async || {
             let table = ctl_ok(n2, &["sessions", "list", "--match", "offline"]).await;
-            let row = rows_of(&table, "offline-1").first().map(|row| row.to_string())?;
+            let row = rows_of(&table, "offline-1")
+                .first()
+                .map(|row| row.to_string())?;
             (row.contains("offline") && row.ends_with(" 1")).then_some(table)
         })
         .await;
@@ -330,7 +333,8 @@ async fn ctl_runs_every_command_against_a_live_cluster() {
             deleted.starts_with("deleted session kick-me (it was online on rookery-2."),
             "{deleted}"
         );
-        back.expect_disconnect(ReasonCode::AdministrativeAction).await;
+        back.expect_disconnect(ReasonCode::AdministrativeAction)
+            .await;
 
         // ---- subscriptions -----------------------------------------------
         let subscriptions = eventually("watch-me's subscription listed", async || {
@@ -338,10 +342,17 @@ async fn ctl_runs_every_command_against_a_live_cluster() {
             table.contains("watch-me").then_some(table)
         })
         .await;
-        assert_eq!(first_column(&subscriptions).0, ["watch-me"], "{subscriptions}");
+        assert_eq!(
+            first_column(&subscriptions).0,
+            ["watch-me"],
+            "{subscriptions}"
+        );
         assert!(rows_of(&subscriptions, "watch-me")[0].contains("rookery-2."));
         let of_client = ctl_ok(n1, &["subscriptions", "list", "--client", "watch-me"]).await;
-        assert!(rows_of(&of_client, "watch-me")[0].contains(" w/# "), "{of_client}");
+        assert!(
+            rows_of(&of_client, "watch-me")[0].contains(" w/# "),
+            "{of_client}"
+        );
         let all = ctl_json(n1, &["subscriptions", "list", "--all"]).await;
         assert!(items(&all).iter().any(|s| s["filter"] == "w/#"), "{all}");
 
@@ -449,7 +460,10 @@ async fn ctl_runs_every_command_against_a_live_cluster() {
         // ---- the log filter, on node 2 only --------------------------------
         let set = ctl_ok(n2, &["log-level", "set", "debug"]).await;
         assert!(set.starts_with("log filter: debug (was "), "{set}");
-        assert_eq!(ctl_ok(n2, &["log-level", "get"]).await.trim(), "log filter: debug");
+        assert_eq!(
+            ctl_ok(n2, &["log-level", "get"]).await.trim(),
+            "log filter: debug"
+        );
         let (probe, _) =
             RawClient::connect_ok(cluster.node(2).mqtt_addr(), clean_v5("debug-probe")).await;
         probe.disconnect().await;
@@ -591,7 +605,9 @@ impl Standalone {
     }
 
     fn mqtt(&self) -> SocketAddr {
-        self.process.listener("tcp").expect("the node's MQTT listener")
+        self.process
+            .listener("tcp")
+            .expect("the node's MQTT listener")
     }
 }
 
@@ -617,11 +633,9 @@ async fn a_backup_restores_into_a_new_group_that_others_join() {
         let cluster = Cluster::start(3);
         let n2 = url(&cluster, 2);
         within(Duration::from_secs(120), async {
-            let (mut keeper, _) = RawClient::connect_ok(
-                cluster.node(1).mqtt_addr(),
-                persistent_v5("keeper", 3600),
-            )
-            .await;
+            let (mut keeper, _) =
+                RawClient::connect_ok(cluster.node(1).mqtt_addr(), persistent_v5("keeper", 3600))
+                    .await;
             keeper.subscribe_ok(1, "keep/#", QoS::AtLeastOnce).await;
             keeper.disconnect().await;
             let (mut publisher, _) =
@@ -629,15 +643,25 @@ async fn a_backup_restores_into_a_new_group_that_others_join() {
             publisher.publish1(1, "keep/1", b"queued for keeper").await;
             retain(&mut publisher, 2, "restore/me", "still here").await;
             // Node 2 backs up what it has applied: wait until that is all.
-            eventually("node 2 applied the session and the retained message", async || {
-                let session = ctl_json(&n2, &["sessions", "show", "keeper"]).await;
-                let retained = ctl(&n2, &["retained", "get", "restore/me"]).await;
-                (session["store_queued"] == 1 && retained.ok).then_some(())
-            })
+            eventually(
+                "node 2 applied the session and the retained message",
+                async || {
+                    let session = ctl_json(&n2, &["sessions", "show", "keeper"]).await;
+                    let retained = ctl(&n2, &["retained", "get", "restore/me"]).await;
+                    (session["store_queued"] == 1 && retained.ok).then_some(())
+                },
+            )
             .await;
             let written = ctl_ok(&n2, &["backup", &backup_arg]).await;
-            assert!(written.starts_with("backup of node 2 (applied index "), "{written}");
-            assert!(written.trim_end().ends_with(&format!("written to {backup_arg} on that node")));
+            assert!(
+                written.starts_with("backup of node 2 (applied index "),
+                "{written}"
+            );
+            assert!(
+                written
+                    .trim_end()
+                    .ends_with(&format!("written to {backup_arg} on that node"))
+            );
             assert!(backup.join("BACKUP").is_file() && backup.join("rocksdb").is_dir());
             let again = ctl_fails(&n2, &["backup", &backup_arg], 409).await;
             assert!(again.contains("exists already"), "{again}");
@@ -665,11 +689,17 @@ async fn a_backup_restores_into_a_new_group_that_others_join() {
     .await;
     assert!(restored.ok, "{}", restored.stderr);
     assert!(
-        restored.stdout.starts_with("restored the backup of node 2 "),
+        restored
+            .stdout
+            .starts_with("restored the backup of node 2 "),
         "{}",
         restored.stdout
     );
-    assert!(restored.stdout.contains(" 1 retained topics"), "{}", restored.stdout);
+    assert!(
+        restored.stdout.contains(" 1 retained topics"),
+        "{}",
+        restored.stdout
+    );
     let data_arg = data.display().to_string();
     let again = rookery(&[
         "restore",
@@ -683,7 +713,11 @@ async fn a_backup_restores_into_a_new_group_that_others_join() {
         &store_address,
     ])
     .await;
-    assert!(!again.ok && again.stderr.contains("not empty"), "{}", again.stderr);
+    assert!(
+        !again.ok && again.stderr.contains("not empty"),
+        "{}",
+        again.stderr
+    );
 
     within(Duration::from_secs(120), async {
         // The restored node listens where it was restored for.
@@ -695,9 +729,15 @@ async fn a_backup_restores_into_a_new_group_that_others_join() {
             .filter(|line| line.starts_with(|c: char| c.is_ascii_digit()))
             .collect();
         assert_eq!(members.len(), 1, "one voter: {status}");
-        assert!(members[0].contains(" voter ") && members[0].contains(" leader "), "{status}");
+        assert!(
+            members[0].contains(" voter ") && members[0].contains(" leader "),
+            "{status}"
+        );
         let sessions = ctl_ok(&first.url(), &["sessions", "list"]).await;
-        assert!(rows_of(&sessions, "keeper")[0].contains("offline"), "{sessions}");
+        assert!(
+            rows_of(&sessions, "keeper")[0].contains("offline"),
+            "{sessions}"
+        );
 
         let (mut reader, _) = RawClient::connect_ok(first.mqtt(), clean_v5("reader")).await;
         reader.subscribe_ok(1, "restore/#", QoS::AtLeastOnce).await;

@@ -180,7 +180,9 @@ impl<S: DeliverySink> forward_server::Forward for ForwardService<S> {
         &self,
         request: Request<InspectRequest>,
     ) -> Result<Response<InspectResponse>, Status> {
-        Ok(Response::new(self.sink.inspect(&request.get_ref().client_id)))
+        Ok(Response::new(
+            self.sink.inspect(&request.get_ref().client_id),
+        ))
     }
 }
 

@@ -88,7 +88,10 @@ pub fn set_filter(text: &str) -> Result<String, FilterError> {
         reason: error.to_string(),
     })?;
     let installed = FILTER.get().ok_or(FilterError::NotInstalled)?;
-    let mut current = installed.text.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut current = installed
+        .text
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     installed
         .handle
         .reload(parsed)

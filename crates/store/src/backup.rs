@@ -118,9 +118,8 @@ impl BackupInfo {
         if lines.next() != Some(MAGIC) {
             return Err(format!("{MANIFEST} does not start with {MAGIC:?}"));
         }
-        let fields: BTreeMap<&str, &str> = lines
-            .filter_map(|line| line.split_once(" = "))
-            .collect();
+        let fields: BTreeMap<&str, &str> =
+            lines.filter_map(|line| line.split_once(" = ")).collect();
         let number = |key: &str| -> Result<u64, String> {
             fields
                 .get(key)
@@ -150,7 +149,12 @@ impl BackupInfo {
 /// Writes a consistent checkpoint of `db` (node `node_id`'s database) to
 /// the new directory `dir`, then its manifest. Blocking: run it off the
 /// async runtime. A failed backup leaves no directory behind.
-pub fn backup(db: &Db, node_id: NodeId, dir: &Path, now_ms: u64) -> Result<BackupInfo, BackupError> {
+pub fn backup(
+    db: &Db,
+    node_id: NodeId,
+    dir: &Path,
+    now_ms: u64,
+) -> Result<BackupInfo, BackupError> {
     if dir.exists() {
         return Err(BackupError::Exists(dir.to_owned()));
     }
@@ -168,7 +172,12 @@ pub fn backup(db: &Db, node_id: NodeId, dir: &Path, now_ms: u64) -> Result<Backu
     written
 }
 
-fn write_backup(db: &Db, node_id: NodeId, dir: &Path, now_ms: u64) -> Result<BackupInfo, BackupError> {
+fn write_backup(
+    db: &Db,
+    node_id: NodeId,
+    dir: &Path,
+    now_ms: u64,
+) -> Result<BackupInfo, BackupError> {
     let checkpoint_dir = dir.join(CHECKPOINT);
     rocksdb::checkpoint::Checkpoint::new(db.raw())?.create_checkpoint(&checkpoint_dir)?;
     // What the checkpoint holds, read from the checkpoint itself.
@@ -300,7 +309,10 @@ mod tests {
             voters: vec![1, 2, 3],
             created_at_ms: 1_700_000_000_000,
         };
-        assert_eq!(BackupInfo::parse(Path::new("/b"), &info.manifest()), Ok(info));
+        assert_eq!(
+            BackupInfo::parse(Path::new("/b"), &info.manifest()),
+            Ok(info)
+        );
         assert!(BackupInfo::parse(Path::new("/b"), "something else\n").is_err());
         assert!(BackupInfo::parse(Path::new("/b"), &format!("{MAGIC}\nnode_id = 1\n")).is_err());
     }

@@ -49,7 +49,7 @@ pub fn parse_cursor(cursor: &str) -> Result<Option<Vec<u8>>, BadCursor> {
         return Ok(None);
     }
     let bad = || BadCursor(cursor.to_owned());
-    if cursor.len() % 2 != 0 {
+    if !cursor.len().is_multiple_of(2) {
         return Err(bad());
     }
     (0..cursor.len())
@@ -201,9 +201,9 @@ fn session_info(mut session: Session) -> SessionInfo {
 /// its configured name (the id is `name.incarnation`).
 pub fn edge_matches(wanted: &str, edge_id: &str) -> bool {
     edge_id == wanted
-        || edge_id
-            .strip_prefix(wanted)
-            .is_some_and(|rest| rest.starts_with('.') && rest[1..].bytes().all(|b| b.is_ascii_digit()))
+        || edge_id.strip_prefix(wanted).is_some_and(|rest| {
+            rest.starts_with('.') && rest[1..].bytes().all(|b| b.is_ascii_digit())
+        })
 }
 
 /// One page of sessions: every session, or the online ones (from the

@@ -262,7 +262,10 @@ fn clients_are_the_online_sessions_and_filter_by_edge_and_pattern() {
     );
     assert_eq!(list(true, "", ""), ["pump-c", "sensor-b", "sensor-d"]);
     assert_eq!(list(true, "", "sensor"), ["sensor-b", "sensor-d"]);
-    assert_eq!(list(false, "", "sensor-?"), ["sensor-a", "sensor-b", "sensor-d"]);
+    assert_eq!(
+        list(false, "", "sensor-?"),
+        ["sensor-a", "sensor-b", "sensor-d"]
+    );
     // Both incarnations of node-1 by name; one by id.
     assert_eq!(list(true, "node-1", ""), ["pump-c", "sensor-b"]);
     assert_eq!(list(false, "node-1.200", "pump*"), ["pump-c"]);
@@ -318,7 +321,10 @@ fn a_sparse_pattern_reads_a_bounded_page() {
         },
     )
     .unwrap();
-    assert_eq!(ids(&second), ["c010000", "c010001", "c010002", "c010003", "c010004"]);
+    assert_eq!(
+        ids(&second),
+        ["c010000", "c010001", "c010002", "c010003", "c010004"]
+    );
 }
 
 #[test]
@@ -360,7 +366,12 @@ fn session_details_have_subscriptions_counts_and_edge() {
     assert!(!details.subscriptions_truncated);
     assert_eq!((details.store_in_flight, details.store_queued), (1, 2));
     assert_eq!(details.edge.unwrap().edge_id, "e1");
-    assert!(session_details(&*store.db, "nobody").unwrap().info.is_none());
+    assert!(
+        session_details(&*store.db, "nobody")
+            .unwrap()
+            .info
+            .is_none()
+    );
 }
 
 #[test]
@@ -441,7 +452,10 @@ fn retained_lists_show_previews_and_get_shows_the_whole_payload() {
         items[1].message.as_ref().unwrap().payload.len(),
         PAYLOAD_PREVIEW
     );
-    let (a, _) = all_pages(|cursor| list_retained(&*store.db, "a/+", 10, cursor, T0).unwrap(), 10);
+    let (a, _) = all_pages(
+        |cursor| list_retained(&*store.db, "a/+", 10, cursor, T0).unwrap(),
+        10,
+    );
     assert_eq!(a.len(), 2);
     let whole = retained_message(&*store.db, "a/2", T0).unwrap().unwrap();
     assert_eq!(whole.payload.len(), big.len());

@@ -2330,7 +2330,10 @@ fn a_kick_tells_the_holding_edge_and_keeps_the_session() {
     );
     assert_eq!(
         edge_events(&store.take_events()),
-        vec![("e1".to_string(), session_kicked("c1", connected.epoch, false))]
+        vec![(
+            "e1".to_string(),
+            session_kicked("c1", connected.epoch, false)
+        )]
     );
     // The applied-index record aside, nothing changed.
     assert_eq!(store.state(), state);
@@ -2345,9 +2348,11 @@ fn a_kick_tells_the_holding_edge_and_keeps_the_session() {
         store.apply_one(T0 + 3, kick("nobody")),
         ResultKind::NoSession(proto::NoSession {})
     );
-    assert!(edge_events(&store.take_events())
-        .iter()
-        .all(|(_, event)| !matches!(event, edge_event::Kind::SessionKicked(_))));
+    assert!(
+        edge_events(&store.take_events())
+            .iter()
+            .all(|(_, event)| !matches!(event, edge_event::Kind::SessionKicked(_)))
+    );
 }
 
 /// Deleting an online session kicks it, publishes its will (the server
@@ -2370,7 +2375,10 @@ fn discarding_an_online_session_kicks_it_and_deletes_everything() {
     let events = store.take_events();
     let to_edge = edge_events(&events);
     assert!(
-        to_edge.contains(&("e1".to_string(), session_kicked("c1", connected.epoch, true))),
+        to_edge.contains(&(
+            "e1".to_string(),
+            session_kicked("c1", connected.epoch, true)
+        )),
         "{to_edge:?}"
     );
     // The will goes out now, whatever its delay: the session has ended.

@@ -494,12 +494,13 @@ impl Live {
         match self.hub.store.write(vec![command]).await {
             // An operator deleted the session (`rookery ctl sessions
             // delete`): what this edge kept of it goes too.
-            Ok(results) if results.iter().any(|result| {
-                matches!(
-                    result.kind,
-                    Some(rookery_store::proto::command_result::Kind::NoSession(_))
-                )
-            }) =>
+            Ok(results)
+                if results.iter().any(|result| {
+                    matches!(
+                        result.kind,
+                        Some(rookery_store::proto::command_result::Kind::NoSession(_))
+                    )
+                }) =>
             {
                 self.hub.session_ended(self.client_id());
             }

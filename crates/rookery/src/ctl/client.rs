@@ -55,7 +55,10 @@ impl Client {
         if authority.is_empty() {
             return Err(format!("{url:?} names no host"));
         }
-        let authority = if authority.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) {
+        let authority = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+        {
             authority.to_owned()
         } else {
             format!("{authority}:80")
@@ -87,7 +90,12 @@ impl Client {
         self.call("PUT", path, Some(body)).await
     }
 
-    async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, CallError> {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, CallError> {
         tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(method, path, body))
             .await
             .map_err(|_| {

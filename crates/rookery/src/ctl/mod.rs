@@ -35,7 +35,10 @@ pub async fn run(args: &CtlArgs) -> Result<(), String> {
             client: of_client,
             paging,
         }) => {
-            let params = [("topic", topic.as_deref()), ("client", of_client.as_deref())];
+            let params = [
+                ("topic", topic.as_deref()),
+                ("client", of_client.as_deref()),
+            ];
             let page = list(&client, "/api/v1/subscriptions", &params, paging)
                 .await
                 .map_err(failed)?;
@@ -59,7 +62,9 @@ pub async fn run(args: &CtlArgs) -> Result<(), String> {
         }
         CtlCommand::LogLevel(CtlLogLevel::Get) => {
             let answer = client.get("/api/v1/log-level").await.map_err(failed)?;
-            out.print(&answer, |answer| format!("log filter: {}", text(&answer["filter"])));
+            out.print(&answer, |answer| {
+                format!("log filter: {}", text(&answer["filter"]))
+            });
             Ok(())
         }
         CtlCommand::Backup { dir } => {
@@ -99,14 +104,11 @@ fn client(args: &CtlArgs) -> Result<Client, String> {
         (None, Some(config)) => api_url(config).unwrap_or_else(|| DEFAULT_URL.to_owned()),
         (None, None) => DEFAULT_URL.to_owned(),
     };
-    let token_file = args
-        .token_file
-        .clone()
-        .or_else(|| {
-            let config = config.as_ref()?;
-            // As the node reads it: the HTTP token, else the cluster's.
-            (config.http.admin_token_file.clone()).or(config.cluster.admin_token_file.clone())
-        });
+    let token_file = args.token_file.clone().or_else(|| {
+        let config = config.as_ref()?;
+        // As the node reads it: the HTTP token, else the cluster's.
+        (config.http.admin_token_file.clone()).or(config.cluster.admin_token_file.clone())
+    });
     let token = token_file.as_deref().map(read_token).transpose()?;
     Client::new(&url, token)
 }
@@ -157,7 +159,10 @@ impl Output {
             println!("{}", pretty(page));
             return;
         }
-        let items = page["items"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let items = page["items"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         if items.is_empty() {
             println!("(none)");
         } else {
@@ -228,7 +233,10 @@ async fn cluster(client: &Client, out: &Output, command: &CtlCluster) -> Result<
                 )
                 .await?;
             out.print(&answer, |answer| {
-                format!("node {node} is a voter (log index {})", text(&answer["log_index"]))
+                format!(
+                    "node {node} is a voter (log index {})",
+                    text(&answer["log_index"])
+                )
             });
         }
         CtlCluster::AddLearner { node, address } => {
@@ -239,13 +247,21 @@ async fn cluster(client: &Client, out: &Output, command: &CtlCluster) -> Result<
                 )
                 .await?;
             out.print(&answer, |answer| {
-                format!("node {node} is a learner (log index {})", text(&answer["log_index"]))
+                format!(
+                    "node {node} is a learner (log index {})",
+                    text(&answer["log_index"])
+                )
             });
         }
         CtlCluster::Remove { node } => {
-            let answer = client.delete(&format!("/api/v1/cluster/nodes/{node}")).await?;
+            let answer = client
+                .delete(&format!("/api/v1/cluster/nodes/{node}"))
+                .await?;
             out.print(&answer, |answer| {
-                format!("removed node {node} (log index {})", text(&answer["log_index"]))
+                format!(
+                    "removed node {node} (log index {})",
+                    text(&answer["log_index"])
+                )
             });
         }
     }
@@ -264,7 +280,9 @@ async fn clients(client: &Client, out: &Output, command: &CtlClients) -> Result<
             out.page(&page, table::clients);
         }
         CtlClients::Show { id } => {
-            let answer = client.get(&format!("/api/v1/clients/{}", encode(id))).await?;
+            let answer = client
+                .get(&format!("/api/v1/clients/{}", encode(id)))
+                .await?;
             out.print(&answer, table::client);
         }
         CtlClients::Kick { id } => {
@@ -272,7 +290,10 @@ async fn clients(client: &Client, out: &Output, command: &CtlClients) -> Result<
                 .delete(&format!("/api/v1/clients/{}", encode(id)))
                 .await?;
             out.print(&answer, |answer| {
-                format!("kicked client {id} (its edge {} closes the connection)", text(&answer["edge_id"]))
+                format!(
+                    "kicked client {id} (its edge {} closes the connection)",
+                    text(&answer["edge_id"])
+                )
             });
         }
     }
@@ -287,7 +308,9 @@ async fn sessions(client: &Client, out: &Output, command: &CtlSessions) -> Resul
             out.page(&page, table::sessions);
         }
         CtlSessions::Show { id } => {
-            let answer = client.get(&format!("/api/v1/sessions/{}", encode(id))).await?;
+            let answer = client
+                .get(&format!("/api/v1/sessions/{}", encode(id)))
+                .await?;
             out.print(&answer, table::client);
         }
         CtlSessions::Delete { id } => {
@@ -295,7 +318,9 @@ async fn sessions(client: &Client, out: &Output, command: &CtlSessions) -> Resul
                 .delete(&format!("/api/v1/sessions/{}", encode(id)))
                 .await?;
             out.print(&answer, |answer| match answer["kicked_edge_id"].as_str() {
-                Some(edge) => format!("deleted session {id} (it was online on {edge}, which disconnects it)"),
+                Some(edge) => {
+                    format!("deleted session {id} (it was online on {edge}, which disconnects it)")
+                }
                 None => format!("deleted session {id}"),
             });
         }
@@ -320,7 +345,9 @@ async fn retained(client: &Client, out: &Output, command: &CtlRetained) -> Resul
             let answer = client
                 .delete(&format!("/api/v1/retained/{}", encode(topic)))
                 .await?;
-            out.print(&answer, |_| format!("deleted the retained message of {topic}"));
+            out.print(&answer, |_| {
+                format!("deleted the retained message of {topic}")
+            });
         }
     }
     Ok(())

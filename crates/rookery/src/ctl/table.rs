@@ -77,7 +77,9 @@ pub fn cluster(status: &Value) -> String {
         })
         .collect();
     out.push_str(&render(
-        &["NODE", "ADDRESS", "ROLE", "STATE", "TERM", "APPLIED", "MATCHED", "LAG"],
+        &[
+            "NODE", "ADDRESS", "ROLE", "STATE", "TERM", "APPLIED", "MATCHED", "LAG",
+        ],
         &rows,
     ));
     out.trim_end().to_owned()
@@ -102,7 +104,14 @@ pub fn clients(items: &[Value]) -> String {
         })
         .collect();
     render(
-        &["CLIENT", "EDGE", "ADDRESS", "PROTOCOL", "KEEPALIVE", "CONNECTED"],
+        &[
+            "CLIENT",
+            "EDGE",
+            "ADDRESS",
+            "PROTOCOL",
+            "KEEPALIVE",
+            "CONNECTED",
+        ],
         &rows,
     )
 }
@@ -133,7 +142,9 @@ pub fn sessions(items: &[Value]) -> String {
         })
         .collect();
     render(
-        &["CLIENT", "STATE", "EDGE", "PROTOCOL", "EXPIRY", "EXPIRES", "QUEUED"],
+        &[
+            "CLIENT", "STATE", "EDGE", "PROTOCOL", "EXPIRY", "EXPIRES", "QUEUED",
+        ],
         &rows,
     )
 }
@@ -188,10 +199,29 @@ pub fn client(details: &Value) -> String {
     if !subscriptions.is_empty() {
         let rows: Vec<Vec<String>> = subscriptions
             .iter()
-            .map(|s| cells(s, &["filter", "qos", "no_local", "retain_as_published", "retain_handling", "subscription_id"]))
+            .map(|s| {
+                cells(
+                    s,
+                    &[
+                        "filter",
+                        "qos",
+                        "no_local",
+                        "retain_as_published",
+                        "retain_handling",
+                        "subscription_id",
+                    ],
+                )
+            })
             .collect();
         for line in render(
-            &["FILTER", "QOS", "NO_LOCAL", "RETAIN_AS_PUBLISHED", "RETAIN_HANDLING", "ID"],
+            &[
+                "FILTER",
+                "QOS",
+                "NO_LOCAL",
+                "RETAIN_AS_PUBLISHED",
+                "RETAIN_HANDLING",
+                "ID",
+            ],
             &rows,
         )
         .lines()
@@ -214,7 +244,10 @@ pub fn subscriptions(items: &[Value]) -> String {
 /// A payload as one short line of text.
 fn preview(item: &Value) -> String {
     let Some(payload) = item["payload"].as_str() else {
-        return format!("(binary, base64 {})", shorten(&text(&item["payload_base64"]), 40));
+        return format!(
+            "(binary, base64 {})",
+            shorten(&text(&item["payload_base64"]), 40)
+        );
     };
     let escaped: String = payload.escape_debug().collect();
     shorten(&escaped, 60)
@@ -259,7 +292,11 @@ pub fn message(message: &Value) -> String {
             let _ = write!(out, "payload\n{payload}");
         }
         None => {
-            let _ = write!(out, "payload (base64)\n{}", text(&message["payload_base64"]));
+            let _ = write!(
+                out,
+                "payload (base64)\n{}",
+                text(&message["payload_base64"])
+            );
         }
     }
     out
@@ -274,7 +311,10 @@ mod tests {
     fn columns_line_up() {
         let table = render(
             &["A", "LONGER"],
-            &[vec!["x".into(), "1".into()], vec!["yyyy".into(), "22".into()]],
+            &[
+                vec!["x".into(), "1".into()],
+                vec!["yyyy".into(), "22".into()],
+            ],
         );
         assert_eq!(table, "A     LONGER\nx     1\nyyyy  22\n");
     }
@@ -293,6 +333,8 @@ mod tests {
         let long = "x".repeat(100);
         assert_eq!(preview(&json!({ "payload": long })).chars().count(), 61);
         assert_eq!(preview(&json!({ "payload": "a\nb" })), "a\\nb");
-        assert!(preview(&json!({ "payload": null, "payload_base64": "AAE=" })).starts_with("(binary"));
+        assert!(
+            preview(&json!({ "payload": null, "payload_base64": "AAE=" })).starts_with("(binary")
+        );
     }
 }

@@ -85,11 +85,7 @@ impl ApiState {
         ApiState {
             inner: Arc::new(Inner {
                 store_role,
-                seeds: Arc::new(Peers::new(
-                    seeds,
-                    forward_local_address,
-                    security.clone(),
-                )),
+                seeds: Arc::new(Peers::new(seeds, forward_local_address, security.clone())),
                 security,
                 forward_local_address,
                 replica: OnceLock::new(),
@@ -155,7 +151,10 @@ impl ApiState {
         &self,
         message: T,
         timeout: Duration,
-        call: impl AsyncFn(AdminClient<Channel>, tonic::Request<T>) -> Result<tonic::Response<R>, tonic::Status>,
+        call: impl AsyncFn(
+            AdminClient<Channel>,
+            tonic::Request<T>,
+        ) -> Result<tonic::Response<R>, tonic::Status>,
     ) -> Result<R, ApiError> {
         let mut last = ApiError::unavailable("no store node answered");
         for (address, channel) in self.store_channels().await? {
@@ -365,9 +364,9 @@ fn text_param(params: &BTreeMap<String, String>, key: &str) -> String {
 fn limit_param(params: &BTreeMap<String, String>) -> Result<u32, ApiError> {
     match params.get("limit") {
         None => Ok(0),
-        Some(text) => text.parse().map_err(|_| {
-            ApiError::bad_request(format!("limit {text:?} is not a whole number"))
-        }),
+        Some(text) => text
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("limit {text:?} is not a whole number"))),
     }
 }
 
@@ -375,9 +374,11 @@ fn limit_param(params: &BTreeMap<String, String>) -> Result<u32, ApiError> {
 
 async fn cluster_status(State(state): State<ApiState>) -> Answer {
     let status = state
-        .admin(proto::ClusterStatusRequest {}, READ_TIMEOUT, async |mut admin, request| {
-            admin.cluster_status(request).await
-        })
+        .admin(
+            proto::ClusterStatusRequest {},
+            READ_TIMEOUT,
+            async |mut admin, request| admin.cluster_status(request).await,
+        )
         .await?;
     Ok(Json(render::cluster(&status)))
 }
@@ -394,9 +395,11 @@ struct MemberBody {
 async fn add_voter(State(state): State<ApiState>, request: Bytes) -> Answer {
     let MemberBody { node_id, address } = body(&request)?;
     let status = state
-        .admin(proto::StatusRequest {}, READ_TIMEOUT, async |mut admin, request| {
-            admin.status(request).await
-        })
+        .admin(
+            proto::StatusRequest {},
+            READ_TIMEOUT,
+            async |mut admin, request| admin.status(request).await,
+        )
         .await?;
     let member = status
         .voters
@@ -427,7 +430,9 @@ async fn add_voter(State(state): State<ApiState>, request: Bytes) -> Answer {
             admin.change_membership(request).await
         })
         .await?;
-    Ok(Json(json!({ "node_id": node_id, "role": "voter", "log_index": done.log_index })))
+    Ok(Json(
+        json!({ "node_id": node_id, "role": "voter", "log_index": done.log_index }),
+    ))
 }
 
 async fn add_learner_at(state: &ApiState, node_id: u64, address: String) -> Result<u64, ApiError> {
@@ -444,11 +449,12 @@ async fn add_learner_at(state: &ApiState, node_id: u64, address: String) -> Resu
 
 async fn add_learner(State(state): State<ApiState>, request: Bytes) -> Answer {
     let MemberBody { node_id, address } = body(&request)?;
-    let address = address.ok_or_else(|| {
-        ApiError::bad_request("a learner needs its store address (\"address\")")
-    })?;
+    let address = address
+        .ok_or_else(|| ApiError::bad_request("a learner needs its store address (\"address\")"))?;
     let log_index = add_learner_at(&state, node_id, address).await?;
-    Ok(Json(json!({ "node_id": node_id, "role": "learner", "log_index": log_index })))
+    Ok(Json(
+        json!({ "node_id": node_id, "role": "learner", "log_index": log_index }),
+    ))
 }
 
 async fn remove_node(State(state): State<ApiState>, Path(id): Path<String>) -> Answer {
@@ -462,7 +468,9 @@ async fn remove_node(State(state): State<ApiState>, Path(id): Path<String>) -> A
             async |mut admin, request| admin.remove_node(request).await,
         )
         .await?;
-    Ok(Json(json!({ "node_id": node_id, "removed": true, "log_index": done.log_index })))
+    Ok(Json(
+        json!({ "node_id": node_id, "removed": true, "log_index": done.log_index }),
+    ))
 }
 
 // ---- Clients and sessions ---------------------------------------------------
@@ -645,7 +653,9 @@ async fn delete_retained(State(state): State<ApiState>, Path(topic): Path<String
             admin.delete_retained(request).await
         })
         .await?;
-    Ok(Json(json!({ "topic": topic, "deleted": true, "log_index": done.log_index })))
+    Ok(Json(
+        json!({ "topic": topic, "deleted": true, "log_index": done.log_index }),
+    ))
 }
 
 // ---- This node: log filter and backups --------------------------------------
