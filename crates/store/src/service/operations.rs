@@ -93,7 +93,8 @@ impl AdminService {
             Err(WriteError::TooLarge) => {
                 return Err(Status::invalid_argument(WriteError::TooLarge.to_string()));
             }
-            Err(WriteError::Raft(reason)) => return Err(Status::unavailable(reason)),
+            // Not proposed, or its outcome unknown: the operator retries.
+            Err(other) => return Err(Status::unavailable(other.to_string())),
         };
         self.applied_here(log_index_of(&reply)).await;
         Ok(Response::new(reply))
