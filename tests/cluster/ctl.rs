@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use rookery_codec::{Packet, QoS, ReasonCode};
 use rookery_testkit::{
-    Process, RawClient, Read, Watchdog, clean_v5, free_port, persistent_v5, publish_packet,
+    Process, RawClient, Read, Watchdog, clean_v5, free_port, http_request, http_status,
+    persistent_v5, publish_packet,
 };
 use serde_json::Value;
 use tokio::time::Instant;
@@ -248,8 +249,15 @@ async fn ctl_runs_every_command_against_a_live_cluster() {
         let on_two = ctl_ok(n3, &["clients", "list", "--edge", "rookery-2"]).await;
         assert_eq!(rows_of(&on_two, "watch-me").len(), 1, "{on_two}");
         assert!(rows_of(&on_two, "kick-me").is_empty(), "{on_two}");
-        let matched = ctl_ok(n3, &["clients", "list", "--match", "kick*"]).await;
-        assert_eq!(first_column(&matched).0, ["kick-me"], "{matched}");
+        // The connection flags may follow the command too.
+        let matched = rookery(&["ctl", "clients", "list", "--match", "kick*", "--url", n3]).await;
+        assert!(matched.ok, "{}", matched.stderr);
+        assert_eq!(
+            first_column(&matched.stdout).0,
+            ["kick-me"],
+            "{}",
+            matched.stdout
+        );
 
         // Node 1 asks node 2's edge, over its forwarding port, what only it
         // knows: two messages in flight.
@@ -484,6 +492,24 @@ async fn ctl_runs_every_command_against_a_live_cluster() {
             !cluster.node(2).log().contains("quiet-probe"),
             "debug lines after the filter went back to info"
         );
+
+        // ---- errors are JSON with their status ---------------------------
+        let http = cluster
+            .node(1)
+            .listener("http")
+            .expect("node 1's HTTP listener");
+        for (method, path, status) in [
+            ("GET", "/api/v1/clients/%FF", 400),
+            ("POST", "/api/v1/clients", 405),
+            ("GET", "/api/v1/sessions?limit=many", 400),
+            ("GET", "/api/v1/sessions?colour=blue", 400),
+            ("GET", "/api/v1/retained?filter=a/%23/b", 400),
+            ("GET", "/api/v1/no-such-route", 404),
+        ] {
+            let answer = http_request(http, method, path, &[]).await.unwrap();
+            assert_eq!(http_status(&answer), status, "{method} {path}: {answer}");
+            assert!(answer.contains(r#"{"error":"#), "{method} {path}: {answer}");
+        }
 
         // ---- membership, and a node whose API is off loopback ------------
         let tokens = tempfile::tempdir().expect("a directory for token files");

@@ -122,17 +122,28 @@ pub enum ClusterCommand {
 pub struct CtlArgs {
     /// The node's HTTP API. [default: the [http] listen address of
     /// --config, else http://127.0.0.1:9883]
-    #[arg(long, env = "ROOKERY_CTL_URL", value_name = "URL")]
+    #[arg(long, env = "ROOKERY_CTL_URL", value_name = "URL", global = true)]
     pub url: Option<String>,
 
     /// A file holding the API's bearer token (its first line), needed off
     /// loopback. [default: the [http] admin_token_file of --config]
-    #[arg(long, env = "ROOKERY_CTL_TOKEN_FILE", value_name = "FILE")]
+    #[arg(
+        long,
+        env = "ROOKERY_CTL_TOKEN_FILE",
+        value_name = "FILE",
+        global = true
+    )]
     pub token_file: Option<PathBuf>,
 
     /// A node's configuration file, for the defaults of --url and
     /// --token-file.
-    #[arg(short, long, env = "ROOKERY_CONFIG", value_name = "FILE")]
+    #[arg(
+        short,
+        long,
+        env = "ROOKERY_CONFIG",
+        value_name = "FILE",
+        global = true
+    )]
     pub config: Option<PathBuf>,
 
     /// Print the API's JSON instead of tables.

@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -220,7 +221,21 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: ApiState) -> Router<S> {
         )
         .route("/log-level", get(log_level).put(set_log_level))
         .route("/backup", post(backup))
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this route does not take that method; see docs/operations-ctl.md",
+    )
+}
+
+/// A path parameter, with a JSON error when it is not valid.
+fn path_param(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(value)| value)
+        .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
 }
 
 /// An error answer: its status and `{"error": message}`.
@@ -457,7 +472,11 @@ async fn add_learner(State(state): State<ApiState>, request: Bytes) -> Answer {
     ))
 }
 
-async fn remove_node(State(state): State<ApiState>, Path(id): Path<String>) -> Answer {
+async fn remove_node(
+    State(state): State<ApiState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Answer {
+    let id = path_param(id)?;
     let node_id: u64 = id
         .parse()
         .map_err(|_| ApiError::bad_request(format!("{id:?} is not a node id")))?;
@@ -520,7 +539,11 @@ async fn session_details(
         .await
 }
 
-async fn show_client(State(state): State<ApiState>, Path(client_id): Path<String>) -> Answer {
+async fn show_client(
+    State(state): State<ApiState>,
+    client_id: Result<Path<String>, PathRejection>,
+) -> Answer {
+    let client_id = path_param(client_id)?;
     let details = session_details(&state, &client_id).await?;
     let online = details
         .info
@@ -544,7 +567,11 @@ async fn show_client(State(state): State<ApiState>, Path(client_id): Path<String
     Ok(Json(answer))
 }
 
-async fn kick_client(State(state): State<ApiState>, Path(client_id): Path<String>) -> Answer {
+async fn kick_client(
+    State(state): State<ApiState>,
+    client_id: Result<Path<String>, PathRejection>,
+) -> Answer {
+    let client_id = path_param(client_id)?;
     let request = proto::KickClientRequest {
         client_id: client_id.clone(),
     };
@@ -561,7 +588,11 @@ async fn kick_client(State(state): State<ApiState>, Path(client_id): Path<String
     })))
 }
 
-async fn show_session(State(state): State<ApiState>, Path(client_id): Path<String>) -> Answer {
+async fn show_session(
+    State(state): State<ApiState>,
+    client_id: Result<Path<String>, PathRejection>,
+) -> Answer {
+    let client_id = path_param(client_id)?;
     let details = session_details(&state, &client_id).await?;
     if details.info.is_none() {
         return Err(ApiError::not_found(format!("no session {client_id:?}")));
@@ -569,7 +600,11 @@ async fn show_session(State(state): State<ApiState>, Path(client_id): Path<Strin
     Ok(Json(render::details(&details)))
 }
 
-async fn delete_session(State(state): State<ApiState>, Path(client_id): Path<String>) -> Answer {
+async fn delete_session(
+    State(state): State<ApiState>,
+    client_id: Result<Path<String>, PathRejection>,
+) -> Answer {
+    let client_id = path_param(client_id)?;
     let request = proto::DeleteSessionRequest {
         client_id: client_id.clone(),
     };
@@ -627,7 +662,11 @@ async fn list_retained(State(state): State<ApiState>, RawQuery(raw): RawQuery) -
     Ok(Json(render::page(items, &page.next_cursor)))
 }
 
-async fn get_retained(State(state): State<ApiState>, Path(topic): Path<String>) -> Answer {
+async fn get_retained(
+    State(state): State<ApiState>,
+    topic: Result<Path<String>, PathRejection>,
+) -> Answer {
+    let topic = path_param(topic)?;
     let request = proto::GetRetainedMessageRequest {
         topic: topic.clone(),
     };
@@ -644,7 +683,11 @@ async fn get_retained(State(state): State<ApiState>, Path(topic): Path<String>) 
     }
 }
 
-async fn delete_retained(State(state): State<ApiState>, Path(topic): Path<String>) -> Answer {
+async fn delete_retained(
+    State(state): State<ApiState>,
+    topic: Result<Path<String>, PathRejection>,
+) -> Answer {
+    let topic = path_param(topic)?;
     let request = proto::DeleteRetainedRequest {
         topic: topic.clone(),
     };
