@@ -783,3 +783,44 @@ async fn backup(State(state): State<ApiState>, request: Bytes) -> Answer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_are_form_decoded() {
+        assert_eq!(form_decode("a+b%2F%23").unwrap(), "a b/#");
+        assert_eq!(form_decode("%C3%BC").unwrap(), "ü");
+        assert!(form_decode("%G1").is_err());
+        assert!(form_decode("%4").is_err());
+        assert!(form_decode("%FF").is_err(), "not UTF-8");
+        let parsed = params(Some("match=s%2A&limit=5&".into()), &["match", "limit"]).unwrap();
+        assert_eq!(text_param(&parsed, "match"), "s*");
+        assert_eq!(limit_param(&parsed).unwrap(), 5);
+        assert!(params(Some("colour=blue".into()), &["match"]).is_err());
+        assert!(params(Some("limit=1&limit=2".into()), &["limit"]).is_err());
+        assert!(limit_param(&params(Some("limit=-1".into()), &["limit"]).unwrap()).is_err());
+        assert_eq!(limit_param(&BTreeMap::new()).unwrap(), 0);
+    }
+
+    #[test]
+    fn store_errors_keep_their_meaning_in_http() {
+        let status = |code| ApiError::from_status(&tonic::Status::new(code, "why")).status;
+        assert_eq!(status(tonic::Code::NotFound), StatusCode::NOT_FOUND);
+        assert_eq!(
+            status(tonic::Code::InvalidArgument),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status(tonic::Code::FailedPrecondition),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            status(tonic::Code::Unavailable),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(status(tonic::Code::PermissionDenied), StatusCode::FORBIDDEN);
+        assert_eq!(status(tonic::Code::Internal), StatusCode::BAD_GATEWAY);
+    }
+}
