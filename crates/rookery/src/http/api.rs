@@ -15,12 +15,11 @@
 //! `cursor` (the previous page's `next_cursor`, `null` on the last page).
 //! The bearer-token guard in front of these routes is the HTTP server's.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
-
-use std::collections::BTreeMap;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -39,8 +38,8 @@ use tonic::transport::Channel;
 
 use super::api_json as render;
 
-/// How long a read may take at the store.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a call to the store may take (a read, or an operator's write).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a membership change may take (adding a learner waits until it
 /// has caught up with the log).
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -391,7 +390,7 @@ async fn cluster_status(State(state): State<ApiState>) -> Answer {
     let status = state
         .admin(
             proto::ClusterStatusRequest {},
-            READ_TIMEOUT,
+            CALL_TIMEOUT,
             async |mut admin, request| admin.cluster_status(request).await,
         )
         .await?;
@@ -412,7 +411,7 @@ async fn add_voter(State(state): State<ApiState>, request: Bytes) -> Answer {
     let status = state
         .admin(
             proto::StatusRequest {},
-            READ_TIMEOUT,
+            CALL_TIMEOUT,
             async |mut admin, request| admin.status(request).await,
         )
         .await?;
@@ -517,7 +516,7 @@ async fn sessions_page(
         cursor: text_param(params, "cursor"),
     };
     let page = state
-        .admin(request, READ_TIMEOUT, async |mut admin, request| {
+        .admin(request, CALL_TIMEOUT, async |mut admin, request| {
             admin.list_sessions(request).await
         })
         .await?;
@@ -533,7 +532,7 @@ async fn session_details(
         client_id: client_id.to_owned(),
     };
     state
-        .admin(request, READ_TIMEOUT, async |mut admin, request| {
+        .admin(request, CALL_TIMEOUT, async |mut admin, request| {
             admin.get_session_info(request).await
         })
         .await
@@ -576,7 +575,7 @@ async fn kick_client(
         client_id: client_id.clone(),
     };
     let done = state
-        .admin(request, READ_TIMEOUT, async |mut admin, request| {
+        .admin(request, CALL_TIMEOUT, async |mut admin, request| {
             admin.kick_client(request).await
         })
         .await?;
@@ -609,7 +608,7 @@ async fn delete_session(
         client_id: client_id.clone(),
     };
     let done = state
-        .admin(request, READ_TIMEOUT, async |mut admin, request| {
+        .admin(request, CALL_TIMEOUT, async |mut admin, request| {
             admin.delete_session(request).await
         })
         .await?;
@@ -634,7 +633,7 @@ async fn list_subscriptions(State(state): State<ApiState>, RawQuery(raw): RawQue
         cursor: text_param(&params, "cursor"),
     };
     let page = state
-        .admin(request, READ_TIMEOUT, async |mut admin, request| {
+        .admin(request, CALL_TIMEOUT, async |mut admin, request| {
             admin.list_subscriptions(request).await
         })
         .await?;
@@ -654,7 +653,7 @@ async fn list_retained(State(state): State<ApiState>, RawQuery(raw): RawQuery) -
         cursor: text_param(&params, "cursor"),
     };
     let page = state
-        .admin(request, READ_TIMEOUT, async |mut admin, request| {
+        .admin(request, CALL_TIMEOUT, async |mut admin, request| {
             admin.list_retained(request).await
         })
         .await?;
@@ -671,7 +670,7 @@ async fn get_retained(
         topic: topic.clone(),
     };
     let found = state
-        .admin(request, READ_TIMEOUT, async |mut admin, request| {
+        .admin(request, CALL_TIMEOUT, async |mut admin, request| {
             admin.get_retained_message(request).await
         })
         .await?;
@@ -692,7 +691,7 @@ async fn delete_retained(
         topic: topic.clone(),
     };
     let done = state
-        .admin(request, READ_TIMEOUT, async |mut admin, request| {
+        .admin(request, CALL_TIMEOUT, async |mut admin, request| {
             admin.delete_retained(request).await
         })
         .await?;
