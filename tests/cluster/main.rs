@@ -27,6 +27,7 @@ mod traffic;
 
 mod auth;
 mod caps;
+mod ctl;
 mod edges;
 mod exactly_once;
 mod failover;

@@ -206,6 +206,13 @@ impl Broker {
         })
     }
 
+    /// A handle for the operations API: what this edge knows of its clients.
+    pub fn inspector(&self) -> Inspector {
+        Inspector {
+            hub: Arc::downgrade(&self.hub),
+        }
+    }
+
     /// What the node's readiness probe asks of this edge.
     pub fn probe(&self) -> EdgeProbe {
         EdgeProbe {
@@ -301,6 +308,53 @@ impl rookery_cluster::DeliverySink for ForwardSink {
     ) {
         let deliveries = crate::forwarded::admit(&messages, deliveries, &self.0.config.limits);
         self.0.deliver_forwarded(messages, deliveries);
+    }
+
+    fn inspect(&self, client_id: &str) -> rookery_cluster::proto::InspectResponse {
+        inspect(&self.0, client_id)
+    }
+}
+
+/// What this edge knows of a client's connection (`rookery ctl clients
+/// show`): nothing when the client has no connection here.
+fn inspect(hub: &Hub, client_id: &str) -> rookery_cluster::proto::InspectResponse {
+    let Some(session) = hub.session(client_id) else {
+        return rookery_cluster::proto::InspectResponse::default();
+    };
+    let Some(mailbox) = session.mailbox else {
+        return rookery_cluster::proto::InspectResponse::default();
+    };
+    let (in_flight, queued, stored) = mailbox.figures();
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    rookery_cluster::proto::InspectResponse {
+        online: true,
+        epoch: session.epoch,
+        in_flight: count(in_flight),
+        queued: count(queued),
+        stored: count(stored),
+    }
+}
+
+/// A handle on a running edge for the operations API: what it knows of its
+/// clients' connections. Cheap to clone; it keeps nothing alive (a stopped
+/// edge lets its store go, and is then seen holding no client).
+#[derive(Debug, Clone)]
+pub struct Inspector {
+    hub: std::sync::Weak<Hub>,
+}
+
+impl Inspector {
+    /// This edge's id (its configured name and incarnation), while it runs.
+    pub fn edge_id(&self) -> Option<String> {
+        self.hub.upgrade().map(|hub| hub.edge_id.clone())
+    }
+
+    /// The client's connection on this edge, if it has one here.
+    pub fn inspect(&self, client_id: &str) -> rookery_cluster::proto::InspectResponse {
+        match self.hub.upgrade() {
+            Some(hub) => inspect(&hub, client_id),
+            None => rookery_cluster::proto::InspectResponse::default(),
+        }
     }
 }
 
@@ -538,6 +592,21 @@ pub(crate) async fn on_store_event(hub: &Hub, event: StoreEvent) {
                 && let Some(mailbox) = session.mailbox
             {
                 mailbox.close(ReasonCode::SessionTakenOver);
+            }
+        }
+        StoreEvent::Edge(edge_event::Kind::SessionKicked(kicked)) => {
+            // As a takeover: the connection holding that epoch (or an older
+            // one) closes; one that connected since stays.
+            if let Some(session) = hub.session(&kicked.client_id)
+                && session.epoch <= kicked.epoch
+                && let Some(mailbox) = session.mailbox
+            {
+                tracing::info!(
+                    client_id = kicked.client_id,
+                    session_deleted = kicked.session_ended,
+                    "an operator disconnects the client"
+                );
+                mailbox.close(ReasonCode::AdministrativeAction);
             }
         }
         StoreEvent::Edge(edge_event::Kind::MessagesQueued(queued)) => {

@@ -35,7 +35,7 @@ pub mod fuzz {
 }
 
 pub use broker::{
-    Broker, BrokerError, ClusterOptions, DEFAULT_MAX_WRITE_BYTES_IN_FLIGHT, EdgeProbe,
+    Broker, BrokerError, ClusterOptions, DEFAULT_MAX_WRITE_BYTES_IN_FLIGHT, EdgeProbe, Inspector,
 };
 pub use config::{BrokerConfig, Limits, ListenerConfig, ListenerKind, QueueOverflow, TlsConfig};
 pub use store::StoreUnavailable;

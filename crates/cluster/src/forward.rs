@@ -33,7 +33,7 @@ use tonic::{Request, Response, Status};
 
 use crate::proto::forward_client::ForwardClient;
 use crate::proto::forward_server::{self, ForwardServer};
-use crate::proto::{DeliverAck, DeliverBatch, Delivery};
+use crate::proto::{DeliverAck, DeliverBatch, Delivery, InspectRequest, InspectResponse};
 
 /// How long connecting to another edge may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -79,6 +79,46 @@ pub enum LinkFailed {
 pub trait DeliverySink: Send + Sync + 'static {
     /// Hands one batch to the sessions it names.
     fn deliver(&self, messages: Vec<Message>, deliveries: Vec<Delivery>);
+
+    /// What the edge knows of a client's connection (`Forward.Inspect`);
+    /// by default nothing (not online here).
+    fn inspect(&self, client_id: &str) -> InspectResponse {
+        let _ = client_id;
+        InspectResponse::default()
+    }
+}
+
+/// Asks the edge whose forwarding service is at `address` what it knows of
+/// a client's connection, within `timeout`.
+pub async fn inspect(
+    address: &str,
+    settings: &ForwardSettings,
+    client_id: &str,
+    timeout: Duration,
+) -> Result<InspectResponse, String> {
+    let endpoint = settings
+        .security
+        .endpoint(address)
+        .map_err(|error| format!("bad edge address {address:?}: {error}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(timeout)
+        .local_address(settings.local_address);
+    let asked = async {
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|error| format!("cannot reach the edge at {address}: {error}"))?;
+        ForwardClient::new(channel)
+            .inspect(InspectRequest {
+                client_id: client_id.to_owned(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| format!("the edge at {address} did not answer: {}", status.message()))
+    };
+    tokio::time::timeout(timeout, asked)
+        .await
+        .map_err(|_| format!("the edge at {address} did not answer within {timeout:?}"))?
 }
 
 /// The gRPC service other edges forward to.
@@ -134,6 +174,15 @@ impl<S: DeliverySink> forward_server::Forward for ForwardService<S> {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn inspect(
+        &self,
+        request: Request<InspectRequest>,
+    ) -> Result<Response<InspectResponse>, Status> {
+        Ok(Response::new(
+            self.sink.inspect(&request.get_ref().client_id),
+        ))
     }
 }
 

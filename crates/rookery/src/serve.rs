@@ -68,14 +68,25 @@ pub async fn run(
     // node is up, and stops it in order, instead of killing it half-started.
     let mut signals = Signals::new().map_err(ServeError::Signals)?;
 
-    let health = Health::new();
-    let http = match config.http.listen.0 {
-        Some(address) => Some(start_http(address, &config, health.clone()).await?),
-        None => None,
-    };
-
     // Read once: every cluster port and client of this node uses it.
     let security = config.cluster_security()?;
+
+    let health = Health::new();
+    let api = crate::http::api::ApiState::new(
+        config.has_role(Role::Store),
+        config.cluster.seeds.clone(),
+        security.clone(),
+        config
+            .cluster
+            .forward_listen
+            .0
+            .map(|address| address.ip())
+            .filter(|ip| !ip.is_unspecified()),
+    );
+    let http = match config.http.listen.0 {
+        Some(address) => Some(start_http(address, &config, health.clone(), api.clone()).await?),
+        None => None,
+    };
 
     let store = if config.has_role(Role::Store) {
         let mut store_config = config.store_config();
@@ -93,6 +104,7 @@ pub async fn run(
         }
         let store = Arc::new(store);
         health.watch_store(store.clone());
+        api.attach_store(&store);
         Some(store)
     } else {
         None
@@ -136,6 +148,7 @@ pub async fn run(
     }
     if let Some(broker) = &broker {
         health.watch_edge(broker.probe());
+        api.attach_edge(broker.inspector());
     }
     health.started();
     tracing::info!(
@@ -198,6 +211,7 @@ async fn start_http(
     address: std::net::SocketAddr,
     config: &Config,
     health: Arc<Health>,
+    api: crate::http::api::ApiState,
 ) -> Result<HttpServer, ServeError> {
     let token_file = config
         .http
@@ -215,6 +229,7 @@ async fn start_http(
         metrics,
         admin_token,
         loopback: address.ip().is_loopback(),
+        api,
     };
     let server = HttpServer::start(address, state)
         .await

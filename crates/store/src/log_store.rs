@@ -144,6 +144,25 @@ impl LogStore {
     }
 }
 
+/// Empties the log of `db` and its commit and purge records and sets the
+/// vote, in one synced write: a node restored from a backup starts a new
+/// group from its state machine alone (openraft purges up to the applied
+/// entry and builds a snapshot from the state when it starts).
+pub(crate) fn start_over(db: &Db, vote: &Vote<NodeId>) -> Result<(), StoreError> {
+    let mut batch = WriteBatch::default();
+    let log = db.cf(cf::LOG)?;
+    batch.delete_range_cf(log, index_key(0), index_key(u64::MAX));
+    batch.delete_cf(log, index_key(u64::MAX));
+    let meta = db.cf(cf::RAFT_META)?;
+    batch.delete_cf(meta, COMMITTED);
+    batch.delete_cf(meta, LAST_PURGED);
+    batch.put_cf(meta, VOTE, postcard::to_allocvec(vote)?);
+    let mut options = WriteOptions::default();
+    options.set_sync(true);
+    db.raw().write_opt(batch, &options)?;
+    Ok(())
+}
+
 fn writer_gone() -> StoreError {
     StoreError::Io(std::io::Error::other(
         "the raft log writer thread has stopped",

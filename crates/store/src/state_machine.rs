@@ -104,6 +104,35 @@ impl StateMachine {
     }
 }
 
+/// The applied log id and membership as the state machine recorded them.
+pub fn applied_state(db: &Db) -> Result<(Option<LogId<NodeId>>, Membership), StoreError> {
+    let applied: Option<LogId<NodeId>> = db
+        .get(cf::SM_META, APPLIED)?
+        .map(|bytes| postcard::from_bytes(&bytes))
+        .transpose()?
+        .flatten();
+    let membership = db
+        .get(cf::SM_META, MEMBERSHIP)?
+        .map(|bytes| postcard::from_bytes(&bytes))
+        .transpose()?
+        .unwrap_or_default();
+    Ok((applied, membership))
+}
+
+/// Replaces the membership the state machine recorded (a restore that
+/// starts a new group from a backup's state).
+pub(crate) fn set_membership(db: &Db, membership: &Membership) -> Result<(), StoreError> {
+    let mut options = WriteOptions::default();
+    options.set_sync(true);
+    db.raw().put_cf_opt(
+        db.cf(cf::SM_META)?,
+        MEMBERSHIP,
+        postcard::to_allocvec(membership)?,
+        &options,
+    )?;
+    Ok(())
+}
+
 /// The applied log id as the state machine recorded it.
 pub fn applied_index(db: &Db) -> Result<u64, StoreError> {
     let applied: Option<LogId<NodeId>> = db

@@ -31,7 +31,8 @@ pub(super) struct Admission {
     pub certificate: Option<String>,
     /// When the connect timeout ends, authentication exchange included.
     pub deadline: Instant,
-    /// The listener's name (`rookery_clients_connected{listener}`).
+    /// The listener's name (`rookery_clients_connected{listener}`), kept
+    /// in the store for operators.
     pub listener_name: Arc<str>,
 }
 
@@ -77,6 +78,7 @@ pub(super) async fn accept(
         }
         Identified::Gone => return None,
     };
+    let username = principal.username.clone();
     let authorizer = Authorizer::new(hub.gatekeeper.clone(), principal);
     if let Some(will) = &connect.will
         && !authorizer.may(&will.topic, Access::Write)
@@ -84,12 +86,18 @@ pub(super) async fn accept(
         // A will is a publish the client asks for now: the ACL applies now.
         return refuse(&hub, socket, ReasonCode::NotAuthorized).await;
     }
+    let origin = records::Origin {
+        address: socket.peer,
+        listener: &admission.listener_name,
+        username: username.as_deref(),
+    };
     let command = records::connect(
         &connect,
         &granted,
         &hub.edge_id,
         now_ms(),
         limits.max_persistent_sessions,
+        &origin,
     );
     let connected = match hub.store.write_one(command).await {
         Ok(proto::CommandResult {

@@ -259,6 +259,8 @@ impl Live {
                 self.session.outgoing.inflight_len(),
                 self.session.outgoing.queued_len(),
             );
+            self.mailbox
+                .report_in_flight(self.session.outgoing.inflight_len());
             // Boxed: kept inline, the write and its timer would enlarge
             // every idle connection's task.
             let flushed = Box::pin(self.socket.flush(&self.hub.stats)).await;
@@ -506,8 +508,23 @@ impl Live {
             return;
         };
         let command = self.session.records.disconnect(expiry_s, publish_will);
-        if let Err(error) = self.hub.store.write(vec![command]).await {
-            tracing::warn!(%error, client_id = %self.client_id(), "recording a disconnect failed");
+        match self.hub.store.write(vec![command]).await {
+            // An operator deleted the session (`rookery ctl sessions
+            // delete`): what this edge kept of it goes too.
+            Ok(results)
+                if results.iter().any(|result| {
+                    matches!(
+                        result.kind,
+                        Some(rookery_store::proto::command_result::Kind::NoSession(_))
+                    )
+                }) =>
+            {
+                self.hub.session_ended(self.client_id());
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, client_id = %self.client_id(), "recording a disconnect failed")
+            }
         }
     }
 

@@ -22,6 +22,9 @@ use tokio::task::JoinHandle;
 
 use crate::health::{Health, Report};
 
+pub mod api;
+mod api_json;
+
 /// The Prometheus text format's content type.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -34,6 +37,8 @@ pub struct HttpState {
     pub admin_token: Option<AdminToken>,
     /// The listener is on loopback: the admin API needs no token.
     pub loopback: bool,
+    /// What the admin API's handlers work with.
+    pub api: api::ApiState,
 }
 
 /// A bound, serving HTTP listener.
@@ -65,7 +70,7 @@ impl HttpServer {
 }
 
 fn router(state: Arc<HttpState>) -> Router {
-    let api = Router::new()
+    let api = api::router(state.api.clone())
         .fallback(no_such_endpoint)
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
