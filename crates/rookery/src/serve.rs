@@ -103,7 +103,7 @@ pub async fn run(
             return Err(error);
         }
         let store = Arc::new(store);
-        health.watch_store(store.clone());
+        health.watch_store(&store);
         api.attach_store(&store);
         Some(store)
     } else {
