@@ -325,6 +325,7 @@ fn connect_command(client_id: &str) -> Command {
             will: None,
             protocol_version: 5,
             max_persistent_sessions: 0,
+            ..proto::Connect::default()
         })),
     }
 }

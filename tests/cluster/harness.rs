@@ -169,6 +169,14 @@ impl Cluster {
     /// returns its index. Not with [`Options::store_proxies`].
     #[allow(dead_code)] // harness API that not every test of this binary uses
     pub fn add_node(&mut self, roles: Roles) -> usize {
+        self.add_node_with(roles, "", "")
+    }
+
+    /// [`Cluster::add_node`], with `cluster_toml` added to this node's
+    /// `[cluster]` table (e.g. `voter = false`) and `extra_toml` appended to
+    /// its configuration, besides the cluster's own.
+    #[allow(dead_code)] // harness API that not every test of this binary uses
+    pub fn add_node_with(&mut self, roles: Roles, cluster_toml: &str, extra_toml: &str) -> usize {
         assert!(
             self.proxies.is_empty(),
             "add_node does not put a proxy in front of the new node"
@@ -179,15 +187,17 @@ impl Cluster {
         if roles.has_store() {
             seeds.push(store);
         }
-        let node = Node::new(
-            i,
-            roles,
-            store,
-            None,
-            &seeds,
-            self.seeds.len(),
-            &self.options,
-        );
+        let mut options = self.options.clone();
+        for (own, added) in [
+            (&mut options.cluster_toml, cluster_toml),
+            (&mut options.extra_toml, extra_toml),
+        ] {
+            if !added.is_empty() {
+                own.push('\n');
+                own.push_str(added);
+            }
+        }
+        let node = Node::new(i, roles, store, None, &seeds, self.seeds.len(), &options);
         self.nodes.push(node);
         self.launch_and_wait(&[i]);
         i

@@ -27,10 +27,12 @@ mod traffic;
 
 mod auth;
 mod caps;
+mod ctl;
 mod edges;
 mod exactly_once;
 mod failover;
 mod membership;
+mod metrics;
 mod partition;
 mod probes;
 mod rolling;

@@ -26,6 +26,7 @@ mod connect;
 mod disk_full;
 mod hostile;
 mod limits;
+mod metrics;
 mod passwd;
 mod probes;
 mod publish;

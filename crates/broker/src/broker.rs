@@ -183,10 +183,9 @@ impl Broker {
             max_packet_size: config.limits.max_packet_size,
             connections: ConnectionLimits::new(&config.limits),
         };
-        crate::transport::describe_metrics();
-        crate::connection::describe_metrics();
         let mut listeners = Vec::new();
         for listener_config in &config.listeners {
+            hub.stats.register_listener(&listener_config.display_name());
             let auth = ListenerAuth::of(&config.auth, listener_config);
             if auth.anonymous_allowed && !listener_config.address.ip().is_loopback() {
                 tracing::warn!(
@@ -219,6 +218,7 @@ impl Broker {
         }
         background.push(tokio::spawn(follow_store(hub.clone(), events)));
         let lease = tokio::spawn(renew_lease(hub.clone()));
+        background.push(tokio::spawn(report_gauges(hub.clone())));
         let sys = (config.sys_interval_s > 0).then(|| tokio::spawn(publish_sys(hub.clone())));
 
         let certificates = listeners
@@ -238,6 +238,13 @@ impl Broker {
             drained_at: None,
             forwarding,
         })
+    }
+
+    /// A handle for the operations API: what this edge knows of its clients.
+    pub fn inspector(&self) -> Inspector {
+        Inspector {
+            hub: Arc::downgrade(&self.hub),
+        }
     }
 
     /// What the node's readiness probe asks of this edge.
@@ -412,6 +419,53 @@ impl rookery_cluster::DeliverySink for ForwardSink {
         let deliveries = crate::forwarded::admit(&messages, deliveries, &self.0.config.limits);
         self.0.deliver_forwarded(messages, deliveries);
     }
+
+    fn inspect(&self, client_id: &str) -> rookery_cluster::proto::InspectResponse {
+        inspect(&self.0, client_id)
+    }
+}
+
+/// What this edge knows of a client's connection (`rookery ctl clients
+/// show`): nothing when the client has no connection here.
+fn inspect(hub: &Hub, client_id: &str) -> rookery_cluster::proto::InspectResponse {
+    let Some(session) = hub.session(client_id) else {
+        return rookery_cluster::proto::InspectResponse::default();
+    };
+    let Some(mailbox) = session.mailbox else {
+        return rookery_cluster::proto::InspectResponse::default();
+    };
+    let (in_flight, queued, stored) = mailbox.figures();
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    rookery_cluster::proto::InspectResponse {
+        online: true,
+        epoch: session.epoch,
+        in_flight: count(in_flight),
+        queued: count(queued),
+        stored: count(stored),
+    }
+}
+
+/// A handle on a running edge for the operations API: what it knows of its
+/// clients' connections. Cheap to clone; it keeps nothing alive (a stopped
+/// edge lets its store go, and is then seen holding no client).
+#[derive(Debug, Clone)]
+pub struct Inspector {
+    hub: std::sync::Weak<Hub>,
+}
+
+impl Inspector {
+    /// This edge's id (its configured name and incarnation), while it runs.
+    pub fn edge_id(&self) -> Option<String> {
+        self.hub.upgrade().map(|hub| hub.edge_id.clone())
+    }
+
+    /// The client's connection on this edge, if it has one here.
+    pub fn inspect(&self, client_id: &str) -> rookery_cluster::proto::InspectResponse {
+        match self.hub.upgrade() {
+            Some(hub) => inspect(&hub, client_id),
+            None => rookery_cluster::proto::InspectResponse::default(),
+        }
+    }
 }
 
 async fn serve_forwarding(
@@ -510,6 +564,21 @@ pub(crate) async fn publish_internal(hub: &Hub, message: Arc<Message>, store_ret
     }
     // Wills and $SYS have no connection to pause.
     hub.deliver_local(routes.local, &mut Vec::new());
+}
+
+/// How often the gauges read from the hub are refreshed.
+const GAUGES_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps the gauges that are read from the hub current: the subscription
+/// index changes with every session that ends and every route mirrored
+/// from another edge, not only with this edge's SUBSCRIBEs.
+async fn report_gauges(hub: Arc<Hub>) {
+    let mut interval = tokio::time::interval(GAUGES_EVERY);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        hub.stats.set_subscriptions(hub.subscription_count());
+    }
 }
 
 async fn publish_sys(hub: Arc<Hub>) {
@@ -640,6 +709,21 @@ pub(crate) async fn on_store_event(hub: &Hub, event: StoreEvent) {
                 && let Some(mailbox) = session.mailbox
             {
                 mailbox.close(ReasonCode::SessionTakenOver);
+            }
+        }
+        StoreEvent::Edge(edge_event::Kind::SessionKicked(kicked)) => {
+            // As a takeover: the connection holding that epoch (or an older
+            // one) closes; one that connected since stays.
+            if let Some(session) = hub.session(&kicked.client_id)
+                && session.epoch <= kicked.epoch
+                && let Some(mailbox) = session.mailbox
+            {
+                tracing::info!(
+                    client_id = kicked.client_id,
+                    session_deleted = kicked.session_ended,
+                    "an operator disconnects the client"
+                );
+                mailbox.close(ReasonCode::AdministrativeAction);
             }
         }
         StoreEvent::Edge(edge_event::Kind::MessagesQueued(queued)) => {

@@ -36,6 +36,7 @@ pub mod fuzz {
 
 pub use broker::{
     Broker, BrokerError, ClusterOptions, DEFAULT_MAX_WRITE_BYTES_IN_FLIGHT, Drained, EdgeProbe,
+    Inspector,
 };
 pub use config::{
     BrokerConfig, DEFAULT_SHUTDOWN_GRACE_S, Limits, ListenerConfig, ListenerKind, QueueOverflow,

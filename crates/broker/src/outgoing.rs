@@ -167,6 +167,18 @@ impl Outgoing {
         self.memory.len()
     }
 
+    /// QoS 1/2 messages sent and not yet acknowledged (or released).
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Messages this connection holds waiting for the window: in-memory
+    /// ones and stored ones read from the store (not those still unread
+    /// there).
+    pub fn queued_len(&self) -> usize {
+        self.memory.len() + self.stored_waiting.len() + self.resend.len()
+    }
+
     /// The largest packet the client accepts.
     pub fn max_packet_size(&self) -> u32 {
         self.max_packet_size

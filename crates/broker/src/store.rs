@@ -98,6 +98,25 @@ pub struct Store {
     writes: LeaderWrites,
     contact_bound: Duration,
     write_timeout: Duration,
+    meters: Arc<WriteMeters>,
+}
+
+/// The Prometheus handles of the edge's store writes.
+#[derive(Debug)]
+struct WriteMeters {
+    writes: metrics::Counter,
+    failures: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+impl WriteMeters {
+    fn new() -> Self {
+        WriteMeters {
+            writes: metrics::counter!("rookery_store_writes_total"),
+            failures: metrics::counter!("rookery_store_write_failures_total"),
+            duration: metrics::histogram!("rookery_store_write_duration_seconds"),
+        }
+    }
 }
 
 /// What the store tells this edge.
@@ -137,6 +156,7 @@ impl Store {
             writes,
             contact_bound,
             write_timeout,
+            meters: Arc::new(WriteMeters::new()),
         }
     }
 
@@ -176,14 +196,18 @@ impl Store {
         &self,
         commands: Vec<Command>,
     ) -> impl Future<Output = Result<Vec<CommandResult>, StoreUnavailable>> + Send + 'static {
-        metrics::counter!("rookery_store_writes_total").increment(1);
+        let meters = self.meters.clone();
+        meters.writes.increment(1);
+        let started = std::time::Instant::now();
         let charge = self.budget.charge(encoded_size(&commands));
         let outcome = self.writes.submit(commands);
         async move {
             let outcome = outcome.await;
             drop(charge);
+            // Failed writes too: a write that timed out took that long.
+            meters.duration.record(started.elapsed().as_secs_f64());
             outcome.map_err(|error| {
-                metrics::counter!("rookery_store_write_failures_total").increment(1);
+                meters.failures.increment(1);
                 StoreUnavailable::Write(error)
             })
         }

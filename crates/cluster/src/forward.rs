@@ -33,7 +33,7 @@ use tonic::{Request, Response, Status};
 
 use crate::proto::forward_client::ForwardClient;
 use crate::proto::forward_server::{self, ForwardServer};
-use crate::proto::{DeliverAck, DeliverBatch, Delivery};
+use crate::proto::{DeliverAck, DeliverBatch, Delivery, InspectRequest, InspectResponse};
 
 /// How long connecting to another edge may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -79,6 +79,46 @@ pub enum LinkFailed {
 pub trait DeliverySink: Send + Sync + 'static {
     /// Hands one batch to the sessions it names.
     fn deliver(&self, messages: Vec<Message>, deliveries: Vec<Delivery>);
+
+    /// What the edge knows of a client's connection (`Forward.Inspect`);
+    /// by default nothing (not online here).
+    fn inspect(&self, client_id: &str) -> InspectResponse {
+        let _ = client_id;
+        InspectResponse::default()
+    }
+}
+
+/// Asks the edge whose forwarding service is at `address` what it knows of
+/// a client's connection, within `timeout`.
+pub async fn inspect(
+    address: &str,
+    settings: &ForwardSettings,
+    client_id: &str,
+    timeout: Duration,
+) -> Result<InspectResponse, String> {
+    let endpoint = settings
+        .security
+        .endpoint(address)
+        .map_err(|error| format!("bad edge address {address:?}: {error}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(timeout)
+        .local_address(settings.local_address);
+    let asked = async {
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|error| format!("cannot reach the edge at {address}: {error}"))?;
+        ForwardClient::new(channel)
+            .inspect(InspectRequest {
+                client_id: client_id.to_owned(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| format!("the edge at {address} did not answer: {}", status.message()))
+    };
+    tokio::time::timeout(timeout, asked)
+        .await
+        .map_err(|_| format!("the edge at {address} did not answer within {timeout:?}"))?
 }
 
 /// The gRPC service other edges forward to.
@@ -134,6 +174,15 @@ impl<S: DeliverySink> forward_server::Forward for ForwardService<S> {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn inspect(
+        &self,
+        request: Request<InspectRequest>,
+    ) -> Result<Response<InspectResponse>, Status> {
+        Ok(Response::new(
+            self.sink.inspect(&request.get_ref().client_id),
+        ))
     }
 }
 
@@ -361,9 +410,15 @@ async fn run_link(
     tracing::warn!(edge = %address, %why, dropped, "forwarding to an edge stopped");
 }
 
-/// A batch's sequence number, who waits for its acknowledgement, and its
-/// share of the link's budget (given back with the acknowledgement).
-type SentBatch = (u64, Vec<oneshot::Sender<bool>>, Vec<Reserved>);
+/// A batch's sequence number, who waits for its acknowledgement, its share
+/// of the link's budget (given back with the acknowledgement) and when it
+/// was handed to the stream.
+type SentBatch = (
+    u64,
+    Vec<oneshot::Sender<bool>>,
+    Vec<Reserved>,
+    std::time::Instant,
+);
 
 /// Sends the queue to the edge at `address` on one stream until the queue
 /// closes (`Ok`) or the stream fails; whatever was sent and not yet
@@ -398,14 +453,18 @@ async fn stream_to(
     // Done-senders of each batch sent, oldest first; acks come in order.
     let waiting: Arc<Mutex<VecDeque<SentBatch>>> = Arc::default();
     let ack_waiting = waiting.clone();
+    let batch_duration = metrics::histogram!("rookery_forward_batch_duration_seconds");
+    let batch_deliveries = metrics::histogram!("rookery_forward_batch_deliveries");
+    let sent = metrics::counter!("rookery_forward_sent_total");
     let mut acknowledger = tokio::spawn(async move {
         while let Ok(Some(ack)) = acks.message().await {
             let mut waiting = ack_waiting.lock();
-            while let Some((seq, _, _)) = waiting.front() {
+            while let Some((seq, _, _, _)) = waiting.front() {
                 if *seq > ack.seq {
                     break;
                 }
-                if let Some((_, done, _reserved)) = waiting.pop_front() {
+                if let Some((_, done, _reserved, sent_at)) = waiting.pop_front() {
+                    batch_duration.record(sent_at.elapsed().as_secs_f64());
                     for done in done {
                         let _ = done.send(true);
                     }
@@ -424,8 +483,11 @@ async fn stream_to(
         };
         seq += 1;
         let (batch, done, reserved) = fill_batch(seq, first, queue);
-        metrics::counter!("rookery_forward_sent_total").increment(batch.deliveries.len() as u64);
-        waiting.lock().push_back((seq, done, reserved));
+        sent.increment(batch.deliveries.len() as u64);
+        batch_deliveries.record(batch.deliveries.len() as f64);
+        waiting
+            .lock()
+            .push_back((seq, done, reserved, std::time::Instant::now()));
         if batches.send(batch).await.is_err() {
             break Err(LinkFailed::Closed);
         }
@@ -433,7 +495,7 @@ async fn stream_to(
     acknowledger.abort();
     // Batches never acknowledged: the edge may or may not have them.
     let mut unconfirmed = 0u64;
-    for (_, done, _reserved) in waiting.lock().drain(..) {
+    for (_, done, _reserved, _) in waiting.lock().drain(..) {
         for done in done {
             unconfirmed += 1;
             let _ = done.send(false);

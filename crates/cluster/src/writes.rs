@@ -880,11 +880,20 @@ async fn keep_contact(
 ) {
     let mut ticks = tokio::time::interval(CONTACT_CHECK_EVERY.min(fresh_for / 2));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Before the first contact, the age counts from now: the edge has been
+    // out of touch since it started.
+    let started_ms = now_ms();
+    let age = metrics::gauge!("rookery_store_quorum_contact_age_seconds");
     loop {
         ticks.tick().await;
         let Some(queue) = queue.upgrade() else {
             return;
         };
+        let confirmed_ms = contact
+            .confirmed_at_ms
+            .load(Ordering::Acquire)
+            .max(started_ms);
+        age.set(now_ms().saturating_sub(confirmed_ms) as f64 / 1000.0);
         let writes = LeaderWrites {
             queue,
             timeout,

@@ -34,6 +34,20 @@ pub enum Command {
     Serve(ServeArgs),
     /// Looks at or changes the store group of a running cluster.
     Cluster(ClusterArgs),
+    /// Operates a running node or cluster through its HTTP API: cluster
+    /// status and membership, clients, sessions, subscriptions, retained
+    /// messages, the log filter and backups.
+    ///
+    /// Any node answers for the whole cluster. Tables by default, the API's
+    /// JSON with --json. Off loopback the API needs a bearer token
+    /// (--token-file, or the [http] admin_token_file of --config).
+    Ctl(CtlArgs),
+    /// Starts a new store group from a backup (`rookery ctl backup`): the
+    /// backup is copied into a new data directory, where this node is the
+    /// group's single voter; `rookery serve` on that directory then serves
+    /// the backup's sessions and retained messages, and other nodes can
+    /// join it.
+    Restore(RestoreArgs),
     /// Adds or changes a user of a password file ([broker.auth]
     /// password_file), or deletes one.
     ///
@@ -102,6 +116,245 @@ pub enum ClusterCommand {
         /// The node id to remove.
         node_id: u64,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The node's HTTP API. [default: the [http] listen address of
+    /// --config, else http://127.0.0.1:9883]
+    #[arg(long, env = "ROOKERY_CTL_URL", value_name = "URL", global = true)]
+    pub url: Option<String>,
+
+    /// A file holding the API's bearer token (its first line), needed off
+    /// loopback. [default: the [http] admin_token_file of --config]
+    #[arg(
+        long,
+        env = "ROOKERY_CTL_TOKEN_FILE",
+        value_name = "FILE",
+        global = true
+    )]
+    pub token_file: Option<PathBuf>,
+
+    /// A node's configuration file, for the defaults of --url and
+    /// --token-file.
+    #[arg(
+        short,
+        long,
+        env = "ROOKERY_CONFIG",
+        value_name = "FILE",
+        global = true
+    )]
+    pub config: Option<PathBuf>,
+
+    /// Print the API's JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// The store group: status and membership.
+    #[command(subcommand)]
+    Cluster(CtlCluster),
+    /// Connected clients.
+    #[command(subcommand)]
+    Clients(CtlClients),
+    /// Sessions, online and offline.
+    #[command(subcommand)]
+    Sessions(CtlSessions),
+    /// Subscriptions.
+    #[command(subcommand)]
+    Subscriptions(CtlSubscriptions),
+    /// Retained messages.
+    #[command(subcommand)]
+    Retained(CtlRetained),
+    /// This node's log filter, changed at run time (until its restart).
+    #[command(subcommand, name = "log-level")]
+    LogLevel(CtlLogLevel),
+    /// Writes a consistent checkpoint of this node's store replica to DIR
+    /// on the node's file system (a new directory); `rookery restore`
+    /// starts a new group from it.
+    Backup {
+        /// A new directory on the node (relative to its working directory).
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlCluster {
+    /// Voters, learners, the leader, and each node's applied index and lag.
+    Status,
+    /// Makes a node a voter: a learner already, or added as one first
+    /// (then --address is needed) and promoted once it has caught up.
+    AddVoter {
+        /// The node id.
+        node: u64,
+        /// Its store address (store.advertise), if it is not a member yet.
+        #[arg(long, value_name = "HOST:PORT")]
+        address: Option<String>,
+    },
+    /// Adds a node as a learner (it receives the log but does not vote);
+    /// returns once it has caught up.
+    AddLearner {
+        /// The node id.
+        node: u64,
+        /// Its store address (store.advertise).
+        #[arg(long, value_name = "HOST:PORT")]
+        address: String,
+    },
+    /// Removes a node, voter or learner, from the group; stop its process
+    /// afterwards. Refused if the voters left would have no majority up.
+    Remove {
+        /// The node id.
+        node: u64,
+    },
+}
+
+/// How much of a list to print.
+#[derive(Debug, Args)]
+pub struct Paging {
+    /// Print at most N items (fetched in pages of at most 1,000).
+    #[arg(long, value_name = "N", default_value_t = 100, conflicts_with = "all")]
+    pub limit: usize,
+    /// Print every item, however many pages that takes.
+    #[arg(long)]
+    pub all: bool,
+    /// Start after the end of an earlier list (the cursor it printed).
+    #[arg(long, value_name = "CURSOR")]
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlClients {
+    /// Connected clients (sessions online on an edge).
+    List {
+        /// Only the clients of this edge (its name, or its full id).
+        #[arg(long, value_name = "EDGE")]
+        edge: Option<String>,
+        /// Only client ids matching PATTERN: a glob with * and ?, or
+        /// else a substring.
+        #[arg(long = "match", value_name = "PATTERN")]
+        pattern: Option<String>,
+        #[command(flatten)]
+        paging: Paging,
+    },
+    /// One connected client: its edge, address, protocol, keep alive, when
+    /// it connected, subscriptions, and messages in flight and queued.
+    Show {
+        /// The client id.
+        id: String,
+    },
+    /// Disconnects a client (DISCONNECT 0x98, Administrative Action, to
+    /// MQTT 5 clients); its session stays and it may reconnect.
+    Kick {
+        /// The client id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlSessions {
+    /// Sessions, online and offline (persistent sessions outlive their
+    /// connection).
+    List {
+        /// Only client ids matching PATTERN: a glob with * and ?, or
+        /// else a substring.
+        #[arg(long = "match", value_name = "PATTERN")]
+        pattern: Option<String>,
+        #[command(flatten)]
+        paging: Paging,
+    },
+    /// One session with its subscriptions and queue.
+    Show {
+        /// The client id.
+        id: String,
+    },
+    /// Deletes a session with its subscriptions and queued messages; an
+    /// online client is disconnected first (its will is published).
+    Delete {
+        /// The client id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlSubscriptions {
+    /// Subscriptions, all or those with one exact filter or of one client.
+    List {
+        /// Only subscriptions with exactly this topic filter.
+        #[arg(long, value_name = "FILTER")]
+        topic: Option<String>,
+        /// Only this client's subscriptions.
+        #[arg(long, value_name = "ID")]
+        client: Option<String>,
+        #[command(flatten)]
+        paging: Paging,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlRetained {
+    /// Retained messages whose topic matches FILTER (default #), payloads
+    /// shortened.
+    List {
+        /// A topic filter. [default: #]
+        filter: Option<String>,
+        #[command(flatten)]
+        paging: Paging,
+    },
+    /// One retained message, whole.
+    Get {
+        /// Its topic.
+        topic: String,
+    },
+    /// Deletes a retained message, on every node.
+    Delete {
+        /// Its topic.
+        topic: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlLogLevel {
+    /// Replaces this node's log filter, e.g. `debug` or
+    /// `info,rookery_store=debug`; a restart goes back to the
+    /// configuration's.
+    Set {
+        /// An EnvFilter directive list.
+        filter: String,
+    },
+    /// Prints this node's log filter.
+    Get,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup's directory (written by `rookery ctl backup`).
+    #[arg(long, value_name = "DIR")]
+    pub from: PathBuf,
+
+    /// The new node's configuration file: its node_id, data_dir and store
+    /// address (store.advertise, else store.listen) are those of the new
+    /// group's voter.
+    #[arg(short, long, env = "ROOKERY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// The new data directory (absent or empty). [default: the
+    /// configuration's data_dir]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// The restored node's id. [default: the configuration's node_id]
+    #[arg(long, value_name = "N")]
+    pub node_id: Option<u64>,
+
+    /// The store address other nodes reach the restored node at.
+    /// [default: the configuration's store.advertise, else store.listen]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub store_address: Option<String>,
 }
 
 #[derive(Debug, Default, Args)]

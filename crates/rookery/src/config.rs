@@ -854,6 +854,18 @@ impl Config {
         self.roles.contains(&role)
     }
 
+    /// Whose metrics this node exports: the node's own, and its roles'.
+    pub fn metric_owners(&self) -> Vec<crate::catalog::Owner> {
+        let mut owners = vec![crate::catalog::Owner::Node];
+        if self.has_role(Role::Store) {
+            owners.push(crate::catalog::Owner::Store);
+        }
+        if self.has_role(Role::Edge) {
+            owners.push(crate::catalog::Owner::Edge);
+        }
+        owners
+    }
+
     fn validate_broker(&self, problem: &mut impl FnMut(&str, String)) {
         let b = &self.broker;
         if b.edge_id.trim().is_empty() {

@@ -7,7 +7,7 @@
 //! restarts it; until then every client would be refused.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use rookery_broker::EdgeProbe;
@@ -27,8 +27,11 @@ pub struct Health {
     draining: AtomicBool,
     /// Why the node cannot go on, once it cannot.
     failed: Mutex<Option<String>>,
-    store: OnceLock<Arc<StoreNode>>,
-    edge: OnceLock<EdgeProbe>,
+    /// Weak: the store stops once the broker has let go of it, and must
+    /// not wait for the probes.
+    store: Mutex<Option<Weak<StoreNode>>>,
+    /// Dropped when a drain begins: it holds the edge's store client.
+    edge: Mutex<Option<EdgeProbe>>,
 }
 
 /// One check of a probe.
@@ -67,13 +70,17 @@ impl Health {
     }
 
     /// The store replica the probes look at (a node with the store role).
-    pub fn watch_store(&self, store: Arc<StoreNode>) {
-        let _ = self.store.set(store);
+    pub fn watch_store(&self, store: &Arc<StoreNode>) {
+        *lock(&self.store) = Some(Arc::downgrade(store));
     }
 
     /// The edge the probes look at (a node with the edge role).
     pub fn watch_edge(&self, edge: EdgeProbe) {
-        let _ = self.edge.set(edge);
+        *lock(&self.edge) = Some(edge);
+    }
+
+    fn store(&self) -> Option<Arc<StoreNode>> {
+        lock(&self.store).as_ref().and_then(Weak::upgrade)
     }
 
     /// Every role has started and its listeners are bound.
@@ -85,6 +92,9 @@ impl Health {
     /// and Kubernetes stop sending new clients here.
     pub fn begin_drain(&self) {
         self.draining.store(true, Ordering::Release);
+        // Ready is false from now on whatever the edge says; letting its
+        // store client go lets the store shut down without waiting.
+        lock(&self.edge).take();
     }
 
     pub fn is_draining(&self) -> bool {
@@ -93,25 +103,21 @@ impl Health {
 
     /// The node cannot go on: `/healthz` fails from now on.
     pub fn fail(&self, why: String) {
-        let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
-        failed.get_or_insert(why);
+        lock(&self.failed).get_or_insert(why);
+        lock(&self.edge).take();
     }
 
     /// `/healthz`: the runtime answers (this runs on it) and nothing has
     /// failed for good.
     pub fn liveness(&self) -> Report {
-        let failed = self
-            .failed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let failed = lock(&self.failed).clone();
         let mut checks = vec![Check {
             name: "process",
             ok: failed.is_none(),
             detail: failed.unwrap_or_else(|| "running".into()),
         }];
-        if let Some(store) = self.store.get() {
-            checks.push(store_core(store));
+        if let Some(store) = self.store() {
+            checks.push(store_core(&store));
         }
         Report::of(checks)
     }
@@ -140,10 +146,14 @@ impl Health {
                 detail: "starting".into(),
             }
         });
-        if let Some(store) = self.store.get() {
-            checks.push(store_membership(store).await);
+        if self.is_draining() {
+            return Report::of(checks);
         }
-        if let Some(edge) = self.edge.get() {
+        if let Some(store) = self.store() {
+            checks.push(store_membership(&store).await);
+        }
+        let edge = lock(&self.edge).clone();
+        if let Some(edge) = edge {
             let reached = tokio::time::timeout(QUORUM_CHECK_WAIT, edge.reaches_store_quorum())
                 .await
                 .unwrap_or(false);
@@ -159,6 +169,10 @@ impl Health {
         }
         Report::of(checks)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Whether the replica's Raft core still runs.

@@ -2,22 +2,28 @@
 //!
 //! It reads the configuration ([`config`]: defaults, TOML file, environment,
 //! flags from [`cli`]), sets up logging ([`logging`]), the metrics recorder
-//! ([`exporter`]) and the HTTP listener with the probes ([`http`],
-//! [`health`]), and wires the store and the edge together
-//! ([`serve`]); `rookery passwd` edits password files ([`passwd`]). It holds
-//! no protocol logic: that lives in the library crates.
+//! ([`exporter`]) and the HTTP listener with the probes and the operations
+//! API ([`http`], [`health`]), and wires the store and the edge together
+//! ([`serve`]); `rookery passwd` edits password files ([`passwd`]),
+//! `rookery ctl` is the operations API's client ([`ctl`]) and `rookery
+//! restore` starts a new group from a backup ([`restore`]). It holds no
+//! protocol logic: that lives in the library crates.
 //!
 //! Exit codes: 0 after a clean shutdown, 1 when the node cannot start or a
 //! second signal cuts shutdown short, 2 for a usage or configuration error.
 
 mod admin;
+mod catalog;
 mod cli;
 mod config;
+mod ctl;
 mod exporter;
 mod health;
 mod http;
 mod logging;
 mod passwd;
+mod process;
+mod restore;
 mod serve;
 
 use std::process::ExitCode;
@@ -37,7 +43,42 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(&args),
         Command::Cluster(args) => cluster(&args),
+        Command::Ctl(args) => ctl(&args),
+        Command::Restore(args) => restore(&args),
         Command::Passwd(args) => passwd(&args),
+    }
+}
+
+fn ctl(args: &cli::CtlArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("rookery: cannot start the Tokio runtime: {error}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(ctl::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("rookery ctl: {error}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn restore(args: &cli::RestoreArgs) -> ExitCode {
+    match restore::run(args) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("rookery restore: {error}");
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }
 

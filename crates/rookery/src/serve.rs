@@ -66,14 +66,25 @@ pub async fn run(
     // node is up, and stops it in order, instead of killing it half-started.
     let mut signals = Signals::new().map_err(ServeError::Signals)?;
 
-    let health = Health::new();
-    let http = match config.http.listen.0 {
-        Some(address) => Some(start_http(address, &config, health.clone()).await?),
-        None => None,
-    };
-
     // Read once: every cluster port and client of this node uses it.
     let security = config.cluster_security()?;
+
+    let health = Health::new();
+    let api = crate::http::api::ApiState::new(
+        config.has_role(Role::Store),
+        config.cluster.seeds.clone(),
+        security.clone(),
+        config
+            .cluster
+            .forward_listen
+            .0
+            .map(|address| address.ip())
+            .filter(|ip| !ip.is_unspecified()),
+    );
+    let http = match config.http.listen.0 {
+        Some(address) => Some(start_http(address, &config, health.clone(), api.clone()).await?),
+        None => None,
+    };
 
     let store = if config.has_role(Role::Store) {
         let mut store_config = config.store_config();
@@ -90,7 +101,8 @@ pub async fn run(
             return Err(error);
         }
         let store = Arc::new(store);
-        health.watch_store(store.clone());
+        health.watch_store(&store);
+        api.attach_store(&store);
         Some(store)
     } else {
         None
@@ -132,6 +144,7 @@ pub async fn run(
     }
     if let Some(broker) = &broker {
         health.watch_edge(broker.probe());
+        api.attach_edge(broker.inspector());
     }
     health.started();
     tracing::info!(
@@ -249,6 +262,7 @@ async fn start_http(
     address: std::net::SocketAddr,
     config: &Config,
     health: Arc<Health>,
+    api: crate::http::api::ApiState,
 ) -> Result<HttpServer, ServeError> {
     let token_file = config
         .http
@@ -259,13 +273,14 @@ async fn start_http(
         .map(|path| rookery_store::AdminToken::read(path))
         .transpose()
         .map_err(ServeError::HttpToken)?;
-    let metrics =
-        crate::exporter::install().map_err(|message| ServeError::Http { address, message })?;
+    let metrics = crate::exporter::install(&config.metric_owners(), config.data_dir.clone())
+        .map_err(|message| ServeError::Http { address, message })?;
     let state = HttpState {
         health,
         metrics,
         admin_token,
         loopback: address.ip().is_loopback(),
+        api,
     };
     let server = HttpServer::start(address, state)
         .await

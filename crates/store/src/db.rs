@@ -43,6 +43,14 @@ impl Db {
         Ok(Arc::new(Db { inner }))
     }
 
+    /// Opens the database at `path` to read only (a backup's checkpoint):
+    /// nothing in the directory is changed.
+    pub fn open_read_only(path: &Path) -> Result<Arc<Db>, StoreError> {
+        let names = cf::STATE.iter().chain([cf::LOG, cf::RAFT_META].iter());
+        let inner = DB::open_cf_for_read_only(&Options::default(), path, names, false)?;
+        Ok(Arc::new(Db { inner }))
+    }
+
     /// The RocksDB handle, for batches, snapshots and iterators.
     pub fn raw(&self) -> &DB {
         &self.inner

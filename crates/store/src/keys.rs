@@ -92,6 +92,22 @@ pub fn subscription_filter(key: &[u8], client_id: &str) -> Option<String> {
     String::from_utf8(rest.to_vec()).ok()
 }
 
+/// A length-prefixed string read back from the start of `key`, and the
+/// rest of the key after it.
+pub fn take_str(key: &[u8]) -> Option<(String, &[u8])> {
+    let len = usize::from(u16::from_be_bytes([*key.first()?, *key.get(1)?]));
+    let bytes = key.get(2..2 + len)?;
+    let value = String::from_utf8(bytes.to_vec()).ok()?;
+    Some((value, &key[2 + len..]))
+}
+
+/// The client id and the filter back from a subscription key.
+pub fn split_subscription(key: &[u8]) -> Option<(String, String)> {
+    let (client_id, rest) = take_str(key)?;
+    let filter = String::from_utf8(rest.to_vec()).ok()?;
+    Some((client_id, filter))
+}
+
 /// An entry of a client's queue, by sequence number: (client, seq).
 pub fn queue_entry(client_id: &str, seq: u64) -> Vec<u8> {
     let mut key = client(client_id);
@@ -261,6 +277,19 @@ mod tests {
             edge_session_client(&key, "edge-1").as_deref(),
             Some("client/7")
         );
+    }
+
+    #[test]
+    fn subscription_keys_split_into_client_and_filter() {
+        let key = subscription("client/7", "a/+/#");
+        assert_eq!(
+            split_subscription(&key),
+            Some(("client/7".to_string(), "a/+/#".to_string()))
+        );
+        assert_eq!(split_subscription(&[0, 5, b'a']), None);
+        let key = client("c");
+        let (id, rest) = take_str(&key).unwrap();
+        assert_eq!((id.as_str(), rest), ("c", [].as_slice()));
     }
 
     #[test]

@@ -20,19 +20,25 @@
 //! [`state_machine`] (openraft's storage traits), [`network`] (Raft RPC
 //! client), [`writer`] (group commit), [`service`] (the gRPC services, one
 //! file each) and [`node`]. [`security`] holds what every cluster port and
-//! client shares: mutual TLS and the admin token.
+//! client shares: mutual TLS and the admin token. For operators:
+//! [`inspect`] (paged reads of sessions, subscriptions and retained
+//! messages) and [`backup`] (checkpoints, and restoring one into a new
+//! group).
 
 #![warn(missing_docs)]
 
+pub mod backup;
 pub mod db;
 pub mod error;
 pub mod handover;
+pub mod inspect;
 pub mod keys;
 pub mod log_store;
 pub mod machine;
 pub mod network;
 pub mod node;
 pub mod once;
+mod report;
 pub mod security;
 pub mod service;
 pub mod state_machine;

@@ -42,6 +42,12 @@ struct LogWrite {
 pub struct LogStore {
     db: Arc<Db>,
     writer: Arc<LogWriter>,
+    /// `rookery_store_raft_committed_index`.
+    committed: metrics::Gauge,
+    /// `rookery_store_raft_last_log_index`.
+    last_log: metrics::Gauge,
+    /// `rookery_store_raft_entry_bytes`.
+    entry_bytes: metrics::Histogram,
 }
 
 /// The writer thread's queue and handle. Dropping the last `LogStore` clone
@@ -91,9 +97,14 @@ impl LogStore {
             queue: Some(sender),
             thread: Some(thread),
         };
+        let committed = metrics::gauge!("rookery_store_raft_committed_index");
+        committed.set(0.0);
         Ok(LogStore {
             db,
             writer: Arc::new(writer),
+            committed,
+            last_log: metrics::gauge!("rookery_store_raft_last_log_index"),
+            entry_bytes: metrics::histogram!("rookery_store_raft_entry_bytes"),
         })
     }
 
@@ -133,6 +144,25 @@ impl LogStore {
     }
 }
 
+/// Empties the log of `db` and its commit and purge records and sets the
+/// vote, in one synced write: a node restored from a backup starts a new
+/// group from its state machine alone (openraft purges up to the applied
+/// entry and builds a snapshot from the state when it starts).
+pub(crate) fn start_over(db: &Db, vote: &Vote<NodeId>) -> Result<(), StoreError> {
+    let mut batch = WriteBatch::default();
+    let log = db.cf(cf::LOG)?;
+    batch.delete_range_cf(log, index_key(0), index_key(u64::MAX));
+    batch.delete_cf(log, index_key(u64::MAX));
+    let meta = db.cf(cf::RAFT_META)?;
+    batch.delete_cf(meta, COMMITTED);
+    batch.delete_cf(meta, LAST_PURGED);
+    batch.put_cf(meta, VOTE, postcard::to_allocvec(vote)?);
+    let mut options = WriteOptions::default();
+    options.set_sync(true);
+    db.raw().write_opt(batch, &options)?;
+    Ok(())
+}
+
 fn writer_gone() -> StoreError {
     StoreError::Io(std::io::Error::other(
         "the raft log writer thread has stopped",
@@ -140,7 +170,10 @@ fn writer_gone() -> StoreError {
 }
 
 fn write_loop(db: &Db, queue: &mpsc::Receiver<LogWrite>) {
+    let writes_per_sync = metrics::histogram!("rookery_store_log_writes_per_sync");
+    let sync_duration = metrics::histogram!("rookery_store_log_sync_duration_seconds");
     while let Ok(first) = queue.recv() {
+        let started = std::time::Instant::now();
         let mut writes = vec![first];
         while writes.len() < MAX_WRITES_PER_SYNC {
             match queue.try_recv() {
@@ -163,7 +196,8 @@ fn write_loop(db: &Db, queue: &mpsc::Receiver<LogWrite>) {
             }
             completions.push(write.completion);
         }
-        metrics::histogram!("rookery_store_log_writes_per_sync").record(completions.len() as f64);
+        sync_duration.record(started.elapsed().as_secs_f64());
+        writes_per_sync.record(completions.len() as f64);
         for completion in completions {
             let result = outcome.clone().map_err(std::io::Error::other);
             match completion {
@@ -228,9 +262,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         let last_purged_log_id: Option<LogId<NodeId>> =
             self.get_meta(LAST_PURGED).map_err(StoreError::read_logs)?;
+        let last_log_id = last.or(last_purged_log_id);
+        self.last_log
+            .set(last_log_id.map_or(0, |id| id.index) as f64);
         Ok(LogState {
             last_purged_log_id,
-            last_log_id: last.or(last_purged_log_id),
+            last_log_id,
         })
     }
 
@@ -256,6 +293,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let batch = self
             .meta_batch(COMMITTED, &committed)
             .map_err(StoreError::write)?;
+        self.committed
+            .set(committed.map_or(0, |id| id.index) as f64);
         self.db
             .raw()
             .write(batch)
@@ -263,10 +302,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        Ok(self
+        let committed = self
             .get_meta::<Option<LogId<NodeId>>>(COMMITTED)
             .map_err(StoreError::read)?
-            .flatten())
+            .flatten();
+        self.committed
+            .set(committed.map_or(0, |id| id.index) as f64);
+        Ok(committed)
     }
 
     async fn append<I>(
@@ -280,10 +322,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let family = self.db.cf(cf::LOG).map_err(StoreError::write_logs)?;
         let mut batch = WriteBatch::default();
+        let mut last = None;
         for entry in entries {
+            last = Some(entry.log_id.index);
             let bytes =
                 postcard::to_allocvec(&entry).map_err(|e| StoreError::from(e).write_logs())?;
+            self.entry_bytes.record(bytes.len() as f64);
             batch.put_cf(family, index_key(entry.log_id.index), bytes);
+        }
+        if let Some(last) = last {
+            self.last_log.set(last as f64);
         }
         // Returns at once; openraft learns of durability through the callback.
         self.writer
@@ -301,7 +349,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         batch.delete_cf(family, index_key(u64::MAX));
         self.write_durably(batch)
             .await
-            .map_err(StoreError::write_logs)
+            .map_err(StoreError::write_logs)?;
+        self.last_log.set(log_id.index.saturating_sub(1) as f64);
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {

@@ -172,7 +172,58 @@ impl Machine<'_, '_> {
                 self.txn.delete(cf::WILLS, key);
                 Ok(applied())
             }
+            CommandKind::Kick(kick) => {
+                let Some(session) = self.session(&kick.client_id)? else {
+                    return Ok(ResultKind::NoSession(proto::NoSession {}));
+                };
+                if session.edge_id.is_empty() {
+                    return Ok(ResultKind::NoSession(proto::NoSession {}));
+                }
+                // The session stays as it is: the connection's end, which
+                // the edge records with its usual Disconnect, takes it
+                // offline (will, expiry) as for any connection the server
+                // closes.
+                Ok(self.kick(&session, false))
+            }
+            CommandKind::DiscardSession(discard) => self.discard_session(&discard.client_id),
         }
+    }
+
+    /// Tells the edge holding `session` to close its connection with 0x98
+    /// (Administrative Action).
+    fn kick(&mut self, session: &Session, session_ended: bool) -> ResultKind {
+        self.emit_edge(
+            &session.edge_id,
+            edge_event::Kind::SessionKicked(proto::SessionKicked {
+                client_id: session.client_id.clone(),
+                epoch: session.epoch,
+                session_ended,
+            }),
+        );
+        ResultKind::Kicked(proto::Kicked {
+            edge_id: session.edge_id.clone(),
+            epoch: session.epoch,
+        })
+    }
+
+    /// Deletes a session for an operator. An online one is kicked first,
+    /// and its will goes out as when a takeover ends a session: the server
+    /// closed the connection (MQTT-3.1.2-8).
+    fn discard_session(&mut self, client_id: &str) -> Result<ResultKind, StoreError> {
+        let Some(mut session) = self.session(client_id)? else {
+            return Ok(ResultKind::NoSession(proto::NoSession {}));
+        };
+        let mut result = applied();
+        if !session.edge_id.is_empty() {
+            result = self.kick(&session, true);
+            let holding_edge = session.edge_id.clone();
+            if let Some(will) = session.will.take() {
+                self.fire_will_now(client_id, will, Some(&holding_edge))?;
+            }
+            self.take_offline_routes(&mut session)?;
+        }
+        self.end_session(&session)?;
+        Ok(result)
     }
 
     /// The session, if `epoch` is its current one; otherwise the refusal to
@@ -277,6 +328,12 @@ impl Machine<'_, '_> {
         session.expires_at_ms = 0;
         session.will = connect.will.clone();
         session.protocol_version = connect.protocol_version;
+        session.client_address = connect.client_address.clone();
+        session.listener = connect.listener.clone();
+        session.username = connect.username.clone();
+        session.keep_alive_s = connect.keep_alive_s;
+        session.connected_at_ms = self.now_ms;
+        session.disconnected_at_ms = 0;
         let routes_after = self.routes_of(&session, &subscriptions);
         self.replace_routes(routes_before, routes_after);
         self.txn.put(
@@ -319,6 +376,9 @@ impl Machine<'_, '_> {
                 cf::EDGE_SESSIONS,
                 keys::edge_session(&holding_edge, &session.client_id),
             );
+        }
+        if !holding_edge.is_empty() {
+            session.disconnected_at_ms = self.now_ms;
         }
         session.edge_id.clear();
         // A session already offline (its edge's lease lapsed before its

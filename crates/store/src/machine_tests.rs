@@ -187,6 +187,7 @@ fn connect(client_id: &str, edge_id: &str, expiry_interval_s: u32) -> proto::Con
         will: None,
         protocol_version: 5,
         max_persistent_sessions: 0,
+        ..proto::Connect::default()
     }
 }
 
@@ -487,6 +488,8 @@ fn connect_creates_a_new_session_without_session_present() {
             protocol_version: 5,
             next_seq: 1,
             queue_len: 0,
+            connected_at_ms: T0,
+            ..Session::default()
         }
     );
     assert_eq!(
@@ -2245,4 +2248,189 @@ fn retained_messages_are_read_in_pages_that_resume_after_the_last_topic() {
         after = page.resume_after;
     }
     assert_eq!(found, vec!["u/x"]);
+}
+
+// ---------------------------------------------------------------------------
+// Operator commands: kick and discard, and what a session records for them
+
+fn kick(client_id: &str) -> CommandKind {
+    CommandKind::Kick(proto::Kick {
+        client_id: client_id.into(),
+    })
+}
+
+fn discard(client_id: &str) -> CommandKind {
+    CommandKind::DiscardSession(proto::DiscardSession {
+        client_id: client_id.into(),
+    })
+}
+
+fn kicked(edge_id: &str, epoch: u64) -> ResultKind {
+    ResultKind::Kicked(proto::Kicked {
+        edge_id: edge_id.into(),
+        epoch,
+    })
+}
+
+fn session_kicked(client_id: &str, epoch: u64, session_ended: bool) -> edge_event::Kind {
+    edge_event::Kind::SessionKicked(proto::SessionKicked {
+        client_id: client_id.into(),
+        epoch,
+        session_ended,
+    })
+}
+
+#[test]
+fn a_session_records_its_connection_for_operators() {
+    let mut store = Harness::new();
+    let first = store.connect(
+        T0,
+        proto::Connect {
+            client_address: "192.0.2.7:50000".into(),
+            listener: "tcp".into(),
+            username: "alice".into(),
+            keep_alive_s: 30,
+            ..connect("c1", "e1", 60)
+        },
+    );
+    let session = store.session_record("c1");
+    assert_eq!(session.client_address, "192.0.2.7:50000");
+    assert_eq!(session.listener, "tcp");
+    assert_eq!(session.username, "alice");
+    assert_eq!(session.keep_alive_s, 30);
+    assert_eq!(session.connected_at_ms, T0);
+    assert_eq!(session.disconnected_at_ms, 0);
+
+    store.apply_one(T0 + 5_000, disconnect("c1", first.epoch, 60, false));
+    let offline = store.session_record("c1");
+    assert_eq!(offline.disconnected_at_ms, T0 + 5_000);
+    assert_eq!(offline.connected_at_ms, T0, "the last connection is kept");
+    assert_eq!(offline.client_address, "192.0.2.7:50000");
+
+    store.connect(T0 + 9_000, connect("c1", "e2", 60));
+    let again = store.session_record("c1");
+    assert_eq!(again.connected_at_ms, T0 + 9_000);
+    assert_eq!(again.disconnected_at_ms, 0);
+    assert_eq!(again.client_address, "", "the new connection's address");
+}
+
+/// A kick tells the holding edge to close the connection and changes
+/// nothing else: the connection's own end takes the session offline.
+#[test]
+fn a_kick_tells_the_holding_edge_and_keeps_the_session() {
+    let mut store = Harness::new();
+    let connected = store.connect(T0, with_will(connect("c1", "e1", 60), "w", 0));
+    store.apply_one(T0, subscribe("c1", connected.epoch, &[("t", 1)]));
+    store.take_events();
+    let state = store.state();
+
+    assert_eq!(
+        store.apply_one(T0 + 1, kick("c1")),
+        kicked("e1", connected.epoch)
+    );
+    assert_eq!(
+        edge_events(&store.take_events()),
+        vec![(
+            "e1".to_string(),
+            session_kicked("c1", connected.epoch, false)
+        )]
+    );
+    // The applied-index record aside, nothing changed.
+    assert_eq!(store.state(), state);
+
+    // Offline or unknown clients cannot be kicked.
+    store.apply_one(T0 + 2, disconnect("c1", connected.epoch, 60, true));
+    assert_eq!(
+        store.apply_one(T0 + 3, kick("c1")),
+        ResultKind::NoSession(proto::NoSession {})
+    );
+    assert_eq!(
+        store.apply_one(T0 + 3, kick("nobody")),
+        ResultKind::NoSession(proto::NoSession {})
+    );
+    assert!(
+        edge_events(&store.take_events())
+            .iter()
+            .all(|(_, event)| !matches!(event, edge_event::Kind::SessionKicked(_)))
+    );
+}
+
+/// Deleting an online session kicks it, publishes its will (the server
+/// closed the connection) and leaves nothing of it behind; the connection's
+/// later Disconnect finds no session.
+#[test]
+fn discarding_an_online_session_kicks_it_and_deletes_everything() {
+    let mut store = Harness::new();
+    store.apply_one(T0, register_edge("e1", 10_000));
+    let connected = store.connect(T0, with_will(connect("c1", "e1", 3_600), "w", 30));
+    store.apply_one(T0, subscribe("c1", connected.epoch, &[("t", 1)]));
+    store.apply_one(T0, enqueue(message("t", "m"), vec![target("c1", 1)]));
+    store.apply_one(T0, mark_published("c1", connected.epoch, 1, 3));
+    store.take_events();
+
+    assert_eq!(
+        store.apply_one(T0 + 1, discard("c1")),
+        kicked("e1", connected.epoch)
+    );
+    let events = store.take_events();
+    let to_edge = edge_events(&events);
+    assert!(
+        to_edge.contains(&(
+            "e1".to_string(),
+            session_kicked("c1", connected.epoch, true)
+        )),
+        "{to_edge:?}"
+    );
+    // The will goes out now, whatever its delay: the session has ended.
+    let due = wills_due(&events);
+    assert_eq!(due.len(), 1, "{events:?}");
+    assert_eq!(due[0].1.message.as_ref().unwrap().topic, "w");
+    assert!(store.session("c1").session.is_none());
+    assert!(store.routes().is_empty());
+    store.assert_empty(&[
+        cf::SUBSCRIPTIONS,
+        cf::QUEUES,
+        cf::INFLIGHT,
+        cf::MESSAGES,
+        cf::EDGE_SESSIONS,
+    ]);
+    assert_eq!(
+        read_counter(&*store.db, Counter::PersistentSessions).unwrap(),
+        0
+    );
+    assert_eq!(
+        store.apply_one(T0 + 2, disconnect("c1", connected.epoch, 3_600, true)),
+        ResultKind::NoSession(proto::NoSession {})
+    );
+}
+
+#[test]
+fn discarding_an_offline_session_deletes_it_and_its_expiry() {
+    let mut store = Harness::new();
+    let connected = store.connect(T0, connect("c1", "e1", 3_600));
+    store.apply_one(T0, subscribe("c1", connected.epoch, &[("t", 1)]));
+    store.apply_one(T0, disconnect("c1", connected.epoch, 3_600, false));
+    store.apply_one(T0, enqueue(message("t", "m"), vec![target("c1", 1)]));
+    store.take_events();
+
+    assert_eq!(store.apply_one(T0 + 1, discard("c1")), applied());
+    let events = store.take_events();
+    assert!(edge_events(&events).is_empty(), "{events:?}");
+    assert_eq!(
+        route_changes(&events),
+        (vec![], vec![session_route("t", "c1", 1)])
+    );
+    assert!(store.session("c1").session.is_none());
+    store.assert_empty(&[
+        cf::SESSIONS,
+        cf::SUBSCRIPTIONS,
+        cf::QUEUES,
+        cf::MESSAGES,
+        cf::TIMERS,
+        cf::ROUTES,
+    ]);
+    assert_eq!(
+        store.apply_one(T0 + 2, discard("c1")),
+        ResultKind::NoSession(proto::NoSession {})
+    );
 }

@@ -223,7 +223,12 @@ impl StoreNode {
                 interval,
             ))
         });
-        let leader_gauges = tokio::spawn(report_leader(raft.clone()));
+        let leader_gauges = tokio::spawn(crate::report::report(
+            raft.clone(),
+            db.clone(),
+            config.data_dir.join("snapshots"),
+            config.election_timeout.1,
+        ));
         tracing::info!(
             node_id = config.node_id,
             %address,
@@ -407,25 +412,6 @@ impl StoreNode {
         }
         if let Err(error) = self.raft.shutdown().await {
             tracing::warn!(%error, "raft shutdown");
-        }
-    }
-}
-
-/// Keeps the leader gauges current: which node leads as this one sees it,
-/// whether it is this one, and the term.
-async fn report_leader(raft: Raft) {
-    let mut watch = raft.metrics();
-    loop {
-        {
-            let metrics = watch.borrow_and_update();
-            let leader = metrics.current_leader.unwrap_or(0);
-            metrics::gauge!("rookery_store_leader_id").set(leader as f64);
-            metrics::gauge!("rookery_store_is_leader")
-                .set(f64::from(u8::from(metrics.state.is_leader())));
-            metrics::gauge!("rookery_store_term").set(metrics.current_term as f64);
-        }
-        if watch.changed().await.is_err() {
-            return;
         }
     }
 }

@@ -52,6 +52,8 @@ pub struct StateMachine {
     applied: broadcast::Sender<Arc<Applied>>,
     snapshots_built: Arc<AtomicU64>,
     snapshots_installed: Arc<AtomicU64>,
+    /// `rookery_store_raft_applied_index`, set as entries are applied.
+    applied_index: metrics::Gauge,
 }
 
 impl Debug for StateMachine {
@@ -77,6 +79,7 @@ impl StateMachine {
             applied,
             snapshots_built: Arc::new(AtomicU64::new(0)),
             snapshots_installed: Arc::new(AtomicU64::new(0)),
+            applied_index: metrics::gauge!("rookery_store_raft_applied_index"),
         })
     }
 
@@ -101,6 +104,35 @@ impl StateMachine {
     }
 }
 
+/// The applied log id and membership as the state machine recorded them.
+pub fn applied_state(db: &Db) -> Result<(Option<LogId<NodeId>>, Membership), StoreError> {
+    let applied: Option<LogId<NodeId>> = db
+        .get(cf::SM_META, APPLIED)?
+        .map(|bytes| postcard::from_bytes(&bytes))
+        .transpose()?
+        .flatten();
+    let membership = db
+        .get(cf::SM_META, MEMBERSHIP)?
+        .map(|bytes| postcard::from_bytes(&bytes))
+        .transpose()?
+        .unwrap_or_default();
+    Ok((applied, membership))
+}
+
+/// Replaces the membership the state machine recorded (a restore that
+/// starts a new group from a backup's state).
+pub(crate) fn set_membership(db: &Db, membership: &Membership) -> Result<(), StoreError> {
+    let mut options = WriteOptions::default();
+    options.set_sync(true);
+    db.raw().put_cf_opt(
+        db.cf(cf::SM_META)?,
+        MEMBERSHIP,
+        postcard::to_allocvec(membership)?,
+        &options,
+    )?;
+    Ok(())
+}
+
 /// The applied log id as the state machine recorded it.
 pub fn applied_index(db: &Db) -> Result<u64, StoreError> {
     let applied: Option<LogId<NodeId>> = db
@@ -121,6 +153,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .read_meta::<Option<LogId<NodeId>>>(APPLIED)
             .map_err(StoreError::read_state_machine)?
             .flatten();
+        self.applied_index
+            .set(applied.map_or(0, |id| id.index) as f64);
         let membership = self
             .read_meta(MEMBERSHIP)
             .map_err(StoreError::read_state_machine)?
@@ -165,6 +199,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .raw()
                 .write(batch)
                 .map_err(|e| StoreError::from(e).write_state_machine())?;
+            self.applied_index.set(entry.log_id.index as f64);
             if !events.is_empty() {
                 self.publish(Applied {
                     log_index: entry.log_id.index,
@@ -205,6 +240,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         tracing::info!(log_index, bytes = data.len(), "installed a snapshot");
         self.snapshots_installed.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("rookery_store_snapshots_installed_total").increment(1);
+        self.applied_index.set(log_index as f64);
         self.publish(Applied {
             log_index,
             events: Vec::new(),
@@ -371,6 +407,11 @@ fn install(db: &Db, meta: &Meta, data: &[u8]) -> Result<(), StoreError> {
     options.set_sync(true);
     db.raw().write_opt(batch, &options)?;
     Ok(())
+}
+
+/// The size of the snapshot kept on disk; 0 when there is none.
+pub(crate) fn snapshot_size(dir: &Path) -> u64 {
+    std::fs::metadata(snapshot_paths(dir).1).map_or(0, |metadata| metadata.len())
 }
 
 fn snapshot_paths(dir: &Path) -> (PathBuf, PathBuf) {

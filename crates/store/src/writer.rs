@@ -298,6 +298,7 @@ async fn propose_queued_writes(
         GroupCommit::Off => Semaphore::MAX_PERMITS,
     };
     let slots = Arc::new(Semaphore::new(in_flight));
+    let writes_per_entry = metrics::histogram!("rookery_store_writes_per_entry");
     while let Some(first) = pending.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -315,7 +316,7 @@ async fn propose_queued_writes(
                 }
             }
         }
-        metrics::histogram!("rookery_store_writes_per_entry").record(writes.len() as f64);
+        writes_per_entry.record(writes.len() as f64);
         let mut lengths = Vec::with_capacity(writes.len());
         let mut commands = Vec::new();
         let mut replies = Vec::with_capacity(writes.len());

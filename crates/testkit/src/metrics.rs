@@ -111,22 +111,23 @@ pub async fn metric(addr: SocketAddr, series: &str) -> Result<f64, HttpError> {
 
 /// The value of `series` in a Prometheus text exposition: the line whose
 /// series is exactly `series`, or, for a name without labels that has no
-/// such line, the first line of that name with labels.
+/// such line, the sum of the lines of that name with labels (what
+/// `sum(name)` gives: `rookery_messages_received_total` of every QoS).
 pub fn find_series(body: &str, series: &str) -> Option<f64> {
     let samples = body
         .lines()
         .filter(|line| !line.starts_with('#'))
         .filter_map(|line| line.rsplit_once(' '));
-    let mut labelled = None;
+    let mut labelled: Option<f64> = None;
     for (name, value) in samples {
         if name == series {
             return value.parse().ok();
         }
-        if labelled.is_none()
-            && !series.contains('{')
+        if !series.contains('{')
             && name.split_once('{').is_some_and(|(bare, _)| bare == series)
+            && let Ok(value) = value.parse::<f64>()
         {
-            labelled = value.parse().ok();
+            labelled = Some(labelled.unwrap_or(0.0) + value);
         }
     }
     labelled
@@ -155,6 +156,14 @@ mod tests {
             None
         );
         assert_eq!(find_series(body, "rookery_missing"), None);
+    }
+
+    #[test]
+    fn a_bare_name_sums_its_labelled_series() {
+        let body = "rookery_m_total{qos=\"0\"} 1\nrookery_m_total{qos=\"1\"} 2\n\
+                    rookery_m_total{qos=\"2\"} 4\nrookery_other 9\n";
+        assert_eq!(find_series(body, "rookery_m_total"), Some(7.0));
+        assert_eq!(find_series(body, "rookery_m_total{qos=\"1\"}"), Some(2.0));
     }
 
     #[test]

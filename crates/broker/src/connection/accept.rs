@@ -31,6 +31,9 @@ pub(super) struct Admission {
     pub certificate: Option<String>,
     /// When the connect timeout ends, authentication exchange included.
     pub deadline: Instant,
+    /// The listener's name (`rookery_clients_connected{listener}`), kept
+    /// in the store for operators.
+    pub listener_name: Arc<str>,
 }
 
 /// How authentication ended.
@@ -75,6 +78,7 @@ pub(super) async fn accept(
         }
         Identified::Gone => return None,
     };
+    let username = principal.username.clone();
     let authorizer = Authorizer::new(hub.gatekeeper.clone(), principal);
     if let Some(will) = &connect.will
         && !authorizer.may(&will.topic, Access::Write)
@@ -82,12 +86,18 @@ pub(super) async fn accept(
         // A will is a publish the client asks for now: the ACL applies now.
         return refuse(&hub, socket, ReasonCode::NotAuthorized).await;
     }
+    let origin = records::Origin {
+        address: socket.peer,
+        listener: &admission.listener_name,
+        username: username.as_deref(),
+    };
     let command = records::connect(
         &connect,
         &granted,
         &hub.edge_id,
         now_ms(),
         limits.max_persistent_sessions,
+        &origin,
     );
     let connected = match hub.store.write_one(command).await {
         Ok(proto::CommandResult {
@@ -149,8 +159,17 @@ pub(super) async fn accept(
     if session.persistent || connected.session_present {
         session.outgoing.resume(connected.queue);
     }
-    hub.stats.connected();
-    Some(Live::new(hub.clone(), socket, session, receiver, mailbox))
+    let client_gauge = hub
+        .stats
+        .connected(&admission.listener_name, connect.protocol);
+    Some(Live::new(
+        hub.clone(),
+        socket,
+        session,
+        receiver,
+        mailbox,
+        client_gauge,
+    ))
 }
 
 /// Who the client is: a SCRAM exchange when CONNECT names SCRAM-SHA-256,

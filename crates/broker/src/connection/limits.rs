@@ -213,18 +213,6 @@ fn still(until: &mut Option<Instant>) -> Option<Instant> {
     *until
 }
 
-/// Describes the connection's metrics for the exporter.
-pub(crate) fn describe_metrics() {
-    metrics::describe_counter!(
-        "rookery_client_limits_total",
-        "Times a per-client limit acted (label limit: max_client_id_length, max_subscriptions, messages_rate, bytes_rate, max_output_buffer)"
-    );
-    metrics::describe_counter!(
-        "rookery_send_timeouts_total",
-        "Clients disconnected because they took none of the data written to them for send_timeout_s"
-    );
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -35,8 +35,6 @@ use crate::auth::ListenerAuth;
 use crate::hub::Hub;
 use crate::transport::Accepted;
 
-pub(crate) use limits::describe_metrics;
-
 /// Serves one accepted connection until it ends.
 pub async fn serve(hub: Arc<Hub>, accepted: Accepted, listener_auth: ListenerAuth) {
     let Accepted {
@@ -54,6 +52,7 @@ pub async fn serve(hub: Arc<Hub>, accepted: Accepted, listener_auth: ListenerAut
         listener: listener_auth,
         certificate: client_cert_subject,
         deadline: tokio::time::Instant::now() + connect_timeout,
+        listener_name: listener.clone(),
     };
     let read = socket.read_connect(connect_timeout, limits.max_packet_size, &hub.stats);
     let connect = match Box::pin(read).await {

@@ -202,7 +202,6 @@ impl Live {
                 }
             }
         }
-        metrics::gauge!("rookery_subscriptions").set(hub.subscription_count() as f64);
         self.socket.out.send(&Packet::SubAck(SubAck {
             packet_id: packet.packet_id,
             reason_codes: granted.reason_codes,
@@ -236,7 +235,6 @@ impl Live {
         let reason_codes = subscribe::unsubscribe_codes(&packet.filters, &existed, |filter| {
             hub.unsubscribe(&client, filter).is_some()
         });
-        metrics::gauge!("rookery_subscriptions").set(hub.subscription_count() as f64);
         self.socket.out.send(&Packet::UnsubAck(UnsubAck {
             packet_id: packet.packet_id,
             reason_codes,

@@ -16,6 +16,18 @@ pub(super) fn command(kind: Kind) -> proto::Command {
     proto::Command { kind: Some(kind) }
 }
 
+/// Where a connection comes from, kept with its session for operators
+/// (`rookery ctl clients show`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Origin<'a> {
+    /// The client's address (from PROXY protocol where the listener takes it).
+    pub address: std::net::SocketAddr,
+    /// The listener's name.
+    pub listener: &'a str,
+    /// The user name it authenticated with, if any.
+    pub username: Option<&'a str>,
+}
+
 /// Takes the client id over in the store: a new epoch, the session as
 /// stored, and the will to keep; refused if it would make more persistent
 /// sessions than `max_persistent_sessions` (0: no cap).
@@ -25,6 +37,7 @@ pub(super) fn connect(
     edge_id: &str,
     now_ms: u64,
     max_persistent_sessions: u64,
+    origin: &Origin<'_>,
 ) -> proto::Command {
     let will = connect.will.as_ref().map(|will| {
         let mut properties = will.properties.message.clone();
@@ -51,6 +64,10 @@ pub(super) fn connect(
         will,
         protocol_version: u32::from(connect.protocol.level()),
         max_persistent_sessions,
+        client_address: origin.address.to_string(),
+        listener: origin.listener.to_owned(),
+        username: origin.username.unwrap_or_default().to_owned(),
+        keep_alive_s: u32::from(granted.keep_alive),
     }))
 }
 

@@ -23,6 +23,7 @@ use super::session::{End, Rules, Session, Step};
 use super::socket::Socket;
 use super::{decode_error_label, disconnect_reason, protocol_error};
 use crate::hub::{ArrivalTicket, ClientId, Hub, Mailbox, MailboxReceiver, ToConnection};
+use crate::stats::{ClientGauge, OutgoingReport};
 
 /// The timer's deadline while nothing is due: a connection without keep
 /// alive is never timed out.
@@ -58,6 +59,11 @@ pub(super) struct Live {
     /// in the index, or until this connection waits on anything: publishes
     /// matched meanwhile wait for it (see `hub::arrivals`).
     pub(super) arriving: Option<ArrivalTicket>,
+    /// This client's place in `rookery_clients_connected`; given back when
+    /// the connection ends.
+    client_gauge: Option<ClientGauge>,
+    /// What this connection last added to the in-flight and queued gauges.
+    outgoing_report: OutgoingReport,
 }
 
 /// What woke the loop.
@@ -93,8 +99,11 @@ impl Live {
         session: Session,
         mailbox: MailboxReceiver,
         own_mailbox: Mailbox,
+        client_gauge: ClientGauge,
     ) -> Self {
         Live {
+            client_gauge: Some(client_gauge),
+            outgoing_report: OutgoingReport::default(),
             socket,
             session,
             mailbox,
@@ -130,7 +139,10 @@ impl Live {
         let _ = self.socket.flush(&self.hub.stats).await;
         let client_closed = matches!(end, End::ClientDisconnected { .. } | End::ConnectionLost);
         Box::pin(self.finish(end)).await;
-        self.hub.stats.disconnected();
+        self.outgoing_report.clear(&self.hub.stats);
+        if let Some(gauge) = self.client_gauge.take() {
+            self.hub.stats.disconnected(gauge);
+        }
         if client_closed {
             self.socket.shutdown().await;
         } else {
@@ -242,6 +254,13 @@ impl Live {
             };
             self.mailbox
                 .report_taken(self.session.outgoing.memory_len(), stored);
+            self.outgoing_report.update(
+                &self.hub.stats,
+                self.session.outgoing.inflight_len(),
+                self.session.outgoing.queued_len(),
+            );
+            self.mailbox
+                .report_in_flight(self.session.outgoing.inflight_len());
             // Boxed: kept inline, the write and its timer would enlarge
             // every idle connection's task.
             let flushed = Box::pin(self.socket.flush(&self.hub.stats)).await;
@@ -517,8 +536,23 @@ impl Live {
             return;
         };
         let command = self.session.records.disconnect(expiry_s, publish_will);
-        if let Err(error) = self.hub.store.write(vec![command]).await {
-            tracing::warn!(%error, client_id = %self.client_id(), "recording a disconnect failed");
+        match self.hub.store.write(vec![command]).await {
+            // An operator deleted the session (`rookery ctl sessions
+            // delete`): what this edge kept of it goes too.
+            Ok(results)
+                if results.iter().any(|result| {
+                    matches!(
+                        result.kind,
+                        Some(rookery_store::proto::command_result::Kind::NoSession(_))
+                    )
+                }) =>
+            {
+                self.hub.session_ended(self.client_id());
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, client_id = %self.client_id(), "recording a disconnect failed")
+            }
         }
     }
 

@@ -213,7 +213,9 @@ impl Session {
         awaiting_store: usize,
         out: &mut Outbox,
     ) -> Result<Step, End> {
-        rules.stats.publish_received();
+        rules
+            .stats
+            .publish_received(publish.qos, publish.payload.len());
         let topic = match self.inbound.admit(&publish, rules.limits, awaiting_store) {
             Ok(Admitted::New { topic }) => topic,
             Ok(Admitted::Qos2Retry(packet_id)) => {
@@ -460,8 +462,9 @@ impl Session {
         if out.is_v5() {
             self.outgoing.apply_alias(&mut publish);
         }
+        let payload = publish.payload.len();
         match out.publish(publish, self.outgoing.max_packet_size()) {
-            Ok(()) => stats.publish_sent(),
+            Ok(()) => stats.publish_sent(qos, payload),
             Err(EncodeError::PacketTooLarge { .. }) => {
                 // MQTT-3.1.2-25: a packet larger than the client's maximum is
                 // discarded as if it had been sent.

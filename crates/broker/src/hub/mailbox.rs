@@ -56,6 +56,9 @@ struct MailboxShared {
     /// Store writes queuing messages for this session whose results are
     /// not known yet (see `PendingEnqueue`).
     enqueuing: AtomicUsize,
+    /// QoS 1/2 messages the connection has sent and not seen acknowledged,
+    /// as it last reported them (for operators; no publisher waits on it).
+    in_flight: AtomicUsize,
     /// Publishers pause while the backlog is at or above this; 0 never.
     pause_at: usize,
     /// The store queue's share that is the in-flight window (the store's
@@ -178,6 +181,18 @@ impl Mailbox {
         )
     }
 
+    /// What an operator sees of the session's flow: messages in flight,
+    /// messages waiting (in the mailbox and the connection's own queue),
+    /// and the store queue's length as the connection last read it.
+    pub fn figures(&self) -> (usize, usize, usize) {
+        let shared = &self.shared;
+        (
+            shared.in_flight.load(Ordering::Relaxed),
+            shared.deliveries.load(Ordering::Relaxed) + shared.taken.load(Ordering::Relaxed),
+            shared.stored.load(Ordering::Relaxed),
+        )
+    }
+
     /// A publisher waited for this session as long as it may: until the
     /// backlog falls below the threshold, publishers no longer pause for it.
     pub fn stall(&self) {
@@ -247,6 +262,11 @@ impl MailboxReceiver {
             shared.stored.store(stored, Ordering::SeqCst);
         }
         shared.wake_if_room();
+    }
+
+    /// The connection reports how many QoS 1/2 messages it has in flight.
+    pub fn report_in_flight(&self, in_flight: usize) {
+        self.shared.in_flight.store(in_flight, Ordering::Relaxed);
     }
 
     /// Waits for the next message to the connection.

@@ -168,6 +168,13 @@ impl Hub {
         }
     }
 
+    /// The store no longer has the session of a connection that ended
+    /// here (an operator deleted it): it is routed as the store's routes
+    /// now say, which is not at all.
+    pub fn session_ended(&self, client: &ClientId) {
+        self.follow_cluster_routes(client);
+    }
+
     /// Makes the registry hold what the store's routes say of a session
     /// that is not online here (one online here keeps its own).
     fn follow_cluster_routes(&self, client: &ClientId) {

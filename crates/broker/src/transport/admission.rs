@@ -133,7 +133,7 @@ pub(super) enum Refusal {
 
 impl Refusal {
     /// The `limit` label, named after the setting.
-    fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             Refusal::Edge => "max_connections",
             Refusal::Listener => "listener_max_connections",
@@ -323,18 +323,6 @@ pub(super) fn refused(
             "connection refused: over {limit}"
         );
     }
-}
-
-/// Describes this module's metrics for the exporter.
-pub fn describe_metrics() {
-    metrics::describe_counter!(
-        "rookery_connections_limited_total",
-        "Connections closed as soon as they were accepted because a connection limit was reached (label limit: max_connections, listener_max_connections, max_connections_per_address)"
-    );
-    metrics::describe_counter!(
-        "rookery_connection_rate_limited_total",
-        "Times a listener stopped accepting for a moment because connections arrived faster than its max_connection_rate"
-    );
 }
 
 #[cfg(test)]

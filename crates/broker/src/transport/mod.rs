@@ -38,7 +38,7 @@ use tracing::{debug, info, warn};
 use arc_swap::ArcSwap;
 
 use crate::config::{ListenerConfig, ListenerKind, TlsConfig};
-pub use admission::{ConnectionLimits, ConnectionPermit, describe_metrics};
+pub use admission::{ConnectionLimits, ConnectionPermit};
 use admission::{Gate, Refusal};
 use proxy::ProxyError;
 use tls::TlsSetup;
@@ -273,6 +273,7 @@ impl Listener {
             "listening"
         );
 
+        register_metrics(&name);
         let gate = Gate::new(Arc::clone(&name), config, options.connections);
         Ok(Listener {
             handshake: Arc::new(Handshake {
@@ -459,6 +460,34 @@ enum HandshakeError {
     /// address (counted and logged apart).
     #[error("connection limit")]
     Limited(Refusal),
+}
+
+/// Registers a listener's series at 0, so that they are exported (and a
+/// dashboard or alert built on them finds them) before their first event.
+fn register_metrics(listener: &Arc<str>) {
+    metrics::counter!("rookery_accept_errors_total", "listener" => Arc::clone(listener))
+        .increment(0);
+    metrics::counter!(
+        "rookery_connection_rate_limited_total",
+        "listener" => Arc::clone(listener),
+    )
+    .increment(0);
+    for refusal in [Refusal::Edge, Refusal::Listener, Refusal::Address] {
+        metrics::counter!(
+            "rookery_connections_limited_total",
+            "listener" => Arc::clone(listener),
+            "limit" => refusal.label(),
+        )
+        .increment(0);
+    }
+    for reason in ["timeout", "proxy", "tls", "websocket", "limited"] {
+        metrics::counter!(
+            "rookery_handshake_failures_total",
+            "listener" => Arc::clone(listener),
+            "reason" => reason,
+        )
+        .increment(0);
+    }
 }
 
 impl HandshakeError {

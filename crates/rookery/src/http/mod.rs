@@ -17,11 +17,13 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use metrics_exporter_prometheus::PrometheusHandle;
 use rookery_store::AdminToken;
 use tokio::task::JoinHandle;
 
 use crate::health::{Health, Report};
+
+pub mod api;
+mod api_json;
 
 /// The Prometheus text format's content type.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -30,11 +32,13 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 #[derive(Debug)]
 pub struct HttpState {
     pub health: Arc<Health>,
-    pub metrics: PrometheusHandle,
+    pub metrics: crate::exporter::MetricsHandle,
     /// The admin API's bearer token, when one is configured.
     pub admin_token: Option<AdminToken>,
     /// The listener is on loopback: the admin API needs no token.
     pub loopback: bool,
+    /// What the admin API's handlers work with.
+    pub api: api::ApiState,
 }
 
 /// A bound, serving HTTP listener.
@@ -66,7 +70,7 @@ impl HttpServer {
 }
 
 fn router(state: Arc<HttpState>) -> Router {
-    let api = Router::new()
+    let api = api::router(state.api.clone())
         .fallback(no_such_endpoint)
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

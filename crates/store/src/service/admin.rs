@@ -27,7 +27,7 @@ const TRANSFER_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 /// The Admin service: membership changes and status.
 #[derive(Debug)]
 pub struct AdminService {
-    node: NodeHandles,
+    pub(super) node: NodeHandles,
     node_id: NodeId,
     address: String,
 }
@@ -201,40 +201,74 @@ impl proto::admin_server::Admin for AdminService {
         &self,
         _request: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::StatusResponse>, Status> {
-        let metrics = self.node.raft.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership();
-        let member = |id: &NodeId, node: &BasicNode| proto::Member {
-            node_id: *id,
-            address: node.addr.clone(),
-        };
-        let voters: Vec<proto::Member> = membership
-            .nodes()
-            .filter(|(id, _)| membership.voter_ids().any(|voter| voter == **id))
-            .map(|(id, node)| member(id, node))
-            .collect();
-        let learners: Vec<proto::Member> = membership
-            .nodes()
-            .filter(|(id, _)| !membership.voter_ids().any(|voter| voter == **id))
-            .map(|(id, node)| member(id, node))
-            .collect();
-        let leader_id = metrics.current_leader.unwrap_or(0);
-        let leader_address = metrics
-            .current_leader
-            .and_then(|leader| membership.get_node(&leader))
-            .map(|node| node.addr.clone())
-            .unwrap_or_default();
-        Ok(Response::new(proto::StatusResponse {
-            node_id: metrics.id,
-            leader_id,
-            leader_address,
-            term: metrics.current_term,
-            last_log_index: metrics.last_log_index.unwrap_or(0),
-            applied_index: metrics.last_applied.map_or(0, |log_id| log_id.index),
-            voters,
-            learners,
-            state: format!("{:?}", metrics.state).to_lowercase(),
-        }))
+        Ok(Response::new(self.status_now()))
     }
+
+    // ---- The operations API: each in operations.rs -----------------------
+
+    async fn cluster_status(
+        &self,
+        _request: Request<proto::ClusterStatusRequest>,
+    ) -> Result<Response<proto::ClusterStatusResponse>, Status> {
+        self.cluster_status_here().await
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<proto::ListSessionsRequest>,
+    ) -> Result<Response<proto::ListSessionsResponse>, Status> {
+        self.list_sessions_here(request).await
+    }
+
+    async fn get_session_info(
+        &self,
+        request: Request<proto::GetSessionInfoRequest>,
+    ) -> Result<Response<proto::GetSessionInfoResponse>, Status> {
+        self.get_session_info_here(request).await
+    }
+
+    async fn kick_client(
+        &self,
+        request: Request<proto::KickClientRequest>,
+    ) -> Result<Response<proto::KickClientResponse>, Status> {
+        self.kick_client_here(request).await
+    }
+
+    async fn delete_session(
+        &self,
+        request: Request<proto::DeleteSessionRequest>,
+    ) -> Result<Response<proto::DeleteSessionResponse>, Status> {
+        self.delete_session_here(request).await
+    }
+
+    async fn list_subscriptions(
+        &self,
+        request: Request<proto::ListSubscriptionsRequest>,
+    ) -> Result<Response<proto::ListSubscriptionsResponse>, Status> {
+        self.list_subscriptions_here(request).await
+    }
+
+    async fn list_retained(
+        &self,
+        request: Request<proto::ListRetainedRequest>,
+    ) -> Result<Response<proto::ListRetainedResponse>, Status> {
+        self.list_retained_here(request).await
+    }
+
+    async fn get_retained_message(
+        &self,
+        request: Request<proto::GetRetainedMessageRequest>,
+    ) -> Result<Response<proto::GetRetainedMessageResponse>, Status> {
+        self.get_retained_message_here(request).await
+    }
+
+    async fn delete_retained(
+        &self,
+        request: Request<proto::DeleteRetainedRequest>,
+    ) -> Result<Response<proto::DeleteRetainedResponse>, Status> {
+        self.delete_retained_here(request).await
+    }
+    // ---- end of the operations API ----------------------------------------
 
     async fn transfer_leader(
         &self,
@@ -266,6 +300,56 @@ impl proto::admin_server::Admin for AdminService {
                 Err(Status::failed_precondition(refused.to_string()))
             }
             Err(failed) => Err(Status::unavailable(failed.to_string())),
+        }
+    }
+}
+
+impl AdminService {
+    /// This node's Raft status; on the leader, with each member's progress.
+    pub(super) fn status_now(&self) -> proto::StatusResponse {
+        let metrics = self.node.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let member = |id: &NodeId, node: &BasicNode| proto::Member {
+            node_id: *id,
+            address: node.addr.clone(),
+        };
+        let voters: Vec<proto::Member> = membership
+            .nodes()
+            .filter(|(id, _)| membership.voter_ids().any(|voter| voter == **id))
+            .map(|(id, node)| member(id, node))
+            .collect();
+        let learners: Vec<proto::Member> = membership
+            .nodes()
+            .filter(|(id, _)| !membership.voter_ids().any(|voter| voter == **id))
+            .map(|(id, node)| member(id, node))
+            .collect();
+        let leader_id = metrics.current_leader.unwrap_or(0);
+        let leader_address = metrics
+            .current_leader
+            .and_then(|leader| membership.get_node(&leader))
+            .map(|node| node.addr.clone())
+            .unwrap_or_default();
+        let replication = metrics
+            .replication
+            .iter()
+            .flatten()
+            .map(|(node_id, matched)| proto::Progress {
+                node_id: *node_id,
+                known: matched.is_some(),
+                matched_index: matched.map_or(0, |log_id| log_id.index),
+            })
+            .collect();
+        proto::StatusResponse {
+            node_id: metrics.id,
+            leader_id,
+            leader_address,
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            applied_index: metrics.last_applied.map_or(0, |log_id| log_id.index),
+            voters,
+            learners,
+            state: format!("{:?}", metrics.state).to_lowercase(),
+            replication,
         }
     }
 }

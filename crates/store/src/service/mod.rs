@@ -1,7 +1,8 @@
 //! The store's gRPC services, each in the file named for it: [`RaftService`]
 //! between store nodes (`raft.rs`), [`StoreService`], the session API for
 //! edges: writes, reads and event streams (`store.rs`), and [`AdminService`],
-//! membership administration (`admin.rs`). What they share is here.
+//! membership administration (`admin.rs`) with the operators' reads and
+//! writes (`operations.rs`). What they share is here.
 //!
 //! A follower answers edges as the leader would: it forwards writes and
 //! linearizable reads to the leader it knows and relays the answer. A request
@@ -10,6 +11,7 @@
 
 mod admin;
 mod guard;
+mod operations;
 mod raft;
 mod store;
 
