@@ -359,14 +359,12 @@ impl Broker {
             );
         }
         self.drained_at = Some(Instant::now());
-        let drained = Drained {
+        Drained {
             clients: told.len(),
             left,
             lease_released,
             took: started.elapsed(),
-        };
-        metrics::histogram!("rookery_drain_seconds").record(drained.took.as_secs_f64());
-        drained
+        }
     }
 
     /// Stops the edge: drains it first unless [`Broker::drain`] did (then

@@ -790,7 +790,6 @@ impl Router {
             }
             if !waiting || Instant::now() >= limit {
                 if waiting {
-                    metrics::counter!("rookery_store_write_streams_abandoned_total").increment(1);
                     tracing::info!(leader = %self.stream.as_ref().map_or("", |s| s.address.as_str()), "moving on from a write stream that did not answer within {SWITCH_WAIT:?}");
                 }
                 // Dropped: the edge's side of the stream closes.

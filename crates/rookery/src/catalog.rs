@@ -504,6 +504,12 @@ pub const METRICS: &[Metric] = &[
         "Writes of this edge that failed or timed out (their publishers were not acknowledged)",
         &[],
     ),
+    counter(
+        "rookery_store_writes_resent_total",
+        Edge,
+        "Writes of this edge that a store node gave back unproposed (it handed its leadership over, or did not lead) and that were sent again to the next leader",
+        &[],
+    ),
     histogram(
         "rookery_store_write_duration_seconds",
         Edge,
@@ -765,6 +771,12 @@ pub const METRICS: &[Metric] = &[
         Store,
         "Times an edge's write stream was not read because max_submit_in_flight of its writes waited to commit",
         &[],
+    ),
+    histogram(
+        "rookery_store_leader_handover_seconds",
+        Store,
+        SECONDS,
+        "Time this node took to hand its store leadership to another voter (a drain, or TransferLeader), from the request to the new leader known",
     ),
     counter(
         "rookery_store_membership_refused_total",

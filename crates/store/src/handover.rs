@@ -280,7 +280,6 @@ pub async fn hand_over(
         return Err(HandOverError::NoNewLeader(within));
     }
     let handed = leader_of(&watch.borrow(), started);
-    metrics::counter!("rookery_store_leader_handovers_total").increment(1);
     metrics::histogram!("rookery_store_leader_handover_seconds").record(handed.took.as_secs_f64());
     tracing::info!(
         from = me,

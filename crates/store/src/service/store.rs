@@ -184,7 +184,6 @@ async fn serve_submit(
         }
     }
     if let Some(refusal) = refused {
-        metrics::counter!("rookery_store_write_streams_handed_back_total").increment(1);
         let _ = sender.send(Err(super::unproposed_status(&refusal))).await;
     }
 }
