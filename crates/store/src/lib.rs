@@ -18,8 +18,9 @@
 //! up: [`keys`] (the key layout), [`db`] (column families and per-entry
 //! transactions), [`machine`] (the deterministic commands), [`log_store`] and
 //! [`state_machine`] (openraft's storage traits), [`network`] (Raft RPC
-//! client), [`writer`] (group commit), [`service`] (the gRPC services, one
-//! file each) and [`node`]. [`security`] holds what every cluster port and
+//! client), [`writer`] (group commit, and whether the node takes a write at
+//! all), [`handover`] (handing the leadership to another voter), [`service`]
+//! (the gRPC services, one file each) and [`node`]. [`security`] holds what every cluster port and
 //! client shares: mutual TLS and the admin token. For operators:
 //! [`inspect`] (paged reads of sessions, subscriptions and retained
 //! messages) and [`backup`] (checkpoints, and restoring one into a new

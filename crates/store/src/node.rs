@@ -297,7 +297,7 @@ impl StoreNode {
     }
 
     /// Writes commands through this node's group-commit writer (in process,
-    /// without gRPC). Fails with `ForwardToLeader` on a follower.
+    /// without gRPC). Refused (`NotProposed`) on a follower.
     pub async fn write(&self, commands: Vec<proto::Command>) -> Result<WriteOutcome, WriteError> {
         self.writer.write(commands).await
     }
