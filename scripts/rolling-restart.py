@@ -233,8 +233,9 @@ class Client(threading.Thread):
         """Called between network loops while connected."""
 
     def connect(self):
-        # First at home; after that, the next node up after the last one.
-        node = self.cluster.pick(self.node if self.node is not None else self.home - 1)
+        # At home when it is up, else the next node up after it (the load
+        # stays spread over the nodes).
+        node = self.cluster.pick(self.home - 1)
         if node is None:
             time.sleep(0.05)
             return
