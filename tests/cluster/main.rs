@@ -34,6 +34,7 @@ mod failover;
 mod membership;
 mod partition;
 mod probes;
+mod rolling;
 mod routing;
 mod security;
 mod state;

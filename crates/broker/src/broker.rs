@@ -24,8 +24,15 @@ use crate::transport::{
 
 /// How long the store keeps this edge's clients after its last renewal.
 const LEASE: Duration = Duration::from_secs(10);
-/// How long shutdown waits for connections to close.
+/// How long a shutdown without a drain first waits for connections to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often a drain looks for connections that attached since it told
+/// the others to go.
+const DRAIN_LOOK_AGAIN: Duration = Duration::from_millis(20);
+/// How long the forwarding service outlives a drain: other edges may still
+/// forward a publish they matched before they applied this edge's last
+/// routes' removal, and a QoS 1/2 publisher there waits for its answer.
+const FORWARD_LINGER: Duration = Duration::from_millis(200);
 
 /// Why the edge did not start.
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +102,29 @@ pub struct Broker {
     /// The TLS listeners' certificates, for reloads.
     certificates: Vec<TlsCertificates>,
     accept_tasks: Vec<JoinHandle<()>>,
+    /// The forwarding service and the task that follows the store: they
+    /// outlive a drain.
     background: Vec<JoinHandle<()>>,
+    /// Renews the lease; ends when the edge drains.
+    lease: JoinHandle<()>,
+    /// Publishes `$SYS`; ends when the edge drains.
+    sys: Option<JoinHandle<()>>,
+    /// When the drain ended, once it has.
+    drained_at: Option<Instant>,
+}
+
+/// What a drain did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drained {
+    /// Clients connected when it began.
+    pub clients: usize,
+    /// Clients still connected when its deadline came (0 normally).
+    pub left: u64,
+    /// Whether the store took the lease's release (the store then ends, at
+    /// its next tick, whatever sessions this edge still held).
+    pub lease_released: bool,
+    /// From its start to the last client gone and the lease released.
+    pub took: Duration,
 }
 
 impl Broker {
@@ -123,7 +152,7 @@ impl Broker {
         // below is missed.
         let events = store.events(edge_id.clone()).await?;
         store
-            .write_one(register_edge(&edge_id, &forward_address, None))
+            .write_one(register_edge(&edge_id, &forward_address, None, LEASE))
             .await?;
         // Forwarding streams leave from the address the edge listens on
         // (not the advertised one, which may not be local).
@@ -186,10 +215,8 @@ impl Broker {
             )));
         }
         background.push(tokio::spawn(follow_store(hub.clone(), events)));
-        background.push(tokio::spawn(renew_lease(hub.clone())));
-        if config.sys_interval_s > 0 {
-            background.push(tokio::spawn(publish_sys(hub.clone())));
-        }
+        let lease = tokio::spawn(renew_lease(hub.clone()));
+        let sys = (config.sys_interval_s > 0).then(|| tokio::spawn(publish_sys(hub.clone())));
 
         let certificates = listeners
             .iter()
@@ -203,6 +230,9 @@ impl Broker {
             certificates,
             accept_tasks,
             background,
+            lease,
+            sys,
+            drained_at: None,
         })
     }
 
@@ -256,23 +286,85 @@ impl Broker {
         self.hub.gatekeeper.reload(auth)
     }
 
-    /// Stops accepting, tells every client the server is shutting down
-    /// (DISCONNECT 0x8B to 5.0 clients) and waits, bounded, for them to go.
-    pub async fn shutdown(self) {
+    /// Drains the edge for a planned stop, by `deadline`: the listeners stop
+    /// accepting; every client is told (MQTT 5: DISCONNECT 0x8B Server
+    /// shutting down, or 0x9C Use another server with the Server Reference
+    /// `server_reference` when set; 3.x: the socket closes) once the
+    /// publishes it sent are answered; each session records its end in the
+    /// store (wills as for any close by the server); then the edge gives up
+    /// its lease, so that the store ends at once what it still held. The
+    /// forwarding service and the store's notifications go on until
+    /// [`Broker::shutdown`].
+    pub async fn drain(&mut self, deadline: Instant) -> Drained {
+        let started = Instant::now();
         for task in &self.accept_tasks {
             task.abort();
         }
-        let mailboxes = self.hub.mailboxes();
-        tracing::info!(clients = mailboxes.len(), "broker shutting down");
-        for mailbox in mailboxes {
-            mailbox.close(ReasonCode::ServerShuttingDown);
+        if let Some(sys) = self.sys.take() {
+            sys.abort();
         }
-        let deadline = Instant::now() + SHUTDOWN_GRACE;
-        while self.hub.stats.clients_connected.load(Ordering::Relaxed) > 0
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let reason = if self.hub.config.server_reference.is_some() {
+            ReasonCode::UseAnotherServer
+        } else {
+            ReasonCode::ServerShuttingDown
+        };
+        let mut told = std::collections::HashSet::new();
+        let mut first = true;
+        loop {
+            // Again each round: a connection accepted before the listeners
+            // closed may attach after the first round.
+            for mailbox in self.hub.mailboxes() {
+                if told.insert(mailbox.connection_id) {
+                    mailbox.close(reason);
+                }
+            }
+            if std::mem::take(&mut first) {
+                tracing::info!(clients = told.len(), ?reason, "draining: clients told to go");
+            }
+            let connected = self.hub.stats.clients_connected.load(Ordering::Relaxed);
+            if connected == 0 || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(DRAIN_LOOK_AGAIN.min(deadline.saturating_duration_since(Instant::now()))).await;
         }
+        let left = self.hub.stats.clients_connected.load(Ordering::Relaxed);
+        self.lease.abort();
+        let release = register_edge(&self.hub.edge_id, &self.hub.forward_address, None, Duration::ZERO);
+        let released = tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            self.hub.store.write_one(release),
+        )
+        .await;
+        let lease_released = matches!(released, Ok(Ok(_)));
+        if !lease_released {
+            tracing::warn!(
+                "the store did not take this edge's lease release: its sessions end when the \
+                 lease lapses ({LEASE:?})"
+            );
+        }
+        self.drained_at = Some(Instant::now());
+        let drained = Drained {
+            clients: told.len(),
+            left,
+            lease_released,
+            took: started.elapsed(),
+        };
+        metrics::histogram!("rookery_drain_seconds").record(drained.took.as_secs_f64());
+        drained
+    }
+
+    /// Stops the edge: drains it first unless [`Broker::drain`] did (then
+    /// within a few seconds), lets the forwarding service answer what other
+    /// edges still send for a moment, and stops every task.
+    pub async fn shutdown(mut self) {
+        let drained_at = match self.drained_at {
+            Some(at) => at,
+            None => {
+                self.drain(Instant::now() + SHUTDOWN_GRACE).await;
+                Instant::now()
+            }
+        };
+        tokio::time::sleep_until((drained_at + FORWARD_LINGER).into()).await;
         for task in &self.background {
             task.abort();
         }
@@ -375,13 +467,20 @@ async fn serve_forwarding(
     }
 }
 
-fn register_edge(edge_id: &str, address: &str, stats: Option<proto::EdgeStats>) -> proto::Command {
+/// Registers the edge (or renews its lease) for `lease`; a lease of zero
+/// gives it up (the store's next tick ends what the edge still holds).
+fn register_edge(
+    edge_id: &str,
+    address: &str,
+    stats: Option<proto::EdgeStats>,
+    lease: Duration,
+) -> proto::Command {
     proto::Command {
         kind: Some(Kind::RegisterEdge(proto::RegisterEdge {
             edge_id: edge_id.to_owned(),
             address: address.to_owned(),
             stats,
-            lease_ms: u64::try_from(LEASE.as_millis()).unwrap_or(u64::MAX),
+            lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
         })),
     }
 }
@@ -400,7 +499,7 @@ async fn renew_lease(hub: Arc<Hub>) {
             bytes_received: value(&stats.bytes_received),
             bytes_sent: value(&stats.bytes_sent),
         };
-        let renewal = register_edge(&hub.edge_id, &hub.forward_address, Some(figures));
+        let renewal = register_edge(&hub.edge_id, &hub.forward_address, Some(figures), LEASE);
         if let Err(error) = hub.store.write_one(renewal).await {
             tracing::warn!(%error, "renewing the edge lease failed");
         }

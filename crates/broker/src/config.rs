@@ -22,7 +22,19 @@ pub struct BrokerConfig {
     pub sys_interval_s: u64,
     /// Who may connect and what each client may publish and subscribe to.
     pub auth: AuthConfig,
+    /// Seconds a graceful stop (SIGTERM) may take in all: clients told and
+    /// gone, their last writes and the store's leadership handed over.
+    /// Below Kubernetes' default grace period of 30 s, so that the node
+    /// exits before it is killed.
+    pub shutdown_grace_s: u64,
+    /// Where MQTT 5 clients are sent when this node stops: DISCONNECT 0x9C
+    /// (Use another server) with this Server Reference, instead of 0x8B
+    /// (Server shutting down).
+    pub server_reference: Option<String>,
 }
+
+/// The default of [`BrokerConfig::shutdown_grace_s`].
+pub const DEFAULT_SHUTDOWN_GRACE_S: u64 = 25;
 
 impl Default for BrokerConfig {
     fn default() -> Self {
@@ -32,6 +44,8 @@ impl Default for BrokerConfig {
             limits: Limits::default(),
             sys_interval_s: 10,
             auth: AuthConfig::default(),
+            shutdown_grace_s: DEFAULT_SHUTDOWN_GRACE_S,
+            server_reference: None,
         }
     }
 }

@@ -45,6 +45,16 @@ pub(crate) enum LeaderAt<'a> {
     Remote(String),
 }
 
+impl LeaderAt<'_> {
+    /// The leader's store address.
+    pub(crate) fn address(&self) -> &str {
+        match self {
+            LeaderAt::LocalReplica(node) => node.address(),
+            LeaderAt::Remote(address) => address,
+        }
+    }
+}
+
 impl Access {
     /// The gRPC channels to store nodes, one per address, shared by every
     /// user of this access.

@@ -4,18 +4,37 @@
 //! and later reuses their packet identifiers, so a later write must never
 //! commit before an earlier one. On the leader's own node the group-commit
 //! writer keeps that order; elsewhere, the writes travel on one `Submit`
-//! stream to the leader, which queues them in arrival order. One task hands
-//! every write to whichever of the two leads now, so no two paths race.
+//! stream to the leader, which queues them in arrival order. One task (the
+//! router) hands every write to whichever of the two leads now, so no two
+//! paths race.
 //!
 //! A write may fail (no leader found, the leader changed under it, no quorum
 //! answered within the timeout). [`WriteFailed`] says whether it certainly
-//! was never proposed to Raft or may have committed (or may yet); a failed
-//! write is not retried here either way. Callers decide: a publisher is told
-//! with a reason code, a session whose detached write failed ends.
+//! was never proposed to Raft or may have committed (or may yet). A write
+//! that may have committed is never sent again here: sent twice, it could be
+//! applied twice. Callers decide: a publisher is told with a reason code, a
+//! session whose detached write failed ends.
+//!
+//! A write the leader did not take is held and sent again, within the
+//! write timeout, instead of failing: a node that hands its leadership over
+//! (a planned restart, `TransferLeader`) or no longer leads answers each
+//! write it did not propose with a certain "not proposed" (the writer's
+//! refusal, or a write stream ended with every unanswered write given back,
+//! `rookery_store::service::unproposed`), and the router waits for the next
+//! leader. Order holds because the router sends nothing after a given-back
+//! write anywhere else before that write: a node that refuses one write of a
+//! stream refuses every later one (it stops reading the stream), writes
+//! given back go first, in their order, and before writing to another node
+//! the router waits (briefly, `SWITCH_WAIT`) for the stream it leaves to
+//! answer what it holds. A write given back after the router moved on
+//! anyway fails, unsent, as never proposed. Writes a refused leader did take
+//! are committed by it before it hands over (it waits for them), and
+//! whatever a leader of an older term commits precedes what the new leader
+//! commits.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -23,11 +42,13 @@ use rookery_store::StoreNode;
 use rookery_store::proto::{
     Command, CommandResult, SubmitRequest, SubmitResponse, store_client::StoreClient,
 };
-use rookery_store::writer::{WriteError, now_ms};
+use rookery_store::service::{Unproposed, unproposed};
+use rookery_store::writer::{Refusal, WriteError, now_ms};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::access::{Access, BadStoreAddress, LeaderAt};
-use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
 
 /// Why a write did not commit, split by whether it may have committed all
 /// the same: only a write that certainly was never proposed to Raft may be
@@ -57,7 +78,8 @@ impl WriteFailed {
 /// How a write failed before it was proposed to Raft.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum NotProposed {
-    /// No store node named a leader within the write timeout.
+    /// No store node named a leader that took the write within the write
+    /// timeout.
     #[error("no store leader was found within {0:?}")]
     NoLeader(Duration),
     /// The edge's write router has stopped (the edge is shutting down).
@@ -75,13 +97,15 @@ pub enum NotProposed {
         /// What the gRPC call answered.
         status: tonic::Status,
     },
-    /// The write stream to the leader had ended before the write was sent.
-    #[error(
-        "the write stream to the store leader at {address} had ended before the write was sent"
-    )]
-    StreamEnded {
-        /// The leader's store address.
+    /// The leader gave the write back unproposed (it was handing over, or
+    /// no longer led) after later writes had gone to another leader:
+    /// sending it now could put it behind them, so it is not sent again.
+    #[error("the store node at {address} did not take the write ({reason}), and later writes went elsewhere")]
+    GivenBack {
+        /// The node's store address.
         address: String,
+        /// Why it did not take it.
+        reason: String,
     },
     /// The write carries more commands than one write may.
     #[error(
@@ -150,10 +174,57 @@ pub enum MayHaveCommitted {
 /// Where a queued write's outcome goes.
 type OutcomeSender = oneshot::Sender<Result<Vec<CommandResult>, WriteFailed>>;
 
-/// A write waiting in the router's queue.
+/// How long the router waits, before writing to another node, for the
+/// stream it leaves to answer what it holds (a write that stream gives
+/// back later fails instead of being sent again out of order). A node that
+/// hands over answers at once; one that is cut off never does.
+const SWITCH_WAIT: Duration = Duration::from_millis(300);
+
+/// The pause before a write that was not taken is tried again.
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
+
+/// How long a node that said it hands its leadership over is not written
+/// to (unless it is named the leader again after that).
+const AVOID_FOR: Duration = Duration::from_millis(500);
+
+/// A write waiting in the router's queue, or held by it for a leader.
 struct QueuedWrite {
     commands: Vec<Command>,
     outcome: OutcomeSender,
+    /// When the router gives it up unsent: a little before its caller stops
+    /// waiting, so that the caller hears "not proposed" rather than a
+    /// timeout.
+    deadline: Instant,
+    /// Why it was last not taken, told if it is given up.
+    not_taken: Option<NotProposed>,
+    /// Counts it as in the router until dropped.
+    _routed: Routed,
+}
+
+impl QueuedWrite {
+    /// Gives the write up unsent: it was never proposed.
+    fn give_up(self, timeout: Duration) {
+        let why = self.not_taken.unwrap_or(NotProposed::NoLeader(timeout));
+        let _ = self.outcome.send(Err(why.into()));
+    }
+}
+
+/// A write counted in [`LeaderWrites::routed`] while the router has it:
+/// queued, held, or sent on a stream and not yet answered. While any is,
+/// writes do not go straight to the replica in this process.
+struct Routed(Arc<AtomicUsize>);
+
+impl Routed {
+    fn new(count: &Arc<AtomicUsize>) -> Routed {
+        count.fetch_add(1, Ordering::SeqCst);
+        Routed(count.clone())
+    }
+}
+
+impl Drop for Routed {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Writes to the store through its leader, in submission order.
@@ -163,8 +234,11 @@ pub struct LeaderWrites {
     timeout: Duration,
     contact: Arc<QuorumContact>,
     /// While the replica in this process leads, writes go straight to its
-    /// group-commit writer (in order there), not through the router.
+    /// group-commit writer (in order there), not through the router, unless
+    /// the router has writes that must go first.
     local_replica: Option<Arc<LocalReplica>>,
+    /// Writes the router has (see [`Routed`]).
+    routed: Arc<AtomicUsize>,
 }
 
 /// The store replica in this process, and whether it leads now.
@@ -246,10 +320,12 @@ impl LeaderWrites {
             timeout,
             contact: Arc::default(),
             local_replica,
+            routed: Arc::default(),
         };
         tokio::spawn(keep_contact(
             writes.queue.downgrade(),
             writes.contact.clone(),
+            writes.routed.clone(),
             timeout,
             fresh_for,
         ));
@@ -285,32 +361,48 @@ impl LeaderWrites {
     /// future is awaited.
     pub fn submit(
         &self,
-        commands: Vec<Command>,
+        mut commands: Vec<Command>,
     ) -> impl Future<Output = Result<Vec<CommandResult>, WriteFailed>> + Send + 'static {
         let timeout = self.timeout;
         let contact = self.contact.clone();
         let expected = commands.len();
+        // Straight to the replica in this process while it leads, unless the
+        // router holds writes that must commit first.
         if let Some(replica) = self
             .local_replica
             .as_ref()
             .filter(|replica| replica.leading.load(Ordering::Acquire))
             && !commands.is_empty()
+            && self.routed.load(Ordering::SeqCst) == 0
         {
-            let outcome = replica.node.submit(commands);
-            return futures::future::Either::Left(async move {
-                let outcome = match tokio::time::timeout(timeout, outcome).await {
-                    Ok(Ok(outcome)) => Ok(outcome.results),
-                    Ok(Err(error)) => Err(local_write_failed(error)),
-                    Err(_) => Err(MayHaveCommitted::TimedOut(timeout).into()),
-                };
-                if outcome.is_ok() {
-                    contact.confirmed();
+            match replica.node.try_submit(commands) {
+                Ok(outcome) => {
+                    return futures::future::Either::Left(async move {
+                        let outcome = match tokio::time::timeout(timeout, outcome).await {
+                            Ok(Ok(outcome)) => Ok(outcome.results),
+                            Ok(Err(error)) => Err(local_write_failed(error)),
+                            Err(_) => Err(MayHaveCommitted::TimedOut(timeout).into()),
+                        };
+                        if outcome.is_ok() {
+                            contact.confirmed();
+                        }
+                        outcome.and_then(|results| one_result_per_command(expected, results))
+                    });
                 }
-                outcome.and_then(|results| one_result_per_command(expected, results))
-            });
+                // Not taken (it hands over, or no longer leads): the router
+                // holds it for the next leader.
+                Err(refused) => commands = refused.commands,
+            }
         }
         let (outcome, result) = oneshot::channel();
-        let queued = self.queue.send(QueuedWrite { commands, outcome }).is_ok();
+        let write = QueuedWrite {
+            commands,
+            outcome,
+            deadline: Instant::now() + timeout.saturating_sub(give_up_margin(timeout)),
+            not_taken: None,
+            _routed: Routed::new(&self.routed),
+        };
+        let queued = self.queue.send(write).is_ok();
         futures::future::Either::Right(async move {
             if !queued {
                 return Err(NotProposed::RouterStopped.into());
@@ -326,6 +418,11 @@ impl LeaderWrites {
             outcome.and_then(|results| one_result_per_command(expected, results))
         })
     }
+}
+
+/// How much before its caller's timeout the router gives a held write up.
+fn give_up_margin(timeout: Duration) -> Duration {
+    (timeout / 10).min(Duration::from_millis(100))
 }
 
 /// The results of a committed write, checked to be one per command (callers
@@ -345,132 +442,417 @@ fn one_result_per_command(
     }
 }
 
-/// What a failure of the group-commit writer in this process means.
+/// What a failure of the group-commit writer in this process means, once
+/// the writer took the write.
 fn local_write_failed(error: WriteError) -> WriteFailed {
     match error {
         // Refused before it was queued.
         WriteError::TooLarge => NotProposed::TooLarge.into(),
+        WriteError::NotProposed(refusal) => NotProposed::GivenBack {
+            address: "this node".into(),
+            reason: refusal.to_string(),
+        }
+        .into(),
         WriteError::ForwardToLeader { .. } => MayHaveCommitted::LeaderChanged.into(),
         // Raft stopped, before or after the proposal: not known which.
         WriteError::Raft(reason) => MayHaveCommitted::Raft(reason).into(),
     }
 }
 
-/// Writes sent on a stream and not yet answered, by id; `None` once the
-/// stream has ended.
-type Unanswered = Arc<Mutex<Option<HashMap<u64, OutcomeSender>>>>;
+/// What one write stream shares with its reader task.
+#[derive(Default)]
+struct StreamShared {
+    /// Writes sent and not yet answered, by id; `None` once the stream has
+    /// ended.
+    unanswered: Mutex<Option<BTreeMap<u64, QueuedWrite>>>,
+    /// Woken when the last unanswered write is answered, and at the end.
+    quiet: Notify,
+}
 
 /// The open stream to a leader on another node.
 struct RemoteLeader {
+    /// Tells this stream's end from another's.
+    id: u64,
     address: String,
     requests: mpsc::Sender<SubmitRequest>,
-    unanswered: Unanswered,
+    shared: Arc<StreamShared>,
     next_id: u64,
 }
 
+/// How a stream ended, from its reader task to the router.
+struct StreamEnded {
+    stream: u64,
+    address: String,
+    /// With `unproposed`: the writes the node never proposed, in submission
+    /// order. (Without it, the reader failed what was unanswered.)
+    given_back: Vec<QueuedWrite>,
+    unproposed: Option<Unproposed>,
+}
+
 impl RemoteLeader {
-    fn is_open(&self) -> bool {
-        self.unanswered.lock().is_some() && !self.requests.is_closed()
+    /// Whether the stream has ended, and whether it has writes unanswered.
+    fn state(&self) -> (bool, bool) {
+        match self.shared.unanswered.lock().as_ref() {
+            None => (true, false),
+            Some(unanswered) => (self.requests.is_closed(), !unanswered.is_empty()),
+        }
     }
 
-    /// Hands a write to the stream; the stream's reader delivers its outcome.
-    async fn send(&mut self, write: QueuedWrite) {
+    /// Hands a write to the stream; the stream's reader delivers its
+    /// outcome. A write the stream could not take comes back.
+    async fn send(&mut self, write: QueuedWrite) -> Result<(), QueuedWrite> {
         let id = self.next_id;
         self.next_id += 1;
+        // Kept until answered: a node that gives it back unproposed has it
+        // sent again.
+        let commands = write.commands.clone();
         {
-            let mut unanswered = self.unanswered.lock();
+            let mut unanswered = self.shared.unanswered.lock();
             match unanswered.as_mut() {
                 Some(unanswered) => {
-                    unanswered.insert(id, write.outcome);
+                    unanswered.insert(id, write);
                 }
-                None => {
-                    let ended = NotProposed::StreamEnded {
-                        address: self.address.clone(),
-                    };
-                    let _ = write.outcome.send(Err(ended.into()));
-                    return;
-                }
+                None => return Err(write),
             }
         }
-        let request = SubmitRequest {
-            id,
-            commands: write.commands,
-        };
-        if self.requests.send(request).await.is_err()
-            && let Some(outcome) = self.unanswered.lock().as_mut().and_then(|u| u.remove(&id))
-        {
-            let ended = NotProposed::StreamEnded {
-                address: self.address.clone(),
-            };
-            let _ = outcome.send(Err(ended.into()));
+        let request = SubmitRequest { id, commands };
+        if self.requests.send(request).await.is_err() {
+            // Never sent: it comes back unless the reader took it with the
+            // stream's end (then the end's event has it).
+            let unsent = self.shared.unanswered.lock().as_mut().and_then(|u| u.remove(&id));
+            if let Some(write) = unsent {
+                return Err(write);
+            }
         }
+        Ok(())
     }
 }
 
-/// The one task that hands every queued write, in queue order, to the
-/// leader: the replica in this process, or one stream per remote leader
-/// (kept open while that node leads).
+/// Where the router sends the next write.
+enum Target {
+    /// The replica in this process leads.
+    Local(Arc<StoreNode>),
+    /// The node at this store address leads.
+    Remote(String),
+}
+
+/// What the router does with a stream it leaves.
+enum Left {
+    /// Nothing came back: the next write goes on.
+    Clear,
+    /// Writes came back and go first.
+    GivenBack,
+}
+
+/// The one task that hands every write, in order, to the leader: the
+/// replica in this process, or one stream per remote leader (kept open
+/// while that node leads).
+struct Router {
+    access: Access,
+    timeout: Duration,
+    /// Writes to send before anything queued, the next one first.
+    held: VecDeque<QueuedWrite>,
+    stream: Option<RemoteLeader>,
+    streams_opened: u64,
+    ended: mpsc::UnboundedSender<StreamEnded>,
+    /// A node that said it hands its leadership over, until when it is not
+    /// written to.
+    avoid: Option<(String, Instant)>,
+    /// Not before then is a write that was not taken tried again.
+    pause_until: Option<Instant>,
+}
+
 async fn route_writes(
     access: Access,
     mut queued: mpsc::UnboundedReceiver<QueuedWrite>,
     timeout: Duration,
 ) {
-    let mut remote: Option<RemoteLeader> = None;
-    while let Some(write) = queued.recv().await {
-        let address = match access.leader(timeout).await {
-            None => {
-                let _ = write
-                    .outcome
-                    .send(Err(NotProposed::NoLeader(timeout).into()));
-                continue;
+    let (ended, mut ends) = mpsc::unbounded_channel();
+    let mut router = Router {
+        access,
+        timeout,
+        held: VecDeque::new(),
+        stream: None,
+        streams_opened: 0,
+        ended,
+        avoid: None,
+        pause_until: None,
+    };
+    loop {
+        while let Ok(end) = ends.try_recv() {
+            router.stream_ended(end);
+        }
+        if router.held.is_empty() {
+            tokio::select! {
+                biased;
+                Some(end) = ends.recv() => router.stream_ended(end),
+                write = queued.recv() => match write {
+                    Some(write) => router.held.push_back(write),
+                    None => return,
+                },
             }
-            Some(LeaderAt::LocalReplica(node)) => {
-                write_on_local_leader(node, write);
-                continue;
-            }
-            Some(LeaderAt::Remote(address)) => address,
-        };
-        let reusable = remote
-            .take()
-            .filter(|open| open.address == address && open.is_open());
-        let open = match reusable {
-            Some(open) => open,
-            None => match open_stream(&access, &address).await {
-                Ok(open) => open,
-                Err(error) => {
-                    access.leader_lost(&address);
-                    let _ = write.outcome.send(Err(error.into()));
-                    continue;
-                }
-            },
-        };
-        remote.insert(open).send(write).await;
+            continue;
+        }
+        router.send_next(&mut ends).await;
     }
 }
 
-/// A write (or, with no commands, a quorum check) on the leader in this
-/// process.
-fn write_on_local_leader(node: &Arc<StoreNode>, write: QueuedWrite) {
-    if write.commands.is_empty() {
-        let raft = node.raft().clone();
-        tokio::spawn(async move {
-            let checked = raft
-                .ensure_linearizable()
-                .await
-                .map(|_| Vec::new())
-                .map_err(|error| NotProposed::QuorumUnconfirmed(error.to_string()).into());
-            let _ = write.outcome.send(checked);
-        });
-        return;
+impl Router {
+    /// Sends the next held write where the leader is, or holds it (for a
+    /// moment) if no leader takes it now, or gives it up at its deadline.
+    async fn send_next(&mut self, ends: &mut mpsc::UnboundedReceiver<StreamEnded>) {
+        if let Some(until) = self.pause_until.take() {
+            tokio::time::sleep_until(until).await;
+        }
+        let Some(deadline) = self.held.front().map(|write| write.deadline) else {
+            return;
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            if let Some(write) = self.held.pop_front() {
+                write.give_up(self.timeout);
+            }
+            return;
+        }
+        let Some(leader) = self.find_leader(deadline).await else {
+            if let Some(write) = self.held.pop_front() {
+                write.give_up(self.timeout);
+            }
+            return;
+        };
+        // Anywhere but the open stream to this leader: that stream answers
+        // (or gives back) what it holds first.
+        let keep = match &leader {
+            Target::Local(_) => None,
+            Target::Remote(address) => Some(address.clone()),
+        };
+        if let Left::GivenBack = self.leave_stream(keep.as_deref(), ends).await {
+            return;
+        }
+        match leader {
+            Target::Local(node) => self.write_locally(&node),
+            Target::Remote(address) => self.write_remotely(address).await,
+        }
     }
-    let outcome = node.submit(write.commands);
-    tokio::spawn(async move {
-        let result = outcome
-            .await
-            .map(|outcome| outcome.results)
-            .map_err(local_write_failed);
-        let _ = write.outcome.send(result);
-    });
+
+    /// The leader, waiting until `deadline` for one that is not avoided.
+    async fn find_leader(&self, deadline: Instant) -> Option<Target> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let leader = self.access.leader(left).await?;
+            let avoided = self.avoid.as_ref().is_some_and(|(address, until)| {
+                address == leader.address() && Instant::now() < *until
+            });
+            if !avoided {
+                return Some(match leader {
+                    LeaderAt::LocalReplica(node) => Target::Local(node.clone()),
+                    LeaderAt::Remote(address) => Target::Remote(address),
+                });
+            }
+            // It is handing over: look again shortly (edge-only nodes ask
+            // the seeds).
+            self.access.leader_lost(leader.address());
+            if Instant::now() + RETRY_PAUSE >= deadline {
+                return None;
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// The next write, on the leader in this process.
+    fn write_locally(&mut self, node: &Arc<StoreNode>) {
+        let Some(mut write) = self.held.pop_front() else {
+            return;
+        };
+        if write.commands.is_empty() {
+            // A quorum check: not on a node that would refuse a write.
+            if let Some(refusal) = node.refusal() {
+                self.not_taken(write, node.address(), &refusal);
+                return;
+            }
+            let raft = node.raft().clone();
+            tokio::spawn(async move {
+                let checked = raft
+                    .ensure_linearizable()
+                    .await
+                    .map(|_| Vec::new())
+                    .map_err(|error| NotProposed::QuorumUnconfirmed(error.to_string()).into());
+                let _ = write.outcome.send(checked);
+            });
+            return;
+        }
+        let commands = std::mem::take(&mut write.commands);
+        match node.try_submit(commands) {
+            Ok(outcome) => {
+                // Queued in the writer's order: no longer the router's.
+                let QueuedWrite { outcome: sender, .. } = write;
+                tokio::spawn(async move {
+                    let result = outcome
+                        .await
+                        .map(|outcome| outcome.results)
+                        .map_err(local_write_failed);
+                    let _ = sender.send(result);
+                });
+            }
+            Err(refused) => {
+                write.commands = refused.commands;
+                self.not_taken(write, node.address(), &refused.refusal);
+            }
+        }
+    }
+
+    /// A write the node at `address` did not take: held, first, to be
+    /// tried again after a pause.
+    fn not_taken(&mut self, mut write: QueuedWrite, address: &str, refusal: &Refusal) {
+        if *refusal == Refusal::HandingOver {
+            self.avoid = Some((address.to_owned(), Instant::now() + AVOID_FOR));
+        }
+        write.not_taken = Some(NotProposed::GivenBack {
+            address: address.to_owned(),
+            reason: refusal.to_string(),
+        });
+        self.held.push_front(write);
+        self.pause_until = Some(Instant::now() + RETRY_PAUSE);
+    }
+
+    /// The next write, on the stream to the leader at `address` (opened if
+    /// needed).
+    async fn write_remotely(&mut self, address: String) {
+        if self.stream.is_none() {
+            self.streams_opened += 1;
+            match open_stream(&self.access, &address, self.streams_opened, &self.ended).await {
+                Ok(stream) => self.stream = Some(stream),
+                Err(error) => {
+                    // Nothing was sent: the write waits for a leader that
+                    // takes it.
+                    self.access.leader_lost(&address);
+                    if let NotProposed::StreamRefused { status, .. } = &error
+                        && unproposed(status) == Some(Unproposed::HandingOver)
+                    {
+                        self.avoid = Some((address.clone(), Instant::now() + AVOID_FOR));
+                    }
+                    if let Some(write) = self.held.front_mut() {
+                        write.not_taken = Some(error);
+                    }
+                    self.pause_until = Some(Instant::now() + RETRY_PAUSE);
+                    return;
+                }
+            }
+        }
+        let (Some(stream), Some(write)) = (self.stream.as_mut(), self.held.pop_front()) else {
+            return;
+        };
+        if let Err(unsent) = stream.send(write).await {
+            // The stream had ended: the write goes first again, after what
+            // the stream gives back (`leave_stream`, next time).
+            self.held.push_front(unsent);
+        }
+    }
+
+    /// Before writing anywhere but the open stream to `keep`: the current
+    /// stream, if any, is left once it has answered what it holds, has
+    /// ended (what it gave back then goes first), or `SWITCH_WAIT` has
+    /// passed (what it gives back later fails).
+    async fn leave_stream(
+        &mut self,
+        keep: Option<&str>,
+        ends: &mut mpsc::UnboundedReceiver<StreamEnded>,
+    ) -> Left {
+        let Some(stream) = self.stream.as_ref() else {
+            return Left::Clear;
+        };
+        let (ended, _) = stream.state();
+        if !ended && keep == Some(stream.address.as_str()) {
+            return Left::Clear;
+        }
+        let shared = stream.shared.clone();
+        let id = stream.id;
+        let limit = Instant::now() + SWITCH_WAIT;
+        loop {
+            let quiet = shared.quiet.notified();
+            tokio::pin!(quiet);
+            quiet.as_mut().enable();
+            let (ended, waiting) = self.stream.as_ref().map_or((true, false), RemoteLeader::state);
+            if ended {
+                break;
+            }
+            if !waiting || Instant::now() >= limit {
+                if waiting {
+                    metrics::counter!("rookery_store_write_streams_abandoned_total").increment(1);
+                    tracing::info!(leader = %self.stream.as_ref().map_or("", |s| s.address.as_str()), "moving on from a write stream that did not answer within {SWITCH_WAIT:?}");
+                }
+                // Dropped: the edge's side of the stream closes.
+                self.stream = None;
+                return Left::Clear;
+            }
+            tokio::select! {
+                () = &mut quiet => {}
+                () = tokio::time::sleep_until(limit) => {}
+            }
+        }
+        // It ended: its reader sends how, right after.
+        let before = self.held.len();
+        let waited = tokio::time::timeout(SWITCH_WAIT, async {
+            while let Some(end) = ends.recv().await {
+                let mine = end.stream == id;
+                self.stream_ended(end);
+                if mine {
+                    return;
+                }
+            }
+        })
+        .await;
+        if waited.is_err() {
+            self.stream = None;
+        }
+        if self.held.len() > before {
+            Left::GivenBack
+        } else {
+            Left::Clear
+        }
+    }
+
+    /// A stream ended. What it gave back unproposed goes first, in order,
+    /// if the router has written nowhere else since; else it fails.
+    fn stream_ended(&mut self, end: StreamEnded) {
+        let current = self.stream.as_ref().is_some_and(|s| s.id == end.stream);
+        if current {
+            self.stream = None;
+        }
+        let Some(why) = end.unproposed else {
+            return;
+        };
+        let reason = match &why {
+            Unproposed::HandingOver => {
+                self.avoid = Some((end.address.clone(), Instant::now() + AVOID_FOR));
+                Refusal::HandingOver.to_string()
+            }
+            Unproposed::NotLeader { .. } => "it does not lead".to_owned(),
+        };
+        if end.given_back.is_empty() {
+            return;
+        }
+        if current {
+            metrics::counter!("rookery_store_writes_resent_total")
+                .increment(end.given_back.len() as u64);
+            for mut write in end.given_back.into_iter().rev() {
+                write.not_taken = Some(NotProposed::GivenBack {
+                    address: end.address.clone(),
+                    reason: reason.clone(),
+                });
+                self.held.push_front(write);
+            }
+            self.pause_until = Some(Instant::now() + RETRY_PAUSE);
+        } else {
+            for write in end.given_back {
+                let failed = NotProposed::GivenBack {
+                    address: end.address.clone(),
+                    reason: reason.clone(),
+                };
+                let _ = write.outcome.send(Err(failed.into()));
+            }
+        }
+    }
 }
 
 /// Checks the quorum whenever nothing has confirmed it for `fresh_for`, so
@@ -480,6 +862,7 @@ fn write_on_local_leader(node: &Arc<StoreNode>, write: QueuedWrite) {
 async fn keep_contact(
     queue: mpsc::WeakUnboundedSender<QueuedWrite>,
     contact: Arc<QuorumContact>,
+    routed: Arc<AtomicUsize>,
     timeout: Duration,
     fresh_for: Duration,
 ) {
@@ -495,6 +878,7 @@ async fn keep_contact(
             timeout,
             contact: contact.clone(),
             local_replica: None,
+            routed: routed.clone(),
         };
         if writes.contact(fresh_for / 2) != StoreContact::Fresh && !writes.check_quorum().await {
             tracing::debug!("the store's quorum did not answer");
@@ -505,10 +889,15 @@ async fn keep_contact(
 /// Buffered requests on one stream before the router waits for the leader.
 const STREAM_BUFFER: usize = 4096;
 
-/// Opens a write stream to the leader at `address` and starts the task that
-/// reads its answers. Nothing is sent on it yet, so a failure here leaves
-/// every write unproposed.
-async fn open_stream(access: &Access, address: &str) -> Result<RemoteLeader, NotProposed> {
+/// Opens write stream `id` to the leader at `address` and starts the task
+/// that reads its answers and tells `ended` how it ended. Nothing is sent
+/// on it yet, so a failure here leaves every write unproposed.
+async fn open_stream(
+    access: &Access,
+    address: &str,
+    id: u64,
+    ended: &mpsc::UnboundedSender<StreamEnded>,
+) -> Result<RemoteLeader, NotProposed> {
     let channel = access
         .channel(address)
         .map_err(|error| NotProposed::BadLeaderAddress(Arc::new(error)))?;
@@ -522,47 +911,73 @@ async fn open_stream(access: &Access, address: &str) -> Result<RemoteLeader, Not
             status,
         })?
         .into_inner();
-    let unanswered: Unanswered = Arc::new(Mutex::new(Some(HashMap::new())));
-    let reader_unanswered = unanswered.clone();
+    let shared = Arc::new(StreamShared {
+        unanswered: Mutex::new(Some(BTreeMap::new())),
+        quiet: Notify::new(),
+    });
+    let reader = shared.clone();
     let leader = address.to_owned();
     let access = access.clone();
+    let ended = ended.clone();
     tokio::spawn(async move {
-        let why = loop {
+        let (why, given_back) = loop {
             match replies.message().await {
                 Ok(Some(reply)) => {
                     if reply.not_leader {
                         access.leader_moved(Some(reply.leader_address.clone()));
                     }
-                    let waiter = reader_unanswered
-                        .lock()
-                        .as_mut()
-                        .and_then(|u| u.remove(&reply.id));
+                    let (waiter, quiet) = {
+                        let mut unanswered = reader.unanswered.lock();
+                        let waiter = unanswered.as_mut().and_then(|u| u.remove(&reply.id));
+                        (waiter, unanswered.as_ref().is_some_and(BTreeMap::is_empty))
+                    };
                     if let Some(waiter) = waiter {
-                        let _ = waiter.send(outcome_of(reply, &leader));
+                        let _ = waiter.outcome.send(outcome_of(reply, &leader));
+                    }
+                    if quiet {
+                        reader.quiet.notify_waiters();
                     }
                 }
-                Ok(None) => break "the leader closed the stream".to_owned(),
-                Err(status) => break status.message().to_owned(),
+                Ok(None) => break ("the leader closed the stream".to_owned(), None),
+                Err(status) => break (status.message().to_owned(), unproposed(&status)),
             }
         };
-        tracing::info!(leader = %leader, reason = %why, "the write stream to the store leader ended");
-        access.leader_lost(&leader);
-        // Whatever was in flight may or may not have committed.
-        if let Some(unanswered) = reader_unanswered.lock().take() {
+        let unanswered = reader.unanswered.lock().take().unwrap_or_default();
+        reader.quiet.notify_waiters();
+        match &given_back {
+            Some(Unproposed::NotLeader {
+                leader_address: Some(hint),
+            }) => access.leader_moved(Some(hint.clone())),
+            _ => access.leader_lost(&leader),
+        }
+        let given_back_writes = if given_back.is_some() {
+            tracing::debug!(leader = %leader, reason = %why, unanswered = unanswered.len(), "the store node gave the writes of a stream back unproposed");
+            unanswered.into_values().collect()
+        } else {
+            tracing::info!(leader = %leader, reason = %why, "the write stream to the store leader ended");
+            // Whatever was in flight may or may not have committed.
             for (_, waiter) in unanswered {
                 let broke = MayHaveCommitted::StreamBroke {
                     address: leader.clone(),
                     reason: why.clone(),
                 };
-                let _ = waiter.send(Err(broke.into()));
+                let _ = waiter.outcome.send(Err(broke.into()));
             }
-        }
+            Vec::new()
+        };
+        let _ = ended.send(StreamEnded {
+            stream: id,
+            address: leader,
+            given_back: given_back_writes,
+            unproposed: given_back,
+        });
     });
     tracing::debug!(leader = %address, "opened a write stream to the store leader");
     Ok(RemoteLeader {
+        id,
         address: address.to_owned(),
         requests,
-        unanswered,
+        shared,
         next_id: 1,
     })
 }
@@ -596,6 +1011,7 @@ mod tests {
 
     use super::*;
     use crate::access::Peers;
+    use rookery_store::writer::Refusal;
 
     /// What a fake leader does with the writes it reads.
     #[derive(Debug, Clone)]
@@ -611,6 +1027,11 @@ mod tests {
         BreaksAfterReading,
         /// Reads every write and answers none.
         Silent,
+        /// Commits this many writes, then stops reading the stream and ends
+        /// it saying that every write it did not answer was never proposed
+        /// and that `successor` leads (as a store node that stops leading,
+        /// or hands over, does); later streams are refused alike.
+        GivesBackAfter { commits: usize, successor: String },
     }
 
     /// A store leader on 127.0.0.1 that speaks the `Submit` stream only and
@@ -624,6 +1045,14 @@ mod tests {
         received: Arc<Mutex<Vec<u64>>>,
         /// Write streams opened.
         streams: Arc<AtomicUsize>,
+    }
+
+    /// The status a store node ends a write stream with when it stops
+    /// taking writes, naming `successor` as the leader.
+    fn given_back(successor: &str) -> Status {
+        rookery_store::service::unproposed_status(&Refusal::NotLeader {
+            leader: Some((2, openraft::BasicNode::new(successor))),
+        })
     }
 
     impl FakeLeader {
@@ -699,8 +1128,16 @@ mod tests {
             &self,
             request: Request<Streaming<SubmitRequest>>,
         ) -> Result<Response<Self::SubmitStream>, Status> {
-            if matches!(self.conduct, Conduct::RefusesStreams) {
-                return Err(Status::unavailable("this fake refuses write streams"));
+            match &self.conduct {
+                Conduct::RefusesStreams => {
+                    return Err(Status::unavailable("this fake refuses write streams"));
+                }
+                Conduct::GivesBackAfter { commits, successor }
+                    if self.received.lock().len() >= *commits =>
+                {
+                    return Err(given_back(successor));
+                }
+                _ => {}
             }
             self.streams.fetch_add(1, Ordering::SeqCst);
             let mut requests = request.into_inner();
@@ -718,6 +1155,14 @@ mod tests {
                         id: request.id,
                         ..SubmitResponse::default()
                     };
+                    if let Conduct::GivesBackAfter { commits: n, successor } = &fake.conduct
+                        && commits >= *n
+                    {
+                        // Read no further; what was read after the last
+                        // commit is given back unanswered.
+                        let _ = replies.send(Err(given_back(successor))).await;
+                        return;
+                    }
                     if !numbers.is_empty() {
                         fake.received.lock().extend(&numbers);
                         let commit = match &fake.conduct {
@@ -728,6 +1173,7 @@ mod tests {
                                 let _ = replies.send(Err(broken)).await;
                                 return;
                             }
+                            Conduct::GivesBackAfter { .. } => true,
                             Conduct::Silent | Conduct::RefusesStreams => continue,
                         };
                         if commit {
@@ -870,6 +1316,54 @@ mod tests {
         assert_eq!((old.streams(), successor.streams()), (1, 1));
     }
 
+    /// A leader that stops taking writes (it hands its leadership over, or
+    /// no longer leads) answers what it took, gives the rest of the stream
+    /// back unproposed and names its successor: every write of a session
+    /// that queued them without waiting commits, none fails, and they
+    /// commit in submission order across the two leaders.
+    #[tokio::test]
+    async fn writes_given_back_by_a_leader_that_steps_down_commit_on_its_successor_in_order() {
+        let successor = FakeLeader::new(Conduct::Commits);
+        let successor_address = successor.serve().await;
+        let old = FakeLeader::new(Conduct::GivesBackAfter {
+            commits: 20,
+            successor: successor_address,
+        });
+        let writes = writes_to(Some(&old.serve().await), Duration::from_secs(10));
+
+        let first: Vec<_> = (0..50).map(|n| writes.submit(write(n))).collect();
+        let mut outcomes = futures::future::join_all(first).await;
+        let second: Vec<_> = (50..100).map(|n| writes.submit(write(n))).collect();
+        outcomes.extend(futures::future::join_all(second).await);
+
+        assert_eq!(old.received(), (0..20).collect::<Vec<_>>());
+        assert_eq!(successor.received(), (20..100).collect::<Vec<_>>());
+        for (n, outcome) in (0u64..).zip(outcomes) {
+            match outcome {
+                Ok(results) => assert_eq!(results, vec![committed(n)]),
+                Err(failed) => panic!("write {n} failed: {failed}"),
+            }
+        }
+    }
+
+    /// A write held for a leader that never comes is given up before its
+    /// caller's timeout, as never proposed, with the last reason it was not
+    /// taken.
+    #[tokio::test]
+    async fn a_write_no_leader_takes_is_given_up_as_never_proposed_in_time() {
+        let nobody = FakeLeader::new(Conduct::GivesBackAfter {
+            commits: 0,
+            successor: String::new(),
+        });
+        let timeout = Duration::from_millis(500);
+        let writes = writes_to(Some(&nobody.serve().await), timeout);
+        let started = Instant::now();
+        let failed = writes.submit(write(1)).await.unwrap_err();
+        assert!(started.elapsed() < timeout, "{:?}", started.elapsed());
+        assert!(!failed.may_have_committed(), "{failed}");
+        assert!(nobody.received().is_empty());
+    }
+
     #[tokio::test]
     async fn a_write_with_no_leader_to_go_to_was_never_proposed() {
         let writes = writes_to(None, Duration::from_millis(100));
@@ -881,10 +1375,12 @@ mod tests {
         assert!(!failed.may_have_committed());
     }
 
+    /// Tried again until its deadline (the leader may come back, or
+    /// another be found), then refused with why.
     #[tokio::test]
     async fn a_write_whose_stream_the_leader_refused_was_never_proposed() {
         let leader = FakeLeader::new(Conduct::RefusesStreams);
-        let writes = writes_to(Some(&leader.serve().await), Duration::from_secs(10));
+        let writes = writes_to(Some(&leader.serve().await), Duration::from_millis(500));
         let failed = writes.submit(write(1)).await.unwrap_err();
         assert!(
             matches!(

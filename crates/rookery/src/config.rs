@@ -859,6 +859,23 @@ impl Config {
         if b.edge_id.trim().is_empty() {
             problem("broker.edge_id", "must not be empty".into());
         }
+        if b.shutdown_grace_s == 0 {
+            problem(
+                "broker.shutdown_grace_s",
+                "must be at least 1: a drain needs time to send clients away and hand the \
+                 store's leadership over"
+                    .into(),
+            );
+        }
+        if b.server_reference
+            .as_deref()
+            .is_some_and(|reference| reference.trim().is_empty())
+        {
+            problem(
+                "broker.server_reference",
+                "must not be empty (leave it out to send clients DISCONNECT 0x8B)".into(),
+            );
+        }
         if b.listeners.is_empty() {
             problem(
                 "broker.listeners",

@@ -819,3 +819,31 @@ fn a_zero_expiration_and_a_zero_submit_limit_are_refused() {
         }
     });
 }
+
+#[test]
+fn the_drain_settings_load_with_their_defaults_and_bounds() {
+    jail(|jail| {
+        let config = load_with(&[]).unwrap();
+        // Below Kubernetes' default terminationGracePeriodSeconds (30).
+        assert_eq!(config.broker.shutdown_grace_s, 25);
+        assert_eq!(config.broker.server_reference, None);
+        jail.create_file(
+            "rookery.toml",
+            r#"
+                [broker]
+                shutdown_grace_s = 10
+                server_reference = "mqtt-b.example.com:1883"
+            "#,
+        )
+        .unwrap();
+        let config = load_with(&["--config", "rookery.toml"]).unwrap();
+        assert_eq!(config.broker.shutdown_grace_s, 10);
+        assert_eq!(
+            config.broker.server_reference.as_deref(),
+            Some("mqtt-b.example.com:1883")
+        );
+        jail.set_env("ROOKERY_BROKER__SHUTDOWN_GRACE_S", "0");
+        let error = load_with(&["--config", "rookery.toml"]).unwrap_err();
+        assert!(error.contains("broker.shutdown_grace_s"), "{error}");
+    });
+}

@@ -2,8 +2,11 @@
 //!
 //! Start order: the HTTP listener (metrics, probes), store node (forming a single-voter group
 //! on a new data directory, resuming on an old one), wait for the store to
-//! lead, then the broker's listeners. Stop order, on SIGTERM or SIGINT: the
-//! broker (clients are told the server is shutting down), then the store.
+//! lead, then the broker's listeners. Stop order, on SIGTERM or SIGINT, all
+//! within `broker.shutdown_grace_s` (a drain): readiness fails at once; the
+//! edge stops accepting, sends its clients away and gives up its lease; the
+//! store takes no more writes and, if it leads, hands its leadership to
+//! another voter; then everything stops and the process exits 0.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -20,11 +23,6 @@ use crate::http::{HttpServer, HttpState};
 
 /// How long a store may take to elect itself leader of its own group.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
-
-/// How long the store waits for the broker's last references to it to go.
-const STORE_RELEASE_WAIT: Duration = Duration::from_secs(5);
-/// The same after the broker failed to start.
-const STORE_RELEASE_WAIT_FAILED_START: Duration = Duration::from_millis(200);
 
 /// Exit code of a second signal that cuts shutdown short.
 const FORCED_EXIT: i32 = 1;
@@ -132,10 +130,8 @@ pub async fn run(
         match started {
             Ok(broker) => Some(broker),
             Err(error) => {
-                // A half-started broker may leave tasks holding the store:
-                // do not wait long for them.
                 if let Some(store) = store {
-                    shutdown_store(store, STORE_RELEASE_WAIT_FAILED_START).await;
+                    store.shutdown().await;
                 }
                 return Err(ServeError::Broker(error.to_string()));
             }
@@ -179,30 +175,84 @@ pub async fn run(
                 broker.shutdown().await;
             }
             if let Some(store) = store {
-                shutdown_store(store, STORE_RELEASE_WAIT_FAILED_START).await;
+                store.shutdown().await;
             }
             return Err(ServeError::StoreFailed(why));
         }
     };
+    // Readiness fails first: load balancers stop sending clients here.
     health.begin_drain();
-    tracing::info!(signal, "shutting down; a second signal exits at once");
+    let grace = Duration::from_secs(config.broker.shutdown_grace_s);
+    tracing::info!(
+        signal,
+        grace_s = grace.as_secs(),
+        "draining; a second signal exits at once"
+    );
     tokio::spawn(async move {
         let signal = signals.recv().await;
         tracing::warn!(signal, "second signal: exiting without finishing shutdown");
         std::process::exit(FORCED_EXIT);
     });
-
-    if let Some(broker) = broker {
-        broker.shutdown().await;
-    }
-    if let Some(store) = store {
-        shutdown_store(store, STORE_RELEASE_WAIT).await;
-    }
+    drain(broker, store, std::time::Instant::now() + grace).await;
     if let Some(http) = http {
         http.stop();
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A planned stop, by `deadline`: the edge first (its clients go, their
+/// sessions' last writes and the lease's release reach the store), then
+/// the store (no more writes; a leader hands over), then both stop.
+async fn drain(
+    mut broker: Option<Broker>,
+    store: Option<Arc<StoreNode>>,
+    deadline: std::time::Instant,
+) {
+    let started = std::time::Instant::now();
+    if let Some(broker) = broker.as_mut() {
+        let drained = broker.drain(deadline).await;
+        if drained.left > 0 {
+            tracing::warn!(
+                clients = drained.clients,
+                left = drained.left,
+                "the grace period ended before every client had gone"
+            );
+        }
+        tracing::info!(
+            clients = drained.clients,
+            lease_released = drained.lease_released,
+            took_ms = drained.took.as_millis() as u64,
+            "edge drained"
+        );
+    }
+    if let Some(store) = &store {
+        let within = deadline.saturating_duration_since(std::time::Instant::now());
+        match store.drain(within).await {
+            Ok(Some(handed)) => tracing::info!(
+                to = handed.leader_id,
+                term = handed.term,
+                took_ms = handed.took.as_millis() as u64,
+                "store leadership handed over"
+            ),
+            Ok(None) => {}
+            Err(error) => tracing::warn!(
+                %error,
+                "the store leadership was not handed over: the other voters elect a leader once \
+                 their lease of this one lapses"
+            ),
+        }
+    }
+    if let Some(broker) = broker {
+        broker.shutdown().await;
+    }
+    if let Some(store) = store {
+        store.shutdown().await;
+    }
+    tracing::info!(
+        took_ms = started.elapsed().as_millis() as u64,
+        "drained"
+    );
 }
 
 /// Installs the metrics recorder and serves metrics, probes and the admin
@@ -333,32 +383,6 @@ async fn form_or_resume_group(store: &StoreNode, config: &Config) -> Result<(), 
     // per request.
     tracing::warn!(?voters, "no store leader yet; starting the broker anyway");
     Ok(())
-}
-
-/// Stops the store once the broker has let go of it.
-async fn shutdown_store(mut store: Arc<StoreNode>, wait: Duration) {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        match Arc::try_unwrap(store) {
-            Ok(node) => {
-                node.shutdown().await;
-                return;
-            }
-            Err(shared) if tokio::time::Instant::now() < deadline => {
-                store = shared;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(shared) => {
-                // Something still holds the node: stop Raft at least, so
-                // the log is closed cleanly before the process exits.
-                tracing::warn!("the store is still in use; stopping Raft only");
-                if let Err(error) = shared.raft().shutdown().await {
-                    tracing::warn!(%error, "raft shutdown");
-                }
-                return;
-            }
-        }
-    }
 }
 
 /// SIGHUP: the password, SCRAM, ACL and JWT files and the TLS listeners'

@@ -30,6 +30,7 @@
 pub mod backup;
 pub mod db;
 pub mod error;
+pub mod handover;
 pub mod inspect;
 pub mod keys;
 pub mod log_store;

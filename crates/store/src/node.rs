@@ -25,7 +25,8 @@ use crate::proto::{
 use crate::security::ClusterSecurity;
 use crate::service::{AdminService, NodeHandles, RaftService, StoreService};
 use crate::state_machine::StateMachine;
-use crate::writer::{GroupCommit, WriteError, WriteOutcome, Writer, now_ms};
+use crate::handover::{HandOverError, HandedOver, Leadership};
+use crate::writer::{GroupCommit, Refusal, Refused, WriteError, WriteOutcome, Writer, now_ms};
 use crate::{NodeId, Raft, StoreError};
 
 /// How long a stopping node lets in-flight gRPC calls finish.
@@ -92,6 +93,14 @@ impl StoreConfig {
 /// entry queued while the previous one commits.
 pub const DEFAULT_MAX_SUBMIT_IN_FLIGHT: usize = 8192;
 
+/// What a shutdown stops.
+struct Stopping {
+    stop_server: oneshot::Sender<()>,
+    server: JoinHandle<()>,
+    ticker: Option<JoinHandle<()>>,
+    leader_gauges: JoinHandle<()>,
+}
+
 /// A running store node: Raft, its database, its gRPC server and its tasks.
 pub struct StoreNode {
     node_id: NodeId,
@@ -100,12 +109,11 @@ pub struct StoreNode {
     db: Arc<Db>,
     writer: Writer,
     applied: broadcast::Sender<Arc<crate::state_machine::Applied>>,
-    stop_server: Option<oneshot::Sender<()>>,
-    server: JoinHandle<()>,
-    ticker: Option<JoinHandle<()>>,
-    leader_gauges: JoinHandle<()>,
+    /// Taken by the first shutdown.
+    stopping: std::sync::Mutex<Option<Stopping>>,
     snapshots_installed: Arc<AtomicU64>,
     channels: Channels,
+    handles: NodeHandles,
 }
 
 impl std::fmt::Debug for StoreNode {
@@ -166,12 +174,15 @@ impl StoreNode {
             .clone()
             .unwrap_or_else(|| bound.to_string());
         let writer = Writer::spawn(raft.clone(), config.group_commit);
+        let leadership = Arc::new(Leadership::default());
+        tokio::spawn(leadership.clone().follow(raft.clone()));
         let handles = NodeHandles {
             raft: raft.clone(),
             db: db.clone(),
             writer: writer.clone(),
             channels: channels.clone(),
             applied: applied.clone(),
+            leadership,
         };
         let (stop_server, stopped) = oneshot::channel::<()>();
         // With TLS, a peer without a certificate signed by the cluster CA is
@@ -187,7 +198,7 @@ impl StoreNode {
                 config.max_submit_in_flight,
             )))
             .add_service(AdminServer::new(AdminService::new(
-                handles,
+                handles.clone(),
                 config.node_id,
                 address.clone(),
             )));
@@ -225,12 +236,15 @@ impl StoreNode {
             db,
             writer,
             applied,
-            stop_server: Some(stop_server),
-            server,
-            ticker,
-            leader_gauges,
+            stopping: std::sync::Mutex::new(Some(Stopping {
+                stop_server,
+                server,
+                ticker,
+                leader_gauges,
+            })),
             snapshots_installed,
             channels,
+            handles,
         })
     }
 
@@ -291,6 +305,57 @@ impl StoreNode {
         self.writer.submit(commands)
     }
 
+    /// Queues a write now, as [`StoreNode::submit`] does, unless this node
+    /// does not take writes now (it does not lead, or hands over): then the
+    /// commands come back at once, never proposed.
+    pub fn try_submit(
+        &self,
+        commands: Vec<proto::Command>,
+    ) -> Result<impl Future<Output = Result<WriteOutcome, WriteError>> + Send + 'static, Refused>
+    {
+        self.writer.try_submit(commands)
+    }
+
+    /// Why this node would refuse a write now, if it would.
+    pub fn refusal(&self) -> Option<Refusal> {
+        self.writer.refusal()
+    }
+
+    /// Hands this node's leadership to voter `to` (`None`: the one furthest
+    /// along the log) within `within`; see [`crate::handover`]. An operator
+    /// moves the leadership this way; the node goes on as a follower.
+    pub async fn hand_over(
+        &self,
+        to: Option<NodeId>,
+        within: Duration,
+    ) -> Result<HandedOver, HandOverError> {
+        crate::handover::hand_over(&self.handles, to, within).await
+    }
+
+    /// Prepares a planned stop: the node takes no write from now on (edges
+    /// send theirs to the next leader), lets those it took commit and, if it
+    /// leads, hands the leadership to another voter, all within `within`.
+    /// `Ok(None)` when it did not lead (or was the only voter).
+    pub async fn drain(&self, within: Duration) -> Result<Option<HandedOver>, HandOverError> {
+        self.writer.close();
+        let leads = self.raft.metrics().borrow().state.is_leader();
+        if leads {
+            match self.hand_over(None, within).await {
+                Ok(handed) => return Ok(Some(handed)),
+                // Alone: nobody to hand over to; what it took still commits.
+                Err(HandOverError::NoOtherVoter) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        if tokio::time::timeout(within, self.writer.settled())
+            .await
+            .is_err()
+        {
+            return Err(HandOverError::Unsettled(within));
+        }
+        Ok(None)
+    }
+
     /// Reads from this node's applied state without a leadership check.
     pub fn local_db(&self) -> &Db {
         &self.db
@@ -306,21 +371,28 @@ impl StoreNode {
         self.applied.subscribe()
     }
 
-    /// Stops serving, then stops Raft.
-    pub async fn shutdown(mut self) {
-        if let Some(ticker) = self.ticker.take() {
+    /// Stops serving, then stops Raft. Whatever still holds the node gets
+    /// errors from then on; a second call does nothing.
+    pub async fn shutdown(&self) {
+        let Some(mut stopping) = self
+            .stopping
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        else {
+            return;
+        };
+        if let Some(ticker) = stopping.ticker.take() {
             ticker.abort();
         }
-        self.leader_gauges.abort();
-        if let Some(stop) = self.stop_server.take() {
-            let _ = stop.send(());
-        }
+        stopping.leader_gauges.abort();
+        let _ = stopping.stop_server.send(());
         // Open streams (watches) would hold a graceful stop forever.
-        if tokio::time::timeout(SERVER_STOP_GRACE, &mut self.server)
+        if tokio::time::timeout(SERVER_STOP_GRACE, &mut stopping.server)
             .await
             .is_err()
         {
-            self.server.abort();
+            stopping.server.abort();
         }
         if let Err(error) = self.raft.shutdown().await {
             tracing::warn!(%error, "raft shutdown");

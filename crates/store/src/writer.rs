@@ -4,14 +4,21 @@
 //! entry takes everything queued. Under load one entry (one replication round,
 //! one apply) carries many writers' commands, and each writer gets back the
 //! results of its own commands.
+//!
+//! The writer also decides, before anything reaches Raft, whether this node
+//! takes a write at all ([`Writer::try_submit`]): not while it does not lead,
+//! and not while it is handing leadership over ([`Writer::close`]). Such a
+//! refusal is certain (nothing was proposed), unlike a failure reported by
+//! Raft after the proposal, so a caller may send the write again elsewhere.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::BasicNode;
 use openraft::error::ClientWriteError;
 use openraft::raft::ClientWriteResponse;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 
 use crate::machine::MAX_COMMANDS_PER_BATCH;
 use crate::proto::{Command, CommandBatch, CommandResult};
@@ -48,10 +55,42 @@ pub struct WriteOutcome {
     pub log_index: u64,
 }
 
+/// Why a node did not take a write: nothing was proposed to Raft, so the
+/// write has not committed and never will.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// This node is handing its leadership to another voter, or stopping:
+    /// writes go to the next leader.
+    #[error("this node is handing leadership over and takes no new writes")]
+    HandingOver,
+    /// This node does not lead, as far as it knows now.
+    #[error("this node is not the leader")]
+    NotLeader {
+        /// The leader this node knows of: its id and node.
+        leader: Option<(NodeId, BasicNode)>,
+    },
+}
+
+/// A write the node did not take, with its commands given back.
+#[derive(Debug)]
+pub struct Refused {
+    /// Why.
+    pub refusal: Refusal,
+    /// The commands, untouched.
+    pub commands: Vec<Command>,
+}
+
 /// Why a write was not committed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum WriteError {
-    /// This node does not lead; nothing was proposed.
+    /// Refused before it reached Raft (see [`Refusal`]): certainly not
+    /// committed.
+    #[error("the write was not proposed: {0}")]
+    NotProposed(Refusal),
+    /// Raft answered that this node does not lead. Openraft answers so both
+    /// when it refuses a proposal and when a newer leader removed a proposed
+    /// entry from this node's log (which another node holding it may still
+    /// commit): whether it was proposed is not known.
     #[error("this node is not the leader")]
     ForwardToLeader {
         /// The leader this node knows of: its id and node.
@@ -68,20 +107,65 @@ pub enum WriteError {
 struct PendingWrite {
     commands: Vec<Command>,
     reply: oneshot::Sender<Result<WriteOutcome, WriteError>>,
+    /// Counts the write as taken until it is answered.
+    taken: Taken,
+}
+
+/// What decides whether the node takes writes, shared by the writer's clones.
+struct Gate {
+    /// This node's Raft metrics: whether it leads now.
+    metrics: watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>,
+    /// Closed while leadership is handed over, and for good once the node
+    /// drains: writes are refused.
+    closed: watch::Sender<bool>,
+    /// Mirrors `closed`, read on every write (paired with `taken`).
+    closed_now: AtomicBool,
+    /// Writes taken and not yet answered.
+    taken: AtomicUsize,
+    /// Signalled when `taken` drops to zero.
+    settled: Notify,
+}
+
+/// A write counted in [`Gate::taken`] until dropped.
+struct Taken(Arc<Gate>);
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        if self.0.taken.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.settled.notify_waiters();
+        }
+    }
 }
 
 /// The group-commit writer of one node; clones share its queue.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Writer {
     queue: mpsc::UnboundedSender<PendingWrite>,
+    gate: Arc<Gate>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("closed", &self.is_closed())
+            .field("taken", &self.gate.taken.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Writer {
     /// Starts the task that turns queued writes into entries of `raft`.
     pub fn spawn(raft: Raft, mode: GroupCommit) -> Writer {
         let (queue, pending) = mpsc::unbounded_channel();
+        let gate = Arc::new(Gate {
+            metrics: raft.metrics(),
+            closed: watch::Sender::new(false),
+            closed_now: AtomicBool::new(false),
+            taken: AtomicUsize::new(0),
+            settled: Notify::new(),
+        });
         tokio::spawn(propose_queued_writes(raft, mode, pending));
-        Writer { queue }
+        Writer { queue, gate }
     }
 
     /// Commits the commands as one unit and returns their results once they
@@ -99,16 +183,101 @@ impl Writer {
         &self,
         commands: Vec<Command>,
     ) -> impl Future<Output = Result<WriteOutcome, WriteError>> + Send + 'static {
-        let queued = if commands.len() > MAX_COMMANDS_PER_BATCH {
-            Err(WriteError::TooLarge)
-        } else {
-            let (reply, outcome) = oneshot::channel();
-            self.queue
-                .send(PendingWrite { commands, reply })
-                .map(|()| outcome)
-                .map_err(|_| shutting_down())
-        };
-        async move { queued?.await.map_err(|_| shutting_down())? }
+        let queued = self
+            .try_submit(commands)
+            .map_err(|refused| WriteError::NotProposed(refused.refusal));
+        async move { queued?.await }
+    }
+
+    /// Queues the commands now, as [`Writer::submit`] does, unless this node
+    /// does not take writes now: then they come back at once, with why, and
+    /// nothing was proposed (a later write may still be taken; callers that
+    /// keep an order must not send one before this one went elsewhere).
+    pub fn try_submit(
+        &self,
+        commands: Vec<Command>,
+    ) -> Result<impl Future<Output = Result<WriteOutcome, WriteError>> + Send + 'static, Refused>
+    {
+        if commands.len() > MAX_COMMANDS_PER_BATCH {
+            return Ok(futures::future::Either::Left(std::future::ready(Err(
+                WriteError::TooLarge,
+            ))));
+        }
+        // Counted before the gate is read: `settle` reads the count after
+        // closing the gate, so a write either sees the gate closed or is
+        // waited for (both sides sequentially consistent).
+        self.gate.taken.fetch_add(1, Ordering::SeqCst);
+        let taken = Taken(self.gate.clone());
+        if let Some(refusal) = self.refusal() {
+            drop(taken);
+            return Err(Refused { refusal, commands });
+        }
+        let (reply, outcome) = oneshot::channel();
+        let queued = self
+            .queue
+            .send(PendingWrite {
+                commands,
+                reply,
+                taken,
+            })
+            .map(|()| outcome)
+            .map_err(|_| shutting_down());
+        Ok(futures::future::Either::Right(async move {
+            queued?.await.map_err(|_| shutting_down())?
+        }))
+    }
+
+    /// Why this node would refuse a write now, if it would: it is handing
+    /// over, or does not lead. A quorum check on a node asks the same.
+    pub fn refusal(&self) -> Option<Refusal> {
+        if self.gate.closed_now.load(Ordering::SeqCst) {
+            return Some(Refusal::HandingOver);
+        }
+        let metrics = self.gate.metrics.borrow();
+        if metrics.state.is_leader() {
+            return None;
+        }
+        let leader = metrics.current_leader.and_then(|id| {
+            let node = metrics.membership_config.membership().get_node(&id)?;
+            Some((id, node.clone()))
+        });
+        Some(Refusal::NotLeader { leader })
+    }
+
+    /// Stops taking writes (each is refused with [`Refusal::HandingOver`])
+    /// until [`Writer::open`]; writes already taken go on to their outcome
+    /// ([`Writer::settled`] waits for them).
+    pub fn close(&self) {
+        self.gate.closed_now.store(true, Ordering::SeqCst);
+        self.gate.closed.send_replace(true);
+    }
+
+    /// Takes writes again after [`Writer::close`].
+    pub fn open(&self) {
+        self.gate.closed_now.store(false, Ordering::SeqCst);
+        self.gate.closed.send_replace(false);
+    }
+
+    /// Whether the writer is closed now.
+    pub fn is_closed(&self) -> bool {
+        self.gate.closed_now.load(Ordering::SeqCst)
+    }
+
+    /// Follows whether the writer is closed (the write streams of a closed
+    /// node end, so that their edges go to the next leader).
+    pub fn closed_watch(&self) -> watch::Receiver<bool> {
+        self.gate.closed.subscribe()
+    }
+
+    /// Waits until every write taken has its outcome (committed or failed).
+    pub async fn settled(&self) {
+        loop {
+            let notified = self.gate.settled.notified();
+            if self.gate.taken.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -150,10 +319,12 @@ async fn propose_queued_writes(
         let mut lengths = Vec::with_capacity(writes.len());
         let mut commands = Vec::new();
         let mut replies = Vec::with_capacity(writes.len());
+        let mut taken = Vec::with_capacity(writes.len());
         for write in writes {
             lengths.push(write.commands.len());
             commands.extend(write.commands);
             replies.push(write.reply);
+            taken.push(write.taken);
         }
         let batch = CommandBatch {
             now_ms: now_ms(),
@@ -177,6 +348,8 @@ async fn propose_queued_writes(
                 Err(fatal) => Err(WriteError::Raft(fatal.to_string())),
             };
             reply_all(replies, lengths, result);
+            // Answered: no longer counted as taken.
+            drop(taken);
             drop(slot);
         });
     }

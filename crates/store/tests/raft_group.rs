@@ -521,3 +521,71 @@ fn a_removal_that_would_leave_no_replicating_majority_is_refused() {
     wait_for_voters(&client, &leader_address, &BTreeSet::from([leader, live]));
     assert!(client.write_retained(&leader_address, "after/removing/the/dead"));
 }
+
+/// `Admin.TransferLeader` hands the leadership to the voter named (asked of
+/// a follower, which forwards it to the leader), or to one chosen when none
+/// is named, within the bound of a planned restart; every write
+/// acknowledged meanwhile is kept, and a node that is not a voter is
+/// refused.
+#[test]
+fn transfer_leader_hands_the_leadership_to_the_voter_named() {
+    let root = tempfile::tempdir().unwrap();
+    let (client, nodes) = three_voters(root.path());
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    let leader = client.leader(&all);
+    for n in 0..20 {
+        assert!(client.write_retained(&nodes[0].address, &format!("before/{n}")));
+    }
+
+    let target = (1..=3).find(|id| *id != leader).unwrap();
+    let follower = nodes.iter().find(|node| node.id != leader).unwrap();
+    let started = Instant::now();
+    let moved = client
+        .runtime
+        .block_on(
+            client
+                .admin(&follower.address)
+                .transfer_leader(proto::TransferLeaderRequest { node_id: target }),
+        )
+        .unwrap()
+        .into_inner();
+    let took = started.elapsed();
+    eprintln!("leadership moved from node {leader} to node {target} in {took:?}");
+    assert_eq!(moved.leader_id, target);
+    assert_eq!(client.leader(&all), target);
+    // The leader's lease (0.8 s) at most, plus the election: well within
+    // what a drain allows.
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+
+    // None named: another voter is chosen.
+    let chosen = client
+        .runtime
+        .block_on(
+            client
+                .admin(&nodes[0].address)
+                .transfer_leader(proto::TransferLeaderRequest { node_id: 0 }),
+        )
+        .unwrap()
+        .into_inner();
+    assert_ne!(chosen.leader_id, target);
+    assert_eq!(client.leader(&all), chosen.leader_id);
+
+    let refused = client
+        .runtime
+        .block_on(
+            client
+                .admin(&nodes[0].address)
+                .transfer_leader(proto::TransferLeaderRequest { node_id: 9 }),
+        )
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
+
+    for n in 0..20 {
+        assert!(client.write_retained(&nodes[1].address, &format!("after/{n}")));
+    }
+    let stored = client.retained_topics(&nodes[2].address);
+    for n in 0..20 {
+        assert!(stored.contains(&format!("before/{n}")), "before/{n} lost");
+        assert!(stored.contains(&format!("after/{n}")), "after/{n} lost");
+    }
+}

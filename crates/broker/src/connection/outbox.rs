@@ -104,6 +104,16 @@ impl Outbox {
         }
     }
 
+    /// [`Outbox::disconnect`] naming another server for the client to use
+    /// (the Server Reference property, with 0x9C or 0x9D).
+    pub fn disconnect_to(&mut self, reason: rookery_codec::ReasonCode, server: &str) {
+        if self.version.is_v5() {
+            let mut disconnect = Disconnect::new(reason);
+            disconnect.properties.server_reference = Some(rookery_codec::ByteString::from(server));
+            self.send(&Packet::Disconnect(disconnect));
+        }
+    }
+
     /// The encoded bytes waiting.
     pub fn pending(&self) -> &[u8] {
         &self.buf

@@ -386,11 +386,22 @@ impl Live {
                 Ok(())
             }
             ToConnection::Queued => Box::pin(self.send_stored(true)).await,
+            ToConnection::Close(reason @ (ReasonCode::ServerShuttingDown | ReasonCode::UseAnotherServer)) => {
+                // The edge drains: the publishes read so far are answered
+                // first, so that the client need not send them again.
+                self.settle_pending().await;
+                match (reason, &self.hub.config.server_reference) {
+                    (ReasonCode::UseAnotherServer, Some(server)) => {
+                        self.socket.out.disconnect_to(reason, server);
+                    }
+                    _ => self.socket.out.disconnect(ReasonCode::ServerShuttingDown),
+                }
+                Err(End::Shutdown)
+            }
             ToConnection::Close(reason) => {
                 self.socket.out.disconnect(reason);
                 Err(match reason {
                     ReasonCode::SessionTakenOver => End::TakenOver,
-                    ReasonCode::ServerShuttingDown => End::Shutdown,
                     _ => End::ServerClosed,
                 })
             }
@@ -463,6 +474,16 @@ impl Live {
         !self.paused_on.is_empty()
     }
 
+    /// Answers every publish waiting on the store or on other edges (each
+    /// bounded by the store's write timeout).
+    async fn settle_pending(&mut self) {
+        while let Some(done) = self.pending.next().await {
+            if self.complete(done).is_err() {
+                return;
+            }
+        }
+    }
+
     /// Records how the connection ended: in the store (will, expiry) and in
     /// the hub's registry.
     async fn finish(&mut self, end: End) {
@@ -471,13 +492,17 @@ impl Live {
         self.finish_behind();
         let limits = &self.hub.config.limits;
         let (publish_will, expiry_s) = match end {
-            // The store knows already (takeover), or the session stays with
-            // this edge's lease (shutdown): nothing to record there.
-            End::TakenOver | End::Shutdown => (None, self.session.expiry_s),
+            // The store knows already: nothing to record there.
+            End::TakenOver => (None, self.session.expiry_s),
             End::ClientDisconnected { will, expiry_s } => {
                 (Some(will), expiry_s.unwrap_or(self.session.expiry_s))
             }
-            End::ServerClosed | End::ConnectionLost => (Some(true), self.session.expiry_s),
+            // Closed by the server, a drain included (MQTT-3.1.2-8: the
+            // will is published unless the client said DISCONNECT 0x00), or
+            // lost.
+            End::ServerClosed | End::ConnectionLost | End::Shutdown => {
+                (Some(true), self.session.expiry_s)
+            }
         };
         let expiry_s = expiry_s.min(limits.max_session_expiry_s);
         let persistent = expiry_s > 0;

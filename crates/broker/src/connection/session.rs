@@ -34,7 +34,8 @@ pub(super) enum End {
     ConnectionLost,
     /// Another connection took the session over; the store knows already.
     TakenOver,
-    /// The broker is stopping; the session stays with this edge's lease.
+    /// The broker is stopping (it drains): the client was told, and the
+    /// will is published, as for any close by the server.
     Shutdown,
 }
 

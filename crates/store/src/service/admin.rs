@@ -15,9 +15,14 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::NodeHandles;
+use crate::handover::{HandOverError, hand_over};
 use super::guard::{self, VoterChange};
 use crate::proto::{self, AdminResponse, admin_client::AdminClient};
 use crate::{NodeId, TypeConfig};
+
+/// How long a `TransferLeader` may take: the leader's lease (0.8 s by
+/// default) with more than three voters, plus the catch-up and the election.
+const TRANSFER_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The Admin service: membership changes and status.
 #[derive(Debug)]
@@ -197,6 +202,39 @@ impl proto::admin_server::Admin for AdminService {
         _request: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::StatusResponse>, Status> {
         Ok(Response::new(self.status_now()))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<proto::TransferLeaderRequest>,
+    ) -> Result<Response<proto::TransferLeaderResponse>, Status> {
+        guard::authorize(self.node.channels.security(), &request)?;
+        if let Some(leader) = self.other_leader() {
+            // The leader checks this node's credential, as for membership.
+            let security = self.node.channels.security().clone();
+            return self
+                .node
+                .forward_to_leader(request, Some(leader), async move |channel, mut request| {
+                    security.authorize(&mut request);
+                    AdminClient::new(channel).transfer_leader(request).await
+                })
+                .await;
+        }
+        let to = Some(request.get_ref().node_id).filter(|id| *id != 0);
+        match hand_over(&self.node, to, TRANSFER_WITHIN).await {
+            Ok(handed) => Ok(Response::new(proto::TransferLeaderResponse {
+                leader_id: handed.leader_id,
+                leader_address: handed.leader_address,
+                term: handed.term,
+            })),
+            Err(HandOverError::NotLeader { .. }) => {
+                Err(Status::unavailable("no leader is known; retry"))
+            }
+            Err(refused @ (HandOverError::NotAVoter(_) | HandOverError::NoOtherVoter)) => {
+                Err(Status::failed_precondition(refused.to_string()))
+            }
+            Err(failed) => Err(Status::unavailable(failed.to_string())),
+        }
     }
 
     // ---- The operations API: each in operations.rs -----------------------

@@ -36,6 +36,64 @@ pub use store::StoreService;
 /// Marks a request a follower forwarded, so the receiver never forwards it on.
 const FORWARDED: &str = "x-rookery-forwarded";
 
+/// Metadata of the status that ends a write stream (or refuses a write)
+/// because the node does not take writes now: every write of the stream not
+/// answered before it was never proposed, and may be sent again elsewhere.
+/// Its value says why: `handing-over` or `not-leader`.
+const UNPROPOSED: &str = "x-rookery-unproposed";
+/// Metadata with the store address of the leader the refusing node knows.
+const LEADER_HINT: &str = "x-rookery-leader";
+
+/// Why a node gave back the writes of a stream unproposed, as an edge reads
+/// it from the stream's final status (see [`unproposed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unproposed {
+    /// The node hands its leadership over or stops: go to the next leader.
+    HandingOver,
+    /// The node does not lead; the leader's store address if it knows it.
+    NotLeader {
+        /// The leader's store address, as the refusing node knows it.
+        leader_address: Option<String>,
+    },
+}
+
+/// The status that refuses a write, or ends a write stream, for `refusal`.
+pub fn unproposed_status(refusal: &crate::writer::Refusal) -> Status {
+    use crate::writer::Refusal;
+    let mut status = Status::unavailable(format!("not proposed: {refusal}"));
+    let (why, leader) = match refusal {
+        Refusal::HandingOver => ("handing-over", None),
+        Refusal::NotLeader { leader } => ("not-leader", leader.as_ref()),
+    };
+    let metadata = status.metadata_mut();
+    metadata.insert(UNPROPOSED, tonic::metadata::MetadataValue::from_static(why));
+    if let Some((_, node)) = leader
+        && let Ok(address) = node.addr.parse()
+    {
+        metadata.insert(LEADER_HINT, address);
+    }
+    status
+}
+
+/// Whether `status` says that the writes it answers (or every unanswered
+/// write of the stream it ends) were never proposed, and why. `None` for any
+/// other status: what it answers may have committed.
+pub fn unproposed(status: &Status) -> Option<Unproposed> {
+    let why = status.metadata().get(UNPROPOSED)?.to_str().ok()?;
+    match why {
+        "handing-over" => Some(Unproposed::HandingOver),
+        "not-leader" => Some(Unproposed::NotLeader {
+            leader_address: status
+                .metadata()
+                .get(LEADER_HINT)
+                .and_then(|value| value.to_str().ok())
+                .filter(|address| !address.is_empty())
+                .map(str::to_owned),
+        }),
+        _ => None,
+    }
+}
+
 /// Handles to the parts of one store node that the Store and Admin services
 /// work with (Raft, database, writer, peer channels, applied-entry feed).
 #[derive(Clone)]
@@ -50,6 +108,8 @@ pub struct NodeHandles {
     pub channels: Channels,
     /// What each applied entry changed, for the event streams.
     pub applied: broadcast::Sender<Arc<Applied>>,
+    /// Since when this node leads; one leadership hand-over at a time.
+    pub leadership: Arc<crate::handover::Leadership>,
 }
 
 impl std::fmt::Debug for NodeHandles {

@@ -4,7 +4,7 @@
 use tonic::{Request, Response, Status};
 
 use crate::Raft;
-use crate::proto::{self, RaftPayload};
+use crate::proto::{self, RaftPayload, TimeoutNowRequest, TimeoutNowResponse};
 
 /// The Raft service: hands peers' RPCs to this node's Raft.
 pub struct RaftService {
@@ -57,5 +57,13 @@ impl proto::raft_server::Raft for RaftService {
     ) -> Result<Response<RaftPayload>, Status> {
         let reply = self.raft.install_snapshot(decode_payload(request)?).await;
         encode_payload(&reply)
+    }
+
+    async fn timeout_now(
+        &self,
+        request: Request<TimeoutNowRequest>,
+    ) -> Result<Response<TimeoutNowResponse>, Status> {
+        let reply = crate::handover::timeout_now(&self.raft, request.into_inner()).await;
+        Ok(Response::new(reply))
     }
 }

@@ -23,7 +23,7 @@ use super::NodeHandles;
 use crate::machine::{self, Event};
 use crate::proto::{self, EdgeEvent, RouteEvent, store_client::StoreClient};
 use crate::state_machine::{Applied, applied_index};
-use crate::writer::{WriteError, Writer, now_ms};
+use crate::writer::{Refusal, WriteError, Writer, now_ms};
 use crate::{NodeId, Raft, StoreError};
 
 /// Events a watch stream may queue for a slow reader before it is cut off.
@@ -111,6 +111,13 @@ type SubmitAnswer = Pin<Box<dyn Future<Output = proto::SubmitResponse> + Send>>;
 /// one task: at the limit the stream is not read until one completes, and
 /// HTTP/2 flow control then holds the sending edge back, instead of a task
 /// per request queuing without bound.
+///
+/// When this node stops taking writes (it does not lead, or hands its
+/// leadership over: the writer refuses a request, or closes) the stream is
+/// read no further: the writes already taken are answered, then the stream
+/// ends with a status that says every request not answered was never
+/// proposed ([`super::unproposed_status`]), so the edge sends them again, in
+/// order, to the next leader.
 async fn serve_submit(
     mut requests: tonic::Streaming<proto::SubmitRequest>,
     writer: Writer,
@@ -119,8 +126,10 @@ async fn serve_submit(
     max_in_flight: usize,
 ) {
     let mut in_flight: FuturesUnordered<SubmitAnswer> = FuturesUnordered::new();
+    let mut closed = writer.closed_watch();
     let mut reading = true;
     let mut held_back = false;
+    let mut refused: Option<Refusal> = None;
     loop {
         let room = in_flight.len() < max_in_flight.max(1);
         if !room && !held_back {
@@ -129,37 +138,69 @@ async fn serve_submit(
         held_back = !room;
         tokio::select! {
             request = requests.message(), if reading && room => match request {
-                Ok(Some(request)) => in_flight.push(answer(request, &writer, &raft)),
+                Ok(Some(request)) => match answer(request, &writer, &raft) {
+                    Ok(reply) => in_flight.push(reply),
+                    Err(refusal) => {
+                        reading = false;
+                        refused = Some(refusal);
+                    }
+                },
                 Ok(None) => reading = false,
                 Err(status) => {
                     tracing::debug!(%status, "a submit stream ended");
                     reading = false;
                 }
             },
+            // An idle stream ends too, so that its edge moves on before it
+            // writes (and the server can stop without waiting for it).
+            Ok(()) = closed_now(&mut closed), if reading => {
+                reading = false;
+                refused = Some(Refusal::HandingOver);
+            }
             Some(reply) = in_flight.next() => {
                 if sender.send(Ok(reply)).await.is_err() {
                     return;
                 }
             }
-            else => return,
+            else => break,
         }
+    }
+    if let Some(refusal) = refused {
+        metrics::counter!("rookery_store_write_streams_handed_back_total").increment(1);
+        let _ = sender.send(Err(super::unproposed_status(&refusal))).await;
     }
 }
 
-/// Queues one request of a submit stream and resolves to its reply.
-fn answer(request: proto::SubmitRequest, writer: &Writer, raft: &Raft) -> SubmitAnswer {
+/// Resolves once the writer is closed (an error once it is gone).
+async fn closed_now(closed: &mut tokio::sync::watch::Receiver<bool>) -> Result<(), ()> {
+    closed.wait_for(|closed| *closed).await.map(|_| ()).map_err(|_| ())
+}
+
+/// Queues one request of a submit stream and resolves to its reply; a
+/// request this node does not take now is refused (nothing proposed).
+fn answer(
+    request: proto::SubmitRequest,
+    writer: &Writer,
+    raft: &Raft,
+) -> Result<SubmitAnswer, Refusal> {
     let id = request.id;
     if request.commands.is_empty() {
         // No write: the edge asks whether this leader still has a quorum (a
-        // read index, nothing in the log).
+        // read index, nothing in the log). A node that would refuse a write
+        // refuses the check alike, so the edge asks the next leader.
+        if let Some(refusal) = writer.refusal() {
+            return Err(refusal);
+        }
         let raft = raft.clone();
-        return Box::pin(async move {
+        return Ok(Box::pin(async move {
             quorum_response(id, raft.ensure_linearizable().await.map(|_| ()))
-        });
+        }));
     }
     // Queued here, in arrival order, before the next request is read.
-    let outcome = writer.submit(request.commands);
-    Box::pin(async move { submit_response(id, outcome.await) })
+    let outcome = writer
+        .try_submit(request.commands)
+        .map_err(|refused| refused.refusal)?;
+    Ok(Box::pin(async move { submit_response(id, outcome.await) }))
 }
 
 /// Counts a submit stream that reached its limit, and says so once.
@@ -223,13 +264,17 @@ impl proto::store_server::Store for StoreService {
                 results: outcome.results,
                 log_index: outcome.log_index,
             })),
-            Err(WriteError::ForwardToLeader { leader }) => {
+            Err(
+                WriteError::ForwardToLeader { leader }
+                | WriteError::NotProposed(Refusal::NotLeader { leader }),
+            ) => {
                 self.node
                     .forward_to_leader(request, leader, async |channel, request| {
                         StoreClient::new(channel).write(request).await
                     })
                     .await
             }
+            Err(WriteError::NotProposed(refusal)) => Err(super::unproposed_status(&refusal)),
             Err(WriteError::TooLarge) => {
                 Err(Status::invalid_argument(WriteError::TooLarge.to_string()))
             }
@@ -243,6 +288,10 @@ impl proto::store_server::Store for StoreService {
         &self,
         request: Request<tonic::Streaming<proto::SubmitRequest>>,
     ) -> Result<Response<Self::SubmitStream>, Status> {
+        // A node handing over sends its edges on at once (nothing was sent).
+        if self.node.writer.is_closed() {
+            return Err(super::unproposed_status(&Refusal::HandingOver));
+        }
         let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
         tokio::spawn(serve_submit(
             request.into_inner(),
