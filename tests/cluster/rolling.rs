@@ -24,7 +24,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rookery_codec::{Ack, Packet, QoS, ReasonCode};
-use rookery_testkit::{RawClient, Read, at, persistent_v5, pid_for, publish_packet, subscribe_packet};
+use rookery_testkit::{
+    RawClient, Read, at, persistent_v5, pid_for, publish_packet, subscribe_packet,
+};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -260,7 +262,11 @@ fn publisher(nodes: Nodes, home: usize, qos: QoS, topic: String, client_id: Stri
                             let mut publish =
                                 publish_packet(&topic, qos, id, seq.to_string().as_bytes());
                             publish.dup = dup;
-                            let pick = if qos == QoS::ExactlyOnce { pubrec } else { puback };
+                            let pick = if qos == QoS::ExactlyOnce {
+                                pubrec
+                            } else {
+                                puback
+                            };
                             match connection.try_send(Packet::Publish(publish)).await {
                                 Ok(()) => answer(connection, id, pick).await,
                                 Err(e) => Err(e.to_string()),
@@ -474,11 +480,9 @@ async fn a_rolling_restart_under_qos1_and_qos2_load_loses_nothing_and_disturbs_n
                 let home = (i - 1 + offset) % 3 + 1;
                 let client_id = format!("roll-sub-q{level}-{i}");
                 let record = Arc::new(Mutex::new(Record::default()));
-                let (mut client, connack) = RawClient::connect_ok(
-                    nodes.addr(home),
-                    persistent_v5(&client_id, EXPIRY_S),
-                )
-                .await;
+                let (mut client, connack) =
+                    RawClient::connect_ok(nodes.addr(home), persistent_v5(&client_id, EXPIRY_S))
+                        .await;
                 record.lock().unwrap().connections.push(Connection {
                     node: home,
                     at: Instant::now(),
@@ -487,7 +491,10 @@ async fn a_rolling_restart_under_qos1_and_qos2_load_loses_nothing_and_disturbs_n
                 });
                 let filter = format!("roll/q{level}/{i}/#");
                 client
-                    .send(Packet::Subscribe(subscribe_packet(1, &[(&filter, at(qos))])))
+                    .send(Packet::Subscribe(subscribe_packet(
+                        1,
+                        &[(&filter, at(qos))],
+                    )))
                     .await;
                 match client.expect().await {
                     Packet::SubAck(suback) => assert_eq!(
@@ -666,7 +673,11 @@ fn report_and_check(
             "node {}{}: exited {:?} after SIGTERM, back after {:?}; {} sessions moved, \
              resumed within {slowest:?} of SIGTERM; publishes: {refused_for}",
             restart.node,
-            if restart.was_leader { " (store leader)" } else { "" },
+            if restart.was_leader {
+                " (store leader)"
+            } else {
+                ""
+            },
             restart.exited_after,
             restart.back.duration_since(restart.began),
             resumed.len(),
@@ -726,14 +737,21 @@ fn report_and_check(
         }
         if *qos == QoS::ExactlyOnce && duplicates > 0 {
             let mut seen = BTreeSet::new();
-            let twice: BTreeSet<u64> = handed.iter().copied().filter(|s| !seen.insert(*s)).collect();
+            let twice: BTreeSet<u64> = handed
+                .iter()
+                .copied()
+                .filter(|s| !seen.insert(*s))
+                .collect();
             problems.push(format!(
                 "{subscriber} was handed QoS 2 messages twice: {}",
                 ranges(&twice)
             ));
         }
         if record.acked.len() < 50 {
-            problems.push(format!("{name} got only {} messages through", record.acked.len()));
+            problems.push(format!(
+                "{name} got only {} messages through",
+                record.acked.len()
+            ));
         }
     }
     assert!(

@@ -319,17 +319,29 @@ impl Broker {
                 }
             }
             if std::mem::take(&mut first) {
-                tracing::info!(clients = told.len(), ?reason, "draining: clients told to go");
+                tracing::info!(
+                    clients = told.len(),
+                    ?reason,
+                    "draining: clients told to go"
+                );
             }
             let connected = self.hub.stats.clients_connected.load(Ordering::Relaxed);
             if connected == 0 || Instant::now() >= deadline {
                 break;
             }
-            tokio::time::sleep(DRAIN_LOOK_AGAIN.min(deadline.saturating_duration_since(Instant::now()))).await;
+            tokio::time::sleep(
+                DRAIN_LOOK_AGAIN.min(deadline.saturating_duration_since(Instant::now())),
+            )
+            .await;
         }
         let left = self.hub.stats.clients_connected.load(Ordering::Relaxed);
         self.lease.abort();
-        let release = register_edge(&self.hub.edge_id, &self.hub.forward_address, None, Duration::ZERO);
+        let release = register_edge(
+            &self.hub.edge_id,
+            &self.hub.forward_address,
+            None,
+            Duration::ZERO,
+        );
         let released = tokio::time::timeout(
             deadline.saturating_duration_since(Instant::now()),
             self.hub.store.write_one(release),

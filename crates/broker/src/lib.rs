@@ -38,5 +38,8 @@ pub use broker::{
     Broker, BrokerError, ClusterOptions, DEFAULT_MAX_WRITE_BYTES_IN_FLIGHT, Drained, EdgeProbe,
     Inspector,
 };
-pub use config::{BrokerConfig, DEFAULT_SHUTDOWN_GRACE_S, Limits, ListenerConfig, ListenerKind, QueueOverflow, TlsConfig};
+pub use config::{
+    BrokerConfig, DEFAULT_SHUTDOWN_GRACE_S, Limits, ListenerConfig, ListenerKind, QueueOverflow,
+    TlsConfig,
+};
 pub use store::StoreUnavailable;

@@ -100,7 +100,9 @@ pub enum NotProposed {
     /// The leader gave the write back unproposed (it was handing over, or
     /// no longer led) after later writes had gone to another leader:
     /// sending it now could put it behind them, so it is not sent again.
-    #[error("the store node at {address} did not take the write ({reason}), and later writes went elsewhere")]
+    #[error(
+        "the store node at {address} did not take the write ({reason}), and later writes went elsewhere"
+    )]
     GivenBack {
         /// The node's store address.
         address: String,
@@ -519,7 +521,12 @@ impl RemoteLeader {
         if self.requests.send(request).await.is_err() {
             // Never sent: it comes back unless the reader took it with the
             // stream's end (then the end's event has it).
-            let unsent = self.shared.unanswered.lock().as_mut().and_then(|u| u.remove(&id));
+            let unsent = self
+                .shared
+                .unanswered
+                .lock()
+                .as_mut()
+                .and_then(|u| u.remove(&id));
             if let Some(write) = unsent {
                 return Err(write);
             }
@@ -685,7 +692,9 @@ impl Router {
         match node.try_submit(commands) {
             Ok(outcome) => {
                 // Queued in the writer's order: no longer the router's.
-                let QueuedWrite { outcome: sender, .. } = write;
+                let QueuedWrite {
+                    outcome: sender, ..
+                } = write;
                 tokio::spawn(async move {
                     let result = outcome
                         .await
@@ -772,7 +781,10 @@ impl Router {
             let quiet = shared.quiet.notified();
             tokio::pin!(quiet);
             quiet.as_mut().enable();
-            let (ended, waiting) = self.stream.as_ref().map_or((true, false), RemoteLeader::state);
+            let (ended, waiting) = self
+                .stream
+                .as_ref()
+                .map_or((true, false), RemoteLeader::state);
             if ended {
                 break;
             }
@@ -1155,7 +1167,10 @@ mod tests {
                         id: request.id,
                         ..SubmitResponse::default()
                     };
-                    if let Conduct::GivesBackAfter { commits: n, successor } = &fake.conduct
+                    if let Conduct::GivesBackAfter {
+                        commits: n,
+                        successor,
+                    } = &fake.conduct
                         && commits >= *n
                     {
                         // Read no further; what was read after the last

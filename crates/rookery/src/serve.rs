@@ -249,10 +249,7 @@ async fn drain(
     if let Some(store) = store {
         store.shutdown().await;
     }
-    tracing::info!(
-        took_ms = started.elapsed().as_millis() as u64,
-        "drained"
-    );
+    tracing::info!(took_ms = started.elapsed().as_millis() as u64, "drained");
 }
 
 /// Installs the metrics recorder and serves metrics, probes and the admin

@@ -197,7 +197,12 @@ pub async fn hand_over(
     else {
         return Err(HandOverError::NotAVoter(target));
     };
-    tracing::info!(from = me, to = target, term, "handing the store leadership over");
+    tracing::info!(
+        from = me,
+        to = target,
+        term,
+        "handing the store leadership over"
+    );
 
     let _reopen = ReopenOnDrop {
         writer: &node.writer,
@@ -282,8 +287,7 @@ pub async fn hand_over(
     }
     let handed = leader_of(&watch.borrow(), started);
     metrics::counter!("rookery_store_leader_handovers_total").increment(1);
-    metrics::histogram!("rookery_store_leader_handover_seconds")
-        .record(handed.took.as_secs_f64());
+    metrics::histogram!("rookery_store_leader_handover_seconds").record(handed.took.as_secs_f64());
     tracing::info!(
         from = me,
         to = handed.leader_id,

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::db::{Db, Reader, decode};
+use crate::handover::{HandOverError, HandedOver, Leadership};
 use crate::keys::{self, cf};
 use crate::log_store::LogStore;
 use crate::network::{Channels, Network};
@@ -25,7 +26,6 @@ use crate::proto::{
 use crate::security::ClusterSecurity;
 use crate::service::{AdminService, NodeHandles, RaftService, StoreService};
 use crate::state_machine::StateMachine;
-use crate::handover::{HandOverError, HandedOver, Leadership};
 use crate::writer::{GroupCommit, Refusal, Refused, WriteError, WriteOutcome, Writer, now_ms};
 use crate::{NodeId, Raft, StoreError};
 

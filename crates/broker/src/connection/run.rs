@@ -386,7 +386,9 @@ impl Live {
                 Ok(())
             }
             ToConnection::Queued => Box::pin(self.send_stored(true)).await,
-            ToConnection::Close(reason @ (ReasonCode::ServerShuttingDown | ReasonCode::UseAnotherServer)) => {
+            ToConnection::Close(
+                reason @ (ReasonCode::ServerShuttingDown | ReasonCode::UseAnotherServer),
+            ) => {
                 // The edge drains: the publishes read so far are answered
                 // first, so that the client need not send them again.
                 self.settle_pending().await;

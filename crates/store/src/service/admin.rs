@@ -15,8 +15,8 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::NodeHandles;
-use crate::handover::{HandOverError, hand_over};
 use super::guard::{self, VoterChange};
+use crate::handover::{HandOverError, hand_over};
 use crate::proto::{self, AdminResponse, admin_client::AdminClient};
 use crate::{NodeId, TypeConfig};
 

@@ -24,7 +24,7 @@ use crate::proto::{
     self, Command, CommandResult, admin_client::AdminClient, command::Kind,
     command_result::Kind as ResultKind,
 };
-use crate::writer::{WriteError, now_ms};
+use crate::writer::{Refusal, WriteError, now_ms};
 use crate::{NodeId, StoreError};
 
 /// How long a member has to answer for the cluster status.
@@ -79,7 +79,10 @@ impl AdminService {
                 let result = outcome.results.pop().unwrap_or_default();
                 answer(result, outcome.log_index)?
             }
-            Err(WriteError::ForwardToLeader { leader }) => {
+            Err(
+                WriteError::ForwardToLeader { leader }
+                | WriteError::NotProposed(Refusal::NotLeader { leader }),
+            ) => {
                 let security = self.node.channels.security().clone();
                 let at_leader = async move |channel, mut request| {
                     security.authorize(&mut request);
@@ -89,6 +92,9 @@ impl AdminService {
                     .forward_to_leader(request, leader, at_leader)
                     .await?
                     .into_inner()
+            }
+            Err(WriteError::NotProposed(refusal)) => {
+                return Err(super::unproposed_status(&refusal));
             }
             Err(WriteError::TooLarge) => {
                 return Err(Status::invalid_argument(WriteError::TooLarge.to_string()));

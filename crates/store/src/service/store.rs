@@ -173,7 +173,11 @@ async fn serve_submit(
 
 /// Resolves once the writer is closed (an error once it is gone).
 async fn closed_now(closed: &mut tokio::sync::watch::Receiver<bool>) -> Result<(), ()> {
-    closed.wait_for(|closed| *closed).await.map(|_| ()).map_err(|_| ())
+    closed
+        .wait_for(|closed| *closed)
+        .await
+        .map(|_| ())
+        .map_err(|_| ())
 }
 
 /// Queues one request of a submit stream and resolves to its reply; a
