@@ -555,6 +555,28 @@ async fn ctl_runs_every_command_against_a_live_cluster() {
         ctl_fails(n1, &["cluster", "remove", "9"], 404).await;
         ctl_ok(n1, &["cluster", "remove", "4"]).await;
         cluster.node_mut(four).sigterm();
+
+        // ---- the leadership handed to another voter ---------------------
+        let status = ctl_json(n1, &["cluster", "status"]).await;
+        let leader = status["leader_id"].as_u64().expect("a leader");
+        let next = if leader == 3 { 2 } else { 3 };
+        let next_arg = next.to_string();
+        let moved = ctl_ok(n1, &["cluster", "transfer-leader", &next_arg]).await;
+        assert!(
+            moved.starts_with(&format!("node {next} leads now")),
+            "{moved}"
+        );
+        eventually("every node names the new leader", async || {
+            for url in [n1, n2, n3] {
+                let status = ctl_json(url, &["cluster", "status"]).await;
+                if status["leader_id"].as_u64() != Some(next) {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await;
+        ctl_fails(n1, &["cluster", "transfer-leader", "9"], 409).await;
     })
     .await;
 }

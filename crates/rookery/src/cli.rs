@@ -211,6 +211,12 @@ pub enum CtlCluster {
         /// The node id.
         node: u64,
     },
+    /// Hands the store leadership to another voter (once it holds the
+    /// whole log); writes pause for the handover instead of failing.
+    TransferLeader {
+        /// The voter to lead.
+        node: u64,
+    },
 }
 
 /// How much of a list to print.

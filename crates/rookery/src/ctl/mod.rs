@@ -253,6 +253,19 @@ async fn cluster(client: &Client, out: &Output, command: &CtlCluster) -> Result<
                 )
             });
         }
+        CtlCluster::TransferLeader { node } => {
+            let answer = client
+                .post("/api/v1/cluster/leader", &json!({ "node_id": node }))
+                .await?;
+            out.print(&answer, |answer| {
+                format!(
+                    "node {} leads now, at {} (term {})",
+                    text(&answer["leader_id"]),
+                    text(&answer["leader_address"]),
+                    text(&answer["term"])
+                )
+            });
+        }
         CtlCluster::Remove { node } => {
             let answer = client
                 .delete(&format!("/api/v1/cluster/nodes/{node}"))

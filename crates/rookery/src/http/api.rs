@@ -208,6 +208,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: ApiState) -> Router<S> {
         .route("/cluster/voters", post(add_voter))
         .route("/cluster/learners", post(add_learner))
         .route("/cluster/nodes/{id}", delete(remove_node))
+        .route("/cluster/leader", post(transfer_leader))
         .route("/clients", get(list_clients))
         .route("/clients/{id}", get(show_client).delete(kick_client))
         .route("/sessions", get(list_sessions))
@@ -489,6 +490,30 @@ async fn remove_node(
     Ok(Json(
         json!({ "node_id": node_id, "removed": true, "log_index": done.log_index }),
     ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeaderBody {
+    /// The voter to hand over to; absent or 0: the one furthest along.
+    #[serde(default)]
+    node_id: u64,
+}
+
+async fn transfer_leader(State(state): State<ApiState>, request: Bytes) -> Answer {
+    let LeaderBody { node_id } = body(&request)?;
+    let done = state
+        .admin(
+            proto::TransferLeaderRequest { node_id },
+            MEMBERSHIP_TIMEOUT,
+            async |mut admin, request| admin.transfer_leader(request).await,
+        )
+        .await?;
+    Ok(Json(json!({
+        "leader_id": done.leader_id,
+        "leader_address": render::non_empty(&done.leader_address),
+        "term": done.term,
+    })))
 }
 
 // ---- Clients and sessions ---------------------------------------------------

@@ -204,6 +204,39 @@ impl proto::admin_server::Admin for AdminService {
         Ok(Response::new(self.status_now()))
     }
 
+    async fn transfer_leader(
+        &self,
+        request: Request<proto::TransferLeaderRequest>,
+    ) -> Result<Response<proto::TransferLeaderResponse>, Status> {
+        guard::authorize(self.node.channels.security(), &request)?;
+        if let Some(leader) = self.other_leader() {
+            // The leader checks this node's credential, as for membership.
+            let security = self.node.channels.security().clone();
+            return self
+                .node
+                .forward_to_leader(request, Some(leader), async move |channel, mut request| {
+                    security.authorize(&mut request);
+                    AdminClient::new(channel).transfer_leader(request).await
+                })
+                .await;
+        }
+        let to = Some(request.get_ref().node_id).filter(|id| *id != 0);
+        match hand_over(&self.node, to, TRANSFER_WITHIN).await {
+            Ok(handed) => Ok(Response::new(proto::TransferLeaderResponse {
+                leader_id: handed.leader_id,
+                leader_address: handed.leader_address,
+                term: handed.term,
+            })),
+            Err(HandOverError::NotLeader { .. }) => {
+                Err(Status::unavailable("no leader is known; retry"))
+            }
+            Err(refused @ (HandOverError::NotAVoter(_) | HandOverError::NoOtherVoter)) => {
+                Err(Status::failed_precondition(refused.to_string()))
+            }
+            Err(failed) => Err(Status::unavailable(failed.to_string())),
+        }
+    }
+
     // ---- The operations API: each in operations.rs -----------------------
 
     async fn cluster_status(
@@ -269,39 +302,6 @@ impl proto::admin_server::Admin for AdminService {
         self.delete_retained_here(request).await
     }
     // ---- end of the operations API ----------------------------------------
-
-    async fn transfer_leader(
-        &self,
-        request: Request<proto::TransferLeaderRequest>,
-    ) -> Result<Response<proto::TransferLeaderResponse>, Status> {
-        guard::authorize(self.node.channels.security(), &request)?;
-        if let Some(leader) = self.other_leader() {
-            // The leader checks this node's credential, as for membership.
-            let security = self.node.channels.security().clone();
-            return self
-                .node
-                .forward_to_leader(request, Some(leader), async move |channel, mut request| {
-                    security.authorize(&mut request);
-                    AdminClient::new(channel).transfer_leader(request).await
-                })
-                .await;
-        }
-        let to = Some(request.get_ref().node_id).filter(|id| *id != 0);
-        match hand_over(&self.node, to, TRANSFER_WITHIN).await {
-            Ok(handed) => Ok(Response::new(proto::TransferLeaderResponse {
-                leader_id: handed.leader_id,
-                leader_address: handed.leader_address,
-                term: handed.term,
-            })),
-            Err(HandOverError::NotLeader { .. }) => {
-                Err(Status::unavailable("no leader is known; retry"))
-            }
-            Err(refused @ (HandOverError::NotAVoter(_) | HandOverError::NoOtherVoter)) => {
-                Err(Status::failed_precondition(refused.to_string()))
-            }
-            Err(failed) => Err(Status::unavailable(failed.to_string())),
-        }
-    }
 }
 
 impl AdminService {

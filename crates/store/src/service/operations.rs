@@ -93,6 +93,9 @@ impl AdminService {
                     .await?
                     .into_inner()
             }
+            Err(WriteError::NotProposed(refusal)) => {
+                return Err(super::unproposed_status(&refusal));
+            }
             Err(WriteError::TooLarge) => {
                 return Err(Status::invalid_argument(WriteError::TooLarge.to_string()));
             }
