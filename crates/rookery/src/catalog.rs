@@ -5,7 +5,7 @@
 //! what the exporter describes (HELP lines), what it registers at start (a
 //! counter or histogram whose labels are all known is exported at 0 before
 //! its first event, so dashboards and alerts find it), which buckets each
-//! histogram gets, and what docs/operations-metrics.md documents. A test
+//! histogram gets, and what docs/operations.md documents. A test
 //! below reads the workspace's sources and fails when a metric is recorded
 //! that this table does not name, or named here and recorded nowhere.
 
@@ -132,7 +132,7 @@ const fn histogram(
 
 use Owner::{Edge, Node, Process, Store};
 
-/// Every metric, grouped as docs/operations-metrics.md groups them.
+/// Every metric, grouped as docs/operations.md groups them.
 pub const METRICS: &[Metric] = &[
     // --- The node and its process.
     gauge(
@@ -988,11 +988,11 @@ mod tests {
 
     #[test]
     fn every_metric_is_documented() {
-        let docs = std::fs::read_to_string(workspace().join("docs/operations-metrics.md")).unwrap();
+        let docs = std::fs::read_to_string(workspace().join("docs/operations.md")).unwrap();
         for metric in METRICS {
             assert!(
                 docs.contains(&format!("`{}`", metric.name)),
-                "docs/operations-metrics.md does not describe {}",
+                "docs/operations.md does not describe {}",
                 metric.name
             );
         }

@@ -1,7 +1,7 @@
 //! The operations API under `/api/v1/` (REST-ish, after EMQX's `/api/v5`):
 //! cluster status and membership, clients, sessions, subscriptions,
 //! retained messages, this node's log filter and backups. `rookery ctl` is
-//! its client; docs/operations-ctl.md lists every route.
+//! its client; docs/operations.md lists every route.
 //!
 //! Reads and writes go to the store's Admin service (its operations API),
 //! so any node answers for the whole cluster: a node with a store replica
@@ -228,7 +228,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: ApiState) -> Router<S> {
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "this route does not take that method; see docs/operations-ctl.md",
+        "this route does not take that method; see docs/operations.md",
     )
 }
 
