@@ -50,21 +50,27 @@ fn main() -> ExitCode {
 }
 
 fn ctl(args: &cli::CtlArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    match block_on(ctl::run(args)) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(error)) => {
+            eprintln!("rookery ctl: {error}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+        Err(code) => code,
+    }
+}
+
+/// Runs a command's future on a single-threaded runtime; the exit code
+/// when the runtime cannot start.
+fn block_on<T>(future: impl std::future::Future<Output = T>) -> Result<T, ExitCode> {
+    match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime,
+        Ok(runtime) => Ok(runtime.block_on(future)),
         Err(error) => {
             eprintln!("rookery: cannot start the Tokio runtime: {error}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
-    match runtime.block_on(ctl::run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("rookery ctl: {error}");
-            ExitCode::from(EXIT_FAILURE)
+            Err(ExitCode::from(EXIT_FAILURE))
         }
     }
 }
@@ -96,25 +102,16 @@ fn passwd(args: &cli::PasswdArgs) -> ExitCode {
 }
 
 fn cluster(args: &cli::ClusterArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("rookery: cannot start the Tokio runtime: {error}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
-    match runtime.block_on(admin::run(args)) {
-        Ok(report) => {
+    match block_on(admin::run(args)) {
+        Ok(Ok(report)) => {
             println!("{report}");
             ExitCode::SUCCESS
         }
-        Err(error) => {
+        Ok(Err(error)) => {
             eprintln!("rookery: {error}");
             ExitCode::from(EXIT_FAILURE)
         }
+        Err(code) => code,
     }
 }
 
