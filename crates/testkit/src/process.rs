@@ -278,13 +278,12 @@ fn capture(
 }
 
 /// `... listener ready listener=tcp address=127.0.0.2:1883 ...` → (`tcp`,
-/// address); `... metrics ready address=...` → (`metrics`, address).
+/// address); the HTTP listener is `http`.
 pub fn parse_ready_line(line: &str) -> Option<(String, SocketAddr)> {
-    let metrics = line.contains("metrics ready");
-    if !line.contains("listener ready") && !metrics {
+    if !line.contains("listener ready") {
         return None;
     }
-    let mut name = metrics.then(|| "metrics".to_owned());
+    let mut name = None;
     let mut addr = None;
     let unquote = |v: &str| {
         v.trim_matches(|c| c == '"' || c == '\'' || c == ',')
@@ -401,13 +400,10 @@ mod tests {
             parse_ready_line(&strip_ansi(coloured)),
             Some(("forward".to_owned(), SocketAddr::from(([127, 0, 0, 3], 9))))
         );
-        let metrics = "2026-01-01T00:00:00Z  INFO rookery: metrics ready address=127.0.0.2:9883";
+        let http = "2026-01-01T00:00:00Z  INFO rookery::serve: listener ready listener=\"http\" address=127.0.0.2:9883";
         assert_eq!(
-            parse_ready_line(metrics),
-            Some((
-                "metrics".to_owned(),
-                SocketAddr::from(([127, 0, 0, 2], 9883))
-            ))
+            parse_ready_line(http),
+            Some(("http".to_owned(), SocketAddr::from(([127, 0, 0, 2], 9883))))
         );
         assert_eq!(parse_ready_line("rookery ready version=0.1.0"), None);
         assert_eq!(parse_ready_line("starting"), None);
