@@ -46,14 +46,22 @@ CONNACK_WAIT_S = 5.0
 MIN_ACKED_PER_PHASE = 10
 
 
+def stamp(when=None):
+    """Wall-clock time with milliseconds, to line up with test.sh and the
+    nodes' logs (UTC)."""
+    when = time.time() if when is None else when
+    return time.strftime("%H:%M:%S", time.gmtime(when)) + f".{int(when % 1 * 1000):03d}"
+
+
 class Control:
     """The control directory: the phase test.sh sets, its stop request."""
 
     def __init__(self, directory):
         self.directory = directory
         self.lock = threading.Lock()
-        self.phase = "start"
-        self.phases = ["start"]
+        self.phase = None
+        self.phases = []
+        self.poll()
 
     def poll(self):
         try:
@@ -66,6 +74,7 @@ class Control:
                 self.phase = phase
                 if phase not in self.phases:
                     self.phases.append(phase)
+                    print(f"loadcheck: {stamp()} phase {phase}", flush=True)
         return os.path.exists(os.path.join(self.directory, "stop"))
 
     def current(self):
@@ -119,13 +128,13 @@ class Client(threading.Thread):
         with self.lock:
             self.connected = True
             self.ever_connected = True
-            self.connects.append((time.monotonic(), self.control.current()))
+            self.connects.append((time.time(), self.control.current()))
         self.on_session(resumed)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         with self.lock:
             if self.connected:
-                self.disconnects.append((time.monotonic(), self.control.current()))
+                self.disconnects.append((time.time(), self.control.current()))
             self.connected = False
 
     def on_session(self, resumed):
@@ -181,7 +190,8 @@ class Publisher(Client):
         self.seq = 0
         self.pending = {}      # mid -> seq
         self.phase_of = {}     # seq -> phase when first sent
-        self.acked = {}        # seq -> when
+        self.sent_at = {}      # seq -> wall-clock time when first sent
+        self.acked = {}        # seq -> wall-clock time of the acknowledgement
         self.refused = {}      # seq -> reason code
         self.client.max_inflight_messages_set(args.max_pending)
         self.client.on_publish = self._on_publish
@@ -194,7 +204,7 @@ class Publisher(Client):
             if reason_code.is_failure:
                 self.refused[seq] = reason_code.value
             else:
-                self.acked[seq] = time.monotonic()
+                self.acked[seq] = time.time()
 
     def step(self):
         now = time.monotonic()
@@ -210,6 +220,7 @@ class Publisher(Client):
             with self.lock:
                 self.pending[info.mid] = seq
                 self.phase_of[seq] = self.control.current()
+                self.sent_at[seq] = time.time()
             self.seq += 1
         # Steady pace; after a pause, no burst to catch up.
         self.next_at = max(self.next_at + self.interval, now)
@@ -225,6 +236,7 @@ class Subscriber(Client):
         self.topic_filter = topic_filter
         self.subscribed = threading.Event()
         self.received = collections.Counter()   # (publisher, seq) -> deliveries
+        self.arrivals = {}                      # (publisher, seq) -> wall-clock times
         self.qos_seen = {}                      # publisher -> set of QoS received
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
@@ -250,6 +262,7 @@ class Subscriber(Client):
             return
         with self.lock:
             self.received[key] += 1
+            self.arrivals.setdefault(key, []).append(time.time())
             self.qos_seen.setdefault(publisher, set()).add(message.qos)
 
     def snapshot(self):
@@ -273,6 +286,8 @@ def report(publishers, subscribers, phases, unresolved_after_drain):
         problems += [f"{client.name}: {p}" for p in client.problems]
     received = {s.name: s.snapshot() for s in subscribers}
     gaps = {p.name: longest_ack_gaps(p, phases) for p in publishers}
+    lost_by = collections.defaultdict(list)   # (publisher, phase) -> [(seq, missing at)]
+    duplicates = []                            # (publisher, seq, phase, counts)
 
     header = (f"{'phase':<22} {'QoS':>3} {'sent':>6} {'acked':>6} {'refused':>7} "
               f"{'unresolved':>10} {'delivered':>9} {'lost':>5} {'dup':>4} {'redeliv':>7} "
@@ -297,14 +312,12 @@ def report(publishers, subscribers, phases, unresolved_after_drain):
                     row["delivered"] += all(n > 0 for n in counts)
                     if seq in p.acked and not all(n > 0 for n in counts):
                         row["lost"] += 1
-                        missing = [s.name for s, n in zip(subscribers, counts) if n == 0]
-                        problems.append(f"{p.name} #{seq} (phase {phase}) was acknowledged "
-                                        f"but never reached {', '.join(missing)}")
+                        lost_by[(p, phase)].append(
+                            (seq, [s.name for s, n in zip(subscribers, counts) if n == 0]))
                     extra = sum(n - 1 for n in counts if n > 1)
                     if qos == 2 and extra:
                         row["dup"] += extra
-                        problems.append(f"{p.name} #{seq} (QoS 2, phase {phase}) was delivered "
-                                        f"more than once: {counts}")
+                        duplicates.append((p, seq, phase, counts))
                     elif extra:
                         row["redeliv"] += extra
             print(f"{phase:<22} {qos:>3} {row['sent']:>6} {row['acked']:>6} {row['refused']:>7} "
@@ -323,6 +336,25 @@ def report(publishers, subscribers, phases, unresolved_after_drain):
             seen = s.qos_seen.get(p.name, set())
             if seen - {p.qos}:
                 problems.append(f"{s.name} received {p.name}'s QoS {p.qos} messages at QoS {sorted(seen)}")
+    # Lost: acknowledged, and still missing at a subscriber after the drain.
+    for (p, phase), items in lost_by.items():
+        seqs = [seq for seq, _ in items]
+        missing = collections.Counter(name for _, names in items for name in names)
+        problems.append(
+            f"{p.name}: {len(items)} acknowledged messages (phase {phase}, #{min(seqs)}-#{max(seqs)}, "
+            f"sent {stamp(p.sent_at[min(seqs)])}-{stamp(p.sent_at[max(seqs)])}) not delivered: "
+            + ", ".join(f"{n} missing at {name}" for name, n in sorted(missing.items())))
+    # QoS 2 duplicates, with what the publisher's connection did around them.
+    for p, seq, phase, counts in duplicates:
+        sent, acked = p.sent_at[seq], p.acked.get(seq)
+        arrivals = [stamp(t) for s in subscribers[:1] for t in s.arrivals.get((p.name, seq), [])]
+        around = sorted([(t, "disconnected") for t, _ in p.disconnects if abs(t - sent) < 30]
+                        + [(t, "connected") for t, _ in p.connects if abs(t - sent) < 30])
+        problems.append(
+            f"{p.name} #{seq} (QoS 2, phase {phase}) delivered more than once {counts}: sent "
+            f"{stamp(sent)}, acknowledged {stamp(acked) if acked else 'never'}, arrived at "
+            f"{subscribers[0].name} {', '.join(arrivals)}; the publisher "
+            + (", ".join(f"{what} {stamp(t)}" for t, what in around) or "kept its connection"))
     if unresolved_after_drain:
         problems.append(f"{unresolved_after_drain} publishes were never answered "
                         f"(no PUBACK/PUBCOMP) within the drain period")
@@ -411,10 +443,10 @@ def run(args):
     problems = report(publishers, subscribers, control.phases, unresolved)
     if problems:
         print("FAILED:")
-        for problem in problems[:50]:
+        for problem in problems[:40]:
             print(f"  - {problem}")
-        if len(problems) > 50:
-            print(f"  ... and {len(problems) - 50} more")
+        if len(problems) > 40:
+            print(f"  ... and {len(problems) - 40} more")
         return 1
     print("OK: no acknowledged message lost, no QoS 2 message delivered twice, "
           "every publish answered, every session resumed")

@@ -31,6 +31,8 @@
 #   --timeout S     the whole run's bound, builds included [600]
 #   --keep          leave the cluster running at the end (tear it down with
 #                   docker-compose -p rookery-ctest down -v)
+#   --logs DIR      on failure, save every container's whole log in DIR
+#                   (only the last lines are shown otherwise)
 #
 # Skipped (exit 0, with a message) where Docker or Compose is not available.
 # paho-mqtt is installed into a virtualenv under ~/.cache when missing.
@@ -45,6 +47,7 @@ faults="a,b,c,d,e"
 settle=8
 timeout_s=600
 keep=0
+logs_dir=""
 args=("$@")
 while (($#)); do
     case "$1" in
@@ -53,6 +56,7 @@ while (($#)); do
         --settle) settle="${2:?--settle needs seconds}"; shift 2 ;;
         --timeout) timeout_s="${2:?--timeout needs seconds}"; shift 2 ;;
         --keep) keep=1; shift ;;
+        --logs) logs_dir="${2:?--logs needs a directory}"; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "test.sh: unknown option $1" >&2; exit 2 ;;
     esac
@@ -102,7 +106,8 @@ mkdir -p "$control"
 problems=()
 load_pid=""
 
-log() { printf '[%4ds] %s\n' "$((SECONDS - began))" "$*"; }
+# Wall-clock time (UTC, as the nodes log) and seconds since the start.
+log() { printf '[%s %4ds] %s\n' "$(date -u +%T.%3N)" "$((SECONDS - began))" "$*"; }
 problem() { log "PROBLEM: $*"; problems+=("$*"); }
 
 cleanup() {
@@ -116,6 +121,12 @@ cleanup() {
         echo "---- docker-compose logs (last 40 lines per service) ----"
         compose logs --no-color --tail 40 2>&1 | tail -n 400 || true
         [[ -f "$work/loadcheck.out" ]] && { echo "---- loadcheck"; tail -n 60 "$work/loadcheck.out"; }
+        if [[ -n "$logs_dir" ]]; then
+            mkdir -p "$logs_dir"
+            local file; file="$logs_dir/compose-$(date -u +%Y%m%dT%H%M%S).log"
+            compose logs --no-color --timestamps >"$file" 2>&1 || true
+            echo "every container's log: $file"
+        fi
     fi
     if ((keep)); then
         echo "cluster left running: ${compose_cmd[*]} -p $project -f $here/docker-compose.yml down -v"
@@ -208,7 +219,7 @@ wait_group() {
         if [[ -n "$view" && "${view%% *}" != 0 && "${view%% *}" != "$except" ]] \
             && python3 -c '
 import sys
-nodes = [n.split(":") for n in sys.argv[1].split()[1:]]
+nodes = [n.split(":", 3) for n in sys.argv[1].split()[1:]]
 sys.exit(0 if len(nodes) == 3 and all(r == "1" and lag not in ("None", "") and int(lag) <= 100
                                     for _, r, lag, _ in nodes) else 1)' "$view"; then
             group_view="$view"
@@ -384,6 +395,9 @@ wait_ready 90 "${voters[@]}" "${edges[@]}" || exit 1
 wait_group 30 || exit 1
 log "every node ready after $((SECONDS - t))s; group: $group_view"
 
+# Messages are tagged with the phase current when first sent: the load starts
+# in the baseline.
+echo baseline >"$control/phase"
 "$venv/bin/python" "$here/loadcheck.py" --port "$ROOKERY_MQTT_PORT" --control "$control" \
     --run-id "$$" --drain 60 --timeout "$timeout_s" >"$work/loadcheck.out" 2>&1 &
 load_pid=$!
@@ -397,7 +411,7 @@ until python3 -c 'import json, sys; sys.exit(0 if json.load(open(sys.argv[1]))["
     fi
     sleep 0.5
 done
-phase "baseline"
+log "== phase baseline"
 sleep "$settle"
 
 # Prometheus scrapes every node and has the alert rules loaded.
