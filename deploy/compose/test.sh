@@ -186,10 +186,14 @@ wait_ready() {
     done
 }
 
-# rookery ctl in a running node's container, with the cluster's token.
+# rookery ctl in a running node's container, with the cluster's token; not
+# in the one named by $ctl_skip (a node cut off answers with its own stale
+# view of the group).
+ctl_skip=""
 ctl() {
     local service cid
     for service in "${voters[@]}" "${edges[@]}"; do
+        [[ "$service" == "$ctl_skip" ]] && continue
         cid="$(container "$service")"
         [[ -n "$cid" && "$(docker inspect -f '{{.State.Running}}' "$cid")" == true ]] || continue
         if docker exec "$cid" rookery ctl --url http://127.0.0.1:9883 --token-file "$token" --json "$@" 2>/dev/null; then
@@ -279,6 +283,7 @@ fault_c() {
     net="$(network)"; cid="$(container "rk$old")"; ip="$(ip_of "rk$old")"
     docker network disconnect "$net" "$cid"
     t=$SECONDS
+    ctl_skip="rk$old"
     log "store leader rk$old ($ip) cut off the network"
     local deadline=$((SECONDS + 20)) now
     until now="$(leader)"; [[ "$now" =~ ^[123]$ && "$now" != "$old" ]]; do
@@ -289,6 +294,7 @@ fault_c() {
     # Well past an election timeout (0.4-0.8 s) and the edges' quorum bound.
     sleep 5
     docker network connect --ip "$ip" --alias "rk$old" "$net" "$cid"
+    ctl_skip=""
     t=$SECONDS
     wait_ready 60 "rk$old" || return 1
     wait_group 60 || return 1
