@@ -472,6 +472,25 @@ load_pid=""
 echo
 cat "$work/loadcheck.out"
 echo
+# What the broker itself dropped, from Prometheus (which keeps the counts
+# across the nodes' restarts): a message a subscriber's full queue refused
+# (reason queue_full, broker.limits.max_queued_messages) is acknowledged to
+# its publisher but never delivered to that subscriber.
+python3 - "$ROOKERY_PROMETHEUS_PORT" <<'PY' || true
+import json, sys, urllib.parse, urllib.request
+query = "sum by (reason) (increase(rookery_messages_dropped_total[1h]))"
+url = f"http://127.0.0.1:{sys.argv[1]}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+try:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        result = json.load(r)["data"]["result"]
+except OSError as error:
+    print(f"messages dropped by the broker: Prometheus did not answer ({error})")
+    sys.exit(0)
+drops = {s["metric"].get("reason", "?"): round(float(s["value"][1])) for s in result}
+print("messages dropped by the broker (Prometheus, whole run): "
+      + (", ".join(f"{reason} {n}" for reason, n in sorted(drops.items()) if n) or "none"))
+PY
+echo
 if ((load_status != 0)); then
     problems+=("loadcheck.py failed (exit $load_status): see above")
 fi
