@@ -636,7 +636,8 @@ def run_checks(chart_dir: Path, venv_bin: Path, binary: Path | None, verbose: bo
     check_values_schema(chart_dir, venv_bin, problems)
     defaults = yaml.safe_load((chart_dir / "values.yaml").read_text())
     check_template_references(chart_dir, defaults, problems)
-    log(f"files, schema, references: {len(problems)} problem(s)")
+    check_comments(chart_dir, defaults, problems)
+    log(f"files, schema, references, comments: {len(problems)} problem(s)")
     try:
         chart = Chart.load(chart_dir)
     except Exception as error:  # noqa: BLE001 - Helm's load errors
@@ -703,23 +704,44 @@ def find_binary(explicit: str | None) -> Path:
 
 def self_test(venv_bin: Path, binary: Path | None) -> int:
     """Breaks a copy of the chart in ways each check must catch."""
+    # (file, change, how, what the problems must mention)
     breaks = {
-        "a template error": ("templates/service-http.yaml", "{{- $x := .Values.http.port | nosuchfunction }}\n", "prepend"),
-        "a typo'd value in values.yaml": ("values.yaml", ("preStopSleepSeconds:", "preStopSleepSecond:"), "replace"),
-        "a typo'd key in a ci values file": ("ci/production-values.yaml", ("  replicas: 3\n", "  replica: 3\n"), "replace"),
-        "a typo'd .Values in a template": ("templates/service-http.yaml", (".Values.http.port }}", ".Values.http.prot }}"), "replace"),
-        "an unused value": ("values.yaml", "unusedKnob: 3\n", "append"),
-        "an invalid Kubernetes field": ("templates/service-http.yaml", ("  type: ClusterIP", "  type: ClusterIP\n  clusterIp: None"), "replace"),
-        "a Service selecting nothing": ("templates/service-http.yaml", ('{{- include "rookery.selectorLabels" . | nindent 4 }}', "app: nothing"), "replace"),
-        "a stale rules copy": ("files/rookery-rules.yml", "# edited\n", "append"),
+        "a template error": ("templates/service-http.yaml", "{{- $x := .Values.http.port | nosuchfunction }}\n",
+                             "prepend", "nosuchfunction"),
+        "a typo'd value in values.yaml": ("values.yaml", ("preStopSleepSeconds:", "preStopSleepSecond:"), "replace",
+                                          "Additional properties are not allowed"),
+        "a typo'd key in a ci values file": ("ci/production-values.yaml", ("  replicas: 3\n", "  replica: 3\n"),
+                                             "replace", "production-values.yaml::$.store"),
+        "a wrong type in a ci values file": ("ci/split-values.yaml", ("  replicas: 2", '  replicas: "2"'), "replace",
+                                             "is not of type 'integer'"),
+        "a typo'd .Values in a template": ("templates/service-http.yaml", (".Values.http.port }}", ".Values.http.prot }}"),
+                                           "replace", ".Values.http.prot is not in values.yaml"),
+        "an unused value": ("values.yaml", "# -- A knob.\nunusedKnob: 3\n", "append", "unusedKnob changes nothing"),
+        "a value read but ignored": ("templates/service-http.yaml", ("  type: ClusterIP", "  type: {{ if .Values.http.port }}ClusterIP{{ else }}ClusterIP{{ end }}"), "replace-port", "http.port changes nothing"),
+        "an undocumented value": ("values.yaml", "undocumentedKnob: 3\n", "append", "undocumentedKnob has no comment"),
+        "an invalid Kubernetes field": ("templates/service-http.yaml", ("  type: ClusterIP", "  type: ClusterIP\n  clusterIp: None"),
+                                        "replace", "'clusterIp' was unexpected"),
+        "a Service selecting nothing": ("templates/service-http.yaml",
+                                        ('{{- include "rookery.selectorLabels" . | nindent 4 }}', "app: nothing"),
+                                        "replace", "matches no pod template"),
+        "a stale rules copy": ("files/rookery-rules.yml", "# edited\n", "append", "differs from deploy/prometheus"),
+        "a start.sh that gets the node id wrong": ("templates/configmap.yaml", ("$((ordinal + 1))", "$((ordinal + 2))"),
+                                                   "replace", "expected 'node_id=1 args=serve'"),
     }
     if binary is not None:
-        breaks["a key the binary rejects"] = ("values.yaml", ('extra: ""', 'extra: "[broker.nosuchtable]\\nx = 1"'), "replace")
+        breaks["a key the binary rejects"] = ("values.yaml", ('extra: ""', 'extra: "[broker.nosuchtable]\\nx = 1"'),
+                                              "replace", "unknown field")
     failures = 0
-    for what, (file, change, how) in breaks.items():
+    for what, (file, change, how, expected) in breaks.items():
         with tempfile.TemporaryDirectory() as tmp:
             broken = Path(tmp) / "rookery"
             shutil.copytree(CHART, broken)
+            if how == "replace-port":
+                # The port is read only by the ignoring `if` below: drop its other uses.
+                for other in (broken / "templates").rglob("*"):
+                    if other.is_file():
+                        other.write_text(other.read_text().replace(".Values.http.port", "9883")
+                                         .replace("$v.http.port", "9883"))
             target = broken / file
             text = target.read_text()
             if how == "prepend":
@@ -729,21 +751,22 @@ def self_test(venv_bin: Path, binary: Path | None) -> int:
             else:
                 assert change[0] in text, (what, change[0])
                 text = text.replace(change[0], change[1], 1)
-            if what == "an unused value":
-                schema = json.loads((broken / "values.schema.json").read_text())
-                schema["properties"]["unusedKnob"] = {"type": "integer"}
-                (broken / "values.schema.json").write_text(json.dumps(schema))
             target.write_text(text)
-            only_binary = what == "a key the binary rejects"
-            problems = run_checks(broken, venv_bin, binary if only_binary else None, verbose=False)
-            verdict = "caught" if problems else "NOT CAUGHT"
-            failures += not problems
-            print(f"self-test, {what}: {verdict}" + (f" ({problems[0][:150]})" if problems else ""))
+            schema = json.loads((broken / "values.schema.json").read_text())
+            for knob in ("unusedKnob", "undocumentedKnob"):
+                schema["properties"][knob] = {"type": "integer"}  # only the check under test may object
+            (broken / "values.schema.json").write_text(json.dumps(schema))
+            needs_binary = what in ("a key the binary rejects",)
+            problems = run_checks(broken, venv_bin, binary if needs_binary else None, verbose=False)
+            hit = [p for p in problems if expected in p]
+            failures += not hit
+            print(f"self-test, {what}: {'caught' if hit else 'NOT CAUGHT'}: "
+                  f"{(hit or problems or ['no problem reported'])[0][:160]}")
     return failures
 
 
-def values_table(chart_dir: Path) -> str:
-    """README's values table from values.yaml's comments."""
+def commented_keys(chart_dir: Path) -> list[tuple[str, str, str]]:
+    """(dotted key, default as written, comment) of each commented key of values.yaml."""
     rows, comment, stack = [], [], []
     for line in (chart_dir / "values.yaml").read_text().splitlines():
         stripped = line.strip()
@@ -760,11 +783,25 @@ def values_table(chart_dir: Path) -> str:
             stack.pop()
         stack.append((indent, key))
         path = ".".join(k for _, k in stack)
-        if comment and (rest or True):
-            default = rest if rest else "see values.yaml"
-            rows.append(f"| `{path}` | `{default}` | {' '.join(comment)} |")
+        if comment:
+            rows.append((path, rest, " ".join(comment)))
         comment = []
+    return rows
+
+
+def values_table(chart_dir: Path) -> str:
+    """README's values table from values.yaml's comments."""
+    rows = [f"| `{path}` | {f'`{default}`' if default else '(see values.yaml)'} | {text} |"
+            for path, default, text in commented_keys(chart_dir)]
     return "| Key | Default | Description |\n| --- | --- | --- |\n" + "\n".join(rows) + "\n"
+
+
+def check_comments(chart_dir: Path, defaults: dict, problems: list[str]) -> None:
+    """Every value is described: by its own comment or its parent's."""
+    described = {path for path, _, _ in commented_keys(chart_dir)}
+    for path, _ in leaves(defaults):
+        if not any(".".join(path[:n]) in described for n in range(len(path), 0, -1)):
+            problems.append(f"values.yaml: {'.'.join(path)} has no comment (nor has any key above it)")
 
 
 def main() -> int:
