@@ -484,6 +484,8 @@ class Node:
             if not self.path(value).exists():
                 synthesize(key, self.path(value), pki)
         pod_name = f"{name}-0" if workload["kind"] == "StatefulSet" else f"{name}-5d4b9c7f6-x7k2p"
+        overrides = dict(line.split() for line in config_map["data"].get("node-ids", "").splitlines() if line.strip())
+        self.node_id = int(overrides.get(pod_name, 1)) if workload["kind"] == "StatefulSet" else None
         expand = {"POD_NAME": pod_name, "POD_NAMESPACE": NAMESPACE, "POD_IP": "127.0.0.1"}
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("ROOKERY_")}
         for key, value in env.items():
@@ -524,7 +526,10 @@ class Node:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log.read_text(errors="replace")
-            if "rookery ready" in text:
+            ready = [line for line in text.splitlines() if "rookery ready" in line]
+            if ready:
+                if self.node_id is not None and not re.search(rf'node_id["=:]+{self.node_id}\b', ready[0]):
+                    raise CheckFailed(f"{self.name}: expected node_id {self.node_id}: {ready[0]}")
                 return
             if self.process.poll() is not None:
                 raise CheckFailed(f"{self.name}: rookery exited with {self.process.returncode} before ready:\n{text[-3000:]}")
@@ -609,14 +614,17 @@ def check_mqtt(node: Node) -> str:
 
 def check_start_script(objs: list[tuple[str, dict]], tmp: Path, problems: list[str]) -> None:
     """start.sh turns the StatefulSet ordinal into node_id = ordinal + 1."""
-    script = next(o for _, o in objs if o["kind"] == "ConfigMap" and "start.sh" in o["data"])["data"]["start.sh"]
-    (tmp / "start.sh").write_text(script)
+    config_map = next(o for _, o in objs if o["kind"] == "ConfigMap" and "start.sh" in o["data"])
+    (tmp / "start.sh").write_text(config_map["data"]["start.sh"])
     fake = tmp / "fakebin"
     fake.mkdir(exist_ok=True)
     (fake / "rookery").write_text('#!/bin/sh\necho "node_id=$ROOKERY_NODE_ID args=$*"\n')
     (fake / "rookery").chmod(0o755)
     env = {"PATH": f"{fake}:/usr/bin:/bin"}
-    for pod, expected in (("rk-rookery-0", "node_id=1 args=serve"), ("rk-rookery-store-11", "node_id=12 args=serve")):
+    cases = [("rk-rookery-0", "node_id=1 args=serve"), ("rk-rookery-store-11", "node_id=12 args=serve")]
+    (tmp / "node-ids").write_text("rk-rookery-store-2 6\nrk-rookery-store-20 9\n")
+    cases.append(("rk-rookery-store-2", "node_id=6 args=serve"))
+    for pod, expected in cases:
         out = subprocess.run(["sh", str(tmp / "start.sh")], env={**env, "POD_NAME": pod}, capture_output=True, text=True)
         if out.stdout.strip() != expected:
             problems.append(f"start.sh with POD_NAME={pod}: {out.stdout.strip()!r} {out.stderr.strip()!r}, expected {expected!r}")
@@ -637,6 +645,7 @@ def run_checks(chart_dir: Path, venv_bin: Path, binary: Path | None, verbose: bo
     defaults = yaml.safe_load((chart_dir / "values.yaml").read_text())
     check_template_references(chart_dir, defaults, problems)
     check_comments(chart_dir, defaults, problems)
+    check_readme_table(chart_dir, problems)
     log(f"files, schema, references, comments: {len(problems)} problem(s)")
     try:
         chart = Chart.load(chart_dir)
@@ -724,6 +733,8 @@ def self_test(venv_bin: Path, binary: Path | None) -> int:
         "a Service selecting nothing": ("templates/service-http.yaml",
                                         ('{{- include "rookery.selectorLabels" . | nindent 4 }}', "app: nothing"),
                                         "replace", "matches no pod template"),
+        "a stale values table in README.md": ("values.yaml", ("# -- Image pull policy.", "# -- How the image is pulled."),
+                                              "replace", "the values table is stale"),
         "a stale rules copy": ("files/rookery-rules.yml", "# edited\n", "append", "differs from deploy/prometheus"),
         "a start.sh that gets the node id wrong": ("templates/configmap.yaml", ("$((ordinal + 1))", "$((ordinal + 2))"),
                                                    "replace", "expected 'node_id=1 args=serve'"),
@@ -796,6 +807,22 @@ def values_table(chart_dir: Path) -> str:
     return "| Key | Default | Description |\n| --- | --- | --- |\n" + "\n".join(rows) + "\n"
 
 
+TABLE = re.compile(r"(<!-- values-table -->\n).*?(<!-- /values-table -->)", re.S)
+
+
+def check_readme_table(chart_dir: Path, problems: list[str]) -> None:
+    readme = (chart_dir / "README.md").read_text()
+    match = TABLE.search(readme)
+    if not match or match.group(0) != f"{match.group(1)}{values_table(chart_dir)}{match.group(2)}":
+        problems.append("README.md: the values table is stale: run helm/check.sh --write-table")
+
+
+def write_readme_table(chart_dir: Path) -> None:
+    path = chart_dir / "README.md"
+    table = values_table(chart_dir)
+    path.write_text(TABLE.sub(lambda m: f"{m.group(1)}{table}{m.group(2)}", path.read_text()))
+
+
 def check_comments(chart_dir: Path, defaults: dict, problems: list[str]) -> None:
     """Every value is described: by its own comment or its parent's."""
     described = {path for path, _, _ in commented_keys(chart_dir)}
@@ -810,9 +837,13 @@ def main() -> int:
     parser.add_argument("--skip-binary", action="store_true", help="do not start the binary")
     parser.add_argument("--self-test", action="store_true", help="check that each check catches a break")
     parser.add_argument("--table", action="store_true", help="print README's values table and exit")
+    parser.add_argument("--write-table", action="store_true", help="write the values table into README.md and exit")
     args = parser.parse_args()
     if args.table:
         sys.stdout.write(values_table(CHART))
+        return 0
+    if args.write_table:
+        write_readme_table(CHART)
         return 0
     venv_bin = Path(sys.executable).parent
     binary = None if args.skip_binary else find_binary(args.binary)

@@ -7,7 +7,7 @@
 #   helm/check.sh                 # every check, the rookery binary included
 #   helm/check.sh --skip-binary   # without starting the binary
 #   helm/check.sh --self-test     # and check that each check catches a break
-#   helm/check.sh --table         # print README's values table
+#   helm/check.sh --write-table   # rewrite README's values table from values.yaml
 set -euo pipefail
 
 venv="${ROOKERY_HELM_VENV:-$HOME/.cache/rookery-helm-venv}"
