@@ -420,11 +420,12 @@ def synthesize(key: str, target: Path, pki: dict[str, Path]) -> None:
 
 
 def mqtt_connect(port: int, username: str | None, password: str | None, proxy: bool) -> int:
-    """CONNECT (MQTT 3.1.1) and return CONNACK's return code."""
+    """CONNECT (MQTT 3.1.1) and return CONNACK's return code. The client id
+    starts with the username, as bind_client_id = "all" requires."""
     def string(s: str) -> bytes:
         return len(s.encode()).to_bytes(2, "big") + s.encode()
     flags = 0x02 | (0x80 if username else 0) | (0x40 if password else 0)
-    body = string("MQTT") + bytes([4, flags]) + (30).to_bytes(2, "big") + string("helm-check")
+    body = string("MQTT") + bytes([4, flags]) + (30).to_bytes(2, "big") + string(f"{username or 'anonymous'}-helm-check")
     if username:
         body += string(username)
     if password:
@@ -596,11 +597,18 @@ def check_mqtt(node: Node) -> str:
     port = node.ports[int(listener["address"].rsplit(":", 1)[1])]
     auth = node.config["broker"].get("auth", {})
     anonymous = auth.get("allow_anonymous") is True
+    proxy = listener.get("proxy_protocol", False)
+    if not anonymous and not auth.get("password_file"):
+        # No way in was configured: the listener must refuse (3.1.1's 5).
+        code = mqtt_connect(port, None, None, proxy)
+        if code != 5:
+            raise CheckFailed(f"{node.name}: anonymous CONNECT answered {code}, expected 5 (not authorized)")
+        return f"{node.name}: anonymous CONNECT on {listener['name']} refused (5), as configured"
     user, password = (None, None) if anonymous else (TEST_USER, TEST_PASSWORD)
-    code = mqtt_connect(port, user, password, listener.get("proxy_protocol", False))
+    code = mqtt_connect(port, user, password, proxy)
     if code != 0:
         raise CheckFailed(f"{node.name}: CONNECT on listener {listener['name']} refused with {code}")
-    if not anonymous and mqtt_connect(port, TEST_USER, "wrong", listener.get("proxy_protocol", False)) == 0:
+    if not anonymous and mqtt_connect(port, TEST_USER, "wrong", proxy) == 0:
         raise CheckFailed(f"{node.name}: a wrong password was accepted")
     proxied = ""
     mqtt = listeners.get("mqtt")
