@@ -392,7 +392,7 @@ def file_keys(tree, prefix=""):
             yield from file_keys(item, f"{prefix[:-1]}[{i}].")
 
 
-def synthesize(key: str, target: Path, pki: dict[str, Path]) -> None:
+def synthesize(key: str, target: Path, pki: dict[str, Path], users: list[str]) -> None:
     """A test file for a setting whose Secret exists only in the real cluster."""
     target.parent.mkdir(parents=True, exist_ok=True)
     sources = {
@@ -410,9 +410,9 @@ def synthesize(key: str, target: Path, pki: dict[str, Path]) -> None:
     elif key.endswith("admin_token_file"):
         target.write_text(os.urandom(24).hex() + "\n")
     elif key == "broker.auth.password_file":
-        target.write_text(f"{TEST_USER}:{mosquitto_hash(TEST_PASSWORD)}\n")
+        target.write_text("".join(f"{user}:{mosquitto_hash(TEST_PASSWORD)}\n" for user in users))
     elif key == "broker.auth.acl_file":
-        target.write_text(f"user {TEST_USER}\ntopic readwrite #\n")
+        target.write_text("".join(f"user {user}\ntopic readwrite #\n" for user in users))
     elif key == "broker.auth.jwt.secret_file":
         target.write_text(os.urandom(32).hex())
     else:
@@ -449,7 +449,7 @@ def mqtt_connect(port: int, username: str | None, password: str | None, proxy: b
 class Node:
     """One pod's rookery process, started from the rendered manifests."""
 
-    def __init__(self, name, workload, config_map, secrets, root: Path, binary: Path, pki, store_port=None):
+    def __init__(self, name, workload, config_map, secrets, root: Path, binary: Path, pki, users, store_port=None):
         self.name = name
         self.root = root
         spec = workload["spec"]["template"]["spec"]
@@ -468,6 +468,7 @@ class Node:
                 for key, data in secrets[volume["secret"]["secretName"]].get("data", {}).items():
                     (target / key).write_bytes(base64.b64decode(data))
         self.ports: dict[int, int] = {}
+        self.container_ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
         env = {e["name"]: e.get("value", "") for e in container.get("env", []) if "valueFrom" not in e}
         config_path = self.path(env["ROOKERY_CONFIG"])
         text = config_path.read_text()
@@ -483,7 +484,7 @@ class Node:
         config_path.write_text(text)
         for key, value in file_keys(parsed):
             if not self.path(value).exists():
-                synthesize(key, self.path(value), pki)
+                synthesize(key, self.path(value), pki, users)
         pod_name = f"{name}-0" if workload["kind"] == "StatefulSet" else f"{name}-5d4b9c7f6-x7k2p"
         overrides = dict(line.split() for line in config_map["data"].get("node-ids", "").splitlines() if line.strip())
         self.node_id = int(overrides.get(pod_name, 1)) if workload["kind"] == "StatefulSet" else None
@@ -558,13 +559,16 @@ def check_binary(name: str, objs: list[tuple[str, dict]], binary: Path, tmp: Pat
     secrets = {o["metadata"]["name"]: o for o in by("Secret")}
     workloads = sorted(by("StatefulSet") + by("Deployment"), key=lambda w: w["kind"] != "StatefulSet")
     pki = make_pki(tmp / "pki")
+    test_pods = by("Pod")
+    test_env = {e["name"]: e.get("value", "") for e in test_pods[0]["spec"]["containers"][0]["env"]} if test_pods else {}
+    users = sorted({TEST_USER, test_env.get("MQTT_USER") or TEST_USER})
     nodes: list[Node] = []
     summary = []
     try:
         store_port = None
         for workload in workloads:
             node = Node(workload["metadata"]["name"], workload, config_map, secrets,
-                        tmp / workload["metadata"]["name"], binary, pki, store_port)
+                        tmp / workload["metadata"]["name"], binary, pki, users, store_port)
             nodes.append(node)
             node.start()
             started = time.monotonic()
@@ -573,6 +577,8 @@ def check_binary(name: str, objs: list[tuple[str, dict]], binary: Path, tmp: Pat
             summary.append(f"{node.name} ready in {time.monotonic() - started:.1f} s")
             if "edge" in node.config["roles"]:
                 summary.append(check_mqtt(node))
+        if test_pods:
+            summary.append(run_helm_test(test_pods[0], by("Service"), nodes, tmp))
         for node in reversed(nodes):
             grace = node.config.get("broker", {}).get("shutdown_grace_s", 25) + 10
             code = node.stop(grace)
@@ -618,6 +624,35 @@ def check_mqtt(node: Node) -> str:
             raise CheckFailed(f"{node.name}: CONNECT behind a PROXY header refused on listener mqtt")
         proxied = ", and through a PROXY header on mqtt"
     return f"{node.name}: CONNECT on {listener['name']} accepted ({'anonymous' if anonymous else 'password'}){proxied}"
+
+
+def run_helm_test(pod: dict, services: list[dict], nodes: list["Node"], tmp: Path) -> str:
+    """Runs the `helm test` pod's script, with Mosquitto's clients, against
+    the node the binary check started, as the pod would through its Service."""
+    container = pod["spec"]["containers"][0]
+    env = {e["name"]: e.get("value", "") for e in container["env"]}
+    if not shutil.which("mosquitto_sub"):
+        return "helm test script SKIPPED: mosquitto_sub not installed (apt-get install mosquitto-clients)"
+    script = container["args"][0].replace("/tmp/", f"{tmp}/test-")
+    run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "POD_NAME": pod["metadata"]["name"],
+               "TEST_PROBLEM": env["TEST_PROBLEM"], "MQTT_HOST": "127.0.0.1", "MQTT_PORT": ""}
+    if env.get("MQTT_USER"):
+        run_env.update(MQTT_USER=env["MQTT_USER"], MQTT_PASSWORD=TEST_PASSWORD)
+    if not env["TEST_PROBLEM"]:
+        service = next(s for s in services if s["metadata"]["name"] == env["MQTT_HOST"])
+        port = next(p for p in service["spec"]["ports"] if str(p["port"]) == env["MQTT_PORT"])
+        edge = next(n for n in nodes if port["targetPort"] in n.container_ports)
+        run_env["MQTT_PORT"] = str(edge.ports[edge.container_ports[port["targetPort"]]])
+    result = subprocess.run(["sh", "-c", script], env=run_env, capture_output=True, text=True, timeout=60)
+    output = (result.stdout + result.stderr).strip()
+    if env["TEST_PROBLEM"]:
+        # These values cannot pass helm test; the pod must fail saying why.
+        if result.returncode == 0 or env["TEST_PROBLEM"] not in output:
+            raise CheckFailed(f"helm test script: expected a failure naming {env['TEST_PROBLEM']!r}: {output}")
+        return "helm test script fails as it must (" + env["TEST_PROBLEM"].split(":")[0] + ")"
+    if result.returncode != 0:
+        raise CheckFailed(f"helm test script failed ({result.returncode}): {output}")
+    return "helm test script: " + output.splitlines()[-1]
 
 
 def check_start_script(objs: list[tuple[str, dict]], tmp: Path, problems: list[str]) -> None:
@@ -750,6 +785,10 @@ def self_test(venv_bin: Path, binary: Path | None) -> int:
     if binary is not None:
         breaks["a key the binary rejects"] = ("values.yaml", ('extra: ""', 'extra: "[broker.nosuchtable]\\nx = 1"'),
                                               "replace", "unknown field")
+        if shutil.which("mosquitto_sub"):
+            breaks["a helm test that cannot pass"] = ("templates/tests/test-pubsub.yaml",
+                                                      ('-t "$topic" -C 1', '-t "$topic/elsewhere" -C 1'),
+                                                      "replace", "helm test script failed")
     failures = 0
     for what, (file, change, how, expected) in breaks.items():
         with tempfile.TemporaryDirectory() as tmp:
@@ -775,7 +814,7 @@ def self_test(venv_bin: Path, binary: Path | None) -> int:
             for knob in ("unusedKnob", "undocumentedKnob"):
                 schema["properties"][knob] = {"type": "integer"}  # only the check under test may object
             (broken / "values.schema.json").write_text(json.dumps(schema))
-            needs_binary = what in ("a key the binary rejects",)
+            needs_binary = what in ("a key the binary rejects", "a helm test that cannot pass")
             problems = run_checks(broken, venv_bin, binary if needs_binary else None, verbose=False)
             hit = [p for p in problems if expected in p]
             failures += not hit
