@@ -510,6 +510,32 @@ impl Node {
         }
     }
 
+    /// Moves the stopped node's store to `to` (`store.listen`, the address
+    /// it advertises) for its next start, as a pod recreated at a new IP
+    /// would be; its data directory stays.
+    #[allow(dead_code)] // harness API that not every test of this binary uses
+    pub fn move_store(&mut self, to: SocketAddr) {
+        assert!(
+            !self.is_running(),
+            "move of node {}, which is running",
+            self.index
+        );
+        let toml = std::fs::read_to_string(&self.config).expect("read rookery.toml");
+        let from = format!("\n[store]\nlisten = \"{}\"\n", self.store);
+        assert!(
+            toml.contains(&from),
+            "node {}'s rookery.toml:\n{toml}",
+            self.index
+        );
+        let moved = toml.replace(&from, &format!("\n[store]\nlisten = \"{to}\"\n"));
+        std::fs::write(&self.config, moved).expect("write rookery.toml");
+        self.process.note(&format!(
+            "---- store moved from {} to {to} ----",
+            self.store
+        ));
+        self.store = to;
+    }
+
     /// The value of one series on the node's Prometheus endpoint
     /// ([`rookery_testkit::find_series`]), e.g. `rookery_store_leader_id` or
     /// `rookery_connections{listener="tcp"}`; 0 when the node does not

@@ -33,6 +33,7 @@ mod exactly_once;
 mod failover;
 mod membership;
 mod metrics;
+mod moved;
 mod partition;
 mod probes;
 mod rolling;

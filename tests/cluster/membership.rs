@@ -17,7 +17,7 @@ use crate::traffic::{ACK_WAIT, Publisher, Stream, Subscriber, await_route, range
 
 /// Runs `rookery cluster --store STORE ARGS...`; its exit status and its
 /// stdout and stderr together.
-async fn admin(store: SocketAddr, args: &[&str]) -> (bool, String) {
+pub(crate) async fn admin(store: SocketAddr, args: &[&str]) -> (bool, String) {
     let args: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
     tokio::task::spawn_blocking(move || {
         let output = Command::new(env!("CARGO_BIN_EXE_rookery"))

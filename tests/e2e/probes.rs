@@ -132,3 +132,41 @@ async fn off_loopback_the_admin_api_needs_the_bearer_token() {
     assert_eq!(http_status(&admitted), 200, "{admitted}");
     assert!(admitted.contains(r#""leader_id":1"#), "{admitted}");
 }
+
+/// `rookery ctl health [--ready]`, the container image's HEALTHCHECK: its
+/// exit status and what it printed.
+fn ctl_health(url: &str, ready: bool) -> (Option<i32>, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_rookery"));
+    command.args(["ctl", "--url", url, "health"]);
+    if ready {
+        command.arg("--ready");
+    }
+    let output = command.output().expect("run rookery ctl health");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code(), text)
+}
+
+#[tokio::test]
+async fn rookery_ctl_health_exits_0_for_a_live_ready_node_and_1_where_none_answers() {
+    if skip_unless_rookery("rookery ctl health") {
+        return;
+    }
+    let broker = Broker::start_with(Settings::default());
+    let url = format!("http://{}", http(&broker));
+    let (live, text) = ctl_health(&url, false);
+    assert_eq!(live, Some(0), "{text}");
+    assert!(text.starts_with("/healthz: ok"), "{text}");
+    let (ready, text) = ctl_health(&url, true);
+    assert_eq!(ready, Some(0), "{text}");
+    assert!(text.starts_with("/readyz: ok"), "{text}");
+    assert!(text.contains("  store: "), "each check is named: {text}");
+
+    let nobody = format!("http://127.0.0.1:{}", free_port(Ipv4Addr::LOCALHOST));
+    let (status, text) = ctl_health(&nobody, true);
+    assert_eq!(status, Some(1), "{text}");
+    assert!(text.contains("cannot reach"), "{text}");
+}

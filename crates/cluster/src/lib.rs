@@ -1,8 +1,9 @@
 //! Rookery's cluster layer, between the store and the edge: how an edge
 //! reaches the store ([`access`]), its writes to the store leader in
 //! submission order ([`writes`]), edge-to-edge forwarding of publishes
-//! ([`forward`]), and how a store node forms, joins or resumes its group
-//! ([`membership`]).
+//! ([`forward`]), how a store node forms, joins or resumes its group
+//! ([`membership`]), and has it record its new address when it moved
+//! ([`moved`]).
 //!
 //! It knows nothing of MQTT: it carries the store's commands and the edge's
 //! deliveries without reading them. It never retries a failed write (one
@@ -19,11 +20,13 @@
 pub mod access;
 pub mod forward;
 pub mod membership;
+pub mod moved;
 pub mod writes;
 
 pub use access::{Access, BadStoreAddress, Peers};
 pub use forward::{DeliverySink, ForwardSettings, Forwarder, LinkFailed, Outbound};
 pub use membership::{Discovery, JoinFailed, Joined, MembershipError, form_or_join};
+pub use moved::{OwnAddress, keep_address_current};
 pub use writes::{LeaderWrites, MayHaveCommitted, NotProposed, StoreContact, WriteFailed};
 
 /// Generated protobuf and gRPC code for `proto/rookery/cluster/v1`.

@@ -146,7 +146,7 @@ fn next_step<'a>(
     let mut outside: BTreeMap<NodeId, String> = peers
         .iter()
         .filter(|(_, status)| status.voters.is_empty() && status.learners.is_empty())
-        .map(|(address, status)| (status.node_id, address.clone()))
+        .map(|(address, status)| (status.node_id, advertised(address, status)))
         .collect();
     outside.insert(own_id, own_address.to_owned());
     let lowest = outside.keys().next().copied();
@@ -156,6 +156,17 @@ fn next_step<'a>(
         NextStep::Wait {
             seen: outside.into_keys().collect(),
         }
+    }
+}
+
+/// The address a peer is to be recorded by: the one it advertises (a name
+/// that stays when its IP changes), not the one its seed name resolved to;
+/// the asked address when it does not say (a node from before it did).
+fn advertised(asked: &str, status: &StatusResponse) -> String {
+    if status.address.is_empty() {
+        asked.to_owned()
+    } else {
+        status.address.clone()
     }
 }
 
@@ -416,6 +427,26 @@ mod tests {
             .collect();
         assert_eq!(
             next_step(1, "n1:7000", 3, &peers),
+            NextStep::Form { voters: expected }
+        );
+    }
+
+    /// A seed name resolves to IP addresses; the group must record the
+    /// names the nodes advertise, or a member recreated with a new IP (every
+    /// pod restart) is never reached again.
+    #[test]
+    fn a_group_formed_from_seeds_records_the_advertised_names_not_the_resolved_ips() {
+        let mut peers = [outside(2), outside(3)];
+        for (address, status) in &mut peers {
+            status.address = format!("rk{}:7883", status.node_id);
+            *address = format!("172.18.0.{}:7883", status.node_id + 3);
+        }
+        let expected: BTreeMap<NodeId, String> = [1, 2, 3]
+            .into_iter()
+            .map(|id| (id, format!("rk{id}:7883")))
+            .collect();
+        assert_eq!(
+            next_step(1, "rk1:7883", 3, &peers),
             NextStep::Form { voters: expected }
         );
     }

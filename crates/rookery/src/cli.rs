@@ -181,6 +181,14 @@ pub enum CtlCommand {
         /// A new directory on the node (relative to its working directory).
         dir: PathBuf,
     },
+    /// Asks the node whether it is alive (/healthz), or ready for clients
+    /// (/readyz) with --ready; exits 0 if so and 1 if not, within 5 s: for
+    /// a container's HEALTHCHECK and for scripts.
+    Health {
+        /// Ask /readyz instead of /healthz.
+        #[arg(long)]
+        ready: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

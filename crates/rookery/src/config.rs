@@ -357,6 +357,20 @@ impl Default for StoreSection {
     }
 }
 
+/// The address to advertise for a listener bound to every interface
+/// (`0.0.0.0:7883`) when none is configured: the host name with the port, as
+/// peers can use no wildcard address. In a container or pod the host name is
+/// the container's or pod's own. `None` for a listener on one address (it is
+/// its own advertised address) or on a port the OS picks.
+fn advertised_by_hostname(listen: SocketAddr) -> Option<String> {
+    if !listen.ip().is_unspecified() || listen.port() == 0 {
+        return None;
+    }
+    let uname = rustix::system::uname();
+    let host = uname.nodename().to_str().ok()?.trim();
+    (!host.is_empty()).then(|| format!("{host}:{}", listen.port()))
+}
+
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
@@ -376,7 +390,12 @@ impl Config {
     pub fn cluster_options(&self) -> rookery_broker::ClusterOptions {
         rookery_broker::ClusterOptions {
             forward_listen: self.cluster.forward_listen.0,
-            forward_advertise: self.cluster.forward_advertise.clone(),
+            forward_advertise: self.cluster.forward_advertise.clone().or_else(|| {
+                self.cluster
+                    .forward_listen
+                    .0
+                    .and_then(advertised_by_hostname)
+            }),
             write_timeout: Duration::from_millis(self.cluster.write_timeout_ms),
             quorum_contact: Duration::from_millis(self.cluster.quorum_contact_ms),
             security: ClusterSecurity::default(),
@@ -448,7 +467,10 @@ impl Config {
     pub fn store_config(&self) -> StoreConfig {
         let s = &self.store;
         let mut store = StoreConfig::new(self.node_id, self.data_dir.clone(), s.listen);
-        store.advertise = s.advertise.clone();
+        store.advertise = s
+            .advertise
+            .clone()
+            .or_else(|| advertised_by_hostname(s.listen));
         store.heartbeat_interval = Duration::from_millis(s.heartbeat_interval_ms);
         store.election_timeout = (
             Duration::from_millis(s.election_timeout_min_ms),

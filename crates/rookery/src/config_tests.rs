@@ -79,6 +79,40 @@ fn the_store_defaults_are_the_store_crates() {
     assert_eq!(store.data_dir, reference.data_dir);
 }
 
+/// Peers can do nothing with `0.0.0.0`: a store or forwarding listener on
+/// every interface is advertised by the host name (a container's or pod's),
+/// one on a single address by itself, and a configured address wins.
+#[test]
+fn a_listener_on_every_interface_is_advertised_by_the_host_name() {
+    let host = rustix::system::uname()
+        .nodename()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut config = Config::default();
+    assert_eq!(config.store_config().advertise, None);
+    config.store.listen = addr("0.0.0.0:7883");
+    config.cluster.forward_listen = OptionalAddr(Some(addr("0.0.0.0:7884")));
+    assert_eq!(
+        config.store_config().advertise,
+        Some(format!("{host}:7883"))
+    );
+    assert_eq!(
+        config.cluster_options().forward_advertise,
+        Some(format!("{host}:7884"))
+    );
+    config.store.advertise = Some("rk1:7883".into());
+    config.cluster.forward_advertise = Some("edge1:7884".into());
+    assert_eq!(config.store_config().advertise.as_deref(), Some("rk1:7883"));
+    assert_eq!(
+        config.cluster_options().forward_advertise.as_deref(),
+        Some("edge1:7884")
+    );
+    config.store.advertise = None;
+    config.store.listen = addr("0.0.0.0:0");
+    assert_eq!(config.store_config().advertise, None, "a port the OS picks");
+}
+
 #[test]
 fn file_is_overridden_by_environment_and_environment_by_flags() {
     jail(|jail| {

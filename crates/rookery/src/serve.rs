@@ -318,6 +318,17 @@ async fn form_or_resume_group(store: &StoreNode, config: &Config) -> Result<(), 
     let joined = rookery_cluster::form_or_join(store, &config.discovery(), within)
         .await
         .map_err(|error| ServeError::StoreGroup(error.to_string()))?;
+    // Before waiting for a leader: a node that moved hears from none until
+    // the group records its new address.
+    tokio::spawn(rookery_cluster::keep_address_current(
+        rookery_cluster::OwnAddress {
+            raft: store.raft().clone(),
+            node_id: store.node_id(),
+            address: store.address().to_owned(),
+            channels: store.channels().clone(),
+            seeds: config.cluster.seeds.clone(),
+        },
+    ));
     match joined {
         rookery_cluster::Joined::Resumed => {
             tracing::info!(data_dir = %config.data_dir.display(), "resuming the store group from its data directory")

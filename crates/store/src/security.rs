@@ -41,6 +41,11 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The gRPC metadata key that carries the admin token.
 const AUTHORIZATION: &str = "authorization";
 
+/// How often an idle connection to a peer is pinged, and how long the answer
+/// may take before the connection is dropped.
+const PING_EVERY: Duration = Duration::from_secs(5);
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Why the cluster's certificates or admin token cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SecurityError {
@@ -407,13 +412,20 @@ pub struct ClusterSecurity {
 impl ClusterSecurity {
     /// The endpoint of a cluster port at `address` (`host:port`): `https`
     /// with the node's certificate and the cluster CA when TLS is on.
+    /// Its connection is pinged while idle too: a peer that vanished
+    /// without a reset (a container killed, a pod now at another IP) is
+    /// found dead within seconds, and the channel connects again, resolving
+    /// the peer's name anew.
     pub fn endpoint(&self, address: &str) -> Result<Endpoint, tonic::transport::Error> {
-        match &self.tls {
-            None => Endpoint::from_shared(format!("http://{address}")),
-            Some(tls) => {
-                Endpoint::from_shared(format!("https://{address}"))?.tls_config(tls.client_config())
-            }
-        }
+        let endpoint = match &self.tls {
+            None => Endpoint::from_shared(format!("http://{address}"))?,
+            Some(tls) => Endpoint::from_shared(format!("https://{address}"))?
+                .tls_config(tls.client_config())?,
+        };
+        Ok(endpoint
+            .http2_keep_alive_interval(PING_EVERY)
+            .keep_alive_timeout(PING_TIMEOUT)
+            .keep_alive_while_idle(true))
     }
 
     /// A gRPC server builder that requires mutual TLS when TLS is on.

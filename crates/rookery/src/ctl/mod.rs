@@ -18,6 +18,8 @@ use client::{CallError, Client, encode, query};
 
 /// The API's URL when neither --url nor a configuration says.
 const DEFAULT_URL: &str = "http://127.0.0.1:9883";
+/// How long `rookery ctl health` waits for the probe's answer.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Items one API page holds at most.
 const MAX_PAGE: usize = 1000;
 
@@ -64,6 +66,25 @@ pub async fn run(args: &CtlArgs) -> Result<(), String> {
             let answer = client.get("/api/v1/log-level").await.map_err(failed)?;
             out.print(&answer, |answer| {
                 format!("log filter: {}", text(&answer["filter"]))
+            });
+            Ok(())
+        }
+        CtlCommand::Health { ready } => {
+            let path = if *ready { "/readyz" } else { "/healthz" };
+            let answer = tokio::time::timeout(PROBE_TIMEOUT, client.get(path))
+                .await
+                .map_err(|_| format!("{path}: no answer within {PROBE_TIMEOUT:?}"))?
+                .map_err(failed)?;
+            out.print(&answer, |answer| {
+                let checks = answer["checks"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                let mut lines = vec![format!("{path}: {}", text(&answer["status"]))];
+                lines.extend(checks.iter().map(|check| {
+                    format!("  {}: {}", text(&check["name"]), text(&check["detail"]))
+                }));
+                lines.join("\n")
             });
             Ok(())
         }

@@ -128,6 +128,26 @@ impl proto::admin_server::Admin for AdminService {
         let add = async || {
             guard::check_learner(&self.node.channels, &member).await?;
             let learner = BasicNode::new(&member.address);
+            if let Some(recorded) = self.recorded_address(member.node_id)
+                && recorded != member.address
+            {
+                // The node moved (a pod recreated with a new address, a
+                // renamed host): the group must reach it at its new
+                // address, or it never hears from the leader again. The
+                // check above proved the node there is this node.
+                tracing::info!(
+                    node = member.node_id,
+                    from = %recorded,
+                    to = %member.address,
+                    "a store member's address changed; recording the new one"
+                );
+                let moved = BTreeMap::from([(member.node_id, learner)]);
+                let change = self
+                    .node
+                    .raft
+                    .change_membership(ChangeMembers::SetNodes(moved), true);
+                return Ok(change.await);
+            }
             let added = self.node.raft.add_learner(member.node_id, learner, true);
             Ok(added.await)
         };
@@ -305,6 +325,13 @@ impl proto::admin_server::Admin for AdminService {
 }
 
 impl AdminService {
+    /// The address the membership this node knows records for `node_id`.
+    fn recorded_address(&self, node_id: NodeId) -> Option<String> {
+        let metrics = self.node.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        membership.get_node(&node_id).map(|node| node.addr.clone())
+    }
+
     /// This node's Raft status; on the leader, with each member's progress.
     pub(super) fn status_now(&self) -> proto::StatusResponse {
         let metrics = self.node.raft.metrics().borrow().clone();
@@ -350,6 +377,7 @@ impl AdminService {
             learners,
             state: format!("{:?}", metrics.state).to_lowercase(),
             replication,
+            address: self.address.clone(),
         }
     }
 }
