@@ -61,6 +61,7 @@ class Control:
         self.lock = threading.Lock()
         self.phase = None
         self.phases = []
+        self.started = []   # (wall-clock time, phase) of each phase's start
         self.poll()
 
     def poll(self):
@@ -72,6 +73,7 @@ class Control:
         with self.lock:
             if phase != self.phase:
                 self.phase = phase
+                self.started.append((time.time(), phase))
                 if phase not in self.phases:
                     self.phases.append(phase)
                     print(f"loadcheck: {stamp()} phase {phase}", flush=True)
@@ -270,22 +272,35 @@ class Subscriber(Client):
             return collections.Counter(self.received)
 
 
-def longest_ack_gaps(publisher, phases):
+def phase_at(control, when):
+    """The phase current at wall-clock time `when`."""
+    current = control.started[0][1]
+    for started, phase in control.started:
+        if started > when:
+            break
+        current = phase
+    return current
+
+
+def longest_ack_gaps(publisher, control):
     """Per phase, the longest time between two acknowledgements of this
-    publisher (attributed to the phase in which the gap began)."""
-    times = sorted((when, publisher.phase_of[seq]) for seq, when in publisher.acked.items())
-    gaps = dict.fromkeys(phases, 0.0)
-    for (earlier, phase), (later, _) in zip(times, times[1:]):
+    publisher, counted in the phase current at the gap's middle (a stall
+    that began just before a fault is the fault's)."""
+    times = sorted(publisher.acked.values())
+    gaps = dict.fromkeys(control.phases, 0.0)
+    for earlier, later in zip(times, times[1:]):
+        phase = phase_at(control, (earlier + later) / 2)
         gaps[phase] = max(gaps[phase], later - earlier)
     return gaps
 
 
-def report(publishers, subscribers, phases, unresolved_after_drain):
+def report(publishers, subscribers, control, unresolved_after_drain):
+    phases = control.phases
     problems = []
     for client in publishers + subscribers:
         problems += [f"{client.name}: {p}" for p in client.problems]
     received = {s.name: s.snapshot() for s in subscribers}
-    gaps = {p.name: longest_ack_gaps(p, phases) for p in publishers}
+    gaps = {p.name: longest_ack_gaps(p, control) for p in publishers}
     lost_by = collections.defaultdict(list)   # (publisher, phase) -> [(seq, missing at)]
     duplicates = []                            # (publisher, seq, phase, counts)
 
@@ -440,7 +455,7 @@ def run(args):
     status(True)
 
     print()
-    problems = report(publishers, subscribers, control.phases, unresolved)
+    problems = report(publishers, subscribers, control, unresolved)
     if problems:
         print("FAILED:")
         for problem in problems[:40]:
