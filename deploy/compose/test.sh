@@ -34,6 +34,9 @@
 #   --logs DIR      on failure, save every container's whole log in DIR
 #                   (only the last lines are shown otherwise)
 #
+# Two runs at once need their own ROOKERY_CTEST_PROJECT (compose project),
+# ROOKERY_SUBNET and ROOKERY_IMAGE.
+#
 # Skipped (exit 0, with a message) where Docker or Compose is not available.
 # paho-mqtt is installed into a virtualenv under ~/.cache when missing.
 # Everything is bounded: each wait, and the whole run (--timeout); the cluster
@@ -88,7 +91,7 @@ if [[ -z "${ROOKERY_CTEST_BOUNDED:-}" ]]; then
     exit "$status"
 fi
 
-project=rookery-ctest
+project="${ROOKERY_CTEST_PROJECT:-rookery-ctest}"
 export ROOKERY_IMAGE="${ROOKERY_IMAGE:-rookery:compose-test}"
 export BASE_IMAGE="${ROOKERY_BASE_IMAGE:-local/debian:bookworm-slim}"
 export ROOKERY_RESTART=no
