@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogFormat, OptionalAddr};
+use crate::config::{LogFormat, OptionalAddr, Role};
 
 /// Rookery: a clustered MQTT broker (MQTT 3.1, 3.1.1 and 5.0).
 #[derive(Debug, Parser)]
@@ -401,6 +401,18 @@ pub struct ServeArgs {
     /// id it was created with. [default: 1]
     #[arg(long, env = "ROOKERY_NODE_ID", value_name = "N")]
     pub node_id: Option<u64>,
+
+    /// What this node runs, comma-separated: `store` (a replica of the
+    /// session store), `edge` (the MQTT listeners), or both. One container
+    /// image serves every role this way. [default: store,edge]
+    #[arg(
+        long,
+        env = "ROOKERY_ROLES",
+        value_name = "ROLES",
+        value_enum,
+        value_delimiter = ','
+    )]
+    pub roles: Vec<Role>,
 
     /// What to log: a level (error, warn, info, debug, trace) or a filter
     /// such as info,rookery_store=debug. Overrides RUST_LOG. [default: info,openraft=warn]

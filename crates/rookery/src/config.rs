@@ -38,6 +38,7 @@ pub const FLAG_VARIABLES: &[&str] = &[
     "LISTEN",
     "DATA_DIR",
     "NODE_ID",
+    "ROLES",
     "LOG_LEVEL",
     "LOG_FORMAT",
     "METRICS_LISTEN",
@@ -81,7 +82,7 @@ pub struct Config {
 }
 
 /// A part a node plays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// A replica of the session store (a Raft voter or learner).
@@ -658,6 +659,9 @@ fn merge_flags(mut figment: Figment, args: &ServeArgs) -> Figment {
     }
     if let Some(data_dir) = &args.data_dir {
         figment = figment.merge(Serialized::default("data_dir", data_dir));
+    }
+    if !args.roles.is_empty() {
+        figment = figment.merge(Serialized::default("roles", &args.roles));
     }
     if let Some(level) = &args.log_level {
         figment = figment.merge(Serialized::default("log.level", level));

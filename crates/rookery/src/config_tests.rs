@@ -113,6 +113,32 @@ fn a_listener_on_every_interface_is_advertised_by_the_host_name() {
     assert_eq!(config.store_config().advertise, None, "a port the OS picks");
 }
 
+/// One image for every role: `ROOKERY_ROLES` (or `--roles`) replaces the
+/// file's `roles`.
+#[test]
+fn roles_come_from_rookery_roles_over_the_file() {
+    jail(|jail| {
+        jail.create_file(
+            "rookery.toml",
+            r#"
+                roles = ["store", "edge"]
+                [cluster]
+                seeds = ["store-1:7883"]
+                forward_listen = "127.0.0.1:7884"
+            "#,
+        )
+        .unwrap();
+        let config = load_with(&["--config", "rookery.toml"]).unwrap();
+        assert_eq!(config.roles, vec![Role::Store, Role::Edge]);
+        jail.set_env("ROOKERY_ROLES", "edge");
+        let config = load_with(&["--config", "rookery.toml"]).unwrap();
+        assert_eq!(config.roles, vec![Role::Edge]);
+        let config = load_with(&["--config", "rookery.toml", "--roles", "store"]).unwrap();
+        assert_eq!(config.roles, vec![Role::Store]);
+        assert!(Cli::try_parse_from(["rookery", "serve", "--roles", "stor"]).is_err());
+    });
+}
+
 #[test]
 fn file_is_overridden_by_environment_and_environment_by_flags() {
     jail(|jail| {
