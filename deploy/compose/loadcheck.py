@@ -30,6 +30,7 @@ import collections
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -44,6 +45,56 @@ CONNACK_WAIT_S = 5.0
 # A phase in which fewer messages than this were acknowledged, per QoS, did
 # not test anything: the load was not running.
 MIN_ACKED_PER_PHASE = 10
+
+
+def keep_owed_pubrels(client):
+    """Works around paho-mqtt 2.x sending a QoS 2 PUBLISH again after its
+    PUBREL. Each connect() resets the unfinished messages: one waiting for
+    PUBCOMP becomes "resend PUBREL"; a second connect() before a CONNACK
+    (an edge that refused the client or never answered) finds it in that
+    state and makes it "publish", with DUP=0. The server must take that
+    PUBLISH for a new message: it had the PUBREL, so the packet identifier
+    was free again (MQTT 3.1.1 and 5.0, 4.3.3), and the message reaches
+    every subscriber twice. The sender was at fault (4.3.3: it MUST NOT
+    send the PUBLISH again once it has sent the PUBREL), not the broker this
+    test is about. Putting those messages back to "waiting for PUBCOMP"
+    before each connect() lets paho's reset turn them into "resend PUBREL"
+    again. Called before every connect(); paho's internals are used as they
+    are (an AttributeError if a later version renames them)."""
+    with client._out_message_mutex:
+        for message in client._out_messages.values():
+            if message.state == mqtt.mqtt_ms_resend_pubrel:
+                message.state = mqtt.mqtt_ms_wait_for_pubcomp
+
+
+def self_test():
+    """Two connect() calls that fail leave a message whose PUBREL was sent
+    due for PUBREL, not for a PUBLISH (see keep_owed_pubrels). Returns 0
+    when that holds, 1 otherwise."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="loadcheck-self-test",
+                         protocol=mqtt.MQTTv311, clean_session=False)
+    message = mqtt.MQTTMessage(mid=1, topic=b"loadcheck/self-test")
+    message.qos = 2
+    message.state = mqtt.mqtt_ms_wait_for_pubcomp
+    client._out_messages[1] = message
+    # A port nothing listens on: each connect() fails after paho's reset.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for _ in range(2):
+        keep_owed_pubrels(client)
+        try:
+            client.connect("127.0.0.1", port)
+        except OSError:
+            pass
+    if message.state != mqtt.mqtt_ms_resend_pubrel or message.dup:
+        print(f"loadcheck self-test: after two failed connects a QoS 2 message whose PUBREL "
+              f"was sent is in state {message.state!r} (DUP {message.dup}), not due for PUBREL: "
+              f"paho would send its PUBLISH again", file=sys.stderr)
+        return 1
+    print("loadcheck self-test: a QoS 2 message whose PUBREL was sent stays due for PUBREL "
+          "across failed connects")
+    return 0
 
 
 def stamp(when=None):
@@ -146,6 +197,7 @@ class Client(threading.Thread):
         """Called between network loops while connected."""
 
     def connect(self):
+        keep_owed_pubrels(self.client)
         try:
             if self.protocol == mqtt.MQTTv5:
                 props = Properties(PacketTypes.CONNECT)
@@ -472,7 +524,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=1883)
-    parser.add_argument("--control", required=True, help="the control directory")
+    parser.add_argument("--control", help="the control directory (required for a run)")
+    parser.add_argument("--self-test", action="store_true",
+                        help="only check the paho-mqtt workaround (keep_owed_pubrels), offline")
     parser.add_argument("--run-id", default=str(os.getpid()),
                         help="part of every client id and topic (default: the pid)")
     parser.add_argument("--publishers", type=int, default=1,
@@ -488,6 +542,10 @@ def main():
     parser.add_argument("--timeout", type=int, default=900,
                         help="the whole run's bound in seconds (default 900)")
     args = parser.parse_args()
+    if args.self_test:
+        sys.exit(self_test())
+    if not args.control:
+        parser.error("--control is required")
     if args.rate <= 0 or args.publishers < 1 or args.subscribers < 1:
         parser.error("--rate, --publishers and --subscribers must be positive")
 
