@@ -52,6 +52,21 @@ SESSION_EXPIRY_S = 600
 RESUME_BOUND_S = 2.0
 
 
+def keep_owed_pubrels(client):
+    """paho-mqtt 2.x turns a QoS 2 message whose PUBREL was sent into a
+    fresh PUBLISH (DUP=0) when connect() is called twice before a CONNACK
+    (a node that refused or never answered): the server, which had the
+    PUBREL, must take it for a new message, a duplicate the client caused
+    (MQTT 4.3.3: no PUBLISH again once the PUBREL is sent). Put such
+    messages back to "waiting for PUBCOMP" before each connect(), so that
+    paho's reset makes them "resend PUBREL" again; deploy/compose/loadcheck.py
+    has the same workaround and a self-test of it."""
+    with client._out_message_mutex:
+        for message in client._out_messages.values():
+            if message.state == mqtt.mqtt_ms_resend_pubrel:
+                message.state = mqtt.mqtt_ms_wait_for_pubcomp
+
+
 def free_port(ip):
     with socket.socket() as s:
         s.bind((ip, 0))
@@ -241,6 +256,7 @@ class Client(threading.Thread):
             return
         host, port = self.cluster.node(node).mqtt
         self.node = node
+        keep_owed_pubrels(self.client)
         try:
             if self.protocol == mqtt.MQTTv5:
                 props = Properties(PacketTypes.CONNECT)
