@@ -247,8 +247,26 @@ class Publisher(Client):
         self.sent_at = {}      # seq -> wall-clock time when first sent
         self.acked = {}        # seq -> wall-clock time of the acknowledgement
         self.refused = {}      # seq -> reason code
+        self.mid_of = {}       # seq -> packet identifier
+        # paho's log of this client's packets and connects, to show what it
+        # sent for a message delivered twice.
+        self.packet_log = collections.deque(maxlen=50000)
+        self.client.on_log = self._on_log
         self.client.max_inflight_messages_set(args.max_pending)
         self.client.on_publish = self._on_publish
+
+    def _on_log(self, client, userdata, level, text):
+        if text.startswith(("Sending PUBLISH", "Received PUBREC", "Sending PUBREL",
+                            "Received PUBCOMP", "Sending CONNECT", "Received CONNACK")):
+            self.packet_log.append((time.time(), text))
+
+    def packets_of(self, mid, since, until):
+        """What paho logged between `since` and `until` of packet `mid`, and
+        its connects."""
+        tags = (f"m{mid})", f"m{mid},", f"(Mid: {mid})")
+        return [f"{stamp(t)} {text.split(', properties')[0].split(' client_id')[0]}"
+                for t, text in list(self.packet_log)
+                if since <= t <= until and ("CONN" in text or any(tag in text for tag in tags))]
 
     def _on_publish(self, client, userdata, mid, reason_code, properties):
         with self.lock:
@@ -273,6 +291,7 @@ class Publisher(Client):
             # Queued by paho either way: sent (again) once connected.
             with self.lock:
                 self.pending[info.mid] = seq
+                self.mid_of[seq] = info.mid
                 self.phase_of[seq] = self.control.current()
                 self.sent_at[seq] = time.time()
             self.seq += 1
@@ -290,7 +309,7 @@ class Subscriber(Client):
         self.topic_filter = topic_filter
         self.subscribed = threading.Event()
         self.received = collections.Counter()   # (publisher, seq) -> deliveries
-        self.arrivals = {}                      # (publisher, seq) -> wall-clock times
+        self.arrivals = {}                      # (publisher, seq) -> [(time, packet id, DUP)]
         self.qos_seen = {}                      # publisher -> set of QoS received
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
@@ -316,7 +335,7 @@ class Subscriber(Client):
             return
         with self.lock:
             self.received[key] += 1
-            self.arrivals.setdefault(key, []).append(time.time())
+            self.arrivals.setdefault(key, []).append((time.time(), message.mid, message.dup))
             self.qos_seen.setdefault(publisher, set()).add(message.qos)
 
     def snapshot(self):
@@ -414,14 +433,17 @@ def report(publishers, subscribers, control, unresolved_after_drain):
     # QoS 2 duplicates, with what the publisher's connection did around them.
     for p, seq, phase, counts in duplicates:
         sent, acked = p.sent_at[seq], p.acked.get(seq)
-        arrivals = [stamp(t) for s in subscribers[:1] for t in s.arrivals.get((p.name, seq), [])]
+        arrivals = [f"{stamp(t)} (packet {mid}, DUP {int(dup)})"
+                    for s in subscribers[:1] for t, mid, dup in s.arrivals.get((p.name, seq), [])]
         around = sorted([(t, "disconnected") for t, _ in p.disconnects if abs(t - sent) < 30]
                         + [(t, "connected") for t, _ in p.connects if abs(t - sent) < 30])
         problems.append(
             f"{p.name} #{seq} (QoS 2, phase {phase}) delivered more than once {counts}: sent "
             f"{stamp(sent)}, acknowledged {stamp(acked) if acked else 'never'}, arrived at "
             f"{subscribers[0].name} {', '.join(arrivals)}; the publisher "
-            + (", ".join(f"{what} {stamp(t)}" for t, what in around) or "kept its connection"))
+            + (", ".join(f"{what} {stamp(t)}" for t, what in around) or "kept its connection")
+            + "; paho sent: " + "; ".join(p.packets_of(p.mid_of.get(seq), sent - 1,
+                                                     (acked or sent + 30) + 1)))
     if unresolved_after_drain:
         problems.append(f"{unresolved_after_drain} publishes were never answered "
                         f"(no PUBACK/PUBCOMP) within the drain period")
