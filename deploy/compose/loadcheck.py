@@ -60,11 +60,15 @@ def keep_owed_pubrels(client):
     test is about. Putting those messages back to "waiting for PUBCOMP"
     before each connect() lets paho's reset turn them into "resend PUBREL"
     again. Called before every connect(); paho's internals are used as they
-    are (an AttributeError if a later version renames them)."""
+    are (an AttributeError if a later version renames them). Returns how
+    many messages it put back."""
+    kept = 0
     with client._out_message_mutex:
         for message in client._out_messages.values():
             if message.state == mqtt.mqtt_ms_resend_pubrel:
                 message.state = mqtt.mqtt_ms_wait_for_pubcomp
+                kept += 1
+    return kept
 
 
 def self_test():
@@ -158,6 +162,8 @@ class Client(threading.Thread):
         # (when, phase) of each connection lost, and of each CONNACK.
         self.disconnects = []
         self.connects = []
+        # QoS 2 messages keep_owed_pubrels kept from a second PUBLISH.
+        self.pubrels_kept = 0
         if protocol == mqtt.MQTTv5:
             self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name,
                                       protocol=mqtt.MQTTv5)
@@ -197,7 +203,7 @@ class Client(threading.Thread):
         """Called between network loops while connected."""
 
     def connect(self):
-        keep_owed_pubrels(self.client)
+        self.pubrels_kept += keep_owed_pubrels(self.client)
         try:
             if self.protocol == mqtt.MQTTv5:
                 props = Properties(PacketTypes.CONNECT)
@@ -413,6 +419,10 @@ def report(publishers, subscribers, control, unresolved_after_drain):
                 problems.append(f"phase {phase}: only {row['acked']} QoS {qos} messages "
                                 f"acknowledged: the load did not run")
     print()
+    kept = sum(p.pubrels_kept for p in publishers)
+    if kept:
+        print(f"paho workaround: {kept} times a QoS 2 message whose PUBREL was sent was kept "
+              f"from being published again by a second connect (keep_owed_pubrels)")
     for p in publishers:
         codes = collections.Counter(p.refused.values())
         if codes:
