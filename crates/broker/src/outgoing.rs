@@ -724,4 +724,54 @@ mod tests {
             .collect();
         assert_eq!(seqs, vec![3], "in order, once");
     }
+
+    /// A resumed backlog longer than the packet identifier space (1 to
+    /// 65,535) drains in order: identifiers wrap around, skip those still in
+    /// flight (MQTT-2.2.1-3: a new PUBLISH takes one currently unused; here
+    /// two resends left unacknowledged throughout), and the window keeps
+    /// refilling.
+    #[test]
+    fn a_backlog_longer_than_the_packet_id_space_drains_past_the_wrap() {
+        const BACKLOG: u64 = 70_000;
+        let mut outgoing = Outgoing::new(32, 100, QueueOverflow::DropNewest, 0, u32::MAX);
+        let resent = |seq: u64, packet_id: u32| proto::QueuedMessage {
+            stage: DeliveryStage::Published as i32,
+            packet_id,
+            ..queued(seq)
+        };
+        let mut queue = vec![resent(1, 3), resent(2, 70)];
+        queue.extend((3..3 + BACKLOG).map(queued));
+        outgoing.resume(queue);
+
+        let (mut resends, mut seqs) = (0, Vec::new());
+        loop {
+            let batch = outgoing.next_stored(0);
+            resends += batch.resend.len();
+            if batch.fresh.is_empty() {
+                break;
+            }
+            assert!(batch.expired.is_empty());
+            // The whole window, beside the two resends, unless fewer remain.
+            let remaining = BACKLOG as usize - seqs.len();
+            assert_eq!(batch.fresh.len(), remaining.min(30));
+            assert_eq!(outgoing.inflight_len(), 32.min(2 + remaining));
+            for ready in batch.fresh {
+                let packet_id = ready.packet_id.unwrap();
+                assert!(
+                    packet_id.get() != 3 && packet_id.get() != 70,
+                    "{packet_id:?} is still in flight"
+                );
+                assert_eq!(
+                    outgoing.acknowledged(packet_id, QoS::AtLeastOnce),
+                    Some(true)
+                );
+                seqs.push(ready.seq);
+            }
+        }
+        assert_eq!(resends, 2);
+        // Compared in summary: a failure's full listing would be 70,000 long.
+        let in_order = seqs.iter().copied().eq(3..3 + BACKLOG);
+        assert!(in_order, "{} sent, not seqs 3..{}", seqs.len(), 3 + BACKLOG);
+        assert_eq!(outgoing.stored_backlog(), Some(2), "the two resends");
+    }
 }
