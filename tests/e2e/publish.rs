@@ -317,6 +317,79 @@ async fn mqtt_4_3_3_qos2_flow_completes_after_the_publisher_reconnects() {
     subscriber.expect_nothing().await;
 }
 
+/// MQTT 5 §3.7.2.1 with 4.3.3: a QoS 2 PUBLISH refused with an error PUBREC
+/// is not taken, and a PUBREL sent for it all the same (paho-mqtt 2 ignores
+/// PUBREC's reason code and releases) is answered 0x92 (Packet Identifier
+/// not found), never Success, on a persistent session too: on the refusing
+/// connection, and on the next one when the first ended before the PUBREL
+/// was answered. With Success the client takes the message for delivered
+/// though no subscriber ever gets it (the compose fault test's "lost"
+/// acknowledged QoS 2 messages: refused while the store leader was down).
+#[tokio::test]
+async fn mqtt_4_3_3_a_pubrel_after_a_refusing_pubrec_is_answered_0x92_not_success() {
+    let broker = shared();
+    let id = unique("refused-q2");
+    // Refused by rule here; the store refuses alike when it cannot commit.
+    let topic = "$SYS/refused";
+    let (mut publisher, _) = RawClient::connect_ok(broker.addr(), persistent_v5(&id, 60)).await;
+    let pubrec = publisher
+        .try_publish(
+            QoS::ExactlyOnce,
+            3,
+            topic,
+            b"refused",
+            rookery_testkit::TIMEOUT,
+        )
+        .await
+        .expect("PUBREC");
+    assert_eq!(pubrec.reason_code, ReasonCode::NotAuthorized);
+    let pubcomp = publisher
+        .try_release(3, rookery_testkit::TIMEOUT)
+        .await
+        .expect("PUBCOMP");
+    assert_eq!(pubcomp.reason_code, ReasonCode::PacketIdentifierNotFound);
+
+    let pubrec = publisher
+        .try_publish(
+            QoS::ExactlyOnce,
+            4,
+            topic,
+            b"refused",
+            rookery_testkit::TIMEOUT,
+        )
+        .await
+        .expect("PUBREC");
+    assert_eq!(pubrec.reason_code, ReasonCode::NotAuthorized);
+    publisher.close().await;
+    let (mut publisher, connack) =
+        RawClient::connect_ok(broker.addr(), persistent_v5(&id, 60)).await;
+    assert!(connack.session_present);
+    let pubcomp = publisher
+        .try_release(4, rookery_testkit::TIMEOUT)
+        .await
+        .expect("PUBCOMP");
+    assert_eq!(pubcomp.reason_code, ReasonCode::PacketIdentifierNotFound);
+
+    // An identifier the store holds is still released with Success.
+    let accepted = unique("refused-q2/ok");
+    let pubrec = publisher
+        .try_publish(
+            QoS::ExactlyOnce,
+            4,
+            &accepted,
+            b"taken",
+            rookery_testkit::TIMEOUT,
+        )
+        .await
+        .expect("PUBREC");
+    assert!(!pubrec.reason_code.is_error(), "{pubrec:?}");
+    let pubcomp = publisher
+        .try_release(4, rookery_testkit::TIMEOUT)
+        .await
+        .expect("PUBCOMP");
+    assert_eq!(pubcomp.reason_code, ReasonCode::Success);
+}
+
 /// MQTT-3.1.2-5 ff.: QoS 1 and QoS 2 messages published while a persistent
 /// session is offline are queued and delivered, in order, on reconnect.
 #[tokio::test]

@@ -16,7 +16,7 @@ use rookery_store::writer::now_ms;
 use super::publish::{EdgeDeliveries, Outcome, Plan, Reply};
 use super::retain_publish::Claim;
 use super::run::Live;
-use super::session::{End, Step};
+use super::session::{End, Session, Step};
 use super::subscribe;
 use crate::hub::{Hub, Mailbox, PendingEnqueue};
 use crate::message::{Delivery, Message};
@@ -45,9 +45,17 @@ impl Live {
             Step::Subscribe(subscribe) => self.subscribe(subscribe).await,
             Step::Unsubscribe(unsubscribe) => self.unsubscribe(unsubscribe).await,
             Step::Release { record, pubcomp } => {
-                if let Some(record) = record {
-                    self.write_fenced(vec![record]).await?;
-                }
+                let pubcomp = match record {
+                    Some(record) => {
+                        let results = self.write_fenced(vec![record]).await?;
+                        let held = matches!(
+                            results.first().and_then(|r| r.kind.as_ref()),
+                            Some(ResultKind::Acknowledged(ack)) if ack.matched
+                        );
+                        Session::pubcomp_after_release(pubcomp, held, self.socket.out.is_v5())
+                    }
+                    None => pubcomp,
+                };
                 self.socket.out.send(&Packet::PubComp(pubcomp));
                 Ok(())
             }
@@ -362,12 +370,15 @@ impl Live {
         });
     }
 
-    /// A store write on behalf of this session, awaited; a fenced write
-    /// means another connection owns the session now.
-    pub(super) async fn write_fenced(&mut self, commands: Vec<proto::Command>) -> Result<(), End> {
+    /// A store write on behalf of this session, awaited, and its results;
+    /// a fenced write means another connection owns the session now.
+    pub(super) async fn write_fenced(
+        &mut self,
+        commands: Vec<proto::Command>,
+    ) -> Result<Vec<proto::CommandResult>, End> {
         match self.hub.store.write(commands).await {
             Ok(results) if fenced(&results) => Err(End::TakenOver),
-            Ok(_) => Ok(()),
+            Ok(results) => Ok(results),
             Err(error) => {
                 tracing::warn!(%error, client_id = %self.client_id(), "session write failed");
                 Err(End::ServerClosed)

@@ -60,7 +60,9 @@ pub(super) enum Step {
     Subscribe(Subscribe),
     /// Drop the subscriptions, then answer.
     Unsubscribe(Unsubscribe),
-    /// PUBREL: commit the release (persistent sessions), then send PUBCOMP.
+    /// PUBREL: commit the release (persistent sessions), then send PUBCOMP;
+    /// for a persistent 5.0 session, the store's answer says whether it
+    /// held the identifier, and PUBCOMP says 0x92 if it did not.
     Release {
         record: Option<proto::Command>,
         pubcomp: Ack,
@@ -332,7 +334,9 @@ impl Session {
 
     /// PUBREL of a client's QoS 2 publish: released in the store before
     /// PUBCOMP (persistent sessions), so the identifier may carry a new
-    /// message only once the store knows.
+    /// message only once the store knows. A persistent session's PUBCOMP
+    /// says Success here; the store's answer may turn it into 0x92
+    /// ([`Session::pubcomp_after_release`]).
     fn release(&mut self, packet_id: PacketId, v5: bool) -> Step {
         let known = self.inbound.release_qos2(packet_id);
         let reason_code = if known || self.persistent || !v5 {
@@ -350,6 +354,21 @@ impl Session {
                 properties: AckProperties::default(),
             },
         }
+    }
+
+    /// The PUBCOMP of a persistent session's PUBREL once the store has
+    /// released it: `held` is whether the store held the identifier. One it
+    /// did not hold is 0x92 in 5.0, never Success: the PUBREL may follow a
+    /// PUBREC that refused the message (a client that ignores the refusal,
+    /// or one answered after a reconnection), and Success would tell the
+    /// client a message was taken that no one will receive. After a lost
+    /// PUBCOMP the store has released the identifier already, and 0x92 is
+    /// "not an error during recovery" (MQTT 5 §3.7.2.1).
+    pub fn pubcomp_after_release(mut pubcomp: Ack, held: bool, v5: bool) -> Ack {
+        if !held && v5 {
+            pubcomp.reason_code = ReasonCode::PacketIdentifierNotFound;
+        }
+        pubcomp
     }
 
     /// DISCONNECT from the client.
@@ -849,6 +868,25 @@ mod tests {
             }
             other => panic!("expected a release, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_persistent_sessions_pubrel_the_store_did_not_hold_is_answered_0x92_in_5_0() {
+        // PUBREL after a refusing PUBREC (MQTT 5 §3.7.2.1): never Success.
+        let pubcomp = Ack::new(pid(5));
+        assert_eq!(
+            Session::pubcomp_after_release(pubcomp.clone(), false, true).reason_code,
+            ReasonCode::PacketIdentifierNotFound
+        );
+        assert_eq!(
+            Session::pubcomp_after_release(pubcomp.clone(), true, true).reason_code,
+            ReasonCode::Success
+        );
+        // 3.x PUBCOMP has no reason code.
+        assert_eq!(
+            Session::pubcomp_after_release(pubcomp, false, false).reason_code,
+            ReasonCode::Success
+        );
     }
 
     #[test]
