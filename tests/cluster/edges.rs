@@ -5,7 +5,12 @@
 
 use std::time::Duration;
 
-use crate::harness::{Cluster, Options, Roles, within};
+use rookery_codec::{Packet, ReasonCode};
+use rookery_store::proto::{TransferLeaderRequest, admin_client::AdminClient};
+use rookery_testkit::{RawClient, persistent_v5};
+use tonic::transport::Endpoint;
+
+use crate::harness::{Cluster, FAILOVER, Options, Roles, within};
 use crate::traffic::{Publisher, Stream, Subscriber};
 
 /// Three store-only nodes and two edge-only nodes: a persistent QoS 1
@@ -76,6 +81,178 @@ async fn edge_only_nodes_lose_nothing_when_the_store_leader_dies() {
         );
         let new_leader = cluster.leader().await;
         assert_ne!(new_leader, leader, "the killed node still leads");
+    })
+    .await;
+}
+
+/// The store node (its index) that edge-only node `edge` follows now, from
+/// the last `following a store node` line of its log: the node's IP is
+/// 127.0.0.{index} (with store proxies, its proxy's).
+fn followed_store(cluster: &Cluster, edge: usize) -> usize {
+    let log = cluster.node(edge).log();
+    let line = log
+        .lines()
+        .rev()
+        .find(|line| line.contains("following a store node"))
+        .unwrap_or_else(|| panic!("node {edge} follows no store node:\n{log}"));
+    let after = line
+        .split("127.0.0.")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no store address in {line:?}"));
+    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no node index in {line:?}"))
+}
+
+/// The store node `edge` follows, made a follower first if it leads (the
+/// test is about a follower that stops applying; a cut-off leader is
+/// another fault).
+async fn followed_follower(cluster: &Cluster, edge: usize) -> usize {
+    let followed = followed_store(cluster, edge);
+    if cluster.leader().await == followed {
+        let store = cluster.node(followed).store_addr();
+        let channel = Endpoint::from_shared(format!("http://{store}"))
+            .expect("a store endpoint")
+            .connect_lazy();
+        AdminClient::new(channel)
+            .transfer_leader(TransferLeaderRequest { node_id: 0 })
+            .await
+            .unwrap_or_else(|status| panic!("moving the leadership off node {followed}: {status}"));
+        let deadline = tokio::time::Instant::now() + FAILOVER;
+        while cluster.leader().await == followed {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {followed} still leads {FAILOVER:?} after handing over"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    followed
+}
+
+/// An edge-only node reads and hears from the one store node it follows.
+/// Cut that node off from the other store nodes but not from the edge, and
+/// it stops applying the log while its stream to the edge stays open: the
+/// edge must notice (its applied index stays behind the others') and follow
+/// another node, so that a persistent subscriber on the edge goes on
+/// receiving what a publisher there had acknowledged. Before, it received
+/// nothing more while its store queue filled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_only_node_leaves_a_followed_store_node_that_stopped_applying() {
+    let cluster = Cluster::start_with(
+        4,
+        Options {
+            roles: vec![Roles::Store, Roles::Store, Roles::Store, Roles::Edge],
+            store_proxies: true,
+            ..Options::default()
+        },
+    );
+    within(Duration::from_secs(180), async {
+        let edge = 4;
+        let addr = cluster.node(edge).mqtt_addr();
+        let (subscriber, _) =
+            Subscriber::persistent(addr, "behind-sub", "b", addr, "b/x", vec![addr]).await;
+        let publisher = Publisher::spawn(Stream {
+            addr,
+            topic: "b/x".into(),
+            count: None,
+            pace: Duration::from_millis(5),
+            reconnect: true,
+        });
+        subscriber.await_distinct(50).await;
+        let followed = followed_follower(&cluster, edge).await;
+        let others: Vec<usize> = (1..=3).filter(|&n| n != followed).collect();
+        eprintln!(
+            "the edge follows store node {followed} (leader: node {}); cutting it off from \
+             nodes {others:?}",
+            cluster.leader().await
+        );
+        cluster.isolate_from(followed, &others);
+        let cut_at = tokio::time::Instant::now();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let published = publisher.stop().await;
+        let acked = published.acked_seqs();
+        let after_cut = published
+            .acked
+            .iter()
+            .filter(|(_, sent)| *sent > cut_at)
+            .count();
+        eprintln!(
+            "published: {} acknowledged ({after_cut} after the cut), {} refused, {} unconfirmed",
+            acked.len(),
+            published.refused.len(),
+            published.unconfirmed.len()
+        );
+        assert!(after_cut > 0, "nothing was acknowledged after the cut");
+        subscriber.stop_when_all_arrived(&acked).await;
+        let now_followed = followed_store(&cluster, edge);
+        assert_ne!(
+            now_followed, followed,
+            "the edge still follows the node that was cut off"
+        );
+        assert!(
+            cluster
+                .node(edge)
+                .metric("rookery_store_followed_node_behind_total")
+                .await
+                >= 1.0
+        );
+    })
+    .await;
+}
+
+/// A takeover whose notice never reaches the old connection's edge: that
+/// edge follows a store node cut off from the others, which never applies
+/// the new CONNECT nor tells of it. Once the edge follows another node and
+/// reads its persistent sessions' queues again, it must see the newer epoch
+/// and close the old connection with DISCONNECT 0x8E (MQTT-3.1.4-3), instead
+/// of keeping it open while the store sends the session's messages to the
+/// new holder's edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_whose_notice_was_missed_still_closes_the_old_connection() {
+    let cluster = Cluster::start_with(
+        5,
+        Options {
+            roles: vec![
+                Roles::Store,
+                Roles::Store,
+                Roles::Store,
+                Roles::Edge,
+                Roles::Edge,
+            ],
+            store_proxies: true,
+            ..Options::default()
+        },
+    );
+    within(Duration::from_secs(120), async {
+        let (old_edge, new_edge) = (4, 5);
+        let client_id = "missed-takeover";
+        let (mut first, _) = RawClient::connect_ok(
+            cluster.node(old_edge).mqtt_addr(),
+            persistent_v5(client_id, 600),
+        )
+        .await;
+        first.try_ping().await.expect("the first connection is up");
+        let followed = followed_follower(&cluster, old_edge).await;
+        let others: Vec<usize> = (1..=3).filter(|&n| n != followed).collect();
+        eprintln!("node {old_edge} follows store node {followed}: cutting it off from {others:?}");
+        cluster.isolate_from(followed, &others);
+        let (_second, _) = RawClient::connect_retrying(
+            cluster.node(new_edge).mqtt_addr(),
+            persistent_v5(client_id, 600),
+            FAILOVER,
+        )
+        .await;
+        eprintln!("the client connected again on node {new_edge}");
+        let before_close = first.expect_closed_within(FAILOVER).await;
+        match before_close.as_slice() {
+            [Packet::Disconnect(d)] if d.reason_code == ReasonCode::SessionTakenOver => {}
+            other => panic!(
+                "expected DISCONNECT 0x8E (Session taken over) and a close on node {old_edge}, \
+                 got {other:?}"
+            ),
+        }
     })
     .await;
 }

@@ -276,6 +276,18 @@ impl Cluster {
         }
     }
 
+    /// Cuts node `i`'s store off from the store nodes `others`, both ways
+    /// (needs [`Options::store_proxies`]); every other caller (an edge-only
+    /// node, another store node) still reaches it.
+    #[allow(dead_code)] // harness API that not every test of this binary uses
+    pub fn isolate_from(&self, i: usize, others: &[usize]) {
+        assert!(!self.proxies.is_empty(), "isolate_from needs store proxies");
+        for &j in others {
+            self.proxies[i - 1].block(std::net::IpAddr::V4(node_ip(j)));
+            self.proxies[j - 1].block(std::net::IpAddr::V4(node_ip(i)));
+        }
+    }
+
     /// Undoes every [`Cluster::isolate`].
     pub fn heal(&self) {
         for proxy in &self.proxies {

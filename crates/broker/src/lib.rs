@@ -16,6 +16,7 @@ mod broker;
 /// The edge's configuration: listeners and protocol limits.
 pub mod config;
 mod connection;
+mod follow;
 mod forwarded;
 mod hub;
 mod message;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use rookery_cluster::{
-    Access, BadStoreAddress, LeaderWrites, MayHaveCommitted, Peers, StoreContact, WriteFailed,
+    Access, BadStoreAddress, LeaderWrites, MayHaveCommitted, StoreContact, WriteFailed,
 };
 use rookery_store::StoreError;
 use rookery_store::machine::{self, Event, RetainedPage};
@@ -23,10 +23,8 @@ use crate::write_budget::WriteBudget;
 
 /// How long an edge-only node waits for a store node to follow.
 const FOLLOW_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause before following again after the stream broke.
-const FOLLOW_AGAIN: Duration = Duration::from_millis(200);
 /// The largest answer an edge-only node reads from a store node.
-const READ_LIMIT: usize = 512 * 1024 * 1024;
+pub(crate) const READ_LIMIT: usize = 512 * 1024 * 1024;
 /// Notifications an edge-only node may hold before it stops reading.
 const FOLLOW_BUFFER: usize = 4096;
 
@@ -243,32 +241,26 @@ impl Store {
     }
 
     /// The entries of a session's queue after position `after`, at most
-    /// `limit` of them.
+    /// `limit` of them, and the session's epoch where they were read.
     pub async fn queue_after(
         &self,
         client_id: &str,
         after: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<proto::QueuedMessage>, StoreUnavailable> {
+    ) -> Result<proto::ReadQueueResponse, StoreUnavailable> {
         match &self.access {
-            Access::Replica(node) => Ok(machine::read_queue_after(
-                node.local_db(),
-                client_id,
-                after,
-                limit,
-            )?),
+            Access::Replica(node) => Ok(proto::ReadQueueResponse {
+                entries: machine::read_queue_after(node.local_db(), client_id, after, limit)?,
+                session_epoch: machine::read_session_epoch(node.local_db(), client_id)?
+                    .unwrap_or(0),
+            }),
             Access::Peers(_) => {
                 let request = proto::ReadQueueRequest {
                     client_id: client_id.to_owned(),
                     after,
                     limit: u32::try_from(limit).unwrap_or(u32::MAX),
                 };
-                Ok(self
-                    .home_client()?
-                    .read_queue(request)
-                    .await?
-                    .into_inner()
-                    .entries)
+                Ok(self.home_client()?.read_queue(request).await?.into_inner())
             }
         }
     }
@@ -371,7 +363,7 @@ impl Store {
             Access::Peers(peers) => {
                 let (sender, receiver) = mpsc::channel(FOLLOW_BUFFER);
                 let (ready, first) = tokio::sync::oneshot::channel();
-                tokio::spawn(follow(
+                tokio::spawn(crate::follow::follow(
                     peers.clone(),
                     self.home.clone(),
                     edge_id,
@@ -384,72 +376,6 @@ impl Store {
                 }
             }
         }
-    }
-}
-
-/// Follows one store node after another: the events of one `Follow` stream
-/// until it breaks, then (after `Lagged`) the next node's.
-async fn follow(
-    peers: Arc<Peers>,
-    home: Arc<Mutex<Option<String>>>,
-    edge_id: String,
-    sender: mpsc::Sender<StoreEvent>,
-    mut first: Option<tokio::sync::oneshot::Sender<()>>,
-) {
-    use proto::follow_event::Kind;
-    loop {
-        for address in peers.addresses().await {
-            let Ok(channel) = peers.channel(&address) else {
-                continue;
-            };
-            let request = proto::FollowRequest {
-                edge_id: edge_id.clone(),
-            };
-            let client = StoreClient::new(channel).max_decoding_message_size(READ_LIMIT);
-            let Ok(stream) = { client }.follow(request).await else {
-                continue;
-            };
-            let mut stream = stream.into_inner();
-            let why = loop {
-                let event = match stream.message().await {
-                    Ok(Some(event)) => event,
-                    Ok(None) => break "the store node ended the stream".to_owned(),
-                    Err(status) => break status.message().to_owned(),
-                };
-                let event = match event.kind {
-                    Some(Kind::Ready(_)) => {
-                        *home.lock() = Some(address.clone());
-                        tracing::info!(store = %address, "following a store node");
-                        match first.take() {
-                            Some(first) => {
-                                let _ = first.send(());
-                                continue;
-                            }
-                            // Whatever came between the two streams is read
-                            // again from the new node.
-                            None => StoreEvent::Lagged,
-                        }
-                    }
-                    Some(Kind::Edge(edge)) => match edge.kind {
-                        Some(kind) => StoreEvent::Edge(kind),
-                        None => continue,
-                    },
-                    Some(Kind::RouteAdded(route)) => StoreEvent::RouteAdded(route),
-                    Some(Kind::RouteRemoved(route)) => StoreEvent::RouteRemoved(route),
-                    Some(Kind::Retained(message)) => StoreEvent::Retained(message),
-                    Some(Kind::EdgeRegistered(edge)) => StoreEvent::EdgeRegistered(edge),
-                    None => continue,
-                };
-                if sender.send(event).await.is_err() {
-                    return;
-                }
-            };
-            tracing::warn!(store = %address, %why, "stopped following a store node");
-        }
-        if sender.is_closed() {
-            return;
-        }
-        tokio::time::sleep(FOLLOW_AGAIN).await;
     }
 }
 

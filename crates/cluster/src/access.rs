@@ -159,6 +159,24 @@ impl Peers {
         resolve(&self.seeds).await.into_iter().collect()
     }
 
+    /// How far each store node the seeds name has applied the log, asked
+    /// of all at once (a second at most); a node that does not answer is
+    /// left out.
+    pub async fn applied_indices(&self) -> Vec<(String, u64)> {
+        let addresses = self.addresses().await;
+        let answers = futures::future::join_all(
+            addresses
+                .iter()
+                .map(|address| ask_status(&self.channels, address)),
+        )
+        .await;
+        addresses
+            .into_iter()
+            .zip(answers)
+            .filter_map(|(address, status)| Some((address, status?.applied_index)))
+            .collect()
+    }
+
     /// The leader's store address: where it was last found if anywhere,
     /// else asking the seeds until one knows it.
     async fn leader(&self, timeout: Duration) -> Option<String> {

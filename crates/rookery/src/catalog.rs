@@ -535,6 +535,12 @@ pub const METRICS: &[Metric] = &[
         &[],
     ),
     counter(
+        "rookery_store_followed_node_behind_total",
+        Edge,
+        "Times this edge-only node left the store node it followed because that node stopped keeping up with the others",
+        &[],
+    ),
+    counter(
         "rookery_store_events_lagged_total",
         Edge,
         "Times this edge fell behind the store's notifications and read its state again",

@@ -1036,6 +1036,16 @@ pub fn read_subscriptions(
     Ok(subscriptions)
 }
 
+/// The epoch of `client_id`'s session, if there is one.
+pub fn read_session_epoch(
+    reader: &impl Reader,
+    client_id: &str,
+) -> Result<Option<u64>, StoreError> {
+    Ok(reader
+        .get_message::<Session>(cf::SESSIONS, &keys::client(client_id))?
+        .map(|session| session.epoch))
+}
+
 /// A session's queue in order, each entry with its message.
 pub fn read_queue(reader: &impl Reader, client_id: &str) -> Result<Vec<QueuedMessage>, StoreError> {
     read_queue_after(reader, client_id, None, usize::MAX)

@@ -192,7 +192,7 @@ impl Live {
             match hub.store.write(vec![command]).await {
                 Ok(results) => match results.into_iter().next().and_then(|r| r.kind) {
                     Some(ResultKind::Subscribed(subscribed)) => existed = subscribed.existed,
-                    Some(ResultKind::Fenced(_)) => return Err(End::TakenOver),
+                    Some(ResultKind::Fenced(_)) => return Err(self.taken_over()),
                     other => {
                         tracing::warn!(?other, "unexpected store answer to Subscribe");
                         return Err(End::ServerClosed);
@@ -227,7 +227,7 @@ impl Live {
         let existed = match hub.store.write(vec![command]).await {
             Ok(results) => match results.into_iter().next().and_then(|r| r.kind) {
                 Some(ResultKind::Unsubscribed(unsubscribed)) => unsubscribed.existed,
-                Some(ResultKind::Fenced(_)) => return Err(End::TakenOver),
+                Some(ResultKind::Fenced(_)) => return Err(self.taken_over()),
                 other => {
                     tracing::warn!(?other, "unexpected store answer to Unsubscribe");
                     return Err(End::ServerClosed);
@@ -278,9 +278,23 @@ impl Live {
                     .queue_after(&client_id, after, QUEUE_READ)
                     .await
                 {
-                    Ok(queue) => {
-                        let complete = queue.len() < QUEUE_READ;
-                        self.session.outgoing.merge_stored(queue, complete);
+                    Ok(read) if read.session_epoch > self.session.records.epoch() => {
+                        // A newer CONNECT holds the session, and the notice
+                        // of that takeover did not reach this edge (it was
+                        // between two store nodes): this connection's writes
+                        // would be fenced, and the store notifies the new
+                        // holder's edge, not this one.
+                        tracing::info!(
+                            %client_id,
+                            epoch = self.session.records.epoch(),
+                            newer = read.session_epoch,
+                            "the session was taken over; closing this connection"
+                        );
+                        return Err(self.taken_over());
+                    }
+                    Ok(read) => {
+                        let complete = read.entries.len() < QUEUE_READ;
+                        self.session.outgoing.merge_stored(read.entries, complete);
                     }
                     Err(error) => {
                         tracing::warn!(%error, %client_id, "reading the session queue failed");
@@ -377,13 +391,22 @@ impl Live {
         commands: Vec<proto::Command>,
     ) -> Result<Vec<proto::CommandResult>, End> {
         match self.hub.store.write(commands).await {
-            Ok(results) if fenced(&results) => Err(End::TakenOver),
+            Ok(results) if fenced(&results) => Err(self.taken_over()),
             Ok(results) => Ok(results),
             Err(error) => {
                 tracing::warn!(%error, client_id = %self.client_id(), "session write failed");
                 Err(End::ServerClosed)
             }
         }
+    }
+
+    /// Another connection holds the session now (MQTT-3.1.4-3): a 5.0 client
+    /// is told with DISCONNECT 0x8E (Session taken over) before the close.
+    fn taken_over(&mut self) -> End {
+        self.socket
+            .out
+            .disconnect(rookery_codec::ReasonCode::SessionTakenOver);
+        End::TakenOver
     }
 }
 

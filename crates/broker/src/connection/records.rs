@@ -85,6 +85,11 @@ impl SessionRecords {
         SessionRecords { client_id, epoch }
     }
 
+    /// The store epoch this connection holds the session under.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// The session's client id.
     pub fn client_id(&self) -> &ClientId {
         &self.client_id

@@ -514,7 +514,13 @@ impl proto::store_server::Store for StoreService {
         let entries =
             machine::read_queue_after(&*self.node.db, &request.client_id, request.after, limit)
                 .map_err(internal)?;
-        Ok(Response::new(proto::ReadQueueResponse { entries }))
+        let session_epoch = machine::read_session_epoch(&*self.node.db, &request.client_id)
+            .map_err(internal)?
+            .unwrap_or(0);
+        Ok(Response::new(proto::ReadQueueResponse {
+            entries,
+            session_epoch,
+        }))
     }
 
     async fn list_edges(
