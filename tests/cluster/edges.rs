@@ -5,13 +5,13 @@
 
 use std::time::Duration;
 
-use rookery_codec::{Packet, ReasonCode};
+use rookery_codec::{Packet, QoS, ReasonCode};
 use rookery_store::proto::{TransferLeaderRequest, admin_client::AdminClient};
-use rookery_testkit::{RawClient, persistent_v5};
+use rookery_testkit::{RawClient, clean_v5, persistent_v5};
 use tonic::transport::Endpoint;
 
-use crate::harness::{Cluster, FAILOVER, Options, Roles, within};
-use crate::traffic::{Publisher, Stream, Subscriber};
+use crate::harness::{Cluster, FAILOVER, Options, QUIET, Roles, within};
+use crate::traffic::{Publisher, Stream, Subscriber, await_route, unique_id};
 
 /// Three store-only nodes and two edge-only nodes: a persistent QoS 1
 /// subscriber on one edge receives every message a publisher on the other
@@ -253,6 +253,76 @@ async fn a_takeover_whose_notice_was_missed_still_closes_the_old_connection() {
                  got {other:?}"
             ),
         }
+    })
+    .await;
+}
+
+/// An edge paused past its lease (10 s): the store's Tick takes its
+/// sessions offline (wills out, expiry started) and stops notifying it
+/// about them. When it runs again and renews its lease, the store says the
+/// lease had lapsed, and the edge closes those connections (DISCONNECT
+/// 0x83) so that their clients connect again. Before, an idle persistent
+/// subscriber stayed connected to it and never received what was published
+/// for it from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_paused_past_its_lease_closes_the_connections_the_store_took_offline() {
+    let cluster = Cluster::start_with(
+        5,
+        Options {
+            roles: vec![
+                Roles::Store,
+                Roles::Store,
+                Roles::Store,
+                Roles::Edge,
+                Roles::Edge,
+            ],
+            ..Options::default()
+        },
+    );
+    within(Duration::from_secs(120), async {
+        let (pub_edge, sub_edge) = (4, 5);
+        let pub_addr = cluster.node(pub_edge).mqtt_addr();
+        let sub_addr = cluster.node(sub_edge).mqtt_addr();
+        let client_id = "lapsed-sub";
+        let (mut subscriber, _) =
+            RawClient::connect_ok(sub_addr, persistent_v5(client_id, 600)).await;
+        subscriber.subscribe_ok(1, "l/#", QoS::AtLeastOnce).await;
+        await_route(pub_addr, &mut subscriber, "l/probe").await;
+        // Idle: no write of its connection is in flight when the edge stops.
+        tokio::time::sleep(QUIET).await;
+        cluster.node(sub_edge).pause();
+        tokio::time::sleep(Duration::from_secs(13)).await;
+        cluster.node(sub_edge).resume();
+
+        let before_close = subscriber.expect_closed_within(FAILOVER).await;
+        match before_close.as_slice() {
+            [Packet::Disconnect(d)] if d.reason_code == ReasonCode::ImplementationSpecificError => {}
+            other => panic!(
+                "expected DISCONNECT 0x83 and a close from the edge whose lease lapsed, got {other:?}"
+            ),
+        }
+        let (mut publisher, _) =
+            RawClient::connect_ok(pub_addr, clean_v5(&unique_id("lapsed-pub"))).await;
+        let ack = publisher.publish1(1, "l/after", b"after").await;
+        assert_eq!(ack.reason_code, ReasonCode::Success);
+        // Its session is whole: the message waits in it and arrives.
+        let (mut subscriber, connack) =
+            RawClient::connect_retrying(sub_addr, persistent_v5(client_id, 600), FAILOVER).await;
+        assert!(connack.session_present);
+        // Probes sent before the pause may come first.
+        loop {
+            let publish = subscriber.expect_publish().await;
+            if publish.topic == "l/after" {
+                break;
+            }
+        }
+        assert!(
+            cluster
+                .node(sub_edge)
+                .metric("rookery_edge_lease_lapsed_total")
+                .await
+                >= 1.0
+        );
     })
     .await;
 }

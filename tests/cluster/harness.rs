@@ -487,6 +487,21 @@ impl Node {
         self.process.kill9();
     }
 
+    /// Pauses the node with SIGSTOP (a stalled machine): it answers nothing
+    /// until [`Node::resume`]; its sockets stay open.
+    #[allow(dead_code)] // harness API that not every test of this binary uses
+    pub fn pause(&self) {
+        self.process.send(Signal::Stop);
+        self.process.note("---- paused with SIGSTOP ----");
+    }
+
+    /// Ends a [`Node::pause`] with SIGCONT.
+    #[allow(dead_code)] // harness API that not every test of this binary uses
+    pub fn resume(&self) {
+        self.process.send(Signal::Cont);
+        self.process.note("---- resumed with SIGCONT ----");
+    }
+
     /// Stops the node with SIGTERM and returns how it exited; SIGKILL if it
     /// has not exited within [`TIMEOUT`].
     #[allow(dead_code)] // harness API that no test of this binary uses yet

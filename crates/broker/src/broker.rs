@@ -516,9 +516,32 @@ async fn renew_lease(hub: Arc<Hub>) {
             bytes_sent: value(&stats.bytes_sent),
         };
         let renewal = register_edge(&hub.edge_id, &hub.forward_address, Some(figures), LEASE);
-        if let Err(error) = hub.store.write_one(renewal).await {
-            tracing::warn!(%error, "renewing the edge lease failed");
+        match hub.store.write_one(renewal).await {
+            Ok(proto::CommandResult {
+                kind: Some(proto::command_result::Kind::EdgeRegistered(registered)),
+            }) if registered.lapsed => release_connections(&hub),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "renewing the edge lease failed"),
         }
+    }
+}
+
+/// The store let this edge's lease lapse (no renewal committed within it:
+/// the edge was paused, or cut off, or no leader took its writes) and took
+/// its sessions offline: their wills handed out, their expiry started, and
+/// no notification about them sent here any more. Their connections would
+/// get nothing while their store queues fill, so each is closed, and its
+/// client connects again to own its session.
+fn release_connections(hub: &Hub) {
+    let mailboxes = hub.mailboxes();
+    metrics::counter!("rookery_edge_lease_lapsed_total").increment(1);
+    tracing::warn!(
+        connections = mailboxes.len(),
+        "the store let this edge's lease lapse and took its sessions offline; \
+         closing their connections so that their clients connect again"
+    );
+    for mailbox in mailboxes {
+        mailbox.release();
     }
 }
 

@@ -535,6 +535,12 @@ pub const METRICS: &[Metric] = &[
         &[],
     ),
     counter(
+        "rookery_edge_lease_lapsed_total",
+        Edge,
+        "Times the store let this edge's lease lapse and took its sessions offline, and the edge closed their connections",
+        &[],
+    ),
+    counter(
         "rookery_store_followed_node_behind_total",
         Edge,
         "Times this edge-only node left the store node it followed because that node stopped keeping up with the others",

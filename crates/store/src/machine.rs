@@ -108,12 +108,13 @@ impl Machine<'_, '_> {
                 let known = self
                     .txn
                     .get_message::<Edge>(cf::EDGES, &keys::edge(&edge.edge_id))?;
+                let lapsed = known.is_none();
                 if known.is_none_or(|known| known.address != edge.address) {
                     self.events.push(Event::EdgeRegistered(edge.clone()));
                 }
                 self.txn
                     .put_message(cf::EDGES, keys::edge(&edge.edge_id), &edge);
-                Ok(applied())
+                Ok(ResultKind::EdgeRegistered(proto::EdgeRegistered { lapsed }))
             }
             CommandKind::Tick(_) => self.tick(),
             CommandKind::Connect(connect) => self.connect(connect),

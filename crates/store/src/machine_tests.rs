@@ -1315,6 +1315,40 @@ fn a_session_that_never_expires_has_no_timer() {
     assert!(store.session("c1").session.is_some());
 }
 
+/// A lease renewal says whether the store still held the edge as live: not
+/// on its first registration, nor once a Tick found its lease lapsed and took
+/// its sessions offline (the edge must then close their connections: no
+/// notification reaches it about them any more).
+#[test]
+fn a_renewal_after_the_lease_lapsed_says_so() {
+    let mut store = Harness::new();
+    let lapsed = |result: ResultKind| match result {
+        ResultKind::EdgeRegistered(registered) => registered.lapsed,
+        other => panic!("RegisterEdge answered {other:?}"),
+    };
+    assert!(lapsed(store.apply_one(T0, register_edge("e1", 1_000))));
+    assert!(!lapsed(
+        store.apply_one(T0 + 500, register_edge("e1", 1_000))
+    ));
+    let c1 = store.connect(T0 + 500, connect("c1", "e1", 10));
+    // Lapsed, but no Tick has swept it: renewing in time keeps everything.
+    assert!(!lapsed(
+        store.apply_one(T0 + 1_600, register_edge("e1", 1_000))
+    ));
+    assert_eq!(store.session_record("c1").edge_id, "e1");
+
+    store.tick(T0 + 2_600);
+    assert!(store.session_record("c1").edge_id.is_empty());
+    assert!(lapsed(
+        store.apply_one(T0 + 2_700, register_edge("e1", 1_000))
+    ));
+    // The session stays offline until its client connects again.
+    assert!(store.session_record("c1").edge_id.is_empty());
+    let again = store.connect(T0 + 2_800, connect("c1", "e1", 10));
+    assert!(again.session_present);
+    assert!(again.epoch > c1.epoch);
+}
+
 /// A DISCONNECT may change the Session Expiry Interval (MQTT-3.14.2-2), also
 /// one arriving late from an edge whose lease lapsed and whose clients were
 /// already taken offline: the new interval replaces the old expiry.

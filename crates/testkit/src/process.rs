@@ -26,6 +26,10 @@ pub enum Signal {
     Kill,
     /// SIGHUP: reload the configuration.
     Hup,
+    /// SIGSTOP: a pause (a stalled VM, a long GC), until [`Signal::Cont`].
+    Stop,
+    /// SIGCONT: the end of a pause.
+    Cont,
 }
 
 impl Signal {
@@ -34,6 +38,8 @@ impl Signal {
             Signal::Term => "TERM",
             Signal::Kill => "KILL",
             Signal::Hup => "HUP",
+            Signal::Stop => "STOP",
+            Signal::Cont => "CONT",
         }
     }
 }

@@ -418,6 +418,15 @@ impl Live {
                 }
                 Err(End::Shutdown)
             }
+            ToConnection::Released => {
+                // The store counts the client as gone (its will handed out,
+                // its expiry started), so it must connect again to own its
+                // session; nothing is recorded for this connection.
+                self.socket
+                    .out
+                    .disconnect(ReasonCode::ImplementationSpecificError);
+                Err(End::Released)
+            }
             ToConnection::Close(reason) => {
                 self.socket.out.disconnect(reason);
                 Err(match reason {
@@ -513,7 +522,7 @@ impl Live {
         let limits = &self.hub.config.limits;
         let (publish_will, expiry_s) = match end {
             // The store knows already: nothing to record there.
-            End::TakenOver => (None, self.session.expiry_s),
+            End::TakenOver | End::Released => (None, self.session.expiry_s),
             End::ClientDisconnected { will, expiry_s } => {
                 (Some(will), expiry_s.unwrap_or(self.session.expiry_s))
             }

@@ -34,6 +34,9 @@ pub(super) enum End {
     ConnectionLost,
     /// Another connection took the session over; the store knows already.
     TakenOver,
+    /// The store took the session offline itself (this edge's lease
+    /// lapsed); it knows already.
+    Released,
     /// The broker is stopping (it drains): the client was told, and the
     /// will is published, as for any close by the server.
     Shutdown,

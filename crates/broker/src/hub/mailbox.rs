@@ -22,6 +22,9 @@ pub enum ToConnection {
     Queued,
     /// Close the connection, telling a 5.0 client why.
     Close(ReasonCode),
+    /// The store took this session offline on its own (this edge's lease
+    /// lapsed): close, recording nothing more of it.
+    Released,
 }
 
 /// The way into one connection's task: a queue and a wake-up. No channel
@@ -119,6 +122,12 @@ impl Mailbox {
     /// Tells the connection to close, with the reason a 5.0 client is sent.
     pub fn close(&self, reason: ReasonCode) {
         self.shared.push(ToConnection::Close(reason));
+    }
+
+    /// Tells the connection that the store took its session offline (see
+    /// [`ToConnection::Released`]).
+    pub fn release(&self) {
+        self.shared.push(ToConnection::Released);
     }
 
     /// Tells a persistent session's connection that the store queued
@@ -294,7 +303,7 @@ impl MailboxReceiver {
             // Cleared before the queue is read, so a later enqueue notifies
             // again.
             ToConnection::Queued => self.shared.queued_notice.store(false, Ordering::Release),
-            ToConnection::Close(_) => {}
+            ToConnection::Close(_) | ToConnection::Released => {}
         }
         Some(message)
     }
