@@ -326,3 +326,66 @@ async fn an_edge_paused_past_its_lease_closes_the_connections_the_store_took_off
     })
     .await;
 }
+
+/// The store leader cut off from the other voters but not from the edge:
+/// it takes the edge's writes and never commits them, while the others
+/// elect a new leader. The edge must look for the leader again once its
+/// writes go unanswered (the seeds name the newer term's) instead of
+/// writing to the old one until it steps down: publishes are acknowledged
+/// again within a few write timeouts, and a persistent subscriber on the
+/// edge gets every acknowledged message. Before, the edge's writes timed
+/// out for as long as the cut lasted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_only_node_moves_its_writes_off_a_leader_cut_off_from_the_voters() {
+    let cluster = Cluster::start_with(
+        4,
+        Options {
+            roles: vec![Roles::Store, Roles::Store, Roles::Store, Roles::Edge],
+            store_proxies: true,
+            ..Options::default()
+        },
+    );
+    within(Duration::from_secs(180), async {
+        let addr = cluster.node(4).mqtt_addr();
+        let (subscriber, _) =
+            Subscriber::persistent(addr, "cut-leader-sub", "c", addr, "c/x", vec![addr]).await;
+        let publisher = Publisher::spawn(Stream {
+            addr,
+            topic: "c/x".into(),
+            count: None,
+            pace: Duration::from_millis(5),
+            reconnect: true,
+        });
+        subscriber.await_distinct(50).await;
+        let leader = cluster.leader().await;
+        let others: Vec<usize> = (1..=3).filter(|&n| n != leader).collect();
+        eprintln!("cutting the store leader, node {leader}, off from nodes {others:?}");
+        cluster.isolate_from(leader, &others);
+        let cut_at = tokio::time::Instant::now();
+        // Two write timeouts (5 s each) and an election fit in this.
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let published = publisher.stop().await;
+        let acked = published.acked_seqs();
+        let after_cut: Vec<Duration> = published
+            .acked
+            .iter()
+            .filter(|(_, sent)| *sent > cut_at)
+            .map(|(_, sent)| *sent - cut_at)
+            .collect();
+        eprintln!(
+            "published: {} acknowledged ({} sent after the cut, the first {:?} after it), \
+             {} refused, {} unconfirmed",
+            acked.len(),
+            after_cut.len(),
+            after_cut.first(),
+            published.refused.len(),
+            published.unconfirmed.len()
+        );
+        assert!(
+            !after_cut.is_empty(),
+            "nothing published in the 15 s after the leader's cut was acknowledged"
+        );
+        subscriber.stop_when_all_arrived(&acked).await;
+    })
+    .await;
+}

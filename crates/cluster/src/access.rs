@@ -177,6 +177,12 @@ impl Peers {
             .collect()
     }
 
+    /// Looks for the leader again next time: a write to where it was found
+    /// went unanswered.
+    pub(crate) fn forget_leader(&self) {
+        *self.leader_hint.lock() = None;
+    }
+
     /// The leader's store address: where it was last found if anywhere,
     /// else asking the seeds until one knows it.
     async fn leader(&self, timeout: Duration) -> Option<String> {

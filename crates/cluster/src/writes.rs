@@ -48,7 +48,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::access::{Access, BadStoreAddress, LeaderAt};
+use crate::access::{Access, BadStoreAddress, LeaderAt, Peers};
 
 /// Why a write did not commit, split by whether it may have committed all
 /// the same: only a write that certainly was never proposed to Raft may be
@@ -233,6 +233,9 @@ impl Drop for Routed {
 #[derive(Debug, Clone)]
 pub struct LeaderWrites {
     queue: mpsc::UnboundedSender<QueuedWrite>,
+    /// On an edge-only node, where the router finds the leader (told when a
+    /// write goes unanswered).
+    peers: Option<Arc<Peers>>,
     timeout: Duration,
     contact: Arc<QuorumContact>,
     /// While the replica in this process leads, writes go straight to its
@@ -316,9 +319,14 @@ impl LeaderWrites {
             replica
         });
         let (queue, queued) = mpsc::unbounded_channel();
+        let peers = match &access {
+            Access::Peers(peers) => Some(peers.clone()),
+            Access::Replica(_) => None,
+        };
         tokio::spawn(route_writes(access, queued, timeout));
         let writes = LeaderWrites {
             queue,
+            peers,
             timeout,
             contact: Arc::default(),
             local_replica,
@@ -326,6 +334,7 @@ impl LeaderWrites {
         };
         tokio::spawn(keep_contact(
             writes.queue.downgrade(),
+            writes.peers.clone(),
             writes.contact.clone(),
             writes.routed.clone(),
             timeout,
@@ -405,6 +414,7 @@ impl LeaderWrites {
             _routed: Routed::new(&self.routed),
         };
         let queued = self.queue.send(write).is_ok();
+        let peers = self.peers.clone();
         futures::future::Either::Right(async move {
             if !queued {
                 return Err(NotProposed::RouterStopped.into());
@@ -412,7 +422,16 @@ impl LeaderWrites {
             let outcome = match tokio::time::timeout(timeout, result).await {
                 Ok(Ok(outcome)) => outcome,
                 Ok(Err(_)) => Err(MayHaveCommitted::OutcomeDropped.into()),
-                Err(_) => Err(MayHaveCommitted::TimedOut(timeout).into()),
+                Err(_) => {
+                    // A leader cut off from its voters but not from this
+                    // edge takes writes and never answers: look for the
+                    // leader again (the seeds name a newer term's), instead
+                    // of writing to it until it steps down.
+                    if let Some(peers) = peers {
+                        peers.forget_leader();
+                    }
+                    Err(MayHaveCommitted::TimedOut(timeout).into())
+                }
             };
             if outcome.is_ok() {
                 contact.confirmed();
@@ -872,6 +891,7 @@ impl Router {
 /// so that the router lets go of the store when the edge stops.
 async fn keep_contact(
     queue: mpsc::WeakUnboundedSender<QueuedWrite>,
+    peers: Option<Arc<Peers>>,
     contact: Arc<QuorumContact>,
     routed: Arc<AtomicUsize>,
     timeout: Duration,
@@ -895,6 +915,7 @@ async fn keep_contact(
         age.set(now_ms().saturating_sub(confirmed_ms) as f64 / 1000.0);
         let writes = LeaderWrites {
             queue,
+            peers: peers.clone(),
             timeout,
             contact: contact.clone(),
             local_replica: None,

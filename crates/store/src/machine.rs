@@ -104,6 +104,7 @@ impl Machine<'_, '_> {
                     address: register.address.clone(),
                     lease_expires_at_ms: self.now_ms.saturating_add(register.lease_ms),
                     stats: register.stats,
+                    lease_ms: register.lease_ms,
                 };
                 let known = self
                     .txn
@@ -116,7 +117,7 @@ impl Machine<'_, '_> {
                     .put_message(cf::EDGES, keys::edge(&edge.edge_id), &edge);
                 Ok(ResultKind::EdgeRegistered(proto::EdgeRegistered { lapsed }))
             }
-            CommandKind::Tick(_) => self.tick(),
+            CommandKind::Tick(tick) => self.tick(tick.leader_since_ms),
             CommandKind::Connect(connect) => self.connect(connect),
             CommandKind::Disconnect(disconnect) => {
                 let mut session =
@@ -581,13 +582,13 @@ impl Machine<'_, '_> {
         Ok(None)
     }
 
-    fn tick(&mut self) -> Result<ResultKind, StoreError> {
+    fn tick(&mut self, leader_since_ms: u64) -> Result<ResultKind, StoreError> {
         // Dead edges: their clients are disconnected without a DISCONNECT,
         // so wills fire (MQTT-3.1.2-8) and session expiry starts.
         let mut dead_edges = Vec::new();
         for (_, value) in self.txn.scan_range(cf::EDGES, b"", None, usize::MAX)? {
             let edge: Edge = decode(cf::EDGES, &value)?;
-            if edge.lease_expires_at_ms <= self.now_ms {
+            if lease_lapsed(&edge, self.now_ms, leader_since_ms) {
                 dead_edges.push(edge.edge_id);
             }
         }
@@ -1035,6 +1036,14 @@ pub fn read_subscriptions(
         });
     }
     Ok(subscriptions)
+}
+
+/// Whether `edge`'s lease has lapsed at `now_ms` under a leader in office
+/// since `leader_since_ms`: its time has passed, and so has a full lease
+/// since the leader took office (an election, and a leader that had been
+/// cut off, leave edges no leader to renew with: they are not dead for it).
+pub fn lease_lapsed(edge: &Edge, now_ms: u64, leader_since_ms: u64) -> bool {
+    edge.lease_expires_at_ms <= now_ms && leader_since_ms.saturating_add(edge.lease_ms) <= now_ms
 }
 
 /// The epoch of `client_id`'s session, if there is one.

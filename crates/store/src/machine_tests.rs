@@ -238,7 +238,7 @@ fn register_edge(edge_id: &str, lease_ms: u64) -> CommandKind {
 }
 
 fn tick() -> CommandKind {
-    CommandKind::Tick(proto::Tick {})
+    CommandKind::Tick(proto::Tick::default())
 }
 
 fn disconnect(client_id: &str, epoch: u64, expiry_s: u32, publish_will: bool) -> CommandKind {
@@ -1347,6 +1347,24 @@ fn a_renewal_after_the_lease_lapsed_says_so() {
     let again = store.connect(T0 + 2_800, connect("c1", "e1", 10));
     assert!(again.session_present);
     assert!(again.epoch > c1.epoch);
+}
+
+/// A new leader gives every edge a full lease from when it took office:
+/// while no leader was reachable (an election, a leader cut off) edges could
+/// not renew, and taking their sessions offline then would disconnect
+/// healthy clients and publish their wills.
+#[test]
+fn a_lease_does_not_lapse_before_a_full_lease_under_a_new_leader() {
+    let mut store = Harness::new();
+    store.apply_one(T0, register_edge("e1", 10_000));
+    store.connect(T0, connect("c1", "e1", 10));
+    let tick_from = |leader_since_ms| CommandKind::Tick(proto::Tick { leader_since_ms });
+    // The lease ran out at T0 + 10 s; a leader in office since T0 + 8 s
+    // waits until T0 + 18 s.
+    store.apply_one(T0 + 12_000, tick_from(T0 + 8_000));
+    assert_eq!(store.session_record("c1").edge_id, "e1");
+    store.apply_one(T0 + 18_000, tick_from(T0 + 8_000));
+    assert!(store.session_record("c1").edge_id.is_empty());
 }
 
 /// A DISCONNECT may change the Session Expiry Interval (MQTT-3.14.2-2), also

@@ -425,24 +425,38 @@ fn millis(duration: Duration) -> u64 {
 async fn tick_while_leading(raft: Raft, db: Arc<Db>, writer: Writer, interval: Duration) {
     let mut timer = tokio::time::interval(interval);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The term this node leads in, and when it took office.
+    let mut office: Option<(u64, u64)> = None;
     loop {
         timer.tick().await;
-        let leading = {
+        let (leading, term) = {
             let metrics = raft.metrics().borrow().clone();
-            metrics.current_leader == Some(metrics.id)
+            (
+                metrics.current_leader == Some(metrics.id),
+                metrics.current_term,
+            )
         };
         if !leading {
+            office = None;
             continue;
         }
+        let leader_since_ms = match office {
+            Some((in_term, since)) if in_term == term => since,
+            _ => {
+                let since = now_ms();
+                office = Some((term, since));
+                since
+            }
+        };
         // An idle store should not write (and fsync) a Tick twice a second
         // forever: propose one only when the leader's state has something due.
-        match tick_due(&db, now_ms()) {
+        match tick_due(&db, now_ms(), leader_since_ms) {
             Ok(false) => continue,
             Ok(true) => {}
             Err(error) => tracing::warn!(%error, "reading what a tick would do"),
         }
         let tick = proto::Command {
-            kind: Some(proto::command::Kind::Tick(proto::Tick {})),
+            kind: Some(proto::command::Kind::Tick(proto::Tick { leader_since_ms })),
         };
         if let Err(error) = writer.write(vec![tick]).await {
             tracing::debug!(%error, "tick not committed");
@@ -452,7 +466,7 @@ async fn tick_while_leading(raft: Raft, db: Arc<Db>, writer: Writer, interval: D
 
 /// Whether a Tick at `now_ms` would change anything: a timer is due, an edge
 /// lease has lapsed, or a due will waits for an edge.
-fn tick_due(db: &Db, now_ms: u64) -> Result<bool, StoreError> {
+fn tick_due(db: &Db, now_ms: u64, leader_since_ms: u64) -> Result<bool, StoreError> {
     let first_timer = db.scan_range(cf::TIMERS, b"", None, 1)?;
     if first_timer
         .first()
@@ -463,7 +477,7 @@ fn tick_due(db: &Db, now_ms: u64) -> Result<bool, StoreError> {
     }
     for (_, value) in db.scan_range(cf::EDGES, b"", None, usize::MAX)? {
         let edge: proto::Edge = decode(cf::EDGES, &value)?;
-        if edge.lease_expires_at_ms <= now_ms {
+        if crate::machine::lease_lapsed(&edge, now_ms, leader_since_ms) {
             return Ok(true);
         }
     }
