@@ -436,10 +436,23 @@ def report(publishers, subscribers, control, unresolved_after_drain):
     for (p, phase), items in lost_by.items():
         seqs = [seq for seq, _ in items]
         missing = collections.Counter(name for _, names in items for name in names)
+        first, last = p.sent_at[min(seqs)], p.sent_at[max(seqs)]
+        # What the subscribers that missed them did around that time.
+        timeline = []
+        for s in subscribers:
+            if s.name not in missing:
+                continue
+            around = sorted([(t, "disconnected") for t, _ in s.disconnects if first - 10 < t < last + 10]
+                            + [(t, "connected") for t, _ in s.connects if first - 10 < t < last + 10])
+            timeline.append(f"{s.name} " + (", ".join(f"{what} {stamp(t)}" for t, what in around)
+                                            or "kept its connection"))
         problems.append(
             f"{p.name}: {len(items)} acknowledged messages (phase {phase}, #{min(seqs)}-#{max(seqs)}, "
-            f"sent {stamp(p.sent_at[min(seqs)])}-{stamp(p.sent_at[max(seqs)])}) not delivered: "
-            + ", ".join(f"{n} missing at {name}" for name, n in sorted(missing.items())))
+            f"sent {stamp(first)}-{stamp(last)}, acknowledged "
+            f"{stamp(min(p.acked.get(seq, first) for seq in seqs))}-"
+            f"{stamp(max(p.acked.get(seq, last) for seq in seqs))}) not delivered: "
+            + ", ".join(f"{n} missing at {name}" for name, n in sorted(missing.items()))
+            + "; around then: " + "; ".join(timeline))
     # QoS 2 duplicates, with what the publisher's connection did around them.
     for p, seq, phase, counts in duplicates:
         sent, acked = p.sent_at[seq], p.acked.get(seq)
