@@ -260,7 +260,17 @@ impl Store {
                     after,
                     limit: u32::try_from(limit).unwrap_or(u32::MAX),
                 };
-                Ok(self.home_client()?.read_queue(request).await?.into_inner())
+                // Bounded: a followed node that stopped answering would hold
+                // the session's connection until HTTP/2 keep-alive gave up.
+                let mut client = self.home_client()?;
+                match tokio::time::timeout(self.write_timeout, client.read_queue(request)).await {
+                    Ok(answer) => Ok(answer?.into_inner()),
+                    Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                        "no answer within {:?}",
+                        self.write_timeout
+                    ))
+                    .into()),
+                }
             }
         }
     }

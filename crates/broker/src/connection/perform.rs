@@ -24,6 +24,11 @@ use crate::message::{Delivery, Message};
 /// Store queue entries read at a time: a few windows' worth.
 const QUEUE_READ: usize = 256;
 
+/// How long after a failed read of its store queue a persistent session
+/// reads it again by itself: the notice that led to the read is spent, and
+/// the next may be long in coming.
+const QUEUE_READ_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A publish whose store write and forwards finished.
 #[derive(Debug)]
 pub(super) struct Completed {
@@ -298,6 +303,11 @@ impl Live {
                     }
                     Err(error) => {
                         tracing::warn!(%error, %client_id, "reading the session queue failed");
+                        let own = self.own_mailbox.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(QUEUE_READ_RETRY).await;
+                            own.notify_queued();
+                        });
                         return Ok(());
                     }
                 }
