@@ -594,6 +594,12 @@ impl Machine<'_, '_> {
         }
         for edge_id in &dead_edges {
             self.txn.delete(cf::EDGES, keys::edge(edge_id));
+            // Registered nowhere now: the other edges forget its address
+            // (else every edge restart, a new incarnation, would add one).
+            self.events.push(Event::EdgeRegistered(Edge {
+                edge_id: edge_id.clone(),
+                ..Edge::default()
+            }));
             for (key, _) in self
                 .txn
                 .scan_prefix(cf::EDGE_SESSIONS, &keys::edge(edge_id))?

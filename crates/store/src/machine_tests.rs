@@ -1349,6 +1349,28 @@ fn a_renewal_after_the_lease_lapsed_says_so() {
     assert!(again.epoch > c1.epoch);
 }
 
+/// A dead edge's record goes, and the other edges are told it listens
+/// nowhere now, so that they forget its address.
+#[test]
+fn a_dead_edge_is_announced_as_registered_nowhere() {
+    let mut store = Harness::new();
+    store.apply_one(T0, register_edge("e1", 1_000));
+    store.apply_one(T0, register_edge("e2", 1_000_000));
+    store.take_events();
+    store.tick(T0 + 1_000);
+    let gone: Vec<Edge> = store
+        .take_events()
+        .into_iter()
+        .filter_map(|event| match event {
+            Event::EdgeRegistered(edge) => Some(edge),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(gone.len(), 1, "{gone:?}");
+    assert_eq!(gone[0].edge_id, "e1");
+    assert!(gone[0].address.is_empty());
+}
+
 /// A new leader gives every edge a full lease from when it took office:
 /// while no leader was reachable (an election, a leader cut off) edges could
 /// not renew, and taking their sessions offline then would disconnect

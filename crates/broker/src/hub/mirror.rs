@@ -123,6 +123,18 @@ impl ClusterMirror {
         }
     }
 
+    /// Replaces every known address with the edge table `edges` (read
+    /// again after missed notifications: an edge that died meanwhile is
+    /// forgotten).
+    fn replace_edges(&self, edges: &[proto::Edge]) {
+        let addresses = edges
+            .iter()
+            .filter(|edge| !edge.address.is_empty())
+            .map(|edge| (Arc::from(edge.edge_id.as_str()), edge.address.clone()))
+            .collect();
+        *self.edge_addresses.lock() = addresses;
+    }
+
     /// Where an edge's forwarding service listens, as it registered.
     pub(super) fn edge_address(&self, edge: &Arc<str>) -> Option<String> {
         self.edge_addresses.lock().get(edge).cloned()
@@ -143,9 +155,8 @@ impl Hub {
 
     /// Reads where the other edges listen.
     pub(super) async fn load_edges(&self) -> Result<(), StoreUnavailable> {
-        for edge in self.store.edges().await? {
-            self.edge_registered(&edge);
-        }
+        let edges = self.store.edges().await?;
+        self.mirror.replace_edges(&edges);
         Ok(())
     }
 
@@ -287,6 +298,34 @@ mod tests {
         hub.route_removed(&route("a/#", "", "durable", 1));
         assert!(hub.session("durable").is_none());
         assert_eq!(hub.subscription_count(), 1);
+    }
+
+    /// An edge registered nowhere (dead, its record gone) is forgotten, and
+    /// reading the edge table again keeps only the edges it holds: the
+    /// address table does not grow with every edge restart.
+    #[test]
+    fn dead_edges_leave_the_address_table() {
+        let mirror = ClusterMirror::default();
+        let edge = |id: &str, address: &str| proto::Edge {
+            edge_id: id.into(),
+            address: address.into(),
+            ..proto::Edge::default()
+        };
+        for incarnation in 0..5 {
+            mirror.edge_registered(&edge(&format!("e2.{incarnation}"), "10.0.0.2:7884"));
+            if incarnation > 0 {
+                mirror.edge_registered(&edge(&format!("e2.{}", incarnation - 1), ""));
+            }
+        }
+        assert_eq!(mirror.edge_addresses.lock().len(), 1);
+        assert_eq!(
+            mirror.edge_address(&Arc::from("e2.4")).as_deref(),
+            Some("10.0.0.2:7884")
+        );
+        mirror.edge_registered(&edge("e3.0", "10.0.0.3:7884"));
+        mirror.replace_edges(&[edge("e3.0", "10.0.0.3:7884"), edge("e4.0", "")]);
+        let known: Vec<Arc<str>> = mirror.edge_addresses.lock().keys().cloned().collect();
+        assert_eq!(known, vec![Arc::from("e3.0")]);
     }
 
     /// A session online here ignores the store's stale routes of it, and is
