@@ -95,6 +95,9 @@ pub struct Outgoing {
     known_seq: Option<u64>,
     /// The store queue may hold entries after `known_seq`.
     store_unread: bool,
+    /// How many of the first entries of `stored_waiting` may have gone out
+    /// on an earlier connection (see [`Outgoing::maybe_sent_before`]).
+    maybe_sent: usize,
     inflight: HashMap<u16, Inflight>,
     next_packet_id: u16,
     alias_maximum: u16,
@@ -123,6 +126,7 @@ impl Outgoing {
             resend: Vec::new(),
             known_seq: None,
             store_unread: false,
+            maybe_sent: 0,
             inflight: HashMap::new(),
             next_packet_id: 1,
             alias_maximum,
@@ -321,6 +325,17 @@ impl Outgoing {
         }
     }
 
+    /// After [`Outgoing::resume`]: the first `window` entries still queued
+    /// may have gone out on the connection before, whose record of sending
+    /// a QoS 1 message is written without waiting and can be lost with its
+    /// edge (records commit in order, so only a prefix of at most that
+    /// connection's window is so). They go out with DUP=1, "this might be a
+    /// re-delivery" (MQTT-3.3.1-1); a QoS 2 message is recorded before it
+    /// is sent, so a queued one never went out.
+    pub fn maybe_sent_before(&mut self, window: usize) {
+        self.maybe_sent = window.min(self.stored_waiting.len());
+    }
+
     /// The store queued more for this session.
     pub fn store_has_news(&mut self) {
         self.store_unread = true;
@@ -384,6 +399,8 @@ impl Outgoing {
                 self.stored_waiting.push_front(entry);
                 break;
             };
+            let maybe_sent = self.maybe_sent > 0;
+            self.maybe_sent = self.maybe_sent.saturating_sub(1);
             let qos = qos_from(entry.qos).unwrap_or(QoS::AtLeastOnce);
             let message = entry.message.as_ref().and_then(Message::from_proto);
             match message {
@@ -397,8 +414,9 @@ impl Outgoing {
                             shared: None,
                         },
                     );
-                    let publish =
+                    let mut publish =
                         message.to_publish(qos, entry.retain, &entry.subscription_ids, now_ms);
+                    publish.dup = maybe_sent && qos == QoS::AtLeastOnce;
                     batch.fresh.push(ReadyPublish {
                         publish,
                         packet_id: Some(packet_id),
@@ -723,6 +741,33 @@ mod tests {
             .map(|s| s.seq)
             .collect();
         assert_eq!(seqs, vec![3], "in order, once");
+    }
+
+    /// MQTT-3.3.1-1: after a resume, the first queued QoS 1 messages, a
+    /// window's worth, may have gone out before the edge that sent them
+    /// died with their "sent" records: they go out with DUP=1; the rest,
+    /// and QoS 2 ones (recorded before sending), with DUP=0. Before, all
+    /// went out with DUP=0 (seen after `kill -9` of an edge under load).
+    #[test]
+    fn mqtt_3_3_1_1_queued_messages_an_earlier_connection_may_have_sent_carry_dup() {
+        let mut outgoing = Outgoing::new(8, 100, QueueOverflow::DropNewest, 0, u32::MAX);
+        let qos2 = |seq| proto::QueuedMessage {
+            qos: 2,
+            message: Some(delivery(QoS::ExactlyOnce).message.to_proto()),
+            ..queued(seq)
+        };
+        outgoing.resume(vec![queued(1), qos2(2), queued(3), queued(4), queued(5)]);
+        outgoing.maybe_sent_before(3);
+        let dup: Vec<(u64, bool)> = outgoing
+            .next_stored(0)
+            .fresh
+            .iter()
+            .map(|ready| (ready.seq, ready.publish.dup))
+            .collect();
+        assert_eq!(
+            dup,
+            [(1, true), (2, false), (3, true), (4, false), (5, false)]
+        );
     }
 
     /// A resumed backlog longer than the packet identifier space (1 to

@@ -265,6 +265,10 @@ impl Machine<'_, '_> {
             return Ok(ResultKind::QuotaExceeded(proto::QuotaExceeded {}));
         }
         let mut previous_edge_id = String::new();
+        // Its last connection's records of what it sent may be incomplete.
+        let may_have_sent = previous
+            .as_ref()
+            .is_some_and(|old| !old.edge_id.is_empty() || old.lost_with_edge);
         // A session with expiry 0 ends with its connection, which a takeover
         // closes: the new connection cannot resume it.
         let mut ended_by_takeover = false;
@@ -336,6 +340,7 @@ impl Machine<'_, '_> {
         session.keep_alive_s = connect.keep_alive_s;
         session.connected_at_ms = self.now_ms;
         session.disconnected_at_ms = 0;
+        session.lost_with_edge = false;
         let routes_after = self.routes_of(&session, &subscriptions);
         self.replace_routes(routes_before, routes_after);
         self.txn.put(
@@ -352,6 +357,7 @@ impl Machine<'_, '_> {
             previous_edge_id,
             subscriptions,
             queue,
+            may_have_sent: session_present && may_have_sent,
         }))
     }
 
@@ -611,6 +617,7 @@ impl Machine<'_, '_> {
                 if let Some(mut session) = self.session(&client_id)?
                     && session.edge_id == *edge_id
                 {
+                    session.lost_with_edge = true;
                     let expiry = session.expiry_interval_s;
                     self.go_offline(&mut session, expiry, true)?;
                 }

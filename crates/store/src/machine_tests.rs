@@ -1349,6 +1349,31 @@ fn a_renewal_after_the_lease_lapsed_says_so() {
     assert!(again.epoch > c1.epoch);
 }
 
+/// A resumed session is told whether its last connection's records of what
+/// it sent may be incomplete: yes after a takeover or the loss of its edge,
+/// no after a DISCONNECT its edge recorded.
+#[test]
+fn a_resume_says_whether_the_last_connection_may_have_sent_unrecorded() {
+    let mut store = Harness::new();
+    store.apply_one(T0, register_edge("e1", 1_000));
+    store.apply_one(T0, register_edge("e2", 1_000_000));
+    let first = store.connect(T0, connect("c1", "e1", 600));
+    assert!(!first.may_have_sent, "a new session");
+    // Taken over while online.
+    let second = store.connect(T0 + 10, connect("c1", "e2", 600));
+    assert!(second.may_have_sent);
+    // Ended by a DISCONNECT its edge recorded.
+    store.apply_one(T0 + 20, disconnect("c1", second.epoch, 600, false));
+    let third = store.connect(T0 + 30, connect("c1", "e1", 600));
+    assert!(!third.may_have_sent);
+    // Its edge e1 lost: a Tick takes it offline.
+    store.tick(T0 + 2_000);
+    assert!(store.session_record("c1").edge_id.is_empty());
+    let fourth = store.connect(T0 + 2_010, connect("c1", "e2", 600));
+    assert!(fourth.may_have_sent);
+    assert!(!store.session_record("c1").lost_with_edge);
+}
+
 /// A dead edge's record goes, and the other edges are told it listens
 /// nowhere now, so that they forget its address.
 #[test]
