@@ -20,19 +20,7 @@ use crate::traffic::{Publisher, Stream, Subscriber, await_route, unique_id};
 /// leader).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_only_nodes_lose_nothing_when_the_store_leader_dies() {
-    let mut cluster = Cluster::start_with(
-        5,
-        Options {
-            roles: vec![
-                Roles::Store,
-                Roles::Store,
-                Roles::Store,
-                Roles::Edge,
-                Roles::Edge,
-            ],
-            ..Options::default()
-        },
-    );
+    let mut cluster = stores_and_edges(2, false);
     within(Duration::from_secs(180), async {
         let leader = cluster.leader().await;
         eprintln!("store leader: node {leader} (to be killed); edges: nodes 4 and 5");
@@ -83,6 +71,22 @@ async fn edge_only_nodes_lose_nothing_when_the_store_leader_dies() {
         assert_ne!(new_leader, leader, "the killed node still leads");
     })
     .await;
+}
+
+/// Three store-only nodes (1 to 3) and `edges` edge-only nodes (4 on),
+/// with a fault-injecting proxy in front of each store node when
+/// `store_proxies`.
+fn stores_and_edges(edges: usize, store_proxies: bool) -> Cluster {
+    let mut roles = vec![Roles::Store; 3];
+    roles.extend(vec![Roles::Edge; edges]);
+    Cluster::start_with(
+        3 + edges,
+        Options {
+            roles,
+            store_proxies,
+            ..Options::default()
+        },
+    )
 }
 
 /// The store node (its index) that edge-only node `edge` follows now, from
@@ -140,14 +144,7 @@ async fn followed_follower(cluster: &Cluster, edge: usize) -> usize {
 /// nothing more while its store queue filled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_only_node_leaves_a_followed_store_node_that_stopped_applying() {
-    let cluster = Cluster::start_with(
-        4,
-        Options {
-            roles: vec![Roles::Store, Roles::Store, Roles::Store, Roles::Edge],
-            store_proxies: true,
-            ..Options::default()
-        },
-    );
+    let cluster = stores_and_edges(1, true);
     within(Duration::from_secs(180), async {
         let edge = 4;
         let addr = cluster.node(edge).mqtt_addr();
@@ -211,20 +208,7 @@ async fn an_edge_only_node_leaves_a_followed_store_node_that_stopped_applying() 
 /// new holder's edge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_takeover_whose_notice_was_missed_still_closes_the_old_connection() {
-    let cluster = Cluster::start_with(
-        5,
-        Options {
-            roles: vec![
-                Roles::Store,
-                Roles::Store,
-                Roles::Store,
-                Roles::Edge,
-                Roles::Edge,
-            ],
-            store_proxies: true,
-            ..Options::default()
-        },
-    );
+    let cluster = stores_and_edges(2, true);
     within(Duration::from_secs(120), async {
         let (old_edge, new_edge) = (4, 5);
         let client_id = "missed-takeover";
@@ -266,19 +250,7 @@ async fn a_takeover_whose_notice_was_missed_still_closes_the_old_connection() {
 /// for it from then on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_paused_past_its_lease_closes_the_connections_the_store_took_offline() {
-    let cluster = Cluster::start_with(
-        5,
-        Options {
-            roles: vec![
-                Roles::Store,
-                Roles::Store,
-                Roles::Store,
-                Roles::Edge,
-                Roles::Edge,
-            ],
-            ..Options::default()
-        },
-    );
+    let cluster = stores_and_edges(2, false);
     within(Duration::from_secs(120), async {
         let (pub_edge, sub_edge) = (4, 5);
         let pub_addr = cluster.node(pub_edge).mqtt_addr();
@@ -337,14 +309,7 @@ async fn an_edge_paused_past_its_lease_closes_the_connections_the_store_took_off
 /// out for as long as the cut lasted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_only_node_moves_its_writes_off_a_leader_cut_off_from_the_voters() {
-    let cluster = Cluster::start_with(
-        4,
-        Options {
-            roles: vec![Roles::Store, Roles::Store, Roles::Store, Roles::Edge],
-            store_proxies: true,
-            ..Options::default()
-        },
-    );
+    let cluster = stores_and_edges(1, true);
     within(Duration::from_secs(180), async {
         let addr = cluster.node(4).mqtt_addr();
         let (subscriber, _) =
