@@ -31,18 +31,7 @@ const QUORUM_CONTACT: Duration = Duration::from_millis(500);
 /// subscriber after the cut heals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_off_minority_refuses_qos1_within_a_bound_and_loses_nothing() {
-    let cluster = Cluster::start_with(
-        3,
-        Options {
-            store_proxies: true,
-            cluster_toml: format!(
-                "write_timeout_ms = {}\nquorum_contact_ms = {}",
-                WRITE_TIMEOUT.as_millis(),
-                QUORUM_CONTACT.as_millis()
-            ),
-            ..Options::default()
-        },
-    );
+    let cluster = partitionable_cluster();
     within(Duration::from_secs(180), async {
         let minority = cluster.leader().await;
         let majority: Vec<usize> = (1..=3).filter(|&n| n != minority).collect();
@@ -180,18 +169,7 @@ async fn a_cut_off_minority_refuses_qos1_within_a_bound_and_loses_nothing() {
 /// counted 5 such messages as acknowledged and lost around a leader kill.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_qos2_publish_released_all_the_same_is_never_completed_with_success() {
-    let cluster = Cluster::start_with(
-        3,
-        Options {
-            store_proxies: true,
-            cluster_toml: format!(
-                "write_timeout_ms = {}\nquorum_contact_ms = {}",
-                WRITE_TIMEOUT.as_millis(),
-                QUORUM_CONTACT.as_millis()
-            ),
-            ..Options::default()
-        },
-    );
+    let cluster = partitionable_cluster();
     within(Duration::from_secs(120), async {
         let minority = cluster.leader().await;
         let majority: Vec<usize> = (1..=3).filter(|&n| n != minority).collect();
@@ -288,6 +266,24 @@ async fn a_refused_qos2_publish_released_all_the_same_is_never_completed_with_su
         assert_eq!(received, expected);
     })
     .await;
+}
+
+/// Three nodes, each store and edge, with a proxy in front of each store
+/// node (so that one can be cut off) and this file's short write timeout
+/// and quorum contact bound.
+fn partitionable_cluster() -> Cluster {
+    Cluster::start_with(
+        3,
+        Options {
+            store_proxies: true,
+            cluster_toml: format!(
+                "write_timeout_ms = {}\nquorum_contact_ms = {}",
+                WRITE_TIMEOUT.as_millis(),
+                QUORUM_CONTACT.as_millis()
+            ),
+            ..Options::default()
+        },
+    )
 }
 
 /// A QoS 2 flow that must complete with Success at each step.

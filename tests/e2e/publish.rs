@@ -332,62 +332,41 @@ async fn mqtt_4_3_3_a_pubrel_after_a_refusing_pubrec_is_answered_0x92_not_succes
     // Refused by rule here; the store refuses alike when it cannot commit.
     let topic = "$SYS/refused";
     let (mut publisher, _) = RawClient::connect_ok(broker.addr(), persistent_v5(&id, 60)).await;
-    let pubrec = publisher
-        .try_publish(
-            QoS::ExactlyOnce,
-            3,
-            topic,
-            b"refused",
-            rookery_testkit::TIMEOUT,
-        )
-        .await
-        .expect("PUBREC");
+    let pubrec = qos2_publish(&mut publisher, 3, topic).await;
     assert_eq!(pubrec.reason_code, ReasonCode::NotAuthorized);
-    let pubcomp = publisher
-        .try_release(3, rookery_testkit::TIMEOUT)
-        .await
-        .expect("PUBCOMP");
+    let pubcomp = release(&mut publisher, 3).await;
     assert_eq!(pubcomp.reason_code, ReasonCode::PacketIdentifierNotFound);
 
-    let pubrec = publisher
-        .try_publish(
-            QoS::ExactlyOnce,
-            4,
-            topic,
-            b"refused",
-            rookery_testkit::TIMEOUT,
-        )
-        .await
-        .expect("PUBREC");
+    let pubrec = qos2_publish(&mut publisher, 4, topic).await;
     assert_eq!(pubrec.reason_code, ReasonCode::NotAuthorized);
     publisher.close().await;
     let (mut publisher, connack) =
         RawClient::connect_ok(broker.addr(), persistent_v5(&id, 60)).await;
     assert!(connack.session_present);
-    let pubcomp = publisher
-        .try_release(4, rookery_testkit::TIMEOUT)
-        .await
-        .expect("PUBCOMP");
+    let pubcomp = release(&mut publisher, 4).await;
     assert_eq!(pubcomp.reason_code, ReasonCode::PacketIdentifierNotFound);
 
     // An identifier the store holds is still released with Success.
-    let accepted = unique("refused-q2/ok");
-    let pubrec = publisher
-        .try_publish(
-            QoS::ExactlyOnce,
-            4,
-            &accepted,
-            b"taken",
-            rookery_testkit::TIMEOUT,
-        )
-        .await
-        .expect("PUBREC");
+    let pubrec = qos2_publish(&mut publisher, 4, &unique("refused-q2/ok")).await;
     assert!(!pubrec.reason_code.is_error(), "{pubrec:?}");
-    let pubcomp = publisher
-        .try_release(4, rookery_testkit::TIMEOUT)
-        .await
-        .expect("PUBCOMP");
+    let pubcomp = release(&mut publisher, 4).await;
     assert_eq!(pubcomp.reason_code, ReasonCode::Success);
+}
+
+/// A QoS 2 PUBLISH under `id` and its PUBREC, whatever its reason code.
+async fn qos2_publish(publisher: &mut RawClient, id: u16, topic: &str) -> Ack {
+    publisher
+        .try_publish(QoS::ExactlyOnce, id, topic, b"q2", rookery_testkit::TIMEOUT)
+        .await
+        .expect("PUBREC")
+}
+
+/// PUBREL for `id` and its PUBCOMP, whatever its reason code.
+async fn release(publisher: &mut RawClient, id: u16) -> Ack {
+    publisher
+        .try_release(id, rookery_testkit::TIMEOUT)
+        .await
+        .expect("PUBCOMP")
 }
 
 /// MQTT-3.1.2-5 ff.: QoS 1 and QoS 2 messages published while a persistent

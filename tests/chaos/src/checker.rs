@@ -158,6 +158,25 @@ pub enum Violation {
     },
 }
 
+impl Violation {
+    /// Which guarantee it breaks, as the summary counts them.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Violation::Lost { .. } => "lost",
+            Violation::Duplicated { .. } => "duplicated",
+            Violation::Reordered { .. } => "reordered",
+            Violation::NeverSent { .. } => "never sent",
+            Violation::SharedMissed { .. } | Violation::SharedDuplicated { .. } => "shared group",
+            Violation::WillTwice { .. }
+            | Violation::WillUnwarranted { .. }
+            | Violation::WillMissing { .. } => "wills",
+            Violation::RetainedDiverged { .. }
+            | Violation::RetainedNeverSent { .. }
+            | Violation::RetainedLost { .. } => "retained",
+        }
+    }
+}
+
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -252,8 +271,9 @@ pub struct Report {
     pub redelivered: usize,
     /// Faults by kind.
     pub faults: BTreeMap<String, usize>,
-    /// Per fault kind, the longest time without any acknowledgement that
-    /// overlapped a fault of that kind while publishes were waiting.
+    /// Per fault kind, the longest time between two acknowledgements (of any
+    /// publisher) around a fault of that kind: from the last before it to
+    /// the first after it, or to the run's end if none came.
     pub longest_unacknowledged: BTreeMap<String, Millis>,
     /// Every broken guarantee.
     pub violations: Vec<Violation>,
@@ -265,11 +285,11 @@ impl Report {
         self.violations.is_empty()
     }
 
-    /// How many violations of one kind (by the first word of their text).
+    /// How many violations of one [`Violation::kind`].
     fn count(&self, kind: &str) -> usize {
         self.violations
             .iter()
-            .filter(|violation| violation.to_string().starts_with(kind))
+            .filter(|violation| violation.kind() == kind)
             .count()
     }
 }
@@ -309,7 +329,7 @@ impl fmt::Display for Report {
             self.count("reordered"),
             self.count("never sent"),
             self.count("shared group"),
-            self.count("will"),
+            self.count("wills"),
             self.count("retained"),
         )?;
         const SHOWN: usize = 50;
@@ -760,9 +780,8 @@ fn check_retained(history: &History, index: &Index<'_>, report: &mut Report) {
     }
 }
 
-/// Per fault kind, the longest stretch without any acknowledgement that
-/// overlapped one of its faults, counted only while some sent publish
-/// still waited for its answer.
+/// Per fault kind, the longest time between two acknowledgements around
+/// one of its faults (see [`Report::longest_unacknowledged`]).
 fn measure_unacknowledged(history: &History, index: &Index<'_>, report: &mut Report) {
     let mut acks: Vec<Millis> = index.acked.values().copied().collect();
     acks.sort_unstable();
@@ -775,24 +794,19 @@ fn measure_unacknowledged(history: &History, index: &Index<'_>, report: &mut Rep
             continue;
         };
         let (start, end) = (*at, until.unwrap_or(*at));
-        // The acknowledgements around the fault: the last before it, those
-        // during it, and the first after it.
-        let before = acks.partition_point(|&ack| ack < start);
+        // The last acknowledgement before the fault, those during it, and
+        // the first after it (the run's end when none came).
+        let from = acks.partition_point(|&ack| ack < start).saturating_sub(1);
         let after = acks.partition_point(|&ack| ack <= end);
-        let from = before.saturating_sub(1);
-        let to = (after + 1).min(acks.len());
-        let mut longest = 0;
-        for pair in acks[from..to].windows(2) {
-            longest = longest.max(pair[1] - pair[0]);
+        let mut around = acks[from..(after + 1).min(acks.len())].to_vec();
+        if after == acks.len() {
+            around.push(index.last_at);
         }
-        if from + 1 >= to && before == acks.len() {
-            // Nothing acknowledged after the fault began.
-            longest = longest.max(
-                index
-                    .last_at
-                    .saturating_sub(acks.last().copied().unwrap_or(0)),
-            );
-        }
+        let longest = around
+            .windows(2)
+            .map(|pair| pair[1].saturating_sub(pair[0]))
+            .max()
+            .unwrap_or(0);
         let entry = report
             .longest_unacknowledged
             .entry(kind.clone())

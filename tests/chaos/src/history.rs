@@ -1,7 +1,7 @@
 //! What the clients of a run did and saw, in the order they recorded it.
 //!
 //! Every message a publisher sends carries its publisher's name and a
-//! sequence number in its payload ([`Payload`]), so that a delivery names
+//! sequence number in its payload ([`payload`]), so that a delivery names
 //! the publish it came from. Times are milliseconds since the run started,
 //! from one clock: the harness's, never a broker node's.
 
@@ -209,33 +209,27 @@ impl History {
     }
 }
 
-/// What a publisher puts in each payload so that deliveries name their
-/// publish: `{publisher} {seq}`, then padding up to the payload size.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Payload;
-
-impl Payload {
-    /// The payload of `id`, at least `size` bytes long.
-    pub fn encode(id: &MessageId, size: usize) -> Vec<u8> {
-        let mut payload = format!("{} {}", id.publisher, id.seq).into_bytes();
-        if payload.len() < size {
-            payload.push(b' ');
-            payload.resize(size, b'.');
-        }
-        payload
+/// The payload a publisher sends for `id`, at least `size` bytes long:
+/// `{publisher} {seq}`, then padding, so that a delivery names its publish.
+pub fn payload(id: &MessageId, size: usize) -> Vec<u8> {
+    let mut payload = format!("{} {}", id.publisher, id.seq).into_bytes();
+    if payload.len() < size {
+        payload.push(b' ');
+        payload.resize(size, b'.');
     }
+    payload
+}
 
-    /// The publish a payload names, if it names one.
-    pub fn decode(payload: &[u8]) -> Option<MessageId> {
-        let text = std::str::from_utf8(payload).ok()?;
-        let mut words = text.split(' ');
-        let publisher = words.next().filter(|p| !p.is_empty())?;
-        let seq = words.next()?.parse().ok()?;
-        Some(MessageId {
-            publisher: publisher.to_owned(),
-            seq,
-        })
-    }
+/// The publish a payload made by [`payload`] names, if it names one.
+pub fn named_publish(payload: &[u8]) -> Option<MessageId> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let mut words = text.split(' ');
+    let publisher = words.next().filter(|p| !p.is_empty())?;
+    let seq = words.next()?.parse().ok()?;
+    Some(MessageId {
+        publisher: publisher.to_owned(),
+        seq,
+    })
 }
 
 #[cfg(test)]
@@ -248,13 +242,13 @@ mod tests {
             publisher: "pub-1".into(),
             seq: 42,
         };
-        let payload = Payload::encode(&id, 64);
-        assert_eq!(payload.len(), 64);
-        assert_eq!(Payload::decode(&payload), Some(id.clone()));
-        assert_eq!(Payload::decode(&Payload::encode(&id, 0)), Some(id));
-        assert_eq!(Payload::decode(b"garbage"), None);
-        assert_eq!(Payload::decode(b" 1"), None);
-        assert_eq!(Payload::decode(&[0xff, 0x20, 0x31]), None);
+        let padded = payload(&id, 64);
+        assert_eq!(padded.len(), 64);
+        assert_eq!(named_publish(&padded), Some(id.clone()));
+        assert_eq!(named_publish(&payload(&id, 0)), Some(id));
+        assert_eq!(named_publish(b"garbage"), None);
+        assert_eq!(named_publish(b" 1"), None);
+        assert_eq!(named_publish(&[0xff, 0x20, 0x31]), None);
     }
 
     #[test]
