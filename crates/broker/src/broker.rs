@@ -23,7 +23,7 @@ use crate::transport::{
 };
 
 /// How long the store keeps this edge's clients after its last renewal.
-const LEASE: Duration = Duration::from_secs(10);
+pub(crate) const LEASE: Duration = Duration::from_secs(10);
 /// How long a shutdown without a drain first waits for connections to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How often a drain looks for connections that attached since it told

@@ -541,6 +541,12 @@ pub const METRICS: &[Metric] = &[
         &[],
     ),
     counter(
+        "rookery_disconnect_record_retries_total",
+        Edge,
+        "Attempts to record how a connection ended (its will published or discarded) that failed and were retried",
+        &[],
+    ),
+    counter(
         "rookery_store_followed_node_behind_total",
         Edge,
         "Times this edge-only node left the store node it followed because that node stopped keeping up with the others",

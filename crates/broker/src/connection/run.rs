@@ -27,6 +27,9 @@ use crate::stats::{ClientGauge, OutgoingReport};
 
 /// The timer's deadline while nothing is due: a connection without keep
 /// alive is never timed out.
+/// Between two attempts to record how a connection ended.
+const DISCONNECT_RECORD_RETRY: Duration = Duration::from_millis(500);
+
 const NOTHING_DUE: Duration = Duration::from_secs(86_400 * 365);
 
 /// A publish's store write and forwards, resolving to what they did.
@@ -545,7 +548,7 @@ impl Live {
             return;
         };
         let command = self.session.records.disconnect(expiry_s, publish_will);
-        match self.hub.store.write(vec![command]).await {
+        match record_disconnect(&self.hub, self.client_id(), command).await {
             // An operator deleted the session (`rookery ctl sessions
             // delete`): what this edge kept of it goes too.
             Ok(results)
@@ -577,6 +580,32 @@ impl Live {
             }
         }
         taken
+    }
+}
+
+/// Writes how the connection ended, again and again while the store
+/// cannot be reached (an election, this edge cut off for a while):
+/// until it is written the store counts the connection as live, so a
+/// client's normal DISCONNECT would still publish its will once this
+/// edge's lease lapsed or the edge died (MQTT-3.1.2-10). The record is
+/// fenced by the session's epoch, so a late one cannot touch a newer
+/// connection's session. Gives up after a few leases: by then the store
+/// has taken the session offline itself.
+async fn record_disconnect(
+    hub: &Hub,
+    client_id: &str,
+    command: rookery_store::proto::Command,
+) -> Result<Vec<rookery_store::proto::CommandResult>, crate::store::StoreUnavailable> {
+    let give_up = Instant::now() + 3 * crate::broker::LEASE;
+    loop {
+        match hub.store.write(vec![command.clone()]).await {
+            Err(error) if Instant::now() < give_up => {
+                metrics::counter!("rookery_disconnect_record_retries_total").increment(1);
+                tracing::debug!(%error, client_id, "recording a disconnect failed; retrying");
+                tokio::time::sleep(DISCONNECT_RECORD_RETRY).await;
+            }
+            written => return written,
+        }
     }
 }
 
