@@ -5,9 +5,10 @@
 
 use std::time::Duration;
 
-use rookery_codec::{Packet, QoS, ReasonCode};
+use bytes::Bytes;
+use rookery_codec::{Packet, QoS, ReasonCode, Will};
 use rookery_store::proto::{TransferLeaderRequest, admin_client::AdminClient};
-use rookery_testkit::{RawClient, clean_v5, persistent_v5};
+use rookery_testkit::{RawClient, Read, clean_v5, persistent_v5};
 use tonic::transport::Endpoint;
 
 use crate::harness::{Cluster, FAILOVER, Options, QUIET, Roles, within};
@@ -89,24 +90,14 @@ fn stores_and_edges(edges: usize, store_proxies: bool) -> Cluster {
     )
 }
 
-/// The store node (its index) that edge-only node `edge` follows now, from
-/// the last `following a store node` line of its log: the node's IP is
-/// 127.0.0.{index} (with store proxies, its proxy's).
+/// The store node (its index) that edge-only node `edge` follows now.
 fn followed_store(cluster: &Cluster, edge: usize) -> usize {
-    let log = cluster.node(edge).log();
-    let line = log
-        .lines()
-        .rev()
-        .find(|line| line.contains("following a store node"))
-        .unwrap_or_else(|| panic!("node {edge} follows no store node:\n{log}"));
-    let after = line
-        .split("127.0.0.")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no store address in {line:?}"));
-    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
-    digits
-        .parse()
-        .unwrap_or_else(|_| panic!("no node index in {line:?}"))
+    cluster.followed_store(edge).unwrap_or_else(|| {
+        panic!(
+            "node {edge} follows no store node:\n{}",
+            cluster.node(edge).log()
+        )
+    })
 }
 
 /// The store node `edge` follows, made a follower first if it leads (the
@@ -351,6 +342,77 @@ async fn an_edge_only_node_moves_its_writes_off_a_leader_cut_off_from_the_voters
             "nothing published in the 15 s after the leader's cut was acknowledged"
         );
         subscriber.stop_when_all_arrived(&acked).await;
+    })
+    .await;
+}
+
+/// MQTT-3.1.2-10: a client that leaves with a normal DISCONNECT while its
+/// edge cannot reach the store still has its will discarded. The edge
+/// records the disconnect once the store answers again; before, the store
+/// kept counting the connection as live, and the edge's death later
+/// published the will (found by the chaos run). A second client, still
+/// connected when the edge dies, shows that wills do come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_3_1_2_10_a_normal_disconnect_the_store_could_not_hear_yet_still_discards_the_will() {
+    // Writes give up after 2 s, well inside the cut below, which itself
+    // stays well inside the edge's 10 s lease.
+    let mut roles = vec![Roles::Store; 3];
+    roles.extend([Roles::Edge, Roles::Edge]);
+    let mut cluster = Cluster::start_with(
+        5,
+        Options {
+            roles,
+            store_proxies: true,
+            cluster_toml: "write_timeout_ms = 2000".into(),
+            ..Options::default()
+        },
+    );
+    within(Duration::from_secs(120), async {
+        let edge = cluster.node(4).mqtt_addr();
+        let (mut watcher, _) =
+            RawClient::connect_ok(cluster.node(5).mqtt_addr(), clean_v5("will-watcher")).await;
+        watcher.subscribe_ok(1, "will/#", QoS::AtLeastOnce).await;
+        await_route(edge, &mut watcher, "will/probe").await;
+        let with_will = |client_id: &str| {
+            let mut connect = clean_v5(client_id);
+            connect.will = Some(Will {
+                topic: format!("will/{client_id}").as_str().into(),
+                payload: Bytes::from_static(b"gone"),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: Default::default(),
+            });
+            connect
+        };
+        let (leaving, _) = RawClient::connect_ok(edge, with_will("leaving")).await;
+        let (staying, _) = RawClient::connect_ok(edge, with_will("staying")).await;
+
+        for store in 1..=3 {
+            cluster.block_calls(4, store);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        leaving.disconnect().await;
+        // Longer than a write timeout, so that the first record fails;
+        // shorter than the edge's lease: the store keeps its clients.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        cluster.heal();
+        // The retried record lands within a write timeout of the heal.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        cluster.node_mut(4).kill9();
+        drop(staying);
+
+        // The store takes the dead edge's sessions offline once its lease
+        // lapses, and publishes their wills: only `staying`'s.
+        let publish = match watcher.read(FAILOVER).await {
+            Read::Packet(Packet::Publish(publish)) => publish,
+            other => panic!("no will within {FAILOVER:?} of the edge's death: {other:?}"),
+        };
+        watcher.ack(&publish).await;
+        assert_eq!(publish.topic, "will/staying", "{publish:?}");
+        match watcher.read(Duration::from_secs(5)).await {
+            Read::Nothing => {}
+            other => panic!("a will after a normal DISCONNECT: {other:?}"),
+        }
     })
     .await;
 }

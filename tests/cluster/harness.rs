@@ -288,6 +288,36 @@ impl Cluster {
         }
     }
 
+    /// Drops node `from`'s calls to node `to`'s store (needs
+    /// [`Options::store_proxies`]); `to`'s calls to `from` still pass: a
+    /// one-way partition.
+    #[allow(dead_code)] // harness API that not every test of this binary uses
+    pub fn block_calls(&self, from: usize, to: usize) {
+        assert!(!self.proxies.is_empty(), "block_calls needs store proxies");
+        self.proxies[to - 1].block(std::net::IpAddr::V4(node_ip(from)));
+    }
+
+    /// The store node (its index) that node `edge` follows now, from the
+    /// last `following a store node` line of its log: node `i`'s store (or
+    /// its proxy) listens on 127.0.0.`i`.
+    #[allow(dead_code)] // harness API that not every test of this binary uses
+    pub fn followed_store(&self, edge: usize) -> Option<usize> {
+        let log = self.node(edge).log();
+        let line = log
+            .lines()
+            .rev()
+            .find(|line| line.contains("following a store node"))?;
+        let after = line.split("127.0.0.").nth(1)?;
+        let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    }
+
+    /// How many nodes the cluster has.
+    #[allow(dead_code)] // harness API that not every test of this binary uses
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
     /// Undoes every [`Cluster::isolate`].
     pub fn heal(&self) {
         for proxy in &self.proxies {

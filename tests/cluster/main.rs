@@ -27,6 +27,7 @@ mod traffic;
 
 mod auth;
 mod caps;
+mod chaos;
 mod ctl;
 mod edges;
 mod exactly_once;

@@ -15,3 +15,4 @@
 
 pub mod checker;
 pub mod history;
+pub mod nemesis;
