@@ -22,7 +22,7 @@ use rookery_testkit::{RawClient, Read, clean_v5, persistent_v311, pid_for};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::harness::{Cluster, FAILOVER, QUIET, TIMEOUT, within};
+use crate::harness::{Cluster, FAILOVER, Options, QUIET, Roles, TIMEOUT, within};
 use crate::traffic::{ACK_WAIT, await_route, ranges, seq_of, unique_id};
 
 /// The topic of the numbered messages.
@@ -608,6 +608,94 @@ async fn qos2_across_an_edge_kill_is_exactly_once() {
                 delivered.errors,
                 delivered.story(&concerned)
             );
+        }
+    })
+    .await;
+}
+
+/// A persistent session's QoS 2 publish that the store commits while its
+/// answer to the edge is lost: the edge cannot tell (it closes the
+/// connection, keeping the packet identifier), and the publisher sends it
+/// again on another edge (MQTT-4.3.3-9). The store answers that it has it;
+/// the message must still reach the clean-session subscriber, which the
+/// store does not serve: the retry is delivered again under the store's
+/// receipt of the first attempt. A second retry, on the first edge, is
+/// dropped by the subscriber's session: exactly once. (Found by the chaos
+/// run: the retry used to be delivered to nobody outside the store.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos2_retry_the_store_had_taken_reaches_a_clean_subscriber_exactly_once() {
+    // Three store-only nodes, two edge-only nodes (4 and 5); writes give
+    // up after 2 s.
+    let mut roles = vec![Roles::Store; 3];
+    roles.extend([Roles::Edge, Roles::Edge]);
+    let cluster = Cluster::start_with(
+        5,
+        Options {
+            roles,
+            store_proxies: true,
+            cluster_toml: "write_timeout_ms = 2000".into(),
+            ..Options::default()
+        },
+    );
+    within(Duration::from_secs(120), async {
+        let (first_edge, second_edge) = (cluster.node(4).mqtt_addr(), cluster.node(5).mqtt_addr());
+        let (mut subscriber, _) = RawClient::connect_ok(second_edge, clean_v5("retry-sub")).await;
+        subscriber
+            .subscribe_ok(1, "retry/t", QoS::ExactlyOnce)
+            .await;
+        await_route(first_edge, &mut subscriber, "retry/t").await;
+        let mut connect = Connect {
+            clean_start: true,
+            ..rookery_testkit::persistent_v5("retry-pub", 600)
+        };
+        let (mut publisher, _) = RawClient::connect_ok(first_edge, connect.clone()).await;
+
+        cluster.mute_answers_to(4);
+        let sent = publisher
+            .try_send(Packet::Publish(rookery_testkit::publish_packet(
+                "retry/t",
+                QoS::ExactlyOnce,
+                7,
+                b"once",
+            )))
+            .await;
+        assert!(sent.is_ok(), "{sent:?}");
+        // The edge's write times out: it closes the connection.
+        publisher
+            .expect_closed_within(Duration::from_secs(10))
+            .await;
+        cluster.heal();
+
+        // The retry on the other edge.
+        connect.clean_start = false;
+        let (mut publisher, connack) = RawClient::connect_ok(second_edge, connect.clone()).await;
+        assert!(connack.session_present);
+        let mut retry = rookery_testkit::publish_packet("retry/t", QoS::ExactlyOnce, 7, b"once");
+        retry.dup = true;
+        publisher.send(Packet::Publish(retry.clone())).await;
+        let pubrec = publisher.expect_pubrec().await;
+        assert_eq!(pubrec.reason_code, ReasonCode::Success);
+        let delivered = match subscriber.read(FAILOVER).await {
+            Read::Packet(Packet::Publish(publish)) => publish,
+            other => panic!("the retried message never reached the clean subscriber: {other:?}"),
+        };
+        assert_eq!(&delivered.payload[..], b"once");
+        subscriber.ack(&delivered).await;
+
+        // Again, on the first edge, before PUBREL: the subscriber's session
+        // has its receipt and drops the copy.
+        drop(publisher);
+        let (mut publisher, _) = RawClient::connect_ok(first_edge, connect).await;
+        publisher.send(Packet::Publish(retry)).await;
+        assert_eq!(
+            publisher.expect_pubrec().await.reason_code,
+            ReasonCode::Success
+        );
+        let released = publisher.try_release(7, TIMEOUT).await.expect("PUBCOMP");
+        assert_eq!(released.reason_code, ReasonCode::Success);
+        match subscriber.read(Duration::from_secs(3)).await {
+            Read::Nothing => {}
+            other => panic!("the QoS 2 message came twice: {other:?}"),
         }
     })
     .await;

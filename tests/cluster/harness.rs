@@ -297,6 +297,20 @@ impl Cluster {
         self.proxies[to - 1].block(std::net::IpAddr::V4(node_ip(from)));
     }
 
+    /// Node `from`'s calls to every store node get through, but their
+    /// answers are dropped (needs [`Options::store_proxies`]): its writes
+    /// may commit while it never learns so. Undone by [`Cluster::heal`].
+    #[allow(dead_code)] // harness API that not every test of this binary uses
+    pub fn mute_answers_to(&self, from: usize) {
+        assert!(
+            !self.proxies.is_empty(),
+            "mute_answers_to needs store proxies"
+        );
+        for proxy in &self.proxies {
+            proxy.mute(std::net::IpAddr::V4(node_ip(from)));
+        }
+    }
+
     /// The store node (its index) that node `edge` follows now, from the
     /// last `following a store node` line of its log: node `i`'s store (or
     /// its proxy) listens on 127.0.0.`i`.

@@ -145,6 +145,10 @@ pub struct Delivery {
     /// The `$share/{group}/{filter}` it was picked for: if the session ends
     /// before acknowledging it, another member of the group gets it.
     pub shared_group: Option<Arc<str>>,
+    /// The store's receipt of a persistent session's QoS 2 publish, the
+    /// same for each retry of it; 0 for any other message. A session takes
+    /// a receipt once ([`crate::outgoing::Outgoing::push`]).
+    pub receipt: u64,
 }
 
 impl Delivery {

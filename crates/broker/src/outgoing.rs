@@ -2,7 +2,7 @@
 //! bounded by the client's Receive Maximum (MQTT-4.9.0-2), packet
 //! identifiers, and outgoing topic aliases.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroU16;
 
 use rookery_codec::{ByteString, PacketId, Publish, QoS};
@@ -103,6 +103,35 @@ pub struct Outgoing {
     alias_maximum: u16,
     aliases: HashMap<ByteString, NonZeroU16>,
     max_packet_size: u32,
+    /// Receipts of persistent publishers' QoS 2 messages taken already.
+    receipts: RecentReceipts,
+}
+
+/// The receipts a session has taken lately: the last [`RECEIPTS_KEPT`].
+/// A retry of a QoS 2 publish is delivered again within a few write
+/// timeouts of the first attempt, long before so many others arrive.
+#[derive(Debug, Default)]
+struct RecentReceipts {
+    seen: HashSet<u64>,
+    order: VecDeque<u64>,
+}
+
+const RECEIPTS_KEPT: usize = 4_096;
+
+impl RecentReceipts {
+    /// Whether `receipt` is new to the session (and remembers it).
+    fn first_time(&mut self, receipt: u64) -> bool {
+        if !self.seen.insert(receipt) {
+            return false;
+        }
+        self.order.push_back(receipt);
+        if self.order.len() > RECEIPTS_KEPT
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.seen.remove(&oldest);
+        }
+        true
+    }
 }
 
 impl Outgoing {
@@ -132,6 +161,7 @@ impl Outgoing {
             alias_maximum,
             aliases: HashMap::new(),
             max_packet_size,
+            receipts: RecentReceipts::default(),
         }
     }
 
@@ -192,7 +222,15 @@ impl Outgoing {
     /// queue was full (`max_queued_messages` or `max_queued_bytes`) and a
     /// message was dropped: this one, or the oldest (as many as it takes to
     /// make room), by policy.
+    ///
+    /// A copy of a QoS 2 publish whose receipt the session has taken
+    /// already is a retry's, delivered again in case the first attempt's
+    /// copies never went out: it is dropped (MQTT-4.3.3, exactly once).
     pub fn push(&mut self, delivery: Delivery) -> bool {
+        if delivery.receipt != 0 && !self.receipts.first_time(delivery.receipt) {
+            metrics::counter!("rookery_qos2_retry_copies_dropped_total").increment(1);
+            return true;
+        }
         let size = delivery.queued_bytes();
         let (max_queued, max_bytes) = (self.max_queued, self.max_queued_bytes);
         if self.memory.fits(size, max_queued, max_bytes) {
@@ -535,6 +573,7 @@ mod tests {
             retain: false,
             subscription_ids: Vec::new(),
             shared_group: None,
+            receipt: 0,
         }
     }
 
@@ -573,6 +612,45 @@ mod tests {
                 Bytes::from_static(b"in flight"),
                 Bytes::from_static(b"queued")
             ]
+        );
+    }
+
+    /// A retried QoS 2 publish is delivered again with the receipt of its
+    /// first attempt: a session takes each receipt once, and messages
+    /// without one (0) are never taken for retries.
+    #[test]
+    fn a_session_takes_each_qos2_receipt_once() {
+        let mut outgoing = Outgoing::new(10, 100, QueueOverflow::DropNewest, 0, u32::MAX);
+        let with_receipt = |receipt| Delivery {
+            receipt,
+            ..delivery(QoS::ExactlyOnce)
+        };
+        assert!(outgoing.push(with_receipt(7)));
+        assert!(
+            outgoing.push(with_receipt(7)),
+            "a retry's copy is no overflow"
+        );
+        assert!(outgoing.push(with_receipt(8)));
+        assert!(outgoing.push(with_receipt(0)));
+        assert!(outgoing.push(with_receipt(0)));
+        let mut sent = 0;
+        while outgoing.next_memory(0).is_some() {
+            sent += 1;
+        }
+        assert_eq!(sent, 4, "7 once, 8, and both without a receipt");
+    }
+
+    #[test]
+    fn the_receipts_kept_are_bounded() {
+        let mut receipts = RecentReceipts::default();
+        for receipt in 1..=(RECEIPTS_KEPT as u64 + 10) {
+            assert!(receipts.first_time(receipt));
+        }
+        assert_eq!(receipts.seen.len(), RECEIPTS_KEPT);
+        assert!(!receipts.first_time(RECEIPTS_KEPT as u64 + 10));
+        assert!(
+            receipts.first_time(1),
+            "forgotten after RECEIPTS_KEPT others"
         );
     }
 

@@ -541,6 +541,18 @@ pub const METRICS: &[Metric] = &[
         &[],
     ),
     counter(
+        "rookery_qos2_retries_delivered_again_total",
+        Edge,
+        "Retried QoS 2 publishes of persistent sessions that the store had taken already and that were delivered again, under the first attempt's receipt, to sessions the store does not serve",
+        &[],
+    ),
+    counter(
+        "rookery_qos2_retry_copies_dropped_total",
+        Edge,
+        "Copies of a retried QoS 2 publish dropped because the session had already taken its receipt (exactly once)",
+        &[],
+    ),
+    counter(
         "rookery_disconnect_record_retries_total",
         Edge,
         "Attempts to record how a connection ended (its will published or discarded) that failed and were retried",

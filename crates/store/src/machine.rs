@@ -743,22 +743,32 @@ impl Machine<'_, '_> {
                 return Ok(refusal);
             }
             let key = keys::packet(&incoming.client_id, incoming.packet_id);
-            if self.txn.get(cf::INCOMING, &key)?.is_some() {
+            if let Some(held) = self.txn.get(cf::INCOMING, &key)? {
                 // A retried QoS 2 PUBLISH (MQTT-4.3.3-9): acknowledged again,
-                // accepted once.
+                // accepted once; its receipt lets edges deliver it again to
+                // whoever the first attempt may not have reached.
+                let receipt = <[u8; 8]>::try_from(held.as_slice()).map_or(0, u64::from_le_bytes);
                 return Ok(ResultKind::Enqueued(proto::Enqueued {
                     accepted: false,
                     queued: 0,
                     dropped: 0,
+                    receipt,
                 }));
             }
-            self.txn.put(cf::INCOMING, key, Vec::new());
+            self.txn
+                .put(cf::INCOMING, key, self.id.to_le_bytes().to_vec());
         }
+        let receipt = if enqueue.incoming.is_some() {
+            self.id
+        } else {
+            0
+        };
         let Some(message) = &enqueue.message else {
             return Ok(ResultKind::Enqueued(proto::Enqueued {
                 accepted: true,
                 queued: 0,
                 dropped: 0,
+                receipt,
             }));
         };
         if message.expires_at_ms != 0 && message.expires_at_ms <= self.now_ms {
@@ -766,6 +776,7 @@ impl Machine<'_, '_> {
                 accepted: true,
                 queued: 0,
                 dropped: 0,
+                receipt,
             }));
         }
         let message_id = self.id;
@@ -825,6 +836,7 @@ impl Machine<'_, '_> {
             accepted: true,
             queued,
             dropped,
+            receipt,
         }))
     }
 

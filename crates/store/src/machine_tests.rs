@@ -385,7 +385,16 @@ fn enqueued(accepted: bool, queued: u32) -> ResultKind {
         accepted,
         queued,
         dropped: 0,
+        receipt: 0,
     })
+}
+
+/// An Enqueued result's acceptance, queued count and receipt.
+fn receipt(result: ResultKind) -> (bool, u32, u64) {
+    match result {
+        ResultKind::Enqueued(e) => (e.accepted, e.queued, e.receipt),
+        other => panic!("expected Enqueued, got {other:?}"),
+    }
 }
 
 fn acknowledged(matched: bool) -> ResultKind {
@@ -1221,12 +1230,21 @@ fn a_retried_incoming_qos2_publish_is_accepted_once() {
         )
     };
 
-    assert_eq!(store.apply_one(T0 + 1, publish(5)), enqueued(true, 1));
-    assert_eq!(store.apply_one(T0 + 2, publish(5)), enqueued(false, 0));
+    // Each accepted message has a receipt, and a retry answers its first
+    // attempt's: edges deliver the retry again under it.
+    let (accepted, queued, first) = receipt(store.apply_one(T0 + 1, publish(5)));
+    assert_eq!((accepted, queued), (true, 1));
+    assert_ne!(first, 0);
+    assert_eq!(
+        receipt(store.apply_one(T0 + 2, publish(5))),
+        (false, 0, first)
+    );
     assert_eq!(store.session("sub").queue.len(), 1);
     assert_eq!(store.messages().len(), 1);
     // Another packet identifier is another message.
-    assert_eq!(store.apply_one(T0 + 3, publish(6)), enqueued(true, 1));
+    let (accepted, queued, other) = receipt(store.apply_one(T0 + 3, publish(6)));
+    assert_eq!((accepted, queued), (true, 1));
+    assert_ne!(other, first);
 
     assert_eq!(
         store.apply_one(T0 + 4, release_incoming("pub", publisher.epoch, 5)),
@@ -1236,7 +1254,12 @@ fn a_retried_incoming_qos2_publish_is_accepted_once() {
         store.apply_one(T0 + 5, release_incoming("pub", publisher.epoch, 5)),
         acknowledged(false)
     );
-    assert_eq!(store.apply_one(T0 + 6, publish(5)), enqueued(true, 1));
+    let (accepted, _, reused) = receipt(store.apply_one(T0 + 6, publish(5)));
+    assert!(accepted);
+    assert!(
+        reused != first && reused != other,
+        "a new message, a new receipt"
+    );
     assert_eq!(seqs(&store.session("sub").queue), vec![1, 2, 3]);
     assert_eq!(
         store
@@ -2032,6 +2055,7 @@ fn a_full_queue_drops_the_newest_message() {
                 accepted: true,
                 queued: expected.0,
                 dropped: expected.1,
+                receipt: 0,
             })
         );
     }

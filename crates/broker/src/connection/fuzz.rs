@@ -255,6 +255,7 @@ impl Driven {
             retain: publish.retain,
             subscription_ids: Vec::new(),
             shared_group: None,
+            receipt: 0,
         }) {
             self.stats.dropped("queue_full");
         }

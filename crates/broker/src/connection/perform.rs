@@ -13,7 +13,7 @@ use rookery_codec::{
 use rookery_store::proto::{self, command_result::Kind as ResultKind};
 use rookery_store::writer::now_ms;
 
-use super::publish::{EdgeDeliveries, Outcome, Plan, Reply};
+use super::publish::{EdgeDeliveries, Outcome, Plan, Reply, receipt_of};
 use super::retain_publish::Claim;
 use super::run::Live;
 use super::session::{End, Session, Step};
@@ -39,6 +39,9 @@ pub(super) struct Completed {
     /// completion is handled and dropped.
     _enqueuing: PendingEnqueue,
     outcome: Outcome,
+    /// The store's receipt of a persistent session's QoS 2 publish; 0 if
+    /// none.
+    receipt: u64,
 }
 
 impl Live {
@@ -140,12 +143,14 @@ impl Live {
         };
         let local = plan.local;
         self.pending.push_back(Box::pin(async move {
+            let (outcome, receipt) = commit.run().await;
             Completed {
                 packet_id,
                 qos,
                 local,
                 _enqueuing: enqueuing,
-                outcome: commit.run().await,
+                outcome,
+                receipt,
             }
         }));
         Ok(())
@@ -153,12 +158,15 @@ impl Live {
 
     /// Answers a publish whose store write and forwards finished.
     pub(super) fn complete(&mut self, done: Completed) -> Result<(), End> {
-        match done.outcome {
-            Outcome::Done => self.hub.deliver_local(done.local, &mut self.paused_on),
-            Outcome::Unknown => {
-                metrics::counter!("rookery_publishes_unconfirmed_total").increment(1);
+        if done.outcome == Outcome::Unknown {
+            metrics::counter!("rookery_publishes_unconfirmed_total").increment(1);
+        }
+        if done.outcome.delivers(done.receipt) {
+            let mut local = done.local;
+            for (_, delivery) in &mut local {
+                delivery.receipt = done.receipt;
             }
-            Outcome::Duplicate | Outcome::Refused(_) => {}
+            self.hub.deliver_local(local, &mut self.paused_on);
         }
         let reply = Reply::to(done.outcome, done.qos, self.socket.out.is_v5());
         self.session
@@ -439,7 +447,9 @@ struct Commit {
 }
 
 impl Commit {
-    async fn run(self) -> Outcome {
+    /// The outcome, and the store's receipt of a persistent session's QoS 2
+    /// publish (0 if none).
+    async fn run(self) -> (Outcome, u64) {
         let Commit {
             hub,
             message,
@@ -458,24 +468,38 @@ impl Commit {
         let bound = hub.store.write_timeout();
         let (written, mut confirmed) =
             futures::future::join(written, all_confirmed(confirmations, bound)).await;
-        let outcome = match written {
+        let (outcome, receipt) = match written {
             Ok(results) => {
                 hub.count_store_drops(&results);
                 // A 3.x or replacing publisher's retained copy refused at a
                 // cap: the message itself is delivered all the same.
                 hub.retained_outcome(&message, &results);
-                Outcome::of_results(&results)
+                (Outcome::of_results(&results), receipt_of(&results))
             }
-            Err(error) => Outcome::of_failed_write(error.may_have_committed(), forwarded_any),
+            Err(error) => (
+                Outcome::of_failed_write(error.may_have_committed(), forwarded_any),
+                0,
+            ),
         };
-        if outcome == Outcome::Done && !forward_after_store.is_empty() {
+        if outcome == Outcome::Duplicate && receipt != 0 {
+            // The attempt the store took first may have failed before it
+            // reached the other edges; they drop a receipt they have had.
+            metrics::counter!("rookery_qos2_retries_delivered_again_total").increment(1);
+        }
+        if outcome.delivers(receipt) && !forward_after_store.is_empty() {
+            let mut forward_after_store = forward_after_store;
+            for (_, deliveries) in &mut forward_after_store {
+                for delivery in deliveries {
+                    delivery.receipt = receipt;
+                }
+            }
             let later = hub.forward(&message, forward_after_store, true);
             confirmed &= all_confirmed(later, bound).await;
         }
         if outcome == Outcome::Done && !confirmed {
             metrics::counter!("rookery_forward_unconfirmed_publishes_total").increment(1);
         }
-        outcome.with_forwards(confirmed)
+        (outcome.with_forwards(confirmed), receipt)
     }
 }
 

@@ -138,6 +138,19 @@ impl Outcome {
         }
     }
 
+    /// Whether the sessions served outside the store (online here, or on
+    /// other edges) get the message: when it is new, and when it is a
+    /// retried QoS 2 publish the store has a receipt for. The first attempt
+    /// may have died between the store's commit and its deliveries, and a
+    /// session drops a receipt it has had, so the retry delivers it again.
+    pub fn delivers(self, receipt: u64) -> bool {
+        match self {
+            Outcome::Done => true,
+            Outcome::Duplicate => receipt != 0,
+            Outcome::Refused(_) | Outcome::Unknown => false,
+        }
+    }
+
     /// The outcome once the forwards are known: a message not confirmed by
     /// every edge it went to is not known to be delivered.
     pub fn with_forwards(self, confirmed: bool) -> Outcome {
@@ -147,6 +160,18 @@ impl Outcome {
             self
         }
     }
+}
+
+/// The store's receipt of a persistent session's QoS 2 publish, from the
+/// results of its commands; 0 if none.
+pub(super) fn receipt_of(results: &[proto::CommandResult]) -> u64 {
+    results
+        .iter()
+        .find_map(|result| match &result.kind {
+            Some(ResultKind::Enqueued(enqueued)) if enqueued.receipt != 0 => Some(enqueued.receipt),
+            _ => None,
+        })
+        .unwrap_or(0)
 }
 
 /// What the client is told of a QoS 1/2 publish.
@@ -318,6 +343,28 @@ mod tests {
             Outcome::Unknown,
             "already forwarded: another edge may deliver it"
         );
+    }
+
+    /// A retried QoS 2 publish the store has a receipt for is delivered
+    /// again to the sessions the store does not serve; without a receipt
+    /// (one accepted before receipts existed) it is not.
+    #[test]
+    fn a_retry_with_a_receipt_is_delivered_again() {
+        let receipt = |accepted, receipt| proto::CommandResult {
+            kind: Some(ResultKind::Enqueued(proto::Enqueued {
+                accepted,
+                receipt,
+                ..proto::Enqueued::default()
+            })),
+        };
+        assert_eq!(receipt_of(&[receipt(false, 42)]), 42);
+        assert_eq!(receipt_of(&[receipt(true, 0)]), 0);
+        assert_eq!(receipt_of(&[]), 0);
+        assert!(Outcome::Done.delivers(0));
+        assert!(Outcome::Duplicate.delivers(42));
+        assert!(!Outcome::Duplicate.delivers(0));
+        assert!(!Outcome::Unknown.delivers(42));
+        assert!(!Outcome::Refused(ReasonCode::UnspecifiedError).delivers(42));
     }
 
     #[test]

@@ -548,22 +548,21 @@ impl Live {
             return;
         };
         let command = self.session.records.disconnect(expiry_s, publish_will);
-        match record_disconnect(&self.hub, self.client_id(), command).await {
-            // An operator deleted the session (`rookery ctl sessions
-            // delete`): what this edge kept of it goes too.
-            Ok(results)
-                if results.iter().any(|result| {
-                    matches!(
-                        result.kind,
-                        Some(rookery_store::proto::command_result::Kind::NoSession(_))
-                    )
-                }) =>
-            {
-                self.hub.session_ended(self.client_id());
-            }
-            Ok(_) => {}
+        match self.hub.store.write(vec![command.clone()]).await {
+            Ok(results) => disconnect_recorded(&self.hub, self.client_id(), &results),
             Err(error) => {
-                tracing::warn!(%error, client_id = %self.client_id(), "recording a disconnect failed")
+                tracing::info!(%error, client_id = %self.client_id(), "recording a disconnect failed; retrying");
+                // Retried behind the connection, which closes now.
+                let hub = self.hub.clone();
+                let client_id = self.client_id().clone();
+                tokio::spawn(async move {
+                    match record_disconnect(&hub, &client_id, command).await {
+                        Ok(results) => disconnect_recorded(&hub, &client_id, &results),
+                        Err(error) => {
+                            tracing::warn!(%error, %client_id, "recording a disconnect failed")
+                        }
+                    }
+                });
             }
         }
     }
@@ -593,19 +592,37 @@ impl Live {
 /// has taken the session offline itself.
 async fn record_disconnect(
     hub: &Hub,
-    client_id: &str,
+    client_id: &ClientId,
     command: rookery_store::proto::Command,
 ) -> Result<Vec<rookery_store::proto::CommandResult>, crate::store::StoreUnavailable> {
     let give_up = Instant::now() + 3 * crate::broker::LEASE;
     loop {
+        tokio::time::sleep(DISCONNECT_RECORD_RETRY).await;
+        metrics::counter!("rookery_disconnect_record_retries_total").increment(1);
         match hub.store.write(vec![command.clone()]).await {
             Err(error) if Instant::now() < give_up => {
-                metrics::counter!("rookery_disconnect_record_retries_total").increment(1);
-                tracing::debug!(%error, client_id, "recording a disconnect failed; retrying");
-                tokio::time::sleep(DISCONNECT_RECORD_RETRY).await;
+                tracing::debug!(%error, %client_id, "recording a disconnect failed; retrying");
             }
             written => return written,
         }
+    }
+}
+
+/// What this edge keeps of a session once its disconnect is recorded.
+fn disconnect_recorded(
+    hub: &Hub,
+    client_id: &ClientId,
+    results: &[rookery_store::proto::CommandResult],
+) {
+    // An operator deleted the session (`rookery ctl sessions delete`): what
+    // this edge kept of it goes too.
+    if results.iter().any(|result| {
+        matches!(
+            result.kind,
+            Some(rookery_store::proto::command_result::Kind::NoSession(_))
+        )
+    }) {
+        hub.session_ended(client_id);
     }
 }
 

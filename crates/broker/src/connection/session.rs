@@ -902,6 +902,7 @@ mod tests {
             retain: false,
             subscription_ids: Vec::new(),
             shared_group: None,
+            receipt: 0,
         });
         session.send_ready(0, &mut out, &Stats::default());
         let sent = out.take_packets();

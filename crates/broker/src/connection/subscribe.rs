@@ -161,6 +161,7 @@ pub(super) fn retained_delivery(message: Arc<Message>, entry: &SubEntry) -> Deli
         },
         message,
         shared_group: None,
+        receipt: 0,
     }
 }
 

@@ -43,6 +43,7 @@ pub(super) fn delivery() -> Delivery {
         retain: false,
         subscription_ids: Vec::new(),
         shared_group: None,
+        receipt: 0,
     }
 }
 

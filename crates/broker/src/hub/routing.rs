@@ -172,6 +172,9 @@ impl Hub {
                         .as_deref()
                         .unwrap_or_default()
                         .to_owned(),
+                    // Set once the store has given one (QoS 2 of a
+                    // persistent session).
+                    receipt: 0,
                 };
                 match routes.remote.iter_mut().find(|(known, _)| known == edge) {
                     Some((_, deliveries)) => deliveries.push(delivery),
@@ -186,6 +189,7 @@ impl Hub {
                         retain,
                         subscription_ids: target.subscription_ids,
                         shared_group: target.shared_group,
+                        receipt: 0,
                     },
                 ));
             }
@@ -348,6 +352,7 @@ impl Hub {
                         subscription_ids: delivery.subscription_ids,
                         shared_group: (!delivery.shared_group.is_empty())
                             .then(|| Arc::from(delivery.shared_group.as_str())),
+                        receipt: delivery.receipt,
                     },
                 ));
             }
