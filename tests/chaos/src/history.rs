@@ -151,6 +151,11 @@ pub enum Event {
         kind: String,
         /// What it was done to, in words.
         target: String,
+        /// The edges (named as in [`Event::Connected`]) it killed, paused
+        /// or cut off from the store. What a client told such an edge may
+        /// not reach the store before the edge's lease lapses.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        edges: Vec<String>,
     },
 }
 
@@ -269,6 +274,7 @@ mod tests {
             until: Some(9),
             kind: "kill".into(),
             target: "node 2".into(),
+            edges: vec!["n2".into()],
         });
         let text = history.to_json_lines();
         assert_eq!(text.lines().count(), 2);

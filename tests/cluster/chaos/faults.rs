@@ -77,6 +77,10 @@ pub async fn inflict(
         until: Some(recorder.now()),
         kind: fault.kind.name().to_owned(),
         target: describe(target),
+        // Every node of the chaos cluster is an edge, named `n{i}`.
+        edges: vec![match target {
+            Target::Node(i) | Target::Calls { from: i, .. } => format!("n{i}"),
+        }],
     });
     cluster.leader().await;
 }

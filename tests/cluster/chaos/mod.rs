@@ -65,7 +65,6 @@ struct Outcome {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "fails on two open findings (docs/reliability.md): a persistent session's QoS 2 retry on another edge reaches no clean subscriber, and a normal DISCONNECT an edge could not record before its lease lapsed publishes the will"]
 async fn a_short_chaos_run_with_the_fixed_seed_keeps_every_guarantee() {
     let outcome = run(RunOptions {
         seed: FIXED_SEED,
@@ -77,7 +76,6 @@ async fn a_short_chaos_run_with_the_fixed_seed_keeps_every_guarantee() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "fails on two open findings (docs/reliability.md): a persistent session's QoS 2 retry on another edge reaches no clean subscriber, and a normal DISCONNECT an edge could not record before its lease lapsed publishes the will"]
 async fn a_short_chaos_run_with_a_random_seed_keeps_every_guarantee() {
     let seed = seed_from_env().unwrap_or_else(random_seed);
     let outcome = run(RunOptions {
