@@ -208,3 +208,31 @@ async fn store_leader_kill9_loses_no_acknowledged_message() {
     })
     .await;
 }
+
+/// A store leader killed with SIGKILL and started again while the others
+/// elect a new one comes back believing it still leads; its first writes
+/// fail when it learns of the new term. It waits that out and starts (it
+/// used to exit with "the store leader changed under the write": found by
+/// the chaos run), then serves clients again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_restarted_during_the_election_that_replaces_it_starts() {
+    let mut cluster = Cluster::start(3);
+    within(Duration::from_secs(120), async {
+        for round in 1..=3 {
+            let leader = cluster.leader().await;
+            cluster.node_mut(leader).kill9();
+            tokio::time::sleep(Duration::from_millis(1_500 * round)).await;
+            // Panics (with every node's log) if the node exits instead.
+            tokio::task::block_in_place(|| cluster.node_mut(leader).restart());
+            let addr = cluster.node(leader).mqtt_addr();
+            let (client, _) = rookery_testkit::RawClient::connect_retrying(
+                addr,
+                rookery_testkit::clean_v5("after-restart"),
+                crate::harness::FAILOVER,
+            )
+            .await;
+            client.disconnect().await;
+        }
+    })
+    .await;
+}

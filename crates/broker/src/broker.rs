@@ -24,6 +24,31 @@ use crate::transport::{
 
 /// How long the store keeps this edge's clients after its last renewal.
 pub(crate) const LEASE: Duration = Duration::from_secs(10);
+/// How long a start waits for the store to take its first reads and writes
+/// (a node restarted after a crash may find an election under way).
+const START_STORE_WAIT: Duration = Duration::from_secs(60);
+
+/// Runs one of the start's store operations until it succeeds, for up to
+/// [`START_STORE_WAIT`]: a node killed while it led the store group comes
+/// back thinking it still leads, and its first write fails when it learns
+/// of the new term; that is an election to wait out, not a reason to exit.
+async fn starting<T, F, Fut>(what: &str, mut operation: F) -> Result<T, StoreUnavailable>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreUnavailable>>,
+{
+    let give_up = tokio::time::Instant::now() + START_STORE_WAIT;
+    loop {
+        match operation().await {
+            Err(error) if tokio::time::Instant::now() < give_up => {
+                tracing::warn!(%error, "the start could not {what} yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            done => return done,
+        }
+    }
+}
+
 /// How long a shutdown without a drain first waits for connections to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How often a drain looks for connections that attached since it told
@@ -152,10 +177,14 @@ impl Broker {
         let (forward_listener, forward_address) = bind_forwarding(&cluster).await?;
         // Events first: nothing committed after the route table is read
         // below is missed.
-        let events = store.events(edge_id.clone()).await?;
-        store
-            .write_one(register_edge(&edge_id, &forward_address, None, LEASE))
-            .await?;
+        let events = starting("subscribe to store notifications", || {
+            store.events(edge_id.clone())
+        })
+        .await?;
+        starting("register the edge", || {
+            store.write_one(register_edge(&edge_id, &forward_address, None, LEASE))
+        })
+        .await?;
         // Forwarding streams leave from the address the edge listens on
         // (not the advertised one, which may not be local).
         let forwarder = rookery_cluster::Forwarder::new(rookery_cluster::ForwardSettings {
@@ -174,7 +203,7 @@ impl Broker {
             store.clone(),
             gatekeeper,
         ));
-        hub.load(now_ms()).await?;
+        starting("read the route table", || hub.load(now_ms())).await?;
 
         // Bind every listener before starting anything that holds the store,
         // so a taken port fails the start cleanly.
