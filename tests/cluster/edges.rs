@@ -11,7 +11,7 @@ use rookery_store::proto::{TransferLeaderRequest, admin_client::AdminClient};
 use rookery_testkit::{RawClient, Read, clean_v5, persistent_v5};
 use tonic::transport::Endpoint;
 
-use crate::harness::{Cluster, FAILOVER, Options, QUIET, Roles, within};
+use crate::harness::{Cluster, FAILOVER, Options, QUIET, within};
 use crate::traffic::{Publisher, Stream, Subscriber, await_route, unique_id};
 
 /// Three store-only nodes and two edge-only nodes: a persistent QoS 1
@@ -78,12 +78,9 @@ async fn edge_only_nodes_lose_nothing_when_the_store_leader_dies() {
 /// with a fault-injecting proxy in front of each store node when
 /// `store_proxies`.
 fn stores_and_edges(edges: usize, store_proxies: bool) -> Cluster {
-    let mut roles = vec![Roles::Store; 3];
-    roles.extend(vec![Roles::Edge; edges]);
-    Cluster::start_with(
-        3 + edges,
+    Cluster::start_stores_and_edges(
+        edges,
         Options {
-            roles,
             store_proxies,
             ..Options::default()
         },
@@ -356,12 +353,9 @@ async fn an_edge_only_node_moves_its_writes_off_a_leader_cut_off_from_the_voters
 async fn mqtt_3_1_2_10_a_normal_disconnect_the_store_could_not_hear_yet_still_discards_the_will() {
     // Writes give up after 2 s, well inside the cut below, which itself
     // stays well inside the edge's 10 s lease.
-    let mut roles = vec![Roles::Store; 3];
-    roles.extend([Roles::Edge, Roles::Edge]);
-    let mut cluster = Cluster::start_with(
-        5,
+    let mut cluster = Cluster::start_stores_and_edges(
+        2,
         Options {
-            roles,
             store_proxies: true,
             cluster_toml: "write_timeout_ms = 2000".into(),
             ..Options::default()

@@ -162,6 +162,15 @@ impl Cluster {
         cluster
     }
 
+    /// Starts three store-only nodes (1 to 3) and `edges` edge-only nodes
+    /// (4 on), built as `options` says beyond their roles.
+    #[allow(dead_code)] // harness API that not every test of this binary uses
+    pub fn start_stores_and_edges(edges: usize, options: Options) -> Cluster {
+        let mut roles = vec![Roles::Store; 3];
+        roles.extend(vec![Roles::Edge; edges]);
+        Cluster::start_with(3 + edges, Options { roles, ..options })
+    }
+
     /// Creates node `n + 1` of an `n`-node cluster with `roles` and starts
     /// it with the cluster's seeds plus its own store address (and the same
     /// `bootstrap_expect`): its peers already form a group, so it asks to be

@@ -250,19 +250,11 @@ pub fn spawn_publisher(
                 in_flight.clear();
             }
             let mut next_send = Instant::now();
-            let ended_cleanly = loop {
+            loop {
                 if stop.load(Ordering::Relaxed) {
                     let since = *stopped_at.get_or_insert_with(Instant::now);
                     if in_flight.is_empty() || since.elapsed() > ACK_WAIT {
-                        let _ = client
-                            .try_send(Packet::Disconnect(Disconnect::default()))
-                            .await;
-                        client.close().await;
-                        recorder.record(Event::Disconnected {
-                            at: recorder.now(),
-                            client: plan.name.clone(),
-                            clean: true,
-                        });
+                        end_connection(client, &recorder, &plan.name, true).await;
                         return;
                     }
                 } else if in_flight.len() < plan.window && Instant::now() >= next_send {
@@ -293,7 +285,7 @@ pub fn spawn_publisher(
                         });
                     }
                     if sent.is_err() {
-                        break false;
+                        break;
                     }
                     continue;
                 }
@@ -325,7 +317,7 @@ pub fn spawn_publisher(
                                 .await
                                 .is_err()
                             {
-                                break false;
+                                break;
                             }
                         }
                     }
@@ -334,7 +326,7 @@ pub fn spawn_publisher(
                             record_answer(&recorder, entry.id, ack.reason_code);
                         }
                     }
-                    Read::Packet(Packet::Disconnect(_)) | Read::Closed(_) => break false,
+                    Read::Packet(Packet::Disconnect(_)) | Read::Closed(_) => break,
                     Read::Packet(_) => {}
                     Read::Nothing => {
                         if in_flight
@@ -345,17 +337,12 @@ pub fn spawn_publisher(
                                 "chaos: {} had no acknowledgement in {ACK_WAIT:?}; reconnecting",
                                 plan.name
                             );
-                            break false;
+                            break;
                         }
                     }
                 }
-            };
-            client.close().await;
-            recorder.record(Event::Disconnected {
-                at: recorder.now(),
-                client: plan.name.clone(),
-                clean: ended_cleanly,
-            });
+            }
+            end_connection(client, &recorder, &plan.name, false).await;
         }
     })
 }
@@ -477,7 +464,7 @@ pub fn spawn_subscriber(
                     .await
                     .is_err()
                 {
-                    record_end(&recorder, &plan.name, client).await;
+                    end_connection(client, &recorder, &plan.name, false).await;
                     continue;
                 }
                 probing = Some(Probing::awaiting_suback());
@@ -591,17 +578,24 @@ pub fn spawn_subscriber(
             if let Some(p) = probing.take() {
                 p.abort();
             }
-            record_end(&recorder, &plan.name, client).await;
+            end_connection(client, &recorder, &plan.name, false).await;
         }
     })
 }
 
-async fn record_end(recorder: &Recorder, name: &str, client: RawClient) {
+/// Ends a connection, with DISCONNECT 0x00 when `clean` (no will), and
+/// records it.
+async fn end_connection(mut client: RawClient, recorder: &Recorder, name: &str, clean: bool) {
+    if clean {
+        let _ = client
+            .try_send(Packet::Disconnect(Disconnect::default()))
+            .await;
+    }
     client.close().await;
     recorder.record(Event::Disconnected {
         at: recorder.now(),
         client: name.to_owned(),
-        clean: false,
+        clean,
     });
 }
 
@@ -834,17 +828,7 @@ pub fn spawn_will_client(
                 }
             }
             let clean = !broken && (stop.load(Ordering::Relaxed) || rng.bool());
-            if clean {
-                let _ = client
-                    .try_send(Packet::Disconnect(Disconnect::default()))
-                    .await;
-            }
-            client.close().await;
-            recorder.record(Event::Disconnected {
-                at: recorder.now(),
-                client: plan.name.clone(),
-                clean,
-            });
+            end_connection(client, &recorder, &plan.name, clean).await;
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     })
