@@ -28,5 +28,16 @@ done
 cd "$(dirname "$0")/.."
 export ROOKERY_CHAOS_MINUTES=$minutes ROOKERY_CHAOS_HISTORY_DIR=$history
 if [[ -n "$seed" ]]; then export ROOKERY_CHAOS_SEED=$seed; fi
-exec cargo test --workspace "${profile[@]}" --test cluster -- \
+# The nodes run a copy of the binary: a build during the run (another
+# checkout's CI sharing the target directory, say) must not swap the code
+# of the nodes restarted after it.
+cargo build --workspace "${profile[@]}" --bins --quiet
+target=${CARGO_TARGET_DIR:-target}
+binary="$target/$([[ ${#profile[@]} -gt 0 ]] && echo release || echo debug)/rookery"
+copy=$(mktemp -d -t rookery-chaos-bin.XXXXXX)
+trap 'rm -rf "$copy"' EXIT
+cp "$binary" "$copy/rookery"
+export ROOKERY_CLUSTER_BIN="$copy/rookery"
+echo "chaos: nodes run $ROOKERY_CLUSTER_BIN (a copy of $binary)"
+cargo test --workspace "${profile[@]}" --test cluster -- \
     --ignored --exact chaos::long_chaos_run --nocapture
