@@ -136,19 +136,19 @@ impl Edges {
     }
 }
 
-/// Connects with `connect` to the next up edge after `turn`, until one
-/// accepts or `stop` is set: the client, its CONNACK's Session Present and
-/// the edge's name.
+/// Connects to the next up edge after `turn`, with the CONNECT `attempt`
+/// makes for each try, until one accepts or `stop` is set: the client, its
+/// CONNACK's Session Present and the edge's name.
 async fn connect_somewhere(
     edges: &Edges,
     turn: &mut usize,
-    connect: &Connect,
+    mut attempt: impl FnMut() -> Connect,
     stop: &AtomicBool,
 ) -> Option<(RawClient, bool, String)> {
     while !stop.load(Ordering::Relaxed) {
         *turn += 1;
         if let Some((name, address)) = edges.pick(*turn)
-            && let Ok((client, connack)) = RawClient::try_connect(address, connect.clone()).await
+            && let Ok((client, connack)) = RawClient::try_connect(address, attempt()).await
             && connack.reason_code == ReasonCode::Success
         {
             return Some((client, connack.session_present, name));
@@ -216,7 +216,7 @@ pub fn spawn_publisher(
                 &never
             };
             let Some((mut client, session_present, edge)) =
-                connect_somewhere(&edges, &mut turn, &connect, give_up).await
+                connect_somewhere(&edges, &mut turn, || connect.clone(), give_up).await
             else {
                 return;
             };
@@ -437,7 +437,7 @@ pub fn spawn_subscriber(
             connect.clean_start =
                 !plan.persistent || (first && plan.version == ProtocolVersion::V5);
             let Some((mut client, session_present, edge)) =
-                connect_somewhere(&edges, &mut turn, &connect, &stop).await
+                connect_somewhere(&edges, &mut turn, || connect.clone(), &stop).await
             else {
                 return planted;
             };
@@ -776,33 +776,30 @@ pub fn spawn_will_client(
         let mut turn = plan.name.len() + 2;
         let mut attempt = 0u64;
         let mut connections = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            attempt += 1;
-            let id = MessageId {
-                publisher: plan.name.clone(),
-                seq: attempt,
+        loop {
+            // Each try names itself in its will: the broker may take a try
+            // whose CONNACK never arrives, and publish its will.
+            let next_try = || {
+                attempt += 1;
+                let id = MessageId {
+                    publisher: plan.name.clone(),
+                    seq: attempt,
+                };
+                let mut connect = clean_v5(&plan.name);
+                connect.will = Some(Will {
+                    topic: plan.will_topic.as_str().into(),
+                    payload: Bytes::from(payload(&id, 0)),
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    properties: Default::default(),
+                });
+                connect
             };
-            let mut connect = clean_v5(&plan.name);
-            connect.will = Some(Will {
-                topic: plan.will_topic.as_str().into(),
-                payload: Bytes::from(payload(&id, 0)),
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                properties: Default::default(),
-            });
-            turn += 1;
-            let Some((name, address)) = edges.pick(turn) else {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
+            let Some((mut client, session_present, name)) =
+                connect_somewhere(&edges, &mut turn, next_try, &stop).await
+            else {
+                return;
             };
-            let Ok((mut client, connack)) = RawClient::try_connect(address, connect).await else {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            };
-            if connack.reason_code != ReasonCode::Success {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
             connections += 1;
             attempts
                 .lock()
@@ -813,7 +810,7 @@ pub fn spawn_will_client(
                 client: plan.name.clone(),
                 edge: name,
                 persistent: false,
-                session_present: connack.session_present,
+                session_present,
                 will: true,
             });
             let stay = Instant::now() + Duration::from_millis(rng.u64(1_000..5_000));

@@ -25,11 +25,11 @@ use super::{decode_error_label, disconnect_reason, protocol_error};
 use crate::hub::{ArrivalTicket, ClientId, Hub, Mailbox, MailboxReceiver, ToConnection};
 use crate::stats::{ClientGauge, OutgoingReport};
 
-/// The timer's deadline while nothing is due: a connection without keep
-/// alive is never timed out.
 /// Between two attempts to record how a connection ended.
 const DISCONNECT_RECORD_RETRY: Duration = Duration::from_millis(500);
 
+/// The timer's deadline while nothing is due: a connection without keep
+/// alive is never timed out.
 const NOTHING_DUE: Duration = Duration::from_secs(86_400 * 365);
 
 /// A publish's store write and forwards, resolving to what they did.
