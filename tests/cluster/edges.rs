@@ -410,3 +410,73 @@ async fn mqtt_3_1_2_10_a_normal_disconnect_the_store_could_not_hear_yet_still_di
     })
     .await;
 }
+
+/// MQTT-3.1.2-10 around a takeover: a client leaves one edge with a normal
+/// DISCONNECT that edge cannot record yet (its calls to the store leader
+/// fail) and connects again on another edge. The takeover reaches the store
+/// first, which still counts the old connection as live; it hands the old
+/// connection's will to that connection's edge, which knows of the
+/// DISCONNECT and discards the will. Before, the new connection's edge
+/// published it at once (found by the chaos run). A client that drops its
+/// connection afterwards shows that wills do come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_3_1_2_10_a_takeover_ahead_of_the_disconnect_record_publishes_no_will() {
+    let cluster = Cluster::start_stores_and_edges(
+        2,
+        Options {
+            store_proxies: true,
+            cluster_toml: "write_timeout_ms = 2000".into(),
+            ..Options::default()
+        },
+    );
+    within(Duration::from_secs(120), async {
+        let (old_edge, new_edge) = (cluster.node(4).mqtt_addr(), cluster.node(5).mqtt_addr());
+        let (mut watcher, _) = RawClient::connect_ok(new_edge, clean_v5("will-watcher")).await;
+        watcher.subscribe_ok(1, "will/#", QoS::AtLeastOnce).await;
+        await_route(old_edge, &mut watcher, "will/probe").await;
+        let with_will = |client_id: &str| {
+            let mut connect = clean_v5(client_id);
+            connect.will = Some(Will {
+                topic: format!("will/{client_id}").as_str().into(),
+                payload: Bytes::from_static(b"gone"),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: Default::default(),
+            });
+            connect
+        };
+        let (leaving, _) = RawClient::connect_ok(old_edge, with_will("leaving")).await;
+
+        // The old edge still hears the store node it follows, but its writes
+        // to the leader fail.
+        let followed = followed_follower(&cluster, 4).await;
+        let leader = cluster.leader().await;
+        assert_ne!(leader, followed);
+        cluster.block_calls(4, leader);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        leaving.disconnect().await;
+        let (_back, connack) = RawClient::connect_ok(new_edge, clean_v5("leaving")).await;
+        assert_eq!(connack.reason_code, ReasonCode::Success);
+        // Shorter than the old edge's lease: the store keeps it alive.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        cluster.heal();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+
+        let (dropping, _) = RawClient::connect_ok(old_edge, with_will("dropping")).await;
+        drop(dropping);
+        let publish = match watcher.read(FAILOVER).await {
+            Read::Packet(Packet::Publish(publish)) => publish,
+            other => panic!("no will within {FAILOVER:?} of a dropped connection: {other:?}"),
+        };
+        watcher.ack(&publish).await;
+        assert_eq!(
+            publish.topic, "will/dropping",
+            "a will after a normal DISCONNECT: {publish:?}"
+        );
+        match watcher.read(Duration::from_secs(5)).await {
+            Read::Nothing => {}
+            other => panic!("a will after a normal DISCONNECT: {other:?}"),
+        }
+    })
+    .await;
+}

@@ -749,7 +749,7 @@ async fn cluster_sys(hub: &Hub) -> Vec<(String, String)> {
 }
 
 /// What to do with one store event.
-pub(crate) async fn on_store_event(hub: &Hub, event: StoreEvent) {
+pub(crate) async fn on_store_event(hub: &Arc<Hub>, event: StoreEvent) {
     match event {
         StoreEvent::Edge(edge_event::Kind::SessionTakenOver(taken)) => {
             // `taken.epoch` is the epoch that was taken over: the connection
@@ -782,19 +782,8 @@ pub(crate) async fn on_store_event(hub: &Hub, event: StoreEvent) {
             }
         }
         StoreEvent::Edge(edge_event::Kind::WillDue(will)) => {
-            if let Some(message) = will.message.as_ref().and_then(Message::from_proto) {
-                metrics::counter!("rookery_wills_published_total").increment(1);
-                publish_internal(hub, Arc::new(message), true).await;
-            }
-            let done = proto::Command {
-                kind: Some(Kind::WillPublished(proto::WillPublished {
-                    client_id: will.client_id,
-                    will_id: will.will_id,
-                })),
-            };
-            if let Err(error) = hub.store.write_one(done).await {
-                tracing::warn!(%error, "confirming a published will failed");
-            }
+            // Behind the notifications: its store write waits out elections.
+            tokio::spawn(crate::wills::publish_due(hub.clone(), will));
         }
         StoreEvent::RouteAdded(route) => hub.route_added(&route),
         StoreEvent::EdgeRegistered(edge) => hub.edge_registered(&edge),

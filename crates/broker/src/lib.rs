@@ -26,6 +26,7 @@ mod stats;
 mod store;
 /// Listeners: TCP, TLS, WebSocket and PROXY protocol, as byte streams.
 pub mod transport;
+mod wills;
 mod write_budget;
 
 /// The entry points of the fuzz targets in `crates/broker/fuzz`; only with

@@ -225,7 +225,8 @@ impl Outgoing {
     ///
     /// A copy of a QoS 2 publish whose receipt the session has taken
     /// already is a retry's, delivered again in case the first attempt's
-    /// copies never went out: it is dropped (MQTT-4.3.3, exactly once).
+    /// copies never went out: it is dropped (MQTT-4.3.3, exactly once). So
+    /// is a will's second publication (its receipt is the will's id).
     pub fn push(&mut self, delivery: Delivery) -> bool {
         if delivery.receipt != 0 && !self.receipts.first_time(delivery.receipt) {
             metrics::counter!("rookery_qos2_retry_copies_dropped_total").increment(1);

@@ -220,7 +220,7 @@ impl Machine<'_, '_> {
             result = self.kick(&session, true);
             let holding_edge = session.edge_id.clone();
             if let Some(will) = session.will.take() {
-                self.fire_will_now(client_id, will, Some(&holding_edge))?;
+                self.fire_will_now(client_id, will, session.epoch, Some(&holding_edge))?;
             }
             self.take_offline_routes(&mut session)?;
         }
@@ -291,7 +291,10 @@ impl Machine<'_, '_> {
             if let Some(will) = old.will.take()
                 && (will.delay_s == 0 || ending)
             {
-                self.fire_will_now(&old.client_id, will, Some(&connect.edge_id))?;
+                // Handed to the old connection's edge while it lives: the
+                // client may have left it with a normal DISCONNECT that edge
+                // could not record yet (MQTT-3.1.2-10), which it alone knows.
+                self.fire_will_now(&old.client_id, will, old.epoch, Some(&old.edge_id))?;
             }
             self.take_offline_routes(old)?;
         }
@@ -400,13 +403,13 @@ impl Machine<'_, '_> {
             && publish_will
         {
             if will.delay_s == 0 || expiry_interval_s == 0 {
-                self.fire_will_now(&session.client_id, will, Some(&holding_edge))?;
+                self.fire_will_now(&session.client_id, will, session.epoch, Some(&holding_edge))?;
             } else {
                 // MQTT-3.1.3-9: the will waits for its delay or the end of
                 // the session, whichever comes first.
                 let delay_s = will.delay_s.min(expiry_interval_s);
                 let fire_at_ms = self.now_ms.saturating_add(u64::from(delay_s) * 1000);
-                self.schedule_will(&session.client_id, will, fire_at_ms);
+                self.schedule_will(&session.client_id, will, session.epoch, fire_at_ms);
             }
         }
         if expiry_interval_s == 0 {
@@ -458,8 +461,8 @@ impl Machine<'_, '_> {
     /// delay goes out now: the session's end ends the delay (MQTT-3.1.3-9).
     fn end_session(&mut self, session: &Session) -> Result<(), StoreError> {
         let client_id = session.client_id.as_str();
-        for will in self.take_delayed_wills(client_id)? {
-            self.fire_will_now(client_id, will, None)?;
+        for (will, epoch) in self.take_delayed_wills(client_id)? {
+            self.fire_will_now(client_id, will, epoch, None)?;
         }
         let subscriptions = self.subscriptions(client_id)?;
         let routes = self.routes_of(session, &subscriptions);
@@ -493,9 +496,10 @@ impl Machine<'_, '_> {
     }
 
     /// Removes the wills still waiting for their delay, with their timers,
-    /// and returns them. A will whose delay has passed is due (MQTT-3.1.2-8)
-    /// even if no Tick has handed it to an edge yet, and stays.
-    fn take_delayed_wills(&mut self, client_id: &str) -> Result<Vec<Will>, StoreError> {
+    /// and returns them with their connections' epochs. A will whose delay
+    /// has passed is due (MQTT-3.1.2-8) even if no Tick has handed it to an
+    /// edge yet, and stays.
+    fn take_delayed_wills(&mut self, client_id: &str) -> Result<Vec<(Will, u64)>, StoreError> {
         let mut delayed = Vec::new();
         for (key, value) in self.txn.scan_prefix(cf::WILLS, &keys::client(client_id))? {
             let pending: PendingWill = decode(cf::WILLS, &value)?;
@@ -505,19 +509,20 @@ impl Machine<'_, '_> {
                     cf::TIMERS,
                     keys::timer(pending.fire_at_ms, TimerKind::Will, client_id),
                 );
-                delayed.extend(pending.will);
+                delayed.extend(pending.will.map(|will| (will, pending.epoch)));
             }
         }
         Ok(delayed)
     }
 
-    fn schedule_will(&mut self, client_id: &str, will: Will, fire_at_ms: u64) {
+    fn schedule_will(&mut self, client_id: &str, will: Will, epoch: u64, fire_at_ms: u64) {
         let pending = PendingWill {
             client_id: client_id.to_owned(),
             will: Some(will),
             fire_at_ms,
             assigned_edge_id: String::new(),
             will_id: self.id,
+            epoch,
         };
         self.txn
             .put_message(cf::WILLS, will_key(client_id, self.id), &pending);
@@ -534,6 +539,7 @@ impl Machine<'_, '_> {
         &mut self,
         client_id: &str,
         will: Will,
+        epoch: u64,
         preferred_edge: Option<&str>,
     ) -> Result<(), StoreError> {
         let mut pending = PendingWill {
@@ -542,6 +548,7 @@ impl Machine<'_, '_> {
             fire_at_ms: self.now_ms,
             assigned_edge_id: String::new(),
             will_id: self.id,
+            epoch,
         };
         self.assign_will(&mut pending, preferred_edge)?;
         self.txn
@@ -564,6 +571,7 @@ impl Machine<'_, '_> {
                 client_id: pending.client_id.clone(),
                 message: pending.will.as_ref().and_then(|will| will.message.clone()),
                 will_id: pending.will_id,
+                epoch: pending.epoch,
             }),
         );
         Ok(())
@@ -738,6 +746,25 @@ impl Machine<'_, '_> {
     }
 
     fn enqueue(&mut self, enqueue: &proto::Enqueue) -> Result<ResultKind, StoreError> {
+        if let Some(will) = &enqueue.will {
+            let key = will_key(&will.client_id, will.will_id);
+            let accepted = self.txn.get(cf::WILLS, &key)?.is_some();
+            let answer = ResultKind::Enqueued(proto::Enqueued {
+                accepted,
+                queued: 0,
+                dropped: 0,
+                receipt: will.will_id,
+            });
+            if !accepted {
+                // Published already, by an edge this will was handed to
+                // before.
+                return Ok(answer);
+            }
+            self.txn.delete(cf::WILLS, key);
+            if enqueue.message.is_none() {
+                return Ok(answer);
+            }
+        }
         if let Some(incoming) = &enqueue.incoming {
             if let Err(refusal) = self.owned_session(&incoming.client_id, incoming.epoch)? {
                 return Ok(refusal);
@@ -758,10 +785,10 @@ impl Machine<'_, '_> {
             self.txn
                 .put(cf::INCOMING, key, self.id.to_le_bytes().to_vec());
         }
-        let receipt = if enqueue.incoming.is_some() {
-            self.id
-        } else {
-            0
+        let receipt = match (&enqueue.will, &enqueue.incoming) {
+            (Some(will), _) => will.will_id,
+            (None, Some(_)) => self.id,
+            (None, None) => 0,
         };
         let Some(message) = &enqueue.message else {
             return Ok(ResultKind::Enqueued(proto::Enqueued {
@@ -909,6 +936,16 @@ impl Machine<'_, '_> {
         let Some(message) = &set.message else {
             return Ok(applied());
         };
+        if let Some(will) = &set.will
+            && self
+                .txn
+                .get(cf::WILLS, &will_key(&will.client_id, will.will_id))?
+                .is_none()
+        {
+            // A will published already: a later retained message on its
+            // topic stays.
+            return Ok(applied());
+        }
         let key = message.topic.as_bytes().to_vec();
         let old = self.txn.get_message::<Message>(cf::RETAINED, &key)?;
         // MQTT-3.3.1-6/7: an empty retained payload clears the topic.

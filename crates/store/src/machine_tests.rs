@@ -355,7 +355,31 @@ fn set_retained_capped(message: Message, max_messages: u64, max_bytes: u64) -> C
         message: Some(message),
         max_messages,
         max_bytes,
+        will: None,
     })
+}
+
+/// A due will's store commands as an edge publishes it: retained if it is,
+/// and queued for `targets` while it is pending.
+fn publish_will(due: &proto::WillDue, targets: Vec<proto::EnqueueTarget>) -> Vec<CommandKind> {
+    let will = Some(proto::WillRef {
+        client_id: due.client_id.clone(),
+        will_id: due.will_id,
+    });
+    let message = due.message.clone();
+    vec![
+        CommandKind::SetRetained(proto::SetRetained {
+            message: message.clone(),
+            will: will.clone(),
+            ..proto::SetRetained::default()
+        }),
+        CommandKind::Enqueue(proto::Enqueue {
+            message,
+            targets,
+            will,
+            ..proto::Enqueue::default()
+        }),
+    ]
 }
 
 fn will_published(client_id: &str, will_id: u64) -> CommandKind {
@@ -1509,6 +1533,7 @@ fn a_will_without_delay_is_due_at_once() {
             fire_at_ms: T0 + 1,
             assigned_edge_id: "e1".into(),
             will_id: due.will_id,
+            epoch: c1.epoch,
         }]
     );
     assert_eq!(store.session_record("c1").will, None);
@@ -1682,13 +1707,16 @@ fn a_takeover_publishes_the_old_connections_will_unless_delayed() {
     store.apply_one(T0, register_edge("e1", 1_000_000));
     store.apply_one(T0, register_edge("e2", 1_000_000));
 
-    // No delay: out at once, to the edge of the new connection.
-    store.connect(T0, with_will(connect("a", "e1", 60), "status/a", 0));
+    // No delay: out at once, to the edge of the old connection, which alone
+    // knows whether it ended with a DISCONNECT not recorded yet
+    // (MQTT-3.1.2-10), with that connection's epoch.
+    let old = store.connect(T0, with_will(connect("a", "e1", 60), "status/a", 0));
     store.connect(T0 + 1, connect("a", "e2", 60));
     let due = wills_due(&store.take_events());
     assert_eq!(due.len(), 1);
-    assert_eq!(due[0].0, "e2");
+    assert_eq!(due[0].0, "e1");
     assert_eq!(due[0].1.client_id, "a");
+    assert_eq!(due[0].1.epoch, old.epoch);
 
     // A delay and a resumed session: cancelled.
     store.connect(T0 + 2, with_will(connect("b", "e1", 60), "status/b", 30));
@@ -1705,6 +1733,43 @@ fn a_takeover_publishes_the_old_connections_will_unless_delayed() {
     let due = wills_due(&store.take_events());
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].1.client_id, "c");
+}
+
+/// A will handed to a second edge (the first one's lease lapsed while it
+/// was publishing it) is queued and retained once: the first publication
+/// ends the pending will, and a second is answered with the will's id, under
+/// which edges drop the copies their sessions had.
+#[test]
+fn a_will_published_twice_is_queued_and_retained_once() {
+    let mut store = Harness::new();
+    store.apply_one(T0, register_edge("e1", 1_000_000));
+    let watcher = store.connect(T0, connect("watcher", "e1", 60));
+    store.apply_one(T0, subscribe("watcher", watcher.epoch, &[("status/#", 1)]));
+    let c1 = store.connect(T0, with_will(connect("c1", "e1", 60), "status/c1", 0));
+    store.take_events();
+    store.apply_one(T0 + 1, disconnect("c1", c1.epoch, 60, true));
+    let due = wills_due(&store.take_events());
+    assert_eq!(due.len(), 1);
+    let due = due[0].1.clone();
+    let mut will_message = due.message.clone().unwrap_or_default();
+    will_message.retain = true;
+    let due = proto::WillDue {
+        message: Some(will_message),
+        ..due
+    };
+
+    let first = store.apply(T0 + 2, publish_will(&due, vec![target("watcher", 1)]));
+    assert_eq!(receipt(first[1].clone()), (true, 1, due.will_id));
+    assert!(store.wills().is_empty());
+    // A newer retained message on the will's topic, then the second edge's
+    // publication of the same will.
+    store.apply_one(T0 + 3, set_retained(message("status/c1", "back")));
+    let second = store.apply(T0 + 4, publish_will(&due, vec![target("watcher", 1)]));
+    assert_eq!(receipt(second[1].clone()), (false, 0, due.will_id));
+    assert_eq!(store.session("watcher").queue.len(), 1);
+    let retained = read_retained(&*store.db, "status/c1", T0 + 5).unwrap();
+    assert_eq!(retained.len(), 1);
+    assert_eq!(retained[0].payload, message("status/c1", "back").payload);
 }
 
 // ---------------------------------------------------------------------------

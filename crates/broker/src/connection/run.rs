@@ -547,6 +547,13 @@ impl Live {
         let Some(publish_will) = publish_will else {
             return;
         };
+        if !publish_will {
+            // Should a takeover reach the store before this record, the
+            // store hands the will to this edge, which discards it.
+            self.hub
+                .normal_ends
+                .record(self.client_id(), self.session.records.epoch());
+        }
         let command = self.session.records.disconnect(expiry_s, publish_will);
         match self.hub.store.write(vec![command.clone()]).await {
             Ok(results) => disconnect_recorded(&self.hub, self.client_id(), &results),

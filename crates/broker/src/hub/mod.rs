@@ -88,6 +88,8 @@ pub struct Hub {
     shared_cursors: SharedCursors,
     next_connection: AtomicU64,
     arrivals: Arc<Arrivals>,
+    /// The connections that ended here lately with a normal DISCONNECT.
+    pub normal_ends: crate::wills::NormalEnds,
 }
 
 impl Hub {
@@ -115,6 +117,7 @@ impl Hub {
             shared_cursors: SharedCursors::default(),
             next_connection: AtomicU64::new(1),
             arrivals: Arc::default(),
+            normal_ends: crate::wills::NormalEnds::default(),
         }
     }
 

@@ -100,6 +100,7 @@ impl Hub {
                 message: Some(message),
                 max_messages: limits.max_retained_messages,
                 max_bytes: limits.max_retained_bytes,
+                will: None,
             })),
         }
     }

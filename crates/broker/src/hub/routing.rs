@@ -260,6 +260,7 @@ impl Hub {
                 )
                 .unwrap_or(u32::MAX),
                 drop_oldest: limits.queue_overflow == crate::config::QueueOverflow::DropOldest,
+                will: None,
             })),
         }
     }

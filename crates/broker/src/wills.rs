@@ -1,0 +1,170 @@
+//! Publishing the wills the store hands to this edge, once each.
+//!
+//! A due will is handed to one live edge at a time, but it can reach two: an
+//! edge whose lease lapsed while it was publishing (paused, cut off) and the
+//! edge the store handed it to next. Both publish it. The store queues and
+//! retains it only while it is pending, and the first publication ends it;
+//! the copies for sessions served outside the store carry the will's id as
+//! their receipt, which a session takes once
+//! ([`crate::outgoing::Outgoing::push`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rookery_store::proto::{self, command::Kind, command_result::Kind as ResultKind};
+
+use crate::hub::Hub;
+use crate::message::Message;
+
+/// How long a normal DISCONNECT is remembered here: as long as this edge
+/// retries recording it, after which the store has taken the session
+/// offline itself.
+const NORMAL_ENDS_KEPT: Duration = Duration::from_secs(30);
+
+/// How long a will's store write is retried (an election, this edge cut off
+/// for a while). Until it is written the will stays pending for this edge.
+const WILL_WRITE_PATIENCE: Duration = Duration::from_secs(300);
+const WILL_WRITE_RETRY: Duration = Duration::from_millis(500);
+
+/// The connections on this edge that ended lately with a normal DISCONNECT
+/// (Reason Code 0x00): the store hands a takeover's will to the old
+/// connection's edge, which may know of a DISCONNECT the store has not
+/// recorded yet (MQTT-3.1.2-10).
+#[derive(Debug, Default)]
+pub struct NormalEnds {
+    ends: Mutex<HashMap<Arc<str>, (u64, Instant)>>,
+}
+
+impl NormalEnds {
+    /// The connection of `client_id` with `epoch` ended with a normal
+    /// DISCONNECT.
+    pub fn record(&self, client_id: &Arc<str>, epoch: u64) {
+        let now = Instant::now();
+        let mut ends = self.ends.lock();
+        ends.retain(|_, (_, at)| now.duration_since(*at) < NORMAL_ENDS_KEPT);
+        ends.insert(client_id.clone(), (epoch, now));
+    }
+
+    /// Whether the connection of `client_id` with `epoch` ended here with a
+    /// normal DISCONNECT.
+    pub fn ended_normally(&self, client_id: &str, epoch: u64) -> bool {
+        self.ends
+            .lock()
+            .get(client_id)
+            .is_some_and(|(ended, at)| *ended == epoch && at.elapsed() < NORMAL_ENDS_KEPT)
+    }
+}
+
+/// Publishes a will the store handed to this edge, or discards it if its
+/// connection ended here with a normal DISCONNECT, and ends it in the store.
+pub(crate) async fn publish_due(hub: Arc<Hub>, due: proto::WillDue) {
+    let will = proto::WillRef {
+        client_id: due.client_id.clone(),
+        will_id: due.will_id,
+    };
+    let message = if hub.normal_ends.ended_normally(&due.client_id, due.epoch) {
+        metrics::counter!("rookery_wills_discarded_total").increment(1);
+        tracing::info!(
+            client_id = due.client_id,
+            "the will of a connection that ended with a normal DISCONNECT is discarded \
+             (MQTT-3.1.2-10)"
+        );
+        None
+    } else {
+        due.message
+            .as_ref()
+            .and_then(Message::from_proto)
+            .map(Arc::new)
+    };
+    let mut commands = Vec::new();
+    if let Some(message) = &message {
+        metrics::counter!("rookery_wills_published_total").increment(1);
+        let mut routes = hub.route(message);
+        for (_, delivery) in &mut routes.local {
+            delivery.receipt = due.will_id;
+        }
+        for (_, deliveries) in &mut routes.remote {
+            for delivery in deliveries {
+                delivery.receipt = due.will_id;
+            }
+        }
+        // At once, ahead of the store: a copy that arrives twice is dropped.
+        hub.forward(message, std::mem::take(&mut routes.remote), false);
+        hub.deliver_local(std::mem::take(&mut routes.local), &mut Vec::new());
+        // Retained on every edge once the store has taken it (its event).
+        commands = hub.store_commands(message, message.retain, routes.durable, None);
+    }
+    if !commands
+        .iter()
+        .any(|command| matches!(command.kind, Some(Kind::Enqueue(_))))
+    {
+        commands.push(hub.enqueue_command(None, Vec::new(), None));
+    }
+    for command in &mut commands {
+        match &mut command.kind {
+            Some(Kind::Enqueue(enqueue)) => enqueue.will = Some(will.clone()),
+            Some(Kind::SetRetained(set)) => set.will = Some(will.clone()),
+            _ => {}
+        }
+    }
+    let give_up = Instant::now() + WILL_WRITE_PATIENCE;
+    loop {
+        match hub.store.write(commands.clone()).await {
+            Ok(results) => {
+                hub.count_store_drops(&results);
+                if let Some(message) = &message {
+                    hub.retained_outcome(message, &results);
+                }
+                if published_before(&results) {
+                    metrics::counter!("rookery_wills_published_again_total").increment(1);
+                    tracing::info!(
+                        client_id = due.client_id,
+                        "a will another edge had published was published again; its copies \
+                         are dropped by the sessions that had it"
+                    );
+                }
+                return;
+            }
+            Err(error) if Instant::now() < give_up => {
+                tracing::debug!(%error, client_id = due.client_id, "writing a will failed; retrying");
+                tokio::time::sleep(WILL_WRITE_RETRY).await;
+            }
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    client_id = due.client_id,
+                    "writing a will failed; the store keeps it pending for this edge, and hands it \
+                     out again only if this edge's lease lapses"
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// Whether the store says the will had been published already.
+fn published_before(results: &[proto::CommandResult]) -> bool {
+    results.iter().any(
+        |result| matches!(&result.kind, Some(ResultKind::Enqueued(enqueued)) if !enqueued.accepted),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_normal_end_is_known_for_its_epoch_only() {
+        let ends = NormalEnds::default();
+        let client: Arc<str> = Arc::from("c1");
+        ends.record(&client, 7);
+        assert!(ends.ended_normally("c1", 7));
+        assert!(!ends.ended_normally("c1", 8), "another connection's will");
+        assert!(!ends.ended_normally("c2", 7));
+        ends.record(&client, 9);
+        assert!(!ends.ended_normally("c1", 7), "the latest end replaces it");
+        assert!(ends.ended_normally("c1", 9));
+    }
+}
