@@ -460,13 +460,13 @@ pub const METRICS: &[Metric] = &[
         "Will messages this edge published",
         &[],
     ),
-    (
+    counter(
         "rookery_wills_published_again_total",
         Edge,
         "Wills this edge published that another edge had published already (each session takes a will once)",
         &[],
     ),
-    (
+    counter(
         "rookery_wills_discarded_total",
         Edge,
         "Wills handed to this edge by a takeover that this edge discarded: their connections had ended here with a normal DISCONNECT",

@@ -26,6 +26,10 @@ pub const NEVER_EXPIRES: u32 = u32::MAX;
 /// wait for the next Tick.
 const TIMERS_PER_TICK: usize = 10_000;
 
+/// How long a live edge has to end a will handed to it before the store
+/// hands it out again.
+const WILL_UNANSWERED_MS: u64 = 15_000;
+
 /// Something a watcher must hear about once the entry is applied.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -523,6 +527,7 @@ impl Machine<'_, '_> {
             assigned_edge_id: String::new(),
             will_id: self.id,
             epoch,
+            handed_at_ms: 0,
         };
         self.txn
             .put_message(cf::WILLS, will_key(client_id, self.id), &pending);
@@ -549,6 +554,7 @@ impl Machine<'_, '_> {
             assigned_edge_id: String::new(),
             will_id: self.id,
             epoch,
+            handed_at_ms: 0,
         };
         self.assign_will(&mut pending, preferred_edge)?;
         self.txn
@@ -565,6 +571,7 @@ impl Machine<'_, '_> {
             return Ok(());
         };
         pending.assigned_edge_id = edge_id.clone();
+        pending.handed_at_ms = self.now_ms;
         self.emit_edge(
             &edge_id,
             edge_event::Kind::WillDue(proto::WillDue {
@@ -667,14 +674,24 @@ impl Machine<'_, '_> {
         }
 
         // Due wills not yet with a live edge: newly due, never assigned for
-        // want of an edge, or assigned to an edge that died.
+        // want of an edge, or assigned to an edge that died. A will its live
+        // edge has not ended for a while is handed out again (that edge may
+        // have missed the notice while it changed the store node it
+        // follows): publishing a will twice queues it once, and sessions
+        // drop a second copy.
         for (key, value) in self.txn.scan_range(cf::WILLS, b"", None, usize::MAX)? {
             let mut pending: PendingWill = decode(cf::WILLS, &value)?;
+            if pending.fire_at_ms > self.now_ms {
+                continue;
+            }
             let unassigned = pending.assigned_edge_id.is_empty()
                 || dead_edges.contains(&pending.assigned_edge_id);
-            if unassigned && pending.fire_at_ms <= self.now_ms {
-                pending.assigned_edge_id.clear();
-                self.assign_will(&mut pending, None)?;
+            let handed_at_ms = pending.handed_at_ms.max(pending.fire_at_ms);
+            let unanswered = self.now_ms.saturating_sub(handed_at_ms) >= WILL_UNANSWERED_MS;
+            if unassigned || unanswered {
+                let preferred = std::mem::take(&mut pending.assigned_edge_id);
+                let preferred = (!unassigned).then_some(preferred.as_str());
+                self.assign_will(&mut pending, preferred)?;
                 self.txn.put_message(cf::WILLS, key, &pending);
             }
         }

@@ -1534,6 +1534,7 @@ fn a_will_without_delay_is_due_at_once() {
             assigned_edge_id: "e1".into(),
             will_id: due.will_id,
             epoch: c1.epoch,
+            handed_at_ms: T0 + 1,
         }]
     );
     assert_eq!(store.session_record("c1").will, None);
@@ -1699,6 +1700,34 @@ fn will_published_removes_the_pending_will() {
     assert!(wills_due(&store.take_events()).is_empty());
 }
 
+/// A will its live edge has not ended within 15 s is handed out again, to
+/// the same edge while it lives (it may have missed the notice): publishing
+/// it twice queues it once.
+#[test]
+fn a_will_not_ended_in_time_is_handed_out_again() {
+    let mut store = Harness::new();
+    store.apply_one(T0, register_edge("e1", 1_000_000));
+    store.apply_one(T0, register_edge("e2", 1_000_000));
+    let c1 = store.connect(T0, with_will(connect("c1", "e1", 60), "status/c1", 0));
+    store.apply_one(T0, disconnect("c1", c1.epoch, 60, true));
+    let due = wills_due(&store.take_events());
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].0, "e1");
+
+    store.tick(T0 + 14_999);
+    assert!(wills_due(&store.take_events()).is_empty());
+    store.tick(T0 + 15_000);
+    let again = wills_due(&store.take_events());
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].0, "e1", "the same edge while it lives");
+    assert_eq!(again[0].1.will_id, due[0].1.will_id);
+
+    store.apply(T0 + 15_001, publish_will(&again[0].1, Vec::new()));
+    store.tick(T0 + 60_000);
+    assert!(wills_due(&store.take_events()).is_empty());
+    assert!(store.wills().is_empty());
+}
+
 /// MQTT-3.1.4-3 with MQTT-3.1.2-8: a taken-over connection's will goes out
 /// unless its delay is cut short by the new connection resuming the session.
 #[test]
@@ -1717,6 +1746,7 @@ fn a_takeover_publishes_the_old_connections_will_unless_delayed() {
     assert_eq!(due[0].0, "e1");
     assert_eq!(due[0].1.client_id, "a");
     assert_eq!(due[0].1.epoch, old.epoch);
+    store.apply(T0 + 1, publish_will(&due[0].1, Vec::new()));
 
     // A delay and a resumed session: cancelled.
     store.connect(T0 + 2, with_will(connect("b", "e1", 60), "status/b", 30));
