@@ -480,3 +480,59 @@ async fn mqtt_3_1_2_10_a_takeover_ahead_of_the_disconnect_record_publishes_no_wi
     })
     .await;
 }
+
+/// A takeover's will is handed to the old connection's edge; if that edge
+/// cannot hear the store just then (cut off for less than its lease), it
+/// learns of the will when it follows a store node again and publishes it
+/// at once (MQTT-3.1.2-8: the old connection ended without DISCONNECT).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_handed_to_an_edge_that_was_cut_off_is_published_when_it_hears_again() {
+    let cluster = Cluster::start_stores_and_edges(
+        2,
+        Options {
+            store_proxies: true,
+            cluster_toml: "write_timeout_ms = 2000".into(),
+            ..Options::default()
+        },
+    );
+    within(Duration::from_secs(120), async {
+        let (old_edge, new_edge) = (cluster.node(4).mqtt_addr(), cluster.node(5).mqtt_addr());
+        let (mut watcher, _) = RawClient::connect_ok(new_edge, clean_v5("will-watcher")).await;
+        watcher.subscribe_ok(1, "will/#", QoS::AtLeastOnce).await;
+        await_route(old_edge, &mut watcher, "will/probe").await;
+        let mut connect = clean_v5("dropping");
+        connect.will = Some(Will {
+            topic: "will/dropping".into(),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Default::default(),
+        });
+        let (dropping, _) = RawClient::connect_ok(old_edge, connect).await;
+
+        for store in 1..=3 {
+            cluster.block_calls(4, store);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        drop(dropping);
+        // The takeover reaches the store before the old edge's record of
+        // the lost connection, and hands the will to the old edge.
+        let (_back, _) = RawClient::connect_ok(new_edge, clean_v5("dropping")).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        cluster.heal();
+        let healed = tokio::time::Instant::now();
+
+        let publish = match watcher.read(Duration::from_secs(8)).await {
+            Read::Packet(Packet::Publish(publish)) => publish,
+            other => panic!("no will within 8 s of the old edge hearing again: {other:?}"),
+        };
+        watcher.ack(&publish).await;
+        assert_eq!(publish.topic, "will/dropping");
+        eprintln!("the will came {:?} after the heal", healed.elapsed());
+        match watcher.read(Duration::from_secs(5)).await {
+            Read::Nothing => {}
+            other => panic!("the will came twice: {other:?}"),
+        }
+    })
+    .await;
+}

@@ -801,6 +801,16 @@ pub(crate) async fn on_store_event(hub: &Arc<Hub>, event: StoreEvent) {
             for mailbox in hub.mailboxes() {
                 mailbox.notify_queued();
             }
+            match hub.store.wills_handed_to(&hub.edge_id) {
+                Ok(wills) => {
+                    for will in wills {
+                        tokio::spawn(crate::wills::publish_due(hub.clone(), will));
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "reading the wills handed to this edge failed")
+                }
+            }
             // Route and retained changes may be among what was missed.
             if let Err(error) = hub.reload(now_ms()).await {
                 tracing::warn!(%error, "reading the route table again failed");

@@ -275,6 +275,17 @@ impl Store {
         }
     }
 
+    /// The due wills handed to this edge that no edge has ended, from this
+    /// node's replica, to publish after this edge may have missed their
+    /// notices. Without a replica, the node this edge follows sends them as
+    /// notices whenever the edge starts following it: none here.
+    pub fn wills_handed_to(&self, edge_id: &str) -> Result<Vec<proto::WillDue>, StoreUnavailable> {
+        match &self.access {
+            Access::Replica(node) => Ok(machine::read_wills_handed_to(node.local_db(), edge_id)?),
+            Access::Peers(_) => Ok(Vec::new()),
+        }
+    }
+
     /// The edges of the cluster as the followed replica knows them.
     pub async fn edges(&self) -> Result<Vec<proto::Edge>, StoreUnavailable> {
         match &self.access {

@@ -30,6 +30,11 @@ const TIMERS_PER_TICK: usize = 10_000;
 /// hands it out again.
 const WILL_UNANSWERED_MS: u64 = 15_000;
 
+/// `sm_meta` key of the next will's id.
+const NEXT_WILL_ID: &[u8] = b"next_will_id";
+/// Set in every will id; command ids (`unique_id`) stay below it.
+const WILL_ID_BIT: u64 = 1 << 63;
+
 /// Something a watcher must hear about once the entry is applied.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -413,7 +418,7 @@ impl Machine<'_, '_> {
                 // the session, whichever comes first.
                 let delay_s = will.delay_s.min(expiry_interval_s);
                 let fire_at_ms = self.now_ms.saturating_add(u64::from(delay_s) * 1000);
-                self.schedule_will(&session.client_id, will, session.epoch, fire_at_ms);
+                self.schedule_will(&session.client_id, will, session.epoch, fire_at_ms)?;
             }
         }
         if expiry_interval_s == 0 {
@@ -519,23 +524,48 @@ impl Machine<'_, '_> {
         Ok(delayed)
     }
 
-    fn schedule_will(&mut self, client_id: &str, will: Will, epoch: u64, fire_at_ms: u64) {
+    fn schedule_will(
+        &mut self,
+        client_id: &str,
+        will: Will,
+        epoch: u64,
+        fire_at_ms: u64,
+    ) -> Result<(), StoreError> {
+        let will_id = self.next_will_id()?;
         let pending = PendingWill {
             client_id: client_id.to_owned(),
             will: Some(will),
             fire_at_ms,
             assigned_edge_id: String::new(),
-            will_id: self.id,
+            will_id,
             epoch,
             handed_at_ms: 0,
         };
         self.txn
-            .put_message(cf::WILLS, will_key(client_id, self.id), &pending);
+            .put_message(cf::WILLS, will_key(client_id, will_id), &pending);
         self.txn.put(
             cf::TIMERS,
             keys::timer(fire_at_ms, TimerKind::Will, client_id),
             Vec::new(),
         );
+        Ok(())
+    }
+
+    /// An id no other will gets, nor any command (the top bit is set): one
+    /// command may fire many wills (a Tick, for every client of a dead
+    /// edge), and edges deliver each will's copies under its id as receipt.
+    fn next_will_id(&mut self) -> Result<u64, StoreError> {
+        let next = self
+            .txn
+            .get(cf::SM_META, NEXT_WILL_ID)?
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes);
+        self.txn.put(
+            cf::SM_META,
+            NEXT_WILL_ID.to_vec(),
+            (next + 1).to_be_bytes().to_vec(),
+        );
+        Ok(WILL_ID_BIT | next)
     }
 
     /// Records a will as due and hands it to a live edge to publish, the
@@ -547,12 +577,13 @@ impl Machine<'_, '_> {
         epoch: u64,
         preferred_edge: Option<&str>,
     ) -> Result<(), StoreError> {
+        let will_id = self.next_will_id()?;
         let mut pending = PendingWill {
             client_id: client_id.to_owned(),
             will: Some(will),
             fire_at_ms: self.now_ms,
             assigned_edge_id: String::new(),
-            will_id: self.id,
+            will_id,
             epoch,
             handed_at_ms: 0,
         };
@@ -1181,6 +1212,28 @@ pub fn read_session(
         subscriptions: read_subscriptions(reader, client_id)?,
         queue: read_queue(reader, client_id)?,
     })
+}
+
+/// The due wills handed to `edge_id` that no edge has ended yet, as
+/// `WillDue` notices: an edge that may have missed its notices (it changed
+/// the store node it follows, or fell behind) publishes them.
+pub fn read_wills_handed_to(
+    reader: &impl Reader,
+    edge_id: &str,
+) -> Result<Vec<proto::WillDue>, StoreError> {
+    let mut due = Vec::new();
+    for (_, value) in reader.scan_range(cf::WILLS, b"", None, usize::MAX)? {
+        let pending: PendingWill = decode(cf::WILLS, &value)?;
+        if pending.assigned_edge_id == edge_id {
+            due.push(proto::WillDue {
+                client_id: pending.client_id,
+                message: pending.will.and_then(|will| will.message),
+                will_id: pending.will_id,
+                epoch: pending.epoch,
+            });
+        }
+    }
+    Ok(due)
 }
 
 /// Every registered edge whose lease has not been swept yet.

@@ -1700,6 +1700,27 @@ fn will_published_removes_the_pending_will() {
     assert!(wills_due(&store.take_events()).is_empty());
 }
 
+/// One Tick fires the wills of every client of a dead edge; each has an id
+/// of its own (edges deliver a will's copies under it, and sessions drop a
+/// copy whose id they have had), unlike any command's.
+#[test]
+fn wills_fired_together_have_ids_of_their_own() {
+    let mut store = Harness::new();
+    store.apply_one(T0, register_edge("e1", 10_000));
+    store.apply_one(T0, register_edge("e2", 1_000_000));
+    let a = store.connect(T0, with_will(connect("a", "e1", 60), "status/a", 0));
+    store.connect(T0, with_will(connect("b", "e1", 60), "status/b", 0));
+    store.take_events();
+    store.tick(T0 + 10_000);
+    let due = wills_due(&store.take_events());
+    assert_eq!(due.len(), 2);
+    assert_ne!(due[0].1.will_id, due[1].1.will_id);
+    for (edge, will) in &due {
+        assert_eq!(edge, "e2");
+        assert!(will.will_id > a.epoch, "above every command id");
+    }
+}
+
 /// A will its live edge has not ended within 15 s is handed out again, to
 /// the same edge while it lives (it may have missed the notice): publishing
 /// it twice queues it once.
@@ -1726,6 +1747,38 @@ fn a_will_not_ended_in_time_is_handed_out_again() {
     store.tick(T0 + 60_000);
     assert!(wills_due(&store.take_events()).is_empty());
     assert!(store.wills().is_empty());
+}
+
+/// A takeover's will handed to an old edge that missed the notice is
+/// handed out again even after the new connection's session ended.
+#[test]
+fn a_takeovers_will_missed_by_the_old_edge_is_handed_out_again() {
+    let mut store = Harness::new();
+    store.apply_one(T0, register_edge("e1", 1_000_000));
+    store.apply_one(T0, register_edge("e2", 1_000_000));
+    store.connect(T0, with_will(connect("c", "e1", 0), "status/c", 0));
+    store.take_events();
+    let second = store.connect(
+        T0 + 1,
+        clean(with_will(connect("c", "e2", 0), "status/c", 0)),
+    );
+    let due = wills_due(&store.take_events());
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].0, "e1");
+    store.apply_one(T0 + 2, disconnect("c", second.epoch, 0, true));
+    let due_second = wills_due(&store.take_events());
+    assert_eq!(due_second.len(), 1);
+    assert_eq!(due_second[0].0, "e2");
+    store.apply(T0 + 3, publish_will(&due_second[0].1, Vec::new()));
+    store.connect(
+        T0 + 4,
+        clean(with_will(connect("c", "e2", 0), "status/c", 0)),
+    );
+    store.take_events();
+    store.tick(T0 + 15_001);
+    let again = wills_due(&store.take_events());
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].1.will_id, due[0].1.will_id);
 }
 
 /// MQTT-3.1.4-3 with MQTT-3.1.2-8: a taken-over connection's will goes out

@@ -475,6 +475,21 @@ impl proto::store_server::Store for StoreService {
         let _ = sender.try_send(Ok(proto::FollowEvent {
             kind: Some(Follow::Ready(true)),
         }));
+        // Wills handed to the edge while it followed no node (or another):
+        // it missed their notices. A will sent twice is published once.
+        for due in machine::read_wills_handed_to(&*self.node.db, &edge_id).map_err(internal)? {
+            let kind = Follow::Edge(EdgeEvent {
+                kind: Some(proto::edge_event::Kind::WillDue(due)),
+            });
+            if sender
+                .try_send(Ok(proto::FollowEvent { kind: Some(kind) }))
+                .is_err()
+            {
+                // More than the stream's buffer: the rest come when the
+                // store hands them out again.
+                break;
+            }
+        }
         tokio::spawn(async move {
             loop {
                 let Some(next) = next_applied(&mut applied, &mut stopping, &sender, true).await
