@@ -38,6 +38,9 @@ struct Inflight {
     /// A shared-subscription message from memory, kept to hand to another
     /// member if the session ends before acknowledging it.
     shared: Option<Box<Delivery>>,
+    /// A stored message's position in the store queue (0 for one from
+    /// memory): its acknowledgements name it.
+    seq: u64,
 }
 
 /// The in-memory queue, and the bytes its messages hold.
@@ -301,6 +304,7 @@ impl Outgoing {
                         stored: false,
                         released: false,
                         shared,
+                        seq: 0,
                     },
                 );
             }
@@ -332,6 +336,7 @@ impl Outgoing {
                             stored: true,
                             released: false,
                             shared: None,
+                            seq: entry.seq,
                         },
                     );
                     let mut publish = message.to_publish(
@@ -355,6 +360,7 @@ impl Outgoing {
                             stored: true,
                             released: true,
                             shared: None,
+                            seq: entry.seq,
                         },
                     );
                     self.resend.push(Resend::Release(id));
@@ -451,6 +457,7 @@ impl Outgoing {
                             stored: true,
                             released: false,
                             shared: None,
+                            seq: entry.seq,
                         },
                     );
                     let mut publish =
@@ -474,6 +481,14 @@ impl Outgoing {
 
     /// PUBACK (QoS 1) or PUBCOMP (QoS 2): the message is done. Returns
     /// whether it was a stored one, or `None` if nothing matched.
+    /// The store queue position of the stored message in flight under
+    /// `packet_id` (0 if there is none).
+    pub fn seq_of(&self, packet_id: PacketId) -> u64 {
+        self.inflight
+            .get(&packet_id.get())
+            .map_or(0, |inflight| inflight.seq)
+    }
+
     pub fn acknowledged(&mut self, packet_id: PacketId, kind: QoS) -> Option<bool> {
         let inflight = self.inflight.get(&packet_id.get())?;
         let matches = match kind {

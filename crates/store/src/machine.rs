@@ -155,6 +155,17 @@ impl Machine<'_, '_> {
                         matched: false,
                     }));
                 };
+                // Only forward: a record that reaches the store again (an
+                // edge resends a session's records that may have committed
+                // when the leader died) cannot undo a later step.
+                let queued = entry.stage == DeliveryStage::Queued as i32;
+                let same = entry.stage == DeliveryStage::Published as i32
+                    && entry.packet_id == mark.packet_id;
+                if !queued && !same {
+                    return Ok(ResultKind::Acknowledged(proto::Acknowledged {
+                        matched: false,
+                    }));
+                }
                 entry.stage = DeliveryStage::Published as i32;
                 entry.packet_id = mark.packet_id;
                 self.txn.put_message(cf::QUEUES, key, &entry);
@@ -955,6 +966,10 @@ impl Machine<'_, '_> {
         let Ok(seq) = <[u8; 8]>::try_from(seq.as_slice()).map(u64::from_be_bytes) else {
             return Ok(not_matched);
         };
+        if ack.seq != 0 && ack.seq != seq {
+            // The packet identifier is another message's now.
+            return Ok(not_matched);
+        }
         let queue_key = keys::queue_entry(&ack.client_id, seq);
         let Some(mut entry) = self
             .txn

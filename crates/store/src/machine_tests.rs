@@ -335,6 +335,24 @@ fn acknowledge(client_id: &str, epoch: u64, packet_id: u32, kind: AckKind) -> Co
         epoch,
         packet_id,
         kind: kind as i32,
+        seq: 0,
+    })
+}
+
+/// An acknowledgement of the message at queue position `seq`.
+fn acknowledge_seq(
+    client_id: &str,
+    epoch: u64,
+    packet_id: u32,
+    kind: AckKind,
+    seq: u64,
+) -> CommandKind {
+    CommandKind::Acknowledge(proto::Acknowledge {
+        client_id: client_id.into(),
+        epoch,
+        packet_id,
+        kind: kind as i32,
+        seq,
     })
 }
 
@@ -1293,6 +1311,44 @@ fn a_retried_incoming_qos2_publish_is_accepted_once() {
             .collect::<Vec<_>>(),
         vec![keys::packet("pub", 5), keys::packet("pub", 6)]
     );
+}
+
+/// An edge resends a session's records that may have committed when the
+/// store leader died, in their order, with whatever followed them: applied
+/// again, they change nothing, even where a packet identifier was reused
+/// meanwhile (acknowledgements name the message's queue position) or a
+/// QoS 2 message moved on (packet identifiers are recorded only forward).
+#[test]
+fn a_sessions_records_applied_again_change_nothing() {
+    let mut store = Harness::new();
+    let sub = store.connect(T0, connect("sub", "e1", 60));
+    for n in 0..3 {
+        store.apply_one(
+            T0,
+            enqueue(message("t", &format!("m{n}")), vec![target("sub", 1)]),
+        );
+    }
+    store.apply_one(T0, enqueue(message("t", "q2"), vec![target("sub", 2)]));
+    let records = vec![
+        mark_published("sub", sub.epoch, 1, 1),
+        mark_published("sub", sub.epoch, 2, 2),
+        acknowledge_seq("sub", sub.epoch, 1, AckKind::Puback, 1),
+        // Packet identifier 1 again, for the third message.
+        mark_published("sub", sub.epoch, 3, 1),
+        mark_published("sub", sub.epoch, 4, 5),
+        acknowledge_seq("sub", sub.epoch, 5, AckKind::Pubrec, 4),
+    ];
+    store.apply(T0 + 1, records.clone());
+    let state = (store.session("sub").queue, store.family(cf::INFLIGHT));
+    assert_eq!(seqs(&state.0), vec![2, 3, 4]);
+    for tail in (0..records.len()).rev() {
+        store.apply(T0 + 2, records[tail..].to_vec());
+        assert_eq!(
+            (store.session("sub").queue, store.family(cf::INFLIGHT)),
+            state,
+            "records from {tail} applied again"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------

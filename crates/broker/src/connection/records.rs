@@ -106,24 +106,31 @@ impl SessionRecords {
         }))
     }
 
-    /// The client acknowledged a stored message at `kind`'s step.
-    pub fn acknowledge(&self, packet_id: PacketId, kind: proto::AckKind) -> proto::Command {
+    /// The client acknowledged the stored message at queue position `seq`,
+    /// sent under `packet_id`, at `kind`'s step.
+    pub fn acknowledge(
+        &self,
+        packet_id: PacketId,
+        kind: proto::AckKind,
+        seq: u64,
+    ) -> proto::Command {
         command(Kind::Acknowledge(proto::Acknowledge {
             client_id: self.client_id.to_string(),
             epoch: self.epoch,
             packet_id: u32::from(packet_id.get()),
             kind: kind as i32,
+            seq,
         }))
     }
 
     /// The acknowledgements that complete a message of this QoS.
-    pub fn completion(&self, packet_id: PacketId, qos: QoS) -> Vec<proto::Command> {
+    pub fn completion(&self, packet_id: PacketId, qos: QoS, seq: u64) -> Vec<proto::Command> {
         match qos {
             QoS::ExactlyOnce => vec![
-                self.acknowledge(packet_id, proto::AckKind::Pubrec),
-                self.acknowledge(packet_id, proto::AckKind::Pubcomp),
+                self.acknowledge(packet_id, proto::AckKind::Pubrec, seq),
+                self.acknowledge(packet_id, proto::AckKind::Pubcomp, seq),
             ],
-            _ => vec![self.acknowledge(packet_id, proto::AckKind::Puback)],
+            _ => vec![self.acknowledge(packet_id, proto::AckKind::Puback, seq)],
         }
     }
 

@@ -93,7 +93,7 @@ pub(super) struct Session {
     pub inbound: Inbound,
     /// Stored messages dropped as too large for the client, to acknowledge
     /// in the store.
-    discarded: Vec<(PacketId, QoS)>,
+    discarded: Vec<(PacketId, QoS, u64)>,
     /// Store acknowledgements (PUBACK, PUBCOMP) of the packets read so far,
     /// queued to the store together after the read; nothing waits on them.
     acks: Vec<proto::Command>,
@@ -285,6 +285,7 @@ impl Session {
 
     /// PUBACK or PUBCOMP of a message sent to the client.
     fn completed(&mut self, packet_id: PacketId, qos: QoS) {
+        let seq = self.outgoing.seq_of(packet_id);
         let Some(stored) = self.outgoing.acknowledged(packet_id, qos) else {
             return;
         };
@@ -293,7 +294,8 @@ impl Session {
                 QoS::ExactlyOnce => proto::AckKind::Pubcomp,
                 _ => proto::AckKind::Puback,
             };
-            self.acks.push(self.records.acknowledge(packet_id, kind));
+            self.acks
+                .push(self.records.acknowledge(packet_id, kind, seq));
         }
         self.refill_due = true;
     }
@@ -301,6 +303,7 @@ impl Session {
     /// PUBREC of a QoS 2 message sent to the client.
     fn received(&mut self, ack: &Ack, out: &mut Outbox) {
         let packet_id = ack.packet_id;
+        let seq = self.outgoing.seq_of(packet_id);
         match self
             .outgoing
             .received(packet_id, ack.reason_code.is_error())
@@ -310,13 +313,19 @@ impl Session {
                     // Recorded before PUBREL goes out (after the read): after
                     // a failure the store resends PUBREL, never the PUBLISH.
                     // A refusing PUBREC ends the flow.
-                    self.receipts
-                        .push(self.records.acknowledge(packet_id, proto::AckKind::Pubrec));
+                    self.receipts.push(self.records.acknowledge(
+                        packet_id,
+                        proto::AckKind::Pubrec,
+                        seq,
+                    ));
                     if release {
                         self.releases.push(packet_id);
                     } else {
-                        self.receipts
-                            .push(self.records.acknowledge(packet_id, proto::AckKind::Pubcomp));
+                        self.receipts.push(self.records.acknowledge(
+                            packet_id,
+                            proto::AckKind::Pubcomp,
+                            seq,
+                        ));
                     }
                 } else if release {
                     out.send(&Packet::PubRel(Ack::new(packet_id)));
@@ -437,7 +446,7 @@ impl Session {
             // Expired before it could be sent: recorded as sent and
             // acknowledged, so the store drops it.
             commands.push(self.records.mark_published(*seq, *packet_id));
-            commands.extend(self.records.completion(*packet_id, *qos));
+            commands.extend(self.records.completion(*packet_id, *qos, *seq));
         }
         let exactly_once = batch
             .fresh
@@ -459,8 +468,8 @@ impl Session {
         for ready in batch.fresh {
             self.write_publish(ready, out, stats);
         }
-        for (packet_id, qos) in std::mem::take(&mut self.discarded) {
-            let commands = self.records.completion(packet_id, qos);
+        for (packet_id, qos, seq) in std::mem::take(&mut self.discarded) {
+            let commands = self.records.completion(packet_id, qos, seq);
             self.acks.extend(commands);
         }
     }
@@ -501,10 +510,11 @@ impl Session {
     /// A message not sent is forgotten; a stored one is acknowledged away
     /// in the store.
     fn discard(&mut self, packet_id: Option<PacketId>, qos: QoS) {
-        if let Some(packet_id) = packet_id
-            && self.outgoing.forget(packet_id) == Some(true)
-        {
-            self.discarded.push((packet_id, qos));
+        if let Some(packet_id) = packet_id {
+            let seq = self.outgoing.seq_of(packet_id);
+            if self.outgoing.forget(packet_id) == Some(true) {
+                self.discarded.push((packet_id, qos, seq));
+            }
         }
     }
 }
