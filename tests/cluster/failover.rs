@@ -236,3 +236,52 @@ async fn a_leader_restarted_during_the_election_that_replaces_it_starts() {
     })
     .await;
 }
+
+/// A store leader's death costs the sessions on the surviving edges a pause,
+/// not their connections: a persistent QoS 1 subscriber on a follower's
+/// edge, acknowledging a steady stream, keeps its connection through the
+/// election (its records lost with the leader are sent again to the next
+/// one) and receives every acknowledged message. It used to be closed with
+/// 0x83 and refused for seconds when it came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_leaders_death_keeps_a_subscriber_on_a_surviving_edge_connected() {
+    let mut cluster = Cluster::start(3);
+    within(Duration::from_secs(180), async {
+        let leader = cluster.leader().await;
+        let followers: Vec<usize> = (1..=3).filter(|&n| n != leader).collect();
+        let (sub_node, pub_node) = (followers[0], followers[1]);
+        let sub_addr = cluster.node(sub_node).mqtt_addr();
+        let pub_addr = cluster.node(pub_node).mqtt_addr();
+        let (subscriber, _) = Subscriber::persistent(
+            sub_addr,
+            "leader-death-sub",
+            "d",
+            pub_addr,
+            "d/x",
+            vec![sub_addr],
+        )
+        .await;
+        let publisher = Publisher::spawn(Stream {
+            addr: pub_addr,
+            topic: "d/x".into(),
+            count: None,
+            pace: Duration::from_millis(2),
+            reconnect: true,
+        });
+        subscriber.await_distinct(200).await;
+        cluster.node_mut(leader).kill9();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let published = publisher.stop().await;
+        let received = subscriber
+            .stop_when_all_arrived(&published.acked_seqs())
+            .await;
+        assert!(
+            received.reconnections.is_empty() && received.errors.is_empty(),
+            "the subscriber's connection ended when the store leader died: {:?}; \
+             reconnections {:?}",
+            received.errors,
+            received.reconnections
+        );
+    })
+    .await;
+}

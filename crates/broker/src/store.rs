@@ -194,11 +194,35 @@ impl Store {
         &self,
         commands: Vec<Command>,
     ) -> impl Future<Output = Result<Vec<CommandResult>, StoreUnavailable>> + Send + 'static {
+        self.submit_as(commands, false)
+    }
+
+    /// As [`Store::submit`], for a session's records (packet identifiers
+    /// sent, acknowledgements, releases): applied twice, in order with what
+    /// followed them, they change nothing, so a write lost with a dying
+    /// leader is sent again to the next one instead of failing
+    /// (`LeaderWrites::submit_resendable`).
+    pub fn submit_records(
+        &self,
+        commands: Vec<Command>,
+    ) -> impl Future<Output = Result<Vec<CommandResult>, StoreUnavailable>> + Send + 'static {
+        self.submit_as(commands, true)
+    }
+
+    fn submit_as(
+        &self,
+        commands: Vec<Command>,
+        records: bool,
+    ) -> impl Future<Output = Result<Vec<CommandResult>, StoreUnavailable>> + Send + 'static {
         let meters = self.meters.clone();
         meters.writes.increment(1);
         let started = std::time::Instant::now();
         let charge = self.budget.charge(encoded_size(&commands));
-        let outcome = self.writes.submit(commands);
+        let outcome = if records {
+            futures::future::Either::Left(self.writes.submit_resendable(commands))
+        } else {
+            futures::future::Either::Right(self.writes.submit(commands))
+        };
         async move {
             let outcome = outcome.await;
             drop(charge);

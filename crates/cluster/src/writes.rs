@@ -182,6 +182,10 @@ type OutcomeSender = oneshot::Sender<Result<Vec<CommandResult>, WriteFailed>>;
 /// hands over answers at once; one that is cut off never does.
 const SWITCH_WAIT: Duration = Duration::from_millis(300);
 
+/// How many write timeouts a resendable write may take, resends included:
+/// an election (1.5–4 s) fits inside.
+const RESEND_PATIENCE: u32 = 3;
+
 /// The pause before a write that was not taken is tried again.
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
 
@@ -199,15 +203,28 @@ struct QueuedWrite {
     deadline: Instant,
     /// Why it was last not taken, told if it is given up.
     not_taken: Option<NotProposed>,
+    /// Whether it may be sent again after it may have committed: applying
+    /// it twice, in order with the writes after it, changes nothing (see
+    /// [`LeaderWrites::submit_resendable`]).
+    resendable: bool,
+    /// How the stream it was sent on broke: it may have committed.
+    broke: Option<MayHaveCommitted>,
     /// Counts it as in the router until dropped.
     _routed: Routed,
 }
 
 impl QueuedWrite {
-    /// Gives the write up unsent: it was never proposed.
+    /// Gives the write up unsent: it was never proposed, unless it was sent
+    /// before on a stream that broke.
     fn give_up(self, timeout: Duration) {
-        let why = self.not_taken.unwrap_or(NotProposed::NoLeader(timeout));
-        let _ = self.outcome.send(Err(why.into()));
+        let why = match self.broke {
+            Some(broke) => broke.into(),
+            None => self
+                .not_taken
+                .unwrap_or(NotProposed::NoLeader(timeout))
+                .into(),
+        };
+        let _ = self.outcome.send(Err(why));
     }
 }
 
@@ -372,9 +389,36 @@ impl LeaderWrites {
     /// future is awaited.
     pub fn submit(
         &self,
-        mut commands: Vec<Command>,
+        commands: Vec<Command>,
     ) -> impl Future<Output = Result<Vec<CommandResult>, WriteFailed>> + Send + 'static {
-        let timeout = self.timeout;
+        self.submit_as(commands, false)
+    }
+
+    /// As [`LeaderWrites::submit`], for a write that may be applied twice:
+    /// applied again after the writes that followed it (in their order),
+    /// it changes nothing. A session's records are (acknowledgements name
+    /// the message, packet identifiers are recorded only forward). When the
+    /// stream to a remote leader breaks with it unanswered (the leader
+    /// died), it is sent again, ahead of every later write, to the next
+    /// leader, instead of failing, within [`RESEND_PATIENCE`] write timeouts:
+    /// an election costs its sessions a pause, not their connections.
+    pub fn submit_resendable(
+        &self,
+        commands: Vec<Command>,
+    ) -> impl Future<Output = Result<Vec<CommandResult>, WriteFailed>> + Send + 'static {
+        self.submit_as(commands, true)
+    }
+
+    fn submit_as(
+        &self,
+        mut commands: Vec<Command>,
+        resendable: bool,
+    ) -> impl Future<Output = Result<Vec<CommandResult>, WriteFailed>> + Send + 'static {
+        let timeout = if resendable {
+            self.timeout * RESEND_PATIENCE
+        } else {
+            self.timeout
+        };
         let contact = self.contact.clone();
         let expected = commands.len();
         // Straight to the replica in this process while it leads, unless the
@@ -411,6 +455,8 @@ impl LeaderWrites {
             outcome,
             deadline: Instant::now() + timeout.saturating_sub(give_up_margin(timeout)),
             not_taken: None,
+            resendable,
+            broke: None,
             _routed: Routed::new(&self.routed),
         };
         let queued = self.queue.send(write).is_ok();
@@ -849,15 +895,14 @@ impl Router {
         if current {
             self.stream = None;
         }
-        let Some(why) = end.unproposed else {
-            return;
-        };
-        let reason = match &why {
-            Unproposed::HandingOver => {
+        let reason = match &end.unproposed {
+            Some(Unproposed::HandingOver) => {
                 self.avoid = Some((end.address.clone(), Instant::now() + AVOID_FOR));
                 Refusal::HandingOver.to_string()
             }
-            Unproposed::NotLeader { .. } => "it does not lead".to_owned(),
+            Some(Unproposed::NotLeader { .. }) => "it does not lead".to_owned(),
+            // Resendable writes of a stream that broke.
+            None => "the stream broke".to_owned(),
         };
         if end.given_back.is_empty() {
             return;
@@ -875,11 +920,15 @@ impl Router {
             self.pause_until = Some(Instant::now() + RETRY_PAUSE);
         } else {
             for write in end.given_back {
-                let failed = NotProposed::GivenBack {
-                    address: end.address.clone(),
-                    reason: reason.clone(),
+                let failed = match write.broke {
+                    Some(broke) => broke.into(),
+                    None => NotProposed::GivenBack {
+                        address: end.address.clone(),
+                        reason: reason.clone(),
+                    }
+                    .into(),
                 };
-                let _ = write.outcome.send(Err(failed.into()));
+                let _ = write.outcome.send(Err(failed));
             }
         }
     }
@@ -996,15 +1045,22 @@ async fn open_stream(
             unanswered.into_values().collect()
         } else {
             tracing::info!(leader = %leader, reason = %why, "the write stream to the store leader ended");
-            // Whatever was in flight may or may not have committed.
-            for (_, waiter) in unanswered {
+            // Whatever was in flight may or may not have committed: the
+            // resendable writes go again, in order; the others fail.
+            let mut resent = Vec::new();
+            for (_, mut waiter) in unanswered {
                 let broke = MayHaveCommitted::StreamBroke {
                     address: leader.clone(),
                     reason: why.clone(),
                 };
-                let _ = waiter.outcome.send(Err(broke.into()));
+                if waiter.resendable {
+                    waiter.broke = Some(broke);
+                    resent.push(waiter);
+                } else {
+                    let _ = waiter.outcome.send(Err(broke.into()));
+                }
             }
-            Vec::new()
+            resent
         };
         let _ = ended.send(StreamEnded {
             stream: id,
@@ -1450,6 +1506,35 @@ mod tests {
             "{failed}"
         );
         assert!(failed.may_have_committed());
+    }
+
+    /// A resendable write (a session's records) whose stream broke after it
+    /// was sent (the leader died) goes again to the next leader, ahead of
+    /// the writes submitted after it, instead of failing.
+    #[tokio::test]
+    async fn a_resendable_write_lost_with_its_stream_commits_on_the_next_leader_first() {
+        let successor = FakeLeader::new(Conduct::Commits);
+        let successor_address = successor.serve().await;
+        let old = FakeLeader::new(Conduct::BreaksAfterReading);
+        let access = Access::Peers(Arc::new(Peers::new(Vec::new(), None, Default::default())));
+        access.leader_moved(Some(old.serve().await));
+        let writes = LeaderWrites::new(access.clone(), Duration::from_secs(2), Duration::MAX);
+
+        let first = writes.submit_resendable(write(1));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while old.received().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the old leader never read the write"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let later = writes.submit_resendable(write(2));
+        access.leader_moved(Some(successor_address));
+        assert_eq!(first.await.unwrap(), vec![committed(1)]);
+        assert_eq!(later.await.unwrap(), vec![committed(2)]);
+        assert_eq!(old.received(), vec![1]);
+        assert_eq!(successor.received(), vec![1, 2]);
     }
 
     #[tokio::test]

@@ -519,7 +519,7 @@ pub const METRICS: &[Metric] = &[
     counter(
         "rookery_store_writes_resent_total",
         Edge,
-        "Writes of this edge that a store node gave back unproposed (it handed its leadership over, or did not lead) and that were sent again to the next leader",
+        "Writes of this edge that a store node gave back unproposed (it handed its leadership over, or did not lead), or sessions' records lost with a write stream that broke (the leader died), sent again to the next leader",
         &[],
     ),
     histogram(

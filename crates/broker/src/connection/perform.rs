@@ -381,12 +381,14 @@ impl Live {
         }
     }
 
-    /// Queues a write that nothing waits for; its place in the store's order
-    /// is taken now. If it fails, the session ends (as when an awaited write
+    /// Queues a write of this session's records that nothing waits for; its
+    /// place in the store's order is taken now. One lost with a dying store
+    /// leader is sent again to the next (`Store::submit_records`). If it
+    /// fails all the same, the session ends (as when an awaited write
     /// fails): carrying on would reuse packet identifiers the store still
     /// holds.
     fn submit_detached(&self, commands: Vec<proto::Command>) {
-        let write = self.hub.store.submit(commands);
+        let write = self.hub.store.submit_records(commands);
         let client_id = self.client_id().clone();
         let own = self.own_mailbox.clone();
         tokio::spawn(async move {
@@ -402,13 +404,14 @@ impl Live {
         });
     }
 
-    /// A store write on behalf of this session, awaited, and its results;
-    /// a fenced write means another connection owns the session now.
+    /// A store write of this session's records, awaited (sent again to the
+    /// next leader if the leader dies with it), and its results; a fenced
+    /// write means another connection owns the session now.
     pub(super) async fn write_fenced(
         &mut self,
         commands: Vec<proto::Command>,
     ) -> Result<Vec<proto::CommandResult>, End> {
-        match self.hub.store.write(commands).await {
+        match self.hub.store.submit_records(commands).await {
             Ok(results) if fenced(&results) => Err(self.taken_over()),
             Ok(results) => Ok(results),
             Err(error) => {
