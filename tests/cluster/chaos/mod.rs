@@ -290,6 +290,14 @@ async fn run(options: RunOptions) -> Outcome {
         Options {
             roles: vec![Roles::Both, Roles::Both, Roles::Both, Roles::Edge],
             store_proxies: true,
+            // A persistent subscriber kept away by a fault queues about 100
+            // messages a second here: with the default cap (1,000 beyond the
+            // window) a 10 s outage overflows its queue, and the newest
+            // messages are dropped by policy (`queue_overflow`, counted in
+            // `rookery_messages_dropped_total{reason="queue_full"}`), which
+            // the checker would report as lost. The run checks what failures
+            // do, not the configured overflow.
+            extra_toml: "[broker.limits]\nmax_queued_messages = 1000000\n".into(),
             ..Options::default()
         },
     );
