@@ -353,31 +353,13 @@ async fn an_edge_only_node_moves_its_writes_off_a_leader_cut_off_from_the_voters
 async fn mqtt_3_1_2_10_a_normal_disconnect_the_store_could_not_hear_yet_still_discards_the_will() {
     // Writes give up after 2 s, well inside the cut below, which itself
     // stays well inside the edge's 10 s lease.
-    let mut cluster = Cluster::start_stores_and_edges(
-        2,
-        Options {
-            store_proxies: true,
-            cluster_toml: "write_timeout_ms = 2000".into(),
-            ..Options::default()
-        },
-    );
+    let mut cluster = Cluster::start_edges_to_cut(2);
     within(Duration::from_secs(120), async {
         let edge = cluster.node(4).mqtt_addr();
         let (mut watcher, _) =
             RawClient::connect_ok(cluster.node(5).mqtt_addr(), clean_v5("will-watcher")).await;
         watcher.subscribe_ok(1, "will/#", QoS::AtLeastOnce).await;
         await_route(edge, &mut watcher, "will/probe").await;
-        let with_will = |client_id: &str| {
-            let mut connect = clean_v5(client_id);
-            connect.will = Some(Will {
-                topic: format!("will/{client_id}").as_str().into(),
-                payload: Bytes::from_static(b"gone"),
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                properties: Default::default(),
-            });
-            connect
-        };
         let (leaving, _) = RawClient::connect_ok(edge, with_will("leaving")).await;
         let (staying, _) = RawClient::connect_ok(edge, with_will("staying")).await;
 
@@ -421,30 +403,12 @@ async fn mqtt_3_1_2_10_a_normal_disconnect_the_store_could_not_hear_yet_still_di
 /// connection afterwards shows that wills do come.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_3_1_2_10_a_takeover_ahead_of_the_disconnect_record_publishes_no_will() {
-    let cluster = Cluster::start_stores_and_edges(
-        2,
-        Options {
-            store_proxies: true,
-            cluster_toml: "write_timeout_ms = 2000".into(),
-            ..Options::default()
-        },
-    );
+    let cluster = Cluster::start_edges_to_cut(2);
     within(Duration::from_secs(120), async {
         let (old_edge, new_edge) = (cluster.node(4).mqtt_addr(), cluster.node(5).mqtt_addr());
         let (mut watcher, _) = RawClient::connect_ok(new_edge, clean_v5("will-watcher")).await;
         watcher.subscribe_ok(1, "will/#", QoS::AtLeastOnce).await;
         await_route(old_edge, &mut watcher, "will/probe").await;
-        let with_will = |client_id: &str| {
-            let mut connect = clean_v5(client_id);
-            connect.will = Some(Will {
-                topic: format!("will/{client_id}").as_str().into(),
-                payload: Bytes::from_static(b"gone"),
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                properties: Default::default(),
-            });
-            connect
-        };
         let (leaving, _) = RawClient::connect_ok(old_edge, with_will("leaving")).await;
 
         // The old edge still hears the store node it follows, but its writes
@@ -487,28 +451,13 @@ async fn mqtt_3_1_2_10_a_takeover_ahead_of_the_disconnect_record_publishes_no_wi
 /// at once (MQTT-3.1.2-8: the old connection ended without DISCONNECT).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_will_handed_to_an_edge_that_was_cut_off_is_published_when_it_hears_again() {
-    let cluster = Cluster::start_stores_and_edges(
-        2,
-        Options {
-            store_proxies: true,
-            cluster_toml: "write_timeout_ms = 2000".into(),
-            ..Options::default()
-        },
-    );
+    let cluster = Cluster::start_edges_to_cut(2);
     within(Duration::from_secs(120), async {
         let (old_edge, new_edge) = (cluster.node(4).mqtt_addr(), cluster.node(5).mqtt_addr());
         let (mut watcher, _) = RawClient::connect_ok(new_edge, clean_v5("will-watcher")).await;
         watcher.subscribe_ok(1, "will/#", QoS::AtLeastOnce).await;
         await_route(old_edge, &mut watcher, "will/probe").await;
-        let mut connect = clean_v5("dropping");
-        connect.will = Some(Will {
-            topic: "will/dropping".into(),
-            payload: Bytes::from_static(b"gone"),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            properties: Default::default(),
-        });
-        let (dropping, _) = RawClient::connect_ok(old_edge, connect).await;
+        let (dropping, _) = RawClient::connect_ok(old_edge, with_will("dropping")).await;
 
         for store in 1..=3 {
             cluster.block_calls(4, store);
@@ -535,4 +484,17 @@ async fn a_will_handed_to_an_edge_that_was_cut_off_is_published_when_it_hears_ag
         }
     })
     .await;
+}
+
+/// A clean 5.0 CONNECT of `client_id` with a QoS 1 will on `will/{client_id}`.
+fn with_will(client_id: &str) -> rookery_codec::Connect {
+    let mut connect = clean_v5(client_id);
+    connect.will = Some(Will {
+        topic: format!("will/{client_id}").as_str().into(),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+    });
+    connect
 }

@@ -22,7 +22,7 @@ use rookery_testkit::{RawClient, Read, clean_v5, persistent_v311, pid_for};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::harness::{Cluster, FAILOVER, Options, QUIET, TIMEOUT, within};
+use crate::harness::{Cluster, FAILOVER, QUIET, TIMEOUT, within};
 use crate::traffic::{ACK_WAIT, await_route, ranges, seq_of, unique_id};
 
 /// The topic of the numbered messages.
@@ -626,14 +626,7 @@ async fn qos2_across_an_edge_kill_is_exactly_once() {
 async fn a_qos2_retry_the_store_had_taken_reaches_a_clean_subscriber_exactly_once() {
     // Three store-only nodes, two edge-only nodes (4 and 5); writes give
     // up after 2 s.
-    let cluster = Cluster::start_stores_and_edges(
-        2,
-        Options {
-            store_proxies: true,
-            cluster_toml: "write_timeout_ms = 2000".into(),
-            ..Options::default()
-        },
-    );
+    let cluster = Cluster::start_edges_to_cut(2);
     within(Duration::from_secs(120), async {
         let (first_edge, second_edge) = (cluster.node(4).mqtt_addr(), cluster.node(5).mqtt_addr());
         let (mut subscriber, _) = RawClient::connect_ok(second_edge, clean_v5("retry-sub")).await;

@@ -13,6 +13,45 @@ use tokio::time::Instant;
 use crate::harness::{Cluster, within};
 use crate::traffic::{Publisher, Received, Stream, Subscriber, ranges};
 
+/// A persistent QoS 1 subscriber on one store follower's edge (recording
+/// `{prefix}/x`, reconnecting there) and a publisher streaming to it from
+/// the other follower's edge, once `arrived` messages have arrived; with
+/// the store leader's node, which the test kills.
+async fn stream_between_followers(
+    cluster: &Cluster,
+    prefix: &str,
+    arrived: usize,
+) -> (usize, Subscriber, Publisher) {
+    let leader = cluster.leader().await;
+    let followers: Vec<usize> = (1..=3).filter(|&n| n != leader).collect();
+    let (sub_node, pub_node) = (followers[0], followers[1]);
+    eprintln!(
+        "store leader: node {leader} (to be killed); subscriber on node {sub_node}, \
+         publisher on node {pub_node}"
+    );
+    let sub_addr = cluster.node(sub_node).mqtt_addr();
+    let pub_addr = cluster.node(pub_node).mqtt_addr();
+    let topic = format!("{prefix}/x");
+    let (subscriber, _) = Subscriber::persistent(
+        sub_addr,
+        &format!("{prefix}-leader-kill-sub"),
+        prefix,
+        pub_addr,
+        &topic,
+        vec![sub_addr],
+    )
+    .await;
+    let publisher = Publisher::spawn(Stream {
+        addr: pub_addr,
+        topic,
+        count: None,
+        pace: Duration::from_millis(2),
+        reconnect: true,
+    });
+    subscriber.await_distinct(arrived).await;
+    (leader, subscriber, publisher)
+}
+
 /// Checks that every reconnection of `received` resumed the session.
 fn assert_sessions_resumed(received: &Received) {
     let lost: Vec<_> = received
@@ -124,34 +163,7 @@ async fn persistent_subscriber_survives_kill9_of_its_edge() {
 async fn store_leader_kill9_loses_no_acknowledged_message() {
     let mut cluster = Cluster::start(3);
     within(Duration::from_secs(180), async {
-        let leader = cluster.leader().await;
-        let followers: Vec<usize> = (1..=3).filter(|&n| n != leader).collect();
-        let (sub_node, pub_node) = (followers[0], followers[1]);
-        eprintln!(
-            "store leader: node {leader} (to be killed); subscriber on node {sub_node}, \
-             publisher on node {pub_node}"
-        );
-        let sub_addr = cluster.node(sub_node).mqtt_addr();
-        let pub_addr = cluster.node(pub_node).mqtt_addr();
-
-        let (subscriber, _) = Subscriber::persistent(
-            sub_addr,
-            "leader-kill-sub",
-            "l",
-            pub_addr,
-            "l/x",
-            vec![sub_addr],
-        )
-        .await;
-
-        let publisher = Publisher::spawn(Stream {
-            addr: pub_addr,
-            topic: "l/x".into(),
-            count: None,
-            pace: Duration::from_millis(2),
-            reconnect: true,
-        });
-        subscriber.await_distinct(100).await;
+        let (leader, subscriber, publisher) = stream_between_followers(&cluster, "l", 100).await;
         cluster.node_mut(leader).kill9();
         let killed_at = Instant::now();
         eprintln!(
@@ -247,28 +259,7 @@ async fn a_leader_restarted_during_the_election_that_replaces_it_starts() {
 async fn a_store_leaders_death_keeps_a_subscriber_on_a_surviving_edge_connected() {
     let mut cluster = Cluster::start(3);
     within(Duration::from_secs(180), async {
-        let leader = cluster.leader().await;
-        let followers: Vec<usize> = (1..=3).filter(|&n| n != leader).collect();
-        let (sub_node, pub_node) = (followers[0], followers[1]);
-        let sub_addr = cluster.node(sub_node).mqtt_addr();
-        let pub_addr = cluster.node(pub_node).mqtt_addr();
-        let (subscriber, _) = Subscriber::persistent(
-            sub_addr,
-            "leader-death-sub",
-            "d",
-            pub_addr,
-            "d/x",
-            vec![sub_addr],
-        )
-        .await;
-        let publisher = Publisher::spawn(Stream {
-            addr: pub_addr,
-            topic: "d/x".into(),
-            count: None,
-            pace: Duration::from_millis(2),
-            reconnect: true,
-        });
-        subscriber.await_distinct(200).await;
+        let (leader, subscriber, publisher) = stream_between_followers(&cluster, "d", 200).await;
         cluster.node_mut(leader).kill9();
         tokio::time::sleep(Duration::from_secs(10)).await;
         let published = publisher.stop().await;

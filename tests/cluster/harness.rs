@@ -171,6 +171,20 @@ impl Cluster {
         Cluster::start_with(3 + edges, Options { roles, ..options })
     }
 
+    /// [`Cluster::start_stores_and_edges`] behind fault-injecting proxies,
+    /// with writes that give up after 2 s: for tests that cut an edge off
+    /// the store for a few seconds, well inside its 10 s lease.
+    pub fn start_edges_to_cut(edges: usize) -> Cluster {
+        Cluster::start_stores_and_edges(
+            edges,
+            Options {
+                store_proxies: true,
+                cluster_toml: "write_timeout_ms = 2000".into(),
+                ..Options::default()
+            },
+        )
+    }
+
     /// Creates node `n + 1` of an `n`-node cluster with `roles` and starts
     /// it with the cluster's seeds plus its own store address (and the same
     /// `bootstrap_expect`): its peers already form a group, so it asks to be
