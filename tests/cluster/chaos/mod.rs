@@ -76,7 +76,7 @@ async fn a_short_chaos_run_with_the_fixed_seed_keeps_every_guarantee() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "open finding (docs/reliability.md): a persistent subscriber that moves to another edge while the store node it was on is cut off can miss messages queued around the move; seed 1796449361272496279 lost 50"]
+#[ignore = "open (docs/reliability.md): order across a store leader change (MQTT 4.6) fails about one random-seed run in twenty; the fixed seed runs in the suite"]
 async fn a_short_chaos_run_with_a_random_seed_keeps_every_guarantee() {
     let seed = seed_from_env().unwrap_or_else(random_seed);
     let outcome = run(RunOptions {
