@@ -59,6 +59,10 @@ impl NormalEnds {
 
 /// Publishes a will the store handed to this edge, or discards it if its
 /// connection ended here with a normal DISCONNECT, and ends it in the store.
+/// The store decides first: the sessions it does not serve get the will only
+/// if this edge's write was the one that ended it (an edge told again, from
+/// a replica that had not caught up, must not deliver it a second time to a
+/// subscriber that has reconnected since).
 pub(crate) async fn publish_due(hub: Arc<Hub>, due: proto::WillDue) {
     let will = proto::WillRef {
         client_id: due.client_id.clone(),
@@ -78,24 +82,17 @@ pub(crate) async fn publish_due(hub: Arc<Hub>, due: proto::WillDue) {
             .and_then(Message::from_proto)
             .map(Arc::new)
     };
-    let mut commands = Vec::new();
-    if let Some(message) = &message {
-        metrics::counter!("rookery_wills_published_total").increment(1);
-        let mut routes = hub.route(message);
-        for (_, delivery) in &mut routes.local {
-            delivery.receipt = due.will_id;
-        }
-        for (_, deliveries) in &mut routes.remote {
-            for delivery in deliveries {
-                delivery.receipt = due.will_id;
-            }
-        }
-        // At once, ahead of the store: a copy that arrives twice is dropped.
-        hub.forward(message, std::mem::take(&mut routes.remote), false);
-        hub.deliver_local(std::mem::take(&mut routes.local), &mut Vec::new());
+    let mut routes = message.as_ref().map(|message| hub.route(message));
+    let mut commands = match (&message, &mut routes) {
         // Retained on every edge once the store has taken it (its event).
-        commands = hub.store_commands(message, message.retain, routes.durable, None);
-    }
+        (Some(message), Some(routes)) => hub.store_commands(
+            message,
+            message.retain,
+            std::mem::take(&mut routes.durable),
+            None,
+        ),
+        _ => Vec::new(),
+    };
     if !commands
         .iter()
         .any(|command| matches!(command.kind, Some(Kind::Enqueue(_))))
@@ -110,24 +107,32 @@ pub(crate) async fn publish_due(hub: Arc<Hub>, due: proto::WillDue) {
         }
     }
     let give_up = Instant::now() + WILL_WRITE_PATIENCE;
+    // Whether an earlier attempt of this edge's may have committed: then a
+    // "published already" may be this edge's own doing.
+    let mut mine_may_have_committed = false;
     loop {
         match hub.store.write(commands.clone()).await {
             Ok(results) => {
                 hub.count_store_drops(&results);
-                if let Some(message) = &message {
+                let ended_here = !published_before(&results);
+                if let (Some(message), Some(routes)) = (&message, routes) {
                     hub.retained_outcome(message, &results);
+                    if delivers(ended_here, mine_may_have_committed) {
+                        metrics::counter!("rookery_wills_published_total").increment(1);
+                        deliver(&hub, message, routes, due.will_id);
+                    }
                 }
-                if published_before(&results) {
+                if !ended_here && !mine_may_have_committed {
                     metrics::counter!("rookery_wills_published_again_total").increment(1);
                     tracing::info!(
                         client_id = due.client_id,
-                        "a will another edge had published was published again; its copies \
-                         are dropped by the sessions that had it"
+                        "a will was handed to this edge that had been published already"
                     );
                 }
                 return;
             }
             Err(error) if Instant::now() < give_up => {
+                mine_may_have_committed |= error.may_have_committed();
                 tracing::debug!(%error, client_id = due.client_id, "writing a will failed; retrying");
                 tokio::time::sleep(WILL_WRITE_RETRY).await;
             }
@@ -135,13 +140,35 @@ pub(crate) async fn publish_due(hub: Arc<Hub>, due: proto::WillDue) {
                 tracing::warn!(
                     %error,
                     client_id = due.client_id,
-                    "writing a will failed; the store keeps it pending for this edge, and hands it \
-                     out again only if this edge's lease lapses"
+                    "writing a will failed; the store keeps it pending and hands it out again"
                 );
                 return;
             }
         }
     }
+}
+
+/// Whether this edge delivers a will to the sessions the store does not
+/// serve: when its write ended the will, or may have (an earlier attempt's
+/// answer was lost), in which case a copy that arrives twice carries the
+/// will's id as receipt, which a session takes once.
+fn delivers(ended_here: bool, mine_may_have_committed: bool) -> bool {
+    ended_here || mine_may_have_committed
+}
+
+/// Hands a will to the sessions online here and on other edges, under the
+/// will's id as receipt.
+fn deliver(hub: &Hub, message: &Arc<Message>, mut routes: crate::hub::Routes, will_id: u64) {
+    for (_, delivery) in &mut routes.local {
+        delivery.receipt = will_id;
+    }
+    for (_, deliveries) in &mut routes.remote {
+        for delivery in deliveries {
+            delivery.receipt = will_id;
+        }
+    }
+    hub.forward(message, routes.remote, false);
+    hub.deliver_local(routes.local, &mut Vec::new());
 }
 
 /// Whether the store says the will had been published already.
@@ -154,6 +181,16 @@ fn published_before(results: &[proto::CommandResult]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A will the store says another edge published is not delivered again
+    /// (its subscribers may have reconnected since, with no memory of its
+    /// receipt); one this edge's own lost answer may have ended is.
+    #[test]
+    fn only_the_edge_that_ended_a_will_delivers_it() {
+        assert!(delivers(true, false));
+        assert!(delivers(false, true));
+        assert!(!delivers(false, false));
+    }
 
     #[test]
     fn a_normal_end_is_known_for_its_epoch_only() {
