@@ -17,7 +17,9 @@
 //!   `$share` group reaches at least one of its members, and a QoS 2 one
 //!   exactly one. (A member must not also hold a plain subscription
 //!   matching the same topics: a delivery cannot say which it came by.)
-//! - **Wills**: a will is published at most once per connection, never for
+//! - **Wills**: a will is published at most once per connection (a QoS 1
+//!   will sent to the watcher again with DUP, after the watcher's connection
+//!   failed, is a redelivery: [`Report::will_redeliveries`]), never for
 //!   one that ended with a normal DISCONNECT, and at least once for one that
 //!   ended otherwise, given time ([`Rules::will_within`]). One exception,
 //!   counted apart in [`Report::wills_after_unrecorded_disconnect`]: a
@@ -287,6 +289,8 @@ pub struct Report {
     /// Wills published after a normal DISCONNECT that an edge took while
     /// under a fault (see the module): not violations, shown apart.
     pub wills_after_unrecorded_disconnect: usize,
+    /// Wills that arrived again with DUP (allowed, as QoS 1 redeliveries).
+    pub will_redeliveries: usize,
     /// Every broken guarantee.
     pub violations: Vec<Violation>,
 }
@@ -344,6 +348,13 @@ impl fmt::Display for Report {
             self.count("wills"),
             self.count("retained"),
         )?;
+        if self.will_redeliveries > 0 {
+            writeln!(
+                f,
+                "wills sent again with DUP after the watcher's connection failed (allowed, QoS 1): {}",
+                self.will_redeliveries
+            )?;
+        }
         if self.wills_after_unrecorded_disconnect > 0 {
             writeln!(
                 f,
@@ -711,14 +722,31 @@ fn check_shared_groups(index: &Index<'_>, report: &mut Report) {
 /// Wills: at most once per connection, only for one that ended otherwise
 /// than normally, and always for such a one given time.
 fn check_wills(history: &History, index: &Index<'_>, rules: Rules, report: &mut Report) {
-    let mut published: BTreeMap<(&str, u64), usize> = BTreeMap::new();
+    // Per connection: arrivals, and those without DUP. A QoS 1 will sent
+    // again with DUP (the watcher's connection failed before its
+    // acknowledgement was recorded) is a redelivery, as for any QoS 1
+    // message, not a second publication.
+    let mut arrivals: BTreeMap<(&str, u64), (usize, usize)> = BTreeMap::new();
     for event in &history.events {
         if let Event::WillPublished {
-            client, connection, ..
+            client,
+            connection,
+            dup,
+            ..
         } = event
         {
-            *published.entry((client.as_str(), *connection)).or_default() += 1;
+            let counts = arrivals.entry((client.as_str(), *connection)).or_default();
+            counts.0 += 1;
+            if !dup {
+                counts.1 += 1;
+            }
         }
+    }
+    let mut published: BTreeMap<(&str, u64), usize> = BTreeMap::new();
+    for (key, (all, fresh)) in arrivals {
+        let times = fresh.max(1);
+        report.will_redeliveries += all - times;
+        published.insert(key, times);
     }
     // When each edge was under a fault: from, until (the run's end if never
     // undone).
@@ -1187,18 +1215,24 @@ mod tests {
         s.connect("died", true, true).disconnect("died", false);
         s.connect("left", true, true).disconnect("left", true);
         s.connect("silent", true, true).disconnect("silent", false);
-        let will = |s: &mut Script, client: &str, connection| {
+        s.connect("again", true, true).disconnect("again", false);
+        let will = |s: &mut Script, client: &str, connection, dup| {
             let at = s.tick();
             s.history.push(Event::WillPublished {
                 at,
                 client: client.into(),
                 connection,
+                dup,
             });
         };
-        will(&mut s, "died", 1);
-        will(&mut s, "died", 2);
-        will(&mut s, "died", 2);
-        will(&mut s, "left", 1);
+        will(&mut s, "died", 1, false);
+        will(&mut s, "died", 2, false);
+        will(&mut s, "died", 2, false);
+        will(&mut s, "left", 1, false);
+        // Sent again with DUP after the watcher's connection failed: a QoS 1
+        // redelivery, not a second publication.
+        will(&mut s, "again", 1, false);
+        will(&mut s, "again", 1, true);
         // Long after: the silent one's will is overdue.
         s.now += Rules::default().will_within;
         s.send("pub", 0, "x", 0);
@@ -1210,6 +1244,7 @@ mod tests {
                 "will missing: silent's connection 1 ended without DISCONNECT and its will never came",
             ]
         );
+        assert_eq!(s.check().will_redeliveries, 1);
     }
 
     /// A normal DISCONNECT taken by an edge under a fault may never reach
@@ -1243,6 +1278,7 @@ mod tests {
                 at,
                 client: client.into(),
                 connection: 1,
+                dup: false,
             });
         }
         let report = s.check();

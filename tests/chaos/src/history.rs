@@ -127,6 +127,10 @@ pub enum Event {
         client: String,
         /// Which of its connections.
         connection: u64,
+        /// Its DUP flag: set on a QoS 1 will sent again to the watcher (its
+        /// connection failed before the acknowledgement was recorded).
+        #[serde(default)]
+        dup: bool,
     },
     /// At the end of the run, what one edge holds as the retained message
     /// of a topic (`None`: nothing).

@@ -623,6 +623,7 @@ fn record_arrival(
                 at: recorder.now(),
                 client: id.publisher,
                 connection,
+                dup: publish.dup,
             }),
             // The broker took the connection but its CONNACK never
             // arrived: the client never counted it.
