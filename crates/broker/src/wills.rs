@@ -2,13 +2,15 @@
 //!
 //! A due will is handed to one live edge at a time, but it can reach two: an
 //! edge whose lease lapsed while it was publishing (paused, cut off) and the
-//! edge the store handed it to next. Both publish it. The store queues and
-//! retains it only while it is pending, and the first publication ends it;
-//! the copies for sessions served outside the store carry the will's id as
-//! their receipt, which a session takes once
-//! ([`crate::outgoing::Outgoing::push`]).
+//! edge the store handed it to next, or an edge told again by a replica that
+//! had not caught up. The store decides: it queues and retains a will only
+//! while it is pending, in the write that ends it, and only the edge whose
+//! write ended it delivers it to the sessions the store does not serve
+//! (under the will's id as receipt, which a session takes once,
+//! [`crate::outgoing::Outgoing::push`], in case that edge's own lost answer
+//! made it write twice).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,7 +36,16 @@ const WILL_WRITE_RETRY: Duration = Duration::from_millis(500);
 /// recorded yet (MQTT-3.1.2-10).
 #[derive(Debug, Default)]
 pub struct NormalEnds {
-    ends: Mutex<HashMap<Arc<str>, (u64, Instant)>>,
+    ends: Mutex<Ends>,
+}
+
+#[derive(Debug, Default)]
+struct Ends {
+    /// Client id → the epoch of its connection that ended normally, and
+    /// when.
+    latest: HashMap<Arc<str>, (u64, Instant)>,
+    /// The same, oldest first, to forget them in order.
+    order: VecDeque<(Instant, Arc<str>)>,
 }
 
 impl NormalEnds {
@@ -43,8 +54,20 @@ impl NormalEnds {
     pub fn record(&self, client_id: &Arc<str>, epoch: u64) {
         let now = Instant::now();
         let mut ends = self.ends.lock();
-        ends.retain(|_, (_, at)| now.duration_since(*at) < NORMAL_ENDS_KEPT);
-        ends.insert(client_id.clone(), (epoch, now));
+        while let Some((at, _)) = ends.order.front()
+            && now.duration_since(*at) >= NORMAL_ENDS_KEPT
+        {
+            if let Some((at, client)) = ends.order.pop_front()
+                && ends
+                    .latest
+                    .get(&client)
+                    .is_some_and(|(_, last)| *last == at)
+            {
+                ends.latest.remove(&client);
+            }
+        }
+        ends.latest.insert(client_id.clone(), (epoch, now));
+        ends.order.push_back((now, client_id.clone()));
     }
 
     /// Whether the connection of `client_id` with `epoch` ended here with a
@@ -52,6 +75,7 @@ impl NormalEnds {
     pub fn ended_normally(&self, client_id: &str, epoch: u64) -> bool {
         self.ends
             .lock()
+            .latest
             .get(client_id)
             .is_some_and(|(ended, at)| *ended == epoch && at.elapsed() < NORMAL_ENDS_KEPT)
     }
