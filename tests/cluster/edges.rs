@@ -356,10 +356,7 @@ async fn mqtt_3_1_2_10_a_normal_disconnect_the_store_could_not_hear_yet_still_di
     let mut cluster = Cluster::start_edges_to_cut(2);
     within(Duration::from_secs(120), async {
         let edge = cluster.node(4).mqtt_addr();
-        let (mut watcher, _) =
-            RawClient::connect_ok(cluster.node(5).mqtt_addr(), clean_v5("will-watcher")).await;
-        watcher.subscribe_ok(1, "will/#", QoS::AtLeastOnce).await;
-        await_route(edge, &mut watcher, "will/probe").await;
+        let mut watcher = will_watcher(cluster.node(5).mqtt_addr(), edge).await;
         let (leaving, _) = RawClient::connect_ok(edge, with_will("leaving")).await;
         let (staying, _) = RawClient::connect_ok(edge, with_will("staying")).await;
 
@@ -379,16 +376,7 @@ async fn mqtt_3_1_2_10_a_normal_disconnect_the_store_could_not_hear_yet_still_di
 
         // The store takes the dead edge's sessions offline once its lease
         // lapses, and publishes their wills: only `staying`'s.
-        let publish = match watcher.read(FAILOVER).await {
-            Read::Packet(Packet::Publish(publish)) => publish,
-            other => panic!("no will within {FAILOVER:?} of the edge's death: {other:?}"),
-        };
-        watcher.ack(&publish).await;
-        assert_eq!(publish.topic, "will/staying", "{publish:?}");
-        match watcher.read(Duration::from_secs(5)).await {
-            Read::Nothing => {}
-            other => panic!("a will after a normal DISCONNECT: {other:?}"),
-        }
+        expect_only_will(&mut watcher, "will/staying", FAILOVER).await;
     })
     .await;
 }
@@ -406,9 +394,7 @@ async fn mqtt_3_1_2_10_a_takeover_ahead_of_the_disconnect_record_publishes_no_wi
     let cluster = Cluster::start_edges_to_cut(2);
     within(Duration::from_secs(120), async {
         let (old_edge, new_edge) = (cluster.node(4).mqtt_addr(), cluster.node(5).mqtt_addr());
-        let (mut watcher, _) = RawClient::connect_ok(new_edge, clean_v5("will-watcher")).await;
-        watcher.subscribe_ok(1, "will/#", QoS::AtLeastOnce).await;
-        await_route(old_edge, &mut watcher, "will/probe").await;
+        let mut watcher = will_watcher(new_edge, old_edge).await;
         let (leaving, _) = RawClient::connect_ok(old_edge, with_will("leaving")).await;
 
         // The old edge still hears the store node it follows, but its writes
@@ -428,19 +414,7 @@ async fn mqtt_3_1_2_10_a_takeover_ahead_of_the_disconnect_record_publishes_no_wi
 
         let (dropping, _) = RawClient::connect_ok(old_edge, with_will("dropping")).await;
         drop(dropping);
-        let publish = match watcher.read(FAILOVER).await {
-            Read::Packet(Packet::Publish(publish)) => publish,
-            other => panic!("no will within {FAILOVER:?} of a dropped connection: {other:?}"),
-        };
-        watcher.ack(&publish).await;
-        assert_eq!(
-            publish.topic, "will/dropping",
-            "a will after a normal DISCONNECT: {publish:?}"
-        );
-        match watcher.read(Duration::from_secs(5)).await {
-            Read::Nothing => {}
-            other => panic!("a will after a normal DISCONNECT: {other:?}"),
-        }
+        expect_only_will(&mut watcher, "will/dropping", FAILOVER).await;
     })
     .await;
 }
@@ -454,9 +428,7 @@ async fn a_will_handed_to_an_edge_that_was_cut_off_is_published_when_it_hears_ag
     let cluster = Cluster::start_edges_to_cut(2);
     within(Duration::from_secs(120), async {
         let (old_edge, new_edge) = (cluster.node(4).mqtt_addr(), cluster.node(5).mqtt_addr());
-        let (mut watcher, _) = RawClient::connect_ok(new_edge, clean_v5("will-watcher")).await;
-        watcher.subscribe_ok(1, "will/#", QoS::AtLeastOnce).await;
-        await_route(old_edge, &mut watcher, "will/probe").await;
+        let mut watcher = will_watcher(new_edge, old_edge).await;
         let (dropping, _) = RawClient::connect_ok(old_edge, with_will("dropping")).await;
 
         for store in 1..=3 {
@@ -469,19 +441,8 @@ async fn a_will_handed_to_an_edge_that_was_cut_off_is_published_when_it_hears_ag
         let (_back, _) = RawClient::connect_ok(new_edge, clean_v5("dropping")).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         cluster.heal();
-        let healed = tokio::time::Instant::now();
 
-        let publish = match watcher.read(Duration::from_secs(8)).await {
-            Read::Packet(Packet::Publish(publish)) => publish,
-            other => panic!("no will within 8 s of the old edge hearing again: {other:?}"),
-        };
-        watcher.ack(&publish).await;
-        assert_eq!(publish.topic, "will/dropping");
-        eprintln!("the will came {:?} after the heal", healed.elapsed());
-        match watcher.read(Duration::from_secs(5)).await {
-            Read::Nothing => {}
-            other => panic!("the will came twice: {other:?}"),
-        }
+        expect_only_will(&mut watcher, "will/dropping", Duration::from_secs(8)).await;
     })
     .await;
 }
@@ -497,4 +458,29 @@ fn with_will(client_id: &str) -> rookery_codec::Connect {
         properties: Default::default(),
     });
     connect
+}
+
+/// A clean 5.0 subscriber to `will/#` on `at`, which messages published on
+/// `from` reach.
+async fn will_watcher(at: std::net::SocketAddr, from: std::net::SocketAddr) -> RawClient {
+    let (mut watcher, _) = RawClient::connect_ok(at, clean_v5("will-watcher")).await;
+    watcher.subscribe_ok(1, "will/#", QoS::AtLeastOnce).await;
+    await_route(from, &mut watcher, "will/probe").await;
+    watcher
+}
+
+/// The next message `watcher` receives, within `limit`, is the will on
+/// `topic`, and nothing follows it for 5 s (no will after a normal
+/// DISCONNECT, none twice).
+async fn expect_only_will(watcher: &mut RawClient, topic: &str, limit: Duration) {
+    let publish = match watcher.read(limit).await {
+        Read::Packet(Packet::Publish(publish)) => publish,
+        other => panic!("no will within {limit:?}: {other:?}"),
+    };
+    watcher.ack(&publish).await;
+    assert_eq!(publish.topic, topic, "another will came first: {publish:?}");
+    match watcher.read(Duration::from_secs(5)).await {
+        Read::Nothing => {}
+        other => panic!("a will after a normal DISCONNECT, or one twice: {other:?}"),
+    }
 }
