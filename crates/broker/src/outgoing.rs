@@ -32,15 +32,14 @@ pub enum Resend {
 #[derive(Debug, Clone)]
 struct Inflight {
     qos: QoS,
-    stored: bool,
+    /// A stored message's position in the store queue (its
+    /// acknowledgements name it); `None` for one from memory.
+    stored: Option<u64>,
     /// QoS 2: PUBREC received, PUBREL sent.
     released: bool,
     /// A shared-subscription message from memory, kept to hand to another
     /// member if the session ends before acknowledging it.
     shared: Option<Box<Delivery>>,
-    /// A stored message's position in the store queue (0 for one from
-    /// memory): its acknowledgements name it.
-    seq: u64,
 }
 
 /// The in-memory queue, and the bytes its messages hold.
@@ -301,10 +300,9 @@ impl Outgoing {
                     id.get(),
                     Inflight {
                         qos: publish.qos,
-                        stored: false,
+                        stored: None,
                         released: false,
                         shared,
-                        seq: 0,
                     },
                 );
             }
@@ -333,10 +331,9 @@ impl Outgoing {
                         id.get(),
                         Inflight {
                             qos,
-                            stored: true,
+                            stored: Some(entry.seq),
                             released: false,
                             shared: None,
-                            seq: entry.seq,
                         },
                     );
                     let mut publish = message.to_publish(
@@ -357,10 +354,9 @@ impl Outgoing {
                         id.get(),
                         Inflight {
                             qos: QoS::ExactlyOnce,
-                            stored: true,
+                            stored: Some(entry.seq),
                             released: true,
                             shared: None,
-                            seq: entry.seq,
                         },
                     );
                     self.resend.push(Resend::Release(id));
@@ -411,14 +407,21 @@ impl Outgoing {
     pub fn has_stored(&self) -> bool {
         !self.stored_waiting.is_empty()
             || !self.resend.is_empty()
-            || self.inflight.values().any(|inflight| inflight.stored)
+            || self
+                .inflight
+                .values()
+                .any(|inflight| inflight.stored.is_some())
     }
 
     /// The store queue's length (waiting and in flight), when known: the
     /// queue has been read to its end.
     pub fn stored_backlog(&self) -> Option<usize> {
         (!self.store_unread).then(|| {
-            let in_flight = self.inflight.values().filter(|i| i.stored).count();
+            let in_flight = self
+                .inflight
+                .values()
+                .filter(|i| i.stored.is_some())
+                .count();
             self.stored_waiting.len() + in_flight
         })
     }
@@ -454,10 +457,9 @@ impl Outgoing {
                         packet_id.get(),
                         Inflight {
                             qos,
-                            stored: true,
+                            stored: Some(entry.seq),
                             released: false,
                             shared: None,
-                            seq: entry.seq,
                         },
                     );
                     let mut publish =
@@ -479,17 +481,10 @@ impl Outgoing {
         batch
     }
 
-    /// PUBACK (QoS 1) or PUBCOMP (QoS 2): the message is done. Returns
-    /// whether it was a stored one, or `None` if nothing matched.
-    /// The store queue position of the stored message in flight under
-    /// `packet_id` (0 if there is none).
-    pub fn seq_of(&self, packet_id: PacketId) -> u64 {
-        self.inflight
-            .get(&packet_id.get())
-            .map_or(0, |inflight| inflight.seq)
-    }
-
-    pub fn acknowledged(&mut self, packet_id: PacketId, kind: QoS) -> Option<bool> {
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2): the message is done. Returns its
+    /// store queue position if it was a stored one (`Some(None)` for one
+    /// from memory), or `None` if nothing matched.
+    pub fn acknowledged(&mut self, packet_id: PacketId, kind: QoS) -> Option<Option<u64>> {
         let inflight = self.inflight.get(&packet_id.get())?;
         let matches = match kind {
             QoS::AtLeastOnce => inflight.qos == QoS::AtLeastOnce,
@@ -503,15 +498,16 @@ impl Outgoing {
             .map(|inflight| inflight.stored)
     }
 
-    /// PUBREC: returns (stored and newly received, whether to send PUBREL).
-    /// A PUBREC with an error reason ends the flow (MQTT-4.3.3).
-    pub fn received(&mut self, packet_id: PacketId, is_error: bool) -> Option<(bool, bool)> {
+    /// PUBREC: returns (the store queue position of a stored message newly
+    /// received, whether to send PUBREL). A PUBREC with an error reason ends
+    /// the flow (MQTT-4.3.3).
+    pub fn received(&mut self, packet_id: PacketId, is_error: bool) -> Option<(Option<u64>, bool)> {
         let inflight = self.inflight.get_mut(&packet_id.get())?;
         if inflight.qos != QoS::ExactlyOnce {
             return None;
         }
         if inflight.released {
-            return Some((false, true));
+            return Some((None, true));
         }
         let stored = inflight.stored;
         if is_error {
@@ -522,8 +518,9 @@ impl Outgoing {
         Some((stored, true))
     }
 
-    /// Forgets a message that will never be sent.
-    pub fn forget(&mut self, packet_id: PacketId) -> Option<bool> {
+    /// Forgets a message that will never be sent; returns its store queue
+    /// position if it was a stored one (`Some(None)` for one from memory).
+    pub fn forget(&mut self, packet_id: PacketId) -> Option<Option<u64>> {
         self.inflight
             .remove(&packet_id.get())
             .map(|inflight| inflight.stored)
@@ -681,7 +678,7 @@ mod tests {
         assert!(outgoing.next_memory(0).is_none());
         assert_eq!(
             outgoing.acknowledged(first.packet_id.unwrap(), QoS::AtLeastOnce),
-            Some(false)
+            Some(None)
         );
         assert!(outgoing.next_memory(0).is_some());
     }
@@ -757,9 +754,9 @@ mod tests {
         outgoing.push(delivery(QoS::ExactlyOnce));
         let id = outgoing.next_memory(0).unwrap().packet_id.unwrap();
         assert_eq!(outgoing.acknowledged(id, QoS::ExactlyOnce), None);
-        assert_eq!(outgoing.received(id, false), Some((false, true)));
-        assert_eq!(outgoing.received(id, false), Some((false, true)));
-        assert_eq!(outgoing.acknowledged(id, QoS::ExactlyOnce), Some(false));
+        assert_eq!(outgoing.received(id, false), Some((None, true)));
+        assert_eq!(outgoing.received(id, false), Some((None, true)));
+        assert_eq!(outgoing.acknowledged(id, QoS::ExactlyOnce), Some(None));
         assert_eq!(outgoing.acknowledged(id, QoS::ExactlyOnce), None);
     }
 
@@ -825,7 +822,7 @@ mod tests {
         let packet_id = batch.fresh[0].packet_id.unwrap();
         assert_eq!(
             outgoing.acknowledged(packet_id, QoS::AtLeastOnce),
-            Some(true)
+            Some(Some(batch.fresh[0].seq))
         );
         assert_eq!(outgoing.stored_backlog(), Some(3));
         let seqs: Vec<u64> = outgoing
@@ -902,7 +899,8 @@ mod tests {
                 );
                 assert_eq!(
                     outgoing.acknowledged(packet_id, QoS::AtLeastOnce),
-                    Some(true)
+                    Some(Some(ready.seq)),
+                    "acknowledged at its queue position"
                 );
                 seqs.push(ready.seq);
             }

@@ -285,11 +285,10 @@ impl Session {
 
     /// PUBACK or PUBCOMP of a message sent to the client.
     fn completed(&mut self, packet_id: PacketId, qos: QoS) {
-        let seq = self.outgoing.seq_of(packet_id);
         let Some(stored) = self.outgoing.acknowledged(packet_id, qos) else {
             return;
         };
-        if stored {
+        if let Some(seq) = stored {
             let kind = match qos {
                 QoS::ExactlyOnce => proto::AckKind::Pubcomp,
                 _ => proto::AckKind::Puback,
@@ -303,13 +302,12 @@ impl Session {
     /// PUBREC of a QoS 2 message sent to the client.
     fn received(&mut self, ack: &Ack, out: &mut Outbox) {
         let packet_id = ack.packet_id;
-        let seq = self.outgoing.seq_of(packet_id);
         match self
             .outgoing
             .received(packet_id, ack.reason_code.is_error())
         {
             Some((stored, release)) => {
-                if stored {
+                if let Some(seq) = stored {
                     // Recorded before PUBREL goes out (after the read): after
                     // a failure the store resends PUBREL, never the PUBLISH.
                     // A refusing PUBREC ends the flow.
@@ -510,11 +508,10 @@ impl Session {
     /// A message not sent is forgotten; a stored one is acknowledged away
     /// in the store.
     fn discard(&mut self, packet_id: Option<PacketId>, qos: QoS) {
-        if let Some(packet_id) = packet_id {
-            let seq = self.outgoing.seq_of(packet_id);
-            if self.outgoing.forget(packet_id) == Some(true) {
-                self.discarded.push((packet_id, qos, seq));
-            }
+        if let Some(packet_id) = packet_id
+            && let Some(Some(seq)) = self.outgoing.forget(packet_id)
+        {
+            self.discarded.push((packet_id, qos, seq));
         }
     }
 }
