@@ -28,6 +28,7 @@ const NORMAL_ENDS_KEPT: Duration = Duration::from_secs(30);
 /// How long a will's store write is retried (an election, this edge cut off
 /// for a while). Until it is written the will stays pending for this edge.
 const WILL_WRITE_PATIENCE: Duration = Duration::from_secs(300);
+/// Between two attempts.
 const WILL_WRITE_RETRY: Duration = Duration::from_millis(500);
 
 /// The connections on this edge that ended lately with a normal DISCONNECT

@@ -463,7 +463,7 @@ pub const METRICS: &[Metric] = &[
     counter(
         "rookery_wills_published_again_total",
         Edge,
-        "Wills this edge published that another edge had published already (each session takes a will once)",
+        "Wills handed to this edge that another edge had published already: not queued or delivered again",
         &[],
     ),
     counter(
