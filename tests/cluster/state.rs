@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rookery_codec::{Packet, Publish, QoS};
-use rookery_testkit::{RawClient, Read, clean_v5, publish_packet};
+use rookery_testkit::{RawClient, Read, clean_v5, persistent_v5, publish_packet};
 use tokio::time::Instant;
 
 use crate::harness::{Cluster, FAILOVER, Options, QUIET, TIMEOUT, within};
@@ -144,6 +144,140 @@ async fn retained_messages_and_cluster_sys_are_seen_on_every_edge() {
     .await;
 }
 
+/// Runs a shared-group member that acknowledges every message and records
+/// the numbers of those on `sh/...`; the task ends with why its connection
+/// closed.
+fn acknowledging_member(
+    mut member: RawClient,
+) -> (Arc<Mutex<Vec<u64>>>, tokio::task::JoinHandle<String>) {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let task = {
+        let got = Arc::clone(&got);
+        tokio::spawn(async move {
+            loop {
+                match member.read(Duration::from_millis(100)).await {
+                    Read::Packet(Packet::Publish(p)) => {
+                        if p.topic.starts_with("sh/") {
+                            let seq = seq_of(&p).expect("a numbered payload");
+                            got.lock().expect("the member's numbers").push(seq);
+                        }
+                        if let Err(why) = member.try_puback(&p).await {
+                            return why.to_string();
+                        }
+                    }
+                    Read::Packet(_) | Read::Nothing => {}
+                    Read::Closed(why) => return why.to_string(),
+                }
+            }
+        })
+    };
+    (got, task)
+}
+
+/// Publishes the numbers in `seqs` at QoS 1 on `sh/x` and checks each PUBACK.
+async fn publish_numbered(publisher: &mut RawClient, seqs: std::ops::Range<u64>, at: &str) {
+    for seq in seqs {
+        let ack = publisher
+            .try_publish(
+                QoS::AtLeastOnce,
+                rookery_testkit::pid_for(seq),
+                "sh/x",
+                seq.to_string().as_bytes(),
+                ACK_WAIT,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("publish {seq} on {at}: {e}"));
+        assert_eq!(ack.reason_code.as_u8(), 0, "PUBACK of {seq}: {ack:?}");
+    }
+}
+
+/// Reads a member's `sh/...` messages without acknowledging them until it and
+/// the acknowledging member `others` have `total` between them, or nothing
+/// more comes; returns their numbers.
+async fn read_unacknowledged(
+    member: &mut RawClient,
+    others: &Mutex<Vec<u64>>,
+    total: usize,
+) -> BTreeSet<u64> {
+    let mut got = BTreeSet::new();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let others_count = others.lock().expect("the other member's numbers").len();
+        if got.len() + others_count >= total || Instant::now() > deadline {
+            return got;
+        }
+        match member.read(QUIET).await {
+            Read::Packet(Packet::Publish(p)) if p.topic.starts_with("sh/") => {
+                got.insert(seq_of(&p).expect("a numbered payload"));
+            }
+            Read::Packet(_) | Read::Nothing => {}
+            Read::Closed(why) => {
+                panic!("the member that does not acknowledge was disconnected: {why}")
+            }
+        }
+    }
+}
+
+/// Connects each member to its node, subscribes it to `$share/g/sh/#` at
+/// QoS 1, and waits until node `from` routes to it.
+async fn join_shared_group<const N: usize>(
+    cluster: &Cluster,
+    from: SocketAddr,
+    members: [(usize, rookery_codec::Connect); N],
+) -> Vec<RawClient> {
+    let mut joined = Vec::new();
+    for (node, connect) in members {
+        let addr = cluster.node(node).mqtt_addr();
+        let probe = format!("probe/{}", connect.client_id);
+        let (mut member, _) = RawClient::connect_ok(addr, connect).await;
+        member
+            .subscribe_amid_traffic(1, "$share/g/sh/#", QoS::AtLeastOnce)
+            .await;
+        // A plain subscription after the shared one: once it routes from
+        // `from`, that node has applied the shared one too.
+        member
+            .subscribe_amid_traffic(2, &probe, QoS::AtMostOnce)
+            .await;
+        await_route(from, &mut member, &probe).await;
+        joined.push(member);
+    }
+    joined
+}
+
+/// Waits until the acknowledging member B has every number in `all`, within
+/// `limit`; panics naming what is missing and which of it A held.
+async fn expect_all(
+    b_got: &Mutex<Vec<u64>>,
+    b_task: &tokio::task::JoinHandle<String>,
+    all: &BTreeSet<u64>,
+    a_held: &BTreeSet<u64>,
+    limit: Duration,
+) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let b_now: BTreeSet<u64> = b_got.lock().expect("B's numbers").iter().copied().collect();
+        if b_now.is_superset(all) {
+            return;
+        }
+        if Instant::now() > deadline || b_task.is_finished() {
+            let missing: BTreeSet<u64> = all.difference(&b_now).copied().collect();
+            let lost_from_a: BTreeSet<u64> = a_held.intersection(&missing).copied().collect();
+            panic!(
+                "B did not get every message within {limit:?} of A leaving: missing {}; \
+                 of those, A had received without acknowledging {}; B's connection {}",
+                ranges(&missing),
+                ranges(&lost_from_a),
+                if b_task.is_finished() {
+                    "ended"
+                } else {
+                    "is up"
+                }
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Shared subscription `$share/g/sh/#` at QoS 1, clean sessions: member A
 /// on node 1 reads its messages but never acknowledges them, member B on
 /// node 2 acknowledges; 40 messages published on node 3 are split between
@@ -154,77 +288,23 @@ async fn a_departing_shared_member_hands_its_unacknowledged_messages_to_the_othe
     let cluster = Cluster::start(3);
     within(Duration::from_secs(120), async {
         let from = cluster.node(3).mqtt_addr();
-        let mut members = Vec::new();
-        for (node, name) in [(1, "a"), (2, "b")] {
-            let addr = cluster.node(node).mqtt_addr();
-            let (mut member, _) = RawClient::connect_ok(addr, clean_v5(&format!("member-{name}"))).await;
-            member.subscribe_amid_traffic(1, "$share/g/sh/#", QoS::AtLeastOnce).await;
-            // A plain subscription after the shared one: once it routes from
-            // node 3, node 3 has applied the shared one too.
-            member
-                .subscribe_amid_traffic(2, &format!("probe/{name}"), QoS::AtMostOnce)
-                .await;
-            await_route(from, &mut member, &format!("probe/{name}")).await;
-            members.push(member);
-        }
-        let mut b = members.pop().expect("B");
+        let mut members = join_shared_group(
+            &cluster,
+            from,
+            [(1, clean_v5("member-a")), (2, clean_v5("member-b"))],
+        )
+        .await;
+        let b = members.pop().expect("B");
         let mut a = members.pop().expect("A");
 
         // B acknowledges everything and records the numbers it receives.
-        let b_got = Arc::new(Mutex::new(Vec::new()));
-        let b_task = {
-            let b_got = Arc::clone(&b_got);
-            tokio::spawn(async move {
-                loop {
-                    match b.read(Duration::from_millis(100)).await {
-                        Read::Packet(Packet::Publish(p)) => {
-                            if p.topic.starts_with("sh/") {
-                                let seq = seq_of(&p).expect("a numbered payload");
-                                b_got.lock().expect("B's numbers").push(seq);
-                            }
-                            if let Err(why) = b.try_puback(&p).await {
-                                return why.to_string();
-                            }
-                        }
-                        Read::Packet(_) | Read::Nothing => {}
-                        Read::Closed(why) => return why.to_string(),
-                    }
-                }
-            })
-        };
+        let (b_got, b_task) = acknowledging_member(b);
 
         let (mut publisher, _) = RawClient::connect_ok(from, clean_v5("share-pub")).await;
-        for seq in 0..40u64 {
-            let ack = publisher
-                .try_publish(
-                    QoS::AtLeastOnce,
-                    rookery_testkit::pid_for(seq),
-                    "sh/x",
-                    seq.to_string().as_bytes(),
-                    ACK_WAIT,
-                )
-                .await
-                .unwrap_or_else(|e| panic!("publish {seq} on node 3: {e}"));
-            assert_eq!(ack.reason_code.as_u8(), 0, "PUBACK of {seq}: {ack:?}");
-        }
+        publish_numbered(&mut publisher, 0..40, "node 3").await;
 
         // A reads (without acknowledging) until nothing more comes.
-        let mut a_got = BTreeSet::new();
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let b_count = b_got.lock().expect("B's numbers").len();
-            if a_got.len() + b_count >= 40 || Instant::now() > deadline {
-                break;
-            }
-            match a.read(QUIET).await {
-                Read::Packet(Packet::Publish(p)) if p.topic.starts_with("sh/") => {
-                    a_got.insert(seq_of(&p).expect("a numbered payload"));
-                }
-                Read::Packet(_) => {}
-                Read::Closed(why) => panic!("member A on node 1 was disconnected: {why}"),
-                Read::Nothing => {}
-            }
-        }
+        let a_got = read_unacknowledged(&mut a, &b_got, 40).await;
         let b_before: BTreeSet<u64> = b_got.lock().expect("B's numbers").iter().copied().collect();
         eprintln!(
             "before A leaves: A has {} unacknowledged ({}), B has {}",
@@ -242,32 +322,100 @@ async fn a_departing_shared_member_hands_its_unacknowledged_messages_to_the_othe
         drop(a);
 
         let all: BTreeSet<u64> = (0..40).collect();
-        let deadline = Instant::now() + FAILOVER;
-        loop {
-            let b_now: BTreeSet<u64> = b_got.lock().expect("B's numbers").iter().copied().collect();
-            if b_now.is_superset(&all) {
-                break;
-            }
-            if Instant::now() > deadline || b_task.is_finished() {
-                let missing: BTreeSet<u64> = all.difference(&b_now).copied().collect();
-                let lost_from_a: BTreeSet<u64> = a_got.intersection(&missing).copied().collect();
-                panic!(
-                    "B on node 2 did not get every message within {FAILOVER:?} of A leaving: \
-                     missing {}; of those, A had received without acknowledging {}; \
-                     B's connection {}",
-                    ranges(&missing),
-                    ranges(&lost_from_a),
-                    if b_task.is_finished() { "ended" } else { "is up" }
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        expect_all(&b_got, &b_task, &all, &a_got, FAILOVER).await;
         let b_all = b_got.lock().expect("B's numbers").clone();
         eprintln!(
             "B received {} messages ({} duplicates) after A left",
             b_all.len(),
             b_all.len() - all.len()
         );
+        b_task.abort();
+    })
+    .await;
+}
+
+/// MQTT 5.0 section 4.8.2, persistent members: A (on node 1, session expiry
+/// one hour) reads its share of 40 messages without acknowledging them; B
+/// (node 2, clean) acknowledges. A back within `shared_handoff_delay_s` gets
+/// its copies again (DUP, MQTT-3.3.1-1) and B none of them; while A stays
+/// away, new messages go to B only, and once the delay has passed A's
+/// unacknowledged copies move to B too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_4_8_2_a_persistent_shared_member_that_stays_away_hands_its_copies_on() {
+    let cluster = Cluster::start_with(
+        3,
+        Options {
+            extra_toml: "[broker.limits]\nshared_handoff_delay_s = 4\n".into(),
+            ..Options::default()
+        },
+    );
+    within(Duration::from_secs(150), async {
+        let from = cluster.node(3).mqtt_addr();
+        let a_connect = persistent_v5("member-a", 3600);
+        let mut members = join_shared_group(
+            &cluster,
+            from,
+            [(1, a_connect.clone()), (2, clean_v5("member-b"))],
+        )
+        .await;
+        let b = members.pop().expect("B");
+        let mut a = members.pop().expect("A");
+        let (b_got, b_task) = acknowledging_member(b);
+        let (mut publisher, _) = RawClient::connect_ok(from, clean_v5("share-pub")).await;
+        publish_numbered(&mut publisher, 0..40, "node 3").await;
+        let a_got = read_unacknowledged(&mut a, &b_got, 40).await;
+        assert!(
+            !a_got.is_empty(),
+            "A received none of the 40 messages; the test needs some"
+        );
+
+        // Away for less than the delay: A's copies wait for it.
+        a.close().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (mut a, connack) =
+            RawClient::connect_ok(cluster.node(1).mqtt_addr(), a_connect.clone()).await;
+        assert!(connack.session_present, "A's session resumes");
+        let mut again = BTreeSet::new();
+        while again.len() < a_got.len() {
+            let p = a.expect_publish().await;
+            assert!(
+                p.dup,
+                "MQTT-3.3.1-1: a copy A was sent before comes with DUP: {p:?}"
+            );
+            again.insert(seq_of(&p).expect("a numbered payload"));
+        }
+        assert_eq!(again, a_got, "A gets again what it had not acknowledged");
+        let b_has: BTreeSet<u64> = b_got.lock().expect("B's numbers").iter().copied().collect();
+        assert!(
+            b_has.is_disjoint(&a_got),
+            "B got copies of A's back within the delay: {}",
+            ranges(&b_has.intersection(&a_got).copied().collect())
+        );
+
+        // Away for good: new messages go to B, A's copies after the delay.
+        a.close().await;
+        publish_numbered(&mut publisher, 40..60, "node 3").await;
+        let all: BTreeSet<u64> = (0..60).collect();
+        expect_all(&b_got, &b_task, &all, &a_got, FAILOVER).await;
+        let b_all = b_got.lock().expect("B's numbers").clone();
+        eprintln!(
+            "A held {} ({}); B received {} messages, {} twice",
+            a_got.len(),
+            ranges(&a_got),
+            b_all.len(),
+            b_all.len() - all.len()
+        );
+
+        // A's session is still there, with nothing left of the group's.
+        let (mut a, connack) = RawClient::connect_ok(cluster.node(1).mqtt_addr(), a_connect).await;
+        assert!(connack.session_present);
+        match a.read(QUIET).await {
+            Read::Packet(Packet::Publish(p)) => {
+                panic!("A got a copy that was moved to B: {p:?}")
+            }
+            Read::Closed(why) => panic!("A's connection closed: {why}"),
+            Read::Packet(_) | Read::Nothing => {}
+        }
         b_task.abort();
     })
     .await;

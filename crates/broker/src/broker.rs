@@ -785,6 +785,9 @@ pub(crate) async fn on_store_event(hub: &Arc<Hub>, event: StoreEvent) {
             // Behind the notifications: its store write waits out elections.
             tokio::spawn(crate::wills::publish_due(hub.clone(), will));
         }
+        StoreEvent::Edge(edge_event::Kind::SharedCopiesDue(due)) => {
+            tokio::spawn(crate::shared_handoff::hand_on(hub.clone(), due));
+        }
         StoreEvent::RouteAdded(route) => hub.route_added(&route),
         StoreEvent::EdgeRegistered(edge) => hub.edge_registered(&edge),
         StoreEvent::RouteRemoved(route) => hub.route_removed(&route),

@@ -258,6 +258,11 @@ pub struct Limits {
     /// name; unset, it is kept until the client cleans it (3.1.1's rule).
     /// 5.0 clients set their own Session Expiry Interval.
     pub persistent_client_expiration: Option<u32>,
+    /// Seconds a persistent session that subscribed to a shared group may
+    /// stay offline before the copies queued for it that it has not
+    /// received (and QoS 1 ones it has not acknowledged) go to the group's
+    /// other members; a reconnect within it gets them. 0: at once.
+    pub shared_handoff_delay_s: u32,
 }
 
 impl Default for Limits {
@@ -294,6 +299,7 @@ impl Default for Limits {
             max_retained_bytes: 1024 * 1024 * 1024,
             max_persistent_sessions: 1_000_000,
             persistent_client_expiration: None,
+            shared_handoff_delay_s: 30,
         }
     }
 }

@@ -22,6 +22,7 @@ mod hub;
 mod message;
 mod outgoing;
 mod rate;
+mod shared_handoff;
 mod stats;
 mod store;
 /// Listeners: TCP, TLS, WebSocket and PROXY protocol, as byte streams.

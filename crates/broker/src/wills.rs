@@ -25,8 +25,9 @@ use crate::message::Message;
 /// offline itself.
 const NORMAL_ENDS_KEPT: Duration = Duration::from_secs(30);
 
-/// How long a will's store write is retried (an election, this edge cut off
-/// for a while). Until it is written the will stays pending for this edge.
+/// How long a will's (or shared copies') store write is retried (an
+/// election, this edge cut off for a while). Until it is written the will
+/// stays pending for this edge.
 const WILL_WRITE_PATIENCE: Duration = Duration::from_secs(300);
 /// Between two attempts.
 const WILL_WRITE_RETRY: Duration = Duration::from_millis(500);
@@ -131,43 +132,72 @@ pub(crate) async fn publish_due(hub: Arc<Hub>, due: proto::WillDue) {
             _ => {}
         }
     }
+    let written = write_patiently(&hub, commands, "a will").await;
+    let Some(results) = written.results else {
+        return;
+    };
+    let mine_may_have_committed = written.earlier_may_have_committed;
+    hub.count_store_drops(&results);
+    let ended_here = !published_before(&results);
+    if let (Some(message), Some(routes)) = (&message, routes) {
+        hub.retained_outcome(message, &results);
+        if delivers(ended_here, mine_may_have_committed) {
+            metrics::counter!("rookery_wills_published_total").increment(1);
+            deliver_with_receipt(&hub, message, routes, due.will_id);
+        }
+    }
+    if !ended_here && !mine_may_have_committed {
+        metrics::counter!("rookery_wills_published_again_total").increment(1);
+        tracing::info!(
+            client_id = due.client_id,
+            "a will was handed to this edge that had been published already"
+        );
+    }
+}
+
+/// A store write retried until it is answered.
+pub(crate) struct Written {
+    /// The answer; None if the store stayed unreachable for
+    /// [`WILL_WRITE_PATIENCE`] (the store hands the work out again).
+    pub results: Option<Vec<proto::CommandResult>>,
+    /// Whether an earlier attempt may have committed: then a "done
+    /// already" in the answer may be this edge's own doing.
+    pub earlier_may_have_committed: bool,
+}
+
+/// Writes what the store handed this edge to do (a will, shared copies),
+/// retrying through elections and cuts: until it is written the work stays
+/// this edge's.
+pub(crate) async fn write_patiently(
+    hub: &Hub,
+    commands: Vec<proto::Command>,
+    what: &'static str,
+) -> Written {
     let give_up = Instant::now() + WILL_WRITE_PATIENCE;
-    // Whether an earlier attempt of this edge's may have committed: then a
-    // "published already" may be this edge's own doing.
-    let mut mine_may_have_committed = false;
+    let mut earlier_may_have_committed = false;
     loop {
         match hub.store.write(commands.clone()).await {
             Ok(results) => {
-                hub.count_store_drops(&results);
-                let ended_here = !published_before(&results);
-                if let (Some(message), Some(routes)) = (&message, routes) {
-                    hub.retained_outcome(message, &results);
-                    if delivers(ended_here, mine_may_have_committed) {
-                        metrics::counter!("rookery_wills_published_total").increment(1);
-                        deliver(&hub, message, routes, due.will_id);
-                    }
-                }
-                if !ended_here && !mine_may_have_committed {
-                    metrics::counter!("rookery_wills_published_again_total").increment(1);
-                    tracing::info!(
-                        client_id = due.client_id,
-                        "a will was handed to this edge that had been published already"
-                    );
-                }
-                return;
+                return Written {
+                    results: Some(results),
+                    earlier_may_have_committed,
+                };
             }
             Err(error) if Instant::now() < give_up => {
-                mine_may_have_committed |= error.may_have_committed();
-                tracing::debug!(%error, client_id = due.client_id, "writing a will failed; retrying");
+                earlier_may_have_committed |= error.may_have_committed();
+                tracing::debug!(%error, what, "a store write failed; retrying");
                 tokio::time::sleep(WILL_WRITE_RETRY).await;
             }
             Err(error) => {
                 tracing::warn!(
                     %error,
-                    client_id = due.client_id,
-                    "writing a will failed; the store keeps it pending and hands it out again"
+                    what,
+                    "a store write failed; the store keeps the work pending and hands it out again"
                 );
-                return;
+                return Written {
+                    results: None,
+                    earlier_may_have_committed,
+                };
             }
         }
     }
@@ -181,15 +211,21 @@ fn delivers(ended_here: bool, mine_may_have_committed: bool) -> bool {
     ended_here || mine_may_have_committed
 }
 
-/// Hands a will to the sessions online here and on other edges, under the
-/// will's id as receipt.
-fn deliver(hub: &Hub, message: &Arc<Message>, mut routes: crate::hub::Routes, will_id: u64) {
+/// Hands a message the store decided on (a will, a moved shared copy) to
+/// the sessions online here and on other edges, under `receipt`, which a
+/// session takes once.
+pub(crate) fn deliver_with_receipt(
+    hub: &Hub,
+    message: &Arc<Message>,
+    mut routes: crate::hub::Routes,
+    receipt: u64,
+) {
     for (_, delivery) in &mut routes.local {
-        delivery.receipt = will_id;
+        delivery.receipt = receipt;
     }
     for (_, deliveries) in &mut routes.remote {
         for delivery in deliveries {
-            delivery.receipt = will_id;
+            delivery.receipt = receipt;
         }
     }
     hub.forward(message, routes.remote, false);

@@ -479,6 +479,12 @@ pub const METRICS: &[Metric] = &[
         &[],
     ),
     counter(
+        "rookery_shared_handed_off_total",
+        Edge,
+        "Shared-subscription copies moved from the store queue of a persistent member offline for shared_handoff_delay_s to an online member",
+        &[],
+    ),
+    counter(
         "rookery_shared_redistribution_dropped_total",
         Edge,
         "Unacknowledged shared-subscription messages of a departed member that no other member could take",

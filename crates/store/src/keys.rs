@@ -189,6 +189,9 @@ pub enum TimerKind {
     Will,
     /// A retained message expires.
     RetainedExpiry,
+    /// An offline session's shared-subscription copies are due to go to
+    /// the other members of their groups.
+    SharedHandoff,
 }
 
 impl TimerKind {
@@ -197,6 +200,7 @@ impl TimerKind {
             TimerKind::SessionExpiry => b'S',
             TimerKind::Will => b'W',
             TimerKind::RetainedExpiry => b'R',
+            TimerKind::SharedHandoff => b'H',
         }
     }
 
@@ -205,6 +209,7 @@ impl TimerKind {
             b'S' => Some(TimerKind::SessionExpiry),
             b'W' => Some(TimerKind::Will),
             b'R' => Some(TimerKind::RetainedExpiry),
+            b'H' => Some(TimerKind::SharedHandoff),
             _ => None,
         }
     }

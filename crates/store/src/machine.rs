@@ -364,6 +364,7 @@ impl Machine<'_, '_> {
         session.connected_at_ms = self.now_ms;
         session.disconnected_at_ms = 0;
         session.lost_with_edge = false;
+        session.shared_handoff_after_ms = connect.shared_handoff_after_ms;
         let routes_after = self.routes_of(&session, &subscriptions);
         self.replace_routes(routes_before, routes_after);
         self.txn.put(
@@ -444,6 +445,7 @@ impl Machine<'_, '_> {
                 self.txn.put(cf::TIMERS, timer, Vec::new());
             }
         }
+        self.schedule_shared_handoff(session);
         let routes_after = self.routes_of(session, &subscriptions);
         self.replace_routes(routes_before, routes_after);
         self.save_session_counted(session)
@@ -702,6 +704,7 @@ impl Machine<'_, '_> {
                 TimerKind::Will => {
                     // The will is handed out by the sweep below.
                 }
+                TimerKind::SharedHandoff => self.offer_shared_copies(&subject)?,
                 TimerKind::RetainedExpiry => {
                     let key = subject.into_bytes();
                     if let Some(message) = self.txn.get_message::<Message>(cf::RETAINED, &key)?
@@ -824,6 +827,19 @@ impl Machine<'_, '_> {
                 return Ok(answer);
             }
         }
+        let mut handed_off = None;
+        if let Some(handoff) = &enqueue.handoff {
+            handed_off = self.take_shared_copy(handoff)?;
+            if handed_off.is_none() {
+                // Moved already, or its member came back for it.
+                return Ok(ResultKind::Enqueued(proto::Enqueued {
+                    accepted: false,
+                    queued: 0,
+                    dropped: 0,
+                    receipt: 0,
+                }));
+            }
+        }
         if let Some(incoming) = &enqueue.incoming {
             if let Err(refusal) = self.owned_session(&incoming.client_id, incoming.epoch)? {
                 return Ok(refusal);
@@ -844,10 +860,11 @@ impl Machine<'_, '_> {
             self.txn
                 .put(cf::INCOMING, key, self.id.to_le_bytes().to_vec());
         }
-        let receipt = match (&enqueue.will, &enqueue.incoming) {
-            (Some(will), _) => will.will_id,
-            (None, Some(_)) => self.id,
-            (None, None) => 0,
+        let receipt = match (&enqueue.will, &enqueue.incoming, handed_off) {
+            (Some(will), _, _) => will.will_id,
+            (None, Some(_), _) => self.id,
+            (None, None, Some(message_id)) => message_id,
+            (None, None, None) => 0,
         };
         let Some(message) = &enqueue.message else {
             return Ok(ResultKind::Enqueued(proto::Enqueued {
@@ -888,6 +905,7 @@ impl Machine<'_, '_> {
                 stage: DeliveryStage::Queued as i32,
                 packet_id: 0,
                 message: None,
+                shared_group: target.shared_group.clone(),
             };
             self.txn.put_message(
                 cf::QUEUES,
@@ -896,6 +914,10 @@ impl Machine<'_, '_> {
             );
             session.next_seq += 1;
             session.queue_len += 1;
+            if !entry.shared_group.is_empty() && session.edge_id.is_empty() {
+                // Picked while no member was online.
+                self.schedule_shared_handoff(&session);
+            }
             self.save_session(&session);
             queued += 1;
             if !session.edge_id.is_empty()
@@ -1356,6 +1378,9 @@ pub fn read_retained_page(
 
 #[path = "quota.rs"]
 mod quota;
+
+#[path = "shared_handoff.rs"]
+mod shared_handoff;
 
 #[cfg(test)]
 #[path = "machine_tests.rs"]

@@ -1035,6 +1035,7 @@ fn an_enqueued_message_is_stored_once_and_referenced_by_each_target() {
             stage: DeliveryStage::Queued as i32,
             packet_id: 0,
             message: Some(msg.clone()),
+            shared_group: String::new(),
         }]
     );
     let b_queue = store.session("b").queue;
@@ -2759,5 +2760,200 @@ fn discarding_an_offline_session_deletes_it_and_its_expiry() {
     assert_eq!(
         store.apply_one(T0 + 2, discard("c1")),
         ResultKind::NoSession(proto::NoSession {})
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Shared-subscription copies of an offline member
+
+const GROUP: &str = "$share/g/t";
+
+fn shared_target(client_id: &str, qos: u32) -> proto::EnqueueTarget {
+    proto::EnqueueTarget {
+        shared_group: GROUP.into(),
+        ..target(client_id, qos)
+    }
+}
+
+/// A persistent member that hands its shared copies on 10 s after it goes
+/// offline.
+fn member(client_id: &str, edge_id: &str) -> proto::Connect {
+    proto::Connect {
+        shared_handoff_after_ms: 10_000,
+        ..connect(client_id, edge_id, 3600)
+    }
+}
+
+fn shared_copies_due(events: &[Event]) -> Vec<(String, proto::SharedCopiesDue)> {
+    edge_events(events)
+        .into_iter()
+        .filter_map(|(edge_id, event)| match event {
+            edge_event::Kind::SharedCopiesDue(due) => Some((edge_id, due)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The Enqueue an edge writes to move `copy` of `due` to `to`.
+fn hand_off(due: &proto::SharedCopiesDue, copy: &QueuedMessage, to: &str) -> CommandKind {
+    CommandKind::Enqueue(proto::Enqueue {
+        message: copy.message.clone(),
+        targets: vec![target(to, copy.qos)],
+        handoff: Some(proto::QueueRef {
+            client_id: due.client_id.clone(),
+            epoch: due.epoch,
+            seq: copy.seq,
+        }),
+        ..proto::Enqueue::default()
+    })
+}
+
+fn enqueued_answer(result: &ResultKind) -> &proto::Enqueued {
+    match result {
+        ResultKind::Enqueued(enqueued) => enqueued,
+        other => panic!("expected Enqueued, got {other:?}"),
+    }
+}
+
+/// MQTT 5.0 section 4.8.2: a member offline past the delay gives its shared
+/// copies not yet sent, and its QoS 1 ones sent but not acknowledged, to
+/// another member; a QoS 2 copy it was sent stays (MQTT-4.8.2-4), and so
+/// does a copy it got through a subscription of its own. Each moves once.
+#[test]
+fn mqtt_4_8_2_an_offline_members_shared_copies_move_once_after_the_delay() {
+    let mut store = Harness::new();
+    store.apply_one(T0, register_edge("e1", 1_000_000));
+    let m1 = store.connect(T0, member("m1", "e1"));
+    store.connect(T0, member("m2", "e1"));
+    store.apply(
+        T0,
+        vec![
+            enqueue(message("t", "sent-q1"), vec![shared_target("m1", 1)]),
+            enqueue(message("t", "sent-q2"), vec![shared_target("m1", 2)]),
+            enqueue(message("t", "queued"), vec![shared_target("m1", 1)]),
+            enqueue(message("t", "own"), vec![target("m1", 1)]),
+        ],
+    );
+    store.apply(
+        T0,
+        vec![
+            mark_published("m1", m1.epoch, 1, 11),
+            mark_published("m1", m1.epoch, 2, 12),
+        ],
+    );
+    store.apply_one(T0 + 1, disconnect("m1", m1.epoch, 3600, false));
+    store.take_events();
+
+    store.tick(T0 + 10_000);
+    assert!(
+        shared_copies_due(&store.take_events()).is_empty(),
+        "before the delay"
+    );
+    store.tick(T0 + 10_001);
+    let due = shared_copies_due(&store.take_events());
+    assert_eq!(due.len(), 1, "{due:?}");
+    let (edge_id, due) = &due[0];
+    assert_eq!(edge_id, "e1");
+    assert_eq!(due.epoch, m1.epoch);
+    let offered: Vec<&str> = due
+        .copies
+        .iter()
+        .map(|copy| std::str::from_utf8(&copy.message.as_ref().unwrap().payload).unwrap())
+        .collect();
+    assert_eq!(offered, ["sent-q1", "queued"]);
+
+    let moves: Vec<CommandKind> = due
+        .copies
+        .iter()
+        .map(|copy| hand_off(due, copy, "m2"))
+        .collect();
+    let results = store.apply(T0 + 10_002, moves.clone());
+    for (result, copy) in results.iter().zip(&due.copies) {
+        let enqueued = enqueued_answer(result);
+        assert!(enqueued.accepted);
+        assert_eq!(enqueued.queued, 1);
+        assert_eq!(
+            enqueued.receipt, copy.message_id,
+            "the message's id as receipt"
+        );
+    }
+    assert_eq!(
+        seqs(&store.session("m1").queue),
+        [2, 4],
+        "the sent QoS 2 copy and its own"
+    );
+    assert_eq!(store.session("m2").queue.len(), 2);
+    assert_eq!(store.session_record("m1").queue_len, 2);
+
+    // Offered again (another edge, a lost answer): moved already.
+    for result in store.apply(T0 + 10_003, moves) {
+        assert!(!enqueued_answer(&result).accepted);
+    }
+    assert_eq!(store.session("m2").queue.len(), 2, "moved once");
+    store.tick(T0 + 30_000);
+    assert!(
+        shared_copies_due(&store.take_events()).is_empty(),
+        "nothing left to move"
+    );
+}
+
+/// A member back within the delay keeps its copies; an offer made before it
+/// came back moves nothing; a timer of an earlier time offline does not cut
+/// a later one's delay short.
+#[test]
+fn a_member_back_within_the_delay_keeps_its_shared_copies() {
+    let mut store = Harness::new();
+    store.apply_one(T0, register_edge("e1", 1_000_000));
+    let first = store.connect(T0, member("m1", "e1"));
+    store.apply_one(T0, enqueue(message("t", "x"), vec![shared_target("m1", 1)]));
+    store.apply_one(T0 + 1, disconnect("m1", first.epoch, 3600, false));
+    store.tick(T0 + 10_001);
+    let due = shared_copies_due(&store.take_events());
+    assert_eq!(due.len(), 1);
+
+    let second = store.connect(T0 + 10_002, member("m1", "e1"));
+    let moved = store.apply_one(T0 + 10_003, hand_off(&due[0].1, &due[0].1.copies[0], "m2"));
+    assert!(!enqueued_answer(&moved).accepted, "it came back for it");
+    assert_eq!(seqs(&store.session("m1").queue), [1]);
+
+    store.apply_one(T0 + 20_000, disconnect("m1", second.epoch, 3600, false));
+    store.tick(T0 + 25_002);
+    assert!(
+        shared_copies_due(&store.take_events()).is_empty(),
+        "the first offer's retry timer is not this time offline's"
+    );
+    store.tick(T0 + 30_000);
+    assert_eq!(shared_copies_due(&store.take_events()).len(), 1);
+}
+
+/// Copies nobody took (no member online, the edge died) are offered again,
+/// and copies queued for a member while it is offline (no member was
+/// online) are offered too.
+#[test]
+fn shared_copies_not_moved_are_offered_again() {
+    let mut store = Harness::new();
+    store.apply_one(T0, register_edge("e1", 1_000_000));
+    let m1 = store.connect(T0, member("m1", "e1"));
+    store.apply_one(T0 + 1, disconnect("m1", m1.epoch, 3600, false));
+    store.tick(T0 + 10_001);
+    assert!(
+        shared_copies_due(&store.take_events()).is_empty(),
+        "nothing queued"
+    );
+
+    store.apply_one(
+        T0 + 20_000,
+        enqueue(message("t", "x"), vec![shared_target("m1", 1)]),
+    );
+    store.tick(T0 + 20_001);
+    let due = shared_copies_due(&store.take_events());
+    assert_eq!(due.len(), 1, "queued while offline past the delay");
+    store.tick(T0 + 35_000);
+    assert!(shared_copies_due(&store.take_events()).is_empty());
+    store.tick(T0 + 35_001);
+    assert_eq!(
+        shared_copies_due(&store.take_events()).len(),
+        1,
+        "unanswered for 15 s"
     );
 }

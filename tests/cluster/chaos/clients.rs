@@ -397,6 +397,10 @@ pub struct SubscriberPlan {
     pub filters: Vec<(String, QoS)>,
     pub role: Role,
     pub plant: Option<Plant>,
+    /// When (ms into the run) it goes away for good: its socket closes
+    /// without DISCONNECT and it never connects again, leaving its
+    /// persistent session behind.
+    pub leaves_at: Option<Millis>,
 }
 
 /// Will-connection numbers: (client, attempt) -> the client's connection
@@ -479,6 +483,13 @@ pub fn spawn_subscriber(
                     }
                     // The run ended while this connection lived: no record.
                     client.close().await;
+                    return planted;
+                }
+                if plan.leaves_at.is_some_and(|at| recorder.now() >= at) {
+                    if let Some(probing) = probing.take() {
+                        probing.abort();
+                    }
+                    end_connection(client, &recorder, &plan.name, false).await;
                     return planted;
                 }
                 if let Some(p) = &mut probing

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rookery_chaos::checker::{Report, Rules, Violation, check};
-use rookery_chaos::history::{Event, MessageId};
+use rookery_chaos::history::{Event, MessageId, Millis};
 use rookery_chaos::nemesis::Schedule;
 use rookery_codec::{ProtocolVersion, QoS};
 use tokio::time::Instant;
@@ -218,7 +218,9 @@ fn retained_topics() -> Vec<String> {
         .collect()
 }
 
-fn subscribers(plant: bool) -> Vec<SubscriberPlan> {
+/// The subscribers; the shared group's third member leaves for good at
+/// `leaver_leaves_at` (ms into the run).
+fn subscribers(plant: bool, leaver_leaves_at: Millis) -> Vec<SubscriberPlan> {
     let plan = |name: &str, persistent, version, filters: &[(&str, QoS)]| SubscriberPlan {
         name: name.to_owned(),
         persistent,
@@ -226,6 +228,7 @@ fn subscribers(plant: bool) -> Vec<SubscriberPlan> {
         filters: filters.iter().map(|(f, q)| ((*f).to_owned(), *q)).collect(),
         role: Role::Messages,
         plant: None,
+        leaves_at: None,
     };
     let v5 = ProtocolVersion::V5;
     let v311 = ProtocolVersion::V3_1_1;
@@ -267,6 +270,20 @@ fn subscribers(plant: bool) -> Vec<SubscriberPlan> {
             v5,
             &[("$share/workers/chaos/+/s", QoS::ExactlyOnce)],
         ),
+        // A member that goes away and leaves its persistent session behind:
+        // what it had not acknowledged, and what it was picked for while no
+        // member was online, must reach the others (shared_handoff_delay_s).
+        // QoS 1, so that a copy it received without acknowledging may go to
+        // another member (MQTT 5.0 section 4.8.2).
+        SubscriberPlan {
+            leaves_at: Some(leaver_leaves_at),
+            ..plan(
+                "shared-leaver",
+                true,
+                v5,
+                &[("$share/workers/chaos/+/s", QoS::AtLeastOnce)],
+            )
+        },
         SubscriberPlan {
             role: Role::Wills,
             ..plan("will-watcher", true, v5, &[("will/#", QoS::AtLeastOnce)])
@@ -297,7 +314,11 @@ async fn run(options: RunOptions) -> Outcome {
             // `rookery_messages_dropped_total{reason="queue_full"}`), which
             // the checker would report as lost. The run checks what failures
             // do, not the configured overflow.
-            extra_toml: "[broker.limits]\nmax_queued_messages = 1000000\n".into(),
+            // The shared group's leaver hands its copies on 5 s after it
+            // left (30 s by default), well within the drain.
+            extra_toml:
+                "[broker.limits]\nmax_queued_messages = 1000000\nshared_handoff_delay_s = 5\n"
+                    .into(),
             ..Options::default()
         },
     );
@@ -310,7 +331,9 @@ async fn run(options: RunOptions) -> Outcome {
     let stop_subscribers = Arc::new(AtomicBool::new(false));
     let stop_publishers = Arc::new(AtomicBool::new(false));
 
-    let subscriber_plans = subscribers(options.plant);
+    // The leaver goes a third into the faults (after 5 s of load alone).
+    let leaver_leaves_at = 5_000 + u64::try_from(options.faults_for.as_millis() / 3).unwrap_or(0);
+    let subscriber_plans = subscribers(options.plant, leaver_leaves_at);
     let filters: usize = subscriber_plans.iter().map(|p| p.filters.len()).sum();
     let subscribers: Vec<_> = subscriber_plans
         .into_iter()
@@ -449,10 +472,12 @@ async fn await_subscribed(recorder: &Recorder, filters: usize) {
     }
 }
 
-/// Waits until nothing has arrived for 5 s (at most 2 minutes): the
-/// subscribers have drained their sessions.
+/// Waits until nothing has arrived for 20 s (at most 3 minutes): the
+/// subscribers have drained their sessions, and what the store hands out
+/// again after 15 s unanswered (wills, an offline shared member's copies)
+/// has had its chance.
 async fn await_quiet(recorder: &Recorder) {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(180);
     let mut last = recorder.arrivals();
     let mut quiet_since = Instant::now();
     while Instant::now() < deadline {
@@ -461,9 +486,9 @@ async fn await_quiet(recorder: &Recorder) {
         if now != last {
             last = now;
             quiet_since = Instant::now();
-        } else if quiet_since.elapsed() >= Duration::from_secs(5) {
+        } else if quiet_since.elapsed() >= Duration::from_secs(20) {
             return;
         }
     }
-    eprintln!("chaos: deliveries still arriving after 2 minutes of draining");
+    eprintln!("chaos: deliveries still arriving after 3 minutes of draining");
 }

@@ -91,14 +91,7 @@ pub(super) async fn accept(
         listener: &admission.listener_name,
         username: username.as_deref(),
     };
-    let command = records::connect(
-        &connect,
-        &granted,
-        &hub.edge_id,
-        now_ms(),
-        limits.max_persistent_sessions,
-        &origin,
-    );
+    let command = records::connect(&connect, &granted, &hub.edge_id, now_ms(), limits, &origin);
     let connected = match hub.store.write_one(command).await {
         Ok(proto::CommandResult {
             kind: Some(ResultKind::Connected(connected)),

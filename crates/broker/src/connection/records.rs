@@ -8,6 +8,7 @@ use rookery_codec::{Connect, PacketId, QoS};
 use rookery_store::proto::{self, command::Kind};
 
 use super::negotiate::Granted;
+use crate::config::Limits;
 use crate::hub::{ClientId, SubEntry, sub_entry_to_proto};
 use crate::message::{Message, expiry_at};
 
@@ -36,7 +37,7 @@ pub(super) fn connect(
     granted: &Granted,
     edge_id: &str,
     now_ms: u64,
-    max_persistent_sessions: u64,
+    limits: &Limits,
     origin: &Origin<'_>,
 ) -> proto::Command {
     let will = connect.will.as_ref().map(|will| {
@@ -63,11 +64,13 @@ pub(super) fn connect(
         expiry_interval_s: granted.expiry_s,
         will,
         protocol_version: u32::from(connect.protocol.level()),
-        max_persistent_sessions,
+        max_persistent_sessions: limits.max_persistent_sessions,
         client_address: origin.address.to_string(),
         listener: origin.listener.to_owned(),
         username: origin.username.unwrap_or_default().to_owned(),
         keep_alive_s: u32::from(granted.keep_alive),
+        // At least 1 ms: 0 tells the store never to hand them on.
+        shared_handoff_after_ms: (u64::from(limits.shared_handoff_delay_s) * 1000).max(1),
     }))
 }
 

@@ -100,10 +100,11 @@ impl Hub {
         targets
     }
 
-    /// The member of a shared group a message goes to: round robin, skipping
-    /// members that can take nothing (offline clean sessions cannot exist;
-    /// offline persistent ones queue only QoS 1/2), and preferring members
-    /// whose queue is not full.
+    /// The member of a shared group a message goes to: round robin among
+    /// the online members whose queue is not full, else the online ones,
+    /// else the offline persistent ones (which queue only QoS 1/2; offline
+    /// clean sessions cannot exist). A member that went away thus gets
+    /// nothing while another is online.
     fn pick_member(
         &self,
         registered: &Registered,
@@ -113,27 +114,58 @@ impl Hub {
         let members = group.members();
         let count = members.len();
         let (start, group_name) = self.shared_cursors.next(group.filter());
-        let mut candidates = (0..count)
-            .filter_map(|step| members.clone().nth((start + step) % count))
-            .filter(|(client, _)| {
-                registered.session(client).is_some_and(|session| {
-                    session.mailbox.is_some()
-                        || session.remote_edge.is_some()
-                        || qos != QoS::AtMostOnce
-                })
-            });
-        let (client, value) = candidates
-            .clone()
-            .find(|(client, _)| {
-                !registered
-                    .session(client)
-                    .and_then(|session| session.mailbox.as_ref())
-                    .is_some_and(Mailbox::is_full)
-            })
-            .or_else(|| candidates.next())?;
+        // Lower is better; None: cannot take this message.
+        let rank = |client: &ClientId| {
+            let session = registered.session(client)?;
+            let online = session.mailbox.is_some() || session.remote_edge.is_some();
+            match (
+                online,
+                session.mailbox.as_ref().is_some_and(Mailbox::is_full),
+            ) {
+                (true, false) => Some(0u8),
+                (true, true) => Some(1),
+                (false, _) => (qos != QoS::AtMostOnce).then_some(2),
+            }
+        };
+        let mut best: Option<(u8, _)> = None;
+        for step in 0..count {
+            let Some(member) = members.clone().nth((start + step) % count) else {
+                continue;
+            };
+            if let Some(rank) = rank(member.0)
+                && best.as_ref().is_none_or(|(known, _)| rank < *known)
+            {
+                best = Some((rank, member));
+                if rank == 0 {
+                    break;
+                }
+            }
+        }
+        let (_, (client, value)) = best?;
         let (client, mut picked) = target(client, value);
         picked.shared_group = Some(group_name);
         Some((client, picked))
+    }
+
+    /// Where a shared copy moved from an offline member's store queue goes:
+    /// one online member of `group`, or nowhere while none is.
+    pub fn route_handed_off(&self, message: &Arc<Message>, group: &str) -> Routes {
+        let routes = self.route_to(message, Some(group));
+        let online = !routes.local.is_empty()
+            || !routes.remote.is_empty()
+            || routes.durable_mailboxes.iter().any(Option::is_some)
+            || self.durable_online_elsewhere(&routes.durable);
+        if online { routes } else { Routes::default() }
+    }
+
+    /// Whether a persistent target in `durable` is online on another edge.
+    fn durable_online_elsewhere(&self, durable: &[proto::EnqueueTarget]) -> bool {
+        let registered = self.registry.read();
+        durable.iter().any(|target| {
+            registered
+                .session(target.client_id.as_str())
+                .is_some_and(|session| session.remote_edge.is_some())
+        })
     }
 
     /// Where each target's copy goes: the store for a persistent session's
@@ -156,6 +188,11 @@ impl Hub {
                     qos: u32::from(qos as u8),
                     retain,
                     subscription_ids: target.subscription_ids,
+                    shared_group: target
+                        .shared_group
+                        .as_deref()
+                        .unwrap_or_default()
+                        .to_owned(),
                 });
                 routes.durable_mailboxes.push(session.mailbox.clone());
             } else if let Some(edge) = &session.remote_edge
@@ -261,6 +298,7 @@ impl Hub {
                 .unwrap_or(u32::MAX),
                 drop_oldest: limits.queue_overflow == crate::config::QueueOverflow::DropOldest,
                 will: None,
+                handoff: None,
             })),
         }
     }
