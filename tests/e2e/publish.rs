@@ -212,6 +212,36 @@ async fn mqtt_4_6_0_messages_on_a_topic_arrive_in_publish_order() {
     }
 }
 
+/// MQTT-4.6.0-6 when some messages wait for the store and others need
+/// nothing: every other QoS 1 message is retained (committed to the store
+/// before it is delivered), the rest go only to a clean subscriber here.
+/// The ones that need nothing must not overtake those that wait.
+#[tokio::test]
+async fn mqtt_4_6_0_messages_that_need_nothing_do_not_overtake_those_waiting_for_the_store() {
+    let broker = shared();
+    let topic = unique("order/retained");
+    let mut subscriber = RawClient::v5(broker.addr(), &unique("order-sub")).await;
+    subscriber.subscribe_ok(1, &topic, QoS::AtLeastOnce).await;
+    let mut publisher = RawClient::v5(broker.addr(), &unique("order-pub")).await;
+    for i in 1..=30u16 {
+        let mut publish = publish_packet(&topic, QoS::AtLeastOnce, i, &i.to_be_bytes());
+        publish.retain = i % 2 == 1;
+        publisher.send(Packet::Publish(publish)).await;
+    }
+    for i in 1..=30u16 {
+        let message = subscriber.receive().await;
+        assert_eq!(
+            &message.payload[..],
+            &i.to_be_bytes(),
+            "message {i} out of order (odd ones are retained)"
+        );
+        subscriber.ack(&message).await;
+    }
+    for _ in 1..=30 {
+        publisher.expect_puback().await;
+    }
+}
+
 /// MQTT-4.4.0-1 and MQTT-3.3.1-1: a QoS 1 message a persistent session did not
 /// acknowledge is sent again on reconnect, with DUP 1 and its original packet
 /// identifier (5.0).

@@ -116,6 +116,21 @@ impl Live {
             if plan.unrouted {
                 metrics::counter!("rookery_messages_unrouted_total").increment(1);
             }
+            if qos != QoS::AtMostOnce && !self.pending.is_empty() {
+                // MQTT-4.6.0-6: behind this connection's publishes that wait
+                // for the store or a forward (same topic, other routes: a
+                // retained one, a subscriber that came or went).
+                let done = Completed {
+                    packet_id,
+                    qos,
+                    local: plan.local,
+                    _enqueuing: PendingEnqueue::new(Vec::new(), &mut self.paused_on),
+                    outcome: Outcome::Done,
+                    receipt: 0,
+                };
+                self.pending.push_back(Box::pin(std::future::ready(done)));
+                return Ok(());
+            }
             hub.deliver_local(plan.local, &mut self.paused_on);
             let reply = Reply::Ack(rookery_codec::ReasonCode::Success);
             return self
@@ -134,12 +149,21 @@ impl Live {
             return Ok(());
         }
         let enqueuing = PendingEnqueue::new(plan.durable_mailboxes, &mut self.paused_on);
+        let (after, then) = if plan.forward_after_store.is_empty() {
+            (None, None)
+        } else {
+            let (then, next) = tokio::sync::oneshot::channel();
+            (self.forwarded_last.replace(next), Some(then))
+        };
         let commit = Commit {
             hub,
             message,
             commands,
             confirmations,
             forward_after_store: plan.forward_after_store,
+            after,
+            then,
+            v5,
         };
         let local = plan.local;
         self.pending.push_back(Box::pin(async move {
@@ -447,6 +471,13 @@ struct Commit {
     commands: Vec<proto::Command>,
     confirmations: Vec<tokio::sync::oneshot::Receiver<bool>>,
     forward_after_store: Vec<EdgeDeliveries>,
+    /// With `forward_after_store`: the previous such publish of this
+    /// connection says whether it went out (or never will); this one
+    /// forwards only after it, and only if it did (MQTT-4.6.0-6).
+    after: Option<tokio::sync::oneshot::Receiver<bool>>,
+    /// Tells the next one.
+    then: Option<tokio::sync::oneshot::Sender<bool>>,
+    v5: bool,
 }
 
 impl Commit {
@@ -459,6 +490,9 @@ impl Commit {
             commands,
             confirmations,
             forward_after_store,
+            after,
+            then,
+            v5,
         } = self;
         let forwarded_any = !confirmations.is_empty();
         let written = async {
@@ -489,6 +523,15 @@ impl Commit {
             // reached the other edges; they drop a receipt they have had.
             metrics::counter!("rookery_qos2_retries_delivered_again_total").increment(1);
         }
+        let earlier_went_out = match after {
+            Some(earlier) => earlier.await.unwrap_or(false),
+            None => true,
+        };
+        let outcome = outcome.behind(receipt, earlier_went_out);
+        // Whether the client sends this one again: then it goes out after
+        // whatever this connection forwards meanwhile.
+        let sent_again = outcome.sent_again(v5);
+        let mut later = Vec::new();
         if outcome.delivers(receipt) && !forward_after_store.is_empty() {
             let mut forward_after_store = forward_after_store;
             for (_, deliveries) in &mut forward_after_store {
@@ -496,9 +539,14 @@ impl Commit {
                     delivery.receipt = receipt;
                 }
             }
-            let later = hub.forward(&message, forward_after_store, true);
-            confirmed &= all_confirmed(later, bound).await;
+            later = hub.forward(&message, forward_after_store, true);
         }
+        // Handed to the forwarding links (which keep their order) before the
+        // next one is let go.
+        if let Some(then) = then {
+            let _ = then.send(!sent_again);
+        }
+        confirmed &= all_confirmed(later, bound).await;
         if outcome == Outcome::Done && !confirmed {
             metrics::counter!("rookery_forward_unconfirmed_publishes_total").increment(1);
         }

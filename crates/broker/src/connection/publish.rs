@@ -151,6 +151,32 @@ impl Outcome {
         }
     }
 
+    /// The outcome of a publish that forwards only after its store write,
+    /// behind an earlier such publish of its connection that did not go out
+    /// and will only when the client sends it again: it must not overtake
+    /// that one (MQTT-4.6.0-6), so it is not delivered now and is unknown
+    /// to the client, which sends it again too (the store answers with its
+    /// receipt, and it goes out then, in order).
+    pub fn behind(self, receipt: u64, earlier_went_out: bool) -> Outcome {
+        if !earlier_went_out && self.delivers(receipt) {
+            Outcome::Unknown
+        } else {
+            self
+        }
+    }
+
+    /// Whether the client sends the publish again (on this connection's
+    /// end): its outcome is unknown (the connection closes for a QoS 2
+    /// publish), or it was refused to a 3.x client, which has no negative
+    /// acknowledgement and whose connection closes instead.
+    pub fn sent_again(self, v5: bool) -> bool {
+        match self {
+            Outcome::Unknown => true,
+            Outcome::Refused(_) => !v5,
+            Outcome::Done | Outcome::Duplicate => false,
+        }
+    }
+
     /// The outcome once the forwards are known: a message not confirmed by
     /// every edge it went to is not known to be delivered.
     pub fn with_forwards(self, confirmed: bool) -> Outcome {
@@ -365,6 +391,25 @@ mod tests {
         assert!(!Outcome::Duplicate.delivers(0));
         assert!(!Outcome::Unknown.delivers(42));
         assert!(!Outcome::Refused(ReasonCode::UnspecifiedError).delivers(42));
+    }
+
+    /// MQTT-4.6.0-6: behind an earlier publish the client will send again,
+    /// a publish that would go out now waits to be sent again too.
+    #[test]
+    fn a_publish_behind_one_sent_again_is_held_back_with_it() {
+        assert_eq!(Outcome::Done.behind(0, false), Outcome::Unknown);
+        assert_eq!(Outcome::Duplicate.behind(7, false), Outcome::Unknown);
+        assert_eq!(Outcome::Done.behind(0, true), Outcome::Done);
+        let refused = Outcome::Refused(ReasonCode::QuotaExceeded);
+        assert_eq!(refused.behind(0, false), refused, "nothing goes out anyway");
+        assert!(Outcome::Unknown.sent_again(true));
+        assert!(
+            refused.sent_again(false),
+            "a 3.x client's connection closes"
+        );
+        assert!(!refused.sent_again(true), "a 5.0 refusal is final");
+        assert!(!Outcome::Done.sent_again(false));
+        assert!(!Outcome::Duplicate.sent_again(true));
     }
 
     #[test]

@@ -45,6 +45,10 @@ pub(super) struct Live {
     pub(super) own_mailbox: Mailbox,
     /// Publishes waiting on the store, answered in order.
     pub(super) pending: FuturesOrdered<Completion>,
+    /// Whether the last publish forwarded only after its store write (a
+    /// persistent session's QoS 2) went out, or never will: the next such
+    /// publish waits for it before it forwards (MQTT-4.6.0-6).
+    pub(super) forwarded_last: Option<tokio::sync::oneshot::Receiver<bool>>,
     /// Backpressure: sessions this client's publishes filled; nothing more
     /// is read from it until they drain or `paused_until` passes.
     pub(super) paused_on: Vec<Mailbox>,
@@ -112,6 +116,7 @@ impl Live {
             mailbox,
             own_mailbox,
             pending: FuturesOrdered::new(),
+            forwarded_last: None,
             paused_on: Vec::new(),
             paused_until: None,
             arriving: None,
