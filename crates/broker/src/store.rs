@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use rookery_cluster::{
-    Access, BadStoreAddress, LeaderWrites, MayHaveCommitted, StoreContact, WriteFailed,
+    Access, BadStoreAddress, LeaderWrites, MayHaveCommitted, StoreContact, WriteChain, WriteFailed,
 };
 use rookery_store::StoreError;
 use rookery_store::machine::{self, Event, RetainedPage};
@@ -134,6 +134,16 @@ pub enum StoreEvent {
     Lagged,
 }
 
+/// How a write goes to the leader (see [`LeaderWrites`]).
+enum Kind<'a> {
+    /// In order with every other write.
+    Plain,
+    /// A session's records: sent again if the leader died with them.
+    Records,
+    /// A publisher's: not sent after an earlier one of its chain failed.
+    Chained(&'a Arc<WriteChain>),
+}
+
 impl Store {
     /// The store through `access`. `write_timeout` bounds each write (a
     /// store without a quorum); `contact_bound`: how long after the quorum
@@ -194,7 +204,7 @@ impl Store {
         &self,
         commands: Vec<Command>,
     ) -> impl Future<Output = Result<Vec<CommandResult>, StoreUnavailable>> + Send + 'static {
-        self.submit_as(commands, false)
+        self.submit_as(commands, Kind::Plain)
     }
 
     /// As [`Store::submit`], for a session's records (packet identifiers
@@ -206,22 +216,38 @@ impl Store {
         &self,
         commands: Vec<Command>,
     ) -> impl Future<Output = Result<Vec<CommandResult>, StoreUnavailable>> + Send + 'static {
-        self.submit_as(commands, true)
+        self.submit_as(commands, Kind::Records)
+    }
+
+    /// As [`Store::write`], for a publish of a connection: not sent once an
+    /// earlier publish of `chain` failed, until the connection has heard of
+    /// that (`WriteChain::mend`), so that a publish its client sends again
+    /// is not stored behind later ones (MQTT-4.6.0-6).
+    pub async fn write_chained(
+        &self,
+        commands: Vec<Command>,
+        chain: &Arc<WriteChain>,
+    ) -> Result<Vec<CommandResult>, StoreUnavailable> {
+        self.submit_as(commands, Kind::Chained(chain)).await
     }
 
     fn submit_as(
         &self,
         commands: Vec<Command>,
-        records: bool,
+        kind: Kind<'_>,
     ) -> impl Future<Output = Result<Vec<CommandResult>, StoreUnavailable>> + Send + 'static {
         let meters = self.meters.clone();
         meters.writes.increment(1);
         let started = std::time::Instant::now();
         let charge = self.budget.charge(encoded_size(&commands));
-        let outcome = if records {
-            futures::future::Either::Left(self.writes.submit_resendable(commands))
-        } else {
-            futures::future::Either::Right(self.writes.submit(commands))
+        let outcome = match kind {
+            Kind::Records => futures::future::Either::Left(self.writes.submit_resendable(commands)),
+            Kind::Plain => futures::future::Either::Right(futures::future::Either::Left(
+                self.writes.submit(commands),
+            )),
+            Kind::Chained(chain) => futures::future::Either::Right(futures::future::Either::Right(
+                self.writes.submit_chained(commands, chain),
+            )),
         };
         async move {
             let outcome = outcome.await;

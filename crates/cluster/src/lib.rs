@@ -27,7 +27,9 @@ pub use access::{Access, BadStoreAddress, Peers};
 pub use forward::{DeliverySink, ForwardSettings, Forwarder, LinkFailed, Outbound};
 pub use membership::{Discovery, JoinFailed, Joined, MembershipError, form_or_join};
 pub use moved::{OwnAddress, keep_address_current};
-pub use writes::{LeaderWrites, MayHaveCommitted, NotProposed, StoreContact, WriteFailed};
+pub use writes::{
+    LeaderWrites, MayHaveCommitted, NotProposed, StoreContact, WriteChain, WriteFailed,
+};
 
 /// Generated protobuf and gRPC code for `proto/rookery/cluster/v1`.
 #[allow(

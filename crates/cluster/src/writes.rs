@@ -31,6 +31,15 @@
 //! are committed by it before it hands over (it waits for them), and
 //! whatever a leader of an older term commits precedes what the new leader
 //! commits.
+//!
+//! A publisher's writes go further: its client sends a publish that failed
+//! again, after the ones that followed it, so one that commits on the next
+//! leader while an earlier one was lost would be stored out of order
+//! (MQTT-4.6.0-6). Writes submitted on one [`WriteChain`] are therefore not
+//! sent once an earlier one of the chain has failed, until the caller has
+//! heard of that failure ([`WriteChain::mend`]); and the router sends
+//! nothing while a write the replica in this process took is unresolved
+//! (its leadership may have just ended under it).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -109,6 +118,10 @@ pub enum NotProposed {
         /// Why it did not take it.
         reason: String,
     },
+    /// An earlier write of its [`WriteChain`] failed: sent now, it could
+    /// commit ahead of that one's retry.
+    #[error("an earlier write of the same publisher failed")]
+    EarlierFailed,
     /// The write carries more commands than one write may.
     #[error(
         "a write carries at most {} commands",
@@ -174,7 +187,111 @@ pub enum MayHaveCommitted {
 }
 
 /// Where a queued write's outcome goes.
-type OutcomeSender = oneshot::Sender<Result<Vec<CommandResult>, WriteFailed>>;
+/// Where a write's outcome goes; a failure breaks the write's chain first,
+/// so that whatever the router sends next sees it.
+struct OutcomeSender {
+    sender: oneshot::Sender<Result<Vec<CommandResult>, WriteFailed>>,
+    chain: Option<Link>,
+}
+
+impl OutcomeSender {
+    fn send(
+        self,
+        outcome: Result<Vec<CommandResult>, WriteFailed>,
+    ) -> Result<(), Result<Vec<CommandResult>, WriteFailed>> {
+        if outcome.is_err()
+            && let Some(link) = &self.chain
+        {
+            link.fail();
+        }
+        self.sender.send(outcome)
+    }
+}
+
+/// The writes of one publisher (a connection's publishes), which commit in
+/// submission order or not at all: once one fails, those submitted before
+/// the caller heard of it ([`WriteChain::mend`]) fail unsent
+/// (`NotProposed::EarlierFailed`).
+#[derive(Debug, Default)]
+pub struct WriteChain {
+    /// Raised by each mend: writes submitted since are not held back by a
+    /// failure heard of before.
+    generation: AtomicU64,
+    /// One above the latest generation a write of which failed (0: none).
+    broken: AtomicU64,
+}
+
+impl WriteChain {
+    /// A new chain, unbroken.
+    pub fn new() -> Arc<WriteChain> {
+        Arc::default()
+    }
+
+    /// The caller has heard of the failures so far (its client sends the
+    /// failed writes again, or never): writes submitted from now on go.
+    pub fn mend(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A write submitted now.
+    fn link(self: &Arc<Self>) -> Link {
+        Link {
+            chain: self.clone(),
+            generation: self.generation.load(Ordering::SeqCst),
+        }
+    }
+}
+
+/// One write's place in its [`WriteChain`].
+#[derive(Debug, Clone)]
+struct Link {
+    chain: Arc<WriteChain>,
+    generation: u64,
+}
+
+impl Link {
+    /// Whether a write submitted with it, or after it, failed before the
+    /// caller mended the chain.
+    fn broken(&self) -> bool {
+        self.chain.broken.load(Ordering::SeqCst) > self.generation
+    }
+
+    fn fail(&self) {
+        self.chain
+            .broken
+            .fetch_max(self.generation + 1, Ordering::SeqCst);
+    }
+}
+
+/// Writes the replica in this process took and has not yet answered; the
+/// router waits for them before it sends anything (to another leader, if
+/// this one's leadership ended under them).
+#[derive(Debug, Default)]
+struct LocalInFlight {
+    count: AtomicUsize,
+    resolved: Notify,
+}
+
+/// Counts one write in [`LocalInFlight`] until dropped.
+struct LocalWrite(Arc<LocalInFlight>);
+
+impl LocalWrite {
+    fn new(in_flight: &Arc<LocalInFlight>) -> LocalWrite {
+        in_flight.count.fetch_add(1, Ordering::SeqCst);
+        LocalWrite(in_flight.clone())
+    }
+}
+
+impl Drop for LocalWrite {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.resolved.notify_waiters();
+        }
+    }
+}
+
+/// How long the router waits at most for the local writes in flight.
+const LOCAL_SETTLE_WAIT: Duration = Duration::from_millis(10);
 
 /// How long the router waits, before writing to another node, for the
 /// stream it leaves to answer what it holds (a write that stream gives
@@ -261,6 +378,8 @@ pub struct LeaderWrites {
     local_replica: Option<Arc<LocalReplica>>,
     /// Writes the router has (see [`Routed`]).
     routed: Arc<AtomicUsize>,
+    /// Writes that went straight to the replica in this process.
+    local_in_flight: Arc<LocalInFlight>,
 }
 
 /// The store replica in this process, and whether it leads now.
@@ -340,7 +459,13 @@ impl LeaderWrites {
             Access::Peers(peers) => Some(peers.clone()),
             Access::Replica(_) => None,
         };
-        tokio::spawn(route_writes(access, queued, timeout));
+        let local_in_flight = Arc::<LocalInFlight>::default();
+        tokio::spawn(route_writes(
+            access,
+            queued,
+            timeout,
+            local_in_flight.clone(),
+        ));
         let writes = LeaderWrites {
             queue,
             peers,
@@ -348,6 +473,7 @@ impl LeaderWrites {
             contact: Arc::default(),
             local_replica,
             routed: Arc::default(),
+            local_in_flight,
         };
         tokio::spawn(keep_contact(
             writes.queue.downgrade(),
@@ -391,7 +517,18 @@ impl LeaderWrites {
         &self,
         commands: Vec<Command>,
     ) -> impl Future<Output = Result<Vec<CommandResult>, WriteFailed>> + Send + 'static {
-        self.submit_as(commands, false)
+        self.submit_as(commands, false, None)
+    }
+
+    /// As [`LeaderWrites::submit`], for one of a publisher's writes: not
+    /// sent if an earlier write of `chain` failed since the chain was last
+    /// mended (see [`WriteChain`]).
+    pub fn submit_chained(
+        &self,
+        commands: Vec<Command>,
+        chain: &Arc<WriteChain>,
+    ) -> impl Future<Output = Result<Vec<CommandResult>, WriteFailed>> + Send + 'static {
+        self.submit_as(commands, false, Some(chain.link()))
     }
 
     /// As [`LeaderWrites::submit`], for a write that may be applied twice:
@@ -406,14 +543,20 @@ impl LeaderWrites {
         &self,
         commands: Vec<Command>,
     ) -> impl Future<Output = Result<Vec<CommandResult>, WriteFailed>> + Send + 'static {
-        self.submit_as(commands, true)
+        self.submit_as(commands, true, None)
     }
 
     fn submit_as(
         &self,
         mut commands: Vec<Command>,
         resendable: bool,
+        chain: Option<Link>,
     ) -> impl Future<Output = Result<Vec<CommandResult>, WriteFailed>> + Send + 'static {
+        if chain.as_ref().is_some_and(Link::broken) {
+            return futures::future::Either::Left(futures::future::Either::Left(
+                futures::future::ready(Err(NotProposed::EarlierFailed.into())),
+            ));
+        }
         let timeout = if resendable {
             self.timeout * RESEND_PATIENCE
         } else {
@@ -432,27 +575,35 @@ impl LeaderWrites {
         {
             match replica.node.try_submit(commands) {
                 Ok(outcome) => {
-                    return futures::future::Either::Left(async move {
-                        let outcome = match tokio::time::timeout(timeout, outcome).await {
-                            Ok(Ok(outcome)) => Ok(outcome.results),
-                            Ok(Err(error)) => Err(local_write_failed(error)),
-                            Err(_) => Err(MayHaveCommitted::TimedOut(timeout).into()),
-                        };
-                        if outcome.is_ok() {
-                            contact.confirmed();
-                        }
-                        outcome.and_then(|results| one_result_per_command(expected, results))
-                    });
+                    let in_flight = LocalWrite::new(&self.local_in_flight);
+                    return futures::future::Either::Left(futures::future::Either::Right(
+                        async move {
+                            let outcome = match tokio::time::timeout(timeout, outcome).await {
+                                Ok(Ok(outcome)) => Ok(outcome.results),
+                                Ok(Err(error)) => Err(local_write_failed(error)),
+                                Err(_) => Err(MayHaveCommitted::TimedOut(timeout).into()),
+                            };
+                            if outcome.is_ok() {
+                                contact.confirmed();
+                            } else if let Some(link) = &chain {
+                                link.fail();
+                            }
+                            // Resolved, and the chain told, before the
+                            // router may send what followed it.
+                            drop(in_flight);
+                            outcome.and_then(|results| one_result_per_command(expected, results))
+                        },
+                    ));
                 }
                 // Not taken (it hands over, or no longer leads): the router
                 // holds it for the next leader.
                 Err(refused) => commands = refused.commands,
             }
         }
-        let (outcome, result) = oneshot::channel();
+        let (sender, result) = oneshot::channel();
         let write = QueuedWrite {
             commands,
-            outcome,
+            outcome: OutcomeSender { sender, chain },
             deadline: Instant::now() + timeout.saturating_sub(give_up_margin(timeout)),
             not_taken: None,
             resendable,
@@ -622,6 +773,8 @@ enum Left {
 struct Router {
     access: Access,
     timeout: Duration,
+    /// Writes the replica in this process took directly.
+    local_in_flight: Arc<LocalInFlight>,
     /// Writes to send before anything queued, the next one first.
     held: VecDeque<QueuedWrite>,
     stream: Option<RemoteLeader>,
@@ -638,11 +791,13 @@ async fn route_writes(
     access: Access,
     mut queued: mpsc::UnboundedReceiver<QueuedWrite>,
     timeout: Duration,
+    local_in_flight: Arc<LocalInFlight>,
 ) {
     let (ended, mut ends) = mpsc::unbounded_channel();
     let mut router = Router {
         access,
         timeout,
+        local_in_flight,
         held: VecDeque::new(),
         stream: None,
         streams_opened: 0,
@@ -701,9 +856,31 @@ impl Router {
         if let Left::GivenBack = self.leave_stream(keep.as_deref(), ends).await {
             return;
         }
+        if let Target::Remote(_) = leader {
+            self.settle_local(deadline).await;
+        }
+        if self
+            .held
+            .front()
+            .is_some_and(|write| write.outcome.chain.as_ref().is_some_and(Link::broken))
+        {
+            if let Some(write) = self.held.pop_front() {
+                let _ = write.outcome.send(Err(NotProposed::EarlierFailed.into()));
+            }
+            return;
+        }
         match leader {
             Target::Local(node) => self.write_locally(&node),
             Target::Remote(address) => self.write_remotely(address).await,
+        }
+    }
+
+    /// Waits (until `deadline`) until no write the replica in this process
+    /// took directly is unresolved: one that failed breaks its chain first.
+    async fn settle_local(&self, deadline: Instant) {
+        while self.local_in_flight.count.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            let resolved = self.local_in_flight.resolved.notified();
+            let _ = tokio::time::timeout(LOCAL_SETTLE_WAIT, resolved).await;
         }
     }
 
@@ -760,7 +937,9 @@ impl Router {
                 let QueuedWrite {
                     outcome: sender, ..
                 } = write;
+                let in_flight = LocalWrite::new(&self.local_in_flight);
                 tokio::spawn(async move {
+                    let _in_flight = in_flight;
                     let result = outcome
                         .await
                         .map(|outcome| outcome.results)
@@ -969,6 +1148,7 @@ async fn keep_contact(
             contact: contact.clone(),
             local_replica: None,
             routed: routed.clone(),
+            local_in_flight: Arc::default(),
         };
         if writes.contact(fresh_for / 2) != StoreContact::Fresh && !writes.check_quorum().await {
             tracing::debug!("the store's quorum did not answer");
@@ -1535,6 +1715,46 @@ mod tests {
         assert_eq!(later.await.unwrap(), vec![committed(2)]);
         assert_eq!(old.received(), vec![1]);
         assert_eq!(successor.received(), vec![1, 2]);
+    }
+
+    /// MQTT-4.6.0-6: a publisher's write submitted after an earlier one of
+    /// its chain was lost with its stream (the leader died), before the
+    /// publisher heard of that, is not sent: its client sends the lost one
+    /// again, which must not land behind it. Other writes go on; once the
+    /// publisher has heard (mend), its writes go again.
+    #[tokio::test]
+    async fn a_write_behind_a_failed_one_of_its_chain_is_not_sent_until_mended() {
+        let successor = FakeLeader::new(Conduct::Commits);
+        let successor_address = successor.serve().await;
+        let old = FakeLeader::new(Conduct::BreaksAfterReading);
+        let access = Access::Peers(Arc::new(Peers::new(Vec::new(), None, Default::default())));
+        access.leader_moved(Some(old.serve().await));
+        let writes = LeaderWrites::new(access.clone(), Duration::from_secs(2), Duration::MAX);
+        let chain = WriteChain::new();
+
+        let first = writes.submit_chained(write(1), &chain);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while old.received().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the old leader never read the write"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        access.leader_moved(Some(successor_address));
+        assert!(first.await.unwrap_err().may_have_committed());
+        let later = writes.submit_chained(write(2), &chain).await.unwrap_err();
+        assert!(
+            matches!(later, WriteFailed::NotProposed(NotProposed::EarlierFailed)),
+            "{later}"
+        );
+        assert_eq!(writes.submit(write(3)).await.unwrap(), vec![committed(3)]);
+        chain.mend();
+        assert_eq!(
+            writes.submit_chained(write(4), &chain).await.unwrap(),
+            vec![committed(4)]
+        );
+        assert_eq!(successor.received(), vec![3, 4]);
     }
 
     #[tokio::test]

@@ -164,6 +164,7 @@ impl Live {
             after,
             then,
             v5,
+            chain: self.write_chain.clone(),
         };
         let local = plan.local;
         self.pending.push_back(Box::pin(async move {
@@ -184,6 +185,11 @@ impl Live {
     pub(super) fn complete(&mut self, done: Completed) -> Result<(), End> {
         if done.outcome == Outcome::Unknown {
             metrics::counter!("rookery_publishes_unconfirmed_total").increment(1);
+        }
+        if matches!(done.outcome, Outcome::Unknown | Outcome::Refused(_)) {
+            // Answered now (the client sends it again, or never): what it
+            // publishes next may be written.
+            self.write_chain.mend();
         }
         if done.outcome.delivers(done.receipt) {
             let mut local = done.local;
@@ -478,6 +484,8 @@ struct Commit {
     /// Tells the next one.
     then: Option<tokio::sync::oneshot::Sender<bool>>,
     v5: bool,
+    /// The connection's publishes, in order or not at all.
+    chain: Arc<rookery_cluster::WriteChain>,
 }
 
 impl Commit {
@@ -493,13 +501,14 @@ impl Commit {
             after,
             then,
             v5,
+            chain,
         } = self;
         let forwarded_any = !confirmations.is_empty();
         let written = async {
             if commands.is_empty() {
                 Ok(Vec::new())
             } else {
-                hub.store.write(commands).await
+                hub.store.write_chained(commands, &chain).await
             }
         };
         let bound = hub.store.write_timeout();

@@ -49,6 +49,9 @@ pub(super) struct Live {
     /// persistent session's QoS 2) went out, or never will: the next such
     /// publish waits for it before it forwards (MQTT-4.6.0-6).
     pub(super) forwarded_last: Option<tokio::sync::oneshot::Receiver<bool>>,
+    /// This connection's publishes' store writes: none is sent after an
+    /// earlier one failed until that failure is answered (MQTT-4.6.0-6).
+    pub(super) write_chain: Arc<rookery_cluster::WriteChain>,
     /// Backpressure: sessions this client's publishes filled; nothing more
     /// is read from it until they drain or `paused_until` passes.
     pub(super) paused_on: Vec<Mailbox>,
@@ -117,6 +120,7 @@ impl Live {
             own_mailbox,
             pending: FuturesOrdered::new(),
             forwarded_last: None,
+            write_chain: rookery_cluster::WriteChain::new(),
             paused_on: Vec::new(),
             paused_until: None,
             arriving: None,
