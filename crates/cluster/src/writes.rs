@@ -37,9 +37,7 @@
 //! leader while an earlier one was lost would be stored out of order
 //! (MQTT-4.6.0-6). Writes submitted on one [`WriteChain`] are therefore not
 //! sent once an earlier one of the chain has failed, until the caller has
-//! heard of that failure ([`WriteChain::mend`]); and the router sends
-//! nothing while a write the replica in this process took is unresolved
-//! (its leadership may have just ended under it).
+//! heard of that failure ([`WriteChain::mend`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -263,36 +261,6 @@ impl Link {
     }
 }
 
-/// Writes the replica in this process took and has not yet answered; the
-/// router waits for them before it sends anything (to another leader, if
-/// this one's leadership ended under them).
-#[derive(Debug, Default)]
-struct LocalInFlight {
-    count: AtomicUsize,
-    resolved: Notify,
-}
-
-/// Counts one write in [`LocalInFlight`] until dropped.
-struct LocalWrite(Arc<LocalInFlight>);
-
-impl LocalWrite {
-    fn new(in_flight: &Arc<LocalInFlight>) -> LocalWrite {
-        in_flight.count.fetch_add(1, Ordering::SeqCst);
-        LocalWrite(in_flight.clone())
-    }
-}
-
-impl Drop for LocalWrite {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.resolved.notify_waiters();
-        }
-    }
-}
-
-/// How long the router waits at most for the local writes in flight.
-const LOCAL_SETTLE_WAIT: Duration = Duration::from_millis(10);
-
 /// How long the router waits, before writing to another node, for the
 /// stream it leaves to answer what it holds (a write that stream gives
 /// back later fails instead of being sent again out of order). A node that
@@ -378,8 +346,6 @@ pub struct LeaderWrites {
     local_replica: Option<Arc<LocalReplica>>,
     /// Writes the router has (see [`Routed`]).
     routed: Arc<AtomicUsize>,
-    /// Writes that went straight to the replica in this process.
-    local_in_flight: Arc<LocalInFlight>,
 }
 
 /// The store replica in this process, and whether it leads now.
@@ -459,13 +425,7 @@ impl LeaderWrites {
             Access::Peers(peers) => Some(peers.clone()),
             Access::Replica(_) => None,
         };
-        let local_in_flight = Arc::<LocalInFlight>::default();
-        tokio::spawn(route_writes(
-            access,
-            queued,
-            timeout,
-            local_in_flight.clone(),
-        ));
+        tokio::spawn(route_writes(access, queued, timeout));
         let writes = LeaderWrites {
             queue,
             peers,
@@ -473,7 +433,6 @@ impl LeaderWrites {
             contact: Arc::default(),
             local_replica,
             routed: Arc::default(),
-            local_in_flight,
         };
         tokio::spawn(keep_contact(
             writes.queue.downgrade(),
@@ -575,7 +534,6 @@ impl LeaderWrites {
         {
             match replica.node.try_submit(commands) {
                 Ok(outcome) => {
-                    let in_flight = LocalWrite::new(&self.local_in_flight);
                     return futures::future::Either::Left(futures::future::Either::Right(
                         async move {
                             let outcome = match tokio::time::timeout(timeout, outcome).await {
@@ -588,9 +546,6 @@ impl LeaderWrites {
                             } else if let Some(link) = &chain {
                                 link.fail();
                             }
-                            // Resolved, and the chain told, before the
-                            // router may send what followed it.
-                            drop(in_flight);
                             outcome.and_then(|results| one_result_per_command(expected, results))
                         },
                     ));
@@ -773,8 +728,6 @@ enum Left {
 struct Router {
     access: Access,
     timeout: Duration,
-    /// Writes the replica in this process took directly.
-    local_in_flight: Arc<LocalInFlight>,
     /// Writes to send before anything queued, the next one first.
     held: VecDeque<QueuedWrite>,
     stream: Option<RemoteLeader>,
@@ -791,13 +744,11 @@ async fn route_writes(
     access: Access,
     mut queued: mpsc::UnboundedReceiver<QueuedWrite>,
     timeout: Duration,
-    local_in_flight: Arc<LocalInFlight>,
 ) {
     let (ended, mut ends) = mpsc::unbounded_channel();
     let mut router = Router {
         access,
         timeout,
-        local_in_flight,
         held: VecDeque::new(),
         stream: None,
         streams_opened: 0,
@@ -856,9 +807,6 @@ impl Router {
         if let Left::GivenBack = self.leave_stream(keep.as_deref(), ends).await {
             return;
         }
-        if let Target::Remote(_) = leader {
-            self.settle_local(deadline).await;
-        }
         if self
             .held
             .front()
@@ -872,15 +820,6 @@ impl Router {
         match leader {
             Target::Local(node) => self.write_locally(&node),
             Target::Remote(address) => self.write_remotely(address).await,
-        }
-    }
-
-    /// Waits (until `deadline`) until no write the replica in this process
-    /// took directly is unresolved: one that failed breaks its chain first.
-    async fn settle_local(&self, deadline: Instant) {
-        while self.local_in_flight.count.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-            let resolved = self.local_in_flight.resolved.notified();
-            let _ = tokio::time::timeout(LOCAL_SETTLE_WAIT, resolved).await;
         }
     }
 
@@ -937,9 +876,7 @@ impl Router {
                 let QueuedWrite {
                     outcome: sender, ..
                 } = write;
-                let in_flight = LocalWrite::new(&self.local_in_flight);
                 tokio::spawn(async move {
-                    let _in_flight = in_flight;
                     let result = outcome
                         .await
                         .map(|outcome| outcome.results)
@@ -1148,7 +1085,6 @@ async fn keep_contact(
             contact: contact.clone(),
             local_replica: None,
             routed: routed.clone(),
-            local_in_flight: Arc::default(),
         };
         if writes.contact(fresh_for / 2) != StoreContact::Fresh && !writes.check_quorum().await {
             tracing::debug!("the store's quorum did not answer");
