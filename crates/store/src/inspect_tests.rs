@@ -82,6 +82,7 @@ impl Store {
             epoch,
             expiry_interval_s: expiry_s,
             publish_will: false,
+            records_lost: false,
         })]);
     }
 

@@ -134,6 +134,7 @@ impl Machine<'_, '_> {
                         Ok(session) => session,
                         Err(refusal) => return Ok(refusal),
                     };
+                session.lost_with_edge |= disconnect.records_lost;
                 self.go_offline(
                     &mut session,
                     disconnect.expiry_interval_s,

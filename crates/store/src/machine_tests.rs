@@ -247,6 +247,7 @@ fn disconnect(client_id: &str, epoch: u64, expiry_s: u32, publish_will: bool) ->
         epoch,
         expiry_interval_s: expiry_s,
         publish_will,
+        records_lost: false,
     })
 }
 
@@ -1476,6 +1477,20 @@ fn a_resume_says_whether_the_last_connection_may_have_sent_unrecorded() {
     let fourth = store.connect(T0 + 2_010, connect("c1", "e2", 600));
     assert!(fourth.may_have_sent);
     assert!(!store.session_record("c1").lost_with_edge);
+    // Ended by a DISCONNECT recorded after one of its records failed (the
+    // chaos run's will watcher got wills again with DUP=0, MQTT-3.3.1-1).
+    store.apply_one(
+        T0 + 2_020,
+        CommandKind::Disconnect(proto::Disconnect {
+            client_id: "c1".into(),
+            epoch: fourth.epoch,
+            expiry_interval_s: 600,
+            publish_will: true,
+            records_lost: true,
+        }),
+    );
+    let fifth = store.connect(T0 + 2_030, connect("c1", "e2", 600));
+    assert!(fifth.may_have_sent);
 }
 
 /// A dead edge's record goes, and the other edges are told it listens

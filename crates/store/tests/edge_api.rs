@@ -184,6 +184,7 @@ async fn route_watch_starts_with_the_table_then_streams_changes() {
             epoch,
             expiry_interval_s: 3600,
             publish_will: false,
+            records_lost: false,
         }))],
     )
     .await;

@@ -182,12 +182,18 @@ impl SessionRecords {
 
     /// The connection ended: the session expires after `expiry_s`, and the
     /// will is published (after its delay) when `publish_will`.
-    pub fn disconnect(&self, expiry_s: u32, publish_will: bool) -> proto::Command {
+    pub fn disconnect(
+        &self,
+        expiry_s: u32,
+        publish_will: bool,
+        records_lost: bool,
+    ) -> proto::Command {
         command(Kind::Disconnect(proto::Disconnect {
             client_id: self.client_id.to_string(),
             epoch: self.epoch,
             expiry_interval_s: expiry_s,
             publish_will,
+            records_lost,
         }))
     }
 }

@@ -52,6 +52,9 @@ pub(super) struct Live {
     /// This connection's publishes' store writes: none is sent after an
     /// earlier one failed until that failure is answered (MQTT-4.6.0-6).
     pub(super) write_chain: Arc<rookery_cluster::WriteChain>,
+    /// A write of this session's records failed: the store may hold as
+    /// queued a message this connection sent (told with its Disconnect).
+    pub(super) records_lost: Arc<std::sync::atomic::AtomicBool>,
     /// Backpressure: sessions this client's publishes filled; nothing more
     /// is read from it until they drain or `paused_until` passes.
     pub(super) paused_on: Vec<Mailbox>,
@@ -121,6 +124,7 @@ impl Live {
             pending: FuturesOrdered::new(),
             forwarded_last: None,
             write_chain: rookery_cluster::WriteChain::new(),
+            records_lost: Arc::default(),
             paused_on: Vec::new(),
             paused_until: None,
             arriving: None,
@@ -563,7 +567,11 @@ impl Live {
                 .normal_ends
                 .record(self.client_id(), self.session.records.epoch());
         }
-        let command = self.session.records.disconnect(expiry_s, publish_will);
+        let records_lost = self.records_lost.load(std::sync::atomic::Ordering::Relaxed);
+        let command = self
+            .session
+            .records
+            .disconnect(expiry_s, publish_will, records_lost);
         match self.hub.store.write(vec![command.clone()]).await {
             Ok(results) => disconnect_recorded(&self.hub, self.client_id(), &results),
             Err(error) => {
