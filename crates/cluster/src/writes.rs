@@ -1624,27 +1624,41 @@ mod tests {
         assert!(failed.may_have_committed());
     }
 
-    /// A resendable write (a session's records) whose stream broke after it
-    /// was sent (the leader died) goes again to the next leader, ahead of
-    /// the writes submitted after it, instead of failing.
-    #[tokio::test]
-    async fn a_resendable_write_lost_with_its_stream_commits_on_the_next_leader_first() {
+    /// A leader that breaks its stream after reading a write (it dies),
+    /// the one that succeeds it, and writes going to the first.
+    async fn dying_leader_and_successor() -> (FakeLeader, FakeLeader, String, Access, LeaderWrites)
+    {
         let successor = FakeLeader::new(Conduct::Commits);
         let successor_address = successor.serve().await;
         let old = FakeLeader::new(Conduct::BreaksAfterReading);
         let access = Access::Peers(Arc::new(Peers::new(Vec::new(), None, Default::default())));
         access.leader_moved(Some(old.serve().await));
         let writes = LeaderWrites::new(access.clone(), Duration::from_secs(2), Duration::MAX);
+        (old, successor, successor_address, access, writes)
+    }
 
-        let first = writes.submit_resendable(write(1));
+    /// Waits until `leader` has read a write.
+    async fn until_read(leader: &FakeLeader) {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while old.received().is_empty() {
+        while leader.received().is_empty() {
             assert!(
                 Instant::now() < deadline,
                 "the old leader never read the write"
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// A resendable write (a session's records) whose stream broke after it
+    /// was sent (the leader died) goes again to the next leader, ahead of
+    /// the writes submitted after it, instead of failing.
+    #[tokio::test]
+    async fn a_resendable_write_lost_with_its_stream_commits_on_the_next_leader_first() {
+        let (old, successor, successor_address, access, writes) =
+            dying_leader_and_successor().await;
+
+        let first = writes.submit_resendable(write(1));
+        until_read(&old).await;
         let later = writes.submit_resendable(write(2));
         access.leader_moved(Some(successor_address));
         assert_eq!(first.await.unwrap(), vec![committed(1)]);
@@ -1660,23 +1674,12 @@ mod tests {
     /// publisher has heard (mend), its writes go again.
     #[tokio::test]
     async fn a_write_behind_a_failed_one_of_its_chain_is_not_sent_until_mended() {
-        let successor = FakeLeader::new(Conduct::Commits);
-        let successor_address = successor.serve().await;
-        let old = FakeLeader::new(Conduct::BreaksAfterReading);
-        let access = Access::Peers(Arc::new(Peers::new(Vec::new(), None, Default::default())));
-        access.leader_moved(Some(old.serve().await));
-        let writes = LeaderWrites::new(access.clone(), Duration::from_secs(2), Duration::MAX);
+        let (old, successor, successor_address, access, writes) =
+            dying_leader_and_successor().await;
         let chain = WriteChain::new();
 
         let first = writes.submit_chained(write(1), &chain);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while old.received().is_empty() {
-            assert!(
-                Instant::now() < deadline,
-                "the old leader never read the write"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until_read(&old).await;
         access.leader_moved(Some(successor_address));
         assert!(first.await.unwrap_err().may_have_committed());
         let later = writes.submit_chained(write(2), &chain).await.unwrap_err();
