@@ -534,17 +534,41 @@ impl LeaderWrites {
         {
             match replica.node.try_submit(commands) {
                 Ok(outcome) => {
+                    let written = async move {
+                        match tokio::time::timeout(timeout, outcome).await {
+                            Ok(Ok(outcome)) => Ok(outcome.results),
+                            Ok(Err(error)) => Err(local_write_failed(error)),
+                            Err(_) => Err(MayHaveCommitted::TimedOut(timeout).into()),
+                        }
+                    };
+                    // A publisher's write breaks its chain as soon as the
+                    // writer fails it, not when its caller next polls: the
+                    // router may be about to send the writes after it, given
+                    // back by this node, to the next leader.
+                    let answered = match chain {
+                        None => futures::future::Either::Left(written),
+                        Some(link) => {
+                            let (sender, answer) = oneshot::channel();
+                            tokio::spawn(async move {
+                                let outcome = written.await;
+                                let _ = OutcomeSender {
+                                    sender,
+                                    chain: Some(link),
+                                }
+                                .send(outcome);
+                            });
+                            futures::future::Either::Right(async move {
+                                answer.await.unwrap_or_else(|_| {
+                                    Err(MayHaveCommitted::OutcomeDropped.into())
+                                })
+                            })
+                        }
+                    };
                     return futures::future::Either::Left(futures::future::Either::Right(
                         async move {
-                            let outcome = match tokio::time::timeout(timeout, outcome).await {
-                                Ok(Ok(outcome)) => Ok(outcome.results),
-                                Ok(Err(error)) => Err(local_write_failed(error)),
-                                Err(_) => Err(MayHaveCommitted::TimedOut(timeout).into()),
-                            };
+                            let outcome = answered.await;
                             if outcome.is_ok() {
                                 contact.confirmed();
-                            } else if let Some(link) = &chain {
-                                link.fail();
                             }
                             outcome.and_then(|results| one_result_per_command(expected, results))
                         },
