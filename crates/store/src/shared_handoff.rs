@@ -33,6 +33,14 @@ const SHARED_NEXT_BATCH_MS: u64 = 2_000;
 const SHARED_COPIES_PER_OFFER: usize = 256;
 const SHARED_BYTES_PER_OFFER: usize = 1 << 20;
 
+/// When an offline session's shared copies are due to move.
+fn handoff_due_ms(session: &Session) -> u64 {
+    session
+        .disconnected_at_ms
+        .max(1)
+        .saturating_add(session.shared_handoff_after_ms)
+}
+
 /// Whether a queue entry may go to another member of its group.
 fn movable(entry: &QueuedMessage) -> bool {
     if entry.shared_group.is_empty() {
@@ -50,13 +58,13 @@ impl Machine<'_, '_> {
         if session.shared_handoff_after_ms == 0 || !session.edge_id.is_empty() {
             return;
         }
-        let at_ms = session
-            .disconnected_at_ms
-            .max(1)
-            .saturating_add(session.shared_handoff_after_ms);
         self.txn.put(
             cf::TIMERS,
-            keys::timer(at_ms, TimerKind::SharedHandoff, &session.client_id),
+            keys::timer(
+                handoff_due_ms(session),
+                TimerKind::SharedHandoff,
+                &session.client_id,
+            ),
             Vec::new(),
         );
     }
@@ -70,11 +78,7 @@ impl Machine<'_, '_> {
         if !session.edge_id.is_empty() || session.shared_handoff_after_ms == 0 {
             return Ok(());
         }
-        let due_ms = session
-            .disconnected_at_ms
-            .max(1)
-            .saturating_add(session.shared_handoff_after_ms);
-        if due_ms > self.now_ms {
+        if handoff_due_ms(&session) > self.now_ms {
             // A timer of an earlier time offline; this one's is armed.
             return Ok(());
         }

@@ -60,13 +60,20 @@ impl Hub {
     /// QoS and every subscription identifier of its matching subscriptions
     /// (MQTT-3.3.4-2, MQTT-3.3.4-3), and one member of each shared group.
     pub fn route(&self, message: &Arc<Message>) -> Routes {
-        self.route_to(message, None)
+        self.route_to(message, None, false)
     }
 
     /// Routes a message; with `only_group`, to one member of that shared
     /// group (`$share/...`) only.
-    fn route_to(&self, message: &Arc<Message>, only_group: Option<&str>) -> Routes {
-        let mut targets = self.targets(message, only_group);
+    /// With `online_only`, a group whose members are all offline gets
+    /// nothing.
+    fn route_to(
+        &self,
+        message: &Arc<Message>,
+        only_group: Option<&str>,
+        online_only: bool,
+    ) -> Routes {
+        let mut targets = self.targets(message, only_group, online_only);
         if targets.is_empty() {
             return Routes::default();
         }
@@ -76,7 +83,12 @@ impl Hub {
 
     /// Every subscription the message matches, and one member of each
     /// shared group; with `only_group`, that group's member only.
-    fn targets(&self, message: &Message, only_group: Option<&str>) -> Vec<(ClientId, Target)> {
+    fn targets(
+        &self,
+        message: &Message,
+        only_group: Option<&str>,
+        online_only: bool,
+    ) -> Vec<(ClientId, Target)> {
         let mut targets = Vec::new();
         let registered = self.registry.read();
         registered
@@ -94,7 +106,7 @@ impl Hub {
                     targets.push(target(subscriber, value));
                 }
                 Match::Shared(group) => {
-                    targets.extend(self.pick_member(&registered, group, message.qos));
+                    targets.extend(self.pick_member(&registered, group, message.qos, online_only));
                 }
             });
         targets
@@ -110,6 +122,7 @@ impl Hub {
         registered: &Registered,
         group: SharedGroup<'_, ClientId, SubEntry>,
         qos: QoS,
+        online_only: bool,
     ) -> Option<(ClientId, Target)> {
         let members = group.members();
         let count = members.len();
@@ -124,7 +137,7 @@ impl Hub {
             ) {
                 (true, false) => Some(0u8),
                 (true, true) => Some(1),
-                (false, _) => (qos != QoS::AtMostOnce).then_some(2),
+                (false, _) => (qos != QoS::AtMostOnce && !online_only).then_some(2),
             }
         };
         let mut best: Option<(u8, _)> = None;
@@ -150,22 +163,7 @@ impl Hub {
     /// Where a shared copy moved from an offline member's store queue goes:
     /// one online member of `group`, or nowhere while none is.
     pub fn route_handed_off(&self, message: &Arc<Message>, group: &str) -> Routes {
-        let routes = self.route_to(message, Some(group));
-        let online = !routes.local.is_empty()
-            || !routes.remote.is_empty()
-            || routes.durable_mailboxes.iter().any(Option::is_some)
-            || self.durable_online_elsewhere(&routes.durable);
-        if online { routes } else { Routes::default() }
-    }
-
-    /// Whether a persistent target in `durable` is online on another edge.
-    fn durable_online_elsewhere(&self, durable: &[proto::EnqueueTarget]) -> bool {
-        let registered = self.registry.read();
-        durable.iter().any(|target| {
-            registered
-                .session(target.client_id.as_str())
-                .is_some_and(|session| session.remote_edge.is_some())
-        })
+        self.route_to(message, Some(group), true)
     }
 
     /// Where each target's copy goes: the store for a persistent session's
@@ -409,7 +407,7 @@ impl Hub {
             let Some(group) = delivery.shared_group.as_deref() else {
                 continue;
             };
-            let routes = self.route_to(&delivery.message, Some(group));
+            let routes = self.route_to(&delivery.message, Some(group), false);
             if routes.local.is_empty() && routes.remote.is_empty() && routes.durable.is_empty() {
                 metrics::counter!("rookery_shared_redistribution_dropped_total").increment(1);
                 continue;
