@@ -97,9 +97,9 @@ pub struct Outgoing {
     known_seq: Option<u64>,
     /// The store queue may hold entries after `known_seq`.
     store_unread: bool,
-    /// How many of the first entries of `stored_waiting` may have gone out
-    /// on an earlier connection (see [`Outgoing::maybe_sent_before`]).
-    maybe_sent: usize,
+    /// Store queue entries below this position may have gone out on an
+    /// earlier connection (see [`Outgoing::may_have_sent`]).
+    maybe_sent_below_seq: u64,
     inflight: HashMap<u16, Inflight>,
     next_packet_id: u16,
     alias_maximum: u16,
@@ -157,7 +157,7 @@ impl Outgoing {
             resend: Vec::new(),
             known_seq: None,
             store_unread: false,
-            maybe_sent: 0,
+            maybe_sent_below_seq: 0,
             inflight: HashMap::new(),
             next_packet_id: 1,
             alias_maximum,
@@ -366,15 +366,25 @@ impl Outgoing {
         }
     }
 
-    /// After [`Outgoing::resume`]: the first `window` entries still queued
-    /// may have gone out on the connection before, whose record of sending
-    /// a QoS 1 message is written without waiting and can be lost with its
-    /// edge (records commit in order, so only a prefix of at most that
-    /// connection's window is so). They go out with DUP=1, "this might be a
-    /// re-delivery" (MQTT-3.3.1-1); a QoS 2 message is recorded before it
-    /// is sent, so a queued one never went out.
-    pub fn maybe_sent_before(&mut self, window: usize) {
-        self.maybe_sent = window.min(self.stored_waiting.len());
+    /// After [`Outgoing::resume`]: the entries still queued below
+    /// `below_seq` (those queued while the connection before lived) may
+    /// have gone out on it: its record of sending a QoS 1 message is written
+    /// without waiting, can lag behind by more than a window while the
+    /// store elects a leader, and can be lost with its edge. They go out
+    /// with DUP=1, "this might be a re-delivery" (MQTT-3.3.1-1); a QoS 2
+    /// message is recorded before it is sent, so a queued one never went
+    /// out. A store that did not say (`below_seq` 0) gets the first
+    /// `window` entries so flagged.
+    pub fn may_have_sent(&mut self, below_seq: u64, window: usize) {
+        self.maybe_sent_below_seq = if below_seq > 0 {
+            below_seq
+        } else {
+            self.stored_waiting
+                .iter()
+                .take(window)
+                .last()
+                .map_or(0, |entry| entry.seq + 1)
+        };
     }
 
     /// The store queued more for this session.
@@ -447,8 +457,7 @@ impl Outgoing {
                 self.stored_waiting.push_front(entry);
                 break;
             };
-            let maybe_sent = self.maybe_sent > 0;
-            self.maybe_sent = self.maybe_sent.saturating_sub(1);
+            let maybe_sent = entry.seq < self.maybe_sent_below_seq;
             let qos = qos_from(entry.qos).unwrap_or(QoS::AtLeastOnce);
             let message = entry.message.as_ref().and_then(Message::from_proto);
             match message {
@@ -848,7 +857,8 @@ mod tests {
             ..queued(seq)
         };
         outgoing.resume(vec![queued(1), qos2(2), queued(3), queued(4), queued(5)]);
-        outgoing.maybe_sent_before(3);
+        // A store that does not say how far: one window (3 here).
+        outgoing.may_have_sent(0, 3);
         let dup: Vec<(u64, bool)> = outgoing
             .next_stored(0)
             .fresh
@@ -858,6 +868,42 @@ mod tests {
         assert_eq!(
             dup,
             [(1, true), (2, false), (3, true), (4, false), (5, false)]
+        );
+    }
+
+    /// MQTT-3.3.1-1: every queued QoS 1 message below the store's mark
+    /// (queued while the connection before lived) goes out with DUP=1, also
+    /// past the first window and in entries read from the store later: that
+    /// connection's "sent" records may have lagged by more than a window.
+    /// Before, only the first window did (the chaos run's will watcher got
+    /// wills twice, the second time without DUP).
+    #[test]
+    fn mqtt_3_3_1_1_every_message_queued_while_the_connection_before_lived_carries_dup() {
+        let mut outgoing = Outgoing::new(2, 100, QueueOverflow::DropNewest, 0, u32::MAX);
+        outgoing.resume(vec![queued(1), queued(2), queued(3)]);
+        outgoing.store_has_news();
+        outgoing.may_have_sent(5, 2);
+        let mut dup = Vec::new();
+        for _ in 0..3 {
+            if outgoing.store_read_from().is_some() {
+                outgoing.merge_stored(vec![queued(4), queued(5), queued(6)], true);
+            }
+            for ready in outgoing.next_stored(0).fresh {
+                dup.push((ready.seq, ready.publish.dup));
+                let packet_id = ready.packet_id.expect("a QoS 1 message has one");
+                outgoing.acknowledged(packet_id, QoS::AtLeastOnce);
+            }
+        }
+        assert_eq!(
+            dup,
+            [
+                (1, true),
+                (2, true),
+                (3, true),
+                (4, true),
+                (5, false),
+                (6, false)
+            ]
         );
     }
 

@@ -290,6 +290,12 @@ impl Machine<'_, '_> {
         let may_have_sent = previous
             .as_ref()
             .is_some_and(|old| !old.edge_id.is_empty() || old.lost_with_edge);
+        // How far its queue went while that connection lived.
+        let may_have_sent_below_seq = match previous.as_ref() {
+            Some(old) if !old.edge_id.is_empty() => old.next_seq,
+            Some(old) => old.offline_from_seq,
+            None => 0,
+        };
         // A session with expiry 0 ends with its connection, which a takeover
         // closes: the new connection cannot resume it.
         let mut ended_by_takeover = false;
@@ -383,6 +389,11 @@ impl Machine<'_, '_> {
             subscriptions,
             queue,
             may_have_sent: session_present && may_have_sent,
+            may_have_sent_below_seq: if session_present && may_have_sent {
+                may_have_sent_below_seq
+            } else {
+                0
+            },
         }))
     }
 
@@ -412,6 +423,7 @@ impl Machine<'_, '_> {
         }
         if !holding_edge.is_empty() {
             session.disconnected_at_ms = self.now_ms;
+            session.offline_from_seq = session.next_seq;
         }
         session.edge_id.clear();
         // A session already offline (its edge's lease lapsed before its

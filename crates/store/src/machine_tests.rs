@@ -1493,6 +1493,47 @@ fn a_resume_says_whether_the_last_connection_may_have_sent_unrecorded() {
     assert!(fifth.may_have_sent);
 }
 
+/// The records of what a connection sent can lag by more than a window
+/// (a store election holds them): every message queued while it lived may
+/// have gone out, and goes out again with DUP=1 (MQTT-3.3.1-1); what was
+/// queued after it ended never went out to it.
+#[test]
+fn mqtt_3_3_1_1_a_resume_says_which_queued_messages_the_last_connection_may_have_sent() {
+    let mut store = Harness::new();
+    store.apply_one(T0, register_edge("e1", 1_000));
+    store.apply_one(T0, register_edge("e2", 1_000_000));
+    store.connect(T0, connect("c1", "e1", 600));
+    let to_c1 = || vec![target("c1", 1)];
+    for n in 0..40 {
+        store.apply_one(T0 + 1, enqueue(message("t", &format!("live {n}")), to_c1()));
+    }
+    // Edge e1 lost with c1 online; two more arrive while c1 is away.
+    store.tick(T0 + 2_000);
+    for n in 0..2 {
+        store.apply_one(
+            T0 + 2_001,
+            enqueue(message("t", &format!("away {n}")), to_c1()),
+        );
+    }
+    let second = store.connect(T0 + 2_010, connect("c1", "e2", 600));
+    assert!(second.may_have_sent);
+    assert_eq!(seqs(&second.queue), (1..=42).collect::<Vec<_>>());
+    assert_eq!(
+        second.may_have_sent_below_seq, 41,
+        "the 40 queued while e1 held c1"
+    );
+    // Taken over while online: everything queued so far may have gone out.
+    store.apply_one(T0 + 2_020, enqueue(message("t", "late"), to_c1()));
+    let third = store.connect(T0 + 2_030, connect("c1", "e2", 600));
+    assert!(third.may_have_sent);
+    assert_eq!(third.may_have_sent_below_seq, 44);
+    // A DISCONNECT its edge recorded with every record: nothing to flag.
+    store.apply_one(T0 + 2_040, disconnect("c1", third.epoch, 600, false));
+    let fourth = store.connect(T0 + 2_050, connect("c1", "e2", 600));
+    assert!(!fourth.may_have_sent);
+    assert_eq!(fourth.may_have_sent_below_seq, 0);
+}
+
 /// A dead edge's record goes, and the other edges are told it listens
 /// nowhere now, so that they forget its address.
 #[test]

@@ -152,9 +152,10 @@ pub(super) async fn accept(
     if session.persistent || connected.session_present {
         session.outgoing.resume(connected.queue);
         if connected.may_have_sent {
-            session
-                .outgoing
-                .maybe_sent_before(usize::from(limits.max_inflight));
+            session.outgoing.may_have_sent(
+                connected.may_have_sent_below_seq,
+                usize::from(limits.max_inflight),
+            );
         }
     }
     let client_gauge = hub

@@ -421,13 +421,13 @@ impl Live {
         let write = self.hub.store.submit_records(commands);
         let client_id = self.client_id().clone();
         let own = self.own_mailbox.clone();
-        let records_lost = self.records_lost.clone();
+        let outcome = self.detached_records.start();
         tokio::spawn(async move {
             let reason = match write.await {
                 Ok(results) if !fenced(&results) => return,
                 Ok(_) => rookery_codec::ReasonCode::SessionTakenOver,
                 Err(error) => {
-                    records_lost.store(true, std::sync::atomic::Ordering::Relaxed);
+                    outcome.failed();
                     tracing::warn!(%error, %client_id, "session write failed");
                     rookery_codec::ReasonCode::ImplementationSpecificError
                 }
@@ -447,8 +447,7 @@ impl Live {
             Ok(results) if fenced(&results) => Err(self.taken_over()),
             Ok(results) => Ok(results),
             Err(error) => {
-                self.records_lost
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                self.detached_records.failed();
                 tracing::warn!(%error, client_id = %self.client_id(), "session write failed");
                 Err(End::ServerClosed)
             }

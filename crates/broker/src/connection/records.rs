@@ -197,3 +197,104 @@ impl SessionRecords {
         }))
     }
 }
+
+/// The outcome of a connection's record writes that nothing waits for
+/// (`submit_detached`): whether one failed, and when none is outstanding.
+/// Its Disconnect is written only once they settled, so that it tells the
+/// store whether the queue may hold as queued a message this connection
+/// sent (`Disconnect.records_lost`).
+pub(super) struct DetachedRecords {
+    lost: Arc<std::sync::atomic::AtomicBool>,
+    /// Cloned into each outstanding write; the receiver hears `None` once
+    /// every clone and this one are gone.
+    outstanding: Option<tokio::sync::mpsc::Sender<()>>,
+    settled: tokio::sync::mpsc::Receiver<()>,
+}
+
+/// Held by one outstanding write of [`DetachedRecords`].
+pub(super) struct DetachedWrite {
+    lost: Arc<std::sync::atomic::AtomicBool>,
+    _outstanding: Option<tokio::sync::mpsc::Sender<()>>,
+}
+
+impl DetachedWrite {
+    /// The write failed: the store may not know what the connection sent.
+    pub fn failed(&self) {
+        self.lost.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Default for DetachedRecords {
+    fn default() -> Self {
+        let (outstanding, settled) = tokio::sync::mpsc::channel(1);
+        DetachedRecords {
+            lost: Arc::default(),
+            outstanding: Some(outstanding),
+            settled,
+        }
+    }
+}
+
+impl DetachedRecords {
+    /// A write starts.
+    pub fn start(&self) -> DetachedWrite {
+        DetachedWrite {
+            lost: self.lost.clone(),
+            _outstanding: self.outstanding.clone(),
+        }
+    }
+
+    /// An awaited write of the session's records failed.
+    pub fn failed(&self) {
+        self.lost.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Waits, at most `limit`, for every write started to finish; whether
+    /// one failed (or is still outstanding, which may yet fail).
+    pub async fn lost_when_settled(&mut self, limit: std::time::Duration) -> bool {
+        self.outstanding = None;
+        let settled = tokio::time::timeout(limit, self.settled.recv())
+            .await
+            .is_ok();
+        !settled || self.lost.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod detached_records_tests {
+    use std::time::Duration;
+
+    use super::DetachedRecords;
+
+    #[tokio::test]
+    async fn the_disconnect_hears_of_a_record_write_that_failed_after_the_connection_ended() {
+        let mut records = DetachedRecords::default();
+        let ok = records.start();
+        let failing = records.start();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(ok);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            failing.failed();
+        });
+        assert!(records.lost_when_settled(Duration::from_secs(5)).await);
+    }
+
+    #[tokio::test]
+    async fn records_that_all_committed_are_not_lost() {
+        let mut records = DetachedRecords::default();
+        let write = records.start();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(write);
+        });
+        assert!(!records.lost_when_settled(Duration::from_secs(5)).await);
+    }
+
+    #[tokio::test]
+    async fn a_write_still_outstanding_at_the_limit_counts_as_lost() {
+        let mut records = DetachedRecords::default();
+        let _stuck = records.start();
+        assert!(records.lost_when_settled(Duration::from_millis(50)).await);
+    }
+}

@@ -52,9 +52,10 @@ pub(super) struct Live {
     /// This connection's publishes' store writes: none is sent after an
     /// earlier one failed until that failure is answered (MQTT-4.6.0-6).
     pub(super) write_chain: Arc<rookery_cluster::WriteChain>,
-    /// A write of this session's records failed: the store may hold as
-    /// queued a message this connection sent (told with its Disconnect).
-    pub(super) records_lost: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether a write of this session's records failed: the store may
+    /// then hold as queued a message this connection sent (told with its
+    /// Disconnect, once the writes not waited for settled).
+    pub(super) detached_records: super::records::DetachedRecords,
     /// Backpressure: sessions this client's publishes filled; nothing more
     /// is read from it until they drain or `paused_until` passes.
     pub(super) paused_on: Vec<Mailbox>,
@@ -124,7 +125,7 @@ impl Live {
             pending: FuturesOrdered::new(),
             forwarded_last: None,
             write_chain: rookery_cluster::WriteChain::new(),
-            records_lost: Arc::default(),
+            detached_records: Default::default(),
             paused_on: Vec::new(),
             paused_until: None,
             arriving: None,
@@ -567,7 +568,11 @@ impl Live {
                 .normal_ends
                 .record(self.client_id(), self.session.records.epoch());
         }
-        let records_lost = self.records_lost.load(std::sync::atomic::Ordering::Relaxed);
+        // Each write ends within a few write timeouts (`submit_records`).
+        let records_lost = self
+            .detached_records
+            .lost_when_settled(3 * crate::broker::LEASE)
+            .await;
         let command = self
             .session
             .records
