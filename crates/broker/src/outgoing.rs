@@ -366,6 +366,15 @@ impl Outgoing {
         }
     }
 
+    /// After [`Outgoing::resume`] with the whole store queue as of the
+    /// connect: no entry up to `seq` is to be read from the store again.
+    /// A replica behind the connect may still hold entries that earlier
+    /// connections had acknowledged; read from it later (the edge follows
+    /// another store node, say), they would go out a second time.
+    pub fn queue_read_through(&mut self, seq: u64) {
+        self.known_seq = self.known_seq.max(Some(seq));
+    }
+
     /// After [`Outgoing::resume`]: the entries still queued below
     /// `below_seq` (those queued while the connection before lived) may
     /// have gone out on it: its record of sending a QoS 1 message is written
@@ -905,6 +914,27 @@ mod tests {
                 (6, false)
             ]
         );
+    }
+
+    /// Entries that left the queue before the connect, still shown by a
+    /// lagging replica, are not sent again (the chaos run's will watcher got
+    /// wills a second time, without DUP, when its edge followed another
+    /// store node).
+    #[test]
+    fn entries_that_left_the_queue_before_the_connect_are_not_read_again() {
+        let mut outgoing = Outgoing::new(8, 100, QueueOverflow::DropNewest, 0, u32::MAX);
+        outgoing.resume(vec![queued(9)]);
+        outgoing.queue_read_through(10);
+        outgoing.store_has_news();
+        assert_eq!(outgoing.store_read_from(), Some(Some(10)));
+        outgoing.merge_stored((5..=12).map(queued).collect(), true);
+        let seqs: Vec<u64> = outgoing
+            .next_stored(0)
+            .fresh
+            .iter()
+            .map(|ready| ready.seq)
+            .collect();
+        assert_eq!(seqs, [9, 11, 12]);
     }
 
     /// A resumed backlog longer than the packet identifier space (1 to

@@ -389,6 +389,7 @@ impl Machine<'_, '_> {
             subscriptions,
             queue,
             may_have_sent: session_present && may_have_sent,
+            queue_next_seq: session.next_seq,
             may_have_sent_below_seq: if session_present && may_have_sent {
                 may_have_sent_below_seq
             } else {

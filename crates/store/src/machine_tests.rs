@@ -1518,6 +1518,7 @@ fn mqtt_3_3_1_1_a_resume_says_which_queued_messages_the_last_connection_may_have
     let second = store.connect(T0 + 2_010, connect("c1", "e2", 600));
     assert!(second.may_have_sent);
     assert_eq!(seqs(&second.queue), (1..=42).collect::<Vec<_>>());
+    assert_eq!(second.queue_next_seq, 43);
     assert_eq!(
         second.may_have_sent_below_seq, 41,
         "the 40 queued while e1 held c1"
