@@ -71,6 +71,13 @@ SCENARIOS = [
 
 PEERS = ["mosquitto", "rumqttd"]
 
+# The generator shares the machine's cores with the broker: with one worker
+# thread per core it took CPU and caused context switches that a
+# single-threaded broker pays for in full (Mosquitto's point-to-point QoS 1
+# rate rose 1.44x with one thread instead of two, Rookery's 1.12x, on
+# 2 cores). One thread keeps the generator's share at most one core.
+GENERATOR_THREADS = 1
+
 
 def free_port(host="127.0.0.1"):
     with socket.socket() as s:
@@ -229,6 +236,7 @@ def run_scenario(broker, args, duration, workdir):
     report = Path(workdir) / f"{broker.name}-{os.getpid()}-{time.monotonic_ns()}.json"
     command = [str(TARGET / "release" / "rookery-bench")] + args + [
         "-p", str(broker.port), "--mqtt", "3.1.1", "-d", str(duration),
+        "--threads", str(GENERATOR_THREADS),
         "--broker-pid", str(broker.process.pid), "--json", str(report)]
     started = time.monotonic()
     finished = subprocess.run(command, capture_output=True, text=True,
