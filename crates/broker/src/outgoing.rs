@@ -314,9 +314,15 @@ impl Outgoing {
         }
     }
 
-    /// Takes a resumed session's store queue: what was in flight is sent
-    /// again (PUBLISH with DUP, or PUBREL), the rest waits its turn.
-    pub fn resume(&mut self, queue: Vec<proto::QueuedMessage>) {
+    /// Takes a resumed session's store queue, whole as of the connect, and
+    /// the position its next entry gets (`next_seq`, 0 if not known): what
+    /// was in flight is sent again (PUBLISH with DUP, or PUBREL), the rest
+    /// waits its turn. No entry below `next_seq` is read from the store
+    /// again: a replica behind the connect may still hold entries earlier
+    /// connections had acknowledged, and read from it later (the edge
+    /// follows another store node, say) they would go out a second time.
+    pub fn resume(&mut self, queue: Vec<proto::QueuedMessage>, next_seq: u64) {
+        self.known_seq = self.known_seq.max(next_seq.checked_sub(1));
         for entry in queue {
             self.known_seq = Some(self.known_seq.map_or(entry.seq, |seq| seq.max(entry.seq)));
             let stage = DeliveryStage::try_from(entry.stage).unwrap_or(DeliveryStage::Queued);
@@ -364,15 +370,6 @@ impl Outgoing {
                 _ => self.stored_waiting.push_back(entry),
             }
         }
-    }
-
-    /// After [`Outgoing::resume`] with the whole store queue as of the
-    /// connect: no entry up to `seq` is to be read from the store again.
-    /// A replica behind the connect may still hold entries that earlier
-    /// connections had acknowledged; read from it later (the edge follows
-    /// another store node, say), they would go out a second time.
-    pub fn queue_read_through(&mut self, seq: u64) {
-        self.known_seq = self.known_seq.max(Some(seq));
     }
 
     /// After [`Outgoing::resume`]: the entries still queued below
@@ -865,7 +862,7 @@ mod tests {
             message: Some(delivery(QoS::ExactlyOnce).message.to_proto()),
             ..queued(seq)
         };
-        outgoing.resume(vec![queued(1), qos2(2), queued(3), queued(4), queued(5)]);
+        outgoing.resume(vec![queued(1), qos2(2), queued(3), queued(4), queued(5)], 0);
         // A store that does not say how far: one window (3 here).
         outgoing.may_have_sent(0, 3);
         let dup: Vec<(u64, bool)> = outgoing
@@ -889,7 +886,7 @@ mod tests {
     #[test]
     fn mqtt_3_3_1_1_every_message_queued_while_the_connection_before_lived_carries_dup() {
         let mut outgoing = Outgoing::new(2, 100, QueueOverflow::DropNewest, 0, u32::MAX);
-        outgoing.resume(vec![queued(1), queued(2), queued(3)]);
+        outgoing.resume(vec![queued(1), queued(2), queued(3)], 0);
         outgoing.store_has_news();
         outgoing.may_have_sent(5, 2);
         let mut dup = Vec::new();
@@ -923,8 +920,7 @@ mod tests {
     #[test]
     fn entries_that_left_the_queue_before_the_connect_are_not_read_again() {
         let mut outgoing = Outgoing::new(8, 100, QueueOverflow::DropNewest, 0, u32::MAX);
-        outgoing.resume(vec![queued(9)]);
-        outgoing.queue_read_through(10);
+        outgoing.resume(vec![queued(9)], 11);
         outgoing.store_has_news();
         assert_eq!(outgoing.store_read_from(), Some(Some(10)));
         outgoing.merge_stored((5..=12).map(queued).collect(), true);
@@ -953,7 +949,7 @@ mod tests {
         };
         let mut queue = vec![resent(1, 3), resent(2, 70)];
         queue.extend((3..3 + BACKLOG).map(queued));
-        outgoing.resume(queue);
+        outgoing.resume(queue, 0);
 
         let (mut resends, mut seqs) = (0, Vec::new());
         loop {

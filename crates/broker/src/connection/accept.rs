@@ -150,10 +150,9 @@ pub(super) async fn accept(
         authorizer,
     );
     if session.persistent || connected.session_present {
-        session.outgoing.resume(connected.queue);
-        if let Some(last) = connected.queue_next_seq.checked_sub(1) {
-            session.outgoing.queue_read_through(last);
-        }
+        session
+            .outgoing
+            .resume(connected.queue, connected.queue_next_seq);
         if connected.may_have_sent {
             session.outgoing.may_have_sent(
                 connected.may_have_sent_below_seq,

@@ -220,8 +220,12 @@ pub(super) struct DetachedWrite {
 impl DetachedWrite {
     /// The write failed: the store may not know what the connection sent.
     pub fn failed(&self) {
-        self.lost.store(true, std::sync::atomic::Ordering::Relaxed);
+        mark_lost(&self.lost);
     }
+}
+
+fn mark_lost(lost: &std::sync::atomic::AtomicBool) {
+    lost.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 impl Default for DetachedRecords {
@@ -246,7 +250,7 @@ impl DetachedRecords {
 
     /// An awaited write of the session's records failed.
     pub fn failed(&self) {
-        self.lost.store(true, std::sync::atomic::Ordering::Relaxed);
+        mark_lost(&self.lost);
     }
 
     /// Waits, at most `limit`, for every write started to finish; whether

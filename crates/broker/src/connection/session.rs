@@ -640,14 +640,17 @@ mod tests {
     /// A QoS 2 message of the store queue sent before a reconnect: resent
     /// with DUP under its packet identifier.
     fn resumed_in_flight(session: &mut Session, out: &mut Outbox, id: u16) {
-        session.outgoing.resume(vec![proto::QueuedMessage {
-            seq: 1,
-            qos: 2,
-            stage: DeliveryStage::Published as i32,
-            packet_id: u32::from(id),
-            message: Some(message("t", QoS::ExactlyOnce).to_proto()),
-            ..proto::QueuedMessage::default()
-        }]);
+        session.outgoing.resume(
+            vec![proto::QueuedMessage {
+                seq: 1,
+                qos: 2,
+                stage: DeliveryStage::Published as i32,
+                packet_id: u32::from(id),
+                message: Some(message("t", QoS::ExactlyOnce).to_proto()),
+                ..proto::QueuedMessage::default()
+            }],
+            0,
+        );
         let batch = session.outgoing.next_stored(0);
         session.write_stored(batch, out, &Stats::default());
     }
@@ -982,14 +985,17 @@ mod tests {
         let limits = Limits::default();
         let (mut session, mut out) = connected(ProtocolVersion::V5, false, &limits);
         session.outgoing = Outgoing::new(4, 10, limits.queue_overflow, 0, 20);
-        session.outgoing.resume(vec![proto::QueuedMessage {
-            seq: 1,
-            qos: 1,
-            stage: DeliveryStage::Published as i32,
-            packet_id: 4,
-            message: Some(message("a/long/topic/name", QoS::AtLeastOnce).to_proto()),
-            ..proto::QueuedMessage::default()
-        }]);
+        session.outgoing.resume(
+            vec![proto::QueuedMessage {
+                seq: 1,
+                qos: 1,
+                stage: DeliveryStage::Published as i32,
+                packet_id: 4,
+                message: Some(message("a/long/topic/name", QoS::AtLeastOnce).to_proto()),
+                ..proto::QueuedMessage::default()
+            }],
+            0,
+        );
         let batch = session.outgoing.next_stored(0);
         session.write_stored(batch, &mut out, &Stats::default());
         assert!(out.take_packets().is_empty());
