@@ -105,8 +105,9 @@ pub struct Outgoing {
     alias_maximum: u16,
     aliases: HashMap<ByteString, NonZeroU16>,
     max_packet_size: u32,
-    /// Receipts of persistent publishers' QoS 2 messages taken already.
-    receipts: RecentReceipts,
+    /// Receipts of persistent publishers' QoS 2 messages taken already;
+    /// made at the first (most sessions never take one).
+    receipts: Option<Box<RecentReceipts>>,
 }
 
 /// The receipts a session has taken lately: the last [`RECEIPTS_KEPT`].
@@ -163,7 +164,7 @@ impl Outgoing {
             alias_maximum,
             aliases: HashMap::new(),
             max_packet_size,
-            receipts: RecentReceipts::default(),
+            receipts: None,
         }
     }
 
@@ -230,7 +231,12 @@ impl Outgoing {
     /// copies never went out: it is dropped (MQTT-4.3.3, exactly once). So
     /// is a will's second publication (its receipt is the will's id).
     pub fn push(&mut self, delivery: Delivery) -> bool {
-        if delivery.receipt != 0 && !self.receipts.first_time(delivery.receipt) {
+        if delivery.receipt != 0
+            && !self
+                .receipts
+                .get_or_insert_with(Box::default)
+                .first_time(delivery.receipt)
+        {
             metrics::counter!("rookery_qos2_retry_copies_dropped_total").increment(1);
             return true;
         }

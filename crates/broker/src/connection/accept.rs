@@ -53,7 +53,7 @@ pub(super) async fn accept(
     mut socket: Socket,
     connect: Box<Connect>,
     admission: Admission,
-) -> Option<Live> {
+) -> Option<Box<Live>> {
     socket.out.set_version(connect.protocol);
     let limits = &hub.config.limits;
     let policy = hub.gatekeeper.current();
@@ -293,7 +293,7 @@ async fn refuse_after_delay(
     policy: &AuthPolicy,
     reason: ReasonCode,
     label: &'static str,
-) -> Option<Live> {
+) -> Option<Box<Live>> {
     metrics::counter!("rookery_auth_failures_total", "reason" => label).increment(1);
     tracing::info!(
         peer = %socket.peer,
@@ -307,7 +307,7 @@ async fn refuse_after_delay(
 }
 
 /// Answers CONNECT with a refusal (MQTT-3.2.2-6: no session).
-async fn refuse(hub: &Hub, mut socket: Socket, reason: ReasonCode) -> Option<Live> {
+async fn refuse(hub: &Hub, mut socket: Socket, reason: ReasonCode) -> Option<Box<Live>> {
     metrics::counter!("rookery_connections_refused_total", "reason" => format!("{reason:?}"))
         .increment(1);
     socket.out.send(&Packet::ConnAck(Box::new(ConnAck {

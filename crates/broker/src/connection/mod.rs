@@ -14,6 +14,7 @@ mod accept;
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod fuzz;
 mod inbound;
+mod lazy;
 mod limits;
 mod negotiate;
 mod outbox;
@@ -36,14 +37,37 @@ use crate::hub::Hub;
 use crate::transport::Accepted;
 
 /// Serves one accepted connection until it ends.
-pub async fn serve(hub: Arc<Hub>, accepted: Accepted, listener_auth: ListenerAuth) {
+///
+/// The returned future is what the connection's task holds for its whole
+/// life, so it holds little: the handshake (CONNECT, authentication, the
+/// store's Connect) runs boxed and is freed once it is done, and an idle
+/// connection then keeps its boxed `Live` and the wait of `Live::serve`.
+pub fn serve(
+    hub: Arc<Hub>,
+    accepted: Accepted,
+    listener_auth: ListenerAuth,
+) -> impl Future<Output = ()> + Send + 'static {
+    let establishing = Box::pin(establish(hub, accepted, listener_auth));
+    async move {
+        if let Some(live) = establishing.await {
+            live.serve().await;
+        }
+    }
+}
+
+/// From the accepted socket to a connected session: CONNECT read and
+/// accepted; `None` when the client was refused or left.
+async fn establish(
+    hub: Arc<Hub>,
+    accepted: Accepted,
+    listener_auth: ListenerAuth,
+) -> Option<Box<run::Live>> {
     let Accepted {
         stream,
         peer,
         listener,
         client_cert_subject,
-        // Held until the connection ends: its place in the connection limits.
-        permit: _permit,
+        permit,
     } = accepted;
     let limits = &hub.config.limits;
     let mut socket = socket::Socket::new(stream, peer, limits);
@@ -57,19 +81,17 @@ pub async fn serve(hub: Arc<Hub>, accepted: Accepted, listener_auth: ListenerAut
     let read = socket.read_connect(connect_timeout, limits.max_packet_size, &hub.stats);
     let connect = match Box::pin(read).await {
         Ok(Some(connect)) => connect,
-        Ok(None) => return,
+        Ok(None) => return None,
         Err(error) => {
             tracing::debug!(%peer, %listener, %error, "connection closed before CONNECT completed");
-            return;
+            return None;
         }
     };
-    let Some(live) = Box::pin(accept::accept(hub.clone(), socket, connect, admission)).await else {
-        return;
-    };
-    let client_id = live.client_id().clone();
-    tracing::debug!(%peer, %listener, client_id = %client_id, "client connected");
-    live.serve().await;
-    tracing::debug!(%peer, client_id = %client_id, "client disconnected");
+    let mut live = Box::pin(accept::accept(hub.clone(), socket, connect, admission)).await?;
+    // Held until the connection ends: its place in the connection limits.
+    live.hold(permit);
+    tracing::debug!(%peer, %listener, client_id = %live.client_id(), "client connected");
+    Some(live)
 }
 
 /// Counts a protocol violation by kind.

@@ -417,7 +417,7 @@ impl Live {
     /// fails all the same, the session ends (as when an awaited write
     /// fails): carrying on would reuse packet identifiers the store still
     /// holds.
-    fn submit_detached(&self, commands: Vec<proto::Command>) {
+    fn submit_detached(&mut self, commands: Vec<proto::Command>) {
         let write = self.hub.store.submit_records(commands);
         let client_id = self.client_id().clone();
         let own = self.own_mailbox.clone();

@@ -3,9 +3,11 @@
 //! write from a connection that no longer owns the session.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use rookery_codec::{Connect, PacketId, QoS};
 use rookery_store::proto::{self, command::Kind};
+use tokio::sync::Notify;
 
 use super::negotiate::Granted;
 use crate::config::Limits;
@@ -203,64 +205,71 @@ impl SessionRecords {
 /// Its Disconnect is written only once they settled, so that it tells the
 /// store whether the queue may hold as queued a message this connection
 /// sent (`Disconnect.records_lost`).
+#[derive(Default)]
 pub(super) struct DetachedRecords {
-    lost: Arc<std::sync::atomic::AtomicBool>,
-    /// Cloned into each outstanding write; the receiver hears `None` once
-    /// every clone and this one are gone.
-    outstanding: Option<tokio::sync::mpsc::Sender<()>>,
-    settled: tokio::sync::mpsc::Receiver<()>,
+    /// An awaited write failed.
+    awaited_failed: bool,
+    /// Shared with the outstanding writes; made at the first, since most
+    /// connections (every idle one) never start one.
+    shared: Option<Arc<Outstanding>>,
+}
+
+/// What the outstanding writes of one connection share.
+#[derive(Default)]
+struct Outstanding {
+    lost: AtomicBool,
+    count: AtomicUsize,
+    /// Told when `count` falls to 0.
+    settled: Notify,
 }
 
 /// Held by one outstanding write of [`DetachedRecords`].
 pub(super) struct DetachedWrite {
-    lost: Arc<std::sync::atomic::AtomicBool>,
-    _outstanding: Option<tokio::sync::mpsc::Sender<()>>,
+    shared: Arc<Outstanding>,
 }
 
 impl DetachedWrite {
     /// The write failed: the store may not know what the connection sent.
     pub fn failed(&self) {
-        mark_lost(&self.lost);
+        self.shared.lost.store(true, Ordering::Relaxed);
     }
 }
 
-fn mark_lost(lost: &std::sync::atomic::AtomicBool) {
-    lost.store(true, std::sync::atomic::Ordering::Relaxed);
-}
-
-impl Default for DetachedRecords {
-    fn default() -> Self {
-        let (outstanding, settled) = tokio::sync::mpsc::channel(1);
-        DetachedRecords {
-            lost: Arc::default(),
-            outstanding: Some(outstanding),
-            settled,
+impl Drop for DetachedWrite {
+    fn drop(&mut self) {
+        if self.shared.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Kept as a permit if nothing waits yet.
+            self.shared.settled.notify_one();
         }
     }
 }
 
 impl DetachedRecords {
     /// A write starts.
-    pub fn start(&self) -> DetachedWrite {
-        DetachedWrite {
-            lost: self.lost.clone(),
-            _outstanding: self.outstanding.clone(),
-        }
+    pub fn start(&mut self) -> DetachedWrite {
+        let shared = self.shared.get_or_insert_with(Arc::default).clone();
+        shared.count.fetch_add(1, Ordering::AcqRel);
+        DetachedWrite { shared }
     }
 
     /// An awaited write of the session's records failed.
-    pub fn failed(&self) {
-        mark_lost(&self.lost);
+    pub fn failed(&mut self) {
+        self.awaited_failed = true;
     }
 
     /// Waits, at most `limit`, for every write started to finish; whether
     /// one failed (or is still outstanding, which may yet fail).
     pub async fn lost_when_settled(&mut self, limit: std::time::Duration) -> bool {
-        self.outstanding = None;
-        let settled = tokio::time::timeout(limit, self.settled.recv())
-            .await
-            .is_ok();
-        !settled || self.lost.load(std::sync::atomic::Ordering::Relaxed)
+        let Some(shared) = &self.shared else {
+            return self.awaited_failed;
+        };
+        let all_settled = async {
+            while shared.count.load(Ordering::Acquire) > 0 {
+                shared.settled.notified().await;
+            }
+        };
+        let settled = tokio::time::timeout(limit, all_settled).await.is_ok();
+        !settled || self.awaited_failed || shared.lost.load(Ordering::Relaxed)
     }
 }
 

@@ -15,6 +15,7 @@ use futures::{FutureExt, StreamExt};
 use rookery_codec::ReasonCode;
 use tokio::time::Instant;
 
+use super::lazy::Lazy;
 use super::limits::PublishRate;
 use super::perform::Completed;
 use super::retain_publish::{Behind, StoreHold};
@@ -24,6 +25,7 @@ use super::socket::Socket;
 use super::{decode_error_label, disconnect_reason, protocol_error};
 use crate::hub::{ArrivalTicket, ClientId, Hub, Mailbox, MailboxReceiver, ToConnection};
 use crate::stats::{ClientGauge, OutgoingReport};
+use crate::transport::ConnectionPermit;
 
 /// Between two attempts to record how a connection ended.
 const DISCONNECT_RECORD_RETRY: Duration = Duration::from_millis(500);
@@ -44,7 +46,7 @@ pub(super) struct Live {
     /// This connection's own way in, to end it from a detached store write.
     pub(super) own_mailbox: Mailbox,
     /// Publishes waiting on the store, answered in order.
-    pub(super) pending: FuturesOrdered<Completion>,
+    pub(super) pending: Lazy<FuturesOrdered<Completion>>,
     /// Whether the last publish forwarded only after its store write (a
     /// persistent session's QoS 2) went out, or never will: the next such
     /// publish waits for it before it forwards (MQTT-4.6.0-6).
@@ -61,9 +63,11 @@ pub(super) struct Live {
     pub(super) paused_on: Vec<Mailbox>,
     paused_until: Option<Instant>,
     /// `messages_rate` and `bytes_rate`, when either is set.
-    rate: Option<PublishRate>,
+    /// Boxed: most brokers set no rate, and every connection pays for
+    /// this field's size.
+    rate: Option<Box<PublishRate>>,
     /// Store writes of QoS 0 retained publishes, not waited for.
-    pub(super) behind: FuturesUnordered<Behind>,
+    pub(super) behind: Lazy<FuturesUnordered<Behind>>,
     /// Backpressure: the store's writes held this client at the last turn
     /// (see `store_hold`).
     pub(super) store_held: bool,
@@ -78,6 +82,9 @@ pub(super) struct Live {
     client_gauge: Option<ClientGauge>,
     /// What this connection last added to the in-flight and queued gauges.
     outgoing_report: OutgoingReport,
+    /// The connection's place in the connection limits, given back when
+    /// `Live` is dropped.
+    permit: Option<ConnectionPermit>,
 }
 
 /// What woke the loop.
@@ -106,7 +113,10 @@ enum Input {
 }
 
 impl Live {
-    /// A session accepted on `socket`, fed by `mailbox`.
+    /// A session accepted on `socket`, fed by `mailbox`. Boxed: an idle
+    /// connection's task holds this and little else, and a `Live` taken by
+    /// value into an async fn would be kept twice in its future (the
+    /// argument and the moved local).
     pub fn new(
         hub: Arc<Hub>,
         socket: Socket,
@@ -114,27 +124,28 @@ impl Live {
         mailbox: MailboxReceiver,
         own_mailbox: Mailbox,
         client_gauge: ClientGauge,
-    ) -> Self {
-        Live {
+    ) -> Box<Self> {
+        Box::new(Live {
             client_gauge: Some(client_gauge),
             outgoing_report: OutgoingReport::default(),
             socket,
             session,
             mailbox,
             own_mailbox,
-            pending: FuturesOrdered::new(),
+            pending: Lazy::default(),
             forwarded_last: None,
             write_chain: rookery_cluster::WriteChain::new(),
             detached_records: Default::default(),
             paused_on: Vec::new(),
             paused_until: None,
             arriving: None,
-            behind: FuturesUnordered::new(),
+            behind: Lazy::default(),
             store_held: false,
             retained: RetainedFeed::default(),
-            rate: PublishRate::new(&hub.config.limits),
+            rate: PublishRate::new(&hub.config.limits).map(Box::new),
+            permit: None,
             hub,
-        }
+        })
     }
 
     /// The session's client id.
@@ -151,7 +162,7 @@ impl Live {
     }
 
     /// Runs the session to its end, records the end and closes the socket.
-    pub async fn serve(mut self) {
+    pub async fn serve(mut self: Box<Self>) {
         let end = self.run().await;
         let _ = self.socket.flush(&self.hub.stats).await;
         let client_closed = matches!(end, End::ClientDisconnected { .. } | End::ConnectionLost);
@@ -165,6 +176,12 @@ impl Live {
         } else {
             Box::pin(self.socket.linger()).await;
         }
+        tracing::debug!(peer = %self.socket.peer, client_id = %self.client_id(), "client disconnected");
+    }
+
+    /// Keeps the connection's place in the connection limits until it ends.
+    pub fn hold(&mut self, permit: ConnectionPermit) {
+        self.permit = Some(permit);
     }
 
     // Over 80 lines: one select over every input and the bookkeeping that
@@ -294,7 +311,7 @@ impl Live {
     /// silence says nothing about keep alive: the end of the pause or hold
     /// is what is due then, not `deadline`.
     fn due(&mut self, paused: bool, deadline: Instant) -> (Instant, Option<Instant>) {
-        let held_until = self.rate.as_mut().and_then(PublishRate::held_until);
+        let held_until = self.rate.as_deref_mut().and_then(PublishRate::held_until);
         let due = match self.paused_until {
             Some(resume_at) if paused => resume_at,
             _ => deadline,
@@ -469,7 +486,12 @@ impl Live {
 
     async fn decode_and_handle(&mut self) -> Result<(), End> {
         loop {
-            if self.is_paused() || self.rate.as_mut().is_some_and(PublishRate::messages_held) {
+            if self.is_paused()
+                || self
+                    .rate
+                    .as_deref_mut()
+                    .is_some_and(PublishRate::messages_held)
+            {
                 // Paused, or over the message rate: the rest stays in the
                 // buffer.
                 break;
