@@ -21,9 +21,10 @@ use super::session::Session;
 use super::socket::Socket;
 use crate::auth::{Authorizer, ListenerAuth, OfferedCredentials, denial_label, denial_reason};
 use crate::hub::{ClientId, Hub, Mailbox, SessionEntry, sub_entry_from_proto};
+use crate::transport::ConnectionPermit;
 
 /// What the listener knows of a connection before its CONNECT.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) struct Admission {
     /// How the listener authenticates.
     pub listener: ListenerAuth,
@@ -34,6 +35,9 @@ pub(super) struct Admission {
     /// The listener's name (`rookery_clients_connected{listener}`), kept
     /// in the store for operators.
     pub listener_name: Arc<str>,
+    /// The connection's place in the connection limits: held by the
+    /// refusal or, once connected, by `Live` until the connection ends.
+    pub permit: ConnectionPermit,
 }
 
 /// How authentication ended.
@@ -170,6 +174,7 @@ pub(super) async fn accept(
         receiver,
         mailbox,
         client_gauge,
+        admission.permit,
     ))
 }
 

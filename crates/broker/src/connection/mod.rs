@@ -77,6 +77,7 @@ async fn establish(
         certificate: client_cert_subject,
         deadline: tokio::time::Instant::now() + connect_timeout,
         listener_name: listener.clone(),
+        permit,
     };
     let read = socket.read_connect(connect_timeout, limits.max_packet_size, &hub.stats);
     let connect = match Box::pin(read).await {
@@ -87,9 +88,7 @@ async fn establish(
             return None;
         }
     };
-    let mut live = Box::pin(accept::accept(hub.clone(), socket, connect, admission)).await?;
-    // Held until the connection ends: its place in the connection limits.
-    live.hold(permit);
+    let live = Box::pin(accept::accept(hub.clone(), socket, connect, admission)).await?;
     tracing::debug!(%peer, %listener, client_id = %live.client_id(), "client connected");
     Some(live)
 }

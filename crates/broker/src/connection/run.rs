@@ -84,7 +84,7 @@ pub(super) struct Live {
     outgoing_report: OutgoingReport,
     /// The connection's place in the connection limits, given back when
     /// `Live` is dropped.
-    permit: Option<ConnectionPermit>,
+    _permit: ConnectionPermit,
 }
 
 /// What woke the loop.
@@ -124,6 +124,7 @@ impl Live {
         mailbox: MailboxReceiver,
         own_mailbox: Mailbox,
         client_gauge: ClientGauge,
+        permit: ConnectionPermit,
     ) -> Box<Self> {
         Box::new(Live {
             client_gauge: Some(client_gauge),
@@ -143,7 +144,7 @@ impl Live {
             store_held: false,
             retained: RetainedFeed::default(),
             rate: PublishRate::new(&hub.config.limits).map(Box::new),
-            permit: None,
+            _permit: permit,
             hub,
         })
     }
@@ -177,11 +178,6 @@ impl Live {
             Box::pin(self.socket.linger()).await;
         }
         tracing::debug!(peer = %self.socket.peer, client_id = %self.client_id(), "client disconnected");
-    }
-
-    /// Keeps the connection's place in the connection limits until it ends.
-    pub fn hold(&mut self, permit: ConnectionPermit) {
-        self.permit = Some(permit);
     }
 
     // Over 80 lines: one select over every input and the bookkeeping that
