@@ -72,10 +72,14 @@ impl TestNode {
         }
     }
 
-    /// Drops the node without any shutdown, as `kill -9` would.
+    /// Drops the node without any shutdown, as `kill -9` would: its tasks are
+    /// dropped where they stand. The wait is for the dropping to finish, so
+    /// that no RocksDB handle is still closing on a runtime thread when the
+    /// test process exits (RocksDB aborts with "pthread lock: Invalid
+    /// argument" if a database closes during its static destructors).
     fn kill(&mut self) {
         if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
+            runtime.shutdown_timeout(WAIT);
         }
         drop(self.node.take());
     }
