@@ -150,6 +150,8 @@ pub(crate) async fn publish_due(hub: Arc<Hub>, due: proto::WillDue) {
         metrics::counter!("rookery_wills_published_again_total").increment(1);
         tracing::info!(
             client_id = due.client_id,
+            will_id = due.will_id,
+            epoch = due.epoch,
             "a will was handed to this edge that had been published already"
         );
     }

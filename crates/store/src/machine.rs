@@ -581,14 +581,23 @@ impl Machine<'_, '_> {
     /// An id no other will gets, nor any command (the top bit is set): one
     /// command may fire many wills (a Tick, for every client of a dead
     /// edge), and edges deliver each will's copies under its id as receipt.
+    ///
+    /// The counter is state like any other, so it lives in a family that
+    /// snapshots carry (`counters`). It was once kept in `sm_meta`, which
+    /// they do not: a replica that installed a snapshot started again at 0,
+    /// gave the next will another id than the other replicas did, and its
+    /// edge's hand-out then matched no will on the leader, so the will was
+    /// never published. A store from then is read at its old place once.
     fn next_will_id(&mut self) -> Result<u64, StoreError> {
-        let next = self
-            .txn
-            .get(cf::SM_META, NEXT_WILL_ID)?
+        let stored = match self.txn.get(cf::COUNTERS, NEXT_WILL_ID)? {
+            Some(bytes) => Some(bytes),
+            None => self.txn.get(cf::SM_META, NEXT_WILL_ID)?,
+        };
+        let next = stored
             .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
             .map_or(0, u64::from_be_bytes);
         self.txn.put(
-            cf::SM_META,
+            cf::COUNTERS,
             NEXT_WILL_ID.to_vec(),
             (next + 1).to_be_bytes().to_vec(),
         );

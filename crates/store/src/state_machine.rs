@@ -291,7 +291,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 /// record, then the end tag. The applied log id and membership come from the
 /// same point in time.
 #[allow(clippy::type_complexity)]
-fn build(db: &Db) -> Result<(Option<LogId<NodeId>>, Membership, Vec<u8>), StoreError> {
+pub(crate) fn build(
+    db: &Db,
+) -> Result<(Option<LogId<NodeId>>, Membership, Vec<u8>), StoreError> {
     let snapshot = db.raw().snapshot();
     let read_meta = |key: &[u8]| -> Result<Option<Vec<u8>>, StoreError> {
         Ok(snapshot.get_cf(db.cf(cf::SM_META)?, key)?)
@@ -372,7 +374,7 @@ fn take_chunk(data: &[u8]) -> Result<(&[u8], &[u8]), StoreError> {
 }
 
 /// Replaces the whole state with a snapshot's, in one synced write.
-fn install(db: &Db, meta: &Meta, data: &[u8]) -> Result<(), StoreError> {
+pub(crate) fn install(db: &Db, meta: &Meta, data: &[u8]) -> Result<(), StoreError> {
     let records = parse(data)?;
     let mut batch = WriteBatch::default();
     for family in cf::STATE {
