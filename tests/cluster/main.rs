@@ -26,6 +26,7 @@ mod proxy;
 mod traffic;
 
 mod auth;
+mod backpressure;
 mod caps;
 mod chaos;
 mod ctl;

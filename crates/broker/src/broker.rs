@@ -442,9 +442,9 @@ impl rookery_cluster::DeliverySink for ForwardSink {
         &self,
         messages: Vec<proto::Message>,
         deliveries: Vec<rookery_cluster::proto::Delivery>,
-    ) {
+    ) -> Option<rookery_cluster::Room> {
         let deliveries = crate::forwarded::admit(&messages, deliveries, &self.0.config.limits);
-        self.0.deliver_forwarded(messages, deliveries);
+        self.0.deliver_forwarded(messages, deliveries)
     }
 
     fn inspect(&self, client_id: &str) -> rookery_cluster::proto::InspectResponse {
@@ -593,7 +593,12 @@ pub(crate) async fn publish_internal(hub: &Hub, message: Arc<Message>, store_ret
     }
     // `$SYS` is this node's own: its subscribers on other edges read theirs.
     if !message.topic.starts_with("$SYS/") {
-        hub.forward(&message, std::mem::take(&mut routes.remote), false);
+        hub.forward(
+            &message,
+            std::mem::take(&mut routes.remote),
+            false,
+            &mut Vec::new(),
+        );
     }
     let commands = hub.store_commands(
         &message,

@@ -9,17 +9,19 @@
 //! it (a persistent session's QoS 1/2 copy is in the store, not here).
 //!
 //! What one edge's link holds, queued or sent and not yet acknowledged, is
-//! bounded in bytes ([`ForwardSettings::queue_bytes`]). A publish that would
-//! go over is not queued: a QoS 1/2 publisher waiting for it is told it was
-//! not delivered (it is not acknowledged, and sends it again), anything else
-//! (QoS 0) is dropped; both are counted in
-//! `rookery_forward_queue_full_total{outcome}`.
+//! bounded in bytes ([`ForwardSettings::queue_bytes`]). Its publishers are
+//! paused before it is full ([`Congested`]), and the receiving edge reads
+//! no further batch while the sessions it delivered to are full, so a slow
+//! subscriber on another edge holds its publishers back as one on their own
+//! edge does. A publish that would still go over is not queued: a QoS 1/2
+//! publisher waiting for it is told it was not delivered (it is not
+//! acknowledged, and sends it again), anything else (QoS 0) is dropped; both
+//! are counted in `rookery_forward_queue_full_total{outcome}`.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::Stream;
@@ -31,6 +33,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::link_budget::{Congested, LinkBudget, Reserved};
 use crate::proto::forward_client::ForwardClient;
 use crate::proto::forward_server::{self, ForwardServer};
 use crate::proto::{DeliverAck, DeliverBatch, Delivery, InspectRequest, InspectResponse};
@@ -75,10 +78,15 @@ pub enum LinkFailed {
     Closed,
 }
 
+/// Resolves once the sessions a batch went to have room again (or waited
+/// as long as they may): the stream reads its next batch then.
+pub type Room = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// Where forwarded deliveries go on the receiving edge.
 pub trait DeliverySink: Send + Sync + 'static {
-    /// Hands one batch to the sessions it names.
-    fn deliver(&self, messages: Vec<Message>, deliveries: Vec<Delivery>);
+    /// Hands one batch to the sessions it names; with [`Room`] when some of
+    /// them are full, so that the sender's publishers are held back.
+    fn deliver(&self, messages: Vec<Message>, deliveries: Vec<Delivery>) -> Option<Room>;
 
     /// What the edge knows of a client's connection (`Forward.Inspect`);
     /// by default nothing (not online here).
@@ -160,9 +168,15 @@ impl<S: DeliverySink> forward_server::Forward for ForwardService<S> {
                         let seq = batch.seq;
                         metrics::counter!("rookery_forward_received_total")
                             .increment(batch.deliveries.len() as u64);
-                        sink.deliver(batch.messages, batch.deliveries);
+                        let room = sink.deliver(batch.messages, batch.deliveries);
+                        // Acknowledged at once (its QoS 1/2 publishers are
+                        // answered), but the next batch waits for the room:
+                        // the sender's link fills and pauses its publishers.
                         if acks.send(Ok(DeliverAck { seq })).await.is_err() {
                             return;
+                        }
+                        if let Some(room) = room {
+                            room.await;
                         }
                     }
                     Ok(None) => return,
@@ -264,37 +278,7 @@ pub struct Forwarder {
 #[derive(Debug, Clone)]
 struct Link {
     queue: mpsc::UnboundedSender<Queued>,
-    bytes: Arc<AtomicUsize>,
-}
-
-impl Link {
-    /// Takes `size` bytes of the budget, if they fit under `cap` (or the
-    /// link holds nothing).
-    fn reserve(&self, size: usize, cap: usize) -> Option<Reserved> {
-        self.bytes
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                (held == 0 || held.saturating_add(size) <= cap).then(|| held.saturating_add(size))
-            })
-            .ok()
-            .map(|_| Reserved {
-                bytes: self.bytes.clone(),
-                size,
-            })
-    }
-}
-
-/// A share of a link's byte budget, given back when dropped: when the edge
-/// acknowledged its batch, or it was dropped.
-#[derive(Debug)]
-struct Reserved {
-    bytes: Arc<AtomicUsize>,
-    size: usize,
-}
-
-impl Drop for Reserved {
-    fn drop(&mut self) {
-        self.bytes.fetch_sub(self.size, Ordering::AcqRel);
-    }
+    budget: LinkBudget,
 }
 
 /// A publish in a link, with its share of the budget.
@@ -316,8 +300,9 @@ impl Forwarder {
     }
 
     /// Queues a publish for the edge at `address`; refused (or, without a
-    /// publisher waiting, dropped) when that edge's link is full.
-    pub fn send(&self, address: &str, outbound: Outbound) {
+    /// publisher waiting, dropped) when that edge's link is full. The link
+    /// is returned when its publishers should pause.
+    pub fn send(&self, address: &str, outbound: Outbound) -> Option<Congested> {
         let mut links = self.links.lock();
         let link = match links.get(address) {
             Some(link) if !link.queue.is_closed() => link.clone(),
@@ -328,9 +313,9 @@ impl Forwarder {
             }
         };
         drop(links);
-        let Some(reserved) = link.reserve(outbound.size(), self.settings.queue_bytes) else {
+        let Some(reserved) = link.budget.reserve(outbound.size()) else {
             over_cap(address, outbound, self.settings.queue_bytes);
-            return;
+            return link.budget.congested();
         };
         if let Err(mpsc::error::SendError(queued)) = link.queue.send(Queued { outbound, reserved })
         {
@@ -338,22 +323,23 @@ impl Forwarder {
             metrics::counter!("rookery_forward_dropped_total")
                 .increment(queued.outbound.deliveries.len() as u64);
             queued.outbound.fail();
+            return None;
         }
+        link.budget.congested()
     }
 
     /// Starts the task of a new link to `address`.
     fn open(&self, address: &str) -> Link {
         let (queue, receiver) = mpsc::unbounded_channel();
+        let budget = LinkBudget::new(self.settings.queue_bytes);
         tokio::spawn(run_link(
             address.to_owned(),
             self.settings.clone(),
             receiver,
             self.links.clone(),
+            budget.clone(),
         ));
-        Link {
-            queue,
-            bytes: Arc::default(),
-        }
+        Link { queue, budget }
     }
 }
 
@@ -390,6 +376,7 @@ async fn run_link(
     settings: Arc<ForwardSettings>,
     mut queue: mpsc::UnboundedReceiver<Queued>,
     links: Links,
+    budget: LinkBudget,
 ) {
     let why = match stream_to(&address, &settings, &mut queue).await {
         Ok(()) => "no more publishes".to_owned(),
@@ -399,6 +386,7 @@ async fn run_link(
     // closed, which happens here, after the entry is gone.
     links.lock().remove(&address);
     queue.close();
+    budget.close();
     let mut dropped = 0u64;
     while let Ok(queued) = queue.try_recv() {
         dropped += queued.outbound.deliveries.len() as u64;
@@ -553,12 +541,13 @@ mod tests {
     struct Collect(Mutex<Vec<(String, bytes::Bytes)>>);
 
     impl DeliverySink for Collect {
-        fn deliver(&self, messages: Vec<Message>, deliveries: Vec<Delivery>) {
+        fn deliver(&self, messages: Vec<Message>, deliveries: Vec<Delivery>) -> Option<Room> {
             let mut seen = self.0.lock();
             for delivery in deliveries {
                 let payload = messages[delivery.message as usize].payload.clone();
                 seen.push((delivery.client_id, payload));
             }
+            None
         }
     }
 
@@ -674,26 +663,6 @@ mod tests {
             done: done.then_some(sender),
         };
         (outbound, done.then_some(confirmed))
-    }
-
-    #[test]
-    fn a_link_budget_admits_up_to_its_cap_and_anything_when_empty() {
-        let (queue, _receiver) = mpsc::unbounded_channel();
-        let link = Link {
-            queue,
-            bytes: Arc::default(),
-        };
-        let huge = link
-            .reserve(1_000_000, 100)
-            .expect("an empty link takes anything");
-        assert!(link.reserve(1, 100).is_none(), "over the cap");
-        drop(huge);
-        let first = link.reserve(60, 100).expect("fits");
-        assert!(link.reserve(50, 100).is_none(), "60 + 50 > 100");
-        let second = link.reserve(40, 100).expect("60 + 40 = 100");
-        assert_eq!(link.bytes.load(Ordering::Acquire), 100);
-        drop((first, second));
-        assert_eq!(link.bytes.load(Ordering::Acquire), 0, "given back");
     }
 
     /// An edge that accepts the connection and never acknowledges: what is

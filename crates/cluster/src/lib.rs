@@ -19,12 +19,14 @@
 
 pub mod access;
 pub mod forward;
+mod link_budget;
 pub mod membership;
 pub mod moved;
 pub mod writes;
 
 pub use access::{Access, BadStoreAddress, Peers};
-pub use forward::{DeliverySink, ForwardSettings, Forwarder, LinkFailed, Outbound};
+pub use forward::{DeliverySink, ForwardSettings, Forwarder, LinkFailed, Outbound, Room};
+pub use link_budget::Congested;
 pub use membership::{Discovery, JoinFailed, Joined, MembershipError, form_or_join};
 pub use moved::{OwnAddress, keep_address_current};
 pub use writes::{

@@ -291,9 +291,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 /// record, then the end tag. The applied log id and membership come from the
 /// same point in time.
 #[allow(clippy::type_complexity)]
-pub(crate) fn build(
-    db: &Db,
-) -> Result<(Option<LogId<NodeId>>, Membership, Vec<u8>), StoreError> {
+pub(crate) fn build(db: &Db) -> Result<(Option<LogId<NodeId>>, Membership, Vec<u8>), StoreError> {
     let snapshot = db.raw().snapshot();
     let read_meta = |key: &[u8]| -> Result<Option<Vec<u8>>, StoreError> {
         Ok(snapshot.get_cf(db.cf(cf::SM_META)?, key)?)

@@ -105,7 +105,12 @@ impl Live {
         // acknowledgement waits until each of those edges has it.
         let needs_store = plan.needs_store(retain);
         let forward_now = std::mem::take(&mut plan.forward_now);
-        let confirmations = hub.forward(&message, forward_now, qos != QoS::AtMostOnce);
+        let confirmations = hub.forward(
+            &message,
+            forward_now,
+            qos != QoS::AtMostOnce,
+            &mut self.paused_on_links,
+        );
         if retain {
             hub.retain_locally(&message);
         }
@@ -551,7 +556,9 @@ impl Commit {
                     delivery.receipt = receipt;
                 }
             }
-            later = hub.forward(&message, forward_after_store, true);
+            // Not paused for: the publisher's acknowledgement waits for
+            // these edges anyway.
+            later = hub.forward(&message, forward_after_store, true, &mut Vec::new());
         }
         // Handed to the forwarding links (which keep their order) before the
         // next one is let go.

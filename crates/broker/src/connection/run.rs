@@ -61,6 +61,8 @@ pub(super) struct Live {
     /// Backpressure: sessions this client's publishes filled; nothing more
     /// is read from it until they drain or `paused_until` passes.
     pub(super) paused_on: Vec<Mailbox>,
+    /// The same for links to other edges its publishes filled.
+    pub(super) paused_on_links: Vec<rookery_cluster::Congested>,
     paused_until: Option<Instant>,
     /// `messages_rate` and `bytes_rate`, when either is set.
     /// Boxed: most brokers set no rate, and every connection pays for
@@ -138,6 +140,7 @@ impl Live {
             write_chain: rookery_cluster::WriteChain::new(),
             detached_records: Default::default(),
             paused_on: Vec::new(),
+            paused_on_links: Vec::new(),
             paused_until: None,
             arriving: None,
             behind: Lazy::default(),
@@ -251,7 +254,7 @@ impl Live {
                 } else {
                     Input::KeepAliveExpired
                 },
-                () = room_in(&self.paused_on), if paused => Input::Resumed { drained: true },
+                () = room_in(&self.paused_on, &self.paused_on_links), if paused => Input::Resumed { drained: true },
                 () = std::future::ready(()), if refill => Input::Refill,
                 Some(()) = self.behind.next(), if !self.behind.is_empty() => Input::StoreRoom,
                 () = self.hub.store.budget().room(), if budget_spent => Input::StoreRoom,
@@ -410,6 +413,16 @@ impl Live {
                 tracing::debug!(%client_id, mailbox_len, taken, stored, "a session did not drain within the publisher pause");
             }
         }
+        for link in self.paused_on_links.drain(..) {
+            if !drained && link.is_full() {
+                // The other edge is not taking what is sent: beyond the
+                // link's cap publishes are refused or dropped (counted in
+                // rookery_forward_queue_full_total) instead of holding
+                // publishers back.
+                link.stall();
+                tracing::debug!(%client_id, "a link to another edge did not drain within the publisher pause");
+            }
+        }
         self.paused_until = None;
     }
 
@@ -535,7 +548,7 @@ impl Live {
         let own = self.session.connection_id;
         self.paused_on
             .retain(|mailbox| mailbox.connection_id != own);
-        !self.paused_on.is_empty()
+        !self.paused_on.is_empty() || !self.paused_on_links.is_empty()
     }
 
     /// Answers every publish waiting on the store or on other edges (each
@@ -673,9 +686,10 @@ fn disconnect_recorded(
     }
 }
 
-/// Waits until none of `mailboxes` is full.
-async fn room_in(mailboxes: &[Mailbox]) {
-    for mailbox in mailboxes {
-        mailbox.room().await;
+/// Waits until none of `mailboxes` and `links` is full.
+async fn room_in(mailboxes: &[Mailbox], links: &[rookery_cluster::Congested]) {
+    crate::hub::room_in(mailboxes).await;
+    for link in links {
+        link.room().await;
     }
 }

@@ -351,6 +351,13 @@ impl Drop for PendingEnqueue {
     }
 }
 
+/// Waits until none of `mailboxes` is full.
+pub async fn room_in(mailboxes: &[Mailbox]) {
+    for mailbox in mailboxes {
+        mailbox.room().await;
+    }
+}
+
 /// Adds `mailbox` to `full` (once) if its publishers should pause.
 pub(super) fn add_if_full(full: &mut Vec<Mailbox>, mailbox: &Mailbox) {
     if mailbox.is_full()

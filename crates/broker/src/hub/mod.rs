@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use arrivals::ArrivalTicket;
-pub use mailbox::{Mailbox, MailboxReceiver, PendingEnqueue, ToConnection};
+pub use mailbox::{Mailbox, MailboxReceiver, PendingEnqueue, ToConnection, room_in};
 pub use registry::{SessionEntry, SubEntry, Superseded, sub_entry_from_proto, sub_entry_to_proto};
 pub use routing::Routes;
 

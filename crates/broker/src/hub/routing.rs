@@ -314,11 +314,13 @@ impl Hub {
 
     /// Hands a publish to the other edges holding its sessions. With
     /// `confirm`, one receiver per edge tells when that edge has them.
+    /// Links whose publishers should pause are added to `congested`.
     pub fn forward(
         &self,
         message: &Message,
         remote: Vec<(Arc<str>, Vec<rookery_cluster::proto::Delivery>)>,
         confirm: bool,
+        congested: &mut Vec<rookery_cluster::Congested>,
     ) -> Vec<tokio::sync::oneshot::Receiver<bool>> {
         let mut confirmations = Vec::new();
         if remote.is_empty() {
@@ -337,7 +339,7 @@ impl Hub {
                 confirmations.push(confirmed);
                 done
             });
-            self.forwarder.send(
+            let link = self.forwarder.send(
                 &address,
                 rookery_cluster::Outbound {
                     message: stored.clone(),
@@ -345,16 +347,26 @@ impl Hub {
                     done,
                 },
             );
+            // Backpressure off: nobody pauses (the cap still holds).
+            if let Some(link) = link.filter(|_| self.config.limits.publisher_pause_ms > 0)
+                && !congested.iter().any(|known| known.same_link(&link))
+            {
+                congested.push(link);
+            }
         }
         confirmations
     }
 
-    /// Delivers what another edge forwarded to sessions online here.
+    /// Delivers what another edge forwarded to sessions online here; with
+    /// the wait for those that are now full, which the forwarding stream
+    /// does before it reads on (the sending edge's publishers are paused
+    /// as its link fills). A session that does not drain within
+    /// `publisher_pause_ms` is stalled, as for a publisher here.
     pub fn deliver_forwarded(
         &self,
         messages: Vec<proto::Message>,
         deliveries: Vec<rookery_cluster::proto::Delivery>,
-    ) {
+    ) -> Option<rookery_cluster::Room> {
         let messages: Vec<Option<Arc<Message>>> = messages
             .iter()
             .map(|message| Message::from_proto(message).map(Arc::new))
@@ -394,9 +406,23 @@ impl Hub {
                 ));
             }
         }
-        // No connection to pause here: the sending edge's publisher is
-        // held by its stream instead.
-        self.deliver_local(local, &mut Vec::new());
+        let mut full = Vec::new();
+        self.deliver_local(local, &mut full);
+        if full.is_empty() {
+            return None;
+        }
+        let pause = std::time::Duration::from_millis(self.config.limits.publisher_pause_ms);
+        Some(Box::pin(async move {
+            if tokio::time::timeout(pause, super::room_in(&full))
+                .await
+                .is_err()
+            {
+                for mailbox in full.iter().filter(|mailbox| mailbox.is_full()) {
+                    mailbox.stall();
+                    metrics::counter!("rookery_sessions_stalled_total").increment(1);
+                }
+            }
+        }))
     }
 
     /// Hands the shared-subscription messages a departed session had not
@@ -414,7 +440,7 @@ impl Hub {
             }
             metrics::counter!("rookery_shared_redistributed_total").increment(1);
             self.deliver_local(routes.local, &mut Vec::new());
-            self.forward(&delivery.message, routes.remote, false);
+            self.forward(&delivery.message, routes.remote, false, &mut Vec::new());
             if !routes.durable.is_empty() {
                 let commands = self.store_commands(&delivery.message, false, routes.durable, None);
                 let written = self.store.submit(commands);
