@@ -15,8 +15,11 @@ Peers: Mosquitto from Debian (`apt-get install mosquitto`) and rumqttd
 (`cargo install rumqttd`); a peer that is not installed is left out and the
 table says so. `rookery-cluster` is three Rookery nodes (each store voter
 and edge) on 127.0.0.1-3 with every client on node 1: its durable row is
-the cost of a 3-voter Raft commit. Every broker and every run is bounded in
-time.
+the cost of a 3-voter Raft commit. `rookery-cross-edge` is the same cluster
+with the publishers on node 2 and the subscribers on node 3, so that every
+message is forwarded between edges, as most are behind a load balancer. A
+cluster's CPU figures are the sum over its three processes. Every broker and
+every run is bounded in time.
 """
 
 import argparse
@@ -73,6 +76,7 @@ SCENARIOS = [
 ]
 
 PEERS = ["mosquitto", "rumqttd"]
+CLUSTERS = ("rookery-cluster", "rookery-cross-edge")
 
 # The generator shares the machine's cores with the broker: with one worker
 # thread per core it took CPU and caused context switches that a
@@ -112,11 +116,14 @@ class Broker:
     def __init__(self, name, workdir):
         self.name = name
         self.dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
+        self.host = "127.0.0.1"
         self.port = free_port()
+        # Where subscribers connect, when not where publishers do.
+        self.sub_address = None
         self.log = open(self.dir / "log", "wb")
-        # The other nodes of a cluster; `process` is the one clients use.
+        # The other nodes of a cluster; `process` is the one publishers use.
         self.others = []
-        if name == "rookery-cluster":
+        if name in CLUSTERS:
             self.start_cluster()
             return
         self.process = subprocess.Popen(
@@ -143,10 +150,28 @@ class Broker:
                 [str(TARGET / "release" / "rookery"), "serve", "--config", str(conf)],
                 cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT,
                 preexec_fn=raise_open_files), host, port))
-        self.process = processes[0][0]
-        self.others = [process for process, _, _ in processes[1:]]
         for process, host, port in processes:
             wait_for_port(port, process, seconds=60, host=host)
+        publishers = 1 if self.name == "rookery-cluster" else 2
+        self.process, self.host, self.port = processes[publishers - 1]
+        self.others = [p for p, _, _ in processes if p is not self.process]
+        if self.name == "rookery-cross-edge":
+            _, host, port = processes[2]
+            self.sub_address = (host, port)
+        # The clients' nodes are up; the store's leader may still be elected.
+        time.sleep(1)
+
+    def cpu_seconds(self):
+        """User and system CPU of every process of this broker so far."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for process in [self.process] + self.others:
+            try:
+                fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / ticks
+        return total
 
     def command(self):
         if self.name == "rookery":
@@ -207,7 +232,7 @@ def rumqttd_binary():
 
 
 def available(name):
-    if name in ("rookery", "rookery-cluster"):
+    if name == "rookery" or name in CLUSTERS:
         return (TARGET / "release" / "rookery").exists()
     if name == "mosquitto":
         return Path(mosquitto_binary()).exists()
@@ -216,12 +241,16 @@ def available(name):
 
 def version(name):
     try:
-        if name in ("rookery", "rookery-cluster"):
+        if name == "rookery" or name in CLUSTERS:
             sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                                  capture_output=True, text=True).stdout.strip()
             out = subprocess.run([str(TARGET / "release" / "rookery"), "--version"],
                                  capture_output=True, text=True).stdout.strip()
-            nodes = ", three nodes on 127.0.0.1-3, clients on node 1" if name != "rookery" else ""
+            nodes = {
+                "rookery-cluster": ", three nodes on 127.0.0.1-3, clients on node 1",
+                "rookery-cross-edge": ", three nodes on 127.0.0.1-3, publishers on node 2 "
+                                      "and subscribers on node 3",
+            }.get(name, "")
             return f"{out} ({sha}){nodes}"
         if name == "mosquitto":
             out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "mosquitto"],
@@ -238,10 +267,13 @@ def run_scenario(broker, args, duration, workdir):
     """One rookery-bench run against a fresh broker; returns its JSON report."""
     report = Path(workdir) / f"{broker.name}-{os.getpid()}-{time.monotonic_ns()}.json"
     command = [str(TARGET / "release" / "rookery-bench")] + args + [
-        "-p", str(broker.port), "--mqtt", "3.1.1", "-d", str(duration),
+        "--host", broker.host, "-p", str(broker.port), "--mqtt", "3.1.1", "-d", str(duration),
         "--threads", str(GENERATOR_THREADS),
         "--broker-pid", str(broker.process.pid), "--json", str(report)]
+    if broker.sub_address:
+        command += ["--sub-host", broker.sub_address[0], "--sub-port", str(broker.sub_address[1])]
     started = time.monotonic()
+    cpu_before = broker.cpu_seconds()
     finished = subprocess.run(command, capture_output=True, text=True,
                               timeout=duration + 180, preexec_fn=raise_open_files)
     if not report.exists():
@@ -249,6 +281,10 @@ def run_scenario(broker, args, duration, workdir):
     result = json.loads(report.read_text())
     result["exit_status"] = finished.returncode
     result["wall_s"] = time.monotonic() - started
+    if broker.others:
+        # The whole run, connecting included: a little above the measured
+        # phase's own figure.
+        result["cluster_cpu_s"] = broker.cpu_seconds() - cpu_before
     report.unlink()
     return result
 
@@ -319,7 +355,8 @@ def cpu_per_million(kind, result):
     received = result.get("throughput", {}).get("received_per_s") or 0
     if kind == "rss" or not broker or not seconds or not received:
         return "—"
-    return f"{broker['cpu_s'] / (received * seconds / 1e6):.2f} s"
+    cpu_s = result.get("cluster_cpu_s", broker["cpu_s"])
+    return f"{cpu_s / (received * seconds / 1e6):.2f} s"
 
 
 def machine():
@@ -351,10 +388,15 @@ def markdown(brokers, results, options, started):
     lines.append("")
     peers = [p for p in brokers if not p.startswith("rookery")]
     ours_names = [n for n in brokers if n.startswith("rookery")]
-    comparisons = [(o, p) for o in ours_names for p in peers]
-    label = {"rookery": "Rookery", "rookery-cluster": "Cluster"}
+    # Crossing edges is compared with the same cluster's clients on one
+    # node: what forwarding costs, not what the cluster does against peers.
+    comparisons = [(o, p) for o in ours_names if o != "rookery-cross-edge" for p in peers]
+    if "rookery-cross-edge" in brokers and "rookery-cluster" in brokers:
+        comparisons.append(("rookery-cross-edge", "rookery-cluster"))
+    label = {"rookery": "Rookery", "rookery-cluster": "Cluster",
+             "rookery-cross-edge": "Cross-edge"}
     header = "| Scenario | " + " | ".join(brokers) + " | " + " | ".join(
-        f"{label[o]} vs {p}" for o, p in comparisons) + " |"
+        f"{label[o]} vs {label.get(p, p)}" for o, p in comparisons) + " |"
     lines.append(header)
     lines.append("|" + " --- |" * (1 + len(brokers) + len(comparisons)))
     for key, title, _, kind in SCENARIOS:
@@ -419,7 +461,8 @@ def main():
     parser.add_argument("--duration", type=int, default=10, help="seconds per run")
     parser.add_argument("--rounds", type=int, default=1, help="runs per scenario and broker")
     parser.add_argument("--only", default="", help="comma-separated scenario keys")
-    parser.add_argument("--brokers", default="rookery,rookery-cluster,mosquitto,rumqttd")
+    parser.add_argument("--brokers",
+                        default="rookery,rookery-cluster,rookery-cross-edge,mosquitto,rumqttd")
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     parser.add_argument("--json", help="also write every report to this file")
     options = parser.parse_args()
@@ -446,7 +489,7 @@ def main():
                 shift = (index + round_index) % len(brokers)
                 order = brokers[shift:] + brokers[:shift]
                 for name in order:
-                    if name == "rookery-cluster" and kind == "rss":
+                    if name in CLUSTERS and kind == "rss":
                         # Memory per connection of one node of three says
                         # nothing the single node does not.
                         continue

@@ -210,6 +210,13 @@ pub struct CommonArgs {
     /// Broker port.
     #[arg(short = 'p', long, default_value_t = 1883)]
     pub port: u16,
+    /// Subscribers connect to this host instead (default: --host): another
+    /// node of a cluster, so that every message crosses between edges.
+    #[arg(long)]
+    pub sub_host: Option<String>,
+    /// Subscribers connect to this port instead (default: --port).
+    #[arg(long)]
+    pub sub_port: Option<u16>,
     /// Transport.
     #[arg(long, value_enum, default_value_t = TransportKind::Tcp)]
     pub transport: TransportKind,
@@ -369,6 +376,10 @@ pub struct Settings {
     pub host: String,
     /// Broker port.
     pub port: u16,
+    /// Where subscribers connect (the broker's host and port unless set).
+    pub sub_host: String,
+    /// See `sub_host`.
+    pub sub_port: u16,
     /// Transport.
     pub transport: TransportKind,
     /// WebSocket path.
@@ -545,6 +556,8 @@ impl Settings {
                 .server_name
                 .clone()
                 .unwrap_or_else(|| common.host.clone()),
+            sub_host: common.sub_host.unwrap_or_else(|| common.host.clone()),
+            sub_port: common.sub_port.unwrap_or(common.port),
             host: common.host,
             port: common.port,
             transport: common.transport,

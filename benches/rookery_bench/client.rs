@@ -828,7 +828,12 @@ impl Client {
         deadline: Instant,
     ) -> Result<Link, ClientError> {
         let settings = self.shared.settings.clone();
-        let transport = self.shared.dialer.dial(self.spec.client_no).await?;
+        let subscriber = matches!(self.spec.role, Role::Subscriber { .. });
+        let transport = self
+            .shared
+            .dialer
+            .dial(self.spec.client_no, subscriber)
+            .await?;
         let (reader, writer) = tokio::io::split(transport);
         let mut link = Link { reader, writer };
         self.rbuf.clear();

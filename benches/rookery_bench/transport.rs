@@ -43,6 +43,8 @@ pub enum DialError {
 /// Opens connections to the broker as the settings say. Built once per run.
 pub struct Dialer {
     addr: SocketAddr,
+    /// Where subscribers connect (`addr` unless `--sub-host`/`--sub-port`).
+    sub_addr: SocketAddr,
     kind: TransportKind,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     ws_url: String,
@@ -63,12 +65,18 @@ impl fmt::Debug for Dialer {
 impl Dialer {
     /// Resolves the broker address and prepares TLS.
     pub async fn new(settings: &Settings) -> Result<Self, DialError> {
-        let target = format!("{}:{}", settings.host, settings.port);
         let want_v4 = settings.source_ips.first().is_none_or(IpAddr::is_ipv4);
-        let addr = tokio::net::lookup_host(&target)
-            .await?
-            .find(|addr| addr.is_ipv4() == want_v4)
-            .ok_or_else(|| DialError::Resolve(target.clone()))?;
+        let resolve = |host: &str, port: u16| {
+            let target = format!("{host}:{port}");
+            async move {
+                let found = tokio::net::lookup_host(&target)
+                    .await?
+                    .find(|addr| addr.is_ipv4() == want_v4);
+                found.ok_or(DialError::Resolve(target))
+            }
+        };
+        let addr = resolve(&settings.host, settings.port).await?;
+        let sub_addr = resolve(&settings.sub_host, settings.sub_port).await?;
         let tls = if settings.transport.is_tls() {
             let config = tls_config(settings)?;
             let name = ServerName::try_from(settings.server_name.clone())
@@ -84,6 +92,7 @@ impl Dialer {
         };
         Ok(Self {
             addr,
+            sub_addr,
             kind: settings.transport,
             tls,
             ws_url: format!(
@@ -95,9 +104,11 @@ impl Dialer {
     }
 
     /// Opens connection number `client_no` (which picks the local address,
-    /// round robin) through every layer.
-    pub async fn dial(&self, client_no: u64) -> Result<Transport, DialError> {
-        let tcp = self.tcp(client_no).await?;
+    /// round robin) through every layer, to the subscribers' address for a
+    /// subscriber.
+    pub async fn dial(&self, client_no: u64, subscriber: bool) -> Result<Transport, DialError> {
+        let addr = if subscriber { self.sub_addr } else { self.addr };
+        let tcp = self.tcp(client_no, addr).await?;
         Ok(match (self.kind, &self.tls) {
             (TransportKind::Tcp, _) => Transport::Tcp(tcp),
             (TransportKind::Tls, Some((connector, name))) => {
@@ -114,8 +125,8 @@ impl Dialer {
         })
     }
 
-    async fn tcp(&self, client_no: u64) -> io::Result<TcpStream> {
-        let socket = if self.addr.is_ipv4() {
+    async fn tcp(&self, client_no: u64, addr: SocketAddr) -> io::Result<TcpStream> {
+        let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
             TcpSocket::new_v6()?
@@ -124,7 +135,7 @@ impl Dialer {
             let at = (client_no % self.source_ips.len() as u64) as usize;
             socket.bind(SocketAddr::new(self.source_ips[at], 0))?;
         }
-        let stream = socket.connect(self.addr).await?;
+        let stream = socket.connect(addr).await?;
         stream.set_nodelay(true)?;
         Ok(stream)
     }
