@@ -194,6 +194,7 @@ impl Broker {
                 .filter(|ip| !ip.is_unspecified()),
             security: cluster.security.clone(),
             queue_bytes: cluster.forward_queue_bytes,
+            lanes: rookery_cluster::forward::default_lanes(),
         });
         let hub = Arc::new(Hub::new(
             config.clone(),
@@ -597,6 +598,7 @@ pub(crate) async fn publish_internal(hub: &Hub, message: Arc<Message>, store_ret
             &message,
             std::mem::take(&mut routes.remote),
             false,
+            0,
             &mut Vec::new(),
         );
     }

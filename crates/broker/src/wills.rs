@@ -230,7 +230,7 @@ pub(crate) fn deliver_with_receipt(
             delivery.receipt = receipt;
         }
     }
-    hub.forward(message, routes.remote, false, &mut Vec::new());
+    hub.forward(message, routes.remote, false, 0, &mut Vec::new());
     hub.deliver_local(routes.local, &mut Vec::new());
 }
 

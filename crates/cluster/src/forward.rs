@@ -210,6 +210,11 @@ pub struct Outbound {
     pub deliveries: Vec<Delivery>,
     /// Told once the edge has the deliveries (true) or they were dropped.
     pub done: Option<oneshot::Sender<bool>>,
+    /// Which of the edge's streams carries it (modulo their number): the
+    /// same for every publish of one publisher, whose order it keeps
+    /// (MQTT-4.6.0-6), while the streams of different publishers are
+    /// received in parallel.
+    pub lane: u64,
 }
 
 impl Outbound {
@@ -251,10 +256,14 @@ pub struct ForwardSettings {
     pub local_address: Option<IpAddr>,
     /// TLS for the streams (the cluster's certificate and CA).
     pub security: ClusterSecurity,
-    /// The bytes one edge's link may hold, queued or sent and not yet
-    /// acknowledged ([`Outbound::size`]). A publish that finds the link
-    /// empty is taken whatever its size.
+    /// The bytes one edge's links may hold together, queued or sent and not
+    /// yet acknowledged ([`Outbound::size`]), shared evenly by its lanes. A
+    /// publish that finds its lane empty is taken whatever its size.
     pub queue_bytes: usize,
+    /// Streams to each edge ([`Outbound::lane`]): one receiving edge's
+    /// stream is read by one task, which bounded cross-edge throughput at
+    /// what one core hands to sessions.
+    pub lanes: usize,
 }
 
 impl Default for ForwardSettings {
@@ -263,14 +272,21 @@ impl Default for ForwardSettings {
             local_address: None,
             security: ClusterSecurity::default(),
             queue_bytes: DEFAULT_QUEUE_BYTES,
+            lanes: default_lanes(),
         }
     }
 }
 
-/// Streams to other edges, one per edge, opened on first use.
+/// One lane per core, at most four: more streams than cores to receive them
+/// only add connections.
+pub fn default_lanes() -> usize {
+    std::thread::available_parallelism().map_or(1, |cores| cores.get().min(4))
+}
+
+/// Streams to other edges, `lanes` per edge, each opened on first use.
 #[derive(Debug, Clone, Default)]
 pub struct Forwarder {
-    links: Arc<Mutex<HashMap<String, Link>>>,
+    links: Links,
     settings: Arc<ForwardSettings>,
 }
 
@@ -288,7 +304,8 @@ struct Queued {
     reserved: Reserved,
 }
 
-type Links = Arc<Mutex<HashMap<String, Link>>>;
+/// Each edge's links by lane; `None` until a publish needs the lane.
+type Links = Arc<Mutex<HashMap<String, Vec<Option<Link>>>>>;
 
 impl Forwarder {
     /// Streams made as `settings` say.
@@ -303,12 +320,20 @@ impl Forwarder {
     /// publisher waiting, dropped) when that edge's link is full. The link
     /// is returned when its publishers should pause.
     pub fn send(&self, address: &str, outbound: Outbound) -> Option<Congested> {
+        let lanes = self.settings.lanes.max(1);
+        let lane = usize::try_from(outbound.lane % lanes as u64).unwrap_or(0);
         let mut links = self.links.lock();
-        let link = match links.get(address) {
+        let edge = match links.get_mut(address) {
+            Some(edge) => edge,
+            None => links
+                .entry(address.to_owned())
+                .or_insert_with(|| vec![None; lanes]),
+        };
+        let link = match &edge[lane] {
             Some(link) if !link.queue.is_closed() => link.clone(),
             _ => {
-                let link = self.open(address);
-                links.insert(address.to_owned(), link.clone());
+                let link = self.open(address, lane);
+                edge[lane] = Some(link.clone());
                 link
             }
         };
@@ -328,12 +353,15 @@ impl Forwarder {
         link.budget.congested()
     }
 
-    /// Starts the task of a new link to `address`.
-    fn open(&self, address: &str) -> Link {
+    /// Starts the task of a new link to `address` for `lane`.
+    fn open(&self, address: &str, lane: usize) -> Link {
         let (queue, receiver) = mpsc::unbounded_channel();
-        let budget = LinkBudget::new(self.settings.queue_bytes);
+        let budget = LinkBudget::new(self.settings.queue_bytes / self.settings.lanes.max(1));
         tokio::spawn(run_link(
-            address.to_owned(),
+            Lane {
+                address: address.to_owned(),
+                lane,
+            },
             self.settings.clone(),
             receiver,
             self.links.clone(),
@@ -341,6 +369,13 @@ impl Forwarder {
         ));
         Link { queue, budget }
     }
+}
+
+/// Which link a task serves.
+#[derive(Debug)]
+struct Lane {
+    address: String,
+    lane: usize,
 }
 
 /// A publish that does not fit in a full link: the publisher waiting for it
@@ -372,7 +407,7 @@ fn over_cap(address: &str, outbound: Outbound, cap: usize) {
 /// Sends one edge's queue, batch by batch, until the stream fails; then
 /// drops what is queued and lets the next publish open a new link.
 async fn run_link(
-    address: String,
+    Lane { address, lane }: Lane,
     settings: Arc<ForwardSettings>,
     mut queue: mpsc::UnboundedReceiver<Queued>,
     links: Links,
@@ -384,7 +419,17 @@ async fn run_link(
     };
     // The entry is this link's: a link is only replaced once its queue is
     // closed, which happens here, after the entry is gone.
-    links.lock().remove(&address);
+    {
+        let mut links = links.lock();
+        if let Some(edge) = links.get_mut(&address) {
+            if let Some(entry) = edge.get_mut(lane) {
+                *entry = None;
+            }
+            if edge.iter().all(Option::is_none) {
+                links.remove(&address);
+            }
+        }
+    }
     queue.close();
     budget.close();
     let mut dropped = 0u64;
@@ -395,7 +440,7 @@ async fn run_link(
     if dropped > 0 {
         metrics::counter!("rookery_forward_dropped_total").increment(dropped);
     }
-    tracing::warn!(edge = %address, %why, dropped, "forwarding to an edge stopped");
+    tracing::warn!(edge = %address, lane, %why, dropped, "forwarding to an edge stopped");
 }
 
 /// A batch's sequence number, who waits for its acknowledgement, its share
@@ -502,13 +547,16 @@ fn fill_batch(
     first: Queued,
     queue: &mut mpsc::UnboundedReceiver<Queued>,
 ) -> (DeliverBatch, Vec<oneshot::Sender<bool>>, Vec<Reserved>) {
+    // Sized for what is queued now: growing a batch of a thousand
+    // publishes step by step copies it about ten times.
+    let expected = (queue.len() + 1).min(MAX_BATCH);
     let mut batch = DeliverBatch {
         seq,
-        messages: Vec::new(),
-        deliveries: Vec::new(),
+        messages: Vec::with_capacity(expected),
+        deliveries: Vec::with_capacity(expected),
     };
-    let mut done = Vec::new();
-    let mut reserved = Vec::new();
+    let mut done = Vec::with_capacity(expected);
+    let mut reserved = Vec::with_capacity(expected);
     let mut bytes = 0usize;
     let mut next = Some(first);
     while let Some(Queued {
@@ -581,6 +629,7 @@ mod tests {
                 })
                 .collect(),
             done: Some(done),
+            lane: 0,
         };
         (outbound, confirmed)
     }
@@ -611,6 +660,51 @@ mod tests {
         let expected: Vec<String> = (0..500).map(|n: u32| n.to_string()).collect();
         assert_eq!(to_a, expected);
         assert_eq!(seen.len(), 1000);
+    }
+
+    /// Publishes on different lanes go on links of their own, and each
+    /// lane keeps its order (a publisher's publishes all take one lane).
+    #[tokio::test]
+    async fn each_lane_is_a_link_of_its_own_and_keeps_its_order() {
+        let sink = Arc::new(Collect::default());
+        let address = serve(sink.clone()).await;
+        let forwarder = Forwarder::new(ForwardSettings {
+            lanes: 2,
+            ..ForwardSettings::default()
+        });
+        let mut confirmations = Vec::new();
+        for n in 0..400 {
+            let (mut outbound, confirmed) = outbound(n, &[if n % 2 == 0 { "even" } else { "odd" }]);
+            outbound.lane = u64::from(n % 2) + 2;
+            forwarder.send(&address, outbound);
+            confirmations.push(confirmed);
+        }
+        let open: Vec<bool> = forwarder.links.lock()[&address]
+            .iter()
+            .map(Option::is_some)
+            .collect();
+        assert_eq!(
+            open,
+            vec![true, true],
+            "lanes 2 and 3 of 2 are lanes 0 and 1"
+        );
+        for confirmed in confirmations {
+            let confirmed = tokio::time::timeout(Duration::from_secs(10), confirmed).await;
+            assert_eq!(confirmed.ok().and_then(Result::ok), Some(true));
+        }
+        let seen = sink.0.lock();
+        for (client, parity) in [("even", 0), ("odd", 1)] {
+            let got: Vec<String> = seen
+                .iter()
+                .filter(|(to, _)| to == client)
+                .map(|(_, payload)| String::from_utf8_lossy(payload).into_owned())
+                .collect();
+            let expected: Vec<String> = (0..400u32)
+                .filter(|n| n % 2 == parity)
+                .map(|n| n.to_string())
+                .collect();
+            assert_eq!(got, expected, "{client}: in the order sent");
+        }
     }
 
     /// An edge that cannot be reached holds no publisher: its deliveries are
@@ -661,6 +755,7 @@ mod tests {
                 ..Delivery::default()
             }],
             done: done.then_some(sender),
+            lane: 0,
         };
         (outbound, done.then_some(confirmed))
     }

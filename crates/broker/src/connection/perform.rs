@@ -109,6 +109,7 @@ impl Live {
             &message,
             forward_now,
             qos != QoS::AtMostOnce,
+            self.session.connection_id,
             &mut self.paused_on_links,
         );
         if retain {
@@ -142,6 +143,29 @@ impl Live {
                 .session
                 .reply(packet_id, qos, reply, &mut self.socket.out);
         }
+        if !needs_store && plan.forward_after_store.is_empty() {
+            // Only other edges to wait for (a clean session's QoS 1/2 publish
+            // to subscribers there): a future much smaller than a commit's,
+            // which keeps the allocator out of the cross-edge path.
+            let bound = hub.store.write_timeout();
+            let local = plan.local;
+            let enqueuing = PendingEnqueue::new(Vec::new(), &mut self.paused_on);
+            self.pending.push_back(Box::pin(async move {
+                let confirmed = all_confirmed(confirmations, bound).await;
+                if !confirmed {
+                    metrics::counter!("rookery_forward_unconfirmed_publishes_total").increment(1);
+                }
+                Completed {
+                    packet_id,
+                    qos,
+                    local,
+                    _enqueuing: enqueuing,
+                    outcome: Outcome::Done.with_forwards(confirmed),
+                    receipt: 0,
+                }
+            }));
+            return Ok(());
+        }
         let incoming = plan
             .record_qos2
             .map(|id| self.session.records.incoming_qos2(id));
@@ -170,6 +194,7 @@ impl Live {
             then,
             v5,
             chain: self.write_chain.clone(),
+            lane: self.session.connection_id,
         };
         let local = plan.local;
         self.pending.push_back(Box::pin(async move {
@@ -494,6 +519,8 @@ struct Commit {
     v5: bool,
     /// The connection's publishes, in order or not at all.
     chain: Arc<rookery_cluster::WriteChain>,
+    /// The forwarding lane of the connection's publishes.
+    lane: u64,
 }
 
 impl Commit {
@@ -510,6 +537,7 @@ impl Commit {
             then,
             v5,
             chain,
+            lane,
         } = self;
         let forwarded_any = !confirmations.is_empty();
         let written = async {
@@ -558,7 +586,7 @@ impl Commit {
             }
             // Not paused for: the publisher's acknowledgement waits for
             // these edges anyway.
-            later = hub.forward(&message, forward_after_store, true, &mut Vec::new());
+            later = hub.forward(&message, forward_after_store, true, lane, &mut Vec::new());
         }
         // Handed to the forwarding links (which keep their order) before the
         // next one is let go.
@@ -575,11 +603,15 @@ impl Commit {
 
 /// Whether every edge confirmed having the publish within `bound`.
 async fn all_confirmed(
-    confirmations: Vec<tokio::sync::oneshot::Receiver<bool>>,
+    mut confirmations: Vec<tokio::sync::oneshot::Receiver<bool>>,
     bound: std::time::Duration,
 ) -> bool {
-    if confirmations.is_empty() {
-        return true;
+    if confirmations.len() <= 1 {
+        // The usual case (one other edge): no list of futures to allocate.
+        let Some(only) = confirmations.pop() else {
+            return true;
+        };
+        return matches!(tokio::time::timeout(bound, only).await, Ok(Ok(true)));
     }
     let all = futures::future::join_all(confirmations);
     match tokio::time::timeout(bound, all).await {

@@ -312,22 +312,26 @@ impl Hub {
         }
     }
 
-    /// Hands a publish to the other edges holding its sessions. With
-    /// `confirm`, one receiver per edge tells when that edge has them.
-    /// Links whose publishers should pause are added to `congested`.
+    /// Hands a publish to the other edges holding its sessions, on `lane`
+    /// of each (the publisher's connection: its publishes keep their
+    /// order). With `confirm`, one receiver per edge tells when that edge
+    /// has them. Links whose publishers should pause are added to
+    /// `congested`.
     pub fn forward(
         &self,
         message: &Message,
         remote: Vec<(Arc<str>, Vec<rookery_cluster::proto::Delivery>)>,
         confirm: bool,
+        lane: u64,
         congested: &mut Vec<rookery_cluster::Congested>,
     ) -> Vec<tokio::sync::oneshot::Receiver<bool>> {
         let mut confirmations = Vec::new();
         if remote.is_empty() {
             return confirmations;
         }
-        let stored = message.to_proto();
-        for (edge, deliveries) in remote {
+        let mut stored = message.to_proto();
+        let edges = remote.len();
+        for (index, (edge, deliveries)) in remote.into_iter().enumerate() {
             let Some(address) = self.mirror.edge_address(&edge) else {
                 metrics::counter!("rookery_forward_dropped_total")
                     .increment(deliveries.len() as u64);
@@ -342,9 +346,16 @@ impl Hub {
             let link = self.forwarder.send(
                 &address,
                 rookery_cluster::Outbound {
-                    message: stored.clone(),
+                    // The last edge takes the message itself: a copy of a
+                    // message is a copy of its topic and client id.
+                    message: if index + 1 == edges {
+                        std::mem::take(&mut stored)
+                    } else {
+                        stored.clone()
+                    },
                     deliveries,
                     done,
+                    lane,
                 },
             );
             // Backpressure off: nobody pauses (the cap still holds).
@@ -440,7 +451,7 @@ impl Hub {
             }
             metrics::counter!("rookery_shared_redistributed_total").increment(1);
             self.deliver_local(routes.local, &mut Vec::new());
-            self.forward(&delivery.message, routes.remote, false, &mut Vec::new());
+            self.forward(&delivery.message, routes.remote, false, 0, &mut Vec::new());
             if !routes.durable.is_empty() {
                 let commands = self.store_commands(&delivery.message, false, routes.durable, None);
                 let written = self.store.submit(commands);
