@@ -1,15 +1,16 @@
 //! Edge-to-edge forwarding: a publish received on one edge reaches the
-//! sessions online on other edges over one long-lived stream per edge, many
-//! publishes per batch.
+//! sessions online on other edges over long-lived streams, one per lane
+//! ([`ForwardSettings::lanes`]) and edge, many publishes per batch. A
+//! publisher's publishes all take one lane, which keeps their order.
 //!
-//! The sender batches whatever is queued for an edge when the stream is free;
+//! The sender batches whatever is queued for a link when the stream is free;
 //! the receiver hands each batch to its sessions and acknowledges it, and a
 //! QoS 1/2 publisher's acknowledgement waits for that. When an edge cannot be
 //! reached its deliveries are dropped and counted: its sessions are gone with
 //! it (a persistent session's QoS 1/2 copy is in the store, not here).
 //!
-//! What one edge's link holds, queued or sent and not yet acknowledged, is
-//! bounded in bytes ([`ForwardSettings::queue_bytes`]). Its publishers are
+//! What one link holds, queued or sent and not yet acknowledged, is bounded
+//! in bytes (its share of [`ForwardSettings::queue_bytes`]). Its publishers are
 //! paused before it is full ([`Congested`]), and the receiving edge reads
 //! no further batch while the sessions it delivered to are full, so a slow
 //! subscriber on another edge holds its publishers back as one on their own
