@@ -22,6 +22,7 @@ pub mod forward;
 mod link_budget;
 pub mod membership;
 pub mod moved;
+pub mod room;
 pub mod writes;
 
 pub use access::{Access, BadStoreAddress, Peers};

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use tokio::sync::Notify;
+use crate::room::Room;
 
 /// One link's byte budget: what it holds, queued or sent and not yet
 /// acknowledged.
@@ -22,14 +22,10 @@ struct Shared {
     cap: usize,
     /// Publishers pause while the link holds this much or more.
     pause_at: usize,
-    /// Paused publishers wait here for the link to drain.
-    room: Notify,
-    /// Some publisher waits on `room`.
-    awaited: AtomicBool,
-    /// A publisher's pause ran out: the edge is not taking what is sent, so
-    /// nobody pauses for it (beyond the cap publishes are refused or
-    /// dropped) until the link drains again.
-    stalled: AtomicBool,
+    /// Paused publishers wait here for the link to drain. Stalled when the
+    /// edge is not taking what is sent: beyond the cap publishes are then
+    /// refused or dropped.
+    room: Room,
     /// The link ended: nobody waits for it.
     closed: AtomicBool,
 }
@@ -41,18 +37,14 @@ impl Shared {
 
     fn above(&self, mark: usize) -> bool {
         !self.closed.load(Ordering::Acquire)
-            && !self.stalled.load(Ordering::Relaxed)
+            && !self.room.is_stalled()
             && self.bytes.load(Ordering::SeqCst) >= mark
     }
 
     /// Wakes paused publishers once the link is below the resume mark.
     fn wake_if_room(&self) {
-        if self.bytes.load(Ordering::SeqCst) >= self.resume_at() {
-            return;
-        }
-        self.stalled.store(false, Ordering::Relaxed);
-        if self.awaited.swap(false, Ordering::SeqCst) {
-            self.room.notify_waiters();
+        if self.bytes.load(Ordering::SeqCst) < self.resume_at() {
+            self.room.drained();
         }
     }
 }
@@ -65,9 +57,7 @@ impl LinkBudget {
                 bytes: AtomicUsize::new(0),
                 cap,
                 pause_at: (cap - cap / 4).max(1),
-                room: Notify::new(),
-                awaited: AtomicBool::new(false),
-                stalled: AtomicBool::new(false),
+                room: Room::default(),
                 closed: AtomicBool::new(false),
             }),
         }
@@ -100,8 +90,7 @@ impl LinkBudget {
     /// new link).
     pub(crate) fn close(&self) {
         self.shared.closed.store(true, Ordering::Release);
-        self.shared.awaited.store(false, Ordering::SeqCst);
-        self.shared.room.notify_waiters();
+        self.shared.room.release();
     }
 
     #[cfg(test)]
@@ -145,26 +134,14 @@ impl Congested {
     /// stalled or ended: resuming at once would pause again a message
     /// later.
     pub async fn room(&self) {
-        loop {
-            let notified = self.shared.room.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            // Paired with `wake_if_room`: either it sees this flag, or this
-            // check sees the lower figure.
-            self.shared.awaited.store(true, Ordering::SeqCst);
-            if !self.shared.above(self.shared.resume_at()) {
-                return;
-            }
-            notified.await;
-        }
+        let shared = &self.shared;
+        shared.room.wait(|| shared.above(shared.resume_at())).await;
     }
 
     /// A publisher waited for this link as long as it may: until it drains
     /// below the resume mark, publishers no longer pause for it.
     pub fn stall(&self) {
-        self.shared.stalled.store(true, Ordering::Relaxed);
-        self.shared.awaited.store(false, Ordering::SeqCst);
-        self.shared.room.notify_waiters();
+        self.shared.room.stall();
     }
 
     /// Whether both are the same link.

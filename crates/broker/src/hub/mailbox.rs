@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
+use rookery_cluster::room::Room;
 use rookery_codec::ReasonCode;
 use tokio::sync::Notify;
 
@@ -67,15 +68,12 @@ struct MailboxShared {
     /// The store queue's share that is the in-flight window (the store's
     /// limit adds it to the queue limit): not backlog.
     stored_in_flight: usize,
-    /// Paused publishers wait here for the backlog to fall.
-    room: Notify,
+    /// Paused publishers wait here for the backlog to fall. Stalled when a
+    /// publisher's pause ran out: the session is not draining, so nobody
+    /// pauses for it (its overflow is dropped) until it does again.
+    room: Room,
     /// A `Queued` notice waits in `queue`: one is enough.
     queued_notice: AtomicBool,
-    /// Some publisher waits on `room`.
-    awaited: AtomicBool,
-    /// A publisher's pause ran out: the session is not draining, so nobody
-    /// pauses for it (its overflow is dropped) until it does again.
-    stalled: AtomicBool,
 }
 
 impl MailboxShared {
@@ -165,18 +163,8 @@ impl Mailbox {
     /// connection is gone): resuming at once would pause again a message
     /// later, waking the publisher per message.
     pub async fn room(&self) {
-        loop {
-            let notified = self.shared.room.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            // Paired with `MailboxReceiver::report_taken`: either it sees
-            // this flag, or this check sees its lower backlog.
-            self.shared.awaited.store(true, Ordering::SeqCst);
-            if !self.shared.above(self.shared.resume_at()) {
-                return;
-            }
-            notified.await;
-        }
+        let shared = &self.shared;
+        shared.room.wait(|| shared.above(shared.resume_at())).await;
     }
 
     /// The backlog's parts (mailbox, connection's queue, store queue), for
@@ -205,10 +193,8 @@ impl Mailbox {
     /// A publisher waited for this session as long as it may: until the
     /// backlog falls below the threshold, publishers no longer pause for it.
     pub fn stall(&self) {
-        self.shared.stalled.store(true, Ordering::Relaxed);
         // Other publishers paused for it stop waiting too.
-        self.shared.awaited.store(false, Ordering::SeqCst);
-        self.shared.room.notify_waiters();
+        self.shared.room.stall();
     }
 }
 
@@ -222,7 +208,7 @@ impl MailboxShared {
     fn above(&self, mark: usize) -> bool {
         self.pause_at > 0
             && !self.closed.load(Ordering::Acquire)
-            && !self.stalled.load(Ordering::Relaxed)
+            && !self.room.is_stalled()
             && self.backlog() >= mark
     }
 
@@ -236,10 +222,7 @@ impl MailboxShared {
         if self.pause_at == 0 || self.backlog() >= self.resume_at() {
             return;
         }
-        self.stalled.store(false, Ordering::Relaxed);
-        if self.awaited.swap(false, Ordering::SeqCst) {
-            self.room.notify_waiters();
-        }
+        self.room.drained();
     }
 
     fn backlog(&self) -> usize {
@@ -319,7 +302,7 @@ impl Drop for MailboxReceiver {
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::Release);
         self.shared.queue.lock().clear();
-        self.shared.room.notify_waiters();
+        self.shared.room.release();
     }
 }
 
