@@ -292,8 +292,9 @@ pub struct CommonArgs {
     #[arg(long, value_name = "FILE")]
     pub json: Option<String>,
     /// The broker's process id: its CPU and memory are reported beside ours.
-    #[arg(long, value_name = "PID")]
-    pub broker_pid: Option<u32>,
+    /// Several, comma-separated (a cluster's nodes), are summed.
+    #[arg(long, value_name = "PID", value_delimiter = ',')]
+    pub broker_pid: Vec<u32>,
     /// Client identifiers are this prefix, a role letter and the index
     /// (`bench-p3`, `bench-s0`, `bench-c12`).
     #[arg(long, default_value = "bench-")]
@@ -434,8 +435,8 @@ pub struct Settings {
     pub threads: usize,
     /// JSON report destination.
     pub json: Option<String>,
-    /// Broker process to watch.
-    pub broker_pid: Option<u32>,
+    /// Broker processes to watch, summed (none: no broker figures).
+    pub broker_pid: Vec<u32>,
     /// Client identifier prefix.
     pub client_id_prefix: String,
     /// User name.
@@ -522,6 +523,13 @@ impl Settings {
         let connect_rate = positive_rate("connect-rate", common.connect_rate)?;
         if common.processes == 0 || common.processes > 64 {
             return Err("--processes must be 1 to 64".to_owned());
+        }
+        if (common.sub_host.is_some() || common.sub_port.is_some())
+            && common.transport != TransportKind::Tcp
+        {
+            // TLS would check the subscribers' node against --host's name,
+            // and WebSocket would send it in the request.
+            return Err("--sub-host and --sub-port work over --transport tcp only".to_owned());
         }
         if common.transport.is_tls() && common.cafile.is_none() && !common.insecure {
             return Err("TLS needs --cafile FILE or --insecure".to_owned());
@@ -706,6 +714,19 @@ mod tests {
         assert!(!s.is_child);
     }
 
+    /// Subscribers go where publishers go unless told otherwise, and only
+    /// over TCP elsewhere.
+    #[test]
+    fn subscribers_connect_to_another_node_over_tcp_only() {
+        let s = settings("rookery-bench run --host 127.0.0.2 -p 2883").unwrap();
+        assert_eq!((s.sub_host.as_str(), s.sub_port), ("127.0.0.2", 2883));
+        let s = settings("rookery-bench run -p 2883 --sub-host 127.0.0.3 --sub-port 3883").unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("127.0.0.1", 2883));
+        assert_eq!((s.sub_host.as_str(), s.sub_port), ("127.0.0.3", 3883));
+        let refused = settings("rookery-bench run --transport ws --sub-port 3883").unwrap_err();
+        assert!(refused.contains("tcp only"), "{refused}");
+    }
+
     #[test]
     fn every_option_parses() {
         let s = settings(
@@ -743,7 +764,7 @@ mod tests {
         assert_eq!(s.source_ips.len(), 4);
         assert_eq!((s.processes, s.threads), (4, 3));
         assert_eq!(s.json.as_deref(), Some("-"));
-        assert_eq!(s.broker_pid, Some(42));
+        assert_eq!(s.broker_pid, vec![42]);
         assert_eq!(s.client_id_prefix, "x-");
         assert_eq!(s.username.as_deref(), Some("u"));
         assert_eq!(s.password.as_deref(), Some("p"));

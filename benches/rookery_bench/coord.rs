@@ -83,7 +83,7 @@ pub struct Sample {
     pub at_s: f64,
     /// CPU seconds of all generator processes since they started.
     pub generator_cpu_s: f64,
-    /// The broker, with --broker-pid.
+    /// The broker, with --broker-pid (its processes summed).
     pub broker: Option<BrokerSample>,
 }
 
@@ -91,18 +91,18 @@ pub struct Sample {
 #[derive(Debug)]
 pub struct Sampler {
     generator: Vec<Proc>,
-    broker: Option<u32>,
+    brokers: Vec<u32>,
     began: Instant,
     /// Readings so far, in order.
     pub samples: Vec<Sample>,
 }
 
 impl Sampler {
-    /// A sampler of these generator processes and this broker.
-    pub fn new(generator: Vec<Proc>, broker: Option<u32>) -> Self {
+    /// A sampler of these generator processes and these broker processes.
+    pub fn new(generator: Vec<Proc>, brokers: Vec<u32>) -> Self {
         Self {
             generator,
-            broker,
+            brokers,
             began: Instant::now(),
             samples: Vec::new(),
         }
@@ -114,7 +114,8 @@ impl Sampler {
     }
 
     /// Takes the readings of a barrier. A process that cannot be read (it
-    /// exited) counts as zero; a broker that cannot be read is left out.
+    /// exited) counts as zero; a broker process that cannot be read is left
+    /// out (with none read, the broker is).
     pub fn take(&mut self, barrier: &str) {
         let generator_ticks: u64 = self
             .generator
@@ -123,12 +124,18 @@ impl Sampler {
             .map(|sample| sample.cpu_ticks)
             .sum();
         let broker = self
-            .broker
-            .and_then(|pid| procstat::sample(Proc::Pid(pid)).ok())
+            .brokers
+            .iter()
+            .filter_map(|pid| procstat::sample(Proc::Pid(*pid)).ok())
             .map(|sample| BrokerSample {
                 cpu_s: sample.cpu_seconds(),
                 rss_kib: sample.rss_kib,
                 peak_rss_kib: sample.peak_rss_kib,
+            })
+            .reduce(|sum, one| BrokerSample {
+                cpu_s: sum.cpu_s + one.cpu_s,
+                rss_kib: sum.rss_kib + one.rss_kib,
+                peak_rss_kib: sum.peak_rss_kib + one.peak_rss_kib,
             });
         self.samples.push(Sample {
             barrier: barrier.to_owned(),
@@ -260,7 +267,7 @@ pub async fn run_parent(settings: &Arc<Settings>) -> Result<(Vec<ShardReport>, S
     drop(tx);
     let mut generator = vec![Proc::Myself];
     generator.extend(children.iter().filter_map(Child::id).map(Proc::Pid));
-    let mut sampler = Sampler::new(generator, settings.broker_pid);
+    let mut sampler = Sampler::new(generator, settings.broker_pid.clone());
     let budget = run_budget(settings);
     let deadline = Instant::now() + budget;
     let mut arrived: HashMap<String, usize> = HashMap::new();

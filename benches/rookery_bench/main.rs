@@ -109,7 +109,10 @@ async fn run(settings: Arc<Settings>) -> ExitCode {
 /// Runs the whole scenario in this process, bounded in time.
 async fn solo(settings: &Arc<Settings>) -> Result<(Vec<ShardReport>, Sampler), RunError> {
     let run_id = settings.run_id.unwrap_or_else(new_run_id);
-    let mut coordinator = Coordinator::Solo(Sampler::new(vec![Proc::Myself], settings.broker_pid));
+    let mut coordinator = Coordinator::Solo(Sampler::new(
+        vec![Proc::Myself],
+        settings.broker_pid.clone(),
+    ));
     let budget = run_budget(settings);
     let shard = tokio::time::timeout(
         budget,
@@ -119,7 +122,7 @@ async fn solo(settings: &Arc<Settings>) -> Result<(Vec<ShardReport>, Sampler), R
     .map_err(|_| RunError::Timeout(budget))??;
     let sampler = coordinator
         .into_sampler()
-        .unwrap_or_else(|| Sampler::new(Vec::new(), None));
+        .unwrap_or_else(|| Sampler::new(Vec::new(), Vec::new()));
     Ok((vec![shard], sampler))
 }
 

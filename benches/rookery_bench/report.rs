@@ -776,7 +776,9 @@ fn cpu_use(settings: &Settings, sampler: &Sampler, connected: u64) -> Cpu {
     cpu.seconds = end.at_s - start.at_s;
     cpu.generator_cpu_s = end.generator_cpu_s - start.generator_cpu_s;
     cpu.generator_percent = percent(cpu.generator_cpu_s, cpu.seconds);
-    if let (Some(pid), Some(b0), Some(b1)) = (settings.broker_pid, &start.broker, &end.broker) {
+    if let (Some(&pid), Some(b0), Some(b1)) =
+        (settings.broker_pid.first(), &start.broker, &end.broker)
+    {
         let cpu_s = b1.cpu_s - b0.cpu_s;
         cpu.broker = Some(BrokerUse {
             pid,
@@ -893,7 +895,7 @@ mod tests {
             shard(60, plain, vec![]),
             shard(40, RecvTotals::default(), vec![]),
         ];
-        let report = Report::build(&s, &shards, &Sampler::new(vec![], None));
+        let report = Report::build(&s, &shards, &Sampler::new(vec![], Vec::new()));
         assert_eq!(report.messages.expected, Some(100));
         assert_eq!(report.messages.distinct, 90);
         assert_eq!(report.messages.lost, Some(10));
@@ -914,7 +916,7 @@ mod tests {
         let report = Report::build(
             &s,
             &[shard(100, plain, vec![])],
-            &Sampler::new(vec![], None),
+            &Sampler::new(vec![], Vec::new()),
         );
         assert_eq!(report.messages.lost, Some(50));
         assert!(report.verdict.ok);
@@ -937,7 +939,7 @@ mod tests {
             shard(10, RecvTotals::default(), vec![part(vec![(0, 6)], 6)]),
             shard(0, RecvTotals::default(), vec![part(vec![(5, 10)], 5)]),
         ];
-        let report = Report::build(&s, &shards, &Sampler::new(vec![], None));
+        let report = Report::build(&s, &shards, &Sampler::new(vec![], Vec::new()));
         assert_eq!(report.messages.distinct, 10);
         assert_eq!(report.messages.duplicated, 1);
         assert_eq!(report.messages.lost, Some(0));
@@ -953,7 +955,11 @@ mod tests {
             gaps: 2,
             ..RecvTotals::default()
         };
-        let report = Report::build(&s, &[shard(0, plain, vec![])], &Sampler::new(vec![], None));
+        let report = Report::build(
+            &s,
+            &[shard(0, plain, vec![])],
+            &Sampler::new(vec![], Vec::new()),
+        );
         assert_eq!(report.messages.lost, Some(2));
         assert_eq!(report.messages.lost_basis, Some("gaps"));
         assert!(!report.verdict.ok);
@@ -972,7 +978,7 @@ mod tests {
             first_ns: 0,
             last_ns: 500_000_000,
         });
-        let report = Report::build(&s, &[shard], &Sampler::new(vec![], None));
+        let report = Report::build(&s, &[shard], &Sampler::new(vec![], Vec::new()));
         assert_eq!(report.connections.rate_per_s, 18.0);
         assert!(!report.verdict.ok);
         assert!(report.text().contains("1 x I/O: connection refused"));
@@ -987,7 +993,11 @@ mod tests {
         let s = settings("rookery-bench run");
         let mut report = shard(0, RecvTotals::default(), vec![]);
         report.latency = histogram_pairs(&histogram);
-        let merged = Report::build(&s, &[report.clone(), report], &Sampler::new(vec![], None));
+        let merged = Report::build(
+            &s,
+            &[report.clone(), report],
+            &Sampler::new(vec![], Vec::new()),
+        );
         let latency = merged.latency_ms.unwrap();
         assert_eq!(latency.count, 2000);
         assert!((latency.p50 - 0.5).abs() < 0.001, "{latency:?}");

@@ -443,7 +443,7 @@ impl rookery_cluster::DeliverySink for ForwardSink {
         &self,
         messages: Vec<proto::Message>,
         deliveries: Vec<rookery_cluster::proto::Delivery>,
-    ) -> Option<rookery_cluster::Room> {
+    ) -> Option<rookery_cluster::Holdback> {
         let deliveries = crate::forwarded::admit(&messages, deliveries, &self.0.config.limits);
         self.0.deliver_forwarded(messages, deliveries)
     }

@@ -81,13 +81,13 @@ pub enum LinkFailed {
 
 /// Resolves once the sessions a batch went to have room again (or waited
 /// as long as they may): the stream reads its next batch then.
-pub type Room = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+pub type Holdback = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Where forwarded deliveries go on the receiving edge.
 pub trait DeliverySink: Send + Sync + 'static {
-    /// Hands one batch to the sessions it names; with [`Room`] when some of
+    /// Hands one batch to the sessions it names; with a [`Holdback`] when some of
     /// them are full, so that the sender's publishers are held back.
-    fn deliver(&self, messages: Vec<Message>, deliveries: Vec<Delivery>) -> Option<Room>;
+    fn deliver(&self, messages: Vec<Message>, deliveries: Vec<Delivery>) -> Option<Holdback>;
 
     /// What the edge knows of a client's connection (`Forward.Inspect`);
     /// by default nothing (not online here).
@@ -169,15 +169,15 @@ impl<S: DeliverySink> forward_server::Forward for ForwardService<S> {
                         let seq = batch.seq;
                         metrics::counter!("rookery_forward_received_total")
                             .increment(batch.deliveries.len() as u64);
-                        let room = sink.deliver(batch.messages, batch.deliveries);
+                        let holdback = sink.deliver(batch.messages, batch.deliveries);
                         // Acknowledged at once (its QoS 1/2 publishers are
                         // answered), but the next batch waits for the room:
                         // the sender's link fills and pauses its publishers.
                         if acks.send(Ok(DeliverAck { seq })).await.is_err() {
                             return;
                         }
-                        if let Some(room) = room {
-                            room.await;
+                        if let Some(holdback) = holdback {
+                            holdback.await;
                         }
                     }
                     Ok(None) => return,
@@ -590,7 +590,7 @@ mod tests {
     struct Collect(Mutex<Vec<(String, bytes::Bytes)>>);
 
     impl DeliverySink for Collect {
-        fn deliver(&self, messages: Vec<Message>, deliveries: Vec<Delivery>) -> Option<Room> {
+        fn deliver(&self, messages: Vec<Message>, deliveries: Vec<Delivery>) -> Option<Holdback> {
             let mut seen = self.0.lock();
             for delivery in deliveries {
                 let payload = messages[delivery.message as usize].payload.clone();

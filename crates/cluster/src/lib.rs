@@ -26,7 +26,7 @@ pub mod room;
 pub mod writes;
 
 pub use access::{Access, BadStoreAddress, Peers};
-pub use forward::{DeliverySink, ForwardSettings, Forwarder, LinkFailed, Outbound, Room};
+pub use forward::{DeliverySink, ForwardSettings, Forwarder, Holdback, LinkFailed, Outbound};
 pub use link_budget::Congested;
 pub use membership::{Discovery, JoinFailed, Joined, MembershipError, form_or_join};
 pub use moved::{OwnAddress, keep_address_current};

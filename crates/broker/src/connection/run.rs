@@ -404,11 +404,9 @@ impl Live {
             // Only a pause that ran out stalls a session: one that drained
             // may look full again already (its backlog moves from mailbox to
             // queue in two steps).
-            if !drained && mailbox.is_full() {
-                // Not drained within the pause: its overflow is dropped from
-                // now on instead of holding publishers back.
-                mailbox.stall();
-                metrics::counter!("rookery_sessions_stalled_total").increment(1);
+            // Not drained within the pause: its overflow is dropped from now
+            // on instead of holding publishers back.
+            if !drained && mailbox.stall_if_full() {
                 let (mailbox_len, taken, stored) = mailbox.backlog_parts();
                 tracing::debug!(%client_id, mailbox_len, taken, stored, "a session did not drain within the publisher pause");
             }

@@ -190,6 +190,17 @@ impl Mailbox {
         )
     }
 
+    /// A pause for this session ran out: if it is still full, it is
+    /// stalled (counted in `rookery_sessions_stalled_total`); whether it was.
+    pub fn stall_if_full(&self) -> bool {
+        if !self.is_full() {
+            return false;
+        }
+        self.stall();
+        metrics::counter!("rookery_sessions_stalled_total").increment(1);
+        true
+    }
+
     /// A publisher waited for this session as long as it may: until the
     /// backlog falls below the threshold, publishers no longer pause for it.
     pub fn stall(&self) {

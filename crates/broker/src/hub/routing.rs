@@ -377,7 +377,7 @@ impl Hub {
         &self,
         messages: Vec<proto::Message>,
         deliveries: Vec<rookery_cluster::proto::Delivery>,
-    ) -> Option<rookery_cluster::Room> {
+    ) -> Option<rookery_cluster::Holdback> {
         let messages: Vec<Option<Arc<Message>>> = messages
             .iter()
             .map(|message| Message::from_proto(message).map(Arc::new))
@@ -428,9 +428,8 @@ impl Hub {
                 .await
                 .is_err()
             {
-                for mailbox in full.iter().filter(|mailbox| mailbox.is_full()) {
-                    mailbox.stall();
-                    metrics::counter!("rookery_sessions_stalled_total").increment(1);
+                for mailbox in &full {
+                    mailbox.stall_if_full();
                 }
             }
         }))
